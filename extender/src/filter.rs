@@ -1,0 +1,277 @@
+//! The filter verb: decode, ask the policy, turn its verdict into an `ExtenderFilterResult`.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+use tracing::{Span, debug};
+
+use crate::args::{Args, Candidates, PodKey};
+use crate::body::{ApiError, JsonBody};
+use crate::observe::{Observer, Outcome};
+use crate::policy::{Failure, FilterVerdict, Policy, Rejection};
+use crate::routes::Answer;
+
+pub(crate) fn respond<P: Policy>(
+    policy: &P,
+    observer: &dyn Observer,
+    body: &JsonBody,
+) -> Result<Answer, ApiError> {
+    let args: Args<'_> = body.decode("ExtenderArgs")?;
+    let (pod, candidates) = args.into_parts()?;
+    let names = candidates.names();
+    let span = Span::current();
+    span.record("pod", tracing::field::display(PodKey(&pod)));
+    span.record("nodes", names.len());
+
+    let rejections = match policy.filter(&pod, &names) {
+        FilterVerdict::PassAll => Vec::new(),
+        FilterVerdict::Reject(rejections) => rejections,
+        FilterVerdict::Error(message) => {
+            debug!(error = %message, "policy could not decide");
+            let reply = Reply::error(&message);
+            return Answer::json(&reply, Outcome::PolicyError);
+        }
+    };
+    let decision = decide(&names, rejections);
+    span.record("passed", decision.passed.len());
+    span.record(
+        "failed",
+        decision.failed.len() + decision.unresolvable.len(),
+    );
+    if decision.ignored > 0 {
+        debug!(
+            ignored = decision.ignored,
+            "policy rejected nodes that were not candidates"
+        );
+    }
+    for &(kind, failure, nodes) in &decision.counts {
+        observer.rejected(kind, failure, nodes);
+    }
+    Answer::json(&Reply::new(&candidates, &names, &decision), Outcome::Ok)
+}
+
+/// What the verdict means for each candidate. Pure, so it is tested without HTTP.
+#[derive(Debug, Default, PartialEq)]
+struct Decision<'n> {
+    /// Indices of the candidates that pass, in request order.
+    passed: Vec<usize>,
+    /// `FailedNodes`, in request order.
+    failed: Vec<(&'n str, Cow<'static, str>)>,
+    /// `FailedAndUnresolvableNodes`, in request order.
+    unresolvable: Vec<(&'n str, Cow<'static, str>)>,
+    /// Rejected candidates per `(kind, failure)`, for the observer.
+    counts: Vec<(&'static str, Failure, u64)>,
+    /// Rejections of nodes that were not candidates; dropped.
+    ignored: usize,
+}
+
+fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n> {
+    let mut decision = Decision {
+        passed: Vec::with_capacity(names.len().saturating_sub(rejections.len())),
+        ..Decision::default()
+    };
+    if rejections.is_empty() {
+        decision.passed.extend(0..names.len());
+        return decision;
+    }
+    let mut by_node: HashMap<&str, Rejection<'n>> = HashMap::with_capacity(rejections.len());
+    for rejection in rejections {
+        by_node.entry(rejection.node).or_insert(rejection);
+    }
+    // A candidate listed twice (the scheduler never does this) stays rejected and is reported once.
+    let mut reported: HashSet<&str> = HashSet::with_capacity(by_node.len());
+    for (index, &name) in names.iter().enumerate() {
+        match by_node.remove(name) {
+            Some(rejection) => {
+                reported.insert(name);
+                count(&mut decision.counts, rejection.kind, rejection.failure);
+                let entry = (name, rejection.reason);
+                match rejection.failure {
+                    Failure::Unschedulable => decision.failed.push(entry),
+                    Failure::UnschedulableAndUnresolvable => decision.unresolvable.push(entry),
+                }
+            }
+            None if reported.contains(name) => {}
+            None => decision.passed.push(index),
+        }
+    }
+    decision.ignored = by_node.len();
+    decision
+}
+
+fn count(counts: &mut Vec<(&'static str, Failure, u64)>, kind: &'static str, failure: Failure) {
+    match counts
+        .iter_mut()
+        .find(|(k, f, _)| *k == kind && *f == failure)
+    {
+        Some((_, _, n)) => *n += 1,
+        None => counts.push((kind, failure, 1)),
+    }
+}
+
+/// `ExtenderFilterResult` with borrowed contents; keys as in [`crate::ExtenderFilterResult`].
+#[derive(Serialize)]
+struct Reply<'a> {
+    #[serde(rename = "Nodes")]
+    nodes: Option<NodesOut<'a>>,
+    #[serde(rename = "NodeNames")]
+    node_names: Option<Vec<&'a str>>,
+    #[serde(rename = "FailedNodes")]
+    failed_nodes: FailedMap<'a>,
+    #[serde(
+        rename = "FailedAndUnresolvableNodes",
+        skip_serializing_if = "FailedMap::is_empty"
+    )]
+    failed_and_unresolvable_nodes: FailedMap<'a>,
+    #[serde(rename = "Error")]
+    error: &'a str,
+}
+
+#[derive(Serialize)]
+struct NodesOut<'a> {
+    metadata: ListMetaOut<'a>,
+    items: Vec<&'a RawValue>,
+}
+
+/// The input list's metadata echoed back, or `{}` when it had none.
+struct ListMetaOut<'a>(Option<&'a RawValue>);
+
+struct FailedMap<'a>(&'a [(&'a str, Cow<'static, str>)]);
+
+// === impl Reply ===
+
+impl<'a> Reply<'a> {
+    fn new(candidates: &'a Candidates<'a>, names: &[&'a str], decision: &'a Decision<'a>) -> Self {
+        let (nodes, node_names) = match candidates {
+            Candidates::Names(_) => (
+                None,
+                Some(decision.passed.iter().map(|&i| names[i]).collect()),
+            ),
+            Candidates::Nodes {
+                metadata, items, ..
+            } => (
+                Some(NodesOut {
+                    metadata: ListMetaOut(*metadata),
+                    items: decision.passed.iter().map(|&i| items[i]).collect(),
+                }),
+                None,
+            ),
+        };
+        Reply {
+            nodes,
+            node_names,
+            failed_nodes: FailedMap(&decision.failed),
+            failed_and_unresolvable_nodes: FailedMap(&decision.unresolvable),
+            error: "",
+        }
+    }
+
+    fn error(message: &'a str) -> Self {
+        Reply {
+            nodes: None,
+            node_names: None,
+            failed_nodes: FailedMap(&[]),
+            failed_and_unresolvable_nodes: FailedMap(&[]),
+            error: message,
+        }
+    }
+}
+
+impl Serialize for ListMetaOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(raw) => raw.serialize(serializer),
+            None => serializer.serialize_map(Some(0))?.end(),
+        }
+    }
+}
+
+// === impl FailedMap ===
+
+impl FailedMap<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for FailedMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(node, reason)| (node, reason)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_of<'n>(decision: &Decision<'n>, names: &[&'n str]) -> Vec<&'n str> {
+        decision.passed.iter().map(|&i| names[i]).collect()
+    }
+
+    #[test]
+    fn no_rejections_pass_every_candidate_in_order() {
+        let names = ["c", "a", "b"];
+        let d = decide(&names, Vec::new());
+        assert_eq!(names_of(&d, &names), ["c", "a", "b"]);
+        assert!(d.failed.is_empty() && d.unresolvable.is_empty() && d.counts.is_empty());
+    }
+
+    #[test]
+    fn rejected_nodes_go_to_the_map_their_failure_names() {
+        let names = ["a", "b", "c", "d"];
+        let d = decide(
+            &names,
+            vec![
+                Rejection::unresolvable("c", "NoPool", "no pool"),
+                Rejection::unschedulable("b", "InsufficientCapacity", "full"),
+                Rejection::unresolvable("d", "InsufficientCapacity", "full"),
+            ],
+        );
+        assert_eq!(names_of(&d, &names), ["a"]);
+        assert_eq!(d.failed, [("b", Cow::from("full"))]);
+        assert_eq!(
+            d.unresolvable,
+            [("c", Cow::from("no pool")), ("d", Cow::from("full"))]
+        );
+        assert_eq!(
+            d.counts,
+            [
+                ("InsufficientCapacity", Failure::Unschedulable, 1),
+                ("NoPool", Failure::UnschedulableAndUnresolvable, 1),
+                (
+                    "InsufficientCapacity",
+                    Failure::UnschedulableAndUnresolvable,
+                    1
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn first_rejection_of_a_node_counts_and_strangers_are_ignored() {
+        let names = ["a", "b"];
+        let d = decide(
+            &names,
+            vec![
+                Rejection::unschedulable("a", "First", "first"),
+                Rejection::unresolvable("a", "Second", "second"),
+                Rejection::unresolvable("zz", "Stranger", "not a candidate"),
+            ],
+        );
+        assert_eq!(names_of(&d, &names), ["b"]);
+        assert_eq!(d.failed, [("a", Cow::from("first"))]);
+        assert!(d.unresolvable.is_empty());
+        assert_eq!(d.ignored, 1);
+    }
+
+    #[test]
+    fn duplicate_candidate_stays_rejected_and_is_reported_once() {
+        let names = ["a", "a", "b"];
+        let d = decide(&names, vec![Rejection::unschedulable("a", "K", "r")]);
+        assert_eq!(names_of(&d, &names), ["b"]);
+        assert_eq!(d.failed.len(), 1);
+    }
+}

@@ -1,0 +1,122 @@
+//! The decision interface the router is generic over.
+//!
+//! A policy answers from memory (caches, an index), so its methods are synchronous and cheap.
+//! Node names are borrowed from the request body; verdicts borrow them back, so a pass over
+//! thousands of nodes allocates only for the nodes it rejects.
+
+use std::borrow::Cow;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// Decides, for one pod, which candidate nodes can host it and how well.
+///
+/// Both methods see only node names, in both `nodeCacheCapable` modes: in full-Node mode the
+/// router passes the Node objects back untouched and never parses them.
+pub trait Policy: Send + Sync + 'static {
+    /// Decides which of `nodes` can host `pod`.
+    ///
+    /// Nodes the verdict does not reject pass. Return [`FilterVerdict::PassAll`] for pods the
+    /// policy has no opinion on; that is the fast path.
+    fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n>;
+
+    /// Scores `nodes` for `pod`.
+    ///
+    /// Scores are clamped to [`MIN_EXTENDER_PRIORITY`]`..=`[`MAX_EXTENDER_PRIORITY`]. Nodes left
+    /// out get no extender score, which is the same as the minimum; return an empty list for
+    /// pods the policy has no opinion on.
+    ///
+    /// [`MIN_EXTENDER_PRIORITY`]: crate::MIN_EXTENDER_PRIORITY
+    /// [`MAX_EXTENDER_PRIORITY`]: crate::MAX_EXTENDER_PRIORITY
+    fn prioritize<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> Vec<NodeScore<'n>>;
+}
+
+/// The outcome of [`Policy::filter`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum FilterVerdict<'n> {
+    /// Every node passes.
+    PassAll,
+    /// The listed nodes are rejected, each with a reason; every other node passes. When a node
+    /// is listed twice the first entry counts. Names that were not candidates are ignored.
+    Reject(Vec<Rejection<'n>>),
+    /// The policy cannot decide (for example, its caches have not synced). The scheduler
+    /// treats the whole call as failed, or skips the extender when it is `ignorable`.
+    Error(Cow<'static, str>),
+}
+
+/// Why one node cannot host the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection<'n> {
+    /// The rejected node, borrowed from the candidates.
+    pub node: &'n str,
+    /// Whether preemption could help, which picks the map the node is reported in.
+    pub failure: Failure,
+    /// A short label from a closed set (for example `"InsufficientCapacity"`), for metrics.
+    pub kind: &'static str,
+    /// The human-readable reason, shown in the pod's `FailedScheduling` event.
+    pub reason: Cow<'static, str>,
+}
+
+/// How the scheduler should treat a rejected node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// Evicting lower-priority pods might make the node fit: reported in `FailedNodes`.
+    Unschedulable,
+    /// Evicting pods cannot help: reported in `FailedAndUnresolvableNodes`, so preemption does
+    /// not consider the node. Capacity held by persistent volumes is of this kind, because
+    /// evicting a pod does not free its volume.
+    UnschedulableAndUnresolvable,
+}
+
+/// A node's score from [`Policy::prioritize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeScore<'n> {
+    /// The node, borrowed from the candidates.
+    pub node: &'n str,
+    /// The score; clamped by the router.
+    pub score: i64,
+}
+
+// === impl Rejection ===
+
+impl<'n> Rejection<'n> {
+    /// A rejection that preemption might resolve ([`Failure::Unschedulable`]).
+    pub fn unschedulable(
+        node: &'n str,
+        kind: &'static str,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            node,
+            failure: Failure::Unschedulable,
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// A rejection that preemption cannot resolve ([`Failure::UnschedulableAndUnresolvable`]).
+    pub fn unresolvable(
+        node: &'n str,
+        kind: &'static str,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            node,
+            failure: Failure::UnschedulableAndUnresolvable,
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+// === impl Failure ===
+
+impl Failure {
+    /// A stable lowercase label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Unschedulable => "unschedulable",
+            Failure::UnschedulableAndUnresolvable => "unresolvable",
+        }
+    }
+}

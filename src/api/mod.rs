@@ -1,0 +1,174 @@
+//! The stowage.io API objects and their translation into ledger terms.
+//!
+//! Kubernetes shapes (camelCase JSON, optional fields) live here; the ledger only ever sees
+//! the domain types these functions produce.
+//!
+//! ```text
+//!   StorageNode (sn)   cluster-scoped, one per node, status written by that node's agent
+//!   LocalVolume (lv)   cluster-scoped, one per local PV, spec by the controller,
+//!                      status and finalizer removal by the agent of spec.nodeName
+//! ```
+//!
+//! The CustomResourceDefinitions are generated from these types ([`crds`], `stowage crds`)
+//! and checked in as `deploy/crds.yaml`; a test fails when the two drift apart.
+//!
+//! ```
+//! use stowage::api::{local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete}, names};
+//! use kube::Resource;
+//!
+//! let lv = LocalVolume::new("pvc-1234", LocalVolumeSpec {
+//!     node_name: "n1".into(),
+//!     pool: "default".into(),
+//!     size_bytes: 10 << 30,
+//!     claim: ClaimRef { namespace: "apps".into(), name: "data".into(), uid: "1234".into() },
+//!     on_delete: OnDelete::Delete,
+//! });
+//! assert_eq!(LocalVolume::api_version(&()), names::API_VERSION);
+//! assert_eq!(lv.spec.claim.key().to_string(), "apps/data");
+//! ```
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub mod local_volume;
+pub mod names;
+pub mod storage_node;
+
+/// The CustomResourceDefinitions of stowage's objects, in a fixed order: StorageNode, then
+/// LocalVolume.
+pub fn crds() -> [CustomResourceDefinition; 2] {
+    [
+        storage_node::StorageNode::crd(),
+        local_volume::LocalVolume::crd(),
+    ]
+}
+
+/// [`crds`] as one multi-document YAML stream, `---` between documents: what
+/// `stowage crds` prints and `deploy/crds.yaml` holds. The output is deterministic (object
+/// fields in declaration order, schema properties sorted), so it can be drift-checked.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let docs = crds()
+        .iter()
+        .map(serde_yaml::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(docs.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(crd: &CustomResourceDefinition) -> Vec<(String, String, String)> {
+        crd.spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.name, c.type_, c.json_path))
+            .collect()
+    }
+
+    #[test]
+    fn crds_are_cluster_scoped_with_status_in_the_stowage_group() {
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            assert_eq!(crd.spec.group, names::GROUP, "{name}");
+            assert_eq!(crd.spec.scope, "Cluster", "{name}");
+            assert_eq!(crd.spec.versions.len(), 1, "{name}");
+            let v = &crd.spec.versions[0];
+            assert_eq!(v.name, names::VERSION, "{name}");
+            assert!(v.served && v.storage, "{name}");
+            let sub = v.subresources.as_ref().unwrap();
+            assert!(sub.status.is_some(), "{name} has a status subresource");
+        }
+    }
+
+    #[test]
+    fn storage_node_crd_prints_a_capacity_table() {
+        let [sn, _] = crds();
+        assert_eq!(sn.metadata.name.as_deref(), Some("storagenodes.stowage.io"));
+        assert_eq!(sn.spec.names.kind, "StorageNode");
+        assert_eq!(sn.spec.names.short_names, Some(vec!["sn".to_string()]));
+        let cols = columns(&sn);
+        let want = [
+            ("Ready", "boolean", ".status.ready"),
+            ("Pools", "integer", ".status.poolCount"),
+            ("Volumes", "integer", ".status.volumes"),
+            ("Capacity", "integer", ".status.capacityBytes"),
+            ("Allocatable", "integer", ".status.allocatableBytes"),
+            ("Allocated", "integer", ".status.allocatedBytes"),
+            ("Available", "integer", ".status.availableBytes"),
+            ("Heartbeat", "date", ".status.heartbeatTime"),
+            ("Age", "date", ".metadata.creationTimestamp"),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(cols, want);
+    }
+
+    #[test]
+    fn local_volume_crd_prints_node_pool_size_phase_and_claim() {
+        let [_, lv] = crds();
+        assert_eq!(lv.metadata.name.as_deref(), Some("localvolumes.stowage.io"));
+        assert_eq!(lv.spec.names.kind, "LocalVolume");
+        assert_eq!(lv.spec.names.short_names, Some(vec!["lv".to_string()]));
+        let cols = columns(&lv);
+        let paths: Vec<&str> = cols.iter().map(|c| c.2.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                ".spec.nodeName",
+                ".spec.pool",
+                ".spec.sizeBytes",
+                ".status.phase",
+                ".spec.claim.namespace",
+                ".spec.claim.name",
+                ".metadata.creationTimestamp",
+            ]
+        );
+        assert_eq!(cols[2].1, "integer");
+    }
+
+    #[test]
+    fn local_volume_schema_constrains_on_delete_phase_and_size() {
+        let yaml = crds_yaml().unwrap();
+        let docs: Vec<serde_json::Value> = yaml
+            .split("---\n")
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect();
+        let schema = &docs[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let spec = &schema["spec"]["properties"];
+        assert_eq!(
+            spec["onDelete"]["enum"],
+            serde_json::json!(["delete", "archive", "retain"])
+        );
+        assert_eq!(spec["onDelete"]["default"], "delete");
+        assert_eq!(spec["sizeBytes"]["minimum"], 0.0);
+        assert_eq!(
+            schema["status"]["properties"]["phase"]["enum"],
+            serde_json::json!(["Pending", "Ready", "Failed", "Deleting"])
+        );
+        let required = &docs[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["required"];
+        assert_eq!(required, &serde_json::json!(["spec"]));
+    }
+
+    #[test]
+    fn crds_yaml_is_deterministic_and_separated() {
+        let a = crds_yaml().unwrap();
+        assert_eq!(a, crds_yaml().unwrap());
+        assert_eq!(a.matches("\n---\n").count(), 1);
+        assert!(a.starts_with("apiVersion: apiextensions.k8s.io/v1\n"));
+    }
+
+    /// Regenerate with `cargo run -q -- crds > deploy/crds.yaml`.
+    #[test]
+    fn checked_in_crds_match_the_generated_ones() {
+        assert_eq!(
+            crds_yaml().unwrap(),
+            include_str!("../../deploy/crds.yaml"),
+            "deploy/crds.yaml is stale: run `cargo run -q -- crds > deploy/crds.yaml`"
+        );
+    }
+}

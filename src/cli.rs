@@ -1,0 +1,121 @@
+//! The command line: roles as subcommands, global logging flags.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::simulate::SimulateArgs;
+
+/// Exit status for bad input (unknown flags, invalid values, malformed files), as clap uses.
+pub const EXIT_USAGE: u8 = 2;
+
+/// stowage: node-local and multi-NFS persistent volumes for Kubernetes, placed by free
+/// capacity.
+#[derive(Debug, Parser)]
+#[command(name = "stowage", version, propagate_version = true)]
+pub struct Cli {
+    /// Logging flags, valid for every subcommand.
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// The role to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles and tools of the stowage binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Provision and delete volumes for stowage StorageClasses and serve the scheduler
+    /// extender (Deployment, leader-elected).
+    Controller(RoleArgs),
+    /// Own the storage pools of one node: make, grow and delete volumes, report capacity
+    /// (DaemonSet).
+    Agent(RoleArgs),
+    /// Serve only the kube-scheduler extender, read-only, for scaling it out.
+    Extender(RoleArgs),
+    /// Place a stream of claims on a simulated cluster and compare placement policies; no
+    /// cluster needed.
+    Simulate(Box<SimulateArgs>),
+    /// Print the CustomResourceDefinitions of StorageNode and LocalVolume as YAML.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+/// Placeholder flags of a role that this build does not contain yet.
+#[derive(Debug, Args)]
+pub struct RoleArgs {}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[value(alias = "plain")]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags that control logging; `RUST_LOG` sets levels (default `info`).
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format: text (alias plain) or json. Logs go to stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "STOWAGE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global tracing subscriber.
+    pub fn init(&self) {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        // A second init (in tests) fails harmlessly: keep the first subscriber.
+        let _ = match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_role() {
+        let help = Cli::command().render_help().to_string();
+        for role in [
+            "controller",
+            "agent",
+            "extender",
+            "simulate",
+            "crds",
+            "version",
+        ] {
+            assert!(help.contains(role), "{role} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_global_and_accepts_plain() {
+        let cli = Cli::try_parse_from(["stowage", "simulate", "--log-format", "plain"]).unwrap();
+        assert_eq!(cli.log.log_format, LogFormat::Text);
+        let cli = Cli::try_parse_from(["stowage", "--log-format", "json", "version"]).unwrap();
+        assert_eq!(cli.log.log_format, LogFormat::Json);
+    }
+}

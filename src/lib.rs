@@ -1,0 +1,17 @@
+//! stowage: node-local and multi-NFS persistent volumes for Kubernetes, placed by free
+//! capacity.
+//!
+//! One binary with several roles (see `stowage --help`). This library holds everything but
+//! the argument wiring in `main.rs`:
+//!
+//! ```text
+//!   api       stowage.io objects and their translation into ledger terms
+//!   ledger    PURE: bytes, demand, fit, reasons, spread/binpack scores
+//!   simulate  capacity planning over the ledger, no cluster needed
+//!   cli       the command line and logging set-up
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod ledger;
+pub mod simulate;

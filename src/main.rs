@@ -1,0 +1,42 @@
+//! The `stowage` binary: parses the command line and hands over to the role.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use stowage::cli::{Cli, Command, EXIT_USAGE};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    let result = match cli.command {
+        Command::Simulate(args) => args.run(),
+        Command::Version => {
+            println!("stowage {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Controller(_) => not_built("controller"),
+        Command::Agent(_) => not_built("agent"),
+        Command::Extender(_) => not_built("extender"),
+        Command::Crds => stowage::api::crds_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<stowage::simulate::Error>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn not_built(role: &str) -> anyhow::Result<()> {
+    eprintln!(
+        "error: `stowage {role}` is not part of this build yet; only `simulate` and `version` are"
+    );
+    std::process::exit(i32::from(EXIT_USAGE));
+}

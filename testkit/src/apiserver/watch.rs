@@ -1,0 +1,272 @@
+//! Watch streams: newline-delimited `WatchEvent`s, resumable from any resourceVersion still in
+//! the history, with bookmarks, timeouts, selector transitions and fault-driven early closes.
+
+use std::{collections::VecDeque, io, sync::Arc, time::Duration};
+
+use axum::body::Bytes;
+use futures::Stream;
+use serde_json::{Value, json};
+use tokio::{
+    sync::broadcast::{self, error::TryRecvError},
+    time::{Instant, Interval},
+};
+
+use super::{
+    Shared,
+    kinds::Endpoint,
+    ops::to_served,
+    selectors::Selectors,
+    status::ApiError,
+    store::{Change, ChangeType},
+};
+
+/// How objects are represented on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repr {
+    Full,
+    /// `PartialObjectMetadata` (kube-rs `metadata_watcher`, `list_metadata`).
+    Metadata,
+}
+
+/// Turns a served object into the requested representation.
+pub(crate) fn represent(obj: Value, repr: Repr) -> Value {
+    match repr {
+        Repr::Full => obj,
+        Repr::Metadata => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj["metadata"],
+        }),
+    }
+}
+
+/// A parsed watch request.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchRequest {
+    pub ep: Endpoint,
+    pub ns: Option<String>,
+    pub selectors: Selectors,
+    pub resource_version: Option<String>,
+    pub bookmarks: bool,
+    pub send_initial_events: bool,
+    pub timeout: Duration,
+    pub repr: Repr,
+}
+
+impl WatchRequest {
+    fn line(&self, event_type: &str, object: Value) -> Bytes {
+        let mut v =
+            serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+        v.push(b'\n');
+        Bytes::from(v)
+    }
+
+    /// The event (if any) this watcher sees for a change, honouring selector transitions:
+    /// an object that starts matching is ADDED, one that stops matching is DELETED.
+    fn render(&self, change: &Change) -> Option<Bytes> {
+        if change.storage != self.ep.storage
+            || self.ns.as_ref().is_some_and(|ns| *ns != change.key.0)
+        {
+            return None;
+        }
+        let now = self.selectors.matches(&change.object);
+        let before = change
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.selectors.matches(p));
+        let event_type = match change.kind {
+            ChangeType::Added => now.then_some("ADDED"),
+            ChangeType::Modified => match (before, now) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            },
+            ChangeType::Deleted => now.then_some("DELETED"),
+        }?;
+        Some(self.line(
+            event_type,
+            represent(to_served(&self.ep, &change.object), self.repr),
+        ))
+    }
+
+    fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_events_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        self.line(
+            "BOOKMARK",
+            json!({"kind": self.ep.kind, "apiVersion": self.ep.api_version(), "metadata": meta}),
+        )
+    }
+}
+
+struct Watcher {
+    shared: Arc<Shared>,
+    req: WatchRequest,
+    pending: VecDeque<Bytes>,
+    rx: broadcast::Receiver<Arc<Change>>,
+    last_rv: u64,
+    deadline: Instant,
+    /// Whether the deadline is a fault (counted) rather than `timeoutSeconds`.
+    deadline_is_fault: bool,
+    bookmarks: Option<Interval>,
+    close: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    done: bool,
+}
+
+impl Watcher {
+    fn push_change(&mut self, change: &Change) {
+        self.last_rv = self.last_rv.max(change.rv);
+        if let Some(line) = self.req.render(change) {
+            self.pending.push_back(line);
+        }
+    }
+
+    async fn step(&mut self) {
+        enum Next {
+            Stop(bool),
+            Change(Result<Arc<Change>, broadcast::error::RecvError>),
+            Bookmark,
+        }
+        let Self {
+            bookmarks,
+            close,
+            shutdown,
+            rx,
+            deadline,
+            deadline_is_fault,
+            ..
+        } = self;
+        let bookmark_tick = async {
+            match bookmarks {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let next = tokio::select! {
+            _ = close.changed() => Next::Stop(true),
+            _ = shutdown.changed() => Next::Stop(false),
+            _ = tokio::time::sleep_until(*deadline) => Next::Stop(*deadline_is_fault),
+            r = rx.recv() => Next::Change(r),
+            _ = bookmark_tick => Next::Bookmark,
+        };
+        match next {
+            Next::Stop(fault) => {
+                if fault {
+                    self.shared.faults.note_closed_watch();
+                }
+                self.done = true;
+            }
+            Next::Change(Ok(c)) => self.push_change(&c),
+            // Lagging this far behind: the real server would drop the watcher too; the
+            // client resumes from its last resourceVersion.
+            Next::Change(Err(_)) => self.done = true,
+            Next::Bookmark => {
+                // Everything committed so far must be sent before a bookmark that claims it.
+                loop {
+                    match self.rx.try_recv() {
+                        Ok(c) => self.push_change(&c),
+                        Err(TryRecvError::Empty) => break,
+                        Err(_) => {
+                            self.done = true;
+                            return;
+                        }
+                    }
+                }
+                let line = self.req.bookmark(self.last_rv, false);
+                self.pending.push_back(line);
+            }
+        }
+    }
+}
+
+/// Starts a watch: computes the initial events under the lock and subscribes before it is
+/// released, so no change falls between the two.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    req: WatchRequest,
+) -> Result<impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static, ApiError> {
+    let mut pending = VecDeque::new();
+    let (rx, last_rv) = {
+        let state = shared.lock();
+        let current = state.store.rv();
+        let rv = req.resource_version.as_deref().filter(|s| !s.is_empty());
+        let initial = rv.is_none() || rv == Some("0") || req.send_initial_events;
+        if initial {
+            let items = state.store.list(&req.ep.storage, req.ns.as_deref());
+            for (_, obj) in items.into_iter().filter(|(_, o)| req.selectors.matches(o)) {
+                pending.push_back(req.line("ADDED", represent(to_served(&req.ep, obj), req.repr)));
+            }
+            if req.send_initial_events {
+                pending.push_back(req.bookmark(current, true));
+            }
+        } else if let Some(rv) = rv {
+            let rv: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            match state.store.changes_since(rv) {
+                Some(changes) => {
+                    for c in changes {
+                        if let Some(line) = req.render(&c) {
+                            pending.push_back(line);
+                        }
+                    }
+                }
+                None => {
+                    let gone = ApiError::expired(format!(
+                        "too old resource version: {rv} ({})",
+                        state.store.floor() + 1
+                    ));
+                    let line = req.line("ERROR", gone.to_status());
+                    return Ok(futures::future::Either::Left(futures::stream::iter([Ok(
+                        line,
+                    )])));
+                }
+            }
+        }
+        (state.store.subscribe(), current)
+    };
+    let now = Instant::now();
+    let mut deadline = now + req.timeout;
+    let mut deadline_is_fault = false;
+    if let Some(every) = shared.faults.close_every()
+        && now + every < deadline
+    {
+        deadline = now + every;
+        deadline_is_fault = true;
+    }
+    let bookmarks = req.bookmarks.then(|| {
+        let period = shared.bookmark_interval;
+        tokio::time::interval_at(now + period, period)
+    });
+    let watcher = Watcher {
+        close: shared.faults.close_signal(),
+        shutdown: shared.shutdown.clone(),
+        shared,
+        req,
+        pending,
+        rx,
+        last_rv,
+        deadline,
+        deadline_is_fault,
+        bookmarks,
+        done: false,
+    };
+    let stream = futures::stream::unfold(watcher, |mut w| async move {
+        loop {
+            if let Some(line) = w.pending.pop_front() {
+                return Some((Ok(line), w));
+            }
+            if w.done {
+                return None;
+            }
+            w.step().await;
+        }
+    });
+    Ok(futures::future::Either::Right(stream))
+}

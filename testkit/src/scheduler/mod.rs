@@ -1,0 +1,982 @@
+//! A kube-scheduler and PV-controller stand-in, so tests can run the whole WaitForFirstConsumer
+//! flow against [`ApiServer`](crate::ApiServer) without a cluster.
+//!
+//! ```text
+//!  every tick (list nodes, pods, volumes, claims, classes)
+//!    ├─ PV controller: provisioner annotations (GA + beta) ─ bind pre-bound PV ↔ claim
+//!    │                 ─ Available / Released / Lost phases
+//!    └─ scheduler, per pending pod of `scheduler_name`:
+//!         queued ──cycle──▶ VolumeBinding filter ─▶ extender filter ─▶ prioritize ─▶ pick
+//!           ▲                │ nothing fits: FailedScheduling Event, PodScheduled=False,
+//!           │                │ last_failure(); retried every `retry_interval`
+//!           │                ▼
+//!           └── selected-node  binding volumes (selected-node written, waiting for the
+//!               removed ◀───── claims to be bound) ──all bound──▶ pods/binding + Scheduled
+//! ```
+//!
+//! The extender is called over HTTP exactly as kube-scheduler's `HTTPExtender` does
+//! (shared/PROTOCOL.md §1): `POST <urlPrefix>/<verb>`, PascalCase `ExtenderArgs` with
+//! `NodeNames` when `nodeCacheCapable` and a full `Nodes` list otherwise, only a 200 counts.
+//! A filter error fails the attempt unless the extender is `ignorable`; prioritize errors are
+//! ignored; prioritize is skipped when one node is left; a node's score is the extender's
+//! score × weight × 10, the highest wins and ties are broken by a seeded generator.
+//!
+//! Approximations: no resources, preemption, inter-pod affinity or nominated nodes; in-tree
+//! score plugins all score 0; taints with effect `NoSchedule`/`NoExecute` are honoured with
+//! the basic toleration rules; one pod is scheduled at a time.
+
+mod extender;
+mod pv_controller;
+mod volumes;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Event, EventSource, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+            Pod, PodCondition, Taint,
+        },
+        storage::v1::StorageClass,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+
+use extender::HttpExtender;
+use volumes::{
+    SELECTED_NODE, claim_class, dynamic_provisioner, fully_bound, is_wait_for_first_consumer,
+    node_labels, pv_admits, pv_statically_matches, selected_node, topology_admits, volume_name,
+};
+
+/// Event and condition reason for a pod that could not be placed.
+pub const FAILED_SCHEDULING: &str = "FailedScheduling";
+/// Event reason for a pod that was bound to a node.
+pub const SCHEDULED: &str = "Scheduled";
+/// The message VolumeBinding gives for an unbound claim of an Immediate (or missing) class.
+pub const UNBOUND_IMMEDIATE: &str = "pod has unbound immediate PersistentVolumeClaims";
+
+/// How to reach one HTTP extender: the `extenders[]` entry of a KubeSchedulerConfiguration.
+#[derive(Clone, Debug)]
+pub struct ExtenderConfig {
+    /// `urlPrefix`, e.g. `http://127.0.0.1:8888/stowage`; the verb is appended after a `/`.
+    pub url_prefix: String,
+    /// `filterVerb`; `None` or empty: every node passes.
+    pub filter_verb: Option<String>,
+    /// `prioritizeVerb`; `None` or empty: no extender scores.
+    pub prioritize_verb: Option<String>,
+    /// `weight` of the extender's scores.
+    pub weight: i64,
+    /// `nodeCacheCapable`: send `NodeNames` (true) or a full `Nodes` list (false).
+    pub node_cache_capable: bool,
+    /// `ignorable`: a failing filter is skipped instead of failing the attempt.
+    pub ignorable: bool,
+    /// `httpTimeout` for a whole exchange (default 5 s).
+    pub http_timeout: Duration,
+}
+
+impl ExtenderConfig {
+    /// An extender at `url_prefix` with verbs `filter` and `prioritize`, weight 1,
+    /// `nodeCacheCapable: true`, not ignorable, 5 s timeout (stowage's recommended entry).
+    pub fn new(url_prefix: impl Into<String>) -> Self {
+        Self {
+            url_prefix: url_prefix.into(),
+            filter_verb: Some("filter".to_string()),
+            prioritize_verb: Some("prioritize".to_string()),
+            weight: 1,
+            node_cache_capable: true,
+            ignorable: false,
+            http_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets `nodeCacheCapable`.
+    pub fn node_cache_capable(mut self, yes: bool) -> Self {
+        self.node_cache_capable = yes;
+        self
+    }
+
+    /// Sets `ignorable`.
+    pub fn ignorable(mut self, yes: bool) -> Self {
+        self.ignorable = yes;
+        self
+    }
+
+    /// Sets `weight`.
+    pub fn weight(mut self, weight: i64) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the filter and prioritize verbs (`None`: not called).
+    pub fn verbs(mut self, filter: Option<&str>, prioritize: Option<&str>) -> Self {
+        self.filter_verb = filter.map(str::to_string);
+        self.prioritize_verb = prioritize.map(str::to_string);
+        self
+    }
+
+    /// Sets `httpTimeout`.
+    pub fn http_timeout(mut self, timeout: Duration) -> Self {
+        self.http_timeout = timeout;
+        self
+    }
+}
+
+/// Configuration of the stand-in.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// The extender, or `None` for none (capacity-blind placement, as with an unreachable
+    /// ignorable extender).
+    pub extender: Option<ExtenderConfig>,
+    /// Pods whose `spec.schedulerName` is this are scheduled (default `default-scheduler`).
+    pub scheduler_name: String,
+    /// How often the API server is polled (default 50 ms).
+    pub tick: Duration,
+    /// How long an unplaceable pod waits before the next attempt (default 200 ms; the real
+    /// scheduler backs off from 1 s to 10 s).
+    pub retry_interval: Duration,
+    /// How long binding waits for the pod's claims to be bound (VolumeBinding
+    /// `bindTimeoutSeconds`, default 600 s).
+    pub bind_timeout: Duration,
+    /// Seed of the generator that breaks ties between equally scored nodes.
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            extender: None,
+            scheduler_name: "default-scheduler".to_string(),
+            tick: Duration::from_millis(50),
+            retry_interval: Duration::from_millis(200),
+            bind_timeout: Duration::from_secs(600),
+            seed: 0x5eed,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The default configuration with this extender.
+    pub fn with_extender(extender: ExtenderConfig) -> Self {
+        Self {
+            extender: Some(extender),
+            ..Self::default()
+        }
+    }
+}
+
+/// What the stand-in remembers about one pod it is scheduling.
+#[derive(Debug, Default)]
+struct PodRecord {
+    uid: String,
+    /// The last failure message (FailedScheduling), if the last attempt failed.
+    last_failure: Option<String>,
+    /// The message of the last FailedScheduling Event emitted (to avoid a storm).
+    last_event: Option<String>,
+    /// Number of scheduling cycles run.
+    attempts: usize,
+    phase: PodPhase,
+}
+
+#[derive(Debug, Default)]
+enum PodPhase {
+    /// Waiting for the next scheduling cycle (`None`: at once).
+    #[default]
+    Queued,
+    /// Backing off until the instant.
+    Backoff(Instant),
+    /// A node was chosen; waiting for the claims to be bound (PreBind).
+    BindingVolumes {
+        node: String,
+        claims: Vec<String>,
+        deadline: Instant,
+    },
+}
+
+type Records = Arc<Mutex<HashMap<(String, String), PodRecord>>>;
+
+/// The running stand-in. Dropping it stops it.
+#[derive(Debug)]
+pub struct Scheduler {
+    records: Records,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts scheduling pending pods (and emulating the PV controller) through `client`.
+    pub fn start(client: Client, config: SchedulerConfig) -> Scheduler {
+        let records = Records::default();
+        let (stop, stopped) = watch::channel(false);
+        let extender = config.extender.clone().map(HttpExtender::new);
+        let mut runner = Runner {
+            client,
+            seed: config.seed,
+            config,
+            extender,
+            records: records.clone(),
+        };
+        let task = tokio::spawn(async move { runner.run(stopped).await });
+        Scheduler {
+            records,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The reason the last attempt to place pod `ns/name` failed (the FailedScheduling
+    /// message), or `None` if it has not failed, or succeeded since.
+    pub fn last_failure(&self, ns: &str, name: &str) -> Option<String> {
+        self.with_record(ns, name, |r| r.last_failure.clone())
+            .flatten()
+    }
+
+    /// How many scheduling cycles have run for pod `ns/name`.
+    pub fn attempts(&self, ns: &str, name: &str) -> usize {
+        self.with_record(ns, name, |r| r.attempts).unwrap_or(0)
+    }
+
+    fn with_record<T>(&self, ns: &str, name: &str, f: impl FnOnce(&PodRecord) -> T) -> Option<T> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.get(&(ns.to_string(), name.to_string())).map(f)
+    }
+
+    /// Stops the stand-in and waits for it to finish its current step.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One consistent-enough view of the cluster (volumes are listed before claims, so a Bound
+/// volume's claim is seen unless it was deleted).
+pub(crate) struct Snapshot {
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    pvs: BTreeMap<String, PersistentVolume>,
+    claims: BTreeMap<(String, String), PersistentVolumeClaim>,
+    classes: BTreeMap<String, StorageClass>,
+}
+
+impl Snapshot {
+    async fn list(client: &Client) -> Result<Snapshot, kube::Error> {
+        let lp = ListParams::default();
+        let pvs = Api::<PersistentVolume>::all(client.clone())
+            .list(&lp)
+            .await?;
+        let claims = Api::<PersistentVolumeClaim>::all(client.clone())
+            .list(&lp)
+            .await?;
+        let classes = Api::<StorageClass>::all(client.clone()).list(&lp).await?;
+        let nodes = Api::<Node>::all(client.clone()).list(&lp).await?;
+        let pods = Api::<Pod>::all(client.clone()).list(&lp).await?;
+        Ok(Snapshot {
+            nodes: nodes.items,
+            pods: pods.items,
+            pvs: pvs
+                .items
+                .into_iter()
+                .map(|v| (v.metadata.name.clone().unwrap_or_default(), v))
+                .collect(),
+            claims: claims
+                .items
+                .into_iter()
+                .map(|c| {
+                    let key = (
+                        c.metadata.namespace.clone().unwrap_or_default(),
+                        c.metadata.name.clone().unwrap_or_default(),
+                    );
+                    (key, c)
+                })
+                .collect(),
+            classes: classes
+                .items
+                .into_iter()
+                .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
+                .collect(),
+        })
+    }
+
+    fn claim(&self, ns: &str, name: &str) -> Option<&PersistentVolumeClaim> {
+        self.claims.get(&(ns.to_string(), name.to_string()))
+    }
+
+    fn class_of(&self, claim: &PersistentVolumeClaim) -> Option<&StorageClass> {
+        claim_class(claim).and_then(|c| self.classes.get(c))
+    }
+}
+
+fn name_of(meta: &ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+/// The claim names a pod mounts.
+fn pod_claims(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone())
+        .collect()
+}
+
+/// The outcome of one scheduling cycle.
+enum Cycle {
+    /// Place on this node.
+    Place(String),
+    /// No node fits; the FailedScheduling message.
+    Unschedulable(String),
+}
+
+struct Runner {
+    client: Client,
+    config: SchedulerConfig,
+    extender: Option<HttpExtender>,
+    records: Records,
+    seed: u64,
+}
+
+impl Runner {
+    async fn run(&mut self, mut stopped: watch::Receiver<bool>) {
+        loop {
+            match Snapshot::list(&self.client).await {
+                Ok(snap) => {
+                    pv_controller::sync(&self.client, &snap).await;
+                    self.schedule(&snap).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "scheduler stand-in: listing failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.tick) => {}
+                _ = stopped.changed() => return,
+            }
+        }
+    }
+
+    /// splitmix64: a seeded, dependency-free tie breaker.
+    fn next_random(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), PodRecord>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn schedule(&mut self, snap: &Snapshot) {
+        let pending: Vec<&Pod> = snap
+            .pods
+            .iter()
+            .filter(|p| {
+                let spec = p.spec.as_ref();
+                spec.and_then(|s| s.node_name.as_deref())
+                    .is_none_or(str::is_empty)
+                    && spec
+                        .and_then(|s| s.scheduler_name.as_deref())
+                        .unwrap_or("default-scheduler")
+                        == self.config.scheduler_name
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
+        // Forget pods that are gone or placed (by anyone), but keep their last failure.
+        {
+            let mut records = self.lock();
+            records.retain(|(ns, name), r| {
+                snap.pods.iter().any(|p| {
+                    p.metadata.namespace.as_deref() == Some(ns)
+                        && p.metadata.name.as_deref() == Some(name)
+                        && p.metadata.uid.as_deref() == Some(r.uid.as_str())
+                })
+            });
+        }
+        for pod in pending {
+            if let Err(e) = self.schedule_pod(snap, pod).await {
+                tracing::debug!(error = %e, pod = ?pod.metadata.name, "scheduler stand-in: step failed");
+            }
+        }
+    }
+
+    async fn schedule_pod(&mut self, snap: &Snapshot, pod: &Pod) -> Result<(), kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = name_of(&pod.metadata);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key = (ns.clone(), name.clone());
+        let now = Instant::now();
+
+        let phase = {
+            let mut records = self.lock();
+            let record = records.entry(key.clone()).or_default();
+            if record.uid != uid {
+                *record = PodRecord {
+                    uid: uid.clone(),
+                    ..PodRecord::default()
+                };
+            }
+            std::mem::take(&mut record.phase)
+        };
+        let next = match phase {
+            PodPhase::Backoff(until) if until > now => PodPhase::Backoff(until),
+            PodPhase::Queued | PodPhase::Backoff(_) => self.attempt(snap, pod).await?,
+            PodPhase::BindingVolumes {
+                node,
+                claims,
+                deadline,
+            } => {
+                self.wait_for_volumes(snap, pod, node, claims, deadline)
+                    .await?
+            }
+        };
+        if let Some(record) = self.lock().get_mut(&key) {
+            record.phase = next;
+        }
+        Ok(())
+    }
+
+    /// One scheduling cycle: pick a node, write selected-node, or record the failure.
+    async fn attempt(&mut self, snap: &Snapshot, pod: &Pod) -> Result<PodPhase, kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let key = (ns.clone(), name_of(&pod.metadata));
+        if let Some(r) = self.lock().get_mut(&key) {
+            r.attempts += 1;
+        }
+        let node = match self.cycle(snap, pod).await {
+            Cycle::Place(node) => node,
+            Cycle::Unschedulable(message) => {
+                self.record_failure(pod, &message).await;
+                return Ok(PodPhase::Backoff(
+                    Instant::now() + self.config.retry_interval,
+                ));
+            }
+        };
+        // Reserve + PreBind: selected-node on dynamically provisioned claims, claimRef on
+        // statically matched volumes.
+        let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+        let labels = snap
+            .nodes
+            .iter()
+            .find(|n| name_of(&n.metadata) == node)
+            .map(node_labels)
+            .unwrap_or_default();
+        let mut waiting = Vec::new();
+        let mut taken: Vec<String> = Vec::new();
+        for claim_name in pod_claims(pod) {
+            let Some(claim) = snap.claim(&ns, &claim_name) else {
+                continue;
+            };
+            if volume_name(claim).is_some() {
+                if !fully_bound(claim) {
+                    waiting.push(claim_name);
+                }
+                continue;
+            }
+            waiting.push(claim_name.clone());
+            if selected_node(claim) == Some(node.as_str()) {
+                continue;
+            }
+            let static_match = snap.pvs.values().find(|pv| {
+                !taken.contains(&name_of(&pv.metadata)) && pv_statically_matches(pv, claim, &labels)
+            });
+            if let Some(pv) = static_match {
+                let pv_name = name_of(&pv.metadata);
+                taken.push(pv_name.clone());
+                let mut pv = pv.clone();
+                if let Some(spec) = pv.spec.as_mut() {
+                    spec.claim_ref = Some(ObjectReference {
+                        api_version: Some("v1".to_string()),
+                        kind: Some("PersistentVolumeClaim".to_string()),
+                        namespace: Some(ns.clone()),
+                        name: Some(claim_name.clone()),
+                        uid: claim.metadata.uid.clone(),
+                        resource_version: claim.metadata.resource_version.clone(),
+                        ..ObjectReference::default()
+                    });
+                }
+                Api::<PersistentVolume>::all(self.client.clone())
+                    .replace(&pv_name, &PostParams::default(), &pv)
+                    .await?;
+            } else {
+                let mut claim = claim.clone();
+                claim
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(SELECTED_NODE.to_string(), node.clone());
+                claims_api
+                    .replace(&claim_name, &PostParams::default(), &claim)
+                    .await?;
+            }
+        }
+        if waiting.is_empty() {
+            self.bind(pod, &node).await?;
+            return Ok(PodPhase::Queued);
+        }
+        Ok(PodPhase::BindingVolumes {
+            node,
+            claims: waiting,
+            deadline: Instant::now() + self.config.bind_timeout,
+        })
+    }
+
+    /// PreBind's poll: every claim bound ⇒ check affinity and bind the pod; a claim lost its
+    /// selected-node ⇒ back to the queue.
+    async fn wait_for_volumes(
+        &mut self,
+        snap: &Snapshot,
+        pod: &Pod,
+        node: String,
+        claims: Vec<String>,
+        deadline: Instant,
+    ) -> Result<PodPhase, kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let fail = |detail: String| {
+            format!("running PreBind plugin \"VolumeBinding\": binding volumes: {detail}")
+        };
+        let labels = snap
+            .nodes
+            .iter()
+            .find(|n| name_of(&n.metadata) == node)
+            .map(node_labels);
+        let mut all_bound = true;
+        for claim_name in &claims {
+            let Some(claim) = snap.claim(&ns, claim_name) else {
+                let message = fail(format!("persistentvolumeclaim {claim_name:?} not found"));
+                return self.requeue(pod, &message).await;
+            };
+            if fully_bound(claim) {
+                let volume = volume_name(claim).and_then(|v| snap.pvs.get(v));
+                let admits = volume
+                    .zip(labels.as_ref())
+                    .is_some_and(|(pv, labels)| pv_admits(pv, labels));
+                if !admits {
+                    let pv = volume_name(claim).unwrap_or_default();
+                    let message = fail(format!(
+                        "pv {pv:?} node affinity doesn't match node {node:?}"
+                    ));
+                    return self.requeue(pod, &message).await;
+                }
+                continue;
+            }
+            all_bound = false;
+            let pinned = selected_node(claim) == Some(node.as_str());
+            let prebound = volume_name(claim).is_some()
+                || snap.pvs.values().any(|pv| volumes::pv_claims(pv, claim));
+            if !pinned && !prebound {
+                let message = fail(format!("provisioning failed for PVC {claim_name:?}"));
+                return self.requeue(pod, &message).await;
+            }
+        }
+        if !all_bound {
+            if Instant::now() >= deadline {
+                return self
+                    .requeue(pod, &fail("context deadline exceeded".to_string()))
+                    .await;
+            }
+            return Ok(PodPhase::BindingVolumes {
+                node,
+                claims,
+                deadline,
+            });
+        }
+        self.bind(pod, &node).await?;
+        Ok(PodPhase::Queued)
+    }
+
+    async fn requeue(&mut self, pod: &Pod, message: &str) -> Result<PodPhase, kube::Error> {
+        self.record_failure(pod, message).await;
+        Ok(PodPhase::Backoff(
+            Instant::now() + self.config.retry_interval,
+        ))
+    }
+
+    /// Filters and scores the nodes for `pod`.
+    async fn cycle(&mut self, snap: &Snapshot, pod: &Pod) -> Cycle {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let total = snap.nodes.len();
+        let unavailable = |reason: &str| {
+            Cycle::Unschedulable(format!("0/{total} nodes are available: {reason}."))
+        };
+
+        // VolumeBinding PreFilter.
+        let mut claims = Vec::new();
+        for claim_name in pod_claims(pod) {
+            let Some(claim) = snap.claim(&ns, &claim_name) else {
+                return unavailable(&format!("persistentvolumeclaim {claim_name:?} not found"));
+            };
+            if claim.metadata.deletion_timestamp.is_some() {
+                return unavailable(&format!(
+                    "persistentvolumeclaim {claim_name:?} is being deleted"
+                ));
+            }
+            let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Lost") {
+                return unavailable(&format!(
+                    "persistentvolumeclaim {claim_name:?} bound to non-existent persistentvolume {:?}",
+                    volume_name(claim).unwrap_or_default()
+                ));
+            }
+            if volume_name(claim).is_none() && !is_wait_for_first_consumer(snap.class_of(claim)) {
+                return unavailable(UNBOUND_IMMEDIATE);
+            }
+            claims.push(claim);
+        }
+
+        // In-tree filters.
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+        let mut feasible: Vec<&Node> = Vec::new();
+        for node in &snap.nodes {
+            let name = name_of(&node.metadata);
+            match self.node_rejection(snap, &spec, &claims, node) {
+                Some(reason) => {
+                    reasons.insert(name, reason);
+                }
+                None => feasible.push(node),
+            }
+        }
+
+        // Extender filter.
+        if let Some(ext) = &self.extender
+            && !feasible.is_empty()
+        {
+            match ext.filter(pod, &feasible).await {
+                Ok(None) => {}
+                Ok(Some(filtered)) => {
+                    for (node, reason) in filtered.failed {
+                        if feasible.iter().any(|n| name_of(&n.metadata) == node) {
+                            reasons.insert(node, reason);
+                        }
+                    }
+                    feasible.retain(|n| filtered.passed.contains(&name_of(&n.metadata)));
+                }
+                Err(e) if ext.config().ignorable => {
+                    tracing::debug!(error = %e, "ignorable extender failed; skipped");
+                }
+                Err(e) => return Cycle::Unschedulable(format!("{e:#}")),
+            }
+        }
+        if feasible.is_empty() {
+            return Cycle::Unschedulable(aggregate(total, &reasons));
+        }
+        if feasible.len() == 1 {
+            return Cycle::Place(name_of(&feasible[0].metadata));
+        }
+
+        // Prioritize.
+        let mut scores: BTreeMap<String, i64> =
+            feasible.iter().map(|n| (name_of(&n.metadata), 0)).collect();
+        if let Some(ext) = &self.extender {
+            match ext.prioritize(pod, &feasible).await {
+                Ok(given) => {
+                    for (host, score) in given {
+                        if let Some(total) = scores.get_mut(&host) {
+                            *total += score * ext.config().weight * 10;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "extender prioritize failed; ignored"),
+            }
+        }
+        let best = scores.values().copied().max().unwrap_or(0);
+        let top: Vec<&String> = scores
+            .iter()
+            .filter(|(_, s)| **s == best)
+            .map(|(n, _)| n)
+            .collect();
+        let pick = usize::try_from(self.next_random() % top.len() as u64).unwrap_or(0);
+        Cycle::Place(top[pick].clone())
+    }
+
+    /// Why an in-tree filter (readiness, cordon, taints, nodeSelector, VolumeBinding) rejects
+    /// `node`, if it does.
+    fn node_rejection(
+        &self,
+        snap: &Snapshot,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        claims: &[&PersistentVolumeClaim],
+        node: &Node,
+    ) -> Option<String> {
+        let labels = node_labels(node);
+        let node_spec = node.spec.clone().unwrap_or_default();
+        if node_spec.unschedulable == Some(true) {
+            return Some("node(s) were unschedulable".to_string());
+        }
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        if !ready {
+            return Some(
+                "node(s) had untolerated taint {node.kubernetes.io/not-ready: }".to_string(),
+            );
+        }
+        for taint in node_spec.taints.as_deref().unwrap_or_default() {
+            if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+                && !tolerated(spec, taint)
+            {
+                return Some(format!(
+                    "node(s) had untolerated taint {{{}: {}}}",
+                    taint.key,
+                    taint.value.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(selector) = &spec.node_selector
+            && selector.iter().any(|(k, v)| labels.get(k) != Some(v))
+        {
+            return Some("node(s) didn't match Pod's node affinity/selector".to_string());
+        }
+        // VolumeBinding Filter.
+        let mut taken: Vec<String> = Vec::new();
+        for claim in claims {
+            if let Some(volume) = volume_name(claim) {
+                match snap.pvs.get(volume) {
+                    Some(pv) if pv_admits(pv, &labels) => continue,
+                    Some(_) => {
+                        return Some("node(s) had volume node affinity conflict".to_string());
+                    }
+                    None => {
+                        return Some(format!("persistentvolume {volume:?} not found"));
+                    }
+                }
+            }
+            let no_volume = "node(s) didn't find available persistent volumes to bind";
+            if let Some(selected) = selected_node(claim) {
+                if selected != name_of(&node.metadata) {
+                    return Some(no_volume.to_string());
+                }
+                continue;
+            }
+            if let Some(pv) = snap.pvs.values().find(|pv| {
+                !taken.contains(&name_of(&pv.metadata)) && pv_statically_matches(pv, claim, &labels)
+            }) {
+                taken.push(name_of(&pv.metadata));
+                continue;
+            }
+            match snap.class_of(claim) {
+                Some(class) if dynamic_provisioner(class).is_some() => {
+                    if !topology_admits(class, &labels) {
+                        return Some("node(s) had volume node affinity conflict".to_string());
+                    }
+                }
+                _ => return Some(no_volume.to_string()),
+            }
+        }
+        None
+    }
+
+    /// FailedScheduling: remember it, emit an Event when the message changes, and set
+    /// `PodScheduled=False` with reason `Unschedulable`.
+    async fn record_failure(&mut self, pod: &Pod, message: &str) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = name_of(&pod.metadata);
+        let emit = {
+            let mut records = self.lock();
+            let record = records.entry((ns.clone(), name.clone())).or_default();
+            record.last_failure = Some(message.to_string());
+            let emit = record.last_event.as_deref() != Some(message);
+            record.last_event = Some(message.to_string());
+            emit
+        };
+        if emit && let Err(e) = self.event(pod, "Warning", FAILED_SCHEDULING, message).await {
+            tracing::debug!(error = %e, "scheduler stand-in: event failed");
+        }
+        let current = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+        let up_to_date = current.is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message)
+        });
+        if up_to_date {
+            return;
+        }
+        let mut pod = pod.clone();
+        let status = pod.status.get_or_insert_with(Default::default);
+        status.phase.get_or_insert_with(|| "Pending".to_string());
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != "PodScheduled");
+        conditions.push(PodCondition {
+            type_: "PodScheduled".to_string(),
+            status: "False".to_string(),
+            reason: Some("Unschedulable".to_string()),
+            message: Some(message.to_string()),
+            last_transition_time: Some(Time(Timestamp::now())),
+            ..PodCondition::default()
+        });
+        if let Err(e) = Api::<Pod>::namespaced(self.client.clone(), &ns)
+            .replace_status(&name, &PostParams::default(), &pod)
+            .await
+        {
+            tracing::debug!(error = %e, "scheduler stand-in: pod status failed");
+        }
+    }
+
+    /// `pods/binding`, then a `Scheduled` Event.
+    async fn bind(&mut self, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = name_of(&pod.metadata);
+        let binding = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        Api::<Pod>::namespaced(self.client.clone(), &ns)
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await?;
+        if let Some(r) = self.lock().get_mut(&(ns.clone(), name.clone())) {
+            r.last_failure = None;
+        }
+        let message = format!("Successfully assigned {ns}/{name} to {node}");
+        self.event(pod, "Normal", SCHEDULED, &message).await
+    }
+
+    /// A core/v1 Event about `pod`, as the scheduler's recorder writes it.
+    async fn event(
+        &self,
+        pod: &Pod,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = name_of(&pod.metadata);
+        let now = Time(Timestamp::now());
+        let mut note = message.to_string();
+        if note.len() > 1024 {
+            let mut cut = 1021;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                namespace: Some(ns.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".to_string()),
+                kind: Some("Pod".to_string()),
+                namespace: Some(ns.clone()),
+                name: Some(name),
+                uid: pod.metadata.uid.clone(),
+                resource_version: pod.metadata.resource_version.clone(),
+                ..ObjectReference::default()
+            },
+            reason: Some(reason.to_string()),
+            message: Some(note),
+            type_: Some(type_.to_string()),
+            source: Some(EventSource {
+                component: Some(self.config.scheduler_name.clone()),
+                host: None,
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            reporting_component: Some(self.config.scheduler_name.clone()),
+            reporting_instance: Some(format!("{}-testkit", self.config.scheduler_name)),
+            ..Event::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &ns)
+            .create(&PostParams::default(), &event)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Whether the pod tolerates the taint (key/operator/value/effect, as `ToleratesTaint`).
+fn tolerated(spec: &k8s_openapi::api::core::v1::PodSpec, taint: &Taint) -> bool {
+    spec.tolerations
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|t| {
+            let effect_ok = t
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == taint.effect);
+            let key = t.key.as_deref().unwrap_or_default();
+            match t.operator.as_deref().unwrap_or("Equal") {
+                "Exists" => effect_ok && (key.is_empty() || key == taint.key),
+                _ => {
+                    effect_ok
+                        && key == taint.key
+                        && t.value.as_deref().unwrap_or_default()
+                            == taint.value.as_deref().unwrap_or_default()
+                }
+            }
+        })
+}
+
+/// `0/N nodes are available: 2 <reason>, 1 <reason>.` with identical reasons counted, sorted
+/// by reason as the scheduler does.
+fn aggregate(total: usize, reasons: &BTreeMap<String, String>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for reason in reasons.values() {
+        *counts.entry(reason.as_str()).or_default() += 1;
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
+    if parts.is_empty() {
+        format!("0/{total} nodes are available.")
+    } else {
+        format!("0/{total} nodes are available: {}.", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_per_reason_like_failed_scheduling() {
+        let reasons = BTreeMap::from([
+            ("a".to_string(), "full".to_string()),
+            ("b".to_string(), "full".to_string()),
+            ("c".to_string(), "node(s) were unschedulable".to_string()),
+        ]);
+        assert_eq!(
+            aggregate(3, &reasons),
+            "0/3 nodes are available: 2 full, 1 node(s) were unschedulable."
+        );
+    }
+}
