@@ -11,7 +11,9 @@
 //!   cli       the command line and logging set-up
 //! ```
 
+pub mod agent;
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod ledger;
 pub mod simulate;

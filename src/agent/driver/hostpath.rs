@@ -1,0 +1,364 @@
+//! The `hostpath` driver: one plain directory per volume, directly under the pool root.
+//!
+//! Sizes are not enforced: a volume may write past its claim. The ledger accounts for that
+//! by capping a hostpath pool's free space with the filesystem's real free space.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::VolumeError;
+use crate::agent::path::{PathError, PoolRoot, VolumeName};
+use crate::agent::pool::VolumeMode;
+use crate::ledger::Bytes;
+
+/// Makes and removes plain volume directories in one pool.
+#[derive(Clone, Debug)]
+pub struct Hostpath {
+    root: PoolRoot,
+}
+
+impl Hostpath {
+    /// A driver over the pool at `root`.
+    pub fn new(root: PoolRoot) -> Self {
+        Hostpath { root }
+    }
+
+    /// The pool root.
+    pub fn root(&self) -> &PoolRoot {
+        &self.root
+    }
+
+    /// Makes the directory for `name` with `mode` (exactly, whatever the process umask) and
+    /// returns its path. `size` is not enforced by this driver.
+    ///
+    /// Idempotent: an existing directory is success and keeps its current mode; a file or a
+    /// symlink in its place is an error.
+    pub fn create(
+        &self,
+        name: &VolumeName,
+        size: Bytes,
+        mode: VolumeMode,
+    ) -> Result<PathBuf, VolumeError> {
+        let _ = size;
+        let path = self.root.volume_path(name);
+        if let Some(meta) = self.root.check_inside(&path)? {
+            return if meta.is_dir() {
+                Ok(path)
+            } else {
+                Err(VolumeError::NotADirectory { path })
+            };
+        }
+        match fs::DirBuilder::new().mode(mode.bits()).create(&path) {
+            Ok(()) => {}
+            // Lost a race with another create: judge what is there now.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return match self.root.check_inside(&path)? {
+                    Some(meta) if meta.is_dir() => Ok(path),
+                    _ => Err(VolumeError::NotADirectory { path }),
+                };
+            }
+            Err(source) => return Err(PathError::Io { path, source }.into()),
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode.bits())).map_err(|source| {
+            PathError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(path)
+    }
+
+    /// Removes the directory of `name` and everything in it. Absent is success; a symlink
+    /// or a file in its place is refused and left alone.
+    pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        let path = self.root.volume_path(name);
+        match self.root.check_inside(&path)? {
+            None => Ok(()),
+            Some(meta) if !meta.is_dir() => Err(VolumeError::NotADirectory { path }),
+            // `remove_dir_all` does not follow symlinks found inside the volume.
+            Some(_) => match fs::remove_dir_all(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(PathError::Io { path, source }.into()),
+            },
+        }
+    }
+
+    /// Moves the directory of `name` into `<root>/.archive/<name>-<UTC stamp>` and returns
+    /// where it went, or `None` if the volume is already gone (archived before, or never made).
+    pub fn archive(
+        &self,
+        name: &VolumeName,
+        now: SystemTime,
+    ) -> Result<Option<PathBuf>, VolumeError> {
+        let path = self.root.volume_path(name);
+        match self.root.check_inside(&path)? {
+            None => return Ok(None),
+            Some(meta) if !meta.is_dir() => return Err(VolumeError::NotADirectory { path }),
+            Some(_) => {}
+        }
+        let dir = self.root.archive_dir();
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(PathError::Io { path: dir, source }.into()),
+        }
+        // `.archive` must be a real directory of the pool, not a symlink leading elsewhere.
+        match self.root.check_inside(&dir)? {
+            Some(meta) if meta.is_dir() => {}
+            _ => return Err(VolumeError::NotADirectory { path: dir }),
+        }
+        let target = self.root.archive_path(name, now)?;
+        fs::rename(&path, &target).map_err(|source| PathError::Io { path, source })?;
+        Ok(Some(target))
+    }
+
+    /// Grows the volume of `name` to `size`: nothing to do, since hostpath does not enforce
+    /// sizes; only checks that the volume directory is there.
+    pub fn grow(&self, name: &VolumeName, size: Bytes) -> Result<(), VolumeError> {
+        let _ = size;
+        let path = self.root.volume_path(name);
+        match self.root.check_inside(&path)? {
+            Some(meta) if meta.is_dir() => Ok(()),
+            Some(_) => Err(VolumeError::NotADirectory { path }),
+            None => Err(VolumeError::Missing { path }),
+        }
+    }
+
+    /// The volumes in the pool: directories directly under the root whose names parse as
+    /// [`VolumeName`]s, sorted. Everything else (`.archive`, other names, files, symlinks)
+    /// is ignored.
+    pub fn scan(&self) -> Result<Vec<VolumeName>, VolumeError> {
+        let root = self.root.path();
+        let io_err = |source| PathError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(root).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            let Some(Ok(name)) = entry.file_name().to_str().map(VolumeName::parse) else {
+                continue;
+            };
+            // `DirEntry::file_type` does not follow symlinks.
+            if entry.file_type().map_err(io_err)?.is_dir() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const A: &str = "pvc-0f8e4c1a-3b2d-4e5f-8a9b-0c1d2e3f4a5b";
+    const B: &str = "pvc-11111111-2222-4333-8444-555555555555";
+
+    fn name(s: &str) -> VolumeName {
+        VolumeName::parse(s).unwrap()
+    }
+
+    fn pool() -> (tempfile::TempDir, Hostpath) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("pool")).unwrap();
+        let driver = Hostpath::new(PoolRoot::open(dir.path().join("pool")).unwrap());
+        (dir, driver)
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn create_makes_the_directory_with_the_exact_mode_and_twice_is_success() {
+        let (_dir, d) = pool();
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode(0o770))
+            .unwrap();
+        assert_eq!(p, d.root().path().join(A));
+        assert!(p.is_dir());
+        assert_eq!(mode_of(&p), 0o770);
+        fs::write(p.join("data"), b"keep").unwrap();
+        let again = d
+            .create(&name(A), Bytes::gib(1), VolumeMode(0o770))
+            .unwrap();
+        assert_eq!(again, p);
+        assert_eq!(fs::read(p.join("data")).unwrap(), b"keep");
+        let open = d
+            .create(&name(B), Bytes::gib(1), VolumeMode(0o777))
+            .unwrap();
+        assert_eq!(mode_of(&open), 0o777, "the umask does not narrow the mode");
+    }
+
+    #[test]
+    fn create_refuses_a_file_or_a_symlink_where_the_directory_should_be() {
+        let (dir, d) = pool();
+        fs::write(d.root().volume_path(&name(A)), b"x").unwrap();
+        assert!(matches!(
+            d.create(&name(A), Bytes::gib(1), VolumeMode::default()),
+            Err(VolumeError::NotADirectory { .. })
+        ));
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        symlink(&outside, d.root().volume_path(&name(B))).unwrap();
+        let err = d
+            .create(&name(B), Bytes::gib(1), VolumeMode::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn delete_removes_the_volume_and_twice_is_success() {
+        let (_dir, d) = pool();
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        fs::create_dir(p.join("sub")).unwrap();
+        fs::write(p.join("sub/f"), b"x").unwrap();
+        d.delete(&name(A)).unwrap();
+        assert!(!p.exists());
+        d.delete(&name(A)).unwrap();
+    }
+
+    #[test]
+    fn delete_refuses_a_symlink_named_like_a_volume_and_leaves_its_target_alone() {
+        let (dir, d) = pool();
+        let outside = dir.path().join("precious");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("data"), b"do not delete").unwrap();
+        let link = d.root().volume_path(&name(A));
+        symlink(&outside, &link).unwrap();
+
+        let err = d.delete(&name(A)).unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Path(PathError::Symlink { .. })),
+            "{err}"
+        );
+        assert_eq!(fs::read(outside.join("data")).unwrap(), b"do not delete");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(d.archive(&name(A), SystemTime::now()).is_err());
+        assert!(d.grow(&name(A), Bytes::gib(2)).is_err());
+    }
+
+    #[test]
+    fn delete_does_not_follow_symlinks_inside_the_volume() {
+        let (dir, d) = pool();
+        let outside = dir.path().join("precious");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("data"), b"keep").unwrap();
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        symlink(&outside, p.join("escape")).unwrap();
+        d.delete(&name(A)).unwrap();
+        assert!(!p.exists());
+        assert_eq!(fs::read(outside.join("data")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn delete_refuses_a_file_where_the_directory_should_be() {
+        let (_dir, d) = pool();
+        let p = d.root().volume_path(&name(A));
+        fs::write(&p, b"x").unwrap();
+        assert!(matches!(
+            d.delete(&name(A)),
+            Err(VolumeError::NotADirectory { .. })
+        ));
+        assert!(p.is_file());
+    }
+
+    #[test]
+    fn archive_moves_the_volume_and_twice_is_success() {
+        let (_dir, d) = pool();
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        fs::write(p.join("data"), b"old").unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
+        let moved = d.archive(&name(A), at).unwrap().unwrap();
+        assert_eq!(
+            moved,
+            d.root().archive_dir().join(format!("{A}-20240229T134507Z"))
+        );
+        assert_eq!(fs::read(moved.join("data")).unwrap(), b"old");
+        assert!(!p.exists());
+        assert_eq!(d.archive(&name(A), at).unwrap(), None);
+    }
+
+    #[test]
+    fn archiving_the_same_name_twice_in_one_second_keeps_both() {
+        let (_dir, d) = pool();
+        let at = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        let first = d.archive(&name(A), at).unwrap().unwrap();
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        let second = d.archive(&name(A), at).unwrap().unwrap();
+        assert_ne!(first, second);
+        assert!(first.is_dir() && second.is_dir());
+        assert!(second.to_string_lossy().ends_with("Z-1"), "{second:?}");
+    }
+
+    #[test]
+    fn archive_refuses_an_archive_folder_that_is_a_symlink() {
+        let (dir, d) = pool();
+        let outside = dir.path().join("elsewhere");
+        fs::create_dir(&outside).unwrap();
+        symlink(&outside, d.root().archive_dir()).unwrap();
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        let err = d.archive(&name(A), SystemTime::now()).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(d.root().volume_path(&name(A)).is_dir());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn grow_is_a_no_op_that_needs_the_volume_to_exist() {
+        let (_dir, d) = pool();
+        assert!(matches!(
+            d.grow(&name(A), Bytes::gib(2)),
+            Err(VolumeError::Missing { .. })
+        ));
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        d.grow(&name(A), Bytes::gib(2)).unwrap();
+    }
+
+    #[test]
+    fn scan_lists_volume_directories_and_ignores_everything_else() {
+        let (dir, d) = pool();
+        d.create(&name(B), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        d.archive(&name(A), SystemTime::now()).unwrap();
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        let root = d.root().path();
+        fs::create_dir(root.join("lost+found")).unwrap();
+        fs::create_dir(root.join("PVC-0F8E4C1A-3B2D-4E5F-8A9B-0C1D2E3F4A5B")).unwrap();
+        fs::write(root.join("pvc-22222222-2222-4333-8444-555555555555"), b"").unwrap();
+        symlink(
+            dir.path(),
+            root.join("pvc-33333333-2222-4333-8444-555555555555"),
+        )
+        .unwrap();
+        assert_eq!(d.scan().unwrap(), vec![name(A), name(B)]);
+    }
+}

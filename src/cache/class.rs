@@ -1,0 +1,142 @@
+//! The parameters of a `local.stowage.io` StorageClass.
+//!
+//! ```yaml
+//! provisioner: local.stowage.io
+//! parameters:
+//!   pool: fast          # default "default"
+//!   placement: binpack  # spread | binpack, default spread
+//! ```
+//!
+//! Other parameter keys are ignored here (other roles read them).
+
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::api::names;
+use crate::ledger::{Placement, PoolName};
+
+/// Name of the pool parameter.
+pub const PARAM_POOL: &str = "pool";
+/// Name of the placement parameter.
+pub const PARAM_PLACEMENT: &str = "placement";
+/// The pool used when a class names none.
+pub const DEFAULT_POOL: &str = "default";
+
+/// What a `local.stowage.io` StorageClass asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassParams {
+    /// The pool the class's volumes go to.
+    pub pool: PoolName,
+    /// How the class's volumes are placed.
+    pub placement: Placement,
+}
+
+/// A StorageClass parameter that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("StorageClass {class}: parameter {parameter:?} is invalid: {message}")]
+pub struct ClassError {
+    /// The StorageClass.
+    pub class: String,
+    /// The parameter key.
+    pub parameter: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ClassParams {
+    /// Reads a class's parameters; a missing parameter takes its default.
+    pub fn from_class(class: &StorageClass) -> Result<Self, ClassError> {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        let get = |key: &str| class.parameters.as_ref().and_then(|p| p.get(key));
+        let err = |parameter, message: String| ClassError {
+            class: name.clone(),
+            parameter,
+            message,
+        };
+        let pool = match get(PARAM_POOL).map(|s| s.trim()) {
+            None => DEFAULT_POOL.to_string(),
+            Some("") => {
+                return Err(err(PARAM_POOL, "the pool name is empty".to_string()));
+            }
+            Some(p) => p.to_string(),
+        };
+        let placement = match get(PARAM_PLACEMENT) {
+            None => Placement::default(),
+            Some(p) => p.trim().parse().map_err(|m| err(PARAM_PLACEMENT, m))?,
+        };
+        Ok(Self {
+            pool: PoolName(pool),
+            placement,
+        })
+    }
+}
+
+/// Whether the class is served by the node-local provisioner.
+pub fn is_local(class: &StorageClass) -> bool {
+    class.provisioner == names::PROVISIONER_LOCAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn class(params: &[(&str, &str)]) -> StorageClass {
+        StorageClass {
+            metadata: ObjectMeta {
+                name: Some("local".into()),
+                ..Default::default()
+            },
+            provisioner: names::PROVISIONER_LOCAL.into(),
+            parameters: Some(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parameters_parse_with_defaults_and_errors_name_the_parameter() {
+        // (parameters, Ok((pool, placement)) or Err(the parameter the error names))
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Result<(&'static str, Placement), &'static str>,
+        );
+        let cases: &[Case] = &[
+            (&[], Ok(("default", Placement::Spread))),
+            (&[("pool", "fast")], Ok(("fast", Placement::Spread))),
+            (
+                &[("placement", "binpack")],
+                Ok(("default", Placement::Binpack)),
+            ),
+            (
+                &[("placement", " spread ")],
+                Ok(("default", Placement::Spread)),
+            ),
+            (&[("placement", "random")], Err("placement")),
+            (&[("pool", "")], Err("pool")),
+            (&[("unrelated", "x")], Ok(("default", Placement::Spread))),
+        ];
+        for (params, want) in cases {
+            let got = ClassParams::from_class(&class(params));
+            match (got, want) {
+                (Ok(p), Ok((pool, placement))) => {
+                    assert_eq!(
+                        (p.pool.as_str(), p.placement),
+                        (*pool, *placement),
+                        "{params:?}"
+                    );
+                }
+                (Err(e), Err(param)) => {
+                    assert_eq!(e.parameter, *param, "{params:?}");
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("\"{param}\"")), "{msg}");
+                    assert!(msg.contains("StorageClass local"), "{msg}");
+                }
+                (got, want) => panic!("{params:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

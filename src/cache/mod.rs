@@ -1,0 +1,470 @@
+//! The controller's and extender's view of the cluster, in ledger terms.
+//!
+//! [`ClusterIndex`] holds the raw objects the reflectors deliver (StorageNodes, LocalVolumes,
+//! PersistentVolumeClaims, StorageClasses) behind synchronous `apply_*`, `delete_*` and
+//! `reset_*` methods, the shape of kubert's `IndexClusterResource`. `reset_*` replaces the
+//! whole kind, so objects missing from a re-list disappear.
+//!
+//! ```text
+//!   StorageNode.status.pools ──► capacity, reserve, ready, heartbeat
+//!   LocalVolume.spec         ──► allocated  (per node/pool, max with the agent's figure)
+//!   claim + selected-node    ──► reserved   (local class, unbound, no LocalVolume yet)
+//!   pod's own claims         ──► Demand, minus what the cluster already holds for them
+//! ```
+//!
+//! The time-independent part of the ledger is derived on demand and cached until the next
+//! change; heartbeat ages are filled in per query from `now`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::local_volume::LocalVolume;
+use crate::api::names;
+use crate::api::storage_node::StorageNode;
+use crate::ledger::{
+    Bytes, Demand, DemandOverflow, Ledger, NodeName, NodeState, Placement, PoolName, QuantityError,
+};
+
+pub mod class;
+pub mod policy;
+
+#[cfg(test)]
+mod tests;
+
+pub use class::{ClassError, ClassParams};
+pub use policy::{Clock, StowagePolicy};
+
+/// Prefix of a LocalVolume's name; the rest is the claim's UID.
+pub const LOCAL_VOLUME_PREFIX: &str = "pvc-";
+
+/// The raw objects the ledger is derived from, keyed as Kubernetes keys them.
+#[derive(Debug, Default)]
+pub struct ClusterIndex {
+    nodes: HashMap<String, StorageNode>,
+    volumes: HashMap<String, LocalVolume>,
+    /// By `(namespace, name)`.
+    claims: HashMap<(String, String), PersistentVolumeClaim>,
+    classes: HashMap<String, StorageClass>,
+    /// The ledger without heartbeat ages; cleared on every change.
+    base: OnceLock<Ledger>,
+}
+
+/// What a pod asks of stowage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodDemand {
+    /// The pod has no unbound claim of a `local.stowage.io` class, or one of its claims or
+    /// their classes is not in the cache yet: the extender lets every node pass and leaves
+    /// the pod to the scheduler's own volume checks.
+    NotOurs,
+    /// The pod's unbound local claims, summed per pool.
+    Demand {
+        /// Bytes needed per pool.
+        demand: Demand,
+        /// The placement of the pod's first local claim's class. When a pod's classes
+        /// disagree the first claim (in `spec.volumes` order) decides: one score per node
+        /// cannot follow two policies.
+        placement: Placement,
+        /// Bytes the cluster already holds for these very claims (a reservation on the
+        /// selected node, or a LocalVolume being made). They are credited back when
+        /// checking that node, so a claim is not counted twice.
+        exclude_own_reservations: Vec<OwnHold>,
+    },
+}
+
+/// Bytes already held on a node for one of the pod's claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnHold {
+    /// The node holding them.
+    pub node: NodeName,
+    /// The pool.
+    pub pool: PoolName,
+    /// How many.
+    pub bytes: Bytes,
+    /// In which counter.
+    pub held: Held,
+}
+
+/// Which counter of a pool holds a claim's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Reserved: the claim has a selected node but no LocalVolume yet.
+    Reserved,
+    /// Allocated: the claim's LocalVolume exists but the claim is not bound yet.
+    Allocated,
+}
+
+/// The pod's demand cannot be worked out; the extender reports it as an error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DemandError {
+    /// A claim's StorageClass has an invalid parameter.
+    #[error(transparent)]
+    Class(#[from] ClassError),
+    /// A claim's storage request is not a size.
+    #[error("claim {namespace}/{name}: spec.resources.requests.storage: {error}")]
+    Quantity {
+        /// The claim's namespace.
+        namespace: String,
+        /// The claim's name.
+        name: String,
+        /// The parse error.
+        error: QuantityError,
+    },
+    /// The claims add up to more than 64 bits.
+    #[error(transparent)]
+    Overflow(#[from] DemandOverflow),
+}
+
+/// A claim that stowage must place, as far as the index can tell.
+struct LocalClaim<'a> {
+    claim: &'a PersistentVolumeClaim,
+    params: ClassParams,
+    bytes: Bytes,
+}
+
+// === impl ClusterIndex ===
+
+impl ClusterIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn changed(&mut self) {
+        self.base = OnceLock::new();
+    }
+
+    /// Adds or replaces a StorageNode (keyed by name).
+    pub fn apply_storage_node(&mut self, node: StorageNode) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        self.nodes.insert(name, node);
+        self.changed();
+    }
+
+    /// Removes a StorageNode.
+    pub fn delete_storage_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+        self.changed();
+    }
+
+    /// Replaces every StorageNode with a re-list.
+    pub fn reset_storage_nodes(&mut self, nodes: impl IntoIterator<Item = StorageNode>) {
+        self.nodes = nodes
+            .into_iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+            .collect();
+        self.changed();
+    }
+
+    /// Adds or replaces a LocalVolume (keyed by name).
+    pub fn apply_local_volume(&mut self, volume: LocalVolume) {
+        let name = volume.metadata.name.clone().unwrap_or_default();
+        self.volumes.insert(name, volume);
+        self.changed();
+    }
+
+    /// Removes a LocalVolume.
+    pub fn delete_local_volume(&mut self, name: &str) {
+        self.volumes.remove(name);
+        self.changed();
+    }
+
+    /// Replaces every LocalVolume with a re-list.
+    pub fn reset_local_volumes(&mut self, volumes: impl IntoIterator<Item = LocalVolume>) {
+        self.volumes = volumes
+            .into_iter()
+            .map(|v| (v.metadata.name.clone().unwrap_or_default(), v))
+            .collect();
+        self.changed();
+    }
+
+    /// Adds or replaces a claim (keyed by namespace and name).
+    pub fn apply_claim(&mut self, claim: PersistentVolumeClaim) {
+        self.claims.insert(claim_key(&claim), claim);
+        self.changed();
+    }
+
+    /// Removes a claim.
+    pub fn delete_claim(&mut self, namespace: &str, name: &str) {
+        self.claims
+            .remove(&(namespace.to_string(), name.to_string()));
+        self.changed();
+    }
+
+    /// Replaces every claim with a re-list.
+    pub fn reset_claims(&mut self, claims: impl IntoIterator<Item = PersistentVolumeClaim>) {
+        self.claims = claims.into_iter().map(|c| (claim_key(&c), c)).collect();
+        self.changed();
+    }
+
+    /// Adds or replaces a StorageClass (keyed by name).
+    pub fn apply_storage_class(&mut self, class: StorageClass) {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        self.classes.insert(name, class);
+        self.changed();
+    }
+
+    /// Removes a StorageClass.
+    pub fn delete_storage_class(&mut self, name: &str) {
+        self.classes.remove(name);
+        self.changed();
+    }
+
+    /// Replaces every StorageClass with a re-list.
+    pub fn reset_storage_classes(&mut self, classes: impl IntoIterator<Item = StorageClass>) {
+        self.classes = classes
+            .into_iter()
+            .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
+            .collect();
+        self.changed();
+    }
+
+    /// The whole ledger as of `now`.
+    pub fn ledger(&self, now: Timestamp) -> Ledger {
+        self.base()
+            .nodes()
+            .map(|n| self.with_age(n.clone(), now))
+            .collect()
+    }
+
+    /// One node's ledger entry as of `now`; `None` when no StorageNode has that name.
+    pub fn node_state(&self, name: &str, now: Timestamp) -> Option<NodeState> {
+        let node = self.base().node(name)?.clone();
+        Some(self.with_age(node, now))
+    }
+
+    fn with_age(&self, mut node: NodeState, now: Timestamp) -> NodeState {
+        node.heartbeat_age = self
+            .nodes
+            .get(node.name.as_str())
+            .and_then(|sn| heartbeat_age(sn, now));
+        node
+    }
+
+    fn base(&self) -> &Ledger {
+        self.base.get_or_init(|| self.derive())
+    }
+
+    /// Builds the ledger without heartbeat ages.
+    ///
+    /// Allocated bytes per pool are the larger of the sum of the LocalVolumes there and the
+    /// agent's `allocatedBytes`. The LocalVolumes are usually fresher (the controller
+    /// creates them before the agent next reports); the agent's figure can be larger for a
+    /// moment (a volume whose object is gone but whose data is not). Taking the larger
+    /// never promises bytes either source says are taken.
+    fn derive(&self) -> Ledger {
+        let mut allocated = PerPool::default();
+        for lv in self.volumes.values() {
+            add(
+                &mut allocated,
+                &lv.spec.node_name,
+                &lv.spec.pool,
+                lv.spec.size(),
+            );
+        }
+        let mut reserved = PerPool::default();
+        for claim in self.claims.values() {
+            if let Some(h) = self.held_for(claim)
+                && h.held == Held::Reserved
+            {
+                add(&mut reserved, h.node.as_str(), h.pool.as_str(), h.bytes);
+            }
+        }
+        self.nodes
+            .iter()
+            .map(|(name, sn)| {
+                let status = sn.status.clone().unwrap_or_default();
+                let mut node = status.to_node_state(name, None);
+                for pool in &mut node.pools {
+                    let lvs = get(&allocated, name, pool.name.as_str());
+                    pool.allocated = pool.allocated.max(lvs);
+                    pool.reserved = get(&reserved, name, pool.name.as_str());
+                }
+                node
+            })
+            .collect()
+    }
+
+    /// The claim as stowage sees it: `Ok(None)` when it is not a local claim or not
+    /// placeable yet (bound, no class or an unknown class). Invalid classes and sizes are
+    /// errors.
+    fn local_claim<'a>(
+        &self,
+        claim: &'a PersistentVolumeClaim,
+    ) -> Result<Option<LocalClaim<'a>>, DemandError> {
+        let Some(spec) = &claim.spec else {
+            return Ok(None);
+        };
+        if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Ok(None);
+        }
+        let Some(class) = spec
+            .storage_class_name
+            .as_deref()
+            .and_then(|c| self.classes.get(c))
+        else {
+            return Ok(None);
+        };
+        if !class::is_local(class) {
+            return Ok(None);
+        }
+        let params = ClassParams::from_class(class)?;
+        let bytes = match spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+        {
+            None => Bytes::ZERO,
+            Some(q) => q.0.parse().map_err(|error| DemandError::Quantity {
+                namespace: claim.metadata.namespace.clone().unwrap_or_default(),
+                name: claim.metadata.name.clone().unwrap_or_default(),
+                error,
+            })?,
+        };
+        Ok(Some(LocalClaim {
+            claim,
+            params,
+            bytes,
+        }))
+    }
+
+    /// Where the cluster already holds bytes for an unbound local claim: the LocalVolume
+    /// `pvc-<uid>` if it exists (allocated), otherwise the selected node (reserved).
+    /// Claims with invalid classes or sizes hold nothing.
+    fn held_for(&self, claim: &PersistentVolumeClaim) -> Option<OwnHold> {
+        let local = self.local_claim(claim).ok()??;
+        self.held_for_local(&local)
+    }
+
+    fn held_for_local(&self, local: &LocalClaim<'_>) -> Option<OwnHold> {
+        let meta = &local.claim.metadata;
+        if let Some(uid) = meta.uid.as_deref() {
+            let lv_name = format!("{LOCAL_VOLUME_PREFIX}{uid}");
+            if let Some(lv) = self.volumes.get(&lv_name) {
+                return Some(OwnHold {
+                    node: lv.spec.node(),
+                    pool: lv.spec.pool_name(),
+                    bytes: lv.spec.size(),
+                    held: Held::Allocated,
+                });
+            }
+        }
+        let node = meta
+            .annotations
+            .as_ref()?
+            .get(names::ANNOTATION_SELECTED_NODE)?;
+        Some(OwnHold {
+            node: NodeName(node.clone()),
+            pool: local.params.pool.clone(),
+            bytes: local.bytes,
+            held: Held::Reserved,
+        })
+    }
+
+    /// What `pod` asks of stowage; see [`PodDemand`].
+    pub fn pod_demand(&self, pod: &Pod) -> Result<PodDemand, DemandError> {
+        let Some(spec) = &pod.spec else {
+            return Ok(PodDemand::NotOurs);
+        };
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        let mut demand = Demand::new();
+        let mut placement = None;
+        let mut holds = Vec::new();
+        for volume in spec.volumes.iter().flatten() {
+            let claim_name = if let Some(pvc) = &volume.persistent_volume_claim {
+                pvc.claim_name.clone()
+            } else if volume.ephemeral.is_some() {
+                format!("{pod_name}-{}", volume.name)
+            } else {
+                continue;
+            };
+            let Some(claim) = self.claims.get(&(namespace.to_string(), claim_name)) else {
+                return Ok(PodDemand::NotOurs);
+            };
+            // A claim without a class (static binding) is not ours; one whose class is not
+            // cached yet might be, so the whole pod passes through until it is.
+            match claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+            {
+                None | Some("") => continue,
+                Some(c) if !self.classes.contains_key(c) => return Ok(PodDemand::NotOurs),
+                Some(_) => {}
+            }
+            let Some(local) = self.local_claim(claim)? else {
+                continue;
+            };
+            demand.add(local.params.pool.clone(), local.bytes)?;
+            placement.get_or_insert(local.params.placement);
+            holds.extend(self.held_for_local(&local));
+        }
+        match placement {
+            None => Ok(PodDemand::NotOurs),
+            Some(placement) => Ok(PodDemand::Demand {
+                demand,
+                placement,
+                exclude_own_reservations: holds,
+            }),
+        }
+    }
+}
+
+/// Takes back from `node` what `holds` say the cluster already holds there for the pod.
+pub fn credit(node: &mut NodeState, holds: &[OwnHold]) {
+    let name = node.name.clone();
+    for h in holds.iter().filter(|h| h.node == name) {
+        if let Some(p) = node.pool_mut(h.pool.as_str()) {
+            let slot = match h.held {
+                Held::Reserved => &mut p.reserved,
+                Held::Allocated => &mut p.allocated,
+            };
+            *slot = slot.saturating_sub(h.bytes);
+        }
+    }
+}
+
+/// Bytes per node, then per pool.
+type PerPool = HashMap<String, HashMap<String, Bytes>>;
+
+fn add(map: &mut PerPool, node: &str, pool: &str, bytes: Bytes) {
+    let slot = map
+        .entry(node.to_string())
+        .or_default()
+        .entry(pool.to_string())
+        .or_default();
+    *slot = slot.saturating_add(bytes);
+}
+
+fn get(map: &PerPool, node: &str, pool: &str) -> Bytes {
+    map.get(node)
+        .and_then(|p| p.get(pool))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn claim_key(claim: &PersistentVolumeClaim) -> (String, String) {
+    (
+        claim.metadata.namespace.clone().unwrap_or_default(),
+        claim.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Time since the agent's last report; `None` when there is none or it is not RFC 3339. A
+/// heartbeat from the future (clock skew) counts as just now.
+fn heartbeat_age(node: &StorageNode, now: Timestamp) -> Option<Duration> {
+    let at: Timestamp = node
+        .status
+        .as_ref()?
+        .heartbeat_time
+        .as_deref()?
+        .parse()
+        .ok()?;
+    Some(Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO))
+}

@@ -1,0 +1,136 @@
+//! The stowage scheduler-extender policy: the [`ClusterIndex`] asked through the ledger.
+//!
+//! Filter rejects nodes whose pools cannot take the pod's unbound local claims, as
+//! unresolvable (evicting pods frees no storage). Prioritize scores by the class's
+//! placement. Pods without local claims, or whose claims are not cached yet, pass through.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
+
+use super::{ClusterIndex, OwnHold, PodDemand, credit};
+use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check, score};
+
+/// Where the policy reads the time: heartbeat ages are measured against it.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The extender policy over a shared [`ClusterIndex`].
+#[derive(Clone)]
+pub struct StowagePolicy {
+    /// The cluster view, written by the reflectors.
+    pub index: Arc<RwLock<ClusterIndex>>,
+    /// Fit-check configuration.
+    pub opts: FitOptions,
+    /// The current time.
+    pub clock: Clock,
+}
+
+impl fmt::Debug for StowagePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StowagePolicy")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StowagePolicy {
+    /// A policy reading the system clock.
+    pub fn new(index: Arc<RwLock<ClusterIndex>>, opts: FitOptions) -> Self {
+        Self {
+            index,
+            opts,
+            clock: Arc::new(Timestamp::now),
+        }
+    }
+
+    /// Replaces the clock (tests, simulations).
+    pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The node as this pod sees it: what the cluster already holds for the pod's own
+    /// claims is taken back.
+    fn node_for_pod(
+        index: &ClusterIndex,
+        name: &str,
+        now: Timestamp,
+        holds: &[OwnHold],
+    ) -> Option<NodeState> {
+        let mut node = index.node_state(name, now)?;
+        credit(&mut node, holds);
+        Some(node)
+    }
+
+    fn check_node(
+        &self,
+        index: &ClusterIndex,
+        name: &str,
+        now: Timestamp,
+        demand: &Demand,
+        holds: &[OwnHold],
+    ) -> Result<(), Unfit> {
+        match Self::node_for_pod(index, name, now, holds) {
+            Some(node) => check(&node, demand, &self.opts),
+            None if demand.is_empty() => Ok(()),
+            None => Err(Unfit::NoReport),
+        }
+    }
+}
+
+impl Policy for StowagePolicy {
+    fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n> {
+        let Ok(index) = self.index.read() else {
+            return FilterVerdict::Error("stowage cluster index is poisoned".into());
+        };
+        let (demand, holds) = match index.pod_demand(pod) {
+            Err(e) => return FilterVerdict::Error(e.to_string().into()),
+            Ok(PodDemand::NotOurs) => return FilterVerdict::PassAll,
+            Ok(PodDemand::Demand {
+                demand,
+                exclude_own_reservations,
+                ..
+            }) => (demand, exclude_own_reservations),
+        };
+        let now = (self.clock)();
+        let rejections: Vec<_> = nodes
+            .iter()
+            .filter_map(|&node| {
+                self.check_node(&index, node, now, &demand, &holds)
+                    .err()
+                    .map(|unfit| Rejection::unresolvable(node, unfit.kind(), unfit.to_string()))
+            })
+            .collect();
+        if rejections.is_empty() {
+            FilterVerdict::PassAll
+        } else {
+            FilterVerdict::Reject(rejections)
+        }
+    }
+
+    fn prioritize<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> Vec<NodeScore<'n>> {
+        let Ok(index) = self.index.read() else {
+            return Vec::new();
+        };
+        let Ok(PodDemand::Demand {
+            demand,
+            placement,
+            exclude_own_reservations,
+        }) = index.pod_demand(pod)
+        else {
+            return Vec::new();
+        };
+        let now = (self.clock)();
+        nodes
+            .iter()
+            .map(|&node| NodeScore {
+                node,
+                score: Self::node_for_pod(&index, node, now, &exclude_own_reservations)
+                    .map_or(0, |n| i64::from(score(&n, &demand, placement))),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,550 @@
+//! Index and policy tests: objects are applied directly, as linkerd's index tests do.
+
+// clippy's allow-unwrap-in-tests covers `#[test]` functions, not this file's helpers.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSpec, Volume, VolumeResourceRequirements,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use stowage_extender::{Failure, FilterVerdict, Policy};
+
+use super::*;
+use crate::api::local_volume::{ClaimRef, LocalVolumeSpec, OnDelete};
+use crate::api::storage_node::{PoolStatus, StorageNodeSpec, StorageNodeStatus};
+use crate::ledger::FitOptions;
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+const STALE: &str = "2025-12-31T23:00:00Z";
+
+fn now() -> Timestamp {
+    NOW.parse().unwrap()
+}
+
+/// A StorageNode with ready btrfs pools `(name, capacity, agent-reported allocated)`.
+fn sn(name: &str, heartbeat: Option<&str>, pools: &[(&str, Bytes, Bytes)]) -> StorageNode {
+    let mut node = StorageNode::new(name, StorageNodeSpec {});
+    node.status = Some(StorageNodeStatus {
+        pools: pools
+            .iter()
+            .map(|&(pool, cap, alloc)| PoolStatus {
+                name: pool.into(),
+                driver: "btrfs".into(),
+                capacity_bytes: cap.0,
+                allocatable_bytes: cap.0,
+                allocated_bytes: alloc.0,
+                available_bytes: cap.0,
+                ready: true,
+                ..Default::default()
+            })
+            .collect(),
+        heartbeat_time: heartbeat.map(str::to_string),
+        ..Default::default()
+    });
+    node
+}
+
+fn lv(uid: &str, node: &str, pool: &str, size: Bytes) -> LocalVolume {
+    LocalVolume::new(
+        &format!("pvc-{uid}"),
+        LocalVolumeSpec {
+            node_name: node.into(),
+            pool: pool.into(),
+            size_bytes: size.0,
+            claim: ClaimRef {
+                namespace: "apps".into(),
+                name: uid.into(),
+                uid: uid.into(),
+            },
+            on_delete: OnDelete::Delete,
+        },
+    )
+}
+
+fn class(name: &str, provisioner: &str, params: &[(&str, &str)]) -> StorageClass {
+    StorageClass {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        provisioner: provisioner.into(),
+        parameters: Some(
+            params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// A claim in namespace `apps` whose UID is its name.
+fn pvc(
+    name: &str,
+    class: &str,
+    size: &str,
+    selected: Option<&str>,
+    volume: Option<&str>,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("apps".into()),
+            uid: Some(name.into()),
+            annotations: selected.map(|n| {
+                BTreeMap::from([(names::ANNOTATION_SELECTED_NODE.to_string(), n.to_string())])
+            }),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            storage_class_name: Some(class.into()),
+            volume_name: volume.map(str::to_string),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.into()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod(claims: &[&str]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web-0".into()),
+            namespace: Some("apps".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            volumes: Some(
+                claims
+                    .iter()
+                    .map(|c| Volume {
+                        name: format!("v-{c}"),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: c.to_string(),
+                            read_only: None,
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Classes `local` (pool default, spread), `packed` (binpack), `fast` (pool fast), `bad`
+/// (invalid placement) and `nfs` (not ours); nodes `n1` and `n2` with 100Gi in `default`,
+/// `n2` also 100Gi in `fast`; `old` with a stale heartbeat.
+fn cluster() -> ClusterIndex {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([
+        class("local", names::PROVISIONER_LOCAL, &[]),
+        class(
+            "packed",
+            names::PROVISIONER_LOCAL,
+            &[("placement", "binpack")],
+        ),
+        class("fast", names::PROVISIONER_LOCAL, &[("pool", "fast")]),
+        class("bad", names::PROVISIONER_LOCAL, &[("placement", "random")]),
+        class("nfs", names::PROVISIONER_NFS, &[]),
+    ]);
+    let g100 = Bytes::gib(100);
+    idx.reset_storage_nodes([
+        sn("n1", Some(NOW), &[("default", g100, Bytes::ZERO)]),
+        sn(
+            "n2",
+            Some(NOW),
+            &[("default", g100, Bytes::ZERO), ("fast", g100, Bytes::ZERO)],
+        ),
+        sn("old", Some(STALE), &[("default", g100, Bytes::ZERO)]),
+    ]);
+    idx
+}
+
+fn policy(idx: ClusterIndex) -> StowagePolicy {
+    StowagePolicy::new(Arc::new(RwLock::new(idx)), FitOptions::default()).with_clock(now)
+}
+
+fn pool_of(idx: &ClusterIndex, node: &str, pool: &str) -> (Bytes, Bytes) {
+    let n = idx.node_state(node, now()).unwrap();
+    let p = n.pool(pool).unwrap();
+    (p.allocated, p.reserved)
+}
+
+#[test]
+fn local_volumes_add_up_to_allocated_and_the_agents_larger_figure_wins() {
+    let mut idx = cluster();
+    idx.apply_local_volume(lv("a", "n1", "default", Bytes::gib(10)));
+    idx.apply_local_volume(lv("b", "n1", "default", Bytes::gib(20)));
+    idx.apply_local_volume(lv("c", "n2", "fast", Bytes::gib(7)));
+    assert_eq!(pool_of(&idx, "n1", "default").0, Bytes::gib(30));
+    assert_eq!(pool_of(&idx, "n2", "default").0, Bytes::ZERO);
+    assert_eq!(pool_of(&idx, "n2", "fast").0, Bytes::gib(7));
+
+    // The agent knows of more (say, a volume whose object is already gone).
+    let g100 = Bytes::gib(100);
+    idx.apply_storage_node(sn("n1", Some(NOW), &[("default", g100, Bytes::gib(50))]));
+    assert_eq!(pool_of(&idx, "n1", "default").0, Bytes::gib(50));
+
+    idx.delete_local_volume("pvc-c");
+    assert_eq!(pool_of(&idx, "n2", "fast").0, Bytes::ZERO);
+}
+
+#[test]
+fn reserved_demand_counts_against_the_selected_node_only_while_it_has_no_volume() {
+    // (claim, n1 reserved after applying it)
+    let cases = [
+        (pvc("r", "local", "10Gi", Some("n1"), None), Bytes::gib(10)),
+        (pvc("unplaced", "local", "10Gi", None, None), Bytes::ZERO),
+        (pvc("other", "local", "10Gi", Some("n2"), None), Bytes::ZERO),
+        (
+            pvc("bound", "local", "10Gi", Some("n1"), Some("pv-x")),
+            Bytes::ZERO,
+        ),
+        (pvc("nfs", "nfs", "10Gi", Some("n1"), None), Bytes::ZERO),
+        (
+            pvc("nosuchclass", "gone", "10Gi", Some("n1"), None),
+            Bytes::ZERO,
+        ),
+        (
+            pvc("hasvolume", "local", "10Gi", Some("n1"), None),
+            Bytes::ZERO,
+        ),
+    ];
+    for (claim, want) in cases {
+        let name = claim.metadata.name.clone().unwrap();
+        let mut idx = cluster();
+        idx.apply_local_volume(lv("hasvolume", "n2", "default", Bytes::gib(10)));
+        idx.apply_claim(claim);
+        assert_eq!(pool_of(&idx, "n1", "default").1, want, "{name}");
+        assert_eq!(idx.ledger(now()).len(), 3, "{name}");
+    }
+}
+
+fn rejected<'n>(v: &FilterVerdict<'n>) -> Vec<(&'n str, &'static str)> {
+    match v {
+        FilterVerdict::PassAll => Vec::new(),
+        FilterVerdict::Reject(r) => {
+            assert!(
+                r.iter()
+                    .all(|r| r.failure == Failure::UnschedulableAndUnresolvable)
+            );
+            r.iter().map(|r| (r.node, r.kind)).collect()
+        }
+        FilterVerdict::Error(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn filter_decides_by_the_pods_unbound_local_claims() {
+    const ALL: &[&str] = &["n1", "n2", "old", "ghost"];
+    // (what it shows, claims in the cache, the pod's claims, rejected nodes)
+    type Case = (
+        &'static str,
+        Vec<PersistentVolumeClaim>,
+        Vec<&'static str>,
+        Vec<(&'static str, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a pod without claims passes everywhere",
+            vec![],
+            vec![],
+            vec![],
+        ),
+        (
+            "a claim not in the cache passes through",
+            vec![],
+            vec!["missing"],
+            vec![],
+        ),
+        (
+            "a claim of an unknown class passes through",
+            vec![pvc("c", "gone", "10Gi", None, None)],
+            vec!["c"],
+            vec![],
+        ),
+        (
+            "a claim of another provisioner passes through",
+            vec![pvc("c", "nfs", "1Ei", None, None)],
+            vec!["c"],
+            vec![],
+        ),
+        (
+            "bound claims are left to the scheduler",
+            vec![pvc("c", "local", "1Ei", None, Some("pv-1"))],
+            vec!["c"],
+            vec![],
+        ),
+        (
+            "a fitting claim rejects only stale and unreported nodes",
+            vec![pvc("c", "local", "10Gi", None, None)],
+            vec!["c"],
+            vec![("old", "stale"), ("ghost", "no_report")],
+        ),
+        (
+            "a zero-size claim still needs the pool and a live agent",
+            vec![pvc("c", "fast", "0", None, None)],
+            vec!["c"],
+            vec![
+                ("n1", "unknown_pool"),
+                ("old", "stale"),
+                ("ghost", "no_report"),
+            ],
+        ),
+        (
+            "an enormous claim fits nowhere",
+            vec![pvc("c", "local", "1Ei", None, None)],
+            vec!["c"],
+            vec![
+                ("n1", "insufficient_capacity"),
+                ("n2", "insufficient_capacity"),
+                ("old", "stale"),
+                ("ghost", "no_report"),
+            ],
+        ),
+        (
+            "a claim without a class is skipped, the others still count",
+            vec![
+                {
+                    let mut c = pvc("static", "", "1Ei", None, None);
+                    c.spec.as_mut().unwrap().storage_class_name = None;
+                    c
+                },
+                pvc("c", "local", "1Ei", None, None),
+            ],
+            vec!["static", "c"],
+            vec![
+                ("n1", "insufficient_capacity"),
+                ("n2", "insufficient_capacity"),
+                ("old", "stale"),
+                ("ghost", "no_report"),
+            ],
+        ),
+        (
+            "claims in two pools need a node with both",
+            vec![
+                pvc("d", "local", "10Gi", None, None),
+                pvc("f", "fast", "10Gi", None, None),
+            ],
+            vec!["d", "f"],
+            vec![
+                ("n1", "unknown_pool"),
+                ("old", "stale"),
+                ("ghost", "no_report"),
+            ],
+        ),
+        (
+            "a pod's claims are summed per pool",
+            vec![
+                pvc("a", "local", "60Gi", None, None),
+                pvc("b", "local", "60Gi", None, None),
+            ],
+            vec!["a", "b"],
+            vec![
+                ("n1", "insufficient_capacity"),
+                ("n2", "insufficient_capacity"),
+                ("old", "stale"),
+                ("ghost", "no_report"),
+            ],
+        ),
+        (
+            "another pod's reservation counts against the selected node",
+            vec![
+                pvc("theirs", "local", "95Gi", Some("n1"), None),
+                pvc("c", "local", "10Gi", None, None),
+            ],
+            vec!["c"],
+            vec![
+                ("n1", "insufficient_capacity"),
+                ("old", "stale"),
+                ("ghost", "no_report"),
+            ],
+        ),
+        (
+            "the pod's own reservation is not counted twice",
+            vec![pvc("mine", "local", "95Gi", Some("n1"), None)],
+            vec!["mine"],
+            vec![("old", "stale"), ("ghost", "no_report")],
+        ),
+    ];
+    for (what, claims, pod_claims, want) in cases {
+        let mut idx = cluster();
+        idx.reset_claims(claims);
+        let verdict = policy(idx).filter(&pod(&pod_claims), ALL);
+        assert_eq!(rejected(&verdict), want, "{what}");
+    }
+}
+
+#[test]
+fn the_pods_own_volume_in_the_making_is_not_counted_twice() {
+    let mut idx = cluster();
+    idx.apply_claim(pvc("mine", "local", "95Gi", Some("n1"), None));
+    idx.apply_local_volume(lv("mine", "n1", "default", Bytes::gib(95)));
+    assert_eq!(
+        pool_of(&idx, "n1", "default"),
+        (Bytes::gib(95), Bytes::ZERO)
+    );
+    let verdict = policy(idx).filter(&pod(&["mine"]), &["n1"]);
+    assert_eq!(verdict, FilterVerdict::PassAll);
+}
+
+#[test]
+fn a_stale_node_is_rejected_with_the_stale_reason() {
+    let mut idx = cluster();
+    idx.apply_claim(pvc("c", "local", "1Gi", None, None));
+    let FilterVerdict::Reject(r) = policy(idx).filter(&pod(&["c"]), &["old"]) else {
+        panic!("old must be rejected");
+    };
+    assert_eq!(r[0].kind, "stale");
+    assert!(
+        r[0].reason.contains("last reported 3600s ago"),
+        "{}",
+        r[0].reason
+    );
+}
+
+#[test]
+fn a_missing_or_unparseable_heartbeat_is_no_report() {
+    let mut idx = cluster();
+    let g = Bytes::gib(100);
+    idx.apply_storage_node(sn("none", None, &[("default", g, Bytes::ZERO)]));
+    idx.apply_storage_node(sn(
+        "junk",
+        Some("yesterday"),
+        &[("default", g, Bytes::ZERO)],
+    ));
+    idx.apply_claim(pvc("c", "local", "1Gi", None, None));
+    let verdict = policy(idx).filter(&pod(&["c"]), &["none", "junk"]);
+    assert_eq!(
+        rejected(&verdict),
+        [("none", "no_report"), ("junk", "no_report")]
+    );
+}
+
+#[test]
+fn invalid_class_parameters_and_sizes_are_errors_that_name_them() {
+    let cases = [
+        (pvc("c", "bad", "1Gi", None, None), "\"placement\""),
+        (
+            pvc("c", "local", "lots", None, None),
+            "spec.resources.requests.storage",
+        ),
+    ];
+    for (claim, needle) in cases {
+        let mut idx = cluster();
+        idx.apply_claim(claim);
+        match policy(idx).filter(&pod(&["c"]), &["n1"]) {
+            FilterVerdict::Error(e) => assert!(e.contains(needle), "{e}"),
+            other => panic!("{needle}: got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn prioritize_scores_by_the_class_placement() {
+    let mut idx = cluster();
+    // n1 is half full, n2 empty.
+    idx.apply_local_volume(lv("x", "n1", "default", Bytes::gib(50)));
+    idx.reset_claims([
+        pvc("s", "local", "10Gi", None, None),
+        pvc("b", "packed", "10Gi", None, None),
+    ]);
+    let p = policy(idx);
+    let scores = |claims: &[&str]| -> Vec<i64> {
+        p.prioritize(&pod(claims), &["n1", "n2"])
+            .iter()
+            .map(|s| s.score)
+            .collect()
+    };
+    let spread = scores(&["s"]);
+    assert!(
+        spread[1] > spread[0],
+        "spread prefers the emptier node: {spread:?}"
+    );
+    let binpack = scores(&["b"]);
+    assert!(
+        binpack[0] > binpack[1],
+        "binpack prefers the fuller node: {binpack:?}"
+    );
+    // Mixed classes: the first claim's placement decides.
+    let mixed = scores(&["b", "s"]);
+    assert!(mixed[0] > mixed[1], "binpack comes first: {mixed:?}");
+    let mixed = scores(&["s", "b"]);
+    assert!(mixed[1] > mixed[0], "spread comes first: {mixed:?}");
+    assert!(p.prioritize(&pod(&["missing"]), &["n1"]).is_empty());
+}
+
+#[test]
+fn reset_removes_objects_missing_from_a_re_list() {
+    let mut idx = cluster();
+    idx.apply_local_volume(lv("a", "n1", "default", Bytes::gib(10)));
+    idx.apply_claim(pvc("r", "local", "5Gi", Some("n1"), None));
+    assert_eq!(
+        pool_of(&idx, "n1", "default"),
+        (Bytes::gib(10), Bytes::gib(5))
+    );
+
+    idx.reset_local_volumes([]);
+    idx.reset_claims([]);
+    assert_eq!(pool_of(&idx, "n1", "default"), (Bytes::ZERO, Bytes::ZERO));
+
+    let g = Bytes::gib(100);
+    idx.reset_storage_nodes([sn("n2", Some(NOW), &[("default", g, Bytes::ZERO)])]);
+    assert!(idx.node_state("n1", now()).is_none());
+    assert!(idx.node_state("n2", now()).is_some());
+
+    idx.reset_storage_classes([]);
+    idx.apply_claim(pvc("c", "local", "1Gi", None, None));
+    assert_eq!(idx.pod_demand(&pod(&["c"])), Ok(PodDemand::NotOurs));
+}
+
+#[tokio::test]
+async fn the_router_rejects_a_full_node_in_a_scheduler_shaped_request() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let mut idx = cluster();
+    idx.apply_local_volume(lv("x", "n1", "default", Bytes::gib(95)));
+    idx.apply_claim(pvc("c", "local", "10Gi", None, None));
+    let app =
+        stowage_extender::router(Arc::new(policy(idx)), stowage_extender::RouterConfig::new())
+            .unwrap();
+    let body = serde_json::json!({
+        "Pod": serde_json::to_value(pod(&["c"])).unwrap(),
+        "Nodes": null,
+        "NodeNames": ["n1", "n2"],
+    });
+    let res = app
+        .oneshot(
+            Request::post("/filter")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let out: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(out["NodeNames"], serde_json::json!(["n2"]));
+    let reason = out["FailedAndUnresolvableNodes"]["n1"].as_str().unwrap();
+    assert!(reason.contains("has 5Gi free"), "{reason}");
+    assert_eq!(out["FailedNodes"], serde_json::json!({}));
+}
