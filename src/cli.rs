@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::extender_role::ExtenderArgs;
 use crate::simulate::SimulateArgs;
 
 /// Exit status for bad input (unknown flags, invalid values, malformed files), as clap uses.
@@ -31,7 +32,7 @@ pub enum Command {
     /// (DaemonSet).
     Agent(RoleArgs),
     /// Serve only the kube-scheduler extender, read-only, for scaling it out.
-    Extender(RoleArgs),
+    Extender(ExtenderArgs),
     /// Place a stream of claims on a simulated cluster and compare placement policies; no
     /// cluster needed.
     Simulate(Box<SimulateArgs>),

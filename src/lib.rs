@@ -15,5 +15,6 @@ pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod extender_role;
 pub mod ledger;
 pub mod simulate;

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
         }
         Command::Controller(_) => not_built("controller"),
         Command::Agent(_) => not_built("agent"),
-        Command::Extender(_) => not_built("extender"),
+        Command::Extender(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(args.run())),
         Command::Crds => stowage::api::crds_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(anyhow::Error::from),
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
 
 fn not_built(role: &str) -> anyhow::Result<()> {
     eprintln!(
-        "error: `stowage {role}` is not part of this build yet; only `simulate` and `version` are"
+        "error: `stowage {role}` is not part of this build yet; only `simulate`, `extender`, `crds` and `version` are"
     );
     std::process::exit(i32::from(EXIT_USAGE));
 }

@@ -32,6 +32,7 @@ use crate::ledger::{
 
 pub mod class;
 pub mod policy;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,159 @@
+//! Reflectors feeding the [`ClusterIndex`]: one watcher per kind, cluster-wide.
+//!
+//! Each watcher buffers a (re-)list between `Init` and `InitDone` and then replaces the
+//! whole kind with `reset_*`, so objects deleted while the watch was down disappear.
+//! [`Readiness`] turns true once every kind has been listed once.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::ClusterIndex;
+use crate::api::local_volume::LocalVolume;
+use crate::api::storage_node::StorageNode;
+
+/// The kinds watched, in the order of [`Readiness`]'s flags.
+pub const KINDS: [&str; 4] = [
+    "StorageNode",
+    "LocalVolume",
+    "PersistentVolumeClaim",
+    "StorageClass",
+];
+
+/// Whether every watcher has completed its first list. Cheap to clone; clones share state.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    synced: Arc<[AtomicBool; 4]>,
+}
+
+impl Readiness {
+    /// A handle with no kind synced yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once all four kinds have been listed.
+    pub fn is_ready(&self) -> bool {
+        self.synced.iter().all(|s| s.load(Ordering::Acquire))
+    }
+
+    /// The kinds not listed yet.
+    pub fn pending(&self) -> Vec<&'static str> {
+        KINDS
+            .iter()
+            .zip(self.synced.iter())
+            .filter(|(_, s)| !s.load(Ordering::Acquire))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    fn mark(&self, slot: usize) {
+        if let Some(flag) = self.synced.get(slot) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// How one kind is written into the index.
+struct Sink<K> {
+    slot: usize,
+    apply: fn(&mut ClusterIndex, K),
+    delete: fn(&mut ClusterIndex, &K),
+    reset: fn(&mut ClusterIndex, Vec<K>),
+}
+
+/// Runs the four watchers until they all end (they retry with backoff, so: forever).
+pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
+    let nodes = watch_kind(
+        Api::<StorageNode>::all(client.clone()),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 0,
+            apply: ClusterIndex::apply_storage_node,
+            delete: |i, o| i.delete_storage_node(&o.name_any()),
+            reset: |i, l| i.reset_storage_nodes(l),
+        },
+    );
+    let volumes = watch_kind(
+        Api::<LocalVolume>::all(client.clone()),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 1,
+            apply: ClusterIndex::apply_local_volume,
+            delete: |i, o| i.delete_local_volume(&o.name_any()),
+            reset: |i, l| i.reset_local_volumes(l),
+        },
+    );
+    let claims = watch_kind(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 2,
+            apply: ClusterIndex::apply_claim,
+            delete: |i, o| i.delete_claim(&o.namespace().unwrap_or_default(), &o.name_any()),
+            reset: |i, l| i.reset_claims(l),
+        },
+    );
+    let classes = watch_kind(
+        Api::<StorageClass>::all(client),
+        index,
+        ready,
+        Sink {
+            slot: 3,
+            apply: ClusterIndex::apply_storage_class,
+            delete: |i, o| i.delete_storage_class(&o.name_any()),
+            reset: |i, l| i.reset_storage_classes(l),
+        },
+    );
+    futures::join!(nodes, volumes, claims, classes);
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    index: Arc<RwLock<ClusterIndex>>,
+    ready: Readiness,
+    sink: Sink<K>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let kind = KINDS.get(sink.slot).copied().unwrap_or("unknown");
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut buffer: Vec<K> = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(kind, error = %error, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => buffer.clear(),
+            watcher::Event::InitApply(obj) => buffer.push(obj),
+            watcher::Event::InitDone => {
+                let listed = std::mem::take(&mut buffer);
+                let count = listed.len();
+                (sink.reset)(&mut write(&index), listed);
+                ready.mark(sink.slot);
+                tracing::debug!(kind, count, "listed");
+            }
+            watcher::Event::Apply(obj) => (sink.apply)(&mut write(&index), obj),
+            watcher::Event::Delete(obj) => (sink.delete)(&mut write(&index), &obj),
+        }
+    }
+}
+
+fn write(index: &RwLock<ClusterIndex>) -> std::sync::RwLockWriteGuard<'_, ClusterIndex> {
+    index.write().unwrap_or_else(|e| e.into_inner())
+}
