@@ -10,10 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::Args;
 use stowage_extender::{RouterConfig, router};
 
@@ -45,7 +41,7 @@ pub struct ExtenderArgs {
 impl ExtenderArgs {
     /// Runs the extender until SIGTERM or ctrl-c.
     pub async fn run(self) -> anyhow::Result<()> {
-        let client = self.client().await?;
+        let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
         let ready = Readiness::new();
         let opts = FitOptions {
@@ -54,7 +50,7 @@ impl ExtenderArgs {
         let policy = Arc::new(StowagePolicy::new(index.clone(), opts));
         let extender = router(policy, RouterConfig::new().prefix(self.url_prefix.clone()))
             .context("building the extender routes")?;
-        let app = extender.merge(health_routes(ready.clone()));
+        let app = extender.merge(crate::serve::health_routes(ready.clone()));
 
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
@@ -64,80 +60,11 @@ impl ExtenderArgs {
 
         let watchers = tokio::spawn(run_watchers(client, index, ready));
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(crate::serve::shutdown_signal())
             .await
             .context("serving the extender");
         watchers.abort();
         tracing::info!("stopped");
         served
     }
-
-    async fn client(&self) -> anyhow::Result<kube::Client> {
-        match &self.kubeconfig {
-            None => kube::Client::try_default()
-                .await
-                .context("loading the default Kubernetes client configuration"),
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                let config = kube::Config::from_custom_kubeconfig(
-                    kubeconfig,
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?;
-                kube::Client::try_from(config).context("building the Kubernetes client")
-            }
-        }
-    }
-}
-
-/// `GET /healthz` (always 200) and `GET /readyz` (200 once the watchers have synced).
-pub fn health_routes(ready: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(ready)
-}
-
-async fn readyz(State(ready): State<Readiness>) -> (StatusCode, String) {
-    if ready.is_ready() {
-        (StatusCode::OK, "ok".to_string())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "waiting for the first list of: {}",
-                ready.pending().join(", ")
-            ),
-        )
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down");
 }

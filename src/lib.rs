@@ -17,4 +17,5 @@ pub mod cache;
 pub mod cli;
 pub mod extender_role;
 pub mod ledger;
+pub mod serve;
 pub mod simulate;

@@ -55,6 +55,15 @@ pub const FIELD_MANAGER_CONTROLLER: &str = "stowage-controller";
 /// on it, because the scheduler's volume binding matches PVs to nodes by labels, not names.
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
 
+/// Label the controller puts on every LocalVolume: the value of `spec.nodeName`. Agents
+/// list and watch LocalVolumes with the selector `stowage.io/node=<their node>`, which every
+/// Kubernetes version serves (field selectors on custom resources do not exist before 1.30).
+pub const LABEL_NODE: &str = "stowage.io/node";
+
+/// Label the controller puts on every LocalVolume: the value of `spec.pool`, so
+/// `kubectl get localvolumes -l stowage.io/pool=fast` lists one pool's volumes.
+pub const LABEL_POOL: &str = "stowage.io/pool";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,84 @@ pub mod hostpath;
 pub use hostpath::Hostpath;
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
-use super::path::PathError;
+use super::path::{PathError, PoolRoot, VolumeName};
+use super::pool::{PoolSpec, VolumeMode};
+use crate::ledger::{Bytes, Driver};
+
+/// The driver of one pool, chosen by the pool config's `driver`. The reconciler talks only
+/// to this type; every method has the contract of the [`Hostpath`] method of the same name.
+#[derive(Clone, Debug)]
+pub enum PoolDriver {
+    /// Plain directories; sizes not enforced.
+    Hostpath(Hostpath),
+}
+
+impl PoolDriver {
+    /// Opens the driver for a configured pool. Fails when the pool root cannot be opened
+    /// (missing, not a directory); the caller reports the pool not ready with that reason.
+    pub fn open(spec: &PoolSpec) -> Result<Self, VolumeError> {
+        let root = PoolRoot::open(&spec.path)?;
+        match spec.driver {
+            Driver::Hostpath => Ok(PoolDriver::Hostpath(Hostpath::new(root))),
+            Driver::Btrfs => Err(VolumeError::Unsupported {
+                driver: spec.driver,
+            }),
+        }
+    }
+
+    /// The pool root.
+    pub fn root(&self) -> &PoolRoot {
+        match self {
+            PoolDriver::Hostpath(d) => d.root(),
+        }
+    }
+
+    /// See [`Hostpath::create`].
+    pub fn create(
+        &self,
+        name: &VolumeName,
+        size: Bytes,
+        mode: VolumeMode,
+    ) -> Result<PathBuf, VolumeError> {
+        match self {
+            PoolDriver::Hostpath(d) => d.create(name, size, mode),
+        }
+    }
+
+    /// See [`Hostpath::delete`].
+    pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        match self {
+            PoolDriver::Hostpath(d) => d.delete(name),
+        }
+    }
+
+    /// See [`Hostpath::archive`].
+    pub fn archive(
+        &self,
+        name: &VolumeName,
+        now: SystemTime,
+    ) -> Result<Option<PathBuf>, VolumeError> {
+        match self {
+            PoolDriver::Hostpath(d) => d.archive(name, now),
+        }
+    }
+
+    /// See [`Hostpath::grow`].
+    pub fn grow(&self, name: &VolumeName, size: Bytes) -> Result<(), VolumeError> {
+        match self {
+            PoolDriver::Hostpath(d) => d.grow(name, size),
+        }
+    }
+
+    /// See [`Hostpath::scan`].
+    pub fn scan(&self) -> Result<Vec<VolumeName>, VolumeError> {
+        match self {
+            PoolDriver::Hostpath(d) => d.scan(),
+        }
+    }
+}
 
 /// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +100,12 @@ pub enum VolumeError {
     NotADirectory {
         /// The entry in the way.
         path: PathBuf,
+    },
+    /// The pool's driver is not available in this build.
+    #[error("driver {driver} is not available in this build")]
+    Unsupported {
+        /// The configured driver.
+        driver: Driver,
     },
     /// The volume to act on does not exist.
     #[error("volume directory {path} does not exist")]

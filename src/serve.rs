@@ -1,0 +1,131 @@
+//! Plumbing every long-running role shares: the Kubernetes client, `/healthz` and `/readyz`,
+//! `/metrics` in the Prometheus text format, and graceful shutdown on SIGTERM or ctrl-c.
+
+use std::path::Path;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::cache::watch::Readiness;
+
+/// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
+/// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    match kubeconfig {
+        None => kube::Client::try_default()
+            .await
+            .context("loading the default Kubernetes client configuration"),
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+            kube::Client::try_from(config).context("building the Kubernetes client")
+        }
+    }
+}
+
+/// `GET /healthz` (always 200) and `GET /readyz` (200 once `ready` says so, else 503 with
+/// what is still awaited).
+pub fn health_routes(ready: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(ready)
+}
+
+async fn readyz(State(ready): State<Readiness>) -> (StatusCode, String) {
+    if ready.is_ready() {
+        (StatusCode::OK, "ok".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "waiting for the first list of: {}",
+                ready.pending().join(", ")
+            ),
+        )
+    }
+}
+
+/// `GET /metrics`: everything registered in `registry`, in the Prometheus text format.
+pub fn metrics_routes(registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(registry)
+}
+
+async fn metrics(State(registry): State<Registry>) -> Response {
+    match render(&registry) {
+        Ok(body) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Content type of the Prometheus text exposition format, version 0.0.4.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric of `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut buf)?;
+    String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// Resolves on SIGTERM or ctrl-c, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_writes_registered_metrics_in_text_format() {
+        let registry = Registry::new();
+        let counter = prometheus::IntCounter::new("stowage_test_total", "A test counter.").unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.inc_by(3);
+        let text = render(&registry).unwrap();
+        assert!(
+            text.contains("# HELP stowage_test_total A test counter."),
+            "{text}"
+        );
+        assert!(text.contains("stowage_test_total 3"), "{text}");
+    }
+}
