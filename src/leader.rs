@@ -276,6 +276,22 @@ impl LeaderArgs {
         config.validate()?;
         Ok(leader_elect.then_some(config))
     }
+
+    /// Validates the flags and starts the elector, or, with `--leader-elect=false`, returns
+    /// a handle that always leads (and sets `stowage_leader` to 1).
+    pub fn start(
+        &self,
+        client: kube::Client,
+        metrics: LeaderMetrics,
+    ) -> Result<LeaderHandle, ConfigError> {
+        match self.config()? {
+            Some(config) => Ok(LeaderElector::new(client, config, metrics)?.start()),
+            None => {
+                metrics.leader.set(1);
+                Ok(LeaderHandle::without_election())
+            }
+        }
+    }
 }
 
 // === Metrics ===
@@ -364,6 +380,10 @@ pub struct Stopped;
 
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_conflict())
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
 }
 
 fn is_already_exists(e: &kube::Error) -> bool {
@@ -653,8 +673,8 @@ impl LeaderElector {
                     self.observe(&written);
                     return Ok(Attempt::Held);
                 }
-                // Someone else wrote: fall through and look at what they wrote.
-                Err(e) if is_conflict(&e) => {}
+                // Someone else wrote, or deleted the Lease: fall through and look.
+                Err(e) if is_conflict(&e) || is_not_found(&e) => {}
                 Err(source) => return Err(self.update_error(source)),
             }
         }
