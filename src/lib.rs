@@ -9,6 +9,7 @@
 //!   ledger    PURE: bytes, demand, fit, reasons, spread/binpack scores
 //!   simulate  capacity planning over the ledger, no cluster needed
 //!   cli       the command line and logging set-up
+//!   leader    Lease-based leader election for the controller's replicas
 //! ```
 
 pub mod agent;
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod extender_role;
+pub mod leader;
 pub mod ledger;
 pub mod serve;
 pub mod simulate;

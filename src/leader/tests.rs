@@ -1,0 +1,569 @@
+//! Component tests against testkit's in-memory API server, with short durations (lease 1 s,
+//! renew deadline 600 ms, retry period 100 ms), plus configuration and flag tests.
+
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use prometheus::Registry;
+use stowage_testkit::{ApiServer, WriteFailure};
+use tokio::time::Instant;
+
+use super::*;
+
+const NS: &str = "kube-system";
+const NAME: &str = "stowage-controller";
+const LEASE: Duration = Duration::from_secs(1);
+const RENEW: Duration = Duration::from_millis(600);
+const RETRY: Duration = Duration::from_millis(100);
+
+fn config(identity: &str) -> LeaseConfig {
+    LeaseConfig {
+        namespace: NS.into(),
+        name: NAME.into(),
+        identity: identity.into(),
+        lease_duration: LEASE,
+        renew_deadline: RENEW,
+        retry_period: RETRY,
+    }
+}
+
+struct Replica {
+    handle: LeaderHandle,
+    registry: Registry,
+}
+
+impl Replica {
+    fn start(server: &ApiServer, identity: &str) -> Self {
+        let registry = Registry::new();
+        let metrics = LeaderMetrics::register(&registry).unwrap();
+        let handle = LeaderElector::new(server.client(), config(identity), metrics)
+            .unwrap()
+            .start();
+        Self { handle, registry }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = crate::serve::render(&self.registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+fn leases(server: &ApiServer) -> Api<Lease> {
+    Api::namespaced(server.client(), NS)
+}
+
+async fn spec(server: &ApiServer) -> LeaseSpec {
+    leases(server).get(NAME).await.unwrap().spec.unwrap()
+}
+
+/// Waits for the first of `replicas` to lead and returns its index.
+async fn first_leader(replicas: &[&Replica], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(i) = replicas.iter().position(|r| r.handle.is_leader()) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Samples both flags every 2 ms for `period`; fails the moment both are true. Returns how
+/// many samples saw exactly one leader, out of how many.
+async fn sample_never_both(a: &LeaderHandle, b: &LeaderHandle, period: Duration) -> (u32, u32) {
+    let end = Instant::now() + period;
+    let (mut one, mut all) = (0, 0);
+    while Instant::now() < end {
+        let (la, lb) = (a.is_leader(), b.is_leader());
+        assert!(!(la && lb), "both replicas lead at once");
+        one += u32::from(la ^ lb);
+        all += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (one, all)
+}
+
+fn micros(t: &Option<MicroTime>) -> i64 {
+    t.as_ref().unwrap().0.as_microsecond()
+}
+
+#[tokio::test]
+async fn two_electors_never_lead_at_once_and_one_leads_promptly() {
+    let server = ApiServer::start().await.unwrap();
+    let started = Instant::now();
+    let a = Replica::start(&server, "a");
+    let b = Replica::start(&server, "b");
+    let i = first_leader(&[&a, &b], Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let (leader, other) = if i == 0 { (&a, &b) } else { (&b, &a) };
+
+    let first = spec(&server).await;
+    assert_eq!(
+        first.holder_identity.as_deref(),
+        Some(leader.handle.identity())
+    );
+    assert_eq!(first.lease_duration_seconds, Some(1));
+    assert_eq!(first.lease_transitions, Some(0));
+    assert!(first.acquire_time.is_some());
+
+    // Over 2.5 s (two and a half lease durations) the leadership neither doubles nor moves.
+    let (one, all) = sample_never_both(&a.handle, &b.handle, Duration::from_millis(2500)).await;
+    assert_eq!(
+        one, all,
+        "a sample saw no leader although the leader was healthy"
+    );
+    assert!(all > 100, "only {all} samples");
+    assert!(leader.handle.is_leader());
+    assert!(!other.handle.is_leader());
+
+    // The leader renewed: renewTime moved on, acquireTime and transitions did not.
+    let later = spec(&server).await;
+    assert_eq!(later.holder_identity, first.holder_identity);
+    assert_eq!(later.acquire_time, first.acquire_time);
+    assert_eq!(later.lease_transitions, Some(0));
+    assert!(micros(&later.renew_time) - micros(&first.renew_time) > 2_000_000);
+
+    assert_eq!(leader.metric("stowage_leader"), 1.0);
+    assert_eq!(leader.metric("stowage_leader_transitions_total"), 1.0);
+    assert_eq!(other.metric("stowage_leader"), 0.0);
+    assert_eq!(other.metric("stowage_leader_transitions_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_crashed_leader_is_replaced_only_after_the_lease_expires() {
+    let server = ApiServer::start().await.unwrap();
+    let a = Replica::start(&server, "a");
+    a.handle.acquired().await.unwrap();
+    let b = Replica::start(&server, "b");
+    // b has seen a renewing for a while.
+    let (one, all) = sample_never_both(&a.handle, &b.handle, Duration::from_millis(1500)).await;
+    assert_eq!(one, all);
+    let before = spec(&server).await;
+    assert_eq!(before.holder_identity.as_deref(), Some("a"));
+
+    // Abort a without releasing, as a crash or a partition would.
+    let crashed = Instant::now();
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(3), b.handle.acquired())
+        .await
+        .expect("b did not take over within 3 s")
+        .unwrap();
+    let took = crashed.elapsed();
+    // a's last renewal was at most one retry period before the crash, and b waits a whole
+    // lease duration after it saw that renewal.
+    assert!(
+        took >= LEASE - RETRY - Duration::from_millis(20),
+        "b took over after {took:?}, before the lease could have expired"
+    );
+
+    let after = spec(&server).await;
+    assert_eq!(after.holder_identity.as_deref(), Some("b"));
+    assert_eq!(
+        after.lease_transitions,
+        Some(before.lease_transitions.unwrap() + 1)
+    );
+    assert!(micros(&after.acquire_time) > micros(&before.acquire_time));
+    assert_eq!(b.metric("stowage_leader"), 1.0);
+    assert_eq!(b.metric("stowage_leader_transitions_total"), 1.0);
+}
+
+#[tokio::test]
+async fn a_released_lease_is_taken_over_well_within_the_lease_duration() {
+    let server = ApiServer::start().await.unwrap();
+    let a = Replica::start(&server, "a");
+    a.handle.acquired().await.unwrap();
+    let b = Replica::start(&server, "b");
+    let (one, all) = sample_never_both(&a.handle, &b.handle, Duration::from_millis(500)).await;
+    assert_eq!(one, all);
+    let transitions = spec(&server).await.lease_transitions.unwrap();
+
+    let flag = a.handle.subscribe();
+    let lost = a.handle.lost();
+    let released = Instant::now();
+    let Replica { handle, registry } = a;
+    handle.shutdown().await;
+    assert!(!*flag.borrow(), "a still claims to lead after shutdown");
+    tokio::time::timeout(Duration::from_millis(100), lost)
+        .await
+        .expect("lost() did not resolve on shutdown");
+    let text = crate::serve::render(&registry).unwrap();
+    assert!(text.contains("stowage_leader 0"), "{text}");
+
+    // Right after the release the Lease is free (or b already has it).
+    let freed = spec(&server).await;
+    match freed.holder_identity.as_deref() {
+        None | Some("") => assert_eq!(freed.lease_duration_seconds, Some(1)),
+        Some(holder) => assert_eq!(holder, "b"),
+    }
+
+    tokio::time::timeout(Duration::from_secs(2), b.handle.acquired())
+        .await
+        .expect("b did not take over")
+        .unwrap();
+    let took = released.elapsed();
+    // Without the release b could not lead before ~900 ms (see the crash test).
+    assert!(took < Duration::from_millis(700), "takeover took {took:?}");
+    let after = spec(&server).await;
+    assert_eq!(after.holder_identity.as_deref(), Some("b"));
+    assert_eq!(after.lease_transitions, Some(transitions + 1));
+}
+
+async fn leader_that_cannot_renew_steps_down(failure: WriteFailure) {
+    let server = ApiServer::start().await.unwrap();
+    let a = Replica::start(&server, "a");
+    a.handle.acquired().await.unwrap();
+    let b = Replica::start(&server, "b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.handle.is_leader() && !b.handle.is_leader());
+
+    server.faults().retry_after(1);
+    server.faults().fail_writes_to("leases", 1.0, failure);
+    let broken = Instant::now();
+    let lost = a.handle.lost();
+    tokio::select! {
+        () = lost => {}
+        () = async {
+            loop {
+                assert!(!b.handle.is_leader(), "b leads while the API refuses every write");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        } => {}
+        () = tokio::time::sleep(Duration::from_secs(3)) => panic!("a never stepped down"),
+    }
+    let took = broken.elapsed();
+    // a's last renewal was sent before the faults began; it must stop by that + 600 ms (plus
+    // scheduling slack), well before b may take over (a lease duration after that renewal).
+    assert!(
+        took <= RENEW + Duration::from_millis(250),
+        "a stepped down after {took:?}, later than the renew deadline {RENEW:?}"
+    );
+    assert!(!a.handle.is_leader());
+    assert_eq!(a.metric("stowage_leader"), 0.0);
+    // Losing is final: the elector has ended.
+    assert_eq!(a.handle.acquired().await, Err(Stopped));
+    assert!(server.faults().counts().failed_writes() > 0);
+
+    // The Lease still names a (nobody could write); once writes work again, b takes over
+    // after the lease expires on its clock.
+    server.faults().stop_failing_writes();
+    tokio::time::timeout(Duration::from_secs(4), b.handle.acquired())
+        .await
+        .expect("b did not take over after the faults stopped")
+        .unwrap();
+    let after = spec(&server).await;
+    assert_eq!(after.holder_identity.as_deref(), Some("b"));
+    assert_eq!(after.lease_transitions, Some(1));
+    assert!(!a.handle.is_leader());
+}
+
+#[tokio::test]
+async fn a_leader_whose_renewals_fail_with_500_steps_down_within_the_renew_deadline() {
+    leader_that_cannot_renew_steps_down(WriteFailure::InternalError).await;
+}
+
+#[tokio::test]
+async fn a_leader_throttled_with_429_steps_down_within_the_renew_deadline() {
+    // kube-rs retries 429s after Retry-After (1 s here), longer than the renew deadline:
+    // the attempt's own deadline must cut it short.
+    leader_that_cannot_renew_steps_down(WriteFailure::TooManyRequests).await;
+}
+
+#[tokio::test]
+async fn transient_write_failures_never_make_two_leaders() {
+    let server = ApiServer::start().await.unwrap();
+    server.faults().seed(7);
+    server
+        .faults()
+        .fail_writes_to("leases", 0.3, WriteFailure::InternalError);
+    let a = Replica::start(&server, "a");
+    let b = Replica::start(&server, "b");
+    first_leader(&[&a, &b], Duration::from_secs(3)).await;
+    sample_never_both(&a.handle, &b.handle, Duration::from_secs(2)).await;
+    assert!(server.faults().counts().internal_errors > 0);
+    let holder = spec(&server).await.holder_identity.unwrap();
+    assert!(holder == "a" || holder == "b", "{holder}");
+}
+
+async fn create_foreign_lease(server: &ApiServer, duration: i32, renew: Timestamp) -> Lease {
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(NAME.into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("someone-else".into()),
+            lease_duration_seconds: Some(duration),
+            acquire_time: Some(MicroTime(renew)),
+            renew_time: Some(MicroTime(renew)),
+            lease_transitions: Some(4),
+            ..LeaseSpec::default()
+        }),
+    };
+    leases(server)
+        .create(&PostParams::default(), &lease)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fresh_lease_of_an_unknown_holder_is_not_stolen() {
+    let server = ApiServer::start().await.unwrap();
+    create_foreign_lease(&server, 30, Timestamp::now()).await;
+    let a = Replica::start(&server, "a");
+    let waited = tokio::time::timeout(Duration::from_millis(2500), a.handle.acquired()).await;
+    assert!(
+        waited.is_err(),
+        "a took a lease another holder renewed 30 s ago"
+    );
+    let s = spec(&server).await;
+    assert_eq!(s.holder_identity.as_deref(), Some("someone-else"));
+    assert_eq!(s.lease_transitions, Some(4));
+}
+
+#[tokio::test]
+async fn expiry_is_judged_on_the_candidates_clock_not_by_the_holders_renew_time() {
+    let server = ApiServer::start().await.unwrap();
+    // The holder's clock is an hour behind: its renewTime always looks long expired.
+    let skew = SignedDuration::from_hours(1);
+    let mut lease = create_foreign_lease(&server, 1, Timestamp::now() - skew).await;
+    let a = Replica::start(&server, "a");
+    let api = leases(&server);
+    let end = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lease.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now() - skew));
+        lease = api
+            .replace(NAME, &PostParams::default(), &lease)
+            .await
+            .unwrap();
+        assert!(
+            !a.handle.is_leader(),
+            "a stole a lease that is being renewed"
+        );
+    }
+
+    // Now the holder stops; its last renewTime is from the future (clock an hour ahead).
+    lease.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now() + skew));
+    api.replace(NAME, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let stopped = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), a.handle.acquired())
+        .await
+        .expect("a never took over the abandoned lease")
+        .unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took >= LEASE,
+        "a took over after {took:?}, before a lease duration"
+    );
+    let s = spec(&server).await;
+    assert_eq!(s.holder_identity.as_deref(), Some("a"));
+    assert_eq!(s.lease_transitions, Some(5));
+}
+
+#[tokio::test]
+async fn the_leader_recreates_a_deleted_lease_and_keeps_leading() {
+    let server = ApiServer::start().await.unwrap();
+    let a = Replica::start(&server, "a");
+    a.handle.acquired().await.unwrap();
+    let lost = a.handle.lost();
+    leases(&server)
+        .delete(NAME, &Default::default())
+        .await
+        .unwrap();
+    tokio::select! {
+        () = lost => panic!("a stopped leading after its Lease was deleted"),
+        () = tokio::time::sleep(Duration::from_millis(800)) => {}
+    }
+    let s = spec(&server).await;
+    assert_eq!(s.holder_identity.as_deref(), Some("a"));
+    assert!(a.handle.is_leader());
+}
+
+#[tokio::test]
+async fn flags_with_election_off_give_a_handle_that_always_leads() {
+    let server = ApiServer::start().await.unwrap();
+    let registry = Registry::new();
+    let flags = Flags::try_parse_from(["x", "--leader-elect=false"]).unwrap();
+    let handle = flags
+        .leader
+        .start(server.client(), LeaderMetrics::register(&registry).unwrap())
+        .unwrap();
+    assert!(handle.is_leader());
+    let text = crate::serve::render(&registry).unwrap();
+    assert!(text.contains("stowage_leader 1"), "{text}");
+    assert!(leases(&server).get_opt(NAME).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn without_election_the_handle_always_leads() {
+    let handle = LeaderHandle::without_election();
+    assert!(handle.is_leader());
+    handle.acquired().await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_millis(50), handle.lost()).await;
+    assert!(lost.is_err(), "lost() resolved without an election");
+}
+
+#[test]
+fn invalid_durations_are_rejected_with_the_flag_to_change() {
+    let base = config("a");
+    assert_eq!(base.validate(), Ok(()));
+    let cases = [
+        (
+            LeaseConfig {
+                renew_deadline: LEASE,
+                ..base.clone()
+            },
+            "--leader-elect-renew-deadline",
+        ),
+        (
+            LeaseConfig {
+                retry_period: RENEW,
+                ..base.clone()
+            },
+            "--leader-elect-retry-period",
+        ),
+        (
+            LeaseConfig {
+                retry_period: Duration::ZERO,
+                ..base.clone()
+            },
+            "--leader-elect-retry-period",
+        ),
+        (
+            LeaseConfig {
+                lease_duration: Duration::from_millis(900),
+                renew_deadline: Duration::from_millis(500),
+                ..base.clone()
+            },
+            "--leader-elect-lease-duration",
+        ),
+        (
+            LeaseConfig {
+                namespace: String::new(),
+                ..base.clone()
+            },
+            "--leader-elect-namespace",
+        ),
+        (
+            LeaseConfig {
+                name: String::new(),
+                ..base.clone()
+            },
+            "--leader-elect-name",
+        ),
+    ];
+    for (config, flag) in cases {
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains(flag), "{error:?} does not name {flag}");
+    }
+}
+
+#[test]
+fn a_partial_second_rounds_up_in_lease_duration_seconds() {
+    let c = LeaseConfig {
+        lease_duration: Duration::from_millis(1500),
+        ..config("a")
+    };
+    assert_eq!(c.lease_duration_seconds(), 2);
+    assert_eq!(config("a").lease_duration_seconds(), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_config_starts_no_elector() {
+    let server = ApiServer::start().await.unwrap();
+    let metrics = LeaderMetrics::register(&Registry::new()).unwrap();
+    let bad = LeaseConfig {
+        renew_deadline: LEASE,
+        ..config("a")
+    };
+    let error = LeaderElector::new(server.client(), bad, metrics).unwrap_err();
+    assert!(matches!(
+        error,
+        ConfigError::RenewDeadlineNotShorterThanLease { .. }
+    ));
+}
+
+#[test]
+fn identities_are_unique_per_elector() {
+    let (x, y) = (default_identity(), default_identity());
+    assert_ne!(x, y);
+    let (base, suffix) = x.rsplit_once('_').unwrap();
+    assert!(!base.is_empty());
+    assert_eq!(suffix.len(), 16);
+    assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[derive(Debug, Parser)]
+struct Flags {
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+#[test]
+fn flags_default_to_client_go_durations() {
+    let flags = Flags::try_parse_from(["x"]).unwrap();
+    let config = flags.leader.config().unwrap().unwrap();
+    assert_eq!(config.lease_duration, Duration::from_secs(15));
+    assert_eq!(config.renew_deadline, Duration::from_secs(10));
+    assert_eq!(config.retry_period, Duration::from_secs(2));
+    assert_eq!(config.name, "stowage-controller");
+    if std::env::var_os("POD_NAMESPACE").is_none() {
+        assert_eq!(config.namespace, "stowage-system");
+    }
+}
+
+#[test]
+fn flags_turn_election_off_and_reject_unsafe_durations() {
+    let off = Flags::try_parse_from(["x", "--leader-elect=false"]).unwrap();
+    assert_eq!(off.leader.config(), Ok(None));
+    let on = Flags::try_parse_from(["x", "--leader-elect"]).unwrap();
+    assert!(on.leader.config().unwrap().is_some());
+    let custom = Flags::try_parse_from([
+        "x",
+        "--leader-elect-namespace",
+        "ops",
+        "--leader-elect-name",
+        "stowage",
+        "--leader-elect-lease-duration",
+        "30",
+        "--leader-elect-renew-deadline",
+        "20",
+        "--leader-elect-retry-period",
+        "4",
+    ])
+    .unwrap();
+    let config = custom.leader.config().unwrap().unwrap();
+    assert_eq!(
+        (config.namespace.as_str(), config.name.as_str()),
+        ("ops", "stowage")
+    );
+    assert_eq!(config.lease_duration, Duration::from_secs(30));
+
+    let bad = Flags::try_parse_from(["x", "--leader-elect-renew-deadline", "15"]).unwrap();
+    let error = bad.leader.config().unwrap_err().to_string();
+    assert!(error.contains("--leader-elect-renew-deadline"), "{error}");
+    let bad = Flags::try_parse_from(["x", "--leader-elect-retry-period", "10"]).unwrap();
+    let error = bad.leader.config().unwrap_err().to_string();
+    assert!(error.contains("--leader-elect-retry-period"), "{error}");
+}
+
+#[test]
+fn flag_definitions_are_consistent() {
+    use clap::CommandFactory;
+    Flags::command().debug_assert();
+}
