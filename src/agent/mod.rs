@@ -13,6 +13,6 @@ pub mod driver;
 pub mod path;
 pub mod pool;
 
-pub use driver::{Hostpath, VolumeError};
+pub use driver::{Btrfs, Hostpath, PoolDriver, VolumeError};
 pub use path::{NameError, PathError, PoolRoot, VolumeName};
 pub use pool::{ConfigError, PoolConfig, PoolReport, PoolSpec, VolumeMode};
