@@ -9,16 +9,18 @@
 //!   <root>/.archive/pvc-<uuid>-<stamp>   an archived volume, still a subvolume with its limit
 //! ```
 //!
-//! Everything goes through ioctls on file descriptors (see [`ioctl`]); nothing shells out.
-//! The agent needs `CAP_SYS_ADMIN` for them. Quotas are turned on for the filesystem the
+//! Everything goes through ioctls on file descriptors (the private `ioctl` module holds the
+//! only `unsafe` code of the agent); nothing shells out. The agent needs `CAP_SYS_ADMIN` for them. Quotas are turned on for the filesystem the
 //! first time a limit is set on it.
 
 mod ioctl;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustix::fs::{Mode, OFlags, RenameFlags};
@@ -36,6 +38,9 @@ const STAGING_PREFIX: &str = ".staging-";
 #[derive(Clone, Debug)]
 pub struct Btrfs {
     root: PoolRoot,
+    /// Qgroups of destroyed subvolumes that the kernel would not remove yet (`EBUSY` until
+    /// its cleaner has dropped the subvolume); retried by later deletes and scans.
+    stale: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl Btrfs {
@@ -51,7 +56,10 @@ impl Btrfs {
                 path: root.path().to_path_buf(),
             });
         }
-        Ok(Btrfs { root })
+        Ok(Btrfs {
+            root,
+            stale: Arc::default(),
+        })
     }
 
     /// The pool root.
@@ -98,8 +106,13 @@ impl Btrfs {
             .map_err(|e| btrfs_err("set the mode of", &staging_path, e))?;
         set_limit(&vol, &staging_path, size)?;
         drop(vol);
-        match rustix::fs::renameat_with(&root, &staging, &root, name.as_str(), RenameFlags::NOREPLACE)
-        {
+        match rustix::fs::renameat_with(
+            &root,
+            &staging,
+            &root,
+            name.as_str(),
+            RenameFlags::NOREPLACE,
+        ) {
             Ok(()) => Ok(path),
             // Something appeared at the volume path meanwhile: accept only a subvolume.
             Err(Errno::EXIST) => match self.open_subvolume(&root, name.as_str())? {
@@ -117,7 +130,8 @@ impl Btrfs {
 
     /// Destroys the subvolume of `name` with everything in it (and a staging leftover of a
     /// crashed create), then tries to remove its qgroup; a qgroup that cannot be removed yet
-    /// does not fail the delete. Absent is success.
+    /// does not fail the delete and is tried again by later deletes and scans. Absent is
+    /// success.
     ///
     /// Refused, leaving everything in place: a plain directory, file or symlink in the
     /// subvolume's place, and a volume holding subvolumes that someone made inside it.
@@ -136,18 +150,9 @@ impl Btrfs {
                 Err(Errno::NOTEMPTY) => return Err(VolumeError::NestedSubvolume { path }),
                 Err(e) => return Err(btrfs_err("destroy the subvolume", &path, e)),
             }
-            // The qgroup of a destroyed subvolume only goes once the kernel's cleaner has
-            // dropped the subvolume's tree (and newer kernels remove it by themselves then);
-            // a stale qgroup is harmless, so failing here is not failing the delete.
-            if let Err(e) = ioctl::qgroup_create(&root, id, false) {
-                tracing::debug!(
-                    path = %path.display(),
-                    qgroup = %format_args!("0/{id}"),
-                    error = %io::Error::from(e),
-                    "qgroup of the destroyed subvolume not removed"
-                );
-            }
+            self.stale().insert(id);
         }
+        self.remove_stale_qgroups(&root);
         Ok(())
     }
 
@@ -200,6 +205,8 @@ impl Btrfs {
     /// The volumes in the pool: subvolumes directly under the root whose names parse as
     /// [`VolumeName`]s, sorted. Everything else (`.archive`, staging leftovers, other names,
     /// plain directories, files, symlinks) is ignored.
+    ///
+    /// Also retries removing the qgroups of volumes deleted earlier (see [`Btrfs::delete`]).
     pub fn scan(&self) -> Result<Vec<VolumeName>, VolumeError> {
         let root_path = self.root.path();
         let io_err = |source| PathError::Io {
@@ -226,7 +233,37 @@ impl Btrfs {
             }
         }
         names.sort();
+        self.remove_stale_qgroups(&root);
         Ok(names)
+    }
+
+    /// Tries to remove the qgroups of destroyed subvolumes. The kernel refuses (`EBUSY`)
+    /// until its cleaner has dropped a subvolume's tree, and newer kernels then remove the
+    /// qgroup by themselves (`ENOENT` here). A stale qgroup is harmless (subvolume ids are
+    /// never reused), so this is best effort: `EBUSY` keeps the id for the next try, which
+    /// this driver value (and its clones) makes; other failures are logged and dropped.
+    fn remove_stale_qgroups(&self, root: &OwnedFd) {
+        self.stale()
+            .retain(|&id| match ioctl::qgroup_create(root, id, false) {
+                // Gone, or quotas turned off (which removes all qgroups).
+                Ok(()) | Err(Errno::NOENT | Errno::NOTCONN) => false,
+                Err(Errno::BUSY) => true,
+                Err(e) => {
+                    tracing::debug!(
+                        qgroup = %format_args!("0/{id}"),
+                        error = %io::Error::from(e),
+                        "qgroup of a destroyed subvolume not removed"
+                    );
+                    false
+                }
+            });
+    }
+
+    fn stale(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        // The set stays valid even if a holder panicked: it is only a retry list.
+        self.stale
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Opens the subvolume at `<root>/<entry>` without following symlinks: `None` if nothing

@@ -18,7 +18,12 @@ use super::pool::{PoolSpec, VolumeMode};
 use crate::ledger::{Bytes, Driver};
 
 /// The driver of one pool, chosen by the pool config's `driver`. The reconciler talks only
-/// to this type; every method has the contract of the [`Hostpath`] method of the same name.
+/// to this type; every method has the contract of the [`Hostpath`] method of the same name,
+/// and [`Btrfs`] adds its refusals (a plain directory where a subvolume should be, nested
+/// subvolumes on delete).
+///
+/// Keep one value per pool for the agent's lifetime rather than opening it per operation:
+/// the btrfs driver retries removing stale qgroups from it.
 #[derive(Clone, Debug)]
 pub enum PoolDriver {
     /// Plain directories; sizes not enforced.

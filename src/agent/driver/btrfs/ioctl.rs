@@ -101,7 +101,11 @@ const QGROUP_CREATE: Opcode = opcode::write::<QgroupCreateArgs>(MAGIC, 42);
 const QGROUP_LIMIT: Opcode = opcode::read::<QgroupLimitArgs>(MAGIC, 43);
 
 // The request numbers `linux/btrfs.h` gives on Linux (x86, arm, riscv: the generic encoding).
-#[cfg(not(any(target_arch = "powerpc", target_arch = "powerpc64", target_arch = "mips")))]
+#[cfg(not(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips"
+)))]
 const _: () = {
     assert!(SUBVOL_CREATE as u64 == 0x5000_940e);
     assert!(SNAP_DESTROY as u64 == 0x5000_940f);
@@ -198,7 +202,12 @@ pub fn qgroup_create(fd: impl AsFd, qgroupid: u64, create: bool) -> Result<()> {
     };
     // SAFETY: QGROUP_CREATE takes a pointer to a `btrfs_ioctl_qgroup_create_args`, which
     // `QgroupCreateArgs` mirrors (size asserted above).
-    unsafe { ioctl(fd, Updater::<QGROUP_CREATE, QgroupCreateArgs>::new(&mut args)) }
+    unsafe {
+        ioctl(
+            fd,
+            Updater::<QGROUP_CREATE, QgroupCreateArgs>::new(&mut args),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +222,9 @@ mod tests {
         assert_eq!(vol_args("").err(), Some(Errno::INVAL));
         assert_eq!(vol_args("a\0b").err(), Some(Errno::INVAL));
         assert!(vol_args(&"a".repeat(PATH_NAME_MAX)).is_ok());
-        assert_eq!(vol_args(&"a".repeat(PATH_NAME_MAX + 1)).err(), Some(Errno::INVAL));
+        assert_eq!(
+            vol_args(&"a".repeat(PATH_NAME_MAX + 1)).err(),
+            Some(Errno::INVAL)
+        );
     }
 }

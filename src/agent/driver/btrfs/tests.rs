@@ -68,7 +68,9 @@ fn btrfs_cli(args: &[&str]) -> String {
 fn listed(d: &Btrfs) -> Vec<String> {
     let root = d.root().path();
     // `<tempdir>/pool`, unique on the filesystem.
-    let tail = root.strip_prefix(root.parent().unwrap().parent().unwrap()).unwrap();
+    let tail = root
+        .strip_prefix(root.parent().unwrap().parent().unwrap())
+        .unwrap();
     let tail = format!("{}/", tail.to_str().unwrap());
     btrfs_cli(&["subvolume", "list", root.to_str().unwrap()])
         .lines()
@@ -80,11 +82,23 @@ fn listed(d: &Btrfs) -> Vec<String> {
         .collect()
 }
 
+/// The qgroup id (`0/<subvolume id>`) of the subvolume at `p`.
+fn qgroup_of(p: &Path) -> String {
+    let id = btrfs_cli(&["inspect-internal", "rootid", p.to_str().unwrap()]);
+    format!("0/{}", id.trim())
+}
+
+/// Whether `btrfs qgroup show` on the filesystem of `p` lists `qgroup`.
+fn qgroup_listed(p: &Path, qgroup: &str) -> bool {
+    btrfs_cli(&["qgroup", "show", "--raw", p.to_str().unwrap()])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(qgroup))
+}
+
 /// The `max_rfer` of the subvolume at `p`, as `btrfs qgroup show` reports it.
 fn limit_of(p: &Path) -> Option<u64> {
+    let qgroup = qgroup_of(p);
     let p = p.to_str().unwrap();
-    let id = btrfs_cli(&["inspect-internal", "rootid", p]);
-    let qgroup = format!("0/{}", id.trim());
     let table = btrfs_cli(&["qgroup", "show", "-r", "--raw", "-f", p]);
     let row = table
         .lines()
@@ -117,12 +131,16 @@ fn create_makes_a_subvolume_with_the_exact_mode_and_a_limit() {
     let Some((_dir, d)) = pool("create") else {
         return;
     };
-    let p = d.create(&name(A), Bytes::mib(64), VolumeMode(0o750)).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(64), VolumeMode(0o750))
+        .unwrap();
     assert_eq!(p, d.root().path().join(A));
     assert!(is_subvolume_at(&p), "{p:?} is not a subvolume");
     assert_eq!(mode_of(&p), 0o750);
     assert_eq!(limit_of(&p), Some(Bytes::mib(64).0));
-    let open = d.create(&name(B), Bytes::mib(8), VolumeMode(0o2777)).unwrap();
+    let open = d
+        .create(&name(B), Bytes::mib(8), VolumeMode(0o2777))
+        .unwrap();
     assert_eq!(mode_of(&open), 0o2777, "the umask does not narrow the mode");
     let mut list = listed(&d);
     list.sort();
@@ -134,10 +152,14 @@ fn create_twice_is_success_keeps_the_data_and_sets_the_limit_again() {
     let Some((_dir, d)) = pool("create-twice") else {
         return;
     };
-    let p = d.create(&name(A), Bytes::mib(64), VolumeMode(0o770)).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(64), VolumeMode(0o770))
+        .unwrap();
     fs::write(p.join("data"), b"keep").unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o2770)).unwrap();
-    let again = d.create(&name(A), Bytes::mib(96), VolumeMode(0o770)).unwrap();
+    let again = d
+        .create(&name(A), Bytes::mib(96), VolumeMode(0o770))
+        .unwrap();
     assert_eq!(again, p);
     assert_eq!(fs::read(p.join("data")).unwrap(), b"keep");
     assert_eq!(mode_of(&p), 0o2770, "an existing volume keeps its mode");
@@ -153,7 +175,9 @@ fn a_staging_leftover_of_a_crashed_create_is_finished_or_deleted() {
     for n in [A, B] {
         ioctl::subvol_create(&root, &staging_name(&name(n))).unwrap();
     }
-    let p = d.create(&name(A), Bytes::mib(16), VolumeMode(0o700)).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(16), VolumeMode(0o700))
+        .unwrap();
     assert!(is_subvolume_at(&p));
     assert_eq!(mode_of(&p), 0o700);
     assert_eq!(limit_of(&p), Some(Bytes::mib(16).0));
@@ -201,7 +225,9 @@ fn grow_sets_the_limit_and_needs_the_volume() {
         d.grow(&name(A), Bytes::gib(2)),
         Err(VolumeError::Missing { .. })
     ));
-    let p = d.create(&name(A), Bytes::gib(1), VolumeMode::default()).unwrap();
+    let p = d
+        .create(&name(A), Bytes::gib(1), VolumeMode::default())
+        .unwrap();
     d.grow(&name(A), Bytes::gib(2)).unwrap();
     assert_eq!(limit_of(&p), Some(Bytes::gib(2).0));
     // Below what is used is still set: the reconciler decides policy, not the driver.
@@ -216,16 +242,34 @@ fn delete_destroys_the_subvolume_with_its_data_and_twice_is_success() {
     let Some((_dir, d)) = pool("delete") else {
         return;
     };
-    let p = d.create(&name(A), Bytes::mib(64), VolumeMode::default()).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(64), VolumeMode::default())
+        .unwrap();
     fs::create_dir_all(p.join("sub/deeper")).unwrap();
     fs::write(p.join("sub/deeper/f"), b"x").unwrap();
     fs::write(p.join("top"), vec![7u8; 1 << 20]).unwrap();
+    let qgroup = qgroup_of(&p);
+    assert!(qgroup_listed(&p, &qgroup));
     d.delete(&name(A)).unwrap();
     assert!(!p.exists());
     assert_eq!(listed(&d), Vec::<String>::new());
     d.delete(&name(A)).unwrap();
+    // Once the kernel has dropped the subvolume, its qgroup goes too (by the kernel or by
+    // the driver's retry on the next scan): no stale qgroup is left behind.
+    let id = qgroup.trim_start_matches("0/");
+    let pool = d.root().path().to_str().unwrap();
+    // A commit wakes the kernel's cleaner, which otherwise waits for its 30 s interval.
+    btrfs_cli(&["filesystem", "sync", pool]);
+    btrfs_cli(&["subvolume", "sync", pool, id]);
+    d.scan().unwrap();
+    assert!(
+        !qgroup_listed(d.root().path(), &qgroup),
+        "{qgroup} is stale"
+    );
     // The same name can be made again, as a new subvolume with a new limit.
-    let again = d.create(&name(A), Bytes::mib(8), VolumeMode::default()).unwrap();
+    let again = d
+        .create(&name(A), Bytes::mib(8), VolumeMode::default())
+        .unwrap();
     assert_eq!(fs::read_dir(&again).unwrap().count(), 0);
     assert_eq!(limit_of(&again), Some(Bytes::mib(8).0));
 }
@@ -235,7 +279,9 @@ fn delete_refuses_a_volume_with_a_nested_subvolume_and_leaves_it_whole() {
     let Some((_dir, d)) = pool("nested") else {
         return;
     };
-    let p = d.create(&name(A), Bytes::mib(64), VolumeMode::default()).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(64), VolumeMode::default())
+        .unwrap();
     fs::write(p.join("data"), b"keep").unwrap();
     let vol = open_dir(&p).unwrap();
     ioctl::subvol_create(&vol, "inner").unwrap();
@@ -258,7 +304,9 @@ fn archive_moves_the_subvolume_with_its_data_and_limit_and_twice_is_success() {
     let Some((_dir, d)) = pool("archive") else {
         return;
     };
-    let p = d.create(&name(A), Bytes::mib(64), VolumeMode(0o750)).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(64), VolumeMode(0o750))
+        .unwrap();
     fs::write(p.join("data"), b"old").unwrap();
     let at = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
     let moved = d.archive(&name(A), at).unwrap().unwrap();
@@ -274,7 +322,8 @@ fn archive_moves_the_subvolume_with_its_data_and_limit_and_twice_is_success() {
     assert_eq!(d.archive(&name(A), at).unwrap(), None);
     assert_eq!(d.scan().unwrap(), Vec::<VolumeName>::new());
     // A new volume of the same name archives beside the first.
-    d.create(&name(A), Bytes::mib(8), VolumeMode::default()).unwrap();
+    d.create(&name(A), Bytes::mib(8), VolumeMode::default())
+        .unwrap();
     let second = d.archive(&name(A), at).unwrap().unwrap();
     assert!(second.to_string_lossy().ends_with("Z-1"), "{second:?}");
 }
@@ -340,7 +389,12 @@ fn symlinks_and_escapes_are_refused_and_their_targets_left_alone() {
     }
     assert_eq!(fs::read(outside.join("data")).unwrap(), b"do not delete");
     assert!(is_subvolume_at(&outside));
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 
     // An `.archive` that is a symlink out of the pool is not archived into.
     d.create(&name(B), Bytes::mib(8), VolumeMode::default())
