@@ -102,8 +102,10 @@ impl Btrfs {
                     })?
             }
         };
-        rustix::fs::fchmod(&vol, Mode::from_raw_mode(mode.bits()))
-            .map_err(|e| btrfs_err("set the mode of", &staging_path, e))?;
+        rustix::fs::fchmod(&vol, Mode::from_raw_mode(mode.bits())).map_err(|e| PathError::Io {
+            path: staging_path.clone(),
+            source: e.into(),
+        })?;
         set_limit(&vol, &staging_path, size)?;
         drop(vol);
         match rustix::fs::renameat_with(
@@ -124,7 +126,11 @@ impl Btrfs {
                 }
                 None => Err(VolumeError::Missing { path }),
             },
-            Err(e) => Err(btrfs_err("rename into place", &staging_path, e)),
+            Err(e) => Err(PathError::Io {
+                path: staging_path,
+                source: e.into(),
+            }
+            .into()),
         }
     }
 
@@ -187,7 +193,10 @@ impl Btrfs {
             &target,
             RenameFlags::NOREPLACE,
         )
-        .map_err(|e| btrfs_err("move into the archive", &path, e))?;
+        .map_err(|e| PathError::Io {
+            path,
+            source: e.into(),
+        })?;
         Ok(Some(target))
     }
 
@@ -375,10 +384,18 @@ fn fs_type(fd: &OwnedFd) -> io::Result<u64> {
     Ok(t)
 }
 
+/// A failed ioctl, with a hint when the cause is missing privileges.
 fn btrfs_err(op: &'static str, path: &Path, errno: Errno) -> VolumeError {
+    let hint = match errno {
+        Errno::PERM | Errno::ACCESS => {
+            "; the agent needs CAP_SYS_ADMIN for btrfs subvolumes and quotas (run it privileged)"
+        }
+        _ => "",
+    };
     VolumeError::Btrfs {
         op,
         path: path.to_path_buf(),
+        hint,
         source: errno.into(),
     }
 }

@@ -141,13 +141,15 @@ pub enum VolumeError {
         /// The volume.
         path: PathBuf,
     },
-    /// A btrfs ioctl failed (`EPERM` means the agent lacks `CAP_SYS_ADMIN`).
-    #[error("cannot {op} {path} (btrfs)")]
+    /// A btrfs ioctl failed.
+    #[error("cannot {op} {path} (btrfs ioctl){hint}")]
     Btrfs {
         /// What was being done, e.g. "set the qgroup limit of".
         op: &'static str,
         /// The subvolume (or pool root) operated on.
         path: PathBuf,
+        /// What to do about it, if known (starts with "; "), else empty.
+        hint: &'static str,
         /// The kernel's answer.
         #[source]
         source: io::Error,

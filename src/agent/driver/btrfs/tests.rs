@@ -197,7 +197,7 @@ fn writing_past_the_size_fails_with_edquot_and_grow_lets_more_in() {
     let p = d.create(&name(A), size, VolumeMode::default()).unwrap();
     let (written, err) = fill(&p.join("big"), 4 * size.0);
     let err = err.unwrap_or_else(|| panic!("wrote {written} bytes into a {size:?} volume"));
-    assert_eq!(err.raw_os_error(), Some(libc_edquot()), "{err}");
+    assert_eq!(err.raw_os_error(), Some(edquot()), "{err}");
     assert!(written <= size.0, "wrote {written} into {size:?}");
     assert!(written >= size.0 / 2, "only {written} of {size:?} fit");
 
@@ -208,11 +208,11 @@ fn writing_past_the_size_fails_with_edquot_and_grow_lets_more_in() {
     assert_eq!(more, Bytes::mib(32).0);
     let (_, err) = fill(&p.join("more"), Bytes::mib(128).0);
     let err = err.expect("the grown limit is enforced too");
-    assert_eq!(err.raw_os_error(), Some(libc_edquot()), "{err}");
+    assert_eq!(err.raw_os_error(), Some(edquot()), "{err}");
 }
 
-/// `EDQUOT` on Linux (all architectures but MIPS, where the driver's tests do not run).
-fn libc_edquot() -> i32 {
+/// `EDQUOT`, "Disk quota exceeded".
+fn edquot() -> i32 {
     Errno::DQUOT.raw_os_error()
 }
 
@@ -503,4 +503,22 @@ fn a_btrfs_pool_on_another_filesystem_is_refused_with_a_clear_reason() {
     assert!(!report.pool_state().ready);
     let reason = report.reason.unwrap();
     assert!(reason.contains("needs a btrfs filesystem"), "{reason}");
+}
+
+#[test]
+fn an_ioctl_error_names_the_operation_and_path_and_a_permission_error_says_what_is_missing() {
+    let err = btrfs_err(
+        "set the qgroup limit of",
+        Path::new("/p/pvc-x"),
+        Errno::PERM,
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("set the qgroup limit of /p/pvc-x") && msg.contains("CAP_SYS_ADMIN"),
+        "{msg}"
+    );
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert_eq!(source, io::Error::from(Errno::PERM).to_string());
+    let other = btrfs_err("destroy the subvolume", Path::new("/p/pvc-x"), Errno::IO).to_string();
+    assert!(!other.contains("CAP_SYS_ADMIN"), "{other}");
 }
