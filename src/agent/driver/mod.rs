@@ -3,10 +3,13 @@
 //! Every operation is idempotent: the reconciler calls it again after a crash or a retry,
 //! and "already done" is success.
 
+pub mod btrfs;
 pub mod hostpath;
 
+pub use btrfs::Btrfs;
 pub use hostpath::Hostpath;
 
+use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -15,23 +18,29 @@ use super::pool::{PoolSpec, VolumeMode};
 use crate::ledger::{Bytes, Driver};
 
 /// The driver of one pool, chosen by the pool config's `driver`. The reconciler talks only
-/// to this type; every method has the contract of the [`Hostpath`] method of the same name.
+/// to this type; every method has the contract of the [`Hostpath`] method of the same name,
+/// and [`Btrfs`] adds its refusals (a plain directory where a subvolume should be, nested
+/// subvolumes on delete).
+///
+/// Keep one value per pool for the agent's lifetime rather than opening it per operation:
+/// the btrfs driver retries removing stale qgroups from it.
 #[derive(Clone, Debug)]
 pub enum PoolDriver {
     /// Plain directories; sizes not enforced.
     Hostpath(Hostpath),
+    /// btrfs subvolumes with a qgroup limit each; sizes enforced.
+    Btrfs(Btrfs),
 }
 
 impl PoolDriver {
     /// Opens the driver for a configured pool. Fails when the pool root cannot be opened
-    /// (missing, not a directory); the caller reports the pool not ready with that reason.
+    /// (missing, not a directory, not btrfs for the btrfs driver); the caller reports the
+    /// pool not ready with that reason.
     pub fn open(spec: &PoolSpec) -> Result<Self, VolumeError> {
         let root = PoolRoot::open(&spec.path)?;
         match spec.driver {
             Driver::Hostpath => Ok(PoolDriver::Hostpath(Hostpath::new(root))),
-            Driver::Btrfs => Err(VolumeError::Unsupported {
-                driver: spec.driver,
-            }),
+            Driver::Btrfs => Ok(PoolDriver::Btrfs(Btrfs::open(root)?)),
         }
     }
 
@@ -39,6 +48,7 @@ impl PoolDriver {
     pub fn root(&self) -> &PoolRoot {
         match self {
             PoolDriver::Hostpath(d) => d.root(),
+            PoolDriver::Btrfs(d) => d.root(),
         }
     }
 
@@ -51,6 +61,7 @@ impl PoolDriver {
     ) -> Result<PathBuf, VolumeError> {
         match self {
             PoolDriver::Hostpath(d) => d.create(name, size, mode),
+            PoolDriver::Btrfs(d) => d.create(name, size, mode),
         }
     }
 
@@ -58,6 +69,7 @@ impl PoolDriver {
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
         match self {
             PoolDriver::Hostpath(d) => d.delete(name),
+            PoolDriver::Btrfs(d) => d.delete(name),
         }
     }
 
@@ -69,6 +81,7 @@ impl PoolDriver {
     ) -> Result<Option<PathBuf>, VolumeError> {
         match self {
             PoolDriver::Hostpath(d) => d.archive(name, now),
+            PoolDriver::Btrfs(d) => d.archive(name, now),
         }
     }
 
@@ -76,6 +89,7 @@ impl PoolDriver {
     pub fn grow(&self, name: &VolumeName, size: Bytes) -> Result<(), VolumeError> {
         match self {
             PoolDriver::Hostpath(d) => d.grow(name, size),
+            PoolDriver::Btrfs(d) => d.grow(name, size),
         }
     }
 
@@ -83,6 +97,7 @@ impl PoolDriver {
     pub fn scan(&self) -> Result<Vec<VolumeName>, VolumeError> {
         match self {
             PoolDriver::Hostpath(d) => d.scan(),
+            PoolDriver::Btrfs(d) => d.scan(),
         }
     }
 }
@@ -100,6 +115,44 @@ pub enum VolumeError {
     NotADirectory {
         /// The entry in the way.
         path: PathBuf,
+    },
+    /// A plain directory sits where a btrfs subvolume should be: the btrfs driver cannot
+    /// limit its size, so it neither adopts nor deletes it.
+    #[error(
+        "{path} is a plain directory, not a btrfs subvolume, so its size cannot be limited; the btrfs driver neither adopts nor deletes it (move its data into a subvolume or remove it by hand)"
+    )]
+    NotASubvolume {
+        /// The directory in the way.
+        path: PathBuf,
+    },
+    /// The btrfs driver's pool is not on a btrfs filesystem.
+    #[error(
+        "pool directory {path} is not on a btrfs filesystem; mount a btrfs filesystem there or use driver hostpath"
+    )]
+    NotBtrfs {
+        /// The pool root.
+        path: PathBuf,
+    },
+    /// The volume holds subvolumes made inside it, which btrfs will not destroy with it.
+    #[error(
+        "volume {path} holds btrfs subvolumes made inside it and cannot be destroyed with them; delete those by hand (btrfs subvolume delete) or archive the volume instead"
+    )]
+    NestedSubvolume {
+        /// The volume.
+        path: PathBuf,
+    },
+    /// A btrfs ioctl failed.
+    #[error("cannot {op} {path} (btrfs ioctl){hint}")]
+    Btrfs {
+        /// What was being done, e.g. "set the qgroup limit of".
+        op: &'static str,
+        /// The subvolume (or pool root) operated on.
+        path: PathBuf,
+        /// What to do about it, if known (starts with "; "), else empty.
+        hint: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
     },
     /// The pool's driver is not available in this build.
     #[error("driver {driver} is not available in this build")]
