@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::controller::ControllerArgs;
 use crate::extender_role::ExtenderArgs;
 use crate::simulate::SimulateArgs;
 
@@ -27,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Provision and delete volumes for stowage StorageClasses and serve the scheduler
     /// extender (Deployment, leader-elected).
-    Controller(RoleArgs),
+    Controller(ControllerArgs),
     /// Own the storage pools of one node: make, grow and delete volumes, report capacity
     /// (DaemonSet).
     Agent(RoleArgs),

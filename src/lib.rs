@@ -7,6 +7,7 @@
 //! ```text
 //!   api       stowage.io objects and their translation into ledger terms
 //!   ledger    PURE: bytes, demand, fit, reasons, spread/binpack scores
+//!   controller  the provisioner: claims → LocalVolumes → PVs, release, growth, metrics
 //!   simulate  capacity planning over the ledger, no cluster needed
 //!   cli       the command line and logging set-up
 //! ```
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod controller;
 pub mod extender_role;
 pub mod ledger;
 pub mod serve;
