@@ -377,16 +377,20 @@ mod tests {
             "stowage_node_pool_allocated_bytes{node=\"b\",pool=\"default\"} 60",
             "stowage_node_pool_free_bytes{node=\"b\",pool=\"default\"} 40",
             "stowage_node_pool_allocatable_bytes{node=\"a\",pool=\"default\"} 100",
-            "stowage_pool_utilization_spread{pool=\"default\"} 0.4",
             "stowage_provisions_total{result=\"succeeded\"} 1",
             "stowage_reschedules_total{reason=\"node_gone\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        assert!(
-            text.contains("stowage_pool_utilization_cv{pool=\"default\"} 0.5"),
-            "{text}"
-        );
+        let value = |series: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(series))
+                .unwrap_or_else(|| panic!("{series} missing from:\n{text}"));
+            line[series.len()..].trim().parse().unwrap()
+        };
+        assert!((value("stowage_pool_utilization_spread{pool=\"default\"}") - 0.4).abs() < 1e-9);
+        assert!((value("stowage_pool_utilization_cv{pool=\"default\"}") - 0.5).abs() < 1e-9);
         assert!(
             text.contains("stowage_node_heartbeat_age_seconds{node=\"a\"}"),
             "{text}"
