@@ -3,6 +3,10 @@
 //! LocalVolumes Ready with a path and the requested size, and removes the cleanup finalizer
 //! when they are deleted, recording what it was asked to do).
 
+// The harness helpers below are test code too: a failed set-up step should fail the test
+// loudly where it happened (clippy's allow-unwrap-in-tests covers only #[test] bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -117,7 +117,11 @@ mod tests {
 
     #[test]
     fn on_delete_parses_its_three_values_and_rejects_others() {
-        let cases: &[(&[(&str, &str)], Result<OnDelete, ()>)] = &[
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Result<OnDelete, ()>,
+        );
+        let cases: &[Case] = &[
             (&[], Ok(OnDelete::Delete)),
             (&[("onDelete", "delete")], Ok(OnDelete::Delete)),
             (&[("onDelete", " archive ")], Ok(OnDelete::Archive)),
