@@ -223,7 +223,7 @@ struct Running {
     index: Arc<RwLock<ClusterIndex>>,
     registry: Registry,
     tasks: Vec<JoinHandle<()>>,
-    _leader: watch::Sender<bool>,
+    leader: watch::Sender<bool>,
 }
 
 impl Drop for Running {
@@ -235,13 +235,17 @@ impl Drop for Running {
 }
 
 fn start_controller(client: &Client, grace: Duration) -> Running {
+    start_controller_leading(client, grace, true)
+}
+
+fn start_controller_leading(client: &Client, grace: Duration, leading: bool) -> Running {
     let index = Arc::new(RwLock::new(ClusterIndex::new()));
     let ready = Readiness::new();
     let registry = Registry::new();
     let metrics = Metrics::register(&registry, index.clone()).unwrap();
     let mut config = Config::new("test-replica");
     config.node_gone_grace = grace;
-    let (leader_tx, leader) = watch::channel(true);
+    let (leader_tx, leader) = watch::channel(leading);
     let ctx = Arc::new(Context::new(
         client.clone(),
         index.clone(),
@@ -258,7 +262,7 @@ fn start_controller(client: &Client, grace: Duration) -> Running {
         index,
         registry,
         tasks,
-        _leader: leader_tx,
+        leader: leader_tx,
     }
 }
 
@@ -453,6 +457,43 @@ async fn a_scheduled_pod_gets_a_bound_local_pv_with_every_field_right() {
         (1500u64 << 20) as f64
     );
     scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_written_until_this_replica_leads() {
+    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
+    cluster.class("local", "Delete", false, &[]).await;
+    let (_agent, _task) = Agent::start(&cluster.client);
+    let running = start_controller_leading(&cluster.client, Duration::from_secs(300), false);
+    let claim = selected_claim(
+        &cluster,
+        "data",
+        "1Gi",
+        "n1",
+        &[names::ANNOTATION_STORAGE_PROVISIONER],
+    )
+    .await;
+    let name = pv_name(&claim);
+    // A follower keeps its caches warm: wait until its index has seen the claim, then a
+    // while longer, and nothing may have been created.
+    wait_for(
+        WAIT,
+        "the follower's index holds the claim's reservation",
+        || async {
+            !running
+                .index
+                .read()
+                .unwrap()
+                .reservations_on("n1")
+                .is_empty()
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cluster.lvs().get_opt(&name).await.unwrap().is_none());
+    running.leader.send(true).unwrap();
+    wait_pv(&cluster, &name).await;
 }
 
 #[tokio::test]

@@ -386,9 +386,19 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .for_each(|_| futures::future::ready(()));
 
+    // A claim deleted before its PV existed leaves a LocalVolume nothing else points to:
+    // claim events (deletions above all) wake the LocalVolume named after the claim's uid.
     let orphans = Controller::new(
         Api::<LocalVolume>::all(client.clone()),
         watcher::Config::default(),
+    )
+    .watches(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+        |claim| {
+            let uid = claim.metadata.uid.as_deref()?;
+            Some(ObjectRef::<LocalVolume>::new(&volume::volume_name(uid)))
+        },
     )
     .with_config(config)
     .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
