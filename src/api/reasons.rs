@@ -10,11 +10,10 @@ pub const PROVISIONING: &str = "Provisioning";
 /// Normal, on a claim: its PersistentVolume was created.
 pub const PROVISIONING_SUCCEEDED: &str = "ProvisioningSucceeded";
 /// Warning, on a claim: its volume cannot be provisioned (unsupported request, agent error,
-/// API error); the message says why.
+/// API error, or the selected node cannot hold it and `selected-node` was removed so that
+/// the scheduler picks again, as the external-provisioner library reports a reschedule);
+/// the message says why.
 pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
-/// Warning, on a claim: the selected node cannot hold the volume, so `selected-node` was
-/// removed and the scheduler picks again.
-pub const RESCHEDULED: &str = "Rescheduled";
 /// Normal, on a claim: growing its volume has started.
 pub const RESIZING: &str = "Resizing";
 /// Normal, on a claim: its volume was grown.
