@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::controller::ControllerArgs;
 use crate::extender_role::ExtenderArgs;
 use crate::simulate::SimulateArgs;
 
@@ -27,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Provision and delete volumes for stowage StorageClasses and serve the scheduler
     /// extender (Deployment, leader-elected).
-    Controller(RoleArgs),
+    Controller(ControllerArgs),
     /// Own the storage pools of one node: make, grow and delete volumes, report capacity
     /// (DaemonSet).
     Agent(RoleArgs),
@@ -109,6 +110,37 @@ mod tests {
             "version",
         ] {
             assert!(help.contains(role), "{role} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn controller_flags_have_defaults_and_help() {
+        let cli = Cli::try_parse_from(["stowage", "controller"]).unwrap();
+        let Command::Controller(args) = cli.command else {
+            panic!("not the controller")
+        };
+        assert_eq!(args.listen.to_string(), "0.0.0.0:8888");
+        assert_eq!(args.provisioner_name, "local.stowage.io");
+        assert_eq!(
+            (args.stale_after, args.node_gone_grace, args.workers),
+            (45, 300, 8)
+        );
+        assert!(Cli::try_parse_from(["stowage", "controller", "--workers", "0"]).is_err());
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("controller")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for flag in [
+            "--listen",
+            "--kubeconfig",
+            "--stale-after",
+            "--provisioner-name",
+            "--node-gone-grace",
+            "--workers",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from:\n{help}");
         }
     }
 

@@ -7,6 +7,7 @@
 //! ```text
 //!   api       stowage.io objects and their translation into ledger terms
 //!   ledger    PURE: bytes, demand, fit, reasons, spread/binpack scores
+//!   controller  the provisioner: claims → LocalVolumes → PVs, release, growth, metrics
 //!   simulate  capacity planning over the ledger, no cluster needed
 //!   cli       the command line and logging set-up
 //!   leader    Lease-based leader election for the controller's replicas
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod controller;
 pub mod extender_role;
 pub mod leader;
 pub mod ledger;

@@ -14,13 +14,9 @@ fn main() -> ExitCode {
             println!("stowage {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Controller(_) => not_built("controller"),
+        Command::Controller(args) => block_on(args.run()),
         Command::Agent(_) => not_built("agent"),
-        Command::Extender(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(args.run())),
+        Command::Extender(args) => block_on(args.run()),
         Command::Crds => stowage::api::crds_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(anyhow::Error::from),
@@ -38,9 +34,17 @@ fn main() -> ExitCode {
     }
 }
 
+fn block_on(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(role))
+}
+
 fn not_built(role: &str) -> anyhow::Result<()> {
     eprintln!(
-        "error: `stowage {role}` is not part of this build yet; only `simulate`, `extender`, `crds` and `version` are"
+        "error: `stowage {role}` is not part of this build yet; only `simulate`, `controller`, `extender`, `crds` and `version` are"
     );
     std::process::exit(i32::from(EXIT_USAGE));
 }

@@ -32,6 +32,7 @@ use kube::CustomResourceExt;
 
 pub mod local_volume;
 pub mod names;
+pub mod reasons;
 pub mod storage_node;
 
 /// The CustomResourceDefinitions of stowage's objects, in a fixed order: StorageNode, then

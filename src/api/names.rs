@@ -19,6 +19,11 @@ pub const API_VERSION: &str = "stowage.io/v1alpha1";
 /// deleting the object can never orphan a directory or subvolume silently.
 pub const FINALIZER_AGENT_CLEANUP: &str = "stowage.io/agent-cleanup";
 
+/// Finalizer the controller puts on every PersistentVolume it provisions. It is removed only
+/// after the volume's LocalVolume is gone (the agent has dealt with the data), so deleting a
+/// PV, by the reclaim policy or by hand, cannot leave data behind unnoticed.
+pub const FINALIZER_PV_CLEANUP: &str = "stowage.io/pv-cleanup";
+
 /// Annotation the scheduler puts on a WaitForFirstConsumer claim once it has picked a node
 /// for the consuming pod. The local provisioner creates the volume on exactly that node.
 pub const ANNOTATION_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";

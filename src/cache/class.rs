@@ -5,12 +5,14 @@
 //! parameters:
 //!   pool: fast          # default "default"
 //!   placement: binpack  # spread | binpack, default spread
+//!   onDelete: archive   # delete | archive | retain, default delete
 //! ```
 //!
 //! Other parameter keys are ignored here (other roles read them).
 
 use k8s_openapi::api::storage::v1::StorageClass;
 
+use crate::api::local_volume::OnDelete;
 use crate::api::names;
 use crate::ledger::{Placement, PoolName};
 
@@ -18,6 +20,8 @@ use crate::ledger::{Placement, PoolName};
 pub const PARAM_POOL: &str = "pool";
 /// Name of the placement parameter.
 pub const PARAM_PLACEMENT: &str = "placement";
+/// Name of the parameter saying what the agent does with a deleted volume's data.
+pub const PARAM_ON_DELETE: &str = "onDelete";
 /// The pool used when a class names none.
 pub const DEFAULT_POOL: &str = "default";
 
@@ -28,6 +32,8 @@ pub struct ClassParams {
     pub pool: PoolName,
     /// How the class's volumes are placed.
     pub placement: Placement,
+    /// What the agent does with a volume's data once its PersistentVolume is deleted.
+    pub on_delete: OnDelete,
 }
 
 /// A StorageClass parameter that cannot be used.
@@ -63,9 +69,21 @@ impl ClassParams {
             None => Placement::default(),
             Some(p) => p.trim().parse().map_err(|m| err(PARAM_PLACEMENT, m))?,
         };
+        let on_delete = match get(PARAM_ON_DELETE).map(|s| s.trim()) {
+            None | Some("delete") => OnDelete::Delete,
+            Some("archive") => OnDelete::Archive,
+            Some("retain") => OnDelete::Retain,
+            Some(other) => {
+                return Err(err(
+                    PARAM_ON_DELETE,
+                    format!("{other:?} is not one of \"delete\", \"archive\", \"retain\""),
+                ));
+            }
+        };
         Ok(Self {
             pool: PoolName(pool),
             placement,
+            on_delete,
         })
     }
 }
@@ -94,6 +112,35 @@ mod tests {
                     .collect(),
             ),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn on_delete_parses_its_three_values_and_rejects_others() {
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Result<OnDelete, ()>,
+        );
+        let cases: &[Case] = &[
+            (&[], Ok(OnDelete::Delete)),
+            (&[("onDelete", "delete")], Ok(OnDelete::Delete)),
+            (&[("onDelete", " archive ")], Ok(OnDelete::Archive)),
+            (&[("onDelete", "retain")], Ok(OnDelete::Retain)),
+            (&[("onDelete", "shred")], Err(())),
+            (&[("onDelete", "Delete")], Err(())),
+            (&[("onDelete", "")], Err(())),
+        ];
+        for (params, want) in cases {
+            match (ClassParams::from_class(&class(params)), want) {
+                (Ok(p), Ok(w)) => assert_eq!(p.on_delete, *w, "{params:?}"),
+                (Err(e), Err(())) => {
+                    assert_eq!(e.parameter, "onDelete");
+                    let msg = e.to_string();
+                    assert!(msg.contains("StorageClass local"), "{msg}");
+                    assert!(msg.contains("\"archive\""), "says what is allowed: {msg}");
+                }
+                (got, want) => panic!("{params:?}: got {got:?}, want {want:?}"),
+            }
         }
     }
 

@@ -27,7 +27,8 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::names;
 use crate::api::storage_node::StorageNode;
 use crate::ledger::{
-    Bytes, Demand, DemandOverflow, Ledger, NodeName, NodeState, Placement, PoolName, QuantityError,
+    Bytes, ClaimKey, Demand, DemandOverflow, Ledger, NodeName, NodeState, Placement, PoolName,
+    QuantityError,
 };
 
 pub mod class;
@@ -97,6 +98,21 @@ pub enum Held {
     Reserved,
     /// Allocated: the claim's LocalVolume exists but the claim is not bound yet.
     Allocated,
+}
+
+/// A claim's reservation on a node, as [`ClusterIndex::reservations_on`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The claim's uid.
+    pub uid: String,
+    /// The claim's namespace and name.
+    pub claim: ClaimKey,
+    /// The claim's creation time: the provisioner serves older claims first.
+    pub created: Option<Timestamp>,
+    /// The pool reserved in.
+    pub pool: PoolName,
+    /// How many bytes.
+    pub bytes: Bytes,
 }
 
 /// The pod's demand cannot be worked out; the extender reports it as an error.
@@ -222,6 +238,43 @@ impl ClusterIndex {
             .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
             .collect();
         self.changed();
+    }
+
+    /// The StorageClass called `name`.
+    pub fn storage_class(&self, name: &str) -> Option<&StorageClass> {
+        self.classes.get(name)
+    }
+
+    /// The LocalVolume called `name`.
+    pub fn local_volume(&self, name: &str) -> Option<&LocalVolume> {
+        self.volumes.get(name)
+    }
+
+    /// Whether a StorageNode called `name` is cached.
+    pub fn has_storage_node(&self, name: &str) -> bool {
+        self.nodes.contains_key(name)
+    }
+
+    /// The claims holding a reservation on node `name` (selected-node there, unbound, no
+    /// LocalVolume yet), in no particular order. Claims with invalid classes or sizes hold
+    /// nothing and are not listed.
+    pub fn reservations_on(&self, name: &str) -> Vec<Reservation> {
+        self.claims
+            .values()
+            .filter_map(|claim| {
+                let hold = self.held_for(claim)?;
+                (hold.held == Held::Reserved && hold.node.as_str() == name).then(|| Reservation {
+                    uid: claim.metadata.uid.clone().unwrap_or_default(),
+                    claim: ClaimKey::new(
+                        claim.metadata.namespace.clone().unwrap_or_default(),
+                        claim.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    pool: hold.pool,
+                    bytes: hold.bytes,
+                })
+            })
+            .collect()
     }
 
     /// The whole ledger as of `now`.

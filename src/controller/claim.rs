@@ -1,0 +1,606 @@
+//! The claim reconciler: provisioning (DESIGN.md steps 3–6) and, for bound claims, growth
+//! ([`super::expand`]).
+//!
+//! ```text
+//!   PV pvc-<uid> exists ─────────────────────────────▶ wait for the PV controller to bind
+//!   LocalVolume pvc-<uid>: Ready ────────────────────▶ create the PV
+//!                          Failed ───────────────────▶ Warning Event, the agent retries
+//!                          Pending / being deleted ──▶ wait (its watch wakes us)
+//!   nothing yet: unsupported request ────────────────▶ ProvisioningFailed, no hot retry
+//!                Node gone / does not fit ───────────▶ remove selected-node + Event
+//!                fits (re-checked under the node's lock) ─▶ create the LocalVolume
+//! ```
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::error::{Error, Result, is_status};
+use super::events::EventType;
+use super::volume::{self, Unsupported};
+use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
+use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
+use crate::api::{names, reasons};
+use crate::cache::{ClassParams, Reservation};
+use crate::ledger::{
+    Bytes, ClaimKey, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, check,
+};
+
+/// What to do about an unbound claim of ours with a selected node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// The PV exists; the PV controller binds it.
+    WaitForBinding,
+    /// The request cannot be served by a node-local volume, or the class is invalid.
+    Refuse(String),
+    /// Nothing exists yet: check the node and create the LocalVolume.
+    Place {
+        /// The selected node.
+        node: String,
+        /// The LocalVolume to create.
+        volume: Box<LocalVolume>,
+    },
+    /// The LocalVolume is Ready: create the PV.
+    CreatePv {
+        /// The Ready LocalVolume.
+        volume: Box<LocalVolume>,
+        /// Its path on the node.
+        path: String,
+    },
+    /// The agent has not made the volume yet.
+    WaitForVolume,
+    /// The agent failed to make the volume (it retries); tell the user.
+    VolumeFailed {
+        /// The agent's message.
+        message: String,
+    },
+    /// A LocalVolume of this name is being deleted; wait until it is gone.
+    WaitForVolumeDeletion,
+    /// An object of our name (a `kind`) belongs to someone else.
+    Conflict(&'static str),
+}
+
+/// What [`plan`] reads.
+#[derive(Debug)]
+pub struct View<'a> {
+    /// The claim.
+    pub claim: &'a PersistentVolumeClaim,
+    /// Its class's parameters.
+    pub params: std::result::Result<ClassParams, String>,
+    /// The selected node.
+    pub node: &'a str,
+    /// The LocalVolume `pvc-<uid>`, if any.
+    pub volume: Option<LocalVolume>,
+    /// The PersistentVolume `pvc-<uid>`, if any.
+    pub pv: Option<PersistentVolume>,
+}
+
+/// PURE: the next provisioning step for an unbound claim of ours with a selected node.
+pub fn plan(view: View<'_>) -> Plan {
+    let uid = view.claim.metadata.uid.clone().unwrap_or_default();
+    if let Some(pv) = &view.pv {
+        let bound_uid = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.uid.as_deref());
+        return if bound_uid == Some(uid.as_str()) {
+            Plan::WaitForBinding
+        } else {
+            Plan::Conflict("PersistentVolume")
+        };
+    }
+    if let Some(lv) = view.volume {
+        if lv.spec.claim.uid != uid {
+            return Plan::Conflict("LocalVolume");
+        }
+        if lv.metadata.deletion_timestamp.is_some() {
+            return Plan::WaitForVolumeDeletion;
+        }
+        let status = lv.status.clone().unwrap_or_default();
+        return match (status.phase, status.path) {
+            (LocalVolumePhase::Ready, Some(path)) if !path.is_empty() => Plan::CreatePv {
+                volume: Box::new(lv),
+                path,
+            },
+            (LocalVolumePhase::Failed, _) => Plan::VolumeFailed {
+                message: status
+                    .message
+                    .unwrap_or_else(|| "the agent gave no reason".to_string()),
+            },
+            _ => Plan::WaitForVolume,
+        };
+    }
+    let request = match volume::request(view.claim) {
+        Ok(r) => r,
+        Err(Unsupported(message)) => return Plan::Refuse(message),
+    };
+    let params = match view.params {
+        Ok(p) => p,
+        Err(message) => return Plan::Refuse(message),
+    };
+    Plan::Place {
+        node: view.node.to_string(),
+        volume: Box::new(volume::local_volume(
+            view.claim,
+            view.node,
+            &params,
+            request.size,
+        )),
+    }
+}
+
+/// The claim being placed, for [`fits`].
+#[derive(Clone, Debug)]
+pub struct Candidate<'a> {
+    /// Its uid.
+    pub uid: &'a str,
+    /// Its namespace and name.
+    pub key: ClaimKey,
+    /// Its creation time.
+    pub created: Option<Timestamp>,
+}
+
+/// PURE: whether a volume of `size` in `pool` fits `node` for `me`.
+///
+/// The ledger counts every claim with a selected node and no LocalVolume as reserved. Taken
+/// literally, two claims raced onto a node that can hold only one would each see the
+/// other's reservation and both be sent away. Instead, claims are served oldest first
+/// (creation time, then namespace/name): only reservations of claims before `me` count
+/// against it, and its own is not counted twice. The oldest claim therefore always gets
+/// through if it fits on its own, and whoever comes later sees its LocalVolume as
+/// allocated. No overcommit is possible either way: allocations only ever grow through this
+/// check, under the node's lock.
+pub fn fits(
+    node: Option<NodeState>,
+    reservations: &[Reservation],
+    me: &Candidate<'_>,
+    pool: &PoolName,
+    size: Bytes,
+    opts: &FitOptions,
+) -> std::result::Result<(), Unfit> {
+    let Some(mut node) = node else {
+        return Err(Unfit::NoReport);
+    };
+    let mine = (me.created, &me.key);
+    for r in reservations {
+        let before = (r.created, &r.claim) < mine && r.uid != me.uid;
+        if !before && let Some(p) = node.pool_mut(r.pool.as_str()) {
+            p.reserved = p.reserved.saturating_sub(r.bytes);
+        }
+    }
+    let demand = Demand::from_claims([(pool.clone(), size)]).map_err(|_| {
+        Unfit::Pools(vec![Shortfall::Insufficient {
+            pool: pool.clone(),
+            needed: size,
+            free: Bytes::ZERO,
+        }])
+    })?;
+    check(&node, &demand, opts)
+}
+
+/// A sentence for the claim's Event on why `node` cannot hold it.
+pub fn unfit_message(node: &str, unfit: &Unfit) -> String {
+    let why = match unfit {
+        Unfit::Pools(shortfalls) => shortfalls
+            .iter()
+            .map(|s| match s {
+                Shortfall::Insufficient { pool, needed, free } => {
+                    format!("storage pool \"{pool}\" has {free} free, the claim requests {needed}")
+                }
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    };
+    format!(
+        "node {node} cannot hold the volume: {why}; removed the selected node so that the \
+         scheduler picks another"
+    )
+}
+
+/// Whether this claim names `provisioner`: the GA annotation if present, else the beta
+/// one (as sig-storage-lib-external-provisioner reads them).
+pub fn names_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
+    let Some(a) = claim.metadata.annotations.as_ref() else {
+        return false;
+    };
+    a.get(names::ANNOTATION_STORAGE_PROVISIONER)
+        .or_else(|| a.get(names::ANNOTATION_BETA_STORAGE_PROVISIONER))
+        .is_some_and(|p| p == provisioner)
+}
+
+/// The claim's `selected-node`, if set and non-empty.
+pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
+    claim
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(names::ANNOTATION_SELECTED_NODE)
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+/// A reference to `claim` for Events.
+pub fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectReference {
+    let mut r = claim.object_ref(&());
+    r.resource_version = None;
+    r
+}
+
+/// Reconciles one claim.
+pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
+    let Some(class) = our_class(&claim, &ctx) else {
+        return Ok(Action::await_change());
+    };
+    let spec = claim.spec.as_ref();
+    if spec
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty())
+    {
+        return super::expand::reconcile(&claim, &class, &ctx).await;
+    }
+    if claim.metadata.deletion_timestamp.is_some()
+        || !names_provisioner(&claim, &ctx.config.provisioner)
+    {
+        return Ok(Action::await_change());
+    }
+    let Some(node) = selected_node(&claim) else {
+        return Ok(Action::await_change());
+    };
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    ctx.seen_with_node(&uid);
+    let name = volume::volume_name(&uid);
+    let volumes: Api<LocalVolume> = Api::all(ctx.client.clone());
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let pv = pvs
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", "PersistentVolume", &name))?;
+    let lv = if pv.is_some() {
+        None
+    } else {
+        volumes
+            .get_opt(&name)
+            .await
+            .map_err(Error::api("get", "LocalVolume", &name))?
+    };
+    let params = ClassParams::from_class(&class).map_err(|e| e.to_string());
+    let plan = plan(View {
+        claim: &claim,
+        params,
+        node,
+        volume: lv,
+        pv,
+    });
+    tracing::debug!(claim = %claim_key(&claim), ?plan, "provisioning plan");
+    execute(plan, &claim, &class, &ctx).await
+}
+
+/// The claim's class when it is ours (provisioner = our name).
+fn our_class(claim: &PersistentVolumeClaim, ctx: &Context) -> Option<StorageClass> {
+    let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
+    let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    let class = index.storage_class(class_name)?;
+    (class.provisioner == ctx.config.provisioner).then(|| class.clone())
+}
+
+fn claim_key(claim: &PersistentVolumeClaim) -> String {
+    format!(
+        "{}/{}",
+        claim.namespace().unwrap_or_default(),
+        claim.name_any()
+    )
+}
+
+async fn execute(
+    plan: Plan,
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    ctx: &Context,
+) -> Result<Action> {
+    let object = claim_ref(claim);
+    match plan {
+        Plan::WaitForBinding | Plan::WaitForVolume | Plan::WaitForVolumeDeletion => {
+            Ok(Action::requeue(RESYNC))
+        }
+        Plan::Conflict(kind) => {
+            let uid = claim.metadata.uid.clone().unwrap_or_default();
+            let error = Error::NotOurs {
+                kind,
+                name: volume::volume_name(&uid),
+                uid,
+            };
+            ctx.recorder
+                .record(
+                    &object,
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &error.to_string(),
+                )
+                .await;
+            Err(error)
+        }
+        Plan::Refuse(message) => {
+            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            tracing::info!(claim = %claim_key(claim), %message, "claim refused");
+            ctx.recorder
+                .record(
+                    &object,
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &message,
+                )
+                .await;
+            Ok(Action::requeue(USER_ERROR_RETRY))
+        }
+        Plan::VolumeFailed { message } => {
+            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            let text = format!(
+                "the stowage agent could not make volume {}: {message}; it keeps retrying",
+                volume::volume_name(claim.metadata.uid.as_deref().unwrap_or_default())
+            );
+            ctx.recorder
+                .record(
+                    &object,
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &text,
+                )
+                .await;
+            Ok(Action::requeue(RESYNC))
+        }
+        Plan::Place { node, volume } => place(claim, &node, *volume, ctx).await,
+        Plan::CreatePv { volume, path } => create_pv(claim, class, &volume, &path, ctx).await,
+    }
+}
+
+/// Re-checks the node under its lock, then creates the LocalVolume or sends the claim back
+/// to the scheduler.
+async fn place(
+    claim: &PersistentVolumeClaim,
+    node: &str,
+    volume: LocalVolume,
+    ctx: &Context,
+) -> Result<Action> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    if nodes
+        .get_opt(node)
+        .await
+        .map_err(Error::api("get", "Node", node))?
+        .is_none()
+    {
+        let message = format!(
+            "node {node} no longer exists; removed the selected node so that the scheduler \
+             picks another"
+        );
+        return reschedule(claim, node, "node_gone", &message, ctx).await;
+    }
+    let lock = ctx.node_lock(node);
+    let _guard = lock.lock().await;
+    let verdict = {
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let me = Candidate {
+            uid: claim.metadata.uid.as_deref().unwrap_or_default(),
+            key: ClaimKey::new(claim.namespace().unwrap_or_default(), claim.name_any()),
+            created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        };
+        fits(
+            index.node_state(node, Timestamp::now()),
+            &index.reservations_on(node),
+            &me,
+            &volume.spec.pool_name(),
+            volume.spec.size(),
+            &ctx.config.fit,
+        )
+    };
+    if let Err(unfit) = verdict {
+        let message = unfit_message(node, &unfit);
+        return reschedule(claim, node, unfit.kind(), &message, ctx).await;
+    }
+    let name = volume.name_any();
+    ctx.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Normal,
+            reasons::PROVISIONING,
+            &format!(
+                "External provisioner is provisioning volume for claim \"{}\": {} in pool \"{}\" on node {node}",
+                claim_key(claim),
+                volume.spec.size(),
+                volume.spec.pool
+            ),
+        )
+        .await;
+    let created = create_local_volume(&volume, ctx).await?;
+    tracing::info!(claim = %claim_key(claim), volume = %name, node, size = volume.spec.size_bytes, "local volume created");
+    ctx.index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply_local_volume(created);
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Creates `volume`, adopting an existing one made for the same claim uid.
+async fn create_local_volume(volume: &LocalVolume, ctx: &Context) -> Result<LocalVolume> {
+    let api: Api<LocalVolume> = Api::all(ctx.client.clone());
+    let name = volume.name_any();
+    let pp = PostParams {
+        field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
+        ..PostParams::default()
+    };
+    match api.create(&pp, volume).await {
+        Ok(created) => Ok(created),
+        Err(e) if is_status(&e, 409) => {
+            let existing = api
+                .get(&name)
+                .await
+                .map_err(Error::api("get", "LocalVolume", &name))?;
+            if existing.spec.claim.uid == volume.spec.claim.uid {
+                Ok(existing)
+            } else {
+                Err(Error::NotOurs {
+                    kind: "LocalVolume",
+                    name,
+                    uid: volume.spec.claim.uid.clone(),
+                })
+            }
+        }
+        Err(e) => Err(Error::api("create", "LocalVolume", name)(e)),
+    }
+}
+
+/// Removes `selected-node` (only if it still names `node`) and tells the user why.
+async fn reschedule(
+    claim: &PersistentVolumeClaim,
+    node: &str,
+    reason: &'static str,
+    message: &str,
+    ctx: &Context,
+) -> Result<Action> {
+    let key = claim_key(claim);
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    // A JSON patch whose `test` makes it conditional: if the scheduler has meanwhile picked
+    // another node, that choice is not undone.
+    let path = format!(
+        "/metadata/annotations/{}",
+        names::ANNOTATION_SELECTED_NODE
+            .replace('~', "~0")
+            .replace('/', "~1")
+    );
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": node},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|e| Error::api("patch", "PersistentVolumeClaim", &key)(kube::Error::SerdeError(e)))?;
+    match api
+        .patch(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // 422: the test failed (selected-node changed or is gone); 404: the claim is gone.
+        Err(e) if is_status(&e, 422) || is_status(&e, 404) => {
+            tracing::debug!(claim = %key, "selected node already changed");
+            return Ok(Action::requeue(super::FIRST_RETRY));
+        }
+        Err(e) => return Err(Error::api("patch", "PersistentVolumeClaim", key)(e)),
+    }
+    ctx.metrics.reschedules.with_label_values(&[reason]).inc();
+    tracing::info!(claim = %key, node, reason, "claim rescheduled");
+    ctx.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Warning,
+            reasons::PROVISIONING_FAILED,
+            message,
+        )
+        .await;
+    Ok(Action::await_change())
+}
+
+/// Creates the PV for a Ready LocalVolume (adopting one made for the same claim uid).
+async fn create_pv(
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    lv: &LocalVolume,
+    path: &str,
+    ctx: &Context,
+) -> Result<Action> {
+    let node = lv.spec.node_name.as_str();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let node_obj = nodes
+        .get_opt(node)
+        .await
+        .map_err(Error::api("get", "Node", node))?;
+    let hostname = match node_obj.as_ref().and_then(volume::hostname_label) {
+        Some(h) => h.to_string(),
+        None => {
+            tracing::warn!(
+                node,
+                label = names::LABEL_HOSTNAME,
+                "node has no hostname label (or no Node object); the PV's node affinity uses the node name"
+            );
+            node.to_string()
+        }
+    };
+    let pv = volume::persistent_volume(claim, class, lv, path, &hostname, &ctx.config.provisioner);
+    let name = lv.name_any();
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let pp = PostParams {
+        field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
+        ..PostParams::default()
+    };
+    match api.create(&pp, &pv).await {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {
+            let existing =
+                api.get(&name)
+                    .await
+                    .map_err(Error::api("get", "PersistentVolume", &name))?;
+            let uid = existing
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|r| r.uid.clone());
+            if uid != claim.metadata.uid {
+                return Err(Error::NotOurs {
+                    kind: "PersistentVolume",
+                    name,
+                    uid: claim.metadata.uid.clone().unwrap_or_default(),
+                });
+            }
+            return Ok(Action::requeue(RESYNC));
+        }
+        Err(e) => {
+            let error = Error::api("create", "PersistentVolume", &name)(e);
+            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            ctx.recorder
+                .record(
+                    &claim_ref(claim),
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &error_chain(&error),
+                )
+                .await;
+            return Err(error);
+        }
+    }
+    ctx.metrics
+        .provisions
+        .with_label_values(&["succeeded"])
+        .inc();
+    if let Some(elapsed) = ctx.provisioned(claim.metadata.uid.as_deref().unwrap_or_default()) {
+        ctx.metrics
+            .provision_duration
+            .observe(elapsed.as_secs_f64());
+    }
+    tracing::info!(claim = %claim_key(claim), volume = %name, node, "persistent volume created");
+    ctx.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Normal,
+            reasons::PROVISIONING_SUCCEEDED,
+            &format!(
+                "Successfully provisioned volume {name} on node {node} ({} in pool \"{}\")",
+                lv.spec.size(),
+                lv.spec.pool
+            ),
+        )
+        .await;
+    Ok(Action::requeue(RESYNC))
+}
+
+#[cfg(test)]
+mod tests;

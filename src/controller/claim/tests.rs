@@ -1,0 +1,334 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaimSpec, PersistentVolumeSpec, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use super::*;
+use crate::api::local_volume::{LocalVolumeStatus, OnDelete};
+use crate::ledger::{Driver, Placement, PoolState};
+
+fn claim(uid: &str, annotations: &[(&str, &str)]) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            namespace: Some("apps".into()),
+            uid: Some(uid.into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity("10Gi".into()),
+                )])),
+                ..Default::default()
+            }),
+            storage_class_name: Some("local".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn params() -> std::result::Result<ClassParams, String> {
+    Ok(ClassParams {
+        pool: PoolName::from("default"),
+        placement: Placement::Spread,
+        on_delete: OnDelete::Delete,
+    })
+}
+
+fn view<'a>(
+    claim: &'a PersistentVolumeClaim,
+    lv: Option<LocalVolume>,
+    pv: Option<PersistentVolume>,
+) -> View<'a> {
+    View {
+        claim,
+        params: params(),
+        node: "n1",
+        volume: lv,
+        pv,
+    }
+}
+
+fn lv_for(
+    claim: &PersistentVolumeClaim,
+    phase: LocalVolumePhase,
+    path: Option<&str>,
+) -> LocalVolume {
+    let mut lv = volume::local_volume(claim, "n1", &params().unwrap(), Bytes::gib(10));
+    lv.status = Some(LocalVolumeStatus {
+        phase,
+        path: path.map(str::to_string),
+        message: Some("disk on fire".into()),
+        ..Default::default()
+    });
+    lv
+}
+
+fn pv_for(uid: &str) -> PersistentVolume {
+    PersistentVolume {
+        spec: Some(PersistentVolumeSpec {
+            claim_ref: Some(ObjectReference {
+                uid: Some(uid.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn plan_walks_from_nothing_to_a_bound_pv() {
+    let c = claim("u1", &[]);
+    match plan(view(&c, None, None)) {
+        Plan::Place { node, volume } => {
+            assert_eq!(node, "n1");
+            assert_eq!(volume.metadata.name.as_deref(), Some("pvc-u1"));
+            assert_eq!(volume.spec.size(), Bytes::gib(10));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        plan(view(
+            &c,
+            Some(lv_for(&c, LocalVolumePhase::Pending, None)),
+            None
+        )),
+        Plan::WaitForVolume
+    );
+    assert!(matches!(
+        plan(view(&c, Some(lv_for(&c, LocalVolumePhase::Ready, Some("/p/pvc-u1"))), None)),
+        Plan::CreatePv { path, .. } if path == "/p/pvc-u1"
+    ));
+    assert_eq!(
+        plan(view(
+            &c,
+            Some(lv_for(&c, LocalVolumePhase::Ready, None)),
+            None
+        )),
+        Plan::WaitForVolume,
+        "Ready without a path is not usable yet"
+    );
+    assert_eq!(
+        plan(view(
+            &c,
+            Some(lv_for(&c, LocalVolumePhase::Failed, None)),
+            None
+        )),
+        Plan::VolumeFailed {
+            message: "disk on fire".into()
+        }
+    );
+    let mut deleting = lv_for(&c, LocalVolumePhase::Ready, Some("/p"));
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    assert_eq!(
+        plan(view(&c, Some(deleting), None)),
+        Plan::WaitForVolumeDeletion
+    );
+    assert_eq!(
+        plan(view(&c, None, Some(pv_for("u1")))),
+        Plan::WaitForBinding
+    );
+}
+
+#[test]
+fn objects_made_for_another_uid_are_conflicts_not_adopted() {
+    let c = claim("u1", &[]);
+    let other = claim("u0", &[]);
+    assert_eq!(
+        plan(view(&c, None, Some(pv_for("u0")))),
+        Plan::Conflict("PersistentVolume")
+    );
+    let mut lv = lv_for(&other, LocalVolumePhase::Ready, Some("/p"));
+    lv.metadata.name = Some("pvc-u1".into());
+    assert_eq!(
+        plan(view(&c, Some(lv), None)),
+        Plan::Conflict("LocalVolume")
+    );
+}
+
+#[test]
+fn unsupported_requests_and_bad_classes_are_refused() {
+    let mut block = claim("u1", &[]);
+    block.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    assert!(matches!(plan(view(&block, None, None)), Plan::Refuse(m) if m.contains("Block")));
+    let c = claim("u1", &[]);
+    let bad = View {
+        params: Err("StorageClass local: parameter \"onDelete\" is invalid".into()),
+        ..view(&c, None, None)
+    };
+    assert!(matches!(plan(bad), Plan::Refuse(m) if m.contains("onDelete")));
+}
+
+#[test]
+fn either_provisioner_annotation_names_us_and_the_ga_key_wins() {
+    let ga = names::ANNOTATION_STORAGE_PROVISIONER;
+    let beta = names::ANNOTATION_BETA_STORAGE_PROVISIONER;
+    let us = "local.stowage.io";
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[(ga, us)], true),
+        (&[(beta, us)], true),
+        (&[(ga, us), (beta, us)], true),
+        (&[(ga, "other.io"), (beta, us)], false),
+        (&[(ga, "other.io")], false),
+        (&[], false),
+    ];
+    for (annotations, want) in cases {
+        assert_eq!(
+            names_provisioner(&claim("u", annotations), us),
+            *want,
+            "{annotations:?}"
+        );
+    }
+}
+
+fn node(allocatable: u64, allocated: u64, reserved: u64) -> NodeState {
+    let mut pool = PoolState::new("default", Driver::Btrfs, Bytes::gib(allocatable));
+    pool.allocated = Bytes::gib(allocated);
+    pool.reserved = Bytes::gib(reserved);
+    NodeState::new("n1", vec![pool])
+}
+
+fn reservation(uid: &str, name: &str, secs: i64, gib: u64) -> Reservation {
+    Reservation {
+        uid: uid.into(),
+        claim: ClaimKey::new("apps", name),
+        created: Some(Timestamp::from_second(secs).unwrap()),
+        pool: PoolName::from("default"),
+        bytes: Bytes::gib(gib),
+    }
+}
+
+fn me(uid: &str, name: &str, secs: i64) -> Candidate<'static> {
+    Candidate {
+        uid: Box::leak(uid.to_string().into_boxed_str()),
+        key: ClaimKey::new("apps", name),
+        created: Some(Timestamp::from_second(secs).unwrap()),
+    }
+}
+
+#[test]
+fn own_reservation_is_not_counted_twice() {
+    // 100Gi pool, 80Gi allocated, this claim's own 20Gi reserved: exactly fits.
+    let reservations = [reservation("a", "a", 10, 20)];
+    let opts = FitOptions::default();
+    let pool = PoolName::from("default");
+    assert_eq!(
+        fits(
+            Some(node(100, 80, 20)),
+            &reservations,
+            &me("a", "a", 10),
+            &pool,
+            Bytes::gib(20),
+            &opts
+        ),
+        Ok(())
+    );
+    let too_big = fits(
+        Some(node(100, 80, 20)),
+        &reservations,
+        &me("a", "a", 10),
+        &pool,
+        Bytes::gib(21),
+        &opts,
+    );
+    let Err(unfit) = too_big else {
+        panic!("21Gi cannot fit 20Gi")
+    };
+    let message = unfit_message("n1", &unfit);
+    assert!(
+        message.contains("has 20Gi free, the claim requests 21Gi"),
+        "{message}"
+    );
+    assert!(message.contains("node n1"), "{message}");
+}
+
+#[test]
+fn raced_claims_are_served_oldest_first_and_exactly_one_wins() {
+    // 100Gi pool, 60Gi allocated; two 30Gi claims were both placed here by a racing
+    // scheduler. Only one fits, and it must be the same one whichever is looked at first.
+    let reservations = [
+        reservation("old", "a", 10, 30),
+        reservation("new", "b", 20, 30),
+    ];
+    let opts = FitOptions::default();
+    let pool = PoolName::from("default");
+    let n = || Some(node(100, 60, 60));
+    assert_eq!(
+        fits(
+            n(),
+            &reservations,
+            &me("old", "a", 10),
+            &pool,
+            Bytes::gib(30),
+            &opts
+        ),
+        Ok(())
+    );
+    assert!(
+        fits(
+            n(),
+            &reservations,
+            &me("new", "b", 20),
+            &pool,
+            Bytes::gib(30),
+            &opts
+        )
+        .is_err()
+    );
+    // Same creation second: the name breaks the tie.
+    let tied = [reservation("x", "a", 10, 30), reservation("y", "b", 10, 30)];
+    assert_eq!(
+        fits(n(), &tied, &me("x", "a", 10), &pool, Bytes::gib(30), &opts),
+        Ok(())
+    );
+    assert!(fits(n(), &tied, &me("y", "b", 10), &pool, Bytes::gib(30), &opts).is_err());
+}
+
+#[test]
+fn unknown_and_stale_nodes_do_not_fit() {
+    let opts = FitOptions::default();
+    let pool = PoolName::from("default");
+    assert_eq!(
+        fits(None, &[], &me("a", "a", 1), &pool, Bytes::gib(1), &opts),
+        Err(Unfit::NoReport)
+    );
+    let mut stale = node(100, 0, 0);
+    stale.heartbeat_age = Some(Duration::from_secs(600));
+    assert!(matches!(
+        fits(
+            Some(stale),
+            &[],
+            &me("a", "a", 1),
+            &pool,
+            Bytes::gib(1),
+            &opts
+        ),
+        Err(Unfit::Stale { .. })
+    ));
+    assert!(matches!(
+        fits(
+            Some(node(100, 0, 0)),
+            &[],
+            &me("a", "a", 1),
+            &PoolName::from("fast"),
+            Bytes::gib(1),
+            &opts
+        ),
+        Err(Unfit::Pools(_))
+    ));
+}

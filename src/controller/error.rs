@@ -1,0 +1,80 @@
+//! The controller's error type: what failed, on which object, and whether a quick retry can
+//! help.
+
+use crate::api::reasons;
+
+/// A reconcile step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("cannot {verb} {kind} {name}")]
+    Api {
+        /// What was attempted (`create`, `patch`, `get`, `delete`, ...).
+        verb: &'static str,
+        /// The kind of object.
+        kind: &'static str,
+        /// The object's name (`namespace/name` for namespaced ones).
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// An object named as ours exists but belongs to something else (a claim re-created
+    /// with the same name has a new uid, so this means someone else made it).
+    #[error(
+        "{kind} {name} exists but was not made for claim uid {uid}; delete it or rename the claim"
+    )]
+    NotOurs {
+        /// The kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The uid it should have been made for.
+        uid: String,
+    },
+    /// The cluster index has not finished its first list; nothing is decided on a partial view.
+    #[error("the cluster index is still loading: {0}")]
+    NotSynced(String),
+}
+
+/// `Result` with the controller's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The Event reason and metric label for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Api { .. } | Error::NotSynced(_) => reasons::PROVISIONING_FAILED,
+            Error::NotOurs { .. } => reasons::PROVISIONING_FAILED,
+        }
+    }
+
+    /// Whether retrying soon may succeed (API hiccups, conflicts, a cache still loading), as
+    /// opposed to a state only a person can fix.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api { .. } | Error::NotSynced(_) => true,
+            Error::NotOurs { .. } => false,
+        }
+    }
+
+    /// Wraps an API error with what was being done.
+    pub fn api(
+        verb: &'static str,
+        kind: &'static str,
+        name: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Error {
+        let name = name.into();
+        move |source| Error::Api {
+            verb,
+            kind,
+            name,
+            source,
+        }
+    }
+}
+
+/// Whether `e` is an API error with this HTTP status.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}

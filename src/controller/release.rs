@@ -1,0 +1,406 @@
+//! The end of a volume's life (DESIGN.md step 7), and the objects nobody else cleans up.
+//!
+//! ```text
+//!   PV of ours, reclaim Delete, Released (or deleted while unbound)
+//!     LocalVolume present ──▶ delete it (the agent deletes/archives/retains per onDelete)
+//!     LocalVolume deleting ─▶ wait (its watch wakes us once the agent removed its finalizer)
+//!     LocalVolume gone ─────▶ delete the PV, remove our finalizer
+//!   PV of ours, reclaim Retain ──▶ drop our finalizer; the LocalVolume and data stay
+//!   PV whose node has no Node object for longer than the grace ──▶ Warning Event + gauge
+//!   LocalVolume without PV whose claim is gone (or re-created) ──▶ delete it
+//! ```
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::error::{Error, Result, is_status};
+use super::events::EventType;
+use super::volume::{self, pv_node};
+use super::{Context, RESYNC, error_chain};
+use crate::api::local_volume::LocalVolume;
+use crate::api::{names, reasons};
+
+/// What to do with a PV of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing (in use, or Retain without our finalizer).
+    Nothing,
+    /// Ask the agent to deal with the data: delete the LocalVolume.
+    DeleteVolume,
+    /// The agent is still dealing with the data.
+    WaitForVolume,
+    /// The data is dealt with: delete the PV and remove our finalizer.
+    DeletePv,
+    /// Remove our finalizer only (Retain, or the PV is already being deleted).
+    RemoveFinalizer,
+}
+
+/// What [`plan`] reads about a PV.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    /// `persistentVolumeReclaimPolicy`.
+    pub policy: &'a str,
+    /// `status.phase`.
+    pub phase: Option<&'a str>,
+    /// Whether the PV has a deletion timestamp.
+    pub deleting: bool,
+    /// Whether the PV carries our finalizer.
+    pub finalizer: bool,
+    /// The LocalVolume: `None` gone, `Some(true)` being deleted, `Some(false)` present.
+    pub volume: Option<bool>,
+}
+
+/// PURE: the next step for a PV of ours.
+pub fn plan(v: View<'_>) -> Plan {
+    if v.policy != "Delete" {
+        return if v.finalizer {
+            Plan::RemoveFinalizer
+        } else {
+            Plan::Nothing
+        };
+    }
+    let due = v.phase == Some("Released") || (v.deleting && v.phase != Some("Bound"));
+    if !due {
+        return Plan::Nothing;
+    }
+    match (v.volume, v.deleting) {
+        (Some(false), _) => Plan::DeleteVolume,
+        (Some(true), _) => Plan::WaitForVolume,
+        (None, false) => Plan::DeletePv,
+        (None, true) if v.finalizer => Plan::RemoveFinalizer,
+        (None, true) => Plan::Nothing,
+    }
+}
+
+/// Reconciles one PersistentVolume.
+pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action> {
+    let provisioned_by = pv
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(names::ANNOTATION_PROVISIONED_BY));
+    if provisioned_by != Some(&ctx.config.provisioner) {
+        return Ok(Action::await_change());
+    }
+    let name = pv.name_any();
+    let lvs: Api<LocalVolume> = Api::all(ctx.client.clone());
+    let lv = lvs
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", "LocalVolume", &name))?;
+    let node = pv_node(&pv)
+        .map(str::to_string)
+        .or_else(|| lv.as_ref().map(|l| l.spec.node_name.clone()));
+    let mut requeue = RESYNC;
+    if let Some(node) = node {
+        requeue = requeue.min(check_node(&pv, &node, &ctx).await?);
+    }
+    let spec = pv.spec.clone().unwrap_or_default();
+    let plan = plan(View {
+        policy: spec
+            .persistent_volume_reclaim_policy
+            .as_deref()
+            .unwrap_or("Retain"),
+        phase: pv.status.as_ref().and_then(|s| s.phase.as_deref()),
+        deleting: pv.metadata.deletion_timestamp.is_some(),
+        finalizer: pv
+            .finalizers()
+            .iter()
+            .any(|f| f == names::FINALIZER_PV_CLEANUP),
+        volume: lv.as_ref().map(|l| l.metadata.deletion_timestamp.is_some()),
+    });
+    tracing::debug!(volume = %name, ?plan, "release plan");
+    let result = execute(plan, &pv, &ctx).await;
+    if let Err(error) = &result {
+        ctx.metrics.deletions.with_label_values(&["failed"]).inc();
+        ctx.recorder
+            .record(
+                &pv.object_ref(&()),
+                EventType::Warning,
+                reasons::VOLUME_FAILED_DELETE,
+                &error_chain(error),
+            )
+            .await;
+    }
+    result?;
+    if plan == Plan::DeletePv || plan == Plan::RemoveFinalizer {
+        ctx.node_present(&name);
+    }
+    Ok(Action::requeue(requeue))
+}
+
+async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()> {
+    let name = pv.name_any();
+    match plan {
+        Plan::Nothing | Plan::WaitForVolume => Ok(()),
+        Plan::DeleteVolume => {
+            let api: Api<LocalVolume> = Api::all(ctx.client.clone());
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(volume = %name, "local volume deleted; the agent cleans up its data");
+                    Ok(())
+                }
+                Err(e) if is_status(&e, 404) => Ok(()),
+                Err(e) => Err(Error::api("delete", "LocalVolume", name)(e)),
+            }
+        }
+        Plan::DeletePv => {
+            let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: pv.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) => return Err(Error::api("delete", "PersistentVolume", name)(e)),
+            }
+            let fresh = match api.get_opt(&name).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    ctx.metrics
+                        .deletions
+                        .with_label_values(&["succeeded"])
+                        .inc();
+                    return Ok(());
+                }
+                Err(e) => return Err(Error::api("get", "PersistentVolume", name)(e)),
+            };
+            remove_finalizer(&fresh, ctx).await?;
+            ctx.metrics
+                .deletions
+                .with_label_values(&["succeeded"])
+                .inc();
+            tracing::info!(volume = %name, "persistent volume deleted");
+            Ok(())
+        }
+        Plan::RemoveFinalizer => {
+            remove_finalizer(pv, ctx).await?;
+            let policy = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
+            if policy == Some("Delete") {
+                ctx.metrics
+                    .deletions
+                    .with_label_values(&["succeeded"])
+                    .inc();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Removes our finalizer with a patch conditional on the version read, so no other
+/// finalizer added meanwhile is dropped (a conflict is retried).
+async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
+    let name = pv.name_any();
+    let rest: Vec<&String> = pv
+        .finalizers()
+        .iter()
+        .filter(|f| *f != names::FINALIZER_PV_CLEANUP)
+        .collect();
+    if rest.len() == pv.finalizers().len() {
+        return Ok(());
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": pv.resource_version(), "finalizers": rest}
+    });
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(Error::api(
+            "remove the finalizer of",
+            "PersistentVolume",
+            name,
+        )(e)),
+    }
+}
+
+/// Reports a PV whose node has no Node object for longer than the grace; returns when to
+/// look again.
+async fn check_node(
+    pv: &PersistentVolume,
+    node: &str,
+    ctx: &Context,
+) -> Result<std::time::Duration> {
+    let name = pv.name_any();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let present = nodes
+        .get_opt(node)
+        .await
+        .map_err(Error::api("get", "Node", node))?
+        .is_some();
+    if present {
+        ctx.node_present(&name);
+        return Ok(RESYNC);
+    }
+    let (missing_for, first_report) = ctx.node_missing(&name, node);
+    let grace = ctx.config.node_gone_grace;
+    if first_report {
+        let message = format!(
+            "node {node} holding the data of volume {name} has had no Node object for {}s; \
+             the volume cannot be used or cleaned up until the node returns. If it is gone \
+             for good, delete the claim and this PV, and remove the LocalVolume {name}'s \
+             finalizer {} by hand",
+            missing_for.as_secs(),
+            names::FINALIZER_AGENT_CLEANUP
+        );
+        tracing::error!(volume = %name, node, "node of volume is gone");
+        ctx.recorder
+            .record(
+                &pv.object_ref(&()),
+                EventType::Warning,
+                reasons::NODE_GONE,
+                &message,
+            )
+            .await;
+    }
+    Ok(grace
+        .saturating_sub(missing_for)
+        .max(super::FIRST_RETRY)
+        .min(RESYNC))
+}
+
+/// Reconciles one LocalVolume: deletes it when it has no PV and its claim is gone (or was
+/// re-created with another uid, or is bound to another volume). This is the cleanup of a
+/// provisioning the claim's deletion interrupted.
+pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> Result<Action> {
+    if lv.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = lv.name_any();
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if pvs
+        .get_opt(&name)
+        .await
+        .map_err(Error::api("get", "PersistentVolume", &name))?
+        .is_some()
+    {
+        return Ok(Action::await_change());
+    }
+    let claim_ref = &lv.spec.claim;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &claim_ref.namespace);
+    let claim = claims.get_opt(&claim_ref.name).await.map_err(Error::api(
+        "get",
+        "PersistentVolumeClaim",
+        format!("{}/{}", claim_ref.namespace, claim_ref.name),
+    ))?;
+    let wanted = claim.is_some_and(|c| {
+        c.metadata.uid.as_deref() == Some(claim_ref.uid.as_str())
+            && c.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_none_or(|v| v.is_empty() || v == volume::volume_name(&claim_ref.uid))
+    });
+    if wanted {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let api: Api<LocalVolume> = Api::all(ctx.client.clone());
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: lv.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => {
+            tracing::info!(
+                volume = %name,
+                claim = %claim_ref.key(),
+                "orphaned local volume deleted: its claim is gone and it has no PV"
+            );
+            Ok(Action::await_change())
+        }
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(Action::await_change()),
+        Err(e) => Err(Error::api("delete", "LocalVolume", name)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(
+        policy: &str,
+        phase: Option<&'static str>,
+        deleting: bool,
+        volume: Option<bool>,
+    ) -> View<'static> {
+        View {
+            policy: if policy == "Delete" {
+                "Delete"
+            } else {
+                "Retain"
+            },
+            phase,
+            deleting,
+            finalizer: policy == "Delete",
+            volume,
+        }
+    }
+
+    #[test]
+    fn release_steps_follow_policy_phase_and_volume() {
+        let cases = [
+            (
+                view("Delete", Some("Bound"), false, Some(false)),
+                Plan::Nothing,
+            ),
+            (
+                view("Delete", Some("Available"), false, Some(false)),
+                Plan::Nothing,
+            ),
+            (
+                view("Delete", Some("Released"), false, Some(false)),
+                Plan::DeleteVolume,
+            ),
+            (
+                view("Delete", Some("Released"), false, Some(true)),
+                Plan::WaitForVolume,
+            ),
+            (
+                view("Delete", Some("Released"), false, None),
+                Plan::DeletePv,
+            ),
+            (
+                view("Delete", Some("Released"), true, None),
+                Plan::RemoveFinalizer,
+            ),
+            (
+                view("Delete", Some("Available"), true, Some(false)),
+                Plan::DeleteVolume,
+            ),
+            (
+                view("Delete", Some("Bound"), true, Some(false)),
+                Plan::Nothing,
+            ),
+            (
+                view("Retain", Some("Released"), false, Some(false)),
+                Plan::Nothing,
+            ),
+        ];
+        for (v, want) in cases {
+            assert_eq!(plan(v), want, "{v:?}");
+        }
+        let retain_with_finalizer = View {
+            finalizer: true,
+            ..view("Retain", Some("Released"), false, Some(false))
+        };
+        assert_eq!(plan(retain_with_finalizer), Plan::RemoveFinalizer);
+    }
+}

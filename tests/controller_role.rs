@@ -1,0 +1,201 @@
+//! `stowage controller` end to end: the real binary against testkit's API server. It must
+//! serve /healthz, /readyz and /metrics on --listen and provision a claim whose node the
+//! (simulated) scheduler selected, once an agent (played here) makes the volume.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use stowage::api::local_volume::LocalVolume;
+use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use stowage::api::{crds, names};
+use stowage_testkit::fixtures::{namespace, node, pvc, storage_class};
+use stowage_testkit::{ApiServer, wait_for, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Kills the controller process when the test ends, however it ends.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:port: status code and body, or `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((code, body))
+}
+
+async fn get(port: u16, path: &'static str) -> Option<(u16, String)> {
+    tokio::task::spawn_blocking(move || http_get(port, path))
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
+    let server = ApiServer::start().await.unwrap();
+    let client = server.client();
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds() {
+        crd_api.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let sns: Api<StorageNode> = Api::all(client.clone());
+    wait_for(WAIT, "storagenodes are served", || async {
+        sns.list(&ListParams::default()).await.is_ok()
+    })
+    .await
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace("apps").build())
+        .await
+        .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node("n1").build())
+        .await
+        .unwrap();
+    sns.create(
+        &PostParams::default(),
+        &StorageNode::new("n1", StorageNodeSpec {}),
+    )
+    .await
+    .unwrap();
+    let status = StorageNodeStatus {
+        pools: vec![PoolStatus {
+            name: "default".into(),
+            driver: "btrfs".into(),
+            path: "/pools/default".into(),
+            capacity_bytes: 100 << 30,
+            allocatable_bytes: 100 << 30,
+            allocated_bytes: 0,
+            available_bytes: 100 << 30,
+            volumes: 0,
+            orphans: 0,
+            ready: true,
+            message: None,
+        }],
+        heartbeat_time: Some(Timestamp::now().to_string()),
+        ..Default::default()
+    };
+    sns.patch_status(
+        "n1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+    Api::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &storage_class("local")
+                .provisioner(names::PROVISIONER_LOCAL)
+                .wait_for_first_consumer()
+                .build(),
+        )
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _controller = Controller(
+        Command::new(env!("CARGO_BIN_EXE_stowage"))
+            .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(WAIT, "/readyz is 200", || async {
+        get(port, "/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(port, "/healthz").await.map(|r| r.0), Some(200));
+
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "apps");
+    let claim = claims
+        .create(
+            &PostParams::default(),
+            &pvc("apps", "data")
+                .size("2Gi")
+                .class("local")
+                .selected_node("n1")
+                .annotation(
+                    names::ANNOTATION_STORAGE_PROVISIONER,
+                    names::PROVISIONER_LOCAL,
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    let name = format!("pvc-{}", claim.metadata.uid.unwrap());
+    let lvs: Api<LocalVolume> = Api::all(client.clone());
+    wait_for(WAIT, "the LocalVolume is created", || async {
+        lvs.get_opt(&name).await.is_ok_and(|l| l.is_some())
+    })
+    .await
+    .unwrap();
+    // Play the agent once: the volume is made.
+    lvs.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Ready", "path": "/pools/default/x", "sizeBytes": 2u64 << 30}})),
+    )
+    .await
+    .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = wait_until(WAIT, "the PV is created", || async {
+        pvs.get_opt(&name).await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    assert_eq!(pv.spec.unwrap().local.unwrap().path, "/pools/default/x");
+
+    let (code, metrics) = get(port, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for series in [
+        "stowage_provisions_total{result=\"succeeded\"} 1",
+        "stowage_node_pool_allocated_bytes{node=\"n1\",pool=\"default\"} 2147483648",
+        "stowage_provision_duration_seconds_count 1",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+}
