@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
@@ -72,10 +73,12 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
     })
     .await
     .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace("apps").build())
-        .await
-        .unwrap();
+    for ns in ["apps", "stowage-system"] {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace(ns).build())
+            .await
+            .unwrap();
+    }
     Api::<Node>::all(client.clone())
         .create(&PostParams::default(), &node("n1").build())
         .await
@@ -132,6 +135,8 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
     let _controller = Controller(
         Command::new(env!("CARGO_BIN_EXE_stowage"))
             .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+            .env("POD_NAMESPACE", "stowage-system")
+            .env("POD_NAME", "controller-0")
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .stdout(Stdio::null())
@@ -146,6 +151,24 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
     .await
     .unwrap();
     assert_eq!(get(port, "/healthz").await.map(|r| r.0), Some(200));
+    // Leader election is on by default: the replica takes the Lease before it provisions.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "stowage-system");
+    let lease = wait_until(WAIT, "the controller holds its Lease", || async {
+        leases
+            .get_opt("stowage-controller")
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| {
+                l.spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.as_deref())
+                    .is_some_and(|h| h.starts_with("controller-0_"))
+            })
+    })
+    .await
+    .unwrap();
+    assert_eq!(lease.spec.unwrap().lease_duration_seconds, Some(15));
 
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "apps");
     let claim = claims
@@ -192,6 +215,7 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
         "stowage_provisions_total{result=\"succeeded\"} 1",
         "stowage_node_pool_allocated_bytes{node=\"n1\",pool=\"default\"} 2147483648",
         "stowage_provision_duration_seconds_count 1",
+        "stowage_leader 1",
     ] {
         assert!(
             metrics.contains(series),

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 
 use super::{Config, Context, Metrics};
 use crate::cache::ClusterIndex;
+use crate::cache::policy::StowagePolicy;
 use crate::cache::watch::{Readiness, run_watchers};
+use crate::leader::{LeaderArgs, LeaderMetrics};
 use crate::ledger::FitOptions;
 
 /// Flags of `stowage controller`.
@@ -44,38 +46,68 @@ pub struct ControllerArgs {
     /// Objects each reconciler (claims, PersistentVolumes, LocalVolumes) works on in parallel.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), env = "STOWAGE_WORKERS")]
     pub workers: u16,
-    // Leader election: `#[command(flatten)] pub leader: LeaderArgs` goes here, and its
-    // receiver replaces `always_leader()` in `run`.
+    /// Leader election among the replicas: only the Lease holder provisions; every replica
+    /// serves the extender and metrics.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 }
 
 impl ControllerArgs {
-    /// Runs the controller until SIGTERM or ctrl-c, as the only replica (always leader) and
-    /// without extender routes.
+    /// Runs the controller until SIGTERM or ctrl-c: the scheduler extender and metrics on
+    /// every replica, provisioning on the Lease holder only. Losing the Lease ends the
+    /// process with an error (as client-go does), so the Deployment restarts it as a
+    /// follower; a clean shutdown releases the Lease for the other replica.
     pub async fn run(self) -> anyhow::Result<()> {
+        // Check every flag before any I/O.
+        self.leader
+            .config()
+            .context("checking the --leader-elect-* flags")?;
+        let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
+        let registry = Registry::new();
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
-        self.run_with(index, Router::new(), always_leader()).await
+        let fit = FitOptions {
+            stale_after: Duration::from_secs(self.stale_after),
+        };
+        let policy = Arc::new(StowagePolicy::new(index.clone(), fit));
+        let extender = stowage_extender::router(policy, stowage_extender::RouterConfig::new())
+            .context("building the extender routes")?;
+        let leader_metrics =
+            LeaderMetrics::register(&registry).context("registering the leader metrics")?;
+        let leader = self
+            .leader
+            .start(client.clone(), leader_metrics)
+            .context("starting leader election")?;
+        let lost = leader.lost();
+        let served = tokio::select! {
+            served = self.serve(client, registry, index, extender, leader.subscribe()) => served,
+            () = lost => Err(anyhow::anyhow!(
+                "lost the leader Lease; exiting so that this replica restarts as a follower"
+            )),
+        };
+        leader.shutdown().await;
+        served
     }
 
-    /// Runs the controller over `index`, serving `extra_routes` (the scheduler extender
-    /// built on the same index) beside /metrics, /healthz and /readyz, and provisioning only
-    /// while `leader` is true.
-    pub async fn run_with(
+    /// Serves `extra_routes` (the scheduler extender over `index`) beside /metrics,
+    /// /healthz and /readyz, and provisions only while `leader` is true.
+    async fn serve(
         self,
+        client: kube::Client,
+        registry: Registry,
         index: Arc<RwLock<ClusterIndex>>,
         extra_routes: Router,
         leader: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let Self {
             listen,
-            kubeconfig,
+            kubeconfig: _,
             stale_after,
             provisioner_name,
             node_gone_grace,
             workers,
+            leader: _,
         } = self;
-        let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
         let ready = Readiness::new();
-        let registry = Registry::new();
         let metrics = Metrics::register(&registry, index.clone())
             .context("registering the controller metrics")?;
         let config = Config {
@@ -115,15 +147,6 @@ impl ControllerArgs {
         tracing::info!("stopped");
         served
     }
-}
-
-/// A leader receiver that is always true: a single replica without leader election.
-pub fn always_leader() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(true);
-    // The receiver keeps the last value once the sender is gone; `changed()` then ends,
-    // which the controllers read as "no further change of leadership".
-    drop(tx);
-    rx
 }
 
 /// This replica's identity in Events: the pod name where the Deployment sets it, else the
