@@ -3,6 +3,9 @@
 //! Four watchers fill a [`ClusterIndex`]; the [`StowagePolicy`] answers filter and
 //! prioritize from it. Until every kind is listed the index is (partly) empty and pods
 //! whose claims or classes are unknown pass through; `/readyz` says 503 meanwhile.
+//!
+//! [`extender_app`] builds the filter and prioritize routes with their metrics; the
+//! controller mounts the same routes beside its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,14 +17,20 @@ use clap::Args;
 use stowage_extender::{RouterConfig, router};
 
 use crate::cache::ClusterIndex;
+use crate::cache::metrics::ExtenderMetrics;
 use crate::cache::policy::StowagePolicy;
 use crate::cache::watch::{Readiness, run_watchers};
 use crate::ledger::FitOptions;
 
+/// The scheduler's `filterVerb` the routes answer (`deploy/scheduler-config.yaml`).
+pub const FILTER_VERB: &str = "filter";
+/// The scheduler's `prioritizeVerb` the routes answer (`deploy/scheduler-config.yaml`).
+pub const PRIORITIZE_VERB: &str = "prioritize";
+
 /// Flags of `stowage extender`.
 #[derive(Debug, Args)]
 pub struct ExtenderArgs {
-    /// Address to serve the extender, /healthz and /readyz on.
+    /// Address to serve the extender, /metrics, /healthz and /readyz on.
     #[arg(long, default_value = "0.0.0.0:8888", env = "STOWAGE_LISTEN")]
     pub listen: SocketAddr,
 
@@ -38,25 +47,56 @@ pub struct ExtenderArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// The extender's routes over `index`: `POST {prefix}/filter` and `POST {prefix}/prioritize`
+/// answered by a [`StowagePolicy`] with `opts`, their metrics (see [`ExtenderMetrics`])
+/// registered in `registry`.
+///
+/// The router has no fallback and no state left to fill, so it merges with the caller's own
+/// routes (`/metrics` over the same `registry`, `/healthz`, ...). Fails when `prefix` is not
+/// a plain URL path, or when `registry` already holds the extender metrics (build it once
+/// per registry).
+pub fn extender_app(
+    index: Arc<RwLock<ClusterIndex>>,
+    opts: FitOptions,
+    prefix: &str,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<axum::Router> {
+    let metrics =
+        ExtenderMetrics::register(registry).context("registering the extender metrics")?;
+    let policy = Arc::new(StowagePolicy::new(index, opts));
+    let config = RouterConfig::new()
+        .prefix(prefix)
+        .filter_verb(FILTER_VERB)
+        .prioritize_verb(PRIORITIZE_VERB)
+        .observer(Arc::new(metrics));
+    router(policy, config).with_context(|| format!("building the extender routes under {prefix:?}"))
+}
+
 impl ExtenderArgs {
     /// Runs the extender until SIGTERM or ctrl-c.
     pub async fn run(self) -> anyhow::Result<()> {
-        let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
+        let Self {
+            listen,
+            url_prefix,
+            stale_after,
+            kubeconfig,
+        } = self;
+        let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
         let ready = Readiness::new();
         let opts = FitOptions {
-            stale_after: Duration::from_secs(self.stale_after),
+            stale_after: Duration::from_secs(stale_after),
         };
-        let policy = Arc::new(StowagePolicy::new(index.clone(), opts));
-        let extender = router(policy, RouterConfig::new().prefix(self.url_prefix.clone()))
-            .context("building the extender routes")?;
-        let app = extender.merge(crate::serve::health_routes(ready.clone()));
+        let registry = prometheus::Registry::new();
+        let app = extender_app(index.clone(), opts, &url_prefix, &registry)?
+            .merge(crate::serve::health_routes(ready.clone()))
+            .merge(crate::serve::metrics_routes(registry));
 
-        let listener = tokio::net::TcpListener::bind(self.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", self.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        tracing::info!(addr = %addr, prefix = %self.url_prefix, "listening");
+        tracing::info!(addr = %addr, prefix = %url_prefix, "listening");
 
         let watchers = tokio::spawn(run_watchers(client, index, ready));
         let served = axum::serve(listener, app)

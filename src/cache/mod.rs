@@ -31,6 +31,7 @@ use crate::ledger::{
 };
 
 pub mod class;
+pub mod metrics;
 pub mod policy;
 pub mod watch;
 
@@ -38,6 +39,7 @@ pub mod watch;
 mod tests;
 
 pub use class::{ClassError, ClassParams};
+pub use metrics::ExtenderMetrics;
 pub use policy::{Clock, StowagePolicy};
 
 /// Prefix of a LocalVolume's name; the rest is the claim's UID.

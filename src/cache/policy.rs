@@ -88,7 +88,7 @@ impl Policy for StowagePolicy {
         };
         let (demand, holds) = match index.pod_demand(pod) {
             Err(e) => return FilterVerdict::Error(e.to_string().into()),
-            Ok(PodDemand::NotOurs) => return FilterVerdict::PassAll,
+            Ok(PodDemand::NotOurs) => return FilterVerdict::PassThrough,
             Ok(PodDemand::Demand {
                 demand,
                 exclude_own_reservations,
