@@ -186,7 +186,10 @@ mod tests {
     }
 
     fn role_defaults() -> ExtenderArgs {
-        match Cli::try_parse_from(["stowage", "extender"]).unwrap().command {
+        match Cli::try_parse_from(["stowage", "extender"])
+            .unwrap()
+            .command
+        {
             Command::Extender(args) => args,
             other => panic!("parsed {other:?}"),
         }
@@ -213,7 +216,10 @@ mod tests {
                 "{file}"
             );
             let [extender] = &config.extenders[..] else {
-                panic!("{file}: want exactly one extender, got {:?}", config.extenders);
+                panic!(
+                    "{file}: want exactly one extender, got {:?}",
+                    config.extenders
+                );
             };
             assert_eq!(extender.filter_verb, FILTER_VERB, "{file}");
             assert_eq!(extender.prioritize_verb, PRIORITIZE_VERB, "{file}");
@@ -273,7 +279,9 @@ mod tests {
             let path = format!("{}/{verb}", uri.path().trim_end_matches('/'));
             let request = Request::post(&path)
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(r#"{"Pod": {}, "Nodes": null, "NodeNames": ["n1"]}"#))
+                .body(Body::from(
+                    r#"{"Pod": {}, "Nodes": null, "NodeNames": ["n1"]}"#,
+                ))
                 .unwrap();
             let response = app.clone().oneshot(request).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK, "{path}");

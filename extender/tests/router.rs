@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use stowage_extender::{
-    ExtenderArgs, ExtenderFilterResult, Failure, FilterVerdict, HostPriorityList, NodeScore,
-    DEFAULT_BODY_LIMIT, Observer, Outcome, Policy, Rejection, RouterConfig, Verb, router,
+    DEFAULT_BODY_LIMIT, ExtenderArgs, ExtenderFilterResult, Failure, FilterVerdict,
+    HostPriorityList, NodeScore, Observer, Outcome, Policy, Rejection, RouterConfig, Verb, router,
 };
 use tower::ServiceExt;
 

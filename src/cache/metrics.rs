@@ -23,8 +23,7 @@ use crate::ledger::Unfit;
 /// Histogram buckets in seconds: a cache-capable answer takes well under a millisecond, and
 /// kube-scheduler gives up after `httpTimeout` (5 s by default).
 pub const DURATION_BUCKETS: [f64; 15] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// Every metric name this module registers, for docs and drift checks.
@@ -206,8 +205,14 @@ mod tests {
 
         let text = render(&registry).unwrap();
         for (series, want) in [
-            (r#"stowage_extender_requests_total{code="200",verb="filter"}"#, 2.0),
-            (r#"stowage_extender_requests_total{code="400",verb="filter"}"#, 1.0),
+            (
+                r#"stowage_extender_requests_total{code="200",verb="filter"}"#,
+                2.0,
+            ),
+            (
+                r#"stowage_extender_requests_total{code="400",verb="filter"}"#,
+                1.0,
+            ),
             (
                 r#"stowage_extender_requests_total{code="413",verb="prioritize"}"#,
                 1.0,
@@ -218,8 +223,14 @@ mod tests {
                 r#"stowage_extender_nodes_filtered_total{reason="insufficient_capacity"}"#,
                 7.0,
             ),
-            (r#"stowage_extender_nodes_filtered_total{reason="stale"}"#, 3.0),
-            (r#"stowage_extender_nodes_filtered_total{reason="no_report"}"#, 0.0),
+            (
+                r#"stowage_extender_nodes_filtered_total{reason="stale"}"#,
+                3.0,
+            ),
+            (
+                r#"stowage_extender_nodes_filtered_total{reason="no_report"}"#,
+                0.0,
+            ),
             ("stowage_extender_pods_passed_through_total", 1.0),
             (
                 r#"stowage_extender_request_duration_seconds_bucket{verb="filter",le="0.0005"}"#,
