@@ -48,9 +48,14 @@ fn options() -> Options {
         match arg.as_str() {
             "--nodes" => {
                 let list = args.next().expect("--nodes N,N,...");
-                opts.nodes = list.split(',').map(|n| n.parse().expect("a node count")).collect();
+                opts.nodes = list
+                    .split(',')
+                    .map(|n| n.parse().expect("a node count"))
+                    .collect();
             }
-            "--requests" => opts.requests = Some(args.next().expect("--requests N").parse().unwrap()),
+            "--requests" => {
+                opts.requests = Some(args.next().expect("--requests N").parse().unwrap())
+            }
             "--seconds" => opts.seconds = args.next().expect("--seconds N").parse().unwrap(),
             // `cargo bench` passes `--bench`; filters are not used here.
             _ => {}
@@ -103,7 +108,11 @@ fn cluster(n: usize, now: Timestamp) -> ClusterIndex {
         let mut sn = StorageNode::new(&name, StorageNodeSpec {});
         let mut status = StorageNodeStatus {
             pools,
-            heartbeat_time: Some(if i % 50 == 49 { stale.clone() } else { fresh.clone() }),
+            heartbeat_time: Some(if i % 50 == 49 {
+                stale.clone()
+            } else {
+                fresh.clone()
+            }),
             agent_version: Some("0.1.0".into()),
             ..Default::default()
         };
@@ -142,7 +151,9 @@ fn node_name(i: usize) -> String {
 /// The pod as kube-scheduler encodes it: from the informer cache, so without `apiVersion`
 /// and `kind`.
 fn pod_json() -> Value {
-    let pod: Pod = pod("bench", "db-0").claims(["data-db-0", "wal-db-0"]).build();
+    let pod: Pod = pod("bench", "db-0")
+        .claims(["data-db-0", "wal-db-0"])
+        .build();
     let mut value = serde_json::to_value(pod).unwrap();
     let object = value.as_object_mut().unwrap();
     object.remove("apiVersion");
@@ -192,7 +203,10 @@ impl Conn {
         while self.buf.len() < head_end + length {
             self.read_more().await;
         }
-        let status = std::str::from_utf8(&self.buf[9..12]).unwrap().parse().unwrap();
+        let status = std::str::from_utf8(&self.buf[9..12])
+            .unwrap()
+            .parse()
+            .unwrap();
         (status, &self.buf[head_end..head_end + length])
     }
 
@@ -298,8 +312,14 @@ async fn run(opts: Options) {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
         let result: Value = serde_json::from_slice(body).unwrap();
         let passed = result["NodeNames"].as_array().unwrap().clone();
-        let failed = result["FailedAndUnresolvableNodes"].as_object().unwrap().len();
-        assert!(!passed.is_empty() && failed > 0, "{n} nodes: a mix must fail and pass");
+        let failed = result["FailedAndUnresolvableNodes"]
+            .as_object()
+            .unwrap()
+            .len();
+        assert!(
+            !passed.is_empty() && failed > 0,
+            "{n} nodes: a mix must fail and pass"
+        );
         let prioritize = request(
             "/prioritize",
             &json!({"Pod": pod_json(), "Nodes": null, "NodeNames": passed}),

@@ -1,6 +1,9 @@
 //! `stowage extender` end to end: the real binary against testkit's API server, asked by
 //! testkit's scheduler stand-in.
 
+// clippy's allow-unwrap-in-tests covers `#[test]` functions, not this file's helpers.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

@@ -480,7 +480,12 @@ fn claim_key(claim: &PersistentVolumeClaim) -> (String, String) {
 
 /// The agent's last report; `None` when there is none or it is not RFC 3339.
 fn heartbeat(node: &StorageNode) -> Option<Timestamp> {
-    node.status.as_ref()?.heartbeat_time.as_deref()?.parse().ok()
+    node.status
+        .as_ref()?
+        .heartbeat_time
+        .as_deref()?
+        .parse()
+        .ok()
 }
 
 /// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.
