@@ -3,6 +3,9 @@
 //! Four watchers fill a [`ClusterIndex`]; the [`StowagePolicy`] answers filter and
 //! prioritize from it. Until every kind is listed the index is (partly) empty and pods
 //! whose claims or classes are unknown pass through; `/readyz` says 503 meanwhile.
+//!
+//! [`extender_app`] builds the filter and prioritize routes with their metrics; the
+//! controller mounts the same routes beside its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,14 +17,20 @@ use clap::Args;
 use stowage_extender::{RouterConfig, router};
 
 use crate::cache::ClusterIndex;
+use crate::cache::metrics::ExtenderMetrics;
 use crate::cache::policy::StowagePolicy;
 use crate::cache::watch::{Readiness, run_watchers};
 use crate::ledger::FitOptions;
 
+/// The scheduler's `filterVerb` the routes answer (`deploy/scheduler-config.yaml`).
+pub const FILTER_VERB: &str = "filter";
+/// The scheduler's `prioritizeVerb` the routes answer (`deploy/scheduler-config.yaml`).
+pub const PRIORITIZE_VERB: &str = "prioritize";
+
 /// Flags of `stowage extender`.
 #[derive(Debug, Args)]
 pub struct ExtenderArgs {
-    /// Address to serve the extender, /healthz and /readyz on.
+    /// Address to serve the extender, /metrics, /healthz and /readyz on.
     #[arg(long, default_value = "0.0.0.0:8888", env = "STOWAGE_LISTEN")]
     pub listen: SocketAddr,
 
@@ -38,25 +47,56 @@ pub struct ExtenderArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// The extender's routes over `index`: `POST {prefix}/filter` and `POST {prefix}/prioritize`
+/// answered by a [`StowagePolicy`] with `opts`, their metrics (see [`ExtenderMetrics`])
+/// registered in `registry`.
+///
+/// The router has no fallback and no state left to fill, so it merges with the caller's own
+/// routes (`/metrics` over the same `registry`, `/healthz`, ...). Fails when `prefix` is not
+/// a plain URL path, or when `registry` already holds the extender metrics (build it once
+/// per registry).
+pub fn extender_app(
+    index: Arc<RwLock<ClusterIndex>>,
+    opts: FitOptions,
+    prefix: &str,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<axum::Router> {
+    let metrics =
+        ExtenderMetrics::register(registry).context("registering the extender metrics")?;
+    let policy = Arc::new(StowagePolicy::new(index, opts));
+    let config = RouterConfig::new()
+        .prefix(prefix)
+        .filter_verb(FILTER_VERB)
+        .prioritize_verb(PRIORITIZE_VERB)
+        .observer(Arc::new(metrics));
+    router(policy, config).with_context(|| format!("building the extender routes under {prefix:?}"))
+}
+
 impl ExtenderArgs {
     /// Runs the extender until SIGTERM or ctrl-c.
     pub async fn run(self) -> anyhow::Result<()> {
-        let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
+        let Self {
+            listen,
+            url_prefix,
+            stale_after,
+            kubeconfig,
+        } = self;
+        let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
         let ready = Readiness::new();
         let opts = FitOptions {
-            stale_after: Duration::from_secs(self.stale_after),
+            stale_after: Duration::from_secs(stale_after),
         };
-        let policy = Arc::new(StowagePolicy::new(index.clone(), opts));
-        let extender = router(policy, RouterConfig::new().prefix(self.url_prefix.clone()))
-            .context("building the extender routes")?;
-        let app = extender.merge(crate::serve::health_routes(ready.clone()));
+        let registry = prometheus::Registry::new();
+        let app = extender_app(index.clone(), opts, &url_prefix, &registry)?
+            .merge(crate::serve::health_routes(ready.clone()))
+            .merge(crate::serve::metrics_routes(registry));
 
-        let listener = tokio::net::TcpListener::bind(self.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", self.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        tracing::info!(addr = %addr, prefix = %self.url_prefix, "listening");
+        tracing::info!(addr = %addr, prefix = %url_prefix, "listening");
 
         let watchers = tokio::spawn(run_watchers(client, index, ready));
         let served = axum::serve(listener, app)
@@ -66,5 +106,195 @@ impl ExtenderArgs {
         watchers.abort();
         tracing::info!("stopped");
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, Uri, header};
+    use clap::Parser;
+    use serde::Deserialize;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    /// The shipped configurations and the API version each must use.
+    const CONFIGS: [(&str, &str); 3] = [
+        ("scheduler-config.yaml", "kubescheduler.config.k8s.io/v1"),
+        (
+            "scheduler-config-v1beta3.yaml",
+            "kubescheduler.config.k8s.io/v1beta3",
+        ),
+        (
+            "scheduler-config-v1beta1.yaml",
+            "kubescheduler.config.k8s.io/v1beta1",
+        ),
+    ];
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SchedulerConfig {
+        api_version: String,
+        kind: String,
+        client_connection: ClientConnection,
+        profiles: Vec<Profile>,
+        extenders: Vec<Extender>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ClientConnection {
+        kubeconfig: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Profile {
+        scheduler_name: String,
+    }
+
+    /// Exactly the keys stowage relies on: a bind or preempt verb, `managedResources` (which
+    /// would hide every other pod from the extender) or a misspelt key fail to parse.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Extender {
+        url_prefix: String,
+        filter_verb: String,
+        prioritize_verb: String,
+        weight: i64,
+        node_cache_capable: bool,
+        ignorable: bool,
+        http_timeout: String,
+    }
+
+    fn load(file: &str) -> SchedulerConfig {
+        let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// A Go duration of the simple forms `1s`, `500ms`.
+    fn go_duration(s: &str) -> Duration {
+        if let Some(ms) = s.strip_suffix("ms") {
+            Duration::from_millis(ms.parse().unwrap())
+        } else if let Some(secs) = s.strip_suffix('s') {
+            Duration::from_secs_f64(secs.parse().unwrap())
+        } else {
+            panic!("httpTimeout {s:?} is not a duration like 1s or 500ms")
+        }
+    }
+
+    fn role_defaults() -> ExtenderArgs {
+        match Cli::try_parse_from(["stowage", "extender"])
+            .unwrap()
+            .command
+        {
+            Command::Extender(args) => args,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shipped_scheduler_configs_hold_what_the_extender_relies_on() {
+        let defaults = role_defaults();
+        for (file, api_version) in CONFIGS {
+            let config = load(file);
+            assert_eq!(config.api_version, api_version, "{file}");
+            assert_eq!(config.kind, "KubeSchedulerConfiguration", "{file}");
+            assert!(
+                !config.client_connection.kubeconfig.is_empty(),
+                "{file}: --kubeconfig is ignored with --config, the file must name it"
+            );
+            assert_eq!(
+                config
+                    .profiles
+                    .iter()
+                    .map(|p| p.scheduler_name.as_str())
+                    .collect::<Vec<_>>(),
+                ["default-scheduler"],
+                "{file}"
+            );
+            let [extender] = &config.extenders[..] else {
+                panic!(
+                    "{file}: want exactly one extender, got {:?}",
+                    config.extenders
+                );
+            };
+            assert_eq!(extender.filter_verb, FILTER_VERB, "{file}");
+            assert_eq!(extender.prioritize_verb, PRIORITIZE_VERB, "{file}");
+            assert!(
+                extender.node_cache_capable,
+                "{file}: the answers carry NodeNames"
+            );
+            assert!(
+                extender.ignorable,
+                "{file}: a down extender must not block scheduling"
+            );
+            assert!(
+                (1..=10).contains(&extender.weight),
+                "{file}: weight must be > 0 with a prioritize verb, and small enough not \
+                 to override every in-tree plugin: {}",
+                extender.weight
+            );
+            let timeout = go_duration(&extender.http_timeout);
+            assert!(
+                timeout > Duration::ZERO && timeout <= Duration::from_secs(5),
+                "{file}: httpTimeout {timeout:?}"
+            );
+
+            let uri: Uri = extender.url_prefix.parse().unwrap();
+            assert_eq!(uri.scheme_str(), Some("http"), "{file}");
+            assert_eq!(
+                uri.host(),
+                Some("stowage-controller.stowage-system.svc"),
+                "{file}"
+            );
+            assert_eq!(uri.port_u16(), Some(defaults.listen.port()), "{file}");
+            assert_eq!(
+                uri.path().trim_end_matches('/'),
+                defaults.url_prefix.trim_end_matches('/'),
+                "{file}: urlPrefix path and the role's default --url-prefix differ"
+            );
+            assert_eq!(extender, &load(CONFIGS[0].0).extenders[0], "{file}");
+        }
+    }
+
+    /// The scheduler posts to `TrimRight(urlPrefix, "/") + "/" + verb`; each such URL of the
+    /// shipped configuration must reach a route of the role's default layout.
+    #[tokio::test]
+    async fn the_scheduler_urls_of_the_shipped_config_reach_the_routes() {
+        let defaults = role_defaults();
+        let app = extender_app(
+            Arc::new(RwLock::new(ClusterIndex::new())),
+            FitOptions::default(),
+            &defaults.url_prefix,
+            &prometheus::Registry::new(),
+        )
+        .unwrap();
+        let config = load(CONFIGS[0].0);
+        let extender = &config.extenders[0];
+        let uri: Uri = extender.url_prefix.parse().unwrap();
+        for verb in [&extender.filter_verb, &extender.prioritize_verb] {
+            let path = format!("{}/{verb}", uri.path().trim_end_matches('/'));
+            let request = Request::post(&path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    r#"{"Pod": {}, "Nodes": null, "NodeNames": ["n1"]}"#,
+                ))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[test]
+    fn extender_app_registers_its_metrics_once_per_registry() {
+        let registry = prometheus::Registry::new();
+        let index = Arc::new(RwLock::new(ClusterIndex::new()));
+        let _app = extender_app(index.clone(), FitOptions::default(), "", &registry).unwrap();
+        assert_eq!(registry.gather().len(), crate::cache::metrics::NAMES.len());
+        let err = extender_app(index, FitOptions::default(), "", &registry).unwrap_err();
+        assert!(format!("{err:#}").contains("extender metrics"), "{err:#}");
     }
 }

@@ -216,6 +216,8 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
         "stowage_node_pool_allocated_bytes{node=\"n1\",pool=\"default\"} 2147483648",
         "stowage_provision_duration_seconds_count 1",
         "stowage_leader 1",
+        // The extender is served by every replica, with its metrics on the same endpoint.
+        "stowage_extender_pods_passed_through_total 0",
     ] {
         assert!(
             metrics.contains(series),

@@ -28,6 +28,10 @@ pub(crate) fn respond<P: Policy>(
 
     let rejections = match policy.filter(&pod, &names) {
         FilterVerdict::PassAll => Vec::new(),
+        FilterVerdict::PassThrough => {
+            observer.passed_through();
+            Vec::new()
+        }
         FilterVerdict::Reject(rejections) => rejections,
         FilterVerdict::Error(message) => {
             debug!(error = %message, "policy could not decide");

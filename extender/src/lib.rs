@@ -11,6 +11,7 @@
 //!   POST {prefix}/prioritize  ─┴─▶ JsonBody ─▶ ExtenderArgs ┴─▶ Policy::prioritize ─▶ HostPriorityList (0..=10)
 //!                                  415, 413    400
 //!   every request ─▶ Observer::request        rejected nodes, per kind ─▶ Observer::rejected
+//!                                             pods without an opinion  ─▶ Observer::passed_through
 //! ```
 //!
 //! # Example
@@ -27,10 +28,10 @@
 //! impl Policy for Example {
 //!     fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n> {
 //!         let Some(spec) = &pod.spec else {
-//!             return FilterVerdict::PassAll;
+//!             return FilterVerdict::PassThrough;
 //!         };
 //!         if spec.volumes.as_ref().is_none_or(|v| v.is_empty()) {
-//!             return FilterVerdict::PassAll; // not our kind of pod: the fast path
+//!             return FilterVerdict::PassThrough; // not our kind of pod: the fast path
 //!         }
 //!         FilterVerdict::Reject(
 //!             nodes

@@ -3,15 +3,17 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
+
 use crate::policy::Failure;
 
 /// Receives one call per request and one per rejection kind; must be cheap and must not block,
 /// because it runs on the request path.
 pub trait Observer: Send + Sync + 'static {
-    /// A request to `verb` finished with `outcome` after `elapsed` (from routing to the encoded
-    /// response, body read included).
-    fn request(&self, verb: Verb, outcome: Outcome, elapsed: Duration) {
-        let _ = (verb, outcome, elapsed);
+    /// A request to `verb` finished with `outcome` and HTTP `status` after `elapsed` (from
+    /// routing to the encoded response, body read included).
+    fn request(&self, verb: Verb, outcome: Outcome, status: StatusCode, elapsed: Duration) {
+        let _ = (verb, outcome, status, elapsed);
     }
 
     /// One filter request rejected `nodes` candidate nodes with this `kind` and `failure`.
@@ -19,6 +21,14 @@ pub trait Observer: Send + Sync + 'static {
     fn rejected(&self, kind: &'static str, failure: Failure, nodes: u64) {
         let _ = (kind, failure, nodes);
     }
+
+    /// One filter request was for a pod the policy has no opinion on
+    /// ([`FilterVerdict::PassThrough`]): every candidate passed untouched. Called once per
+    /// filter call, that is once per scheduling attempt of the pod; prioritize calls for such
+    /// pods are not reported here.
+    ///
+    /// [`FilterVerdict::PassThrough`]: crate::FilterVerdict::PassThrough
+    fn passed_through(&self) {}
 }
 
 /// An [`Observer`] that records nothing.

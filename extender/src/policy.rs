@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Pod;
 pub trait Policy: Send + Sync + 'static {
     /// Decides which of `nodes` can host `pod`.
     ///
-    /// Nodes the verdict does not reject pass. Return [`FilterVerdict::PassAll`] for pods the
-    /// policy has no opinion on; that is the fast path.
+    /// Nodes the verdict does not reject pass. Return [`FilterVerdict::PassThrough`] for pods
+    /// the policy has no opinion on; that is the fast path.
     fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n>;
 
     /// Scores `nodes` for `pod`.
@@ -34,8 +34,12 @@ pub trait Policy: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum FilterVerdict<'n> {
-    /// Every node passes.
+    /// The policy judged the pod and every node passes.
     PassAll,
+    /// The policy has no opinion on this pod (not its kind of pod, or it lacks the data to
+    /// judge it): every node passes untouched. Answered like [`FilterVerdict::PassAll`] and
+    /// reported to [`Observer::passed_through`](crate::Observer::passed_through).
+    PassThrough,
     /// The listed nodes are rejected, each with a reason; every other node passes. When a node
     /// is listed twice the first entry counts. Names that were not candidates are ignored.
     Reject(Vec<Rejection<'n>>),

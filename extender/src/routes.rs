@@ -163,7 +163,7 @@ fn finish(
             (outcome, error.into_response())
         }
     };
-    observer.request(verb, outcome, started.elapsed());
+    observer.request(verb, outcome, response.status(), started.elapsed());
     response
 }
 

@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use stowage_extender::{
-    ExtenderArgs, ExtenderFilterResult, Failure, FilterVerdict, HostPriorityList, NodeScore,
-    Observer, Outcome, Policy, Rejection, RouterConfig, Verb, router,
+    DEFAULT_BODY_LIMIT, ExtenderArgs, ExtenderFilterResult, Failure, FilterVerdict,
+    HostPriorityList, NodeScore, Observer, Outcome, Policy, Rejection, RouterConfig, Verb, router,
 };
 use tower::ServiceExt;
 
@@ -24,6 +24,8 @@ struct Stub {
     reject: Vec<(&'static str, Failure, &'static str)>,
     scores: Vec<(&'static str, i64)>,
     error: Option<&'static str>,
+    /// Answers `PassThrough` instead of `PassAll` when nothing is rejected.
+    pass_through: bool,
 }
 
 impl Policy for Stub {
@@ -32,7 +34,11 @@ impl Policy for Stub {
             return FilterVerdict::Error(error.into());
         }
         if self.reject.is_empty() {
-            return FilterVerdict::PassAll;
+            return if self.pass_through {
+                FilterVerdict::PassThrough
+            } else {
+                FilterVerdict::PassAll
+            };
         }
         FilterVerdict::Reject(
             self.reject
@@ -57,16 +63,23 @@ impl Policy for Stub {
 
 #[derive(Default)]
 struct Recorder {
-    requests: Mutex<Vec<(Verb, Outcome)>>,
+    requests: Mutex<Vec<(Verb, Outcome, u16)>>,
     rejected: Mutex<Vec<(&'static str, Failure, u64)>>,
+    passed_through: Mutex<u64>,
 }
 
 impl Observer for Recorder {
-    fn request(&self, verb: Verb, outcome: Outcome, _elapsed: Duration) {
-        self.requests.lock().unwrap().push((verb, outcome));
+    fn request(&self, verb: Verb, outcome: Outcome, status: StatusCode, _elapsed: Duration) {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((verb, outcome, status.as_u16()));
     }
     fn rejected(&self, kind: &'static str, failure: Failure, nodes: u64) {
         self.rejected.lock().unwrap().push((kind, failure, nodes));
+    }
+    fn passed_through(&self) {
+        *self.passed_through.lock().unwrap() += 1;
     }
 }
 
@@ -375,15 +388,20 @@ async fn observer_sees_every_request_and_rejections_per_kind() {
     post_json(app.clone(), "/filter", &request).await;
     post_json(app.clone(), "/prioritize", &request).await;
     post(app.clone(), "/filter", "{").await;
+    let mut huge = br#"{"Pod": {}, "NodeNames": [""#.to_vec();
+    huge.resize(DEFAULT_BODY_LIMIT + 1, b'a');
+    post(app.clone(), "/prioritize", huge).await;
 
     assert_eq!(
         *recorder.requests.lock().unwrap(),
         [
-            (Verb::Filter, Outcome::Ok),
-            (Verb::Prioritize, Outcome::Ok),
-            (Verb::Filter, Outcome::Invalid),
+            (Verb::Filter, Outcome::Ok, 200),
+            (Verb::Prioritize, Outcome::Ok, 200),
+            (Verb::Filter, Outcome::Invalid, 400),
+            (Verb::Prioritize, Outcome::Invalid, 413),
         ]
     );
+    assert_eq!(*recorder.passed_through.lock().unwrap(), 0);
     assert_eq!(
         *recorder.rejected.lock().unwrap(),
         [
@@ -391,6 +409,29 @@ async fn observer_sees_every_request_and_rejections_per_kind() {
             ("Stub", Failure::UnschedulableAndUnresolvable, 1),
         ]
     );
+}
+
+#[tokio::test]
+async fn pass_through_is_answered_like_pass_all_and_reported_to_the_observer() {
+    let request = json!({"Pod": pod(), "NodeNames": ["b", "a"]});
+    let recorder = Arc::new(Recorder::default());
+    let config = RouterConfig::new().observer(recorder.clone());
+    let policy = Stub {
+        pass_through: true,
+        ..Stub::default()
+    };
+    let through = router(Arc::new(policy), config).unwrap();
+    let (status, body) = post_json(through.clone(), "/filter", &request).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, pass_all) = post_json(app(Stub::default()), "/filter", &request).await;
+    assert_eq!(body, pass_all);
+    post_json(through, "/prioritize", &request).await;
+    assert_eq!(
+        *recorder.passed_through.lock().unwrap(),
+        1,
+        "counted once per filter call, not on prioritize"
+    );
+    assert!(recorder.rejected.lock().unwrap().is_empty());
 }
 
 /// A request shaped exactly as kube-scheduler's `encoding/json` writes it (informer-cache pod

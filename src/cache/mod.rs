@@ -32,6 +32,7 @@ use crate::ledger::{
 };
 
 pub mod class;
+pub mod metrics;
 pub mod policy;
 pub mod watch;
 
@@ -39,6 +40,7 @@ pub mod watch;
 mod tests;
 
 pub use class::{ClassError, ClassParams};
+pub use metrics::ExtenderMetrics;
 pub use policy::{Clock, StowagePolicy};
 
 /// Prefix of a LocalVolume's name; the rest is the claim's UID.
@@ -52,8 +54,16 @@ pub struct ClusterIndex {
     /// By `(namespace, name)`.
     claims: HashMap<(String, String), PersistentVolumeClaim>,
     classes: HashMap<String, StorageClass>,
-    /// The ledger without heartbeat ages; cleared on every change.
-    base: OnceLock<Ledger>,
+    /// The ledger without heartbeat ages, with each node's parsed heartbeat; cleared on
+    /// every change.
+    base: OnceLock<HashMap<String, BaseNode>>,
+}
+
+/// A node's ledger entry without its heartbeat age, and the heartbeat it is derived from.
+#[derive(Debug)]
+struct BaseNode {
+    state: NodeState,
+    heartbeat: Option<Timestamp>,
 }
 
 /// What a pod asks of stowage.
@@ -280,26 +290,33 @@ impl ClusterIndex {
     /// The whole ledger as of `now`.
     pub fn ledger(&self, now: Timestamp) -> Ledger {
         self.base()
-            .nodes()
-            .map(|n| self.with_age(n.clone(), now))
+            .values()
+            .map(|n| {
+                let mut state = n.state.clone();
+                state.heartbeat_age = age(n.heartbeat, now);
+                state
+            })
             .collect()
     }
 
     /// One node's ledger entry as of `now`; `None` when no StorageNode has that name.
     pub fn node_state(&self, name: &str, now: Timestamp) -> Option<NodeState> {
-        let node = self.base().node(name)?.clone();
-        Some(self.with_age(node, now))
+        let (node, heartbeat_age) = self.node_view(name, now)?;
+        Some(NodeState {
+            heartbeat_age,
+            ..node.clone()
+        })
     }
 
-    fn with_age(&self, mut node: NodeState, now: Timestamp) -> NodeState {
-        node.heartbeat_age = self
-            .nodes
-            .get(node.name.as_str())
-            .and_then(|sn| heartbeat_age(sn, now));
-        node
+    /// One node's ledger entry, borrowed, with `heartbeat_age` left unset, and its heartbeat
+    /// age as of `now` beside it: the extender's per-node path, which must not copy the node.
+    /// `None` when no StorageNode has that name.
+    pub fn node_view(&self, name: &str, now: Timestamp) -> Option<(&NodeState, Option<Duration>)> {
+        let node = self.base().get(name)?;
+        Some((&node.state, age(node.heartbeat, now)))
     }
 
-    fn base(&self) -> &Ledger {
+    fn base(&self) -> &HashMap<String, BaseNode> {
         self.base.get_or_init(|| self.derive())
     }
 
@@ -310,7 +327,7 @@ impl ClusterIndex {
     /// creates them before the agent next reports); the agent's figure can be larger for a
     /// moment (a volume whose object is gone but whose data is not). Taking the larger
     /// never promises bytes either source says are taken.
-    fn derive(&self) -> Ledger {
+    fn derive(&self) -> HashMap<String, BaseNode> {
         let mut allocated = PerPool::default();
         for lv in self.volumes.values() {
             add(
@@ -338,7 +355,11 @@ impl ClusterIndex {
                     pool.allocated = pool.allocated.max(lvs);
                     pool.reserved = get(&reserved, name, pool.name.as_str());
                 }
-                node
+                let base = BaseNode {
+                    state: node,
+                    heartbeat: heartbeat(sn),
+                };
+                (name.clone(), base)
             })
             .collect()
     }
@@ -510,15 +531,18 @@ fn claim_key(claim: &PersistentVolumeClaim) -> (String, String) {
     )
 }
 
-/// Time since the agent's last report; `None` when there is none or it is not RFC 3339. A
-/// heartbeat from the future (clock skew) counts as just now.
-fn heartbeat_age(node: &StorageNode, now: Timestamp) -> Option<Duration> {
-    let at: Timestamp = node
-        .status
+/// The agent's last report; `None` when there is none or it is not RFC 3339.
+fn heartbeat(node: &StorageNode) -> Option<Timestamp> {
+    node.status
         .as_ref()?
         .heartbeat_time
         .as_deref()?
         .parse()
-        .ok()?;
+        .ok()
+}
+
+/// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.
+fn age(heartbeat: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    let at = heartbeat?;
     Some(Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO))
 }

@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
 use super::{ClusterIndex, OwnHold, PodDemand, credit};
-use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check, score};
+use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check_aged, score};
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -52,17 +52,27 @@ impl StowagePolicy {
         self
     }
 
-    /// The node as this pod sees it: what the cluster already holds for the pod's own
-    /// claims is taken back.
-    fn node_for_pod(
+    /// Calls `f` with the node as this pod sees it: what the cluster already holds for the
+    /// pod's own claims is taken back. Only a node holding some of them is copied; every
+    /// other node is borrowed from the index, with its heartbeat age passed beside it.
+    fn with_node<R>(
         index: &ClusterIndex,
         name: &str,
         now: Timestamp,
         holds: &[OwnHold],
-    ) -> Option<NodeState> {
-        let mut node = index.node_state(name, now)?;
-        credit(&mut node, holds);
-        Some(node)
+        f: impl FnOnce(&NodeState, Option<std::time::Duration>) -> R,
+    ) -> Option<R> {
+        let (node, age) = index.node_view(name, now)?;
+        if holds.iter().any(|h| h.node.as_str() == name) {
+            let mut node = NodeState {
+                heartbeat_age: age,
+                ..node.clone()
+            };
+            credit(&mut node, holds);
+            Some(f(&node, age))
+        } else {
+            Some(f(node, age))
+        }
     }
 
     fn check_node(
@@ -73,8 +83,10 @@ impl StowagePolicy {
         demand: &Demand,
         holds: &[OwnHold],
     ) -> Result<(), Unfit> {
-        match Self::node_for_pod(index, name, now, holds) {
-            Some(node) => check(&node, demand, &self.opts),
+        match Self::with_node(index, name, now, holds, |node, age| {
+            check_aged(node, age, demand, &self.opts)
+        }) {
+            Some(fit) => fit,
             None if demand.is_empty() => Ok(()),
             None => Err(Unfit::NoReport),
         }
@@ -88,7 +100,7 @@ impl Policy for StowagePolicy {
         };
         let (demand, holds) = match index.pod_demand(pod) {
             Err(e) => return FilterVerdict::Error(e.to_string().into()),
-            Ok(PodDemand::NotOurs) => return FilterVerdict::PassAll,
+            Ok(PodDemand::NotOurs) => return FilterVerdict::PassThrough,
             Ok(PodDemand::Demand {
                 demand,
                 exclude_own_reservations,
@@ -128,8 +140,10 @@ impl Policy for StowagePolicy {
             .iter()
             .map(|&node| NodeScore {
                 node,
-                score: Self::node_for_pod(&index, node, now, &exclude_own_reservations)
-                    .map_or(0, |n| i64::from(score(&n, &demand, placement))),
+                score: Self::with_node(&index, node, now, &exclude_own_reservations, |n, _| {
+                    i64::from(score(n, &demand, placement))
+                })
+                .unwrap_or(0),
             })
             .collect()
     }

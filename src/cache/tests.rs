@@ -237,7 +237,7 @@ fn reserved_demand_counts_against_the_selected_node_only_while_it_has_no_volume(
 
 fn rejected<'n>(v: &FilterVerdict<'n>) -> Vec<(&'n str, &'static str)> {
     match v {
-        FilterVerdict::PassAll => Vec::new(),
+        FilterVerdict::PassAll | FilterVerdict::PassThrough => Vec::new(),
         FilterVerdict::Reject(r) => {
             assert!(
                 r.iter()
@@ -388,6 +388,35 @@ fn filter_decides_by_the_pods_unbound_local_claims() {
         let verdict = policy(idx).filter(&pod(&pod_claims), ALL);
         assert_eq!(rejected(&verdict), want, "{what}");
     }
+}
+
+#[test]
+fn pods_stowage_does_not_judge_pass_through_and_judged_pods_that_fit_pass_all() {
+    let mut nameless = pvc("static", "", "1Ei", None, None);
+    nameless.spec.as_mut().unwrap().storage_class_name = None;
+    let mut idx = cluster();
+    idx.reset_claims([
+        pvc("unknown-class", "gone", "10Gi", None, None),
+        pvc("nfs", "nfs", "1Ei", None, None),
+        pvc("bound", "local", "1Ei", None, Some("pv-1")),
+        nameless,
+        pvc("fits", "local", "10Gi", None, None),
+    ]);
+    let policy = policy(idx);
+    for claims in [
+        &[][..],
+        &["missing"],
+        &["unknown-class"],
+        &["nfs"],
+        &["bound"],
+        &["static"],
+        &["fits", "missing"],
+    ] {
+        let verdict = policy.filter(&pod(claims), &["n1", "n2"]);
+        assert_eq!(verdict, FilterVerdict::PassThrough, "{claims:?}");
+    }
+    let verdict = policy.filter(&pod(&["fits", "static"]), &["n1", "n2"]);
+    assert_eq!(verdict, FilterVerdict::PassAll);
 }
 
 #[test]

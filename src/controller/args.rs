@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use super::{Config, Context, Metrics};
 use crate::cache::ClusterIndex;
-use crate::cache::policy::StowagePolicy;
 use crate::cache::watch::{Readiness, run_watchers};
 use crate::leader::{LeaderArgs, LeaderMetrics};
 use crate::ledger::FitOptions;
@@ -68,8 +67,7 @@ impl ControllerArgs {
         let fit = FitOptions {
             stale_after: Duration::from_secs(self.stale_after),
         };
-        let policy = Arc::new(StowagePolicy::new(index.clone(), fit));
-        let extender = stowage_extender::router(policy, stowage_extender::RouterConfig::new())
+        let extender = crate::extender_role::extender_app(index.clone(), fit, "", &registry)
             .context("building the extender routes")?;
         let leader_metrics =
             LeaderMetrics::register(&registry).context("registering the leader metrics")?;

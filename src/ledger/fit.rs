@@ -153,10 +153,22 @@ impl fmt::Display for Unfit {
 /// An empty demand fits any node, reported or not: a pod without stowage claims is none of
 /// the ledger's business.
 pub fn check(node: &NodeState, demand: &Demand, opts: &FitOptions) -> Result<(), Unfit> {
+    check_aged(node, node.heartbeat_age, demand, opts)
+}
+
+/// [`check`] with the heartbeat age given beside the node instead of in
+/// `node.heartbeat_age` (which is ignored), so a caller holding shared node entries need not
+/// copy each one to set its age.
+pub fn check_aged(
+    node: &NodeState,
+    heartbeat_age: Option<Duration>,
+    demand: &Demand,
+    opts: &FitOptions,
+) -> Result<(), Unfit> {
     if demand.is_empty() {
         return Ok(());
     }
-    match node.heartbeat_age {
+    match heartbeat_age {
         None => return Err(Unfit::NoReport),
         Some(age) if age > opts.stale_after => {
             return Err(Unfit::Stale {
@@ -334,5 +346,22 @@ mod tests {
             .kind(),
         ];
         assert_eq!(kinds, Unfit::KINDS);
+    }
+
+    #[test]
+    fn check_aged_judges_the_age_given_not_the_nodes_own() {
+        let opts = FitOptions::default();
+        let fresh = node(&[("default", 100, 0)]);
+        let d = Demand::from_claims([("default", Bytes::gib(1))]).unwrap();
+        assert_eq!(check_aged(&fresh, None, &d, &opts), Err(Unfit::NoReport));
+        let old = Some(opts.stale_after + Duration::from_secs(1));
+        assert!(matches!(
+            check_aged(&fresh, old, &d, &opts),
+            Err(Unfit::Stale { .. })
+        ));
+        assert_eq!(
+            check_aged(&fresh, Some(Duration::ZERO), &d, &opts),
+            check(&fresh, &d, &opts)
+        );
     }
 }

@@ -54,6 +54,6 @@ pub use book::{Filtered, Ledger, LedgerError};
 pub use bytes::{Bytes, MAX_BYTES, QuantityError};
 pub use capacity::{Driver, NodeState, PoolState, Reserve};
 pub use demand::{Demand, DemandOverflow};
-pub use fit::{FitOptions, Shortfall, Unfit, check};
+pub use fit::{FitOptions, Shortfall, Unfit, check, check_aged};
 pub use ids::{ClaimKey, NodeName, PoolName};
 pub use score::{MAX_SCORE, Placement, score};
