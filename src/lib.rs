@@ -7,6 +7,7 @@
 //! ```text
 //!   api       stowage.io objects and their translation into ledger terms
 //!   ledger    PURE: bytes, demand, fit, reasons, spread/binpack scores
+//!   nfs       NFS cluster mode: servers, weighted bounded-load ring, claim directories
 //!   simulate  capacity planning over the ledger, no cluster needed
 //!   cli       the command line and logging set-up
 //! ```
@@ -17,5 +18,6 @@ pub mod cache;
 pub mod cli;
 pub mod extender_role;
 pub mod ledger;
+pub mod nfs;
 pub mod serve;
 pub mod simulate;
