@@ -8,6 +8,7 @@
 //!   api       stowage.io objects and their translation into ledger terms
 //!   ledger    PURE: bytes, demand, fit, reasons, spread/binpack scores
 //!   controller  the provisioner: claims → LocalVolumes → PVs, release, growth, metrics
+//!   nfs       NFS cluster mode: servers, weighted bounded-load ring, claim directories
 //!   simulate  capacity planning over the ledger, no cluster needed
 //!   cli       the command line and logging set-up
 //!   leader    Lease-based leader election for the controller's replicas
@@ -21,5 +22,6 @@ pub mod controller;
 pub mod extender_role;
 pub mod leader;
 pub mod ledger;
+pub mod nfs;
 pub mod serve;
 pub mod simulate;

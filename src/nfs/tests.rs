@@ -1,0 +1,223 @@
+//! The pieces together, on temporary directories standing in for the NFS mounts.
+
+use super::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::nfs::ring::Status;
+
+fn config_for(base: &Path, names: &[&str]) -> NfsConfig {
+    for n in names {
+        fs::create_dir_all(base.join(n)).unwrap();
+    }
+    let servers: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{{name: {n}, address: 10.0.0.{i}, export: /exports/{n}}}"))
+        .collect();
+    let cfg = NfsConfig::parse_yaml(&format!(
+        "mountBase: {}\nservers: [{}]",
+        base.display(),
+        servers.join(", ")
+    ))
+    .unwrap();
+    cfg.check_mounts().unwrap();
+    cfg
+}
+
+fn cluster(cfg: NfsConfig) -> NfsCluster {
+    let mut c = NfsCluster::new(cfg).unwrap();
+    let states = c.probe(&[]);
+    c.refresh(states).unwrap();
+    c
+}
+
+fn params(pairs: &[(&str, &str)]) -> NfsClassParams {
+    let map: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    NfsClassParams::parse("nfs", Some(&map)).unwrap()
+}
+
+#[test]
+fn before_the_first_probe_nothing_is_placed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = NfsCluster::new(config_for(dir.path(), &["a", "b"])).unwrap();
+    let e = c
+        .provision(
+            &ClaimName::new("ns", "x").unwrap(),
+            Bytes::gib(1),
+            &params(&[]),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot place claim ns/x"), "{e}");
+    assert!(format!("{:?}", e).contains("not probed yet"), "{e:?}");
+    assert!(e.is_transient());
+}
+
+#[test]
+fn provision_makes_the_directory_and_the_pv_leads_back_for_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a", "b", "c"]));
+    let claim = ClaimName::new("shop", "data").unwrap();
+    let p = c
+        .provision(&claim, Bytes::gib(1), &params(&[("deleteFile", "true")]))
+        .unwrap();
+    assert!(p.dir.is_dir());
+    assert_eq!(
+        p.dir,
+        dir.path().join(p.server_name.as_str()).join("shop/data")
+    );
+    assert_eq!(
+        p.export_path,
+        format!("/exports/{}/shop/data", p.server_name)
+    );
+    assert_eq!(p.address, format!("10.0.0.{}", p.server));
+    assert!(!p.reused);
+    // Idempotent: again, the same server, now as a reuse.
+    let again = c.provision(&claim, Bytes::gib(1), &params(&[])).unwrap();
+    assert_eq!(again.server, p.server);
+    assert!(again.reused);
+
+    let now = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
+    let gone = c
+        .delete(&p.address, &p.export_path, OnDelete::Delete, now)
+        .unwrap();
+    assert_eq!(
+        gone,
+        Removed::Deleted(
+            fs::canonicalize(dir.path())
+                .unwrap()
+                .join(p.server_name.as_str())
+                .join("shop/data")
+        )
+    );
+    assert!(!p.dir.exists());
+    let e = c
+        .delete("10.9.9.9", &p.export_path, OnDelete::Delete, now)
+        .unwrap_err();
+    assert_eq!(e.reason(), "NfsUnknownVolume");
+    assert!(!e.is_transient());
+}
+
+#[test]
+fn a_recreated_claim_finds_its_data_after_servers_were_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["s0", "s1", "s2"];
+    let small = cluster(config_for(dir.path(), &names));
+    let claims: Vec<ClaimName> = (0..40)
+        .map(|i| ClaimName::new("db", &format!("data-db-{i}")).unwrap())
+        .collect();
+    let mut first = Vec::new();
+    for c in &claims {
+        let p = small.provision(c, Bytes::gib(1), &params(&[])).unwrap();
+        fs::write(p.dir.join("marker"), c.name()).unwrap();
+        first.push(p.server_name);
+    }
+    // Three more servers; the claims are deleted (data kept) and re-created.
+    let big = cluster(config_for(
+        dir.path(),
+        &["s0", "s1", "s2", "s3", "s4", "s5"],
+    ));
+    let mut fresh_home_moved = 0;
+    for (c, was) in claims.iter().zip(&first) {
+        let p = big.provision(c, Bytes::gib(1), &params(&[])).unwrap();
+        assert_eq!(&p.server_name, was, "{c} moved");
+        assert!(p.reused);
+        assert_eq!(fs::read_to_string(p.dir.join("marker")).unwrap(), c.name());
+        let home = &big.ring().servers()[big.ring().primary(&c.key())].name;
+        if home != was.as_str() {
+            fresh_home_moved += 1;
+        }
+    }
+    assert!(
+        fresh_home_moved > 0,
+        "the ring alone would have moved some claims; the directory lookup kept them"
+    );
+}
+
+#[test]
+fn a_draining_server_gets_no_new_volumes_but_keeps_its_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(dir.path(), &["a", "b"]);
+    let c = cluster(cfg.clone());
+    let claims: Vec<ClaimName> = (0..30)
+        .map(|i| ClaimName::new("ns", &format!("c{i}")).unwrap())
+        .collect();
+    let before: Vec<usize> = claims
+        .iter()
+        .map(|cl| c.provision(cl, Bytes::gib(1), &params(&[])).unwrap().server)
+        .collect();
+    assert!(before.contains(&0), "the test needs volumes on a");
+    let mut drained = cfg;
+    drained.servers[0].drain = true;
+    let d = cluster(drained);
+    assert_eq!(d.states()[0].status, Status::Draining);
+    for (cl, was) in claims.iter().zip(&before) {
+        assert_eq!(
+            d.provision(cl, Bytes::gib(1), &params(&[])).unwrap().server,
+            *was
+        );
+    }
+    for i in 0..30 {
+        let fresh = ClaimName::new("new", &format!("c{i}")).unwrap();
+        let p = d.provision(&fresh, Bytes::gib(1), &params(&[])).unwrap();
+        assert_eq!(p.server, 1, "{fresh}");
+    }
+}
+
+#[test]
+fn flat_layout_takes_over_the_source_designs_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a", "b"]));
+    // Data written by the source design on b, at <mount>/<ns>-<claim>.
+    fs::create_dir(dir.path().join("b/legacy-data")).unwrap();
+    fs::write(dir.path().join("b/legacy-data/f"), b"old").unwrap();
+    let claim = ClaimName::new("legacy", "data").unwrap();
+    let p = c
+        .provision(&claim, Bytes::gib(1), &params(&[("layout", "flat")]))
+        .unwrap();
+    assert_eq!(p.server_name.as_str(), "b");
+    assert!(p.reused);
+    assert_eq!(p.export_path, "/exports/b/legacy-data");
+    let now = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
+    let Removed::Archived { to, .. } = c
+        .delete(&p.address, &p.export_path, OnDelete::Archive, now)
+        .unwrap()
+    else {
+        panic!("not archived");
+    };
+    assert_eq!(
+        to.file_name().unwrap(),
+        "archived-legacy-data-20240229T134507Z"
+    );
+    assert_eq!(fs::read(to.join("f")).unwrap(), b"old");
+}
+
+#[test]
+fn allocations_feed_bounded_loads_and_refresh_rebuilds_only_on_weight_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(config_for(dir.path(), &["a", "b"]));
+    let states = c.probe(&[]);
+    assert!(!c.refresh(states).unwrap(), "same weights: same ring");
+    // b already holds far more than a: fresh claims go to a until the bound allows b.
+    let states = c.probe(&[
+        Allocation::default(),
+        Allocation {
+            bytes: Bytes::gib(100),
+            volumes: 10,
+        },
+    ]);
+    c.refresh(states).unwrap();
+    for i in 0..20 {
+        let cl = ClaimName::new("ns", &format!("c{i}")).unwrap();
+        let p = c.provision(&cl, Bytes::gib(1), &params(&[])).unwrap();
+        assert_eq!(p.server_name.as_str(), "a", "{cl}");
+        c.note_provisioned(p.server, Bytes::gib(1));
+    }
+    assert_eq!(c.states()[0].allocated, Bytes::gib(20));
+    assert_eq!(c.states()[0].volumes, 20);
+}
