@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::agent::AgentArgs;
 use crate::extender_role::ExtenderArgs;
 use crate::simulate::SimulateArgs;
 
@@ -30,7 +31,7 @@ pub enum Command {
     Controller(RoleArgs),
     /// Own the storage pools of one node: make, grow and delete volumes, report capacity
     /// (DaemonSet).
-    Agent(RoleArgs),
+    Agent(AgentArgs),
     /// Serve only the kube-scheduler extender, read-only, for scaling it out.
     Extender(ExtenderArgs),
     /// Place a stream of claims on a simulated cluster and compare placement policies; no

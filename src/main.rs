@@ -15,12 +15,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Controller(_) => not_built("controller"),
-        Command::Agent(_) => not_built("agent"),
-        Command::Extender(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(args.run())),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(args.run())),
+        Command::Extender(args) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Crds => stowage::api::crds_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(anyhow::Error::from),
@@ -29,13 +25,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<stowage::simulate::Error>().is_some() {
+            if err.downcast_ref::<stowage::simulate::Error>().is_some()
+                || err.downcast_ref::<stowage::agent::StartError>().is_some()
+            {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
 }
 
 fn not_built(role: &str) -> anyhow::Result<()> {
