@@ -186,7 +186,9 @@ impl Metrics {
 
     /// Starts timing `op`; the time is recorded when the guard drops.
     pub fn time(&self, op: Operation) -> HistogramTimer {
-        self.duration.with_label_values(&[op.as_str()]).start_timer()
+        self.duration
+            .with_label_values(&[op.as_str()])
+            .start_timer()
     }
 
     /// Counts one `op` that ended with `result`.

@@ -164,7 +164,10 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         std::fs::create_dir(&b).unwrap();
-        assert!(set.driver("b").is_ok(), "a fixed pool serves the next lookup");
+        assert!(
+            set.driver("b").is_ok(),
+            "a fixed pool serves the next lookup"
+        );
         assert!(set.pools()[1].report.ready);
         assert!(set.refresh().is_empty(), "nothing newly ready");
         std::fs::remove_dir(&b).unwrap();

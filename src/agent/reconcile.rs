@@ -149,7 +149,11 @@ impl Context {
     }
 
     /// Writes `status` unless the object already has it; true when written.
-    async fn write_status(&self, lv: &LocalVolume, status: LocalVolumeStatus) -> Result<bool, Error> {
+    async fn write_status(
+        &self,
+        lv: &LocalVolume,
+        status: LocalVolumeStatus,
+    ) -> Result<bool, Error> {
         if lv.status.as_ref() == Some(&status) {
             return Ok(false);
         }
@@ -429,7 +433,12 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
     BACKOFF_BASE.saturating_mul(1 << exp).min(cap)
 }
 
-fn ready(lv: &LocalVolume, path: String, size: Bytes, message: Option<String>) -> LocalVolumeStatus {
+fn ready(
+    lv: &LocalVolume,
+    path: String,
+    size: Bytes,
+    message: Option<String>,
+) -> LocalVolumeStatus {
     LocalVolumeStatus {
         phase: LocalVolumePhase::Ready,
         path: Some(path),
@@ -465,8 +474,10 @@ async fn execute(lv: &LocalVolume, plan: Plan, ctx: &Context) -> Result<Action, 
         } => {
             let (driver, _) = ctx.driver(&volume, &pool)?;
             let path = driver.root().volume_path(&name).display().to_string();
-            ctx.run(Operation::Grow, &volume, &pool, move || driver.grow(&name, to))
-                .await?;
+            ctx.run(Operation::Grow, &volume, &pool, move || {
+                driver.grow(&name, to)
+            })
+            .await?;
             ctx.write_status(lv, ready(lv, path, to, None)).await?;
             tracing::info!(volume = %volume, pool = %pool, from = from.0, to = to.0, "volume grown");
             Ok(Action::requeue(RESYNC))
@@ -571,8 +582,10 @@ async fn cleanup(
     let (driver, _) = ctx.driver(&volume, pool)?;
     match on_delete {
         OnDelete::Delete => {
-            ctx.run(Operation::Delete, &volume, pool, move || driver.delete(&name))
-                .await?;
+            ctx.run(Operation::Delete, &volume, pool, move || {
+                driver.delete(&name)
+            })
+            .await?;
             tracing::info!(volume = %volume, pool = %pool, "volume deleted");
         }
         OnDelete::Archive => {
@@ -939,7 +952,10 @@ mod tests {
         };
         let text = chain(&e);
         assert!(text.contains("cannot create"), "{text}");
-        assert!(text.contains("/p/x exists but is not a directory"), "{text}");
+        assert!(
+            text.contains("/p/x exists but is not a directory"),
+            "{text}"
+        );
         assert_eq!(e.reason(), "CreateFailed");
     }
 

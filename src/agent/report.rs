@@ -249,7 +249,9 @@ impl Reporter {
         match self.write(&written).await {
             Ok(()) => {
                 self.metrics.set_pools(&self.node, &status.pools);
-                let secs = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                let secs = now
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
                 self.metrics.heartbeat(&self.node, secs);
                 memory.last = Some(status);
                 self.written.send_replace(true);
@@ -304,8 +306,9 @@ impl Reporter {
             Ok(_) => tracing::info!(node = %self.node, "created the StorageNode"),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("creating StorageNode {}", self.node)));
+                return Err(
+                    anyhow::Error::new(e).context(format!("creating StorageNode {}", self.node))
+                );
             }
         }
         api.patch_status(&self.node, &params, &patch)
@@ -382,7 +385,10 @@ mod tests {
         assert_eq!(fast.allocated_bytes, 350, "only this node's volumes count");
         assert_eq!(fast.available_bytes, 700);
         assert_eq!(fast.volumes, 2);
-        assert_eq!(fast.orphans, 1, "C belongs to another node, so here it is an orphan");
+        assert_eq!(
+            fast.orphans, 1,
+            "C belongs to another node, so here it is an orphan"
+        );
         assert!(fast.ready);
         assert_eq!(fast.message, None);
         let slow = &got[1];

@@ -21,9 +21,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
 use futures::{FutureExt as _, StreamExt};
+use kube::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
-use kube::Api;
 use prometheus::Registry;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -268,7 +268,10 @@ mod tests {
         assert_eq!(args.heartbeat, 10);
         assert_eq!(args.listen, "0.0.0.0:9808".parse::<SocketAddr>().unwrap());
         assert_eq!(args.kubeconfig, None);
-        assert!(Cli::try_parse_from(["stowage", "agent", "--node-name", "n1", "--heartbeat", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["stowage", "agent", "--node-name", "n1", "--heartbeat", "0"])
+                .is_err()
+        );
     }
 
     #[test]
@@ -299,6 +302,9 @@ mod tests {
         assert!(matches!(start, StartError::Pools { .. }));
         let text = format!("{error:#}");
         assert!(text.contains(&file.display().to_string()), "{text}");
-        assert!(text.contains("\"a\"") && text.contains("relative"), "{text}");
+        assert!(
+            text.contains("\"a\"") && text.contains("relative"),
+            "{text}"
+        );
     }
 }
