@@ -25,11 +25,12 @@ const OTHER_FINALIZER: &str = "example.com/keep";
 
 /// One agent on one node, with its pools in the cluster's scratch directory.
 struct Agent {
+    // Dropped first: the process, so its log can still be printed from the cluster's dir.
+    process: Role,
     cluster: Cluster,
     node: String,
     port: u16,
     config: PathBuf,
-    process: Role,
 }
 
 fn free_port() -> u16 {
@@ -109,11 +110,11 @@ impl Agent {
             .spawn()
             .unwrap();
         let agent = Agent {
+            process,
             cluster,
             node,
             port,
             config,
-            process,
         };
         agent.wait_ready().await;
         agent

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt as _;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
@@ -121,14 +122,18 @@ impl Reporter {
     /// Runs until `shutdown` turns true. Waits for the first LocalVolume list before the
     /// first write, so the first status already counts the allocated space and orphans.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        tokio::select! {
-            ready = self.store.wait_until_ready() => {
-                if ready.is_err() {
-                    return;
-                }
+        // Polled rather than awaited: `Store::wait_until_ready` wakes only the task that
+        // polled it last, and the controller waits on the same store.
+        loop {
+            if self.store.wait_until_ready().now_or_never().is_some() {
+                break;
             }
-            _ = shutdown.wait_for(|s| *s) => return,
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
         }
+        tracing::debug!(node = %self.node, "LocalVolumes listed; reporting");
         let mut memory = Memory::default();
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,6 +234,7 @@ impl Reporter {
             tracing::info!(pools = ?became_ready, "pools became ready");
             let _ = self.reconcile_all.try_send(());
         }
+        tracing::debug!(heartbeat, pools = reports.len(), "pools probed");
         let volumes = self.store.state();
         let pools = pool_statuses(&reports, volumes.iter().map(|v| &**v), &self.node, &on_disk);
         self.log_orphans(memory, &volumes, &on_disk);

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
 use kube::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
@@ -165,7 +165,6 @@ impl AgentArgs {
         let reporter = tokio::spawn(reporter.run(stop_rx.clone()));
 
         let ready = AgentReadiness {
-            store: store.clone(),
             written: written_rx,
         };
         let app = Router::new()
@@ -215,24 +214,19 @@ impl AgentArgs {
 /// Ready once this node's LocalVolumes were listed and the StorageNode status written.
 #[derive(Clone)]
 struct AgentReadiness {
-    store: kube::runtime::reflector::Store<LocalVolume>,
     written: watch::Receiver<bool>,
 }
 
 async fn readyz(State(ready): State<AgentReadiness>) -> (StatusCode, String) {
-    let mut waiting = Vec::new();
-    if ready.store.wait_until_ready().now_or_never().is_none() {
-        waiting.push("the first list of LocalVolumes");
-    }
-    if !*ready.written.borrow() {
-        waiting.push("the first StorageNode status write");
-    }
-    if waiting.is_empty() {
+    // The reporter writes the first status only after the first list of LocalVolumes, so
+    // one flag covers both.
+    if *ready.written.borrow() {
         (StatusCode::OK, "ok".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("waiting for {}", waiting.join(" and ")),
+            "waiting for the first list of LocalVolumes and the first StorageNode status write"
+                .to_string(),
         )
     }
 }
