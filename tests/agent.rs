@@ -1,6 +1,10 @@
 //! `stowage agent` end to end: the real binary on hostpath pools in temp dirs, against
 //! testkit's API server (or a real cluster with STOWAGE_E2E_KUBECONFIG).
 
+// Helpers in a test crate panic on failure like the tests themselves; clippy allows unwrap
+// only inside #[test] functions.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
