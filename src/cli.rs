@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::agent::AgentArgs;
 use crate::controller::ControllerArgs;
 use crate::extender_role::ExtenderArgs;
 use crate::simulate::SimulateArgs;
@@ -31,7 +32,7 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Own the storage pools of one node: make, grow and delete volumes, report capacity
     /// (DaemonSet).
-    Agent(RoleArgs),
+    Agent(AgentArgs),
     /// Serve only the kube-scheduler extender, read-only, for scaling it out.
     Extender(ExtenderArgs),
     /// Place a stream of claims on a simulated cluster and compare placement policies; no
@@ -42,10 +43,6 @@ pub enum Command {
     /// Print the version.
     Version,
 }
-
-/// Placeholder flags of a role that this build does not contain yet.
-#[derive(Debug, Args)]
-pub struct RoleArgs {}
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

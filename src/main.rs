@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Controller(args) => block_on(args.run()),
-        Command::Agent(_) => not_built("agent"),
+        Command::Agent(args) => block_on(args.run()),
         Command::Extender(args) => block_on(args.run()),
         Command::Crds => stowage::api::crds_yaml()
             .map(|yaml| print!("{yaml}"))
@@ -25,7 +25,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<stowage::simulate::Error>().is_some() {
+            if err.downcast_ref::<stowage::simulate::Error>().is_some()
+                || err.downcast_ref::<stowage::agent::StartError>().is_some()
+            {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::FAILURE
@@ -40,11 +42,4 @@ fn block_on(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(role))
-}
-
-fn not_built(role: &str) -> anyhow::Result<()> {
-    eprintln!(
-        "error: `stowage {role}` is not part of this build yet; only `simulate`, `controller`, `extender`, `crds` and `version` are"
-    );
-    std::process::exit(i32::from(EXIT_USAGE));
 }

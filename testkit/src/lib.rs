@@ -126,6 +126,13 @@
 //! as the real one calls it) and the PV controller's binding, so a test can run the
 //! WaitForFirstConsumer flow end to end: `Scheduler::start(server.client(), config)`.
 //!
+//! # Real processes
+//!
+//! [`e2e`] starts the real `stowage` binary in any role against a [`e2e::Cluster`]: this
+//! in-memory server, or a real cluster when `STOWAGE_E2E_KUBECONFIG` names a kubeconfig.
+//! Processes log to files (printed when the test panics), can be SIGKILLed and restarted,
+//! and are killed when dropped.
+//!
 //! # Fixtures and waiting
 //!
 //! [`fixtures`] has builders for the objects tests create; [`wait_for`] and [`wait_until`]
@@ -149,6 +156,7 @@
 //! ```
 
 mod apiserver;
+pub mod e2e;
 pub mod fixtures;
 pub mod scheduler;
 mod wait;

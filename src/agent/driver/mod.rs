@@ -154,12 +154,6 @@ pub enum VolumeError {
         #[source]
         source: io::Error,
     },
-    /// The pool's driver is not available in this build.
-    #[error("driver {driver} is not available in this build")]
-    Unsupported {
-        /// The configured driver.
-        driver: Driver,
-    },
     /// The volume to act on does not exist.
     #[error("volume directory {path} does not exist")]
     Missing {

@@ -1,0 +1,415 @@
+//! The StorageNode reporter: the agent owns the StorageNode named after its node and keeps
+//! its status current, on every change and as a heartbeat.
+//!
+//! ```text
+//!   every --heartbeat, or woken after a reconcile:
+//!     reload the pool config if the file changed
+//!     probe the pools, scan them for volumes     (blocking, off the async threads)
+//!     status = pool_statuses(reports, this node's LocalVolumes, volumes on disk)
+//!     write it when it changed, or always on a heartbeat; set the gauges
+//! ```
+//!
+//! Volumes on disk without a LocalVolume are counted as orphans and logged once; they are
+//! never deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt as _;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::metrics::Metrics;
+use super::path::VolumeName;
+use super::pool::{PoolConfig, PoolReport};
+use super::pool_set::PoolSet;
+use crate::api::local_volume::LocalVolume;
+use crate::api::names::FIELD_MANAGER_AGENT;
+use crate::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+
+/// What the scan found on one pool's disk: the volume names, or why the pool was not read.
+pub type OnDisk = BTreeMap<String, Vec<VolumeName>>;
+
+/// The pools' status lines from their probes, this node's LocalVolumes and the volumes on
+/// disk. Pure.
+///
+/// `allocated` and `volumes` count every LocalVolume of the pool, also those not made yet
+/// or being deleted: their space is promised. A volume on disk is an orphan when no
+/// LocalVolume of this node has its name, whichever pool that LocalVolume names.
+pub fn pool_statuses<'a>(
+    reports: &[PoolReport],
+    volumes: impl IntoIterator<Item = &'a LocalVolume>,
+    node: &str,
+    on_disk: &OnDisk,
+) -> Vec<PoolStatus> {
+    let mut allocated: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for lv in volumes {
+        if lv.spec.node_name != node {
+            continue;
+        }
+        known.insert(lv.name_any());
+        let entry = allocated.entry(lv.spec.pool.as_str()).or_default();
+        entry.0 = entry.0.saturating_add(lv.spec.size_bytes);
+        entry.1 = entry.1.saturating_add(1);
+    }
+    reports
+        .iter()
+        .map(|r| {
+            let (bytes, count) = allocated.get(r.name.as_str()).copied().unwrap_or_default();
+            let orphans = on_disk.get(r.name.as_str()).map_or(0, |names| {
+                names.iter().filter(|n| !known.contains(n.as_str())).count()
+            });
+            PoolStatus {
+                name: r.name.to_string(),
+                driver: r.driver.to_string(),
+                path: r.path.display().to_string(),
+                capacity_bytes: r.capacity.0,
+                allocatable_bytes: r.capacity.saturating_sub(r.reserve).0,
+                allocated_bytes: bytes,
+                available_bytes: r.available.map_or(0, |b| b.0),
+                volumes: count,
+                orphans: u64::try_from(orphans).unwrap_or(u64::MAX),
+                ready: r.ready,
+                message: r.reason.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The reporter's wiring.
+pub struct Reporter {
+    /// The API client.
+    pub client: Client,
+    /// This node.
+    pub node: String,
+    /// The pools, shared with the reconciler.
+    pub pools: Arc<Mutex<PoolSet>>,
+    /// Where the pool config lives, re-read on every heartbeat.
+    pub config_path: PathBuf,
+    /// The config text the pools were built from.
+    pub config_text: String,
+    /// The reconciler's LocalVolume cache (this node's volumes).
+    pub store: Store<LocalVolume>,
+    /// Metrics to set.
+    pub metrics: Metrics,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+    /// Notified after every reconcile.
+    pub changed: Arc<Notify>,
+    /// Asks the reconciler to look at every volume again (a pool became ready, the config
+    /// changed).
+    pub reconcile_all: mpsc::Sender<()>,
+    /// Set once the first status is written.
+    pub written: watch::Sender<bool>,
+}
+
+/// What the reporter remembers between rounds.
+#[derive(Default)]
+struct Memory {
+    last: Option<StorageNodeStatus>,
+    orphans_logged: BTreeSet<(String, VolumeName)>,
+    bad_config: Option<String>,
+}
+
+impl Reporter {
+    /// Runs until `shutdown` turns true. Waits for the first LocalVolume list before the
+    /// first write, so the first status already counts the allocated space and orphans.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // Polled rather than awaited: `Store::wait_until_ready` wakes only the task that
+        // polled it last, and the controller waits on the same store.
+        loop {
+            if self.store.wait_until_ready().now_or_never().is_some() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+        tracing::debug!(node = %self.node, "LocalVolumes listed; reporting");
+        let mut memory = Memory::default();
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let heartbeat = tokio::select! {
+                _ = tick.tick() => true,
+                () = self.changed.notified() => false,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            if heartbeat {
+                self.reload_config(&mut memory);
+            }
+            self.report(&mut memory, heartbeat).await;
+        }
+    }
+
+    /// Re-reads the pool config; a changed, valid file replaces the pools. An invalid one is
+    /// logged once and the previous pools keep working.
+    fn reload_config(&mut self, memory: &mut Memory) {
+        let text = match std::fs::read_to_string(&self.config_path) {
+            Ok(text) => text,
+            Err(error) => {
+                let note = error.to_string();
+                if memory.bad_config.as_deref() != Some(note.as_str()) {
+                    tracing::warn!(path = %self.config_path.display(), error = %note, "cannot re-read the pool config; keeping the current pools");
+                    memory.bad_config = Some(note);
+                }
+                return;
+            }
+        };
+        if text == self.config_text {
+            return;
+        }
+        match PoolConfig::parse(&text) {
+            Ok(specs) => {
+                let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+                if pools.specs() != specs {
+                    tracing::info!(path = %self.config_path.display(), pools = specs.len(), "pool config changed; reloading the pools");
+                    *pools = PoolSet::new(specs);
+                    drop(pools);
+                    let _ = self.reconcile_all.try_send(());
+                }
+                self.config_text = text;
+                memory.bad_config = None;
+            }
+            Err(error) => {
+                let note = error.to_string();
+                if memory.bad_config.as_deref() != Some(note.as_str()) {
+                    tracing::error!(path = %self.config_path.display(), error = %note, "the changed pool config is not valid; keeping the previous pools until it is fixed");
+                    memory.bad_config = Some(note);
+                }
+            }
+        }
+    }
+
+    async fn report(&self, memory: &mut Memory, heartbeat: bool) {
+        let pools = self.pools.clone();
+        let probed = tokio::task::spawn_blocking(move || {
+            let (became_ready, pools) = {
+                let mut set = pools.lock().unwrap_or_else(|e| e.into_inner());
+                let became_ready = set.refresh();
+                let pools: Vec<_> = set
+                    .pools()
+                    .iter()
+                    .map(|p| (p.report.clone(), p.driver().cloned()))
+                    .collect();
+                (became_ready, pools)
+            };
+            // Scan without holding the lock: the reconciler needs it for every volume.
+            let mut on_disk = OnDisk::new();
+            let mut reports = Vec::new();
+            for (mut report, driver) in pools {
+                if let Some(driver) = driver {
+                    match driver.scan() {
+                        Ok(names) => {
+                            on_disk.insert(report.name.to_string(), names);
+                        }
+                        Err(error) => {
+                            report.ready = false;
+                            report.reason =
+                                Some(format!("cannot list the pool's volumes: {error}"));
+                        }
+                    }
+                }
+                reports.push(report);
+            }
+            (reports, on_disk, became_ready)
+        })
+        .await;
+        let (reports, on_disk, became_ready) = match probed {
+            Ok(probed) => probed,
+            Err(error) => {
+                tracing::warn!(error = %error, "probing the pools failed");
+                return;
+            }
+        };
+        if !became_ready.is_empty() {
+            tracing::info!(pools = ?became_ready, "pools became ready");
+            let _ = self.reconcile_all.try_send(());
+        }
+        tracing::debug!(heartbeat, pools = reports.len(), "pools probed");
+        let volumes = self.store.state();
+        let pools = pool_statuses(&reports, volumes.iter().map(|v| &**v), &self.node, &on_disk);
+        self.log_orphans(memory, &volumes, &on_disk);
+
+        let mut status = StorageNodeStatus {
+            pools,
+            heartbeat_time: None,
+            agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            ..StorageNodeStatus::default()
+        };
+        status.refresh_totals();
+        if !heartbeat && memory.last.as_ref() == Some(&status) {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut written = status.clone();
+        written.heartbeat_time = Some(Timestamp::now().to_string());
+        match self.write(&written).await {
+            Ok(()) => {
+                self.metrics.set_pools(&self.node, &status.pools);
+                let secs = now
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.metrics.heartbeat(&self.node, secs);
+                memory.last = Some(status);
+                self.written.send_replace(true);
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.node, error = %format!("{error:#}"), "cannot write the StorageNode status; retrying on the next heartbeat");
+                memory.last = None;
+            }
+        }
+    }
+
+    fn log_orphans(&self, memory: &mut Memory, volumes: &[Arc<LocalVolume>], on_disk: &OnDisk) {
+        let known: BTreeSet<String> = volumes.iter().map(|v| v.name_any()).collect();
+        let mut seen = BTreeSet::new();
+        for (pool, names) in on_disk {
+            for name in names.iter().filter(|n| !known.contains(n.as_str())) {
+                let key = (pool.clone(), name.clone());
+                if !memory.orphans_logged.contains(&key) {
+                    tracing::warn!(node = %self.node, pool = %pool, volume = %name, "orphaned volume: on disk with no LocalVolume; left in place, remove it by hand if it is not needed");
+                }
+                seen.insert(key);
+            }
+        }
+        memory.orphans_logged = seen;
+    }
+
+    /// Creates the StorageNode if it is missing, then merge-patches its status. Only this
+    /// agent writes the status, so a merge patch cannot clobber anyone.
+    async fn write(&self, status: &StorageNodeStatus) -> anyhow::Result<()> {
+        let api: Api<StorageNode> = Api::all(self.client.clone());
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER_AGENT.to_string()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(json!({ "status": status }));
+        match api.patch_status(&self.node, &params, &patch).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("patching the status of StorageNode {}", self.node)));
+            }
+        }
+        let post = PostParams {
+            field_manager: Some(FIELD_MANAGER_AGENT.to_string()),
+            ..PostParams::default()
+        };
+        match api
+            .create(&post, &StorageNode::new(&self.node, StorageNodeSpec {}))
+            .await
+        {
+            Ok(_) => tracing::info!(node = %self.node, "created the StorageNode"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("creating StorageNode {}", self.node))
+                );
+            }
+        }
+        api.patch_status(&self.node, &params, &patch)
+            .await
+            .map_err(|e| {
+                anyhow::Error::new(e)
+                    .context(format!("patching the status of StorageNode {}", self.node))
+            })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::local_volume::{ClaimRef, LocalVolumeSpec, OnDelete};
+    use crate::ledger::{Bytes, Driver, PoolName};
+
+    const A: &str = "pvc-0f8e4c1a-3b2d-4e5f-8a9b-0c1d2e3f4a5b";
+    const B: &str = "pvc-11111111-2222-4333-8444-555555555555";
+    const C: &str = "pvc-22222222-2222-4333-8444-555555555555";
+
+    fn report(name: &str, ready: bool) -> PoolReport {
+        PoolReport {
+            name: PoolName::from(name),
+            driver: Driver::Hostpath,
+            path: format!("/pools/{name}").into(),
+            ready,
+            reason: (!ready).then(|| "/pools/x does not exist".to_string()),
+            capacity: if ready { Bytes(1000) } else { Bytes::ZERO },
+            available: ready.then_some(Bytes(700)),
+            reserve: if ready { Bytes(100) } else { Bytes::ZERO },
+        }
+    }
+
+    fn lv(name: &str, node: &str, pool: &str, size: u64) -> LocalVolume {
+        LocalVolume::new(
+            name,
+            LocalVolumeSpec {
+                node_name: node.into(),
+                pool: pool.into(),
+                size_bytes: size,
+                claim: ClaimRef::default(),
+                on_delete: OnDelete::Delete,
+            },
+        )
+    }
+
+    #[test]
+    fn pools_report_capacity_allocation_and_orphans() {
+        let volumes = [
+            lv(A, "n1", "fast", 300),
+            lv(B, "n1", "fast", 50),
+            lv(C, "n2", "fast", 999),
+        ];
+        let mut on_disk = OnDisk::new();
+        on_disk.insert(
+            "fast".into(),
+            vec![VolumeName::parse(A).unwrap(), VolumeName::parse(C).unwrap()],
+        );
+        let got = pool_statuses(
+            &[report("fast", true), report("slow", false)],
+            volumes.iter(),
+            "n1",
+            &on_disk,
+        );
+        assert_eq!(got.len(), 2);
+        let fast = &got[0];
+        assert_eq!(fast.name, "fast");
+        assert_eq!(fast.driver, "hostpath");
+        assert_eq!(fast.path, "/pools/fast");
+        assert_eq!(fast.capacity_bytes, 1000);
+        assert_eq!(fast.allocatable_bytes, 900);
+        assert_eq!(fast.allocated_bytes, 350, "only this node's volumes count");
+        assert_eq!(fast.available_bytes, 700);
+        assert_eq!(fast.volumes, 2);
+        assert_eq!(
+            fast.orphans, 1,
+            "C belongs to another node, so here it is an orphan"
+        );
+        assert!(fast.ready);
+        assert_eq!(fast.message, None);
+        let slow = &got[1];
+        assert!(!slow.ready);
+        assert_eq!(slow.message.as_deref(), Some("/pools/x does not exist"));
+        assert_eq!((slow.capacity_bytes, slow.volumes, slow.orphans), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_volume_is_not_an_orphan_whichever_pool_its_object_names() {
+        let volumes = [lv(A, "n1", "slow", 1)];
+        let mut on_disk = OnDisk::new();
+        on_disk.insert("fast".into(), vec![VolumeName::parse(A).unwrap()]);
+        let got = pool_statuses(&[report("fast", true)], volumes.iter(), "n1", &on_disk);
+        assert_eq!(got[0].orphans, 0);
+        assert_eq!(got[0].volumes, 0);
+    }
+}

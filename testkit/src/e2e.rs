@@ -1,0 +1,410 @@
+//! Running the real `stowage` binary in tests: a [`Cluster`] to talk to and [`Role`]
+//! processes that can be killed and restarted.
+//!
+//! ```text
+//!   Cluster::start()   STOWAGE_E2E_KUBECONFIG unset: an in-memory ApiServer + its kubeconfig
+//!                      STOWAGE_E2E_KUBECONFIG=FILE: the real cluster FILE points at
+//!   cluster.role(bin, "agent-n1").arg(..).env(..).spawn()
+//!        │   stdout + stderr appended to <tempdir>/agent-n1.log, printed if the test panics
+//!        ├── kill()      SIGKILL, as a node crash or OOM kill does
+//!        ├── restart()   same args and env, same log file
+//!        └── drop        SIGKILL and reap: no stray processes, even when the test fails
+//! ```
+//!
+//! The binary's path comes from the test (`env!("CARGO_BIN_EXE_stowage")` exists only in
+//! the stowage package's integration tests and benches). Against a real cluster only the
+//! stowage processes run here; tests must then use names that cannot collide with what
+//! the cluster already holds ([`Cluster::unique`]) and clean up what they create.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+
+use crate::ApiServer;
+
+/// The environment variable that switches the e2e tests to a real cluster: the path of a
+/// kubeconfig.
+pub const REAL_CLUSTER_ENV: &str = "STOWAGE_E2E_KUBECONFIG";
+
+/// The API server the e2e tests run against, with a scratch directory for kubeconfig,
+/// logs and test files. Dropping it stops the in-memory server and removes the directory.
+pub struct Cluster {
+    server: Option<ApiServer>,
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// The cluster named by [`REAL_CLUSTER_ENV`], or else a fresh in-memory [`ApiServer`].
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("stowage-e2e-").tempdir()?;
+        match std::env::var_os(REAL_CLUSTER_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => {
+                let kubeconfig = PathBuf::from(path);
+                let config =
+                    kube::config::Kubeconfig::read_from(&kubeconfig).with_context(|| {
+                        format!("reading {REAL_CLUSTER_ENV}={}", kubeconfig.display())
+                    })?;
+                let config = kube::Config::from_custom_kubeconfig(
+                    config,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .with_context(|| format!("loading {}", kubeconfig.display()))?;
+                let client = kube::Client::try_from(config)?;
+                Ok(Cluster {
+                    server: None,
+                    client,
+                    kubeconfig,
+                    dir,
+                })
+            }
+            None => {
+                let server = ApiServer::start().await?;
+                let kubeconfig = dir.path().join("kubeconfig");
+                server.write_kubeconfig(&kubeconfig)?;
+                Ok(Cluster {
+                    client: server.client(),
+                    server: Some(server),
+                    kubeconfig,
+                    dir,
+                })
+            }
+        }
+    }
+
+    /// A client for the test itself.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The kubeconfig the processes get (`--kubeconfig`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The in-memory server, for fault injection and request counts; `None` on a real
+    /// cluster, so tests that need it can skip with a reason.
+    pub fn server(&self) -> Option<&ApiServer> {
+        self.server.as_ref()
+    }
+
+    /// Whether this is a real cluster.
+    pub fn is_real(&self) -> bool {
+        self.server.is_none()
+    }
+
+    /// The scratch directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `prefix-<random>`: on a real cluster, names that cannot collide with earlier runs; on
+    /// the in-memory one, harmless.
+    pub fn unique(&self, prefix: &str) -> String {
+        format!("{prefix}-{:08x}", fastrand::u32(..))
+    }
+
+    /// Creates the CRDs that do not exist yet and waits until each is served.
+    pub async fn install_crds(
+        &self,
+        crds: impl IntoIterator<Item = CustomResourceDefinition>,
+    ) -> anyhow::Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            match api.create(&PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
+            }
+            let version = crd
+                .spec
+                .versions
+                .iter()
+                .find(|v| v.served)
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            let gvk = GroupVersionKind::gvk(&crd.spec.group, &version, &crd.spec.names.kind);
+            let resource = ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural);
+            let dynamic: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            crate::wait_for(
+                Duration::from_secs(30),
+                &format!("CRD {name} is served"),
+                || async { dynamic.list(&ListParams::default().limit(1)).await.is_ok() },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A process of `binary` to configure and [`RoleBuilder::spawn`], logging into
+    /// `<dir>/<name>.log`. `--kubeconfig` is not added: roles take it as a flag of their
+    /// own subcommand, so pass [`Cluster::kubeconfig`] where it belongs.
+    pub fn role(&self, binary: impl AsRef<Path>, name: &str) -> RoleBuilder {
+        RoleBuilder {
+            name: name.to_string(),
+            binary: binary.as_ref().to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+            log: self.dir.path().join(format!("{name}.log")),
+        }
+    }
+}
+
+/// A random version-4-shaped UUID in lowercase, e.g. for `pvc-<uuid>` volume names.
+pub fn random_uuid() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// How to start a [`Role`].
+#[derive(Clone, Debug)]
+pub struct RoleBuilder {
+    name: String,
+    binary: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    log: PathBuf,
+}
+
+impl RoleBuilder {
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// Adds several arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// Starts the process.
+    pub fn spawn(self) -> anyhow::Result<Role> {
+        let mut role = Role {
+            spec: self,
+            child: None,
+            starts: 0,
+        };
+        role.start()?;
+        Ok(role)
+    }
+}
+
+/// A running (or killed) stowage process. Dropping it kills it with SIGKILL and reaps it;
+/// if the test is panicking, its log is printed first.
+#[derive(Debug)]
+pub struct Role {
+    spec: RoleBuilder,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Role {
+    fn start(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spec.log)
+            .with_context(|| format!("opening {}", self.spec.log.display()))?;
+        writeln!(
+            log,
+            "=== start {} of {}: {} {:?}",
+            self.starts,
+            self.spec.name,
+            self.spec.binary.display(),
+            self.spec.args
+        )?;
+        let stderr: File = log.try_clone()?;
+        let mut cmd = Command::new(&self.spec.binary);
+        cmd.args(&self.spec.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr));
+        for (k, v) in &self.spec.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} ({})",
+                self.spec.name,
+                self.spec.binary.display()
+            )
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The process name given to [`Cluster::role`].
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up, as in a node crash) and reaps
+    /// it. Killing a stopped process does nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process if it runs and starts it again with the same arguments,
+    /// environment and log file.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.start()
+    }
+
+    /// The exit status if the process has ended by itself; `None` while it runs.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits (bounded) for the process to end by itself and returns its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let what = format!("{} exits", self.spec.name);
+        crate::wait_until(timeout, &what, || {
+            let status = self.try_exit();
+            async move { status }
+        })
+        .await
+    }
+
+    /// Everything the process printed so far, over all its starts.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.spec.log).unwrap_or_default()
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.spec.log
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} ({}) -----\n{}----- end of log of {} -----",
+                self.spec.name,
+                self.spec.log.display(),
+                self.logs(),
+                self.spec.name
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_role_logs_to_its_file_and_survives_kill_and_restart() {
+        let cluster = Cluster::start().await.unwrap();
+        if cluster.is_real() {
+            return; // The self-test needs no cluster; skip the duplicate run.
+        }
+        let mut role = cluster
+            .role("/bin/sh", "sleeper")
+            .arg("-c")
+            .arg("echo started $GREETING; exec sleep 60")
+            .env("GREETING", "hello")
+            .spawn()
+            .unwrap();
+        crate::wait_for(
+            Duration::from_secs(5),
+            "the first line is logged",
+            || async { role.logs().contains("started hello") },
+        )
+        .await
+        .unwrap();
+        let first = role.pid().unwrap();
+        assert!(role.try_exit().is_none());
+        role.restart().unwrap();
+        assert_ne!(role.pid().unwrap(), first);
+        crate::wait_for(
+            Duration::from_secs(5),
+            "the second start is logged",
+            || async { role.logs().matches("started hello").count() == 2 },
+        )
+        .await
+        .unwrap();
+        assert!(role.logs().contains("=== start 2 of sleeper"));
+        role.kill();
+        assert_eq!(role.pid(), None);
+        // The process is really gone: /proc has no entry for it.
+        assert!(!Path::new(&format!("/proc/{first}")).exists());
+    }
+
+    #[test]
+    fn random_uuids_are_shaped_8_4_4_4_12_and_differ() {
+        let a = random_uuid();
+        let lens: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(lens, [8, 4, 4, 4, 12], "{a}");
+        assert!(
+            a.chars()
+                .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, random_uuid());
+    }
+
+    #[tokio::test]
+    async fn wait_exit_reports_how_a_process_ended() {
+        let cluster = Cluster::start().await.unwrap();
+        let mut role = cluster
+            .role("/bin/sh", "failing")
+            .arg("-c")
+            .arg("echo bad config >&2; exit 3")
+            .spawn()
+            .unwrap();
+        let status = role.wait_exit(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(role.logs().contains("bad config"));
+    }
+}
