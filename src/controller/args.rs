@@ -180,9 +180,10 @@ impl ControllerArgs {
     /// Called before any API I/O, so a bad configuration stops the process at once.
     pub fn nfs_config(&self) -> anyhow::Result<Option<NfsConfig>> {
         let config = match &self.nfs_config {
-            Some(path) => Some(NfsConfig::load_file(path).with_context(|| {
-                format!("loading --nfs-config {}", path.display())
-            })?),
+            Some(path) => Some(
+                NfsConfig::load_file(path)
+                    .with_context(|| format!("loading --nfs-config {}", path.display()))?,
+            ),
             None => NfsConfig::from_process_env(&self.nfs_mount_base)
                 .context("reading the NFS environment (NFS_SERVER, NFS_PATH, PROVISIONER_NAME)")?,
         };

@@ -25,8 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{
-    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeSpec,
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -46,8 +45,8 @@ use crate::api::local_volume::OnDelete;
 use crate::api::{names, reasons};
 use crate::ledger::Bytes;
 use crate::nfs::{
-    ClaimName, NfsCluster, NfsClassParams, NfsConfig, NfsError, NfsMetrics, NfsServerState,
-    Placement, capacity,
+    Allocation, ClaimName, NfsClassParams, NfsCluster, NfsConfig, NfsError, NfsMetrics,
+    NfsServerState, Placement, capacity,
 };
 
 /// How often server capacity is measured and the ring rebuilt.
@@ -126,20 +125,54 @@ impl Nfs {
         self.metrics.update(cluster.states());
     }
 
-    /// Measures every server now (PV sums from the API, statvfs of each mount with
-    /// [`PROBE_TIMEOUT`]) and rebuilds the ring if the weights changed.
+    /// Measures every server now (statvfs of each mount with [`PROBE_TIMEOUT`], then PV
+    /// sums from the API) and rebuilds the ring if the weights changed.
+    ///
+    /// The PVs are listed and the allocations replaced under the placement lock, and a
+    /// placement holds that lock until its PV exists, so a refresh never forgets a volume
+    /// just placed (which would let the next placements overfill its server).
     pub async fn refresh(&self, client: &kube::Client) -> Result<()> {
-        let provisioner = self.provisioner();
         let cluster = self.snapshot();
+        let servers = &cluster.config().servers;
+        let mut states: Vec<NfsServerState> = Vec::with_capacity(servers.len());
+        for spec in servers {
+            let none = Allocation::default();
+            let probe = {
+                let spec = spec.clone();
+                tokio::task::spawn_blocking(move || capacity::probe(&spec, none))
+            };
+            let state = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(state)) => state,
+                Ok(Err(join)) => NfsServerState::unreachable(
+                    spec,
+                    none,
+                    format!("statvfs of the mount failed: {join}"),
+                ),
+                Err(_) => NfsServerState::unreachable(
+                    spec,
+                    none,
+                    format!(
+                        "statvfs of the mount {} did not answer within {}s; is the server up?",
+                        spec.mount.display(),
+                        PROBE_TIMEOUT.as_secs()
+                    ),
+                ),
+            };
+            states.push(state);
+        }
+
+        let _placing = self.placing.lock().await;
+        let provisioner = cluster.config().provisioner_name.as_str();
         let pvs: Api<PersistentVolume> = Api::all(client.clone());
-        let list = pvs
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::api("list", "PersistentVolume", "(all)"))?;
+        let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
+            "list",
+            "PersistentVolume",
+            "(all)",
+        ))?;
         let ours: Vec<(String, String, Bytes)> = list
             .items
             .iter()
-            .filter(|pv| provisioned_by(pv) == Some(provisioner.as_str()))
+            .filter(|pv| provisioned_by(pv) == Some(provisioner))
             .filter_map(|pv| {
                 let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
                 Some((
@@ -149,40 +182,16 @@ impl Nfs {
                 ))
             })
             .collect();
-        let servers = &cluster.config().servers;
         let (allocations, strays) = capacity::tally(
             servers,
-            ours.iter()
-                .map(|(a, p, s)| (a.as_str(), p.as_str(), *s)),
+            ours.iter().map(|(a, p, s)| (a.as_str(), p.as_str(), *s)),
         );
         for stray in &strays {
             tracing::warn!(error = %stray, "NFS PersistentVolume of no configured server");
         }
-        let mut states: Vec<NfsServerState> = Vec::with_capacity(servers.len());
-        for (i, spec) in servers.iter().enumerate() {
-            let allocation = allocations.get(i).copied().unwrap_or_default();
-            let probe = {
-                let spec = spec.clone();
-                tokio::task::spawn_blocking(move || capacity::probe(&spec, allocation))
-            };
-            let state = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-                Ok(Ok(state)) => state,
-                Ok(Err(join)) => NfsServerState::unreachable(
-                    spec,
-                    allocation,
-                    format!("statvfs of the mount failed: {join}"),
-                ),
-                Err(_) => NfsServerState::unreachable(
-                    spec,
-                    allocation,
-                    format!(
-                        "statvfs of the mount {} did not answer within {}s; is the server up?",
-                        spec.mount.display(),
-                        PROBE_TIMEOUT.as_secs()
-                    ),
-                ),
-            };
-            states.push(state);
+        for (state, allocation) in states.iter_mut().zip(allocations) {
+            state.allocated = allocation.bytes;
+            state.volumes = allocation.volumes;
         }
         self.update(move |c| c.refresh(states).map(|_| ()));
         Ok(())
@@ -394,10 +403,10 @@ pub async fn reconcile_claim(
     let object = claim_ref(claim);
     ctx.seen_with_node(&uid);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    if let Some(pv) = pvs
-        .get_opt(&name)
-        .await
-        .map_err(Error::api("get", "PersistentVolume", &name))?
+    if let Some(pv) =
+        pvs.get_opt(&name)
+            .await
+            .map_err(Error::api("get", "PersistentVolume", &name))?
     {
         return adopt(&pv, claim, &name, nfs).await;
     }
@@ -423,10 +432,8 @@ pub async fn reconcile_claim(
         Ok(p) => p,
         Err(e) => return refuse(e.to_string()).await,
     };
-    let claim_name = match ClaimName::new(
-        &claim.namespace().unwrap_or_default(),
-        &claim.name_any(),
-    ) {
+    let claim_name = match ClaimName::new(&claim.namespace().unwrap_or_default(), &claim.name_any())
+    {
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()).await,
     };
@@ -466,8 +473,6 @@ pub async fn reconcile_claim(
         c.note_provisioned(placement.server, size);
         Ok(())
     });
-    drop(placing);
-    nfs.refresh_now.notify_one();
     tracing::info!(
         claim = %claim_key(claim),
         server = %placement.server_name,
@@ -496,18 +501,29 @@ pub async fn reconcile_claim(
         )
         .await;
 
-    let pv = persistent_volume(claim, class, &placement, size, params.on_delete, &provisioner);
+    let pv = persistent_volume(
+        claim,
+        class,
+        &placement,
+        size,
+        params.on_delete,
+        &provisioner,
+    );
     let pp = PostParams {
         field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
         ..PostParams::default()
     };
-    match pvs.create(&pp, &pv).await {
+    let created = pvs.create(&pp, &pv).await;
+    // The PV (or the failure) is in: a refresh may now count volumes again.
+    drop(placing);
+    nfs.refresh_now.notify_one();
+    match created {
         Ok(_) => {}
         Err(e) if is_status(&e, 409) => {
-            let existing = pvs
-                .get(&name)
-                .await
-                .map_err(Error::api("get", "PersistentVolume", &name))?;
+            let existing =
+                pvs.get(&name)
+                    .await
+                    .map_err(Error::api("get", "PersistentVolume", &name))?;
             return adopt(&existing, claim, &name, nfs).await;
         }
         Err(e) => {
@@ -639,10 +655,11 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
     // A claim re-created under the same name gets its old directory back; never remove a
     // directory another live PV of ours still points at.
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let list = pvs
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::api("list", "PersistentVolume", "(all)"))?;
+    let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
+        "list",
+        "PersistentVolume",
+        "(all)",
+    ))?;
     let shared = list.items.iter().find(|other| {
         other.metadata.uid != pv.metadata.uid
             && other.metadata.deletion_timestamp.is_none()
@@ -684,8 +701,9 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
             }
         }
     }
+    delete_pv(pv, ctx).await?;
     nfs.refresh_now.notify_one();
-    delete_pv(pv, ctx).await
+    Ok(())
 }
 
 async fn delete_pv(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
