@@ -39,7 +39,7 @@ pub enum Error {
         object: String,
         /// Why.
         #[source]
-        source: crate::nfs::NfsError,
+        source: Box<crate::nfs::NfsError>,
     },
     /// The cluster index has not finished its first list; nothing is decided on a partial view.
     #[error("the cluster index is still loading: {0}")]

@@ -451,7 +451,7 @@ pub async fn reconcile_claim(
             ctx.metrics.provisions.with_label_values(&["failed"]).inc();
             let error = Error::Nfs {
                 object: claim_key(claim),
-                source,
+                source: Box::new(source),
             };
             nfs.recorder
                 .record(
@@ -690,7 +690,7 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
             Ok(Err(source)) => {
                 return Err(Error::Nfs {
                     object: format!("PersistentVolume {name}"),
-                    source,
+                    source: Box::new(source),
                 });
             }
             Err(join) => {
