@@ -653,7 +653,10 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
         OnDelete::Retain
     });
     // A claim re-created under the same name gets its old directory back; never remove a
-    // directory another live PV of ours still points at.
+    // directory another live PV of ours still points at. The placement lock makes the
+    // check and the removal atomic with respect to a placement (which holds it from the
+    // directory lookup until its PV exists).
+    let placing = nfs.placing.lock().await;
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
         "list",
@@ -701,6 +704,7 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
             }
         }
     }
+    drop(placing);
     delete_pv(pv, ctx).await?;
     nfs.refresh_now.notify_one();
     Ok(())
