@@ -200,7 +200,7 @@ impl ControllerArgs {
             );
         }
         if config.verbose {
-            tracing::info!("LOG=true: set RUST_LOG=debug for verbose logs");
+            tracing::debug!("LOG=true: stowage logs at debug unless RUST_LOG says otherwise");
         }
         let servers: Vec<String> = config
             .servers
