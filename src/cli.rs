@@ -54,7 +54,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags that control logging; `RUST_LOG` sets levels (default `info`).
+/// Flags that control logging; `RUST_LOG` sets levels (default `info`, or `info` with
+/// stowage's own logs at `debug` when the NFS source design's `LOG=true` is set).
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log format: text (alias plain) or json. Logs go to stderr.
@@ -72,7 +73,16 @@ impl LogArgs {
     /// Installs the global tracing subscriber.
     pub fn init(&self) {
         use tracing_subscriber::EnvFilter;
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let verbose = std::env::var(crate::nfs::config::ENV_LOG)
+            .ok()
+            .and_then(|v| crate::nfs::config::parse_go_bool(&v))
+            .unwrap_or(false);
+        let default = if verbose {
+            "info,stowage=debug"
+        } else {
+            "info"
+        };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

@@ -48,6 +48,16 @@ pub const PROVISIONER_LOCAL: &str = "local.stowage.io";
 /// Provisioner name of volumes on the NFS servers: a StorageClass's `provisioner` field.
 pub const PROVISIONER_NFS: &str = "nfs.stowage.io";
 
+/// Annotation on every PersistentVolume of [`PROVISIONER_NFS`]: what happens to the claim's
+/// directory when the PV is deleted (`delete`, `archive` or `retain`), recorded from the
+/// class when the PV is made, so deletion never depends on a class that changed or went.
+pub const ANNOTATION_NFS_ON_DELETE: &str = "stowage.io/nfs-on-delete";
+
+/// Annotation on every PersistentVolume of [`PROVISIONER_NFS`]: the configured name of the
+/// NFS server holding its directory (for people and metrics; deletion locates the
+/// directory from `spec.nfs` itself).
+pub const ANNOTATION_NFS_SERVER: &str = "stowage.io/nfs-server";
+
 /// Field manager of every write the node agent makes (StorageNode status, LocalVolume
 /// status, finalizer removal). One manager per role keeps server-side apply ownership clear.
 pub const FIELD_MANAGER_AGENT: &str = "stowage-agent";

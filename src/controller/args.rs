@@ -16,6 +16,7 @@ use crate::cache::ClusterIndex;
 use crate::cache::watch::{Readiness, run_watchers};
 use crate::leader::{LeaderArgs, LeaderMetrics};
 use crate::ledger::FitOptions;
+use crate::nfs::NfsConfig;
 
 /// Flags of `stowage controller`.
 #[derive(Debug, Args)]
@@ -45,6 +46,17 @@ pub struct ControllerArgs {
     /// Objects each reconciler (claims, PersistentVolumes, LocalVolumes) works on in parallel.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), env = "STOWAGE_WORKERS")]
     pub workers: u16,
+    /// NFS cluster mode: YAML file listing the NFS servers (see `stowage::nfs::config`).
+    /// Without it, the source design's environment (PROVISIONER_NAME, NFS_SERVER, NFS_PATH,
+    /// LOG) is read; with neither, NFS provisioning is off.
+    #[arg(long, env = "STOWAGE_NFS_CONFIG")]
+    pub nfs_config: Option<PathBuf>,
+
+    /// Where the exports are mounted in environment mode: server `<address>` at
+    /// `<base>/<address>` (the source design's `/persistent-volumes/<server>`).
+    #[arg(long, default_value = crate::nfs::config::DEFAULT_MOUNT_BASE, env = "STOWAGE_NFS_MOUNT_BASE")]
+    pub nfs_mount_base: PathBuf,
+
     /// Leader election among the replicas: only the Lease holder provisions; every replica
     /// serves the extender and metrics.
     #[command(flatten)]
@@ -61,6 +73,7 @@ impl ControllerArgs {
         self.leader
             .config()
             .context("checking the --leader-elect-* flags")?;
+        let nfs_config = self.nfs_config()?;
         let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
         let registry = Registry::new();
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
@@ -76,8 +89,15 @@ impl ControllerArgs {
             .start(client.clone(), leader_metrics)
             .context("starting leader election")?;
         let lost = leader.lost();
+        let nfs = match nfs_config {
+            Some(config) => Some(Arc::new(
+                super::nfs::Nfs::new(config, client.clone(), instance_name(), &registry)
+                    .context("starting NFS cluster mode")?,
+            )),
+            None => None,
+        };
         let served = tokio::select! {
-            served = self.serve(client, registry, index, extender, leader.subscribe()) => served,
+            served = self.serve(client, registry, index, extender, leader.subscribe(), nfs) => served,
             () = lost => Err(anyhow::anyhow!(
                 "lost the leader Lease; exiting so that this replica restarts as a follower"
             )),
@@ -95,6 +115,7 @@ impl ControllerArgs {
         index: Arc<RwLock<ClusterIndex>>,
         extra_routes: Router,
         leader: watch::Receiver<bool>,
+        nfs: Option<Arc<super::nfs::Nfs>>,
     ) -> anyhow::Result<()> {
         let Self {
             listen,
@@ -103,6 +124,8 @@ impl ControllerArgs {
             provisioner_name,
             node_gone_grace,
             workers,
+            nfs_config: _,
+            nfs_mount_base: _,
             leader: _,
         } = self;
         let ready = Readiness::new();
@@ -117,14 +140,18 @@ impl ControllerArgs {
             concurrency: workers,
             instance: instance_name(),
         };
-        let ctx = Arc::new(Context::new(
+        let mut ctx = Context::new(
             client.clone(),
             index.clone(),
             ready.clone(),
             config,
             metrics,
             leader,
-        ));
+        );
+        if let Some(nfs) = nfs {
+            ctx = ctx.with_nfs(nfs);
+        }
+        let ctx = Arc::new(ctx);
         let app = extra_routes
             .merge(crate::serve::health_routes(ready.clone()))
             .merge(crate::serve::metrics_routes(registry));
@@ -144,6 +171,48 @@ impl ControllerArgs {
         watchers.abort();
         tracing::info!("stopped");
         served
+    }
+}
+
+impl ControllerArgs {
+    /// The NFS configuration from `--nfs-config` or the source design's environment,
+    /// validated and with every mount checked; `None` when NFS mode is not configured.
+    /// Called before any API I/O, so a bad configuration stops the process at once.
+    pub fn nfs_config(&self) -> anyhow::Result<Option<NfsConfig>> {
+        let config = match &self.nfs_config {
+            Some(path) => Some(
+                NfsConfig::load_file(path)
+                    .with_context(|| format!("loading --nfs-config {}", path.display()))?,
+            ),
+            None => NfsConfig::from_process_env(&self.nfs_mount_base)
+                .context("reading the NFS environment (NFS_SERVER, NFS_PATH, PROVISIONER_NAME)")?,
+        };
+        let Some(config) = config else {
+            tracing::info!("NFS provisioning off: no --nfs-config and no NFS_SERVER");
+            return Ok(None);
+        };
+        config.check_mounts().context("checking the NFS mounts")?;
+        if config.provisioner_name == self.provisioner_name {
+            anyhow::bail!(
+                "the NFS provisioner name {:?} equals --provisioner-name of node-local \
+                 volumes; give them different names",
+                config.provisioner_name
+            );
+        }
+        if config.verbose {
+            tracing::debug!("LOG=true: stowage logs at debug unless RUST_LOG says otherwise");
+        }
+        let servers: Vec<String> = config
+            .servers
+            .iter()
+            .map(|s| format!("{}={}:{}", s.name, s.address, s.export))
+            .collect();
+        tracing::info!(
+            provisioner = %config.provisioner_name,
+            servers = %servers.join(", "),
+            "NFS provisioning on"
+        );
+        Ok(Some(config))
     }
 }
 

@@ -237,6 +237,11 @@ pub fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectReference {
 
 /// Reconciles one claim.
 pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(nfs) = &ctx.nfs
+        && let Some(class) = super::nfs::our_class(&claim, &ctx, nfs)
+    {
+        return super::nfs::reconcile_claim(&claim, &class, &ctx, nfs).await;
+    }
     let Some(class) = our_class(&claim, &ctx) else {
         return Ok(Action::await_change());
     };

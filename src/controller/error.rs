@@ -32,6 +32,15 @@ pub enum Error {
         /// The uid it should have been made for.
         uid: String,
     },
+    /// An NFS provisioning or deletion step failed on `object` (a claim or a PV).
+    #[error("NFS volume of {object}")]
+    Nfs {
+        /// The claim (`namespace/name`) or PersistentVolume.
+        object: String,
+        /// Why.
+        #[source]
+        source: Box<crate::nfs::NfsError>,
+    },
     /// The cluster index has not finished its first list; nothing is decided on a partial view.
     #[error("the cluster index is still loading: {0}")]
     NotSynced(String),
@@ -46,6 +55,7 @@ impl Error {
         match self {
             Error::Api { .. } | Error::NotSynced(_) => reasons::PROVISIONING_FAILED,
             Error::NotOurs { .. } => reasons::PROVISIONING_FAILED,
+            Error::Nfs { source, .. } => source.reason(),
         }
     }
 
@@ -55,6 +65,7 @@ impl Error {
         match self {
             Error::Api { .. } | Error::NotSynced(_) => true,
             Error::NotOurs { .. } => false,
+            Error::Nfs { source, .. } => source.is_transient(),
         }
     }
 

@@ -46,6 +46,7 @@ pub mod error;
 pub mod events;
 pub mod expand;
 pub mod metrics;
+pub mod nfs;
 pub mod release;
 pub mod volume;
 
@@ -109,6 +110,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// `true` while this replica holds the lease.
     pub leader: watch::Receiver<bool>,
+    /// NFS cluster mode, when configured ([`Context::with_nfs`]).
+    pub nfs: Option<Arc<nfs::Nfs>>,
     node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<String, u32>>,
     first_seen: Mutex<HashMap<String, Instant>>,
@@ -154,11 +157,18 @@ impl Context {
             metrics,
             recorder,
             leader,
+            nfs: None,
             node_locks: Mutex::default(),
             failures: Mutex::default(),
             first_seen: Mutex::default(),
             gone_since: Mutex::default(),
         }
+    }
+
+    /// Turns on NFS cluster mode: claims of `nfs`'s provisioner name are served too.
+    pub fn with_nfs(mut self, nfs: Arc<nfs::Nfs>) -> Self {
+        self.nfs = Some(nfs);
+        self
     }
 
     /// Whether this replica may write.
@@ -328,10 +338,17 @@ where
     Ok(action)
 }
 
-/// Runs the three reconcilers until they end (they retry forever, so: until the task is
-/// dropped). The caller runs `cache::watch::run_watchers` on `ctx.index` beside it.
+/// Runs the three reconcilers (and, with NFS on, the NFS capacity refresh) until they end
+/// (they retry forever, so: until the task is dropped). The caller runs
+/// `cache::watch::run_watchers` on `ctx.index` beside it.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    let nfs_refresh = async {
+        match ctx.nfs.clone() {
+            Some(nfs) => nfs.refresh_loop(client.clone()).await,
+            None => futures::future::pending().await,
+        }
+    };
     let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
 
     let claims = Controller::new(
@@ -409,5 +426,5 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .for_each(|_| futures::future::ready(()));
 
-    futures::join!(claims, volumes, orphans);
+    futures::join!(claims, volumes, orphans, nfs_refresh);
 }

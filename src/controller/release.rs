@@ -84,6 +84,11 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
         .annotations
         .as_ref()
         .and_then(|a| a.get(names::ANNOTATION_PROVISIONED_BY));
+    if let Some(nfs) = &ctx.nfs
+        && provisioned_by.is_some_and(|p| *p == nfs.provisioner())
+    {
+        return super::nfs::reconcile_volume(&pv, &ctx, nfs).await;
+    }
     if provisioned_by != Some(&ctx.config.provisioner) {
         return Ok(Action::await_change());
     }

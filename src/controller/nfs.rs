@@ -1,0 +1,864 @@
+//! NFS cluster mode inside `stowage controller`: claims of `nfs.stowage.io` classes get a
+//! directory on one of the configured NFS servers (see [`crate::nfs`]) and a PV with an
+//! `nfs` source; released PVs have their directory deleted, archived or kept.
+//!
+//! ```text
+//!   claim of an NFS class, provisioner annotation names us (Immediate or WFFC alike)
+//!     PV pvc-<uid> exists ──────────────▶ wait for the PV controller to bind
+//!     unsupported request / bad class ──▶ ProvisioningFailed, no hot retry
+//!     otherwise ────────────────────────▶ NfsCluster::provision (blocking, serialised)
+//!                                         ─▶ PV pvc-<uid> (nfs, pre-bound, finalizer)
+//!   PV of ours, Delete, Released ───────▶ NfsCluster::delete per stowage.io/nfs-on-delete
+//!                                         ─▶ delete the PV, remove our finalizer
+//!   PV of ours, Retain ─────────────────▶ drop our finalizer; the directory stays
+//!   every 30 s and after a provision ───▶ tally PVs, statvfs each mount (timeout),
+//!                                         refresh the ring, update stowage_nfs_* gauges
+//! ```
+//!
+//! The selected node of a WaitForFirstConsumer claim is ignored for placement: an NFS
+//! export is reachable from every node. Placements are serialised, and each is counted at
+//! once ([`NfsCluster::note_provisioned`]), so a burst of claims is spread by bounded loads
+//! rather than all sent to the server that looked emptiest at the last refresh.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use prometheus::Registry;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::claim::{claim_ref, names_provisioner};
+use super::error::{Error, Result, is_status};
+use super::events::{EventType, Recorder};
+use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
+use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
+use crate::api::local_volume::OnDelete;
+use crate::api::{names, reasons};
+use crate::ledger::Bytes;
+use crate::nfs::{
+    Allocation, ClaimName, NfsClassParams, NfsCluster, NfsConfig, NfsError, NfsMetrics,
+    NfsServerState, Placement, capacity,
+};
+
+/// How often server capacity is measured and the ring rebuilt.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// How long one server's statvfs may take before it counts as unreachable (a hung NFS
+/// mount blocks in the kernel; the blocking thread is left behind, the loop goes on).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Access modes an NFS volume supports: every one, since every node can mount it.
+pub const NFS_ACCESS_MODES: [&str; 4] = [
+    "ReadWriteOnce",
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOncePod",
+];
+
+/// The NFS side of the controller: the servers, the ring, and its metrics.
+pub struct Nfs {
+    cluster: RwLock<Arc<NfsCluster>>,
+    metrics: NfsMetrics,
+    recorder: Recorder,
+    /// Serialises placements, so each sees the previous one's allocation.
+    placing: tokio::sync::Mutex<()>,
+    refresh_now: Notify,
+}
+
+impl std::fmt::Debug for Nfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nfs")
+            .field("provisioner", &self.provisioner())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nfs {
+    /// The NFS side over `config` (already checked, mounts included), with its metrics on
+    /// `registry` and Events reported as the NFS provisioner name from `instance`.
+    pub fn new(
+        config: NfsConfig,
+        client: kube::Client,
+        instance: impl Into<String>,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
+        let recorder = Recorder::new(client, config.provisioner_name.clone(), instance);
+        let cluster = NfsCluster::new(config)?;
+        let metrics = NfsMetrics::register(registry)?;
+        metrics.update(cluster.states());
+        Ok(Self {
+            cluster: RwLock::new(Arc::new(cluster)),
+            metrics,
+            recorder,
+            placing: tokio::sync::Mutex::new(()),
+            refresh_now: Notify::new(),
+        })
+    }
+
+    /// The provisioner name of NFS classes.
+    pub fn provisioner(&self) -> String {
+        self.snapshot().config().provisioner_name.clone()
+    }
+
+    /// The current cluster (servers, states, ring).
+    pub fn snapshot(&self) -> Arc<NfsCluster> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut NfsCluster) -> std::result::Result<(), NfsError>) {
+        let mut guard = self.cluster.write().unwrap_or_else(|e| e.into_inner());
+        let cluster = Arc::make_mut(&mut guard);
+        if let Err(error) = f(cluster) {
+            tracing::error!(error = %error_chain(&error), "cannot rebuild the NFS ring; keeping the previous one");
+        }
+        self.metrics.update(cluster.states());
+    }
+
+    /// Measures every server now (statvfs of each mount with [`PROBE_TIMEOUT`], then PV
+    /// sums from the API) and rebuilds the ring if the weights changed.
+    ///
+    /// The PVs are listed and the allocations replaced under the placement lock, and a
+    /// placement holds that lock until its PV exists, so a refresh never forgets a volume
+    /// just placed (which would let the next placements overfill its server).
+    pub async fn refresh(&self, client: &kube::Client) -> Result<()> {
+        let cluster = self.snapshot();
+        let servers = &cluster.config().servers;
+        let mut states: Vec<NfsServerState> = Vec::with_capacity(servers.len());
+        for spec in servers {
+            let none = Allocation::default();
+            let probe = {
+                let spec = spec.clone();
+                tokio::task::spawn_blocking(move || capacity::probe(&spec, none))
+            };
+            let state = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(state)) => state,
+                Ok(Err(join)) => NfsServerState::unreachable(
+                    spec,
+                    none,
+                    format!("statvfs of the mount failed: {join}"),
+                ),
+                Err(_) => NfsServerState::unreachable(
+                    spec,
+                    none,
+                    format!(
+                        "statvfs of the mount {} did not answer within {}s; is the server up?",
+                        spec.mount.display(),
+                        PROBE_TIMEOUT.as_secs()
+                    ),
+                ),
+            };
+            states.push(state);
+        }
+
+        let _placing = self.placing.lock().await;
+        let provisioner = cluster.config().provisioner_name.as_str();
+        let pvs: Api<PersistentVolume> = Api::all(client.clone());
+        let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
+            "list",
+            "PersistentVolume",
+            "(all)",
+        ))?;
+        let ours: Vec<(String, String, Bytes)> = list
+            .items
+            .iter()
+            .filter(|pv| provisioned_by(pv) == Some(provisioner))
+            .filter_map(|pv| {
+                let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
+                Some((
+                    nfs.server.clone(),
+                    nfs.path.clone(),
+                    pv_capacity(pv).unwrap_or(Bytes::ZERO),
+                ))
+            })
+            .collect();
+        let (allocations, strays) = capacity::tally(
+            servers,
+            ours.iter().map(|(a, p, s)| (a.as_str(), p.as_str(), *s)),
+        );
+        for stray in &strays {
+            tracing::warn!(error = %stray, "NFS PersistentVolume of no configured server");
+        }
+        for (state, allocation) in states.iter_mut().zip(allocations) {
+            state.allocated = allocation.bytes;
+            state.volumes = allocation.volumes;
+        }
+        self.update(move |c| c.refresh(states).map(|_| ()));
+        Ok(())
+    }
+
+    /// Refreshes every [`REFRESH_EVERY`] and whenever a provision asks for it, forever.
+    pub async fn refresh_loop(self: Arc<Self>, client: kube::Client) {
+        loop {
+            if let Err(error) = self.refresh(&client).await {
+                tracing::warn!(error = %error_chain(&error), "cannot refresh NFS server capacity");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH_EVERY) => {}
+                () = self.refresh_now.notified() => {}
+            }
+        }
+    }
+}
+
+fn provisioned_by(pv: &PersistentVolume) -> Option<&str> {
+    pv.metadata
+        .annotations
+        .as_ref()?
+        .get(names::ANNOTATION_PROVISIONED_BY)
+        .map(String::as_str)
+}
+
+/// The claim's class when it is an NFS class of ours.
+pub fn our_class(claim: &PersistentVolumeClaim, ctx: &Context, nfs: &Nfs) -> Option<StorageClass> {
+    let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
+    let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    let class = index.storage_class(class_name)?;
+    (class.provisioner == nfs.provisioner()).then(|| class.clone())
+}
+
+/// Validates what `claim` asks of an NFS volume: a filesystem of some size, no data
+/// source, no selector, at least one access mode (all four are supported).
+pub fn request(claim: &PersistentVolumeClaim) -> std::result::Result<Bytes, Unsupported> {
+    let spec = claim.spec.clone().unwrap_or_default();
+    if spec.volume_mode.as_deref() == Some("Block") {
+        return Err(Unsupported(
+            "volumeMode Block is not supported: an NFS volume is a directory; use volumeMode \
+             Filesystem"
+                .to_string(),
+        ));
+    }
+    if let Some((kind, name)) = spec
+        .data_source_ref
+        .as_ref()
+        .map(|r| (&r.kind, &r.name))
+        .or(spec.data_source.as_ref().map(|r| (&r.kind, &r.name)))
+    {
+        return Err(Unsupported(format!(
+            "a data source ({kind} {name}) is not supported: stowage cannot clone or restore \
+             into an NFS volume; remove dataSource/dataSourceRef"
+        )));
+    }
+    if spec.selector.is_some() {
+        return Err(Unsupported(
+            "a claim selector is not supported for dynamically provisioned volumes; remove \
+             spec.selector"
+                .to_string(),
+        ));
+    }
+    let modes = spec.access_modes.unwrap_or_default();
+    if modes.is_empty() {
+        return Err(Unsupported(
+            "the claim has no access mode; use ReadWriteMany, ReadWriteOnce, ReadOnlyMany or \
+             ReadWriteOncePod"
+                .to_string(),
+        ));
+    }
+    if let Some(mode) = modes
+        .iter()
+        .find(|m| !NFS_ACCESS_MODES.contains(&m.as_str()))
+    {
+        return Err(Unsupported(format!(
+            "access mode {mode} is unknown; use ReadWriteMany, ReadWriteOnce, ReadOnlyMany or \
+             ReadWriteOncePod"
+        )));
+    }
+    volume::requested_size(claim)
+}
+
+/// The annotation value recording `on_delete`.
+pub fn on_delete_value(on_delete: OnDelete) -> &'static str {
+    match on_delete {
+        OnDelete::Delete => "delete",
+        OnDelete::Archive => "archive",
+        OnDelete::Retain => "retain",
+    }
+}
+
+/// The delete mode recorded on a PV; `None` if missing or unreadable.
+pub fn recorded_on_delete(pv: &PersistentVolume) -> Option<OnDelete> {
+    match pv
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(names::ANNOTATION_NFS_ON_DELETE)?
+        .as_str()
+    {
+        "delete" => Some(OnDelete::Delete),
+        "archive" => Some(OnDelete::Archive),
+        "retain" => Some(OnDelete::Retain),
+        _ => None,
+    }
+}
+
+/// PURE: the PersistentVolume `pvc-<uid>` for `claim`, whose directory is `placement`.
+///
+/// Pre-bound to the claim (`claimRef` with uid); `provisioned-by` names `provisioner`; the
+/// delete mode and the server are recorded as annotations; with reclaim policy Delete it
+/// carries our finalizer so the PV object outlives the cleanup of its directory. No node
+/// affinity: every node can mount an NFS export.
+pub fn persistent_volume(
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    placement: &Placement,
+    size: Bytes,
+    on_delete: OnDelete,
+    provisioner: &str,
+) -> PersistentVolume {
+    let spec = claim.spec.clone().unwrap_or_default();
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let policy = reclaim_policy(class).to_string();
+    let finalizers = (policy == "Delete").then(|| vec![names::FINALIZER_PV_CLEANUP.to_string()]);
+    PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(volume::volume_name(&uid)),
+            annotations: Some(BTreeMap::from([
+                (
+                    names::ANNOTATION_PROVISIONED_BY.to_string(),
+                    provisioner.to_string(),
+                ),
+                (
+                    names::ANNOTATION_NFS_ON_DELETE.to_string(),
+                    on_delete_value(on_delete).to_string(),
+                ),
+                (
+                    names::ANNOTATION_NFS_SERVER.to_string(),
+                    placement.server_name.to_string(),
+                ),
+            ])),
+            finalizers,
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(BTreeMap::from([("storage".to_string(), quantity(size))])),
+            access_modes: spec.access_modes,
+            volume_mode: Some("Filesystem".to_string()),
+            persistent_volume_reclaim_policy: Some(policy),
+            mount_options: class.mount_options.clone(),
+            storage_class_name: spec.storage_class_name,
+            nfs: Some(NFSVolumeSource {
+                server: placement.address.clone(),
+                path: placement.export_path.clone(),
+                read_only: None,
+            }),
+            claim_ref: Some(ObjectReference {
+                api_version: Some("v1".to_string()),
+                kind: Some("PersistentVolumeClaim".to_string()),
+                namespace: claim.metadata.namespace.clone(),
+                name: claim.metadata.name.clone(),
+                uid: claim.metadata.uid.clone(),
+                resource_version: claim.metadata.resource_version.clone(),
+                ..ObjectReference::default()
+            }),
+            ..PersistentVolumeSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn claim_key(claim: &PersistentVolumeClaim) -> String {
+    format!(
+        "{}/{}",
+        claim.namespace().unwrap_or_default(),
+        claim.name_any()
+    )
+}
+
+fn pv_claim_uid(pv: &PersistentVolume) -> Option<&str> {
+    pv.spec.as_ref()?.claim_ref.as_ref()?.uid.as_deref()
+}
+
+/// Reconciles one claim of an NFS class.
+pub async fn reconcile_claim(
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    ctx: &Context,
+    nfs: &Nfs,
+) -> Result<Action> {
+    let provisioner = nfs.provisioner();
+    let bound = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    if bound
+        || claim.metadata.deletion_timestamp.is_some()
+        || !names_provisioner(claim, &provisioner)
+    {
+        return Ok(Action::await_change());
+    }
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let name = volume::volume_name(&uid);
+    let key = claim_key(claim);
+    let object = claim_ref(claim);
+    ctx.seen_with_node(&uid);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if let Some(pv) =
+        pvs.get_opt(&name)
+            .await
+            .map_err(Error::api("get", "PersistentVolume", &name))?
+    {
+        return adopt(&pv, claim, &name, nfs).await;
+    }
+    let refuse = |message: String| async move {
+        ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+        tracing::info!(claim = %key, %message, "NFS claim refused");
+        nfs.recorder
+            .record(
+                &object,
+                EventType::Warning,
+                reasons::PROVISIONING_FAILED,
+                &message,
+            )
+            .await;
+        Ok(Action::requeue(USER_ERROR_RETRY))
+    };
+    let size = match request(claim) {
+        Ok(size) => size,
+        Err(Unsupported(message)) => return refuse(message).await,
+    };
+    let class_name = class.name_any();
+    let params = match NfsClassParams::parse(&class_name, class.parameters.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return refuse(e.to_string()).await,
+    };
+    let claim_name = match ClaimName::new(&claim.namespace().unwrap_or_default(), &claim.name_any())
+    {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()).await,
+    };
+
+    let placing = nfs.placing.lock().await;
+    let cluster = nfs.snapshot();
+    let placed = {
+        let claim_name = claim_name.clone();
+        tokio::task::spawn_blocking(move || cluster.provision(&claim_name, size, &params)).await
+    };
+    let placement = match placed {
+        Ok(Ok(p)) => p,
+        Ok(Err(source)) => {
+            drop(placing);
+            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            let error = Error::Nfs {
+                object: claim_key(claim),
+                source: Box::new(source),
+            };
+            nfs.recorder
+                .record(
+                    &claim_ref(claim),
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &error_chain(&error),
+                )
+                .await;
+            return Err(error);
+        }
+        Err(join) => {
+            drop(placing);
+            tracing::error!(claim = %claim_key(claim), error = %join, "NFS placement task failed");
+            return Ok(Action::requeue(super::FIRST_RETRY));
+        }
+    };
+    nfs.update(|c| {
+        c.note_provisioned(placement.server, size);
+        Ok(())
+    });
+    tracing::info!(
+        claim = %claim_key(claim),
+        server = %placement.server_name,
+        dir = %placement.dir.display(),
+        reused = placement.reused,
+        skipped = ?placement.skipped,
+        "NFS directory ready"
+    );
+    nfs.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Normal,
+            reasons::PROVISIONING,
+            &format!(
+                "External provisioner is provisioning volume for claim \"{}\": {size} on NFS server {} ({}:{}){}",
+                claim_key(claim),
+                placement.server_name,
+                placement.address,
+                placement.export_path,
+                if placement.reused {
+                    ", reusing the directory already there"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await;
+
+    let pv = persistent_volume(
+        claim,
+        class,
+        &placement,
+        size,
+        params.on_delete,
+        &provisioner,
+    );
+    let pp = PostParams {
+        field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
+        ..PostParams::default()
+    };
+    let created = pvs.create(&pp, &pv).await;
+    // The PV (or the failure) is in: a refresh may now count volumes again.
+    drop(placing);
+    nfs.refresh_now.notify_one();
+    match created {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {
+            let existing =
+                pvs.get(&name)
+                    .await
+                    .map_err(Error::api("get", "PersistentVolume", &name))?;
+            return adopt(&existing, claim, &name, nfs).await;
+        }
+        Err(e) => {
+            let error = Error::api("create", "PersistentVolume", &name)(e);
+            nfs.recorder
+                .record(
+                    &claim_ref(claim),
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &error_chain(&error),
+                )
+                .await;
+            return Err(error);
+        }
+    }
+    ctx.metrics
+        .provisions
+        .with_label_values(&["succeeded"])
+        .inc();
+    if let Some(elapsed) = ctx.provisioned(&uid) {
+        ctx.metrics
+            .provision_duration
+            .observe(elapsed.as_secs_f64());
+    }
+    tracing::info!(claim = %claim_key(claim), volume = %name, server = %placement.server_name, "NFS persistent volume created");
+    nfs.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Normal,
+            reasons::PROVISIONING_SUCCEEDED,
+            &format!(
+                "Successfully provisioned volume {name} on NFS server {} ({}:{})",
+                placement.server_name, placement.address, placement.export_path
+            ),
+        )
+        .await;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A PV named after the claim exists: ours to wait for if it names the claim's uid.
+async fn adopt(
+    pv: &PersistentVolume,
+    claim: &PersistentVolumeClaim,
+    name: &str,
+    nfs: &Nfs,
+) -> Result<Action> {
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    if pv_claim_uid(pv) == Some(uid.as_str()) {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let error = Error::NotOurs {
+        kind: "PersistentVolume",
+        name: name.to_string(),
+        uid,
+    };
+    nfs.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Warning,
+            reasons::PROVISIONING_FAILED,
+            &error.to_string(),
+        )
+        .await;
+    Err(error)
+}
+
+/// Reconciles one PersistentVolume of the NFS provisioner.
+pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<Action> {
+    let name = pv.name_any();
+    let spec = pv.spec.clone().unwrap_or_default();
+    let policy = spec
+        .persistent_volume_reclaim_policy
+        .as_deref()
+        .unwrap_or("Retain");
+    let finalizer = pv
+        .finalizers()
+        .iter()
+        .any(|f| f == names::FINALIZER_PV_CLEANUP);
+    let deleting = pv.metadata.deletion_timestamp.is_some();
+    if policy != "Delete" {
+        if finalizer {
+            remove_finalizer(pv, ctx).await?;
+        }
+        return Ok(Action::requeue(RESYNC));
+    }
+    let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+    let due = phase == Some("Released") || (deleting && phase != Some("Bound"));
+    if !due || (deleting && !finalizer) {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let result = release(pv, ctx, nfs).await;
+    if let Err(error) = &result {
+        ctx.metrics.deletions.with_label_values(&["failed"]).inc();
+        nfs.recorder
+            .record(
+                &pv.object_ref(&()),
+                EventType::Warning,
+                reasons::VOLUME_FAILED_DELETE,
+                &error_chain(error),
+            )
+            .await;
+    }
+    result?;
+    ctx.metrics
+        .deletions
+        .with_label_values(&["succeeded"])
+        .inc();
+    tracing::info!(volume = %name, "NFS persistent volume deleted");
+    Ok(Action::await_change())
+}
+
+/// Deals with the directory of a released PV, then deletes the PV and drops our finalizer.
+async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> {
+    let name = pv.name_any();
+    let provisioner = nfs.provisioner();
+    let Some(source) = pv.spec.as_ref().and_then(|s| s.nfs.clone()) else {
+        // Not an NFS volume after all (edited by hand?): nothing of ours to clean up.
+        tracing::warn!(volume = %name, "PV provisioned by the NFS provisioner has no nfs source; deleting it without touching any directory");
+        return delete_pv(pv, ctx).await;
+    };
+    let on_delete = recorded_on_delete(pv).unwrap_or_else(|| {
+        tracing::warn!(
+            volume = %name,
+            annotation = names::ANNOTATION_NFS_ON_DELETE,
+            "PV records no valid delete mode; keeping its directory"
+        );
+        OnDelete::Retain
+    });
+    // A claim re-created under the same name gets its old directory back; never remove a
+    // directory another live PV of ours still points at. The placement lock makes the
+    // check and the removal atomic with respect to a placement (which holds it from the
+    // directory lookup until its PV exists).
+    let placing = nfs.placing.lock().await;
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
+        "list",
+        "PersistentVolume",
+        "(all)",
+    ))?;
+    let shared = list.items.iter().find(|other| {
+        other.metadata.uid != pv.metadata.uid
+            && other.metadata.deletion_timestamp.is_none()
+            && provisioned_by(other) == Some(provisioner.as_str())
+            && other
+                .spec
+                .as_ref()
+                .and_then(|s| s.nfs.as_ref())
+                .is_some_and(|n| n.server == source.server && n.path == source.path)
+            && other.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released")
+    });
+    if let Some(other) = shared {
+        tracing::info!(
+            volume = %name,
+            other = %other.name_any(),
+            path = %source.path,
+            "directory is in use by another PV; keeping it"
+        );
+    } else if on_delete != OnDelete::Retain {
+        let cluster = nfs.snapshot();
+        let (server, path) = (source.server.clone(), source.path.clone());
+        let removed = tokio::task::spawn_blocking(move || {
+            cluster.delete(&server, &path, on_delete, SystemTime::now())
+        })
+        .await;
+        match removed {
+            Ok(Ok(done)) => tracing::info!(volume = %name, ?done, "NFS directory dealt with"),
+            Ok(Err(source)) => {
+                return Err(Error::Nfs {
+                    object: format!("PersistentVolume {name}"),
+                    source: Box::new(source),
+                });
+            }
+            Err(join) => {
+                tracing::error!(volume = %name, error = %join, "NFS delete task failed");
+                return Err(Error::NotSynced(format!(
+                    "the NFS delete of {name} did not finish"
+                )));
+            }
+        }
+    }
+    drop(placing);
+    delete_pv(pv, ctx).await?;
+    nfs.refresh_now.notify_one();
+    Ok(())
+}
+
+async fn delete_pv(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
+    let name = pv.name_any();
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if pv.metadata.deletion_timestamp.is_none() {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pv.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) => return Err(Error::api("delete", "PersistentVolume", name)(e)),
+        }
+    }
+    match api.get_opt(&name).await {
+        Ok(Some(fresh)) if fresh.metadata.uid == pv.metadata.uid => {
+            remove_finalizer(&fresh, ctx).await
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::api("get", "PersistentVolume", name)(e)),
+    }
+}
+
+/// Removes our finalizer with a patch conditional on the version read.
+async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
+    let name = pv.name_any();
+    let rest: Vec<&String> = pv
+        .finalizers()
+        .iter()
+        .filter(|f| *f != names::FINALIZER_PV_CLEANUP)
+        .collect();
+    if rest.len() == pv.finalizers().len() {
+        return Ok(());
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": pv.resource_version(), "finalizers": rest}
+    });
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(Error::api(
+            "remove the finalizer of",
+            "PersistentVolume",
+            name,
+        )(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+    use k8s_openapi::api::core::v1::VolumeResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+    use crate::nfs::RelDir;
+
+    fn claim(modes: &[&str]) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                namespace: Some("shop".into()),
+                uid: Some("u-1".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(modes.iter().map(|m| m.to_string()).collect()),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".into(), Quantity("1G".into()))])),
+                    ..Default::default()
+                }),
+                storage_class_name: Some("nfs".into()),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn rwx_is_served_and_block_is_refused() {
+        assert_eq!(
+            request(&claim(&["ReadWriteMany"])).unwrap(),
+            Bytes::mib(954)
+        );
+        assert!(request(&claim(&["Bogus"])).is_err());
+        assert!(request(&claim(&[])).is_err());
+        let mut block = claim(&["ReadWriteMany"]);
+        block.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        assert!(request(&block).unwrap_err().0.contains("Block"));
+    }
+
+    #[test]
+    fn the_pv_records_server_mode_and_claim() {
+        let class = StorageClass {
+            metadata: ObjectMeta {
+                name: Some("nfs".into()),
+                ..Default::default()
+            },
+            provisioner: names::PROVISIONER_NFS.into(),
+            reclaim_policy: Some("Delete".into()),
+            mount_options: Some(vec!["nfsvers=4.1".into()]),
+            ..Default::default()
+        };
+        let placement = Placement {
+            server: 1,
+            server_name: crate::nfs::ServerName::parse("nfs-b").unwrap(),
+            address: "10.0.0.12".into(),
+            rel: RelDir::parse("shop/data").unwrap(),
+            dir: "/mnt/b/shop/data".into(),
+            export_path: "/exports/b/shop/data".into(),
+            reused: false,
+            skipped: vec![],
+            unchecked: vec![],
+        };
+        let c = claim(&["ReadWriteMany"]);
+        let pv = persistent_volume(
+            &c,
+            &class,
+            &placement,
+            Bytes::gib(1),
+            OnDelete::Archive,
+            names::PROVISIONER_NFS,
+        );
+        assert_eq!(pv.metadata.name.as_deref(), Some("pvc-u-1"));
+        assert_eq!(recorded_on_delete(&pv), Some(OnDelete::Archive));
+        let a = pv.metadata.annotations.clone().unwrap();
+        assert_eq!(a[names::ANNOTATION_NFS_SERVER], "nfs-b");
+        assert_eq!(a[names::ANNOTATION_PROVISIONED_BY], names::PROVISIONER_NFS);
+        assert_eq!(
+            pv.metadata.finalizers,
+            Some(vec![names::FINALIZER_PV_CLEANUP.to_string()])
+        );
+        let spec = pv.spec.unwrap();
+        let nfs = spec.nfs.unwrap();
+        assert_eq!(
+            (nfs.server.as_str(), nfs.path.as_str()),
+            ("10.0.0.12", "/exports/b/shop/data")
+        );
+        assert_eq!(spec.capacity.unwrap()["storage"].0, "1Gi");
+        assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteMany"]);
+        assert_eq!(spec.mount_options.unwrap(), vec!["nfsvers=4.1"]);
+        assert!(spec.node_affinity.is_none());
+        assert_eq!(spec.claim_ref.unwrap().uid.as_deref(), Some("u-1"));
+    }
+}

@@ -1,0 +1,676 @@
+//! NFS cluster mode of `stowage controller` against testkit's strict API server, with temp
+//! directories standing in for the NFS mounts: both binding modes, reuse of a re-created
+//! claim's data after a server is added, the three delete modes, and the real binary's
+//! start-up (environment compatibility) and `/metrics`.
+
+// The harness helpers below are test code too: a failed set-up step should fail the test
+// loudly where it happened (clippy's allow-unwrap-in-tests covers only #[test] bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use prometheus::Registry;
+use stowage::api::storage_node::StorageNode;
+use stowage::api::{crds, names};
+use stowage::cache::ClusterIndex;
+use stowage::cache::watch::{Readiness, run_watchers};
+use stowage::controller::nfs::Nfs;
+use stowage::controller::{self, Config, Context, Metrics};
+use stowage::nfs::capacity::{Allocation, probe};
+use stowage::nfs::{NfsCluster, NfsConfig};
+use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
+use stowage_testkit::scheduler::{Scheduler, SchedulerConfig};
+use stowage_testkit::{ApiServer, wait_for, wait_until};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(20);
+const NS: &str = "apps";
+
+// === harness ===
+
+struct Cluster {
+    _server: ApiServer,
+    client: Client,
+    /// Holds the server mounts: `<dir>/a`, `<dir>/b`.
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let server = ApiServer::start().await.unwrap();
+        let client = server.client();
+        // The cluster index (and so the controller) waits for every kind, CRDs included.
+        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crds() {
+            crd_api.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        let sn: Api<StorageNode> = Api::all(client.clone());
+        wait_for(WAIT, "storagenodes are served", || async {
+            sn.list(&ListParams::default()).await.is_ok()
+        })
+        .await
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace(NS).build())
+            .await
+            .unwrap();
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node("n1").build())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for s in ["a", "b"] {
+            std::fs::create_dir(dir.path().join(s)).unwrap();
+        }
+        Cluster {
+            _server: server,
+            client,
+            dir,
+        }
+    }
+
+    fn mount(&self, server: &str) -> PathBuf {
+        self.dir.path().join(server)
+    }
+
+    /// The config of servers `a` (10.0.0.1:/exports/a) and, with `two`, `b`
+    /// (10.0.0.2:/exports/b), each weighted 1Ti so the ring does not depend on the disk.
+    fn config(&self, two: bool) -> NfsConfig {
+        let mut yaml = format!(
+            "servers:\n  - {{name: a, address: 10.0.0.1, export: /exports/a, mount: {:?}, weight: 1Ti}}\n",
+            self.mount("a")
+        );
+        if two {
+            yaml.push_str(&format!(
+                "  - {{name: b, address: 10.0.0.2, export: /exports/b, mount: {:?}, weight: 1Ti}}\n",
+                self.mount("b")
+            ));
+        }
+        let config = NfsConfig::parse_yaml(&yaml).unwrap();
+        config.check_mounts().unwrap();
+        config
+    }
+
+    async fn class(&self, name: &str, wffc: bool, reclaim: &str, params: &[(&str, &str)]) {
+        let mut b = storage_class(name)
+            .provisioner(names::PROVISIONER_NFS)
+            .reclaim(reclaim);
+        if wffc {
+            b = b.wait_for_first_consumer();
+        }
+        for (k, v) in params {
+            b = b.param(k, v);
+        }
+        let mut class = b.build();
+        class.mount_options = Some(vec!["nfsvers=4.1".into()]);
+        Api::<StorageClass>::all(self.client.clone())
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+    }
+
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn pvs(&self) -> Api<PersistentVolume> {
+        Api::all(self.client.clone())
+    }
+
+    async fn claim(&self, name: &str, class: &str, modes: &[&str]) {
+        self.claims()
+            .create(
+                &PostParams::default(),
+                &pvc(NS, name)
+                    .size("1Gi")
+                    .class(class)
+                    .access_modes(modes.iter().copied())
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn bound(&self, claim: &str) -> PersistentVolume {
+        let claims = self.claims();
+        let c = wait_until(WAIT, &format!("claim {claim} is Bound"), || async {
+            claims
+                .get(claim)
+                .await
+                .ok()
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+        })
+        .await
+        .unwrap();
+        let pv = format!("pvc-{}", c.metadata.uid.unwrap());
+        self.pvs().get(&pv).await.unwrap()
+    }
+
+    async fn delete_claim(&self, name: &str) {
+        self.claims()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    async fn gone(&self, pv: &str) {
+        let pvs = self.pvs();
+        wait_for(WAIT, &format!("PV {pv} is gone"), || async {
+            pvs.get_opt(pv).await.is_ok_and(|p| p.is_none())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Messages of `reason` Events about claim `object`, checking they come from the NFS
+    /// provisioner.
+    async fn events(&self, object: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(object)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .map(|e| {
+                assert_eq!(
+                    e.reporting_component.as_deref(),
+                    Some(names::PROVISIONER_NFS)
+                );
+                e.message.unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+/// A running controller with NFS mode on; dropping it kills it.
+struct Running {
+    registry: Registry,
+    tasks: Vec<JoinHandle<()>>,
+    _leader: watch::Sender<bool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn start_controller(client: &Client, config: NfsConfig) -> Running {
+    let index = Arc::new(RwLock::new(ClusterIndex::new()));
+    let ready = Readiness::new();
+    let registry = Registry::new();
+    let metrics = Metrics::register(&registry, index.clone()).unwrap();
+    let nfs = Nfs::new(config, client.clone(), "test-replica", &registry).unwrap();
+    let (leader_tx, leader) = watch::channel(true);
+    let ctx = Context::new(
+        client.clone(),
+        index.clone(),
+        ready.clone(),
+        Config::new("test-replica"),
+        metrics,
+        leader,
+    )
+    .with_nfs(Arc::new(nfs));
+    let tasks = vec![
+        tokio::spawn(run_watchers(client.clone(), index, ready)),
+        tokio::spawn(controller::run(Arc::new(ctx))),
+    ];
+    Running {
+        registry,
+        tasks,
+        _leader: leader_tx,
+    }
+}
+
+impl Running {
+    fn metrics(&self) -> String {
+        stowage::serve::render(&self.registry).unwrap()
+    }
+}
+
+/// `(server address, export path)` of a PV.
+fn nfs_source(pv: &PersistentVolume) -> (String, String) {
+    let nfs = pv.spec.as_ref().unwrap().nfs.as_ref().unwrap();
+    (nfs.server.clone(), nfs.path.clone())
+}
+
+fn server_of(pv: &PersistentVolume) -> String {
+    pv.annotations()[names::ANNOTATION_NFS_SERVER].clone()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// === tests ===
+
+#[tokio::test]
+async fn immediate_and_wait_for_first_consumer_claims_get_nfs_pvs() {
+    let cluster = Cluster::start().await;
+    cluster.class("nfs-now", false, "Delete", &[]).await;
+    cluster
+        .class("nfs-later", true, "Retain", &[("archiveOnDelete", "true")])
+        .await;
+    let running = start_controller(&cluster.client, cluster.config(true));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+
+    // Immediate: no pod at all, shared by many nodes.
+    cluster.claim("shared", "nfs-now", &["ReadWriteMany"]).await;
+    // WaitForFirstConsumer: provisioned once the pod is scheduled (selected-node set).
+    cluster
+        .claim("later", "nfs-later", &["ReadWriteOnce"])
+        .await;
+    let later_claim = cluster.claims().get("later").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        cluster
+            .pvs()
+            .get_opt(&format!("pvc-{}", later_claim.uid().unwrap()))
+            .await
+            .unwrap()
+            .is_none(),
+        "a WaitForFirstConsumer claim without a pod must wait"
+    );
+    Api::<Pod>::namespaced(cluster.client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &pod(NS, "later").claims(["later"]).build(),
+        )
+        .await
+        .unwrap();
+
+    for (claim, class, modes, policy, on_delete) in [
+        ("shared", "nfs-now", "ReadWriteMany", "Delete", "retain"),
+        ("later", "nfs-later", "ReadWriteOnce", "Retain", "archive"),
+    ] {
+        let pv = cluster.bound(claim).await;
+        let server = server_of(&pv);
+        let (address, path) = nfs_source(&pv);
+        let (want_address, export) = match server.as_str() {
+            "a" => ("10.0.0.1", "/exports/a"),
+            "b" => ("10.0.0.2", "/exports/b"),
+            other => panic!("unknown server {other}"),
+        };
+        assert_eq!(address, want_address);
+        assert_eq!(path, format!("{export}/{NS}/{claim}"));
+        assert!(cluster.mount(&server).join(NS).join(claim).is_dir());
+        let spec = pv.spec.clone().unwrap();
+        assert_eq!(spec.access_modes.unwrap(), vec![modes.to_string()]);
+        assert_eq!(spec.storage_class_name.as_deref(), Some(class));
+        assert_eq!(spec.capacity.unwrap()["storage"].0, "1Gi");
+        assert_eq!(spec.mount_options.unwrap(), vec!["nfsvers=4.1"]);
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some(policy)
+        );
+        assert!(spec.node_affinity.is_none());
+        let a = pv.annotations();
+        assert_eq!(a[names::ANNOTATION_PROVISIONED_BY], names::PROVISIONER_NFS);
+        assert_eq!(a[names::ANNOTATION_NFS_ON_DELETE], on_delete);
+        assert_eq!(
+            pv.finalizers()
+                .contains(&names::FINALIZER_PV_CLEANUP.to_string()),
+            policy == "Delete"
+        );
+        let succeeded = cluster.events(claim, "ProvisioningSucceeded").await;
+        assert_eq!(succeeded.len(), 1, "{succeeded:?}");
+        assert!(succeeded[0].contains(&format!("NFS server {server}")));
+        assert_eq!(cluster.events(claim, "Provisioning").await.len(), 1);
+    }
+
+    // The capacity refresh after the provisions counts both volumes.
+    wait_for(WAIT, "the NFS gauges count both volumes", || async {
+        let text = running.metrics();
+        let volumes: f64 = ["a", "b"]
+            .iter()
+            .filter_map(|s| {
+                let series = format!("stowage_nfs_server_volumes{{server=\"{s}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&series))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .sum();
+        volumes == 2.0
+    })
+    .await
+    .unwrap();
+    let text = running.metrics();
+    for s in ["a", "b"] {
+        assert!(
+            text.contains(&format!("stowage_nfs_server_reachable{{server=\"{s}\"}} 1")),
+            "{text}"
+        );
+    }
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_claims_fail_with_an_event() {
+    let cluster = Cluster::start().await;
+    cluster
+        .class("nfs-bad", false, "Delete", &[("layout", "spiral")])
+        .await;
+    let _running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    cluster.claim("odd", "nfs-bad", &["ReadWriteMany"]).await;
+    let message = wait_until(WAIT, "a ProvisioningFailed event", || async {
+        cluster
+            .events("odd", "ProvisioningFailed")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("layout"), "{message}");
+    assert!(message.contains("nfs-bad"), "{message}");
+    assert!(
+        cluster
+            .pvs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    scheduler.shutdown().await;
+}
+
+/// The first name `data-<n>` whose fresh placement over servers a and b goes to b, as the
+/// controller's ring (weights from the config, both servers probed) computes it.
+fn name_placed_on_b(config: &NfsConfig) -> String {
+    let mut cluster = NfsCluster::new(config.clone()).unwrap();
+    let states = config
+        .servers
+        .iter()
+        .map(|s| probe(s, Allocation::default()))
+        .collect();
+    cluster.refresh(states).unwrap();
+    let ring = cluster.ring();
+    (0..)
+        .map(|n| format!("data-{n}"))
+        .find(|name| ring.servers()[ring.primary(&format!("{NS}/{name}"))].name == "b")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_recreated_claim_goes_back_to_the_server_holding_its_data() {
+    let cluster = Cluster::start().await;
+    cluster.class("nfs", false, "Delete", &[]).await;
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    let two = cluster.config(true);
+    let name = name_placed_on_b(&two);
+
+    // With server a alone, the claim lands there; deleting it keeps the data (no
+    // archiveOnDelete, no deleteFile).
+    let running = start_controller(&cluster.client, cluster.config(false));
+    cluster.claim(&name, "nfs", &["ReadWriteMany"]).await;
+    let first = cluster.bound(&name).await;
+    assert_eq!(server_of(&first), "a");
+    let dir = cluster.mount("a").join(NS).join(&name);
+    std::fs::write(dir.join("orders.db"), b"precious").unwrap();
+    cluster.delete_claim(&name).await;
+    cluster.gone(&first.name_any()).await;
+    assert_eq!(std::fs::read(dir.join("orders.db")).unwrap(), b"precious");
+    drop(running);
+
+    // Server b is added; a fresh key of this name would go to b, but the data is on a.
+    let _running = start_controller(&cluster.client, two);
+    cluster.claim(&name, "nfs", &["ReadWriteMany"]).await;
+    let second = cluster.bound(&name).await;
+    assert_ne!(second.name_any(), first.name_any());
+    assert_eq!(server_of(&second), "a");
+    assert_eq!(
+        nfs_source(&second),
+        ("10.0.0.1".to_string(), format!("/exports/a/{NS}/{name}"))
+    );
+    assert!(!cluster.mount("b").join(NS).join(&name).exists());
+    let provisioning = cluster.events(&name, "Provisioning").await;
+    assert!(
+        provisioning.iter().any(|m| m.contains("reusing")),
+        "{provisioning:?}"
+    );
+    // A fresh claim with another name still can go to b: the ring does include it.
+    let other = format!("{name}-x");
+    let other_name = {
+        let config = cluster.config(true);
+        let mut c = NfsCluster::new(config.clone()).unwrap();
+        c.refresh(
+            config
+                .servers
+                .iter()
+                .map(|s| probe(s, Allocation::default()))
+                .collect(),
+        )
+        .unwrap();
+        let ring = c.ring();
+        (0..)
+            .map(|n| format!("{other}{n}"))
+            .find(|n| ring.servers()[ring.primary(&format!("{NS}/{n}"))].name == "b")
+            .unwrap()
+    };
+    cluster.claim(&other_name, "nfs", &["ReadWriteMany"]).await;
+    assert_eq!(server_of(&cluster.bound(&other_name).await), "b");
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
+    let cluster = Cluster::start().await;
+    cluster
+        .class(
+            "nfs-archive",
+            false,
+            "Delete",
+            &[("archiveOnDelete", "true")],
+        )
+        .await;
+    cluster
+        .class("nfs-delete", false, "Delete", &[("deleteFile", "true")])
+        .await;
+    cluster.class("nfs-keep", false, "Delete", &[]).await;
+    // One server, so every directory is under mount a.
+    let _running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    let mut pvs = Vec::new();
+    for (claim, class) in [
+        ("arch", "nfs-archive"),
+        ("del", "nfs-delete"),
+        ("keep", "nfs-keep"),
+    ] {
+        cluster.claim(claim, class, &["ReadWriteMany"]).await;
+        let pv = cluster.bound(claim).await;
+        std::fs::write(
+            cluster.mount("a").join(NS).join(claim).join("file"),
+            claim.as_bytes(),
+        )
+        .unwrap();
+        pvs.push(pv.name_any());
+    }
+    // The class changing afterwards does not change what happens: the mode is on the PV.
+    let classes: Api<StorageClass> = Api::all(cluster.client.clone());
+    classes
+        .delete("nfs-delete", &DeleteParams::default())
+        .await
+        .unwrap();
+    for claim in ["arch", "del", "keep"] {
+        cluster.delete_claim(claim).await;
+    }
+    for pv in &pvs {
+        cluster.gone(pv).await;
+    }
+    let ns_dir = cluster.mount("a").join(NS);
+    assert_eq!(entries(&ns_dir), vec!["keep"]);
+    assert_eq!(std::fs::read(ns_dir.join("keep/file")).unwrap(), b"keep");
+    let archived: Vec<String> = entries(&cluster.mount("a"))
+        .into_iter()
+        .filter(|e| e.starts_with("archived-"))
+        .collect();
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    assert!(archived[0].contains("arch"), "{archived:?}");
+    assert_eq!(
+        std::fs::read(cluster.mount("a").join(&archived[0]).join("file")).unwrap(),
+        b"arch"
+    );
+    scheduler.shutdown().await;
+}
+
+// === the real binary ===
+
+/// Kills the controller process when the test ends, however it ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `stowage controller --kubeconfig <kubeconfig>` with env-mode mounts under `dir`.
+fn controller_command(dir: &Path, kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
+    cmd.arg("controller")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("STOWAGE_NFS_CONFIG")
+        .env_remove("PROVISIONER_NAME")
+        .env_remove("LOG")
+        .env("STOWAGE_NFS_MOUNT_BASE", dir);
+    cmd
+}
+
+#[test]
+fn bad_nfs_environment_stops_the_binary_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mismatch = controller_command(dir.path(), &dir.path().join("no-such-kubeconfig"))
+        .env("NFS_SERVER", "10.0.0.1:10.0.0.2")
+        .env("NFS_PATH", "/exports/a")
+        .output()
+        .unwrap();
+    assert!(!mismatch.status.success());
+    let stderr = String::from_utf8_lossy(&mismatch.stderr);
+    assert!(
+        stderr.contains("NFS_SERVER lists 2 servers but NFS_PATH lists 1"),
+        "{stderr}"
+    );
+    // Failed before any API I/O: the missing kubeconfig was never read.
+    assert!(!stderr.contains("no-such-kubeconfig"), "{stderr}");
+
+    let unmounted = controller_command(dir.path(), &dir.path().join("no-such-kubeconfig"))
+        .env("NFS_SERVER", "10.0.0.1")
+        .env("NFS_PATH", "/exports/a")
+        .output()
+        .unwrap();
+    assert!(!unmounted.status.success());
+    let stderr = String::from_utf8_lossy(&unmounted.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("10.0.0.1:/exports/a"), "{stderr}");
+
+    // The file wins over the environment, and its errors name the file.
+    let file = dir.path().join("nfs.yaml");
+    std::fs::write(
+        &file,
+        "servers:\n  - {name: a, address: 10.0.0.1, export: /x, mont: /y}\n",
+    )
+    .unwrap();
+    let typo = controller_command(dir.path(), &dir.path().join("no-such-kubeconfig"))
+        .arg("--nfs-config")
+        .arg(&file)
+        .env("NFS_SERVER", "10.0.0.1")
+        .env("NFS_PATH", "/exports/a")
+        .output()
+        .unwrap();
+    assert!(!typo.status.success());
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(stderr.contains("nfs.yaml"), "{stderr}");
+    assert!(stderr.contains("mont"), "{stderr}");
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, response))
+}
+
+#[tokio::test]
+async fn the_binary_in_environment_mode_serves_per_server_gauges() {
+    let server = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for address in ["10.0.0.1", "10.0.0.2"] {
+        std::fs::create_dir(dir.path().join(address)).unwrap();
+    }
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _controller = Process(
+        controller_command(dir.path(), &kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--leader-elect=false")
+            .env("NFS_SERVER", "10.0.0.1:10.0.0.2")
+            .env("NFS_PATH", "/exports/a:/exports/b")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let body = wait_until(WAIT, "/metrics shows both servers reachable", || async {
+        tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+            .await
+            .ok()
+            .flatten()
+            .filter(|(code, body)| {
+                *code == 200
+                    && body.contains("stowage_nfs_server_reachable{server=\"10.0.0.1\"} 1")
+                    && body.contains("stowage_nfs_server_reachable{server=\"10.0.0.2\"} 1")
+            })
+            .map(|(_, body)| body)
+    })
+    .await
+    .unwrap();
+    for metric in [
+        "stowage_nfs_server_capacity_bytes{server=\"10.0.0.1\"}",
+        "stowage_nfs_server_available_bytes{server=\"10.0.0.2\"}",
+        "stowage_nfs_server_volumes{server=\"10.0.0.1\"} 0",
+        "stowage_nfs_load_max_over_mean",
+    ] {
+        assert!(body.contains(metric), "{metric} missing:\n{body}");
+    }
+}
