@@ -630,7 +630,8 @@ impl<'a> PlannedNode<'a> {
         let Some(summary) = self.summary() else {
             return false;
         };
-        if !age(summary.heartbeat, now).is_some_and(|a| a <= opts.stale_after) || !summary.ready {
+        let fresh = age(summary.heartbeat, now).is_some_and(|a| a <= opts.stale_after);
+        if !fresh || !summary.ready {
             return false;
         }
         let pools = self.pools();
