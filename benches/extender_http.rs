@@ -3,7 +3,8 @@
 //! one keep-alive connection, and requests per second at concurrency 16.
 //!
 //! Run: `cargo bench --bench extender_http`. Target: p99 under 2 ms at 5,000 nodes.
-//! Options (after `--`): `--nodes 100,1000,5000`, `--requests 3000`, `--seconds 5`.
+//! Options (after `--`): `--nodes 100,1000,5000`, `--requests 3000`, `--seconds 5`
+//! (`--seconds 0` skips the requests-per-second run).
 //!
 //! The router is the one `stowage extender` serves (`extender_app`, metrics included), on
 //! 127.0.0.1 in this process; the client is a minimal HTTP/1.1 client over a tokio
@@ -239,6 +240,21 @@ struct Latency {
     p50: Duration,
     p99: Duration,
     mean: Duration,
+    /// CPU time of the whole process (server and client, every thread) per request: unlike
+    /// the wall-clock figures, it does not grow while the request waits for a busy CPU.
+    cpu: Duration,
+}
+
+/// User plus system CPU time of this process so far, from `/proc/self/stat` (clock ticks,
+/// 100 per second on Linux), or `None` where that file does not exist.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 async fn latency(addr: std::net::SocketAddr, request: &[u8], count: usize) -> Latency {
@@ -247,14 +263,17 @@ async fn latency(addr: std::net::SocketAddr, request: &[u8], count: usize) -> La
         assert_eq!(conn.call(request).await.0, 200);
     }
     let mut samples = Vec::with_capacity(count);
+    let cpu_before = process_cpu().unwrap_or_default();
     for _ in 0..count {
         let started = Instant::now();
         let (status, _) = conn.call(request).await;
         samples.push(started.elapsed());
         assert_eq!(status, 200);
     }
+    let cpu = process_cpu().unwrap_or_default().saturating_sub(cpu_before);
     samples.sort();
     Latency {
+        cpu: cpu / u32::try_from(count).unwrap(),
         p50: samples[count / 2],
         p99: samples[count * 99 / 100],
         mean: samples.iter().sum::<Duration>() / u32::try_from(count).unwrap(),
@@ -289,9 +308,9 @@ fn ms(d: Duration) -> String {
 
 async fn run(opts: Options) {
     println!(
-        "| nodes | verb | candidates | body | p50 ms | p99 ms | mean ms | req/s at {CONCURRENCY} |"
+        "| nodes | verb | candidates | body | p50 ms | p99 ms | mean ms | CPU ms/req | req/s at {CONCURRENCY} |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &n in &opts.nodes {
         let now = Timestamp::now();
         let index = Arc::new(RwLock::new(cluster(n, now)));
@@ -336,13 +355,18 @@ async fn run(opts: Options) {
             ("prioritize", prioritize, passed.len()),
         ] {
             let lat = latency(addr, &request, count).await;
-            let rps = throughput(addr, Arc::new(request.clone()), opts.seconds).await;
+            let rps = if opts.seconds > 0 {
+                throughput(addr, Arc::new(request.clone()), opts.seconds).await
+            } else {
+                0.0
+            };
             println!(
-                "| {n} | {verb} | {candidates} | {} KiB | {} | {} | {} | {rps:.0} |",
+                "| {n} | {verb} | {candidates} | {} KiB | {} | {} | {} | {} | {rps:.0} |",
                 request.len() / 1024,
                 ms(lat.p50),
                 ms(lat.p99),
-                ms(lat.mean)
+                ms(lat.mean),
+                ms(lat.cpu)
             );
         }
         server.abort();

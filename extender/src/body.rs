@@ -48,6 +48,18 @@ impl JsonBody {
     /// Decodes the body as `T`, borrowing from it where `T` does. `what` names the expected
     /// document in the error, which also carries the JSON path of the offending value.
     pub fn decode<'a, T: Deserialize<'a>>(&'a self, what: &str) -> Result<T, ApiError> {
+        // Tracking the path costs on every value (thousands of node names), so the body is
+        // decoded plainly first and only a body that fails is decoded again for the path.
+        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        if let Ok(value) = T::deserialize(&mut de)
+            && de.end().is_ok()
+        {
+            return Ok(value);
+        }
+        self.decode_with_path(what)
+    }
+
+    fn decode_with_path<'a, T: Deserialize<'a>>(&'a self, what: &str) -> Result<T, ApiError> {
         let mut de = serde_json::Deserializer::from_slice(&self.0);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| decode_error(what, e))?;
         de.end()

@@ -1,7 +1,7 @@
 //! The filter verb: decode, ask the policy, turn its verdict into an `ExtenderFilterResult`.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -12,7 +12,7 @@ use crate::args::{Args, Candidates, PodKey};
 use crate::body::{ApiError, JsonBody};
 use crate::observe::{Observer, Outcome};
 use crate::policy::{Failure, FilterVerdict, Policy, Rejection};
-use crate::routes::Answer;
+use crate::routes::{Answer, FastState};
 
 pub(crate) fn respond<P: Policy>(
     policy: &P,
@@ -36,7 +36,7 @@ pub(crate) fn respond<P: Policy>(
         FilterVerdict::Error(message) => {
             debug!(error = %message, "policy could not decide");
             let reply = Reply::error(&message);
-            return Answer::json(&reply, Outcome::PolicyError);
+            return Answer::json(&reply, Outcome::PolicyError, 0);
         }
     };
     let decision = decide(&names, rejections);
@@ -54,7 +54,9 @@ pub(crate) fn respond<P: Policy>(
     for &(kind, failure, nodes) in &decision.counts {
         observer.rejected(kind, failure, nodes);
     }
-    Answer::json(&Reply::new(&candidates, &names, &decision), Outcome::Ok)
+    // The answer repeats the candidates, so the request's size is a fair first guess.
+    let reply = Reply::new(&candidates, &names, &decision);
+    Answer::json(&reply, Outcome::Ok, body.0.len())
 }
 
 /// What the verdict means for each candidate. Pure, so it is tested without HTTP.
@@ -81,16 +83,22 @@ fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n>
         decision.passed.extend(0..names.len());
         return decision;
     }
-    let mut by_node: HashMap<&str, Rejection<'n>> = HashMap::with_capacity(rejections.len());
+    // One lookup per candidate; a slot is emptied once its node is reported.
+    let mut by_node: HashMap<&str, Option<Rejection<'n>>, FastState> =
+        HashMap::with_capacity_and_hasher(rejections.len(), FastState::default());
     for rejection in rejections {
-        by_node.entry(rejection.node).or_insert(rejection);
+        by_node.entry(rejection.node).or_insert(Some(rejection));
     }
-    // A candidate listed twice (the scheduler never does this) stays rejected and is reported once.
-    let mut reported: HashSet<&str> = HashSet::with_capacity(by_node.len());
+    let mut unreported = by_node.len();
     for (index, &name) in names.iter().enumerate() {
-        match by_node.remove(name) {
-            Some(rejection) => {
-                reported.insert(name);
+        match by_node.get_mut(name) {
+            Some(slot) => {
+                // A candidate listed twice (the scheduler never does this) stays rejected and
+                // is reported once.
+                let Some(rejection) = slot.take() else {
+                    continue;
+                };
+                unreported -= 1;
                 count(&mut decision.counts, rejection.kind, rejection.failure);
                 let entry = (name, rejection.reason);
                 match rejection.failure {
@@ -98,11 +106,10 @@ fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n>
                     Failure::UnschedulableAndUnresolvable => decision.unresolvable.push(entry),
                 }
             }
-            None if reported.contains(name) => {}
             None => decision.passed.push(index),
         }
     }
-    decision.ignored = by_node.len();
+    decision.ignored = unreported;
     decision
 }
 

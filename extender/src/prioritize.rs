@@ -9,7 +9,7 @@ use crate::args::{Args, PodKey};
 use crate::body::{ApiError, JsonBody};
 use crate::observe::Outcome;
 use crate::policy::{NodeScore, Policy};
-use crate::routes::Answer;
+use crate::routes::{Answer, FastState};
 use crate::wire::{MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY};
 
 pub(crate) fn respond<P: Policy>(policy: &P, body: &JsonBody) -> Result<Answer, ApiError> {
@@ -29,7 +29,9 @@ pub(crate) fn respond<P: Policy>(policy: &P, body: &JsonBody) -> Result<Answer, 
             score: s.score,
         })
         .collect();
-    Answer::json(&reply, Outcome::Ok)
+    // About 30 bytes per score: `{"Host":"<name>","Score":10},`.
+    let hint = reply.iter().map(|s| s.host.len() + 24).sum::<usize>() + 2;
+    Answer::json(&reply, Outcome::Ok, hint)
 }
 
 /// Keeps one score per candidate (the first), drops non-candidates, and clamps to
@@ -39,13 +41,25 @@ fn sanitize<'n>(names: &[&'n str], scores: Vec<NodeScore<'n>>) -> Vec<NodeScore<
     if scores.is_empty() {
         return scores;
     }
-    let candidates: HashSet<&str> = names.iter().copied().collect();
-    let mut seen: HashSet<&str> = HashSet::with_capacity(scores.len());
+    // A policy usually scores the candidates it was given, in order, borrowing each name:
+    // then every score is for a candidate and the candidate set need not be built.
+    let aligned = scores.len() == names.len()
+        && scores
+            .iter()
+            .zip(names)
+            .all(|(s, n)| std::ptr::eq(s.node, *n));
+    let candidates: HashSet<&str, FastState> = if aligned {
+        HashSet::default()
+    } else {
+        names.iter().copied().collect()
+    };
+    let mut seen: HashSet<&str, FastState> =
+        HashSet::with_capacity_and_hasher(scores.len(), FastState::default());
     let total = scores.len();
     let mut clamped = 0_usize;
     let kept: Vec<NodeScore<'n>> = scores
         .into_iter()
-        .filter(|s| candidates.contains(s.node) && seen.insert(s.node))
+        .filter(|s| (aligned || candidates.contains(s.node)) && seen.insert(s.node))
         .map(|s| {
             let score = s.score.clamp(MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY);
             clamped += usize::from(score != s.score);

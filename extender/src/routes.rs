@@ -100,6 +100,10 @@ struct Shared<P> {
     observer: Arc<dyn Observer>,
 }
 
+/// The hasher of the router's per-request node-name sets: foldhash's fast variant, seeded per
+/// process; SipHash cost more than the lookups it guarded at thousands of names.
+pub(crate) type FastState = foldhash::fast::RandomState;
+
 /// A successful answer: the encoded body (always HTTP 200) and how to report it.
 pub(crate) struct Answer {
     json: Vec<u8>,
@@ -261,8 +265,15 @@ impl RouterConfig {
 // === impl Answer ===
 
 impl Answer {
-    pub(crate) fn json<T: Serialize>(value: &T, outcome: Outcome) -> Result<Self, ApiError> {
-        let json = serde_json::to_vec(value).map_err(|e| {
+    /// Encodes `value` into a buffer of `capacity` bytes to start with (a guess at the size,
+    /// so that a large answer is not copied on every doubling).
+    pub(crate) fn json<T: Serialize>(
+        value: &T,
+        outcome: Outcome,
+        capacity: usize,
+    ) -> Result<Self, ApiError> {
+        let mut json = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut json, value).map_err(|e| {
             ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot encode the response: {e}"),

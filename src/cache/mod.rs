@@ -13,9 +13,14 @@
 //! ```
 //!
 //! The time-independent part of the ledger is derived on demand and cached until the next
-//! change; heartbeat ages are filled in per query from `now`.
+//! change; heartbeat ages are filled in per query from `now`. Beside each node's ledger entry
+//! the derived part keeps a compact summary (free and allocatable bytes per pool, readiness,
+//! heartbeat) in contiguous arrays, which [`FitPlan`] reads on the extender's per-node path:
+//! a node that certainly fits, and every score, is decided from the summary alone, and only
+//! a node that may not fit goes through [`check_aged`] for the reason.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -27,8 +32,8 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::names;
 use crate::api::storage_node::StorageNode;
 use crate::ledger::{
-    Bytes, ClaimKey, Demand, DemandOverflow, Ledger, NodeName, NodeState, Placement, PoolName,
-    QuantityError,
+    Bytes, ClaimKey, Demand, DemandOverflow, FitOptions, Ledger, NodeName, NodeState, Placement,
+    PoolName, QuantityError, Unfit, check_aged, score_share,
 };
 
 pub mod class;
@@ -54,9 +59,29 @@ pub struct ClusterIndex {
     /// By `(namespace, name)`.
     claims: HashMap<(String, String), PersistentVolumeClaim>,
     classes: HashMap<String, StorageClass>,
-    /// The ledger without heartbeat ages, with each node's parsed heartbeat; cleared on
-    /// every change.
-    base: OnceLock<HashMap<String, BaseNode>>,
+    /// The ledger without heartbeat ages, with each node's parsed heartbeat and compact
+    /// summary; cleared on every change.
+    base: OnceLock<Base>,
+}
+
+/// The hasher of the name-keyed map on the extender's per-node path: foldhash's fast
+/// variant, seeded per process, several times cheaper than SipHash on short keys. The keys
+/// are StorageNode names, which only the agents' service account writes.
+type FastState = foldhash::fast::RandomState;
+
+/// The derived, time-independent ledger.
+#[derive(Debug, Default)]
+struct Base {
+    /// Node name → position in `nodes` and `summaries`.
+    by_name: HashMap<Box<str>, usize, FastState>,
+    /// The ledger entries.
+    nodes: Vec<BaseNode>,
+    /// What the fit check and the score read of each node, in `nodes` order.
+    summaries: Vec<NodeSummary>,
+    /// Every node's pools, flat; a node's are `pools[summary.pools]`.
+    pools: Vec<PoolSummary>,
+    /// The pool names any node has; [`PoolSummary::pool`] is a position here.
+    pool_names: Vec<PoolName>,
 }
 
 /// A node's ledger entry without its heartbeat age, and the heartbeat it is derived from.
@@ -64,6 +89,41 @@ pub struct ClusterIndex {
 struct BaseNode {
     state: NodeState,
     heartbeat: Option<Timestamp>,
+}
+
+/// The part of a node's ledger entry the fit check and the score read.
+#[derive(Clone, Debug)]
+struct NodeSummary {
+    heartbeat: Option<Timestamp>,
+    ready: bool,
+    pools: Range<usize>,
+}
+
+/// One pool's figures, as [`crate::ledger::PoolState`] computes them.
+#[derive(Clone, Copy, Debug)]
+struct PoolSummary {
+    /// Position in [`Base::pool_names`].
+    pool: usize,
+    ready: bool,
+    free: Bytes,
+    allocatable: Bytes,
+}
+
+/// A pod's demand resolved against the index's pool names, for deciding many nodes in one
+/// request without a string comparison per pool. Made by [`ClusterIndex::fit_plan`].
+#[derive(Debug)]
+pub struct FitPlan<'a> {
+    base: &'a Base,
+    /// Per demanded pool: its position in [`Base::pool_names`] (`None` when no node has
+    /// it) and the bytes needed, in the demand's order.
+    wanted: Vec<(Option<usize>, Bytes)>,
+}
+
+/// One node as seen through a [`FitPlan`].
+#[derive(Clone, Copy, Debug)]
+pub struct PlannedNode<'a> {
+    plan: &'a FitPlan<'a>,
+    index: usize,
 }
 
 /// What a pod asks of stowage.
@@ -290,7 +350,8 @@ impl ClusterIndex {
     /// The whole ledger as of `now`.
     pub fn ledger(&self, now: Timestamp) -> Ledger {
         self.base()
-            .values()
+            .nodes
+            .iter()
             .map(|n| {
                 let mut state = n.state.clone();
                 state.heartbeat_age = age(n.heartbeat, now);
@@ -312,11 +373,18 @@ impl ClusterIndex {
     /// age as of `now` beside it: the extender's per-node path, which must not copy the node.
     /// `None` when no StorageNode has that name.
     pub fn node_view(&self, name: &str, now: Timestamp) -> Option<(&NodeState, Option<Duration>)> {
-        let node = self.base().get(name)?;
+        let base = self.base();
+        let node = base.nodes.get(*base.by_name.get(name)?)?;
         Some((&node.state, age(node.heartbeat, now)))
     }
 
-    fn base(&self) -> &HashMap<String, BaseNode> {
+    /// `demand` resolved for deciding many nodes: the extender's per-node path. See
+    /// [`FitPlan::node`].
+    pub fn fit_plan(&self, demand: &Demand) -> FitPlan<'_> {
+        self.base().plan(demand)
+    }
+
+    fn base(&self) -> &Base {
         self.base.get_or_init(|| self.derive())
     }
 
@@ -327,7 +395,7 @@ impl ClusterIndex {
     /// creates them before the agent next reports); the agent's figure can be larger for a
     /// moment (a volume whose object is gone but whose data is not). Taking the larger
     /// never promises bytes either source says are taken.
-    fn derive(&self) -> HashMap<String, BaseNode> {
+    fn derive(&self) -> Base {
         let mut allocated = PerPool::default();
         for lv in self.volumes.values() {
             add(
@@ -345,23 +413,21 @@ impl ClusterIndex {
                 add(&mut reserved, h.node.as_str(), h.pool.as_str(), h.bytes);
             }
         }
-        self.nodes
-            .iter()
-            .map(|(name, sn)| {
-                let status = sn.status.clone().unwrap_or_default();
-                let mut node = status.to_node_state(name, None);
-                for pool in &mut node.pools {
-                    let lvs = get(&allocated, name, pool.name.as_str());
-                    pool.allocated = pool.allocated.max(lvs);
-                    pool.reserved = get(&reserved, name, pool.name.as_str());
-                }
-                let base = BaseNode {
-                    state: node,
-                    heartbeat: heartbeat(sn),
-                };
-                (name.clone(), base)
-            })
-            .collect()
+        let mut base = Base::default();
+        base.by_name.reserve(self.nodes.len());
+        base.nodes.reserve(self.nodes.len());
+        base.summaries.reserve(self.nodes.len());
+        for (name, sn) in &self.nodes {
+            let status = sn.status.clone().unwrap_or_default();
+            let mut node = status.to_node_state(name, None);
+            for pool in &mut node.pools {
+                let lvs = get(&allocated, name, pool.name.as_str());
+                pool.allocated = pool.allocated.max(lvs);
+                pool.reserved = get(&reserved, name, pool.name.as_str());
+            }
+            base.push(name, node, heartbeat(sn));
+        }
+        base
     }
 
     /// The claim as stowage sees it: `Ok(None)` when it is not a local claim or not
@@ -488,6 +554,130 @@ impl ClusterIndex {
                 exclude_own_reservations: holds,
             }),
         }
+    }
+}
+
+// === impl Base ===
+
+impl Base {
+    /// Adds a node's entry and its summary. A name seen before replaces nothing: the
+    /// index's map of StorageNodes has each name once.
+    fn push(&mut self, name: &str, state: NodeState, heartbeat: Option<Timestamp>) {
+        let start = self.pools.len();
+        for pool in &state.pools {
+            let id = match self.pool_names.iter().position(|p| *p == pool.name) {
+                Some(id) => id,
+                None => {
+                    self.pool_names.push(pool.name.clone());
+                    self.pool_names.len() - 1
+                }
+            };
+            self.pools.push(PoolSummary {
+                pool: id,
+                ready: pool.ready,
+                free: pool.free(),
+                allocatable: pool.allocatable(),
+            });
+        }
+        self.summaries.push(NodeSummary {
+            heartbeat,
+            ready: state.ready,
+            pools: start..self.pools.len(),
+        });
+        self.by_name.insert(name.into(), self.nodes.len());
+        self.nodes.push(BaseNode { state, heartbeat });
+    }
+
+    fn plan(&self, demand: &Demand) -> FitPlan<'_> {
+        let wanted = demand
+            .pools()
+            .map(|(pool, bytes)| (self.pool_names.iter().position(|p| p == pool), bytes))
+            .collect();
+        FitPlan { base: self, wanted }
+    }
+}
+
+// === impl FitPlan ===
+
+impl<'a> FitPlan<'a> {
+    /// The node called `name`; `None` when no StorageNode has that name.
+    pub fn node(&'a self, name: &str) -> Option<PlannedNode<'a>> {
+        let index = *self.base.by_name.get(name)?;
+        Some(PlannedNode { plan: self, index })
+    }
+}
+
+// === impl PlannedNode ===
+
+impl<'a> PlannedNode<'a> {
+    /// The node's ledger entry, borrowed, with `heartbeat_age` left unset (see
+    /// [`ClusterIndex::node_view`]).
+    pub fn state(&self) -> Option<&'a NodeState> {
+        self.plan.base.nodes.get(self.index).map(|n| &n.state)
+    }
+
+    /// Time since the node's agent last reported, as of `now`.
+    pub fn heartbeat_age(&self, now: Timestamp) -> Option<Duration> {
+        self.summary().and_then(|s| age(s.heartbeat, now))
+    }
+
+    /// Whether the demand certainly fits: `true` exactly when [`check_aged`] on the node's
+    /// entry would return `Ok`. Decided from the summary alone.
+    pub fn fits(&self, now: Timestamp, opts: &FitOptions) -> bool {
+        if self.plan.wanted.is_empty() {
+            return true;
+        }
+        let Some(summary) = self.summary() else {
+            return false;
+        };
+        let fresh = age(summary.heartbeat, now).is_some_and(|a| a <= opts.stale_after);
+        if !fresh || !summary.ready {
+            return false;
+        }
+        let pools = self.pools();
+        self.plan.wanted.iter().all(|&(id, needed)| {
+            id.and_then(|id| pools.iter().find(|p| p.pool == id))
+                .is_some_and(|p| p.ready && needed <= p.free)
+        })
+    }
+
+    /// Why the demand does not fit, as [`check_aged`] says; `Ok` when it fits.
+    pub fn check(&self, now: Timestamp, opts: &FitOptions, demand: &Demand) -> Result<(), Unfit> {
+        if self.fits(now, opts) {
+            return Ok(());
+        }
+        match self.state() {
+            Some(state) => check_aged(state, self.heartbeat_age(now), demand, opts),
+            None => Err(Unfit::NoReport),
+        }
+    }
+
+    /// The node's score for the demand: the same as [`crate::ledger::score`] on its entry.
+    pub fn score(&self, placement: Placement) -> u8 {
+        let pools = self.pools();
+        let mut left: u128 = 0;
+        let mut whole: u128 = 0;
+        for &(id, needed) in &self.plan.wanted {
+            let Some(pool) = id.and_then(|id| pools.iter().find(|p| p.pool == id)) else {
+                return 0;
+            };
+            let Some(after) = pool.free.checked_sub(needed) else {
+                return 0;
+            };
+            left += u128::from(after.0);
+            whole += u128::from(pool.allocatable.0);
+        }
+        score_share(left, whole, placement)
+    }
+
+    fn summary(&self) -> Option<&'a NodeSummary> {
+        self.plan.base.summaries.get(self.index)
+    }
+
+    fn pools(&self) -> &'a [PoolSummary] {
+        self.summary()
+            .and_then(|s| self.plan.base.pools.get(s.pools.clone()))
+            .unwrap_or_default()
     }
 }
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
-use super::{ClusterIndex, OwnHold, PodDemand, credit};
+use super::{ClusterIndex, FitPlan, OwnHold, PodDemand, credit};
 use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check_aged, score};
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
@@ -75,17 +75,27 @@ impl StowagePolicy {
         }
     }
 
+    /// Checks one node. Nodes holding some of the pod's own claims are copied and credited
+    /// ([`Self::with_node`]); every other node is decided by the plan's compact summary,
+    /// which goes to the ledger's [`check_aged`] only for nodes that may not fit.
     fn check_node(
         &self,
         index: &ClusterIndex,
+        plan: &FitPlan<'_>,
         name: &str,
         now: Timestamp,
         demand: &Demand,
         holds: &[OwnHold],
     ) -> Result<(), Unfit> {
-        match Self::with_node(index, name, now, holds, |node, age| {
-            check_aged(node, age, demand, &self.opts)
-        }) {
+        let fit = if holds.iter().any(|h| h.node.as_str() == name) {
+            Self::with_node(index, name, now, holds, |node, age| {
+                check_aged(node, age, demand, &self.opts)
+            })
+        } else {
+            plan.node(name)
+                .map(|node| node.check(now, &self.opts, demand))
+        };
+        match fit {
             Some(fit) => fit,
             None if demand.is_empty() => Ok(()),
             None => Err(Unfit::NoReport),
@@ -108,10 +118,11 @@ impl Policy for StowagePolicy {
             }) => (demand, exclude_own_reservations),
         };
         let now = (self.clock)();
+        let plan = index.fit_plan(&demand);
         let rejections: Vec<_> = nodes
             .iter()
             .filter_map(|&node| {
-                self.check_node(&index, node, now, &demand, &holds)
+                self.check_node(&index, &plan, node, now, &demand, &holds)
                     .err()
                     .map(|unfit| Rejection::unresolvable(node, unfit.kind(), unfit.to_string()))
             })
@@ -136,14 +147,22 @@ impl Policy for StowagePolicy {
             return Vec::new();
         };
         let now = (self.clock)();
+        let plan = index.fit_plan(&demand);
+        let holds = &exclude_own_reservations;
         nodes
             .iter()
-            .map(|&node| NodeScore {
-                node,
-                score: Self::with_node(&index, node, now, &exclude_own_reservations, |n, _| {
-                    i64::from(score(n, &demand, placement))
-                })
-                .unwrap_or(0),
+            .map(|&node| {
+                let points = if holds.iter().any(|h| h.node.as_str() == node) {
+                    Self::with_node(&index, node, now, holds, |n, _| {
+                        score(n, &demand, placement)
+                    })
+                } else {
+                    plan.node(node).map(|n| n.score(placement))
+                };
+                NodeScore {
+                    node,
+                    score: i64::from(points.unwrap_or(0)),
+                }
             })
             .collect()
     }

@@ -577,3 +577,104 @@ async fn the_router_rejects_a_full_node_in_a_scheduler_shaped_request() {
     assert!(reason.contains("has 5Gi free"), "{reason}");
     assert_eq!(out["FailedNodes"], serde_json::json!({}));
 }
+
+mod fit_plan {
+    //! The compact summary decides exactly as the ledger does on the node's entry.
+
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::super::Base;
+    use crate::ledger::{
+        Bytes, Demand, Driver, FitOptions, NodeState, Placement, PoolState, check_aged, score,
+    };
+
+    const POOLS: [&str; 4] = ["a", "b", "c", "nowhere"];
+
+    fn arb_pool() -> impl Strategy<Value = PoolState> {
+        (
+            0usize..3,
+            0u64..=1024,
+            0u64..=64,
+            0u64..=1024,
+            0u64..=256,
+            prop::option::of(0u64..=1024),
+            any::<bool>(),
+            prop::bool::weighted(0.9),
+        )
+            .prop_map(
+                |(pool, cap, reserve, alloc, reserved, avail, btrfs, ready)| {
+                    let driver = if btrfs {
+                        Driver::Btrfs
+                    } else {
+                        Driver::Hostpath
+                    };
+                    let mut p = PoolState::new(POOLS[pool], driver, Bytes::gib(cap));
+                    p.reserve = Bytes::gib(reserve);
+                    p.allocated = Bytes::gib(alloc);
+                    p.reserved = Bytes::gib(reserved);
+                    p.available = avail.map(Bytes::gib);
+                    p.ready = ready;
+                    p.message = (!ready).then(|| "disk gone".to_string());
+                    p
+                },
+            )
+    }
+
+    /// A node and its heartbeat age in seconds, if it ever reported.
+    fn arb_node() -> impl Strategy<Value = (NodeState, Option<u64>)> {
+        (
+            prop::collection::vec(arb_pool(), 0..4),
+            prop::bool::weighted(0.9),
+            prop::option::weighted(0.9, 0u64..=90),
+        )
+            .prop_map(|(mut pools, ready, age)| {
+                // Pool names are unique on a node.
+                let mut seen = Vec::new();
+                pools.retain(|p| {
+                    let new = !seen.contains(&p.name);
+                    seen.push(p.name.clone());
+                    new
+                });
+                let mut node = NodeState::new("n", pools);
+                node.ready = ready;
+                (node, age)
+            })
+    }
+
+    fn arb_demand() -> impl Strategy<Value = Demand> {
+        prop::collection::vec((0usize..4, 0u64..=512), 0..4).prop_map(|claims| {
+            Demand::from_claims(claims.into_iter().map(|(p, g)| (POOLS[p], Bytes::gib(g)))).unwrap()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn plan_fits_and_scores_as_the_ledger(
+            nodes in prop::collection::vec(arb_node(), 1..6),
+            demand in arb_demand(),
+        ) {
+            let now: k8s_openapi::jiff::Timestamp = super::NOW.parse().unwrap();
+            let opts = FitOptions { stale_after: Duration::from_secs(45) };
+            let mut base = Base::default();
+            for (i, (node, age)) in nodes.iter().enumerate() {
+                let heartbeat = age.map(|s| now - k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(s).unwrap()));
+                base.push(&format!("n{i}"), node.clone(), heartbeat);
+            }
+            let plan = base.plan(&demand);
+            prop_assert!(plan.node("absent").is_none());
+            for (i, (node, age)) in nodes.iter().enumerate() {
+                let planned = plan.node(&format!("n{i}")).unwrap();
+                let age = age.map(Duration::from_secs);
+                prop_assert_eq!(planned.heartbeat_age(now), age);
+                let want = check_aged(node, age, &demand, &opts);
+                prop_assert_eq!(planned.fits(now, &opts), want.is_ok());
+                prop_assert_eq!(planned.check(now, &opts, &demand), want);
+                for placement in [Placement::Spread, Placement::Binpack] {
+                    prop_assert_eq!(planned.score(placement), score(node, &demand, placement));
+                }
+            }
+        }
+    }
+}

@@ -88,6 +88,19 @@ pub fn score(node: &NodeState, demand: &Demand, placement: Placement) -> u8 {
     let Some((left, whole)) = room_after(node, demand) else {
         return 0;
     };
+    score_share(left, whole, placement)
+}
+
+/// The score of a node with `left` of `whole` bytes of the demanded pools free after
+/// placement (`left <= whole`): the arithmetic of [`score`], for callers that
+/// keep per-pool free and allocatable bytes in their own compact form.
+///
+/// `left` is the sum over the demanded pools of `free − demand` (every pool must fit), and
+/// `whole` the sum of their allocatable bytes. A `whole` of zero scores 0, as in [`score`].
+pub fn score_share(left: u128, whole: u128, placement: Placement) -> u8 {
+    if whole == 0 {
+        return 0;
+    }
     // Rounded integer division; left <= whole, so the result is at most MAX_SCORE.
     let spread = (left * u128::from(MAX_SCORE) + whole / 2) / whole;
     let spread = u8::try_from(spread.min(u128::from(MAX_SCORE))).unwrap_or(MAX_SCORE);
