@@ -574,8 +574,14 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
         return;
     };
     env.pod("huge", "local", &[9 * 1024]).await;
-    let failure = wait_until(WAIT, "the pod's scheduling fails", || async {
-        env.scheduler.last_failure(NS, "huge")
+    // The first attempts may fail for a claim the extender's cache has not seen yet
+    // ("persistentvolumeclaim not found"), as with a real kube-scheduler; the retries must
+    // settle on the capacity reason.
+    let expected = "storage pool \"default\" has 8Gi free, the pod's claims need 9Gi";
+    let failure = wait_until(WAIT, "the pod's scheduling fails for capacity", || async {
+        env.scheduler
+            .last_failure(NS, "huge")
+            .filter(|f| f.contains("free, the pod's claims need"))
     })
     .await
     .unwrap();
@@ -584,7 +590,7 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
         "{failure}"
     );
     assert!(
-        failure.contains("storage pool \"default\" has 8Gi free, the pod's claims need 9Gi"),
+        failure.contains(expected),
         "the reason names the largest free space: {failure}"
     );
     // It stays that way: retried, still unscheduled, the claim Pending without a PV.
