@@ -252,10 +252,7 @@ impl Env {
             .unwrap();
         }
         wait_for(WAIT, "the controller's /readyz is 200", || async {
-            matches!(
-                get(controller_port, "/readyz".into()).await,
-                Some((200, _))
-            )
+            matches!(get(controller_port, "/readyz".into()).await, Some((200, _)))
         })
         .await
         .unwrap();
@@ -324,13 +321,19 @@ impl Env {
             self.claims()
                 .create(
                     &PostParams::default(),
-                    &pvc(NS, claim).size(&format!("{mib}Mi")).class(class).build(),
+                    &pvc(NS, claim)
+                        .size(&format!("{mib}Mi"))
+                        .class(class)
+                        .build(),
                 )
                 .await
                 .unwrap();
         }
         self.pods()
-            .create(&PostParams::default(), &pod(NS, name).claims(&claims).build())
+            .create(
+                &PostParams::default(),
+                &pod(NS, name).claims(&claims).build(),
+            )
             .await
             .unwrap();
     }
@@ -368,9 +371,7 @@ impl Env {
                     .items
                     .into_iter()
                     .filter(|c| c.name_any().starts_with(prefix))
-                    .filter(|c| {
-                        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
-                    })
+                    .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
                     .filter_map(|c| Some((c.name_any(), c.spec?.volume_name?)))
                     .collect();
                 (bound.len() == expected).then_some(bound)
@@ -411,7 +412,13 @@ impl Env {
 
     /// Deletes the pods then claims named `prefix*`.
     async fn delete_all(&self, prefix: &str) {
-        for p in self.pods().list(&ListParams::default()).await.unwrap().items {
+        for p in self
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+        {
             if p.name_any().starts_with(prefix) {
                 self.pods()
                     .delete(&p.name_any(), &DeleteParams::default())
@@ -419,7 +426,13 @@ impl Env {
                     .unwrap();
             }
         }
-        for c in self.claims().list(&ListParams::default()).await.unwrap().items {
+        for c in self
+            .claims()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+        {
             if c.name_any().starts_with(prefix) {
                 self.claims()
                     .delete(&c.name_any(), &DeleteParams::default())
@@ -443,7 +456,9 @@ fn mix(pods: usize, seed: u64) -> Vec<Vec<u64>> {
     (0..pods)
         .map(|_| {
             let count = 1 + next(3);
-            (0..count).map(|_| [32, 64, 128][next(3) as usize]).collect()
+            (0..count)
+                .map(|_| [32, 64, 128][next(3) as usize])
+                .collect()
         })
         .collect()
 }
@@ -452,7 +467,11 @@ fn mix(pods: usize, seed: u64) -> Vec<Vec<u64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directories() {
-    let Some(env) = Env::start(&[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)], Options::default()).await
+    let Some(env) = Env::start(
+        &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
+        Options::default(),
+    )
+    .await
     else {
         return;
     };
@@ -483,12 +502,12 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
             let claim = format!("{pod_name}-{c}");
             let pv = &pvs[&bound[&claim]];
             let (pv_node, path) = Env::pv_node_and_path(pv);
-            assert_eq!(&pv_node, node, "pod {i}'s claim {claim} is on its pod's node");
-            let dir = Path::new(&path);
-            assert!(
-                dir.is_dir(),
-                "{claim}: {path} exists on {node}'s pool"
+            assert_eq!(
+                &pv_node, node,
+                "pod {i}'s claim {claim} is on its pod's node"
             );
+            let dir = Path::new(&path);
+            assert!(dir.is_dir(), "{claim}: {path} exists on {node}'s pool");
             assert!(
                 dir.starts_with(&env.agent(node).pool_dir),
                 "{claim}: {path} is inside {node}'s pool dir {}",
@@ -498,7 +517,11 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
     }
     let allocated = env.allocated().await;
     let total: u64 = plan.iter().flatten().sum::<u64>() * MI;
-    assert_eq!(allocated.values().sum::<u64>(), total, "one LocalVolume per claim");
+    assert_eq!(
+        allocated.values().sum::<u64>(),
+        total,
+        "one LocalVolume per claim"
+    );
     let mut utilization = Vec::new();
     for a in &env.agents {
         let used = allocated.get(&a.name).copied().unwrap_or(0);
@@ -521,7 +544,11 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binpack_fills_the_fullest_node_that_fits_first() {
-    let Some(env) = Env::start(&[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)], Options::default()).await
+    let Some(env) = Env::start(
+        &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
+        Options::default(),
+    )
+    .await
     else {
         return;
     };
@@ -530,7 +557,10 @@ async fn binpack_fills_the_fullest_node_that_fits_first() {
         env.claims()
             .create(
                 &PostParams::default(),
-                &pvc(NS, name).size(&format!("{mib}Mi")).class("local").build(),
+                &pvc(NS, name)
+                    .size(&format!("{mib}Mi"))
+                    .class("local")
+                    .build(),
             )
             .await
             .unwrap();
@@ -554,7 +584,10 @@ async fn binpack_fills_the_fullest_node_that_fits_first() {
     futures::future::join_all(creates).await;
     let placed = env.scheduled(&names).await;
     for (pod_name, node) in &placed {
-        assert_eq!(node, "n2", "{pod_name}: binpack prefers the fullest node: {placed:?}");
+        assert_eq!(
+            node, "n2",
+            "{pod_name}: binpack prefers the fullest node: {placed:?}"
+        );
     }
     // n2 has 6Gi - 3Gi - 800Mi = 2272Mi free: a 2500Mi claim goes to the fullest node
     // that still fits, n1 (3Gi free), not the emptiest, n3.
@@ -569,7 +602,11 @@ async fn binpack_fills_the_fullest_node_that_fits_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
-    let Some(env) = Env::start(&[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)], Options::default()).await
+    let Some(env) = Env::start(
+        &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
+        Options::default(),
+    )
+    .await
     else {
         return;
     };
@@ -585,10 +622,7 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
     })
     .await
     .unwrap();
-    assert!(
-        failure.starts_with("0/3 nodes are available"),
-        "{failure}"
-    );
+    assert!(failure.starts_with("0/3 nodes are available"), "{failure}");
     assert!(
         failure.contains(expected),
         "the reason names the largest free space: {failure}"
@@ -601,7 +635,11 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
     .await
     .unwrap();
     let pod = env.pods().get("huge").await.unwrap();
-    assert_eq!(pod.spec.unwrap().node_name, None, "the pod stays unscheduled");
+    assert_eq!(
+        pod.spec.unwrap().node_name,
+        None,
+        "the pod stays unscheduled"
+    );
     let claim = env.claims().get("huge-0").await.unwrap();
     assert_eq!(
         claim.status.and_then(|s| s.phase).as_deref(),
@@ -615,8 +653,22 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
             .contains_key(names::ANNOTATION_SELECTED_NODE),
         "no node was selected"
     );
-    assert!(env.lvs().list(&ListParams::default()).await.unwrap().items.is_empty());
-    assert!(env.pvs().list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        env.lvs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        env.pvs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -657,8 +709,17 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
     let pvs = env.pvs();
     let lvs = env.lvs();
     wait_for(WAIT, "every PV and LocalVolume is gone", || async {
-        pvs.list(&ListParams::default()).await.unwrap().items.is_empty()
-            && lvs.list(&ListParams::default()).await.unwrap().items.is_empty()
+        pvs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+            && lvs
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
     })
     .await
     .unwrap();
@@ -679,7 +740,11 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
         );
     }
     for (pv, _, path) in &dirs["keep"] {
-        assert!(path.is_dir(), "{pv}: onDelete retain keeps {}", path.display());
+        assert!(
+            path.is_dir(),
+            "{pv}: onDelete retain keeps {}",
+            path.display()
+        );
     }
 }
 
@@ -700,7 +765,9 @@ fn prometheus_tools() -> Option<(PathBuf, PathBuf)> {
             panic!("prometheus/promtool are not installed (apt-get install -y prometheus)")
         }
         _ => {
-            eprintln!("SKIP: prometheus/promtool are not installed (apt-get install -y prometheus)");
+            eprintln!(
+                "SKIP: prometheus/promtool are not installed (apt-get install -y prometheus)"
+            );
             None
         }
     }
@@ -725,7 +792,11 @@ fn dashboard_queries() -> Vec<String> {
     let mut out = Vec::new();
     walk(&dashboard["panels"], &mut out);
     assert!(out.len() >= 25, "the dashboard's expressions: {out:?}");
-    for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(q) = v["definition"].as_str()
             && let Some(inner) = q
                 .strip_prefix("label_values(")
@@ -798,7 +869,12 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -825,27 +901,40 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
         .cluster
         .role(&prometheus, "prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .spawn()
         .unwrap();
     let query = |expr: String| async move {
         get(port, format!("/api/v1/query?query={}", encode(&expr)))
             .await
-            .map(|(code, body)| (code, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(), body))
+            .map(|(code, body)| {
+                (
+                    code,
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+                    body,
+                )
+            })
     };
     // Samples arrive: every target is up, and rates have at least two scrapes to work with.
     let up_count = targets.len();
-    wait_for(Duration::from_secs(60), "every target is scraped and up", || async {
-        query("sum(up) and count(up) == count(up == 1)".into())
-            .await
-            .and_then(|(_, v, _)| {
-                v["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .and_then(|s| s.parse::<f64>().ok())
-            })
-            == Some(up_count as f64)
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "every target is scraped and up",
+        || async {
+            query("sum(up) and count(up) == count(up == 1)".into())
+                .await
+                .and_then(|(_, v, _)| {
+                    v["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .and_then(|s| s.parse::<f64>().ok())
+                })
+                == Some(up_count as f64)
+        },
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -855,7 +944,9 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
         match query(expr.clone()).await {
             Some((200, v, _))
                 if v["status"] == "success"
-                    && v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) => {}
+                    && v["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty()) => {}
             Some((_, _, body)) => failures.push(format!("{expr}\n    -> {body}")),
             None => failures.push(format!("{expr}\n    -> no answer")),
         }
