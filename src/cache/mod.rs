@@ -30,7 +30,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::local_volume::LocalVolume;
 use crate::api::names;
-use crate::api::storage_node::StorageNode;
+use crate::api::storage_node::{StorageNode, StorageNodeStatus};
 use crate::ledger::{
     Bytes, ClaimKey, Demand, DemandOverflow, FitOptions, Ledger, NodeName, NodeState, Placement,
     PoolName, QuantityError, Unfit, check_aged, score_share,
@@ -60,8 +60,11 @@ pub struct ClusterIndex {
     claims: HashMap<(String, String), PersistentVolumeClaim>,
     classes: HashMap<String, StorageClass>,
     /// The ledger without heartbeat ages, with each node's parsed heartbeat and compact
-    /// summary; cleared on every change.
+    /// summary; cleared on every change but a heartbeat.
     base: OnceLock<Base>,
+    /// How often the ledger was derived, for tests that prove a change did not discard it.
+    #[cfg(test)]
+    derivations: std::sync::atomic::AtomicUsize,
 }
 
 /// The hasher of the name-keyed map on the extender's per-node path: foldhash's fast
@@ -226,10 +229,30 @@ impl ClusterIndex {
     }
 
     /// Adds or replaces a StorageNode (keyed by name).
+    ///
+    /// Every agent writes a heartbeat every 10 s, so at 5,000 nodes hundreds of updates a
+    /// second change nothing but `status.heartbeatTime`. Those update the derived ledger in
+    /// place (the node's heartbeat) instead of discarding it, so extender requests do not
+    /// re-derive the whole cluster after every heartbeat.
     pub fn apply_storage_node(&mut self, node: StorageNode) {
         let name = node.metadata.name.clone().unwrap_or_default();
-        self.nodes.insert(name, node);
-        self.changed();
+        let heartbeat_only = self
+            .nodes
+            .get(&name)
+            .is_some_and(|old| only_heartbeat_differs(old, &node));
+        let beat = heartbeat(&node);
+        self.nodes.insert(name.clone(), node);
+        if !heartbeat_only {
+            self.changed();
+            return;
+        }
+        // Not derived yet: the next derivation reads the new object anyway.
+        if let Some(base) = self.base.get_mut()
+            && let Some(&i) = base.by_name.get(name.as_str())
+        {
+            base.nodes[i].heartbeat = beat;
+            base.summaries[i].heartbeat = beat;
+        }
     }
 
     /// Removes a StorageNode.
@@ -396,6 +419,9 @@ impl ClusterIndex {
     /// moment (a volume whose object is gone but whose data is not). Taking the larger
     /// never promises bytes either source says are taken.
     fn derive(&self) -> Base {
+        #[cfg(test)]
+        self.derivations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut allocated = PerPool::default();
         for lv in self.volumes.values() {
             add(
@@ -722,6 +748,24 @@ fn claim_key(claim: &PersistentVolumeClaim) -> (String, String) {
 }
 
 /// The agent's last report; `None` when there is none or it is not RFC 3339.
+/// Whether `new` differs from `old` in nothing the ledger reads but the heartbeat time.
+fn only_heartbeat_differs(old: &StorageNode, new: &StorageNode) -> bool {
+    match (&old.status, &new.status) {
+        (Some(a), Some(b)) => {
+            a.pools == b.pools
+                && StorageNodeStatus {
+                    heartbeat_time: None,
+                    ..a.clone()
+                } == StorageNodeStatus {
+                    heartbeat_time: None,
+                    ..b.clone()
+                }
+        }
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn heartbeat(node: &StorageNode) -> Option<Timestamp> {
     node.status
         .as_ref()?

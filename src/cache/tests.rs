@@ -678,3 +678,57 @@ mod fit_plan {
         }
     }
 }
+
+#[test]
+fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
+    let mut index = ClusterIndex::new();
+    index.apply_storage_node(sn(
+        "n1",
+        Some(STALE),
+        &[("default", Bytes::gib(100), Bytes::ZERO)],
+    ));
+    let stale_age = index.node_view("n1", now()).unwrap().1.unwrap();
+    assert_eq!(stale_age, Duration::from_secs(3600));
+    let derivations =
+        |index: &ClusterIndex| index.derivations.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(derivations(&index), 1);
+
+    // The agent's next heartbeat: same pools, new time.
+    index.apply_storage_node(sn(
+        "n1",
+        Some(NOW),
+        &[("default", Bytes::gib(100), Bytes::ZERO)],
+    ));
+    assert_eq!(
+        index.node_view("n1", now()).unwrap().1,
+        Some(Duration::ZERO)
+    );
+    assert_eq!(
+        derivations(&index),
+        1,
+        "a heartbeat must not discard the derived ledger"
+    );
+    let mut demand = Demand::new();
+    demand
+        .add(PoolName("default".into()), Bytes::gib(1))
+        .unwrap();
+    let plan = index.fit_plan(&demand);
+    assert!(
+        plan.node("n1").unwrap().fits(now(), &FitOptions::default()),
+        "the fresh heartbeat counts in the fit check"
+    );
+
+    // A capacity change is not a heartbeat: the ledger is derived again and sees it.
+    index.apply_storage_node(sn(
+        "n1",
+        Some(NOW),
+        &[("default", Bytes::gib(100), Bytes::gib(100))],
+    ));
+    let plan = index.fit_plan(&demand);
+    assert!(
+        !plan.node("n1").unwrap().fits(now(), &FitOptions::default()),
+        "the full pool must be seen"
+    );
+    drop(plan);
+    assert_eq!(derivations(&index), 2);
+}
