@@ -29,16 +29,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use prometheus::Registry;
-use serde_json::json;
 use tokio::sync::Notify;
 
 use super::claim::{claim_ref, names_provisioner};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
+use super::release::remove_finalizer;
 use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
 use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
@@ -733,35 +733,6 @@ async fn delete_pv(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
         }
         Ok(_) => Ok(()),
         Err(e) => Err(Error::api("get", "PersistentVolume", name)(e)),
-    }
-}
-
-/// Removes our finalizer with a patch conditional on the version read.
-async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
-    let name = pv.name_any();
-    let rest: Vec<&String> = pv
-        .finalizers()
-        .iter()
-        .filter(|f| *f != names::FINALIZER_PV_CLEANUP)
-        .collect();
-    if rest.len() == pv.finalizers().len() {
-        return Ok(());
-    }
-    let patch = json!({
-        "metadata": {"resourceVersion": pv.resource_version(), "finalizers": rest}
-    });
-    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(Error::api(
-            "remove the finalizer of",
-            "PersistentVolume",
-            name,
-        )(e)),
     }
 }
 

@@ -206,7 +206,7 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
 
 /// Removes our finalizer with a patch conditional on the version read, so no other
 /// finalizer added meanwhile is dropped (a conflict is retried).
-async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
+pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
     let name = pv.name_any();
     let rest: Vec<&String> = pv
         .finalizers()
