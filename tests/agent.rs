@@ -5,8 +5,6 @@
 // only inside #[test] functions.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +19,7 @@ use stowage::api::local_volume::{
 use stowage::api::names::{FINALIZER_AGENT_CLEANUP, LABEL_NODE, LABEL_POOL};
 use stowage::api::storage_node::{PoolStatus, StorageNode};
 use stowage_testkit::e2e::{Cluster, Role, random_uuid};
+use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{wait_for, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,11 +36,6 @@ struct Agent {
     config: PathBuf,
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn pool_yaml(pools: &[(&str, &Path)]) -> String {
     let mut text = String::from("pools:\n");
     for (name, path) in pools {
@@ -51,31 +45,6 @@ fn pool_yaml(pools: &[(&str, &Path)]) -> String {
         ));
     }
     text
-}
-
-/// `GET path` on 127.0.0.1:port: status and body, or `None` if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-async fn get(port: u16, path: &'static str) -> Option<(u16, String)> {
-    tokio::task::spawn_blocking(move || http_get(port, path))
-        .await
-        .ok()
-        .flatten()
 }
 
 impl Agent {

@@ -7,8 +7,6 @@
 // loudly where it happened (clippy's allow-unwrap-in-tests covers only #[test] bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, RwLock};
@@ -31,6 +29,7 @@ use stowage::controller::{self, Config, Context, Metrics};
 use stowage::nfs::capacity::{Allocation, probe};
 use stowage::nfs::{NfsCluster, NfsConfig};
 use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
+use stowage_testkit::net::{free_port, http_get};
 use stowage_testkit::scheduler::{Scheduler, SchedulerConfig};
 use stowage_testkit::{ApiServer, wait_for, wait_until};
 use tokio::sync::watch;
@@ -612,20 +611,6 @@ fn bad_nfs_environment_stops_the_binary_with_a_clear_message() {
     assert!(stderr.contains("mont"), "{stderr}");
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, response))
-}
-
 #[tokio::test]
 async fn the_binary_in_environment_mode_serves_per_server_gauges() {
     let server = ApiServer::start().await.unwrap();
@@ -635,11 +620,7 @@ async fn the_binary_in_environment_mode_serves_per_server_gauges() {
     }
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _controller = Process(
         controller_command(dir.path(), &kubeconfig)
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -2,8 +2,6 @@
 //! serve /healthz, /readyz and /metrics on --listen and provision a claim whose node the
 //! (simulated) scheduler selected, once an agent (played here) makes the volume.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use stowage::api::local_volume::LocalVolume;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::api::{crds, names};
 use stowage_testkit::fixtures::{namespace, node, pvc, storage_class};
+use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{ApiServer, wait_for, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,33 +29,6 @@ impl Drop for Controller {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `GET path` on 127.0.0.1:port: status code and body, or `None` if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    Some((code, body))
-}
-
-async fn get(port: u16, path: &'static str) -> Option<(u16, String)> {
-    tokio::task::spawn_blocking(move || http_get(port, path))
-        .await
-        .ok()
-        .flatten()
 }
 
 #[tokio::test]
@@ -127,11 +99,7 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _controller = Controller(
         Command::new(env!("CARGO_BIN_EXE_stowage"))
             .args(["controller", "--listen", &format!("127.0.0.1:{port}")])

@@ -14,8 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -29,6 +28,7 @@ use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
 use stowage_testkit::e2e::{Cluster, Role};
 use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
+use stowage_testkit::net::{free_port, get};
 use stowage_testkit::scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 use stowage_testkit::{wait_for, wait_until};
 
@@ -38,56 +38,6 @@ const GI: u64 = 1 << 30;
 const NS: &str = "apps";
 
 // === harness ===
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// `GET path` on 127.0.0.1:port: status and body, or `None` if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Some((code, body))
-}
-
-fn dechunk(mut body: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(rest.get(..size)?);
-        body = rest.get(size + 2..)?;
-    }
-}
-
-async fn get(port: u16, path: String) -> Option<(u16, String)> {
-    tokio::task::spawn_blocking(move || http_get(port, &path))
-        .await
-        .ok()
-        .flatten()
-}
 
 /// One node: its agent process, its pool directory and metrics port.
 struct NodeAgent {
@@ -252,7 +202,7 @@ impl Env {
             .unwrap();
         }
         wait_for(WAIT, "the controller's /readyz is 200", || async {
-            matches!(get(controller_port, "/readyz".into()).await, Some((200, _)))
+            matches!(get(controller_port, "/readyz").await, Some((200, _)))
         })
         .await
         .unwrap();
@@ -860,7 +810,7 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
     targets.extend(env.agents.iter().map(|a| format!("127.0.0.1:{}", a.port)));
     for target in &targets {
         let port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
-        let (code, body) = get(port, "/metrics".into()).await.unwrap();
+        let (code, body) = get(port, "/metrics").await.unwrap();
         assert_eq!(code, 200, "{target}/metrics");
         let mut child = Command::new(&promtool)
             .args(["check", "metrics"])

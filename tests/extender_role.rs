@@ -19,6 +19,7 @@ use serde_json::json;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::api::{crds, names};
 use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
+use stowage_testkit::net::{free_port, get};
 use stowage_testkit::scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 use stowage_testkit::{ApiServer, wait_for, wait_until};
 
@@ -33,32 +34,6 @@ impl Drop for Extender {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// `GET path` on 127.0.0.1:port; the status code, or `None` if nothing answers.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
-async fn status_of(port: u16, path: &'static str) -> Option<u16> {
-    tokio::task::spawn_blocking(move || http_status(port, path))
-        .await
-        .ok()
-        .flatten()
 }
 
 /// `POST path` with a JSON body on 127.0.0.1:port over a fresh connection; the status and
@@ -216,7 +191,7 @@ async fn start_extender(server: &ApiServer) -> (Extender, u16, tempfile::TempDir
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let port = free_port().unwrap();
+    let port = free_port();
     let extender = Extender(
         Command::new(env!("CARGO_BIN_EXE_stowage"))
             .arg("extender")
@@ -229,12 +204,12 @@ async fn start_extender(server: &ApiServer) -> (Extender, u16, tempfile::TempDir
             .unwrap(),
     );
     wait_for(WAIT, "/healthz answers", || async {
-        status_of(port, "/healthz").await == Some(200)
+        get(port, "/healthz").await.map(|(code, _)| code) == Some(200)
     })
     .await
     .unwrap();
     wait_for(WAIT, "/readyz is 200", || async {
-        status_of(port, "/readyz").await == Some(200)
+        get(port, "/readyz").await.map(|(code, _)| code) == Some(200)
     })
     .await
     .unwrap();

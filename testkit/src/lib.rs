@@ -158,6 +158,7 @@
 mod apiserver;
 pub mod e2e;
 pub mod fixtures;
+pub mod net;
 pub mod scheduler;
 mod wait;
 
