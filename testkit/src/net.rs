@@ -23,6 +23,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use rustix::fs::{FlockOperation, flock};
+
 /// Ports reserved by this process, with the lock file of each (held until exit).
 fn reserved() -> &'static Mutex<(HashSet<u16>, Vec<File>)> {
     static RESERVED: OnceLock<Mutex<(HashSet<u16>, Vec<File>)>> = OnceLock::new();
@@ -52,7 +54,7 @@ pub fn free_port() -> u16 {
         let Ok(file) = File::create(dir.join(format!("{port}.lock"))) else {
             continue;
         };
-        if file.try_lock().is_err() {
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -138,7 +140,10 @@ mod tests {
                 .join(format!("{port}.lock")),
         )
         .unwrap();
-        assert!(other.try_lock().is_err(), "the reservation holds the lock");
+        assert!(
+            flock(&other, FlockOperation::NonBlockingLockExclusive).is_err(),
+            "the reservation holds the lock"
+        );
     }
 
     #[test]
