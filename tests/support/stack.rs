@@ -1,0 +1,454 @@
+//! The whole system with real processes, for the e2e tests: `stowage agent` per node on a
+//! pool in a temp dir (hostpath) or on the scratch btrfs (btrfs), `stowage controller`
+//! (leader election on, the extender served on its --listen), and testkit's kube-scheduler
+//! + PV-controller stand-in calling that extender over HTTP.
+//!
+//! ```text
+//!   Env::start(&[("n1", 4 * GI), ..], Options { .. })
+//!     ├── CRDs, namespaces `apps` + `stowage-system`, Nodes, StorageClasses
+//!     │     local · local-binpack · local-archive · local-keep (· nfs · local-btrfs)
+//!     ├── agent-<node>   --heartbeat 1, pool `default` (capacity as given)
+//!     ├── controller     + Options::controller_args
+//!     └── Scheduler stand-in → http://127.0.0.1:<controller port>
+//!   env.controller.kill() / env.restart_controller()   crash and recover the controller
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use stowage::api::local_volume::LocalVolume;
+use stowage::api::storage_node::StorageNode;
+use stowage::api::{crds, names};
+use stowage_testkit::e2e::{Cluster, Role};
+use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
+use stowage_testkit::net::{free_port, get};
+use stowage_testkit::scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
+use stowage_testkit::{wait_for, wait_until};
+
+/// How long any single wait of the harness may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// One mebibyte.
+pub const MI: u64 = 1 << 20;
+/// One gibibyte.
+pub const GI: u64 = 1 << 30;
+/// The namespace of the test's pods and claims.
+pub const NS: &str = "apps";
+
+/// One node: its agent process, its pool directory and metrics port.
+pub struct NodeAgent {
+    /// The node's name.
+    pub name: String,
+    /// Its pool's directory.
+    pub pool_dir: PathBuf,
+    /// The agent's --listen port.
+    pub port: u16,
+    /// The pool's capacity.
+    pub capacity: u64,
+    /// The agent process.
+    pub process: Role,
+}
+
+/// Options of [`Env::start`].
+#[derive(Default)]
+pub struct Options {
+    /// NFS servers (addresses) the controller gets through NFS_SERVER/NFS_PATH, with temp
+    /// dirs as their mounts.
+    pub nfs: Vec<&'static str>,
+    /// Nodes whose pool is a btrfs one (driver btrfs) under [`Options::btrfs`].
+    pub btrfs_nodes: Vec<&'static str>,
+    /// The mounted scratch btrfs (STOWAGE_TEST_BTRFS) the btrfs nodes' pools live in.
+    pub btrfs: Option<PathBuf>,
+    /// More arguments for `stowage controller`.
+    pub controller_args: Vec<String>,
+}
+
+/// The running system. Field order is drop order: the scheduler and processes stop before
+/// the cluster (and its scratch dir with their logs) goes.
+pub struct Env {
+    /// The kube-scheduler stand-in.
+    pub scheduler: Scheduler,
+    /// One agent per node.
+    pub agents: Vec<NodeAgent>,
+    /// The controller process.
+    pub controller: Role,
+    /// The controller's --listen port (extender, metrics, health).
+    pub controller_port: u16,
+    /// The API server.
+    pub cluster: Cluster,
+    /// A client of it.
+    pub client: Client,
+}
+
+impl Env {
+    /// `None` (after printing SKIP) on a real cluster; else nodes `(name, pool capacity)`,
+    /// each with an agent, the storage classes, the controller and the scheduler stand-in.
+    pub async fn start(nodes: &[(&str, u64)], options: Options) -> Option<Env> {
+        let cluster = Cluster::start().await.unwrap();
+        if cluster.is_real() {
+            eprintln!(
+                "SKIP: the e2e tests drive testkit's scheduler stand-in, which would race a real cluster's scheduler"
+            );
+            return None;
+        }
+        cluster.install_crds(crds()).await.unwrap();
+        let client = cluster.client();
+        for ns in [NS, "stowage-system"] {
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &namespace(ns).build())
+                .await
+                .unwrap();
+        }
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        for (name, params) in [
+            ("local", vec![]),
+            ("local-binpack", vec![("placement", "binpack")]),
+            ("local-archive", vec![("onDelete", "archive")]),
+            ("local-keep", vec![("onDelete", "retain")]),
+        ] {
+            let mut b = storage_class(name)
+                .provisioner(names::PROVISIONER_LOCAL)
+                .wait_for_first_consumer()
+                .reclaim("Delete");
+            for (k, v) in params {
+                b = b.param(k, v);
+            }
+            classes
+                .create(&PostParams::default(), &b.build())
+                .await
+                .unwrap();
+        }
+        if !options.nfs.is_empty() {
+            classes
+                .create(
+                    &PostParams::default(),
+                    &storage_class("nfs")
+                        .provisioner(names::PROVISIONER_NFS)
+                        .reclaim("Delete")
+                        .build(),
+                )
+                .await
+                .unwrap();
+        }
+
+        let mut agents = Vec::new();
+        for (name, capacity) in nodes {
+            let mut n = node(name).build();
+            n.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(names::LABEL_HOSTNAME.into(), name.to_string());
+            Api::<Node>::all(client.clone())
+                .create(&PostParams::default(), &n)
+                .await
+                .unwrap();
+            let (pool_dir, driver) = if options.btrfs_nodes.contains(name) {
+                let root = options
+                    .btrfs
+                    .as_ref()
+                    .expect("Options::btrfs_nodes needs Options::btrfs (STOWAGE_TEST_BTRFS)");
+                (root.join(cluster.unique(&format!("e2e-{name}"))), "btrfs")
+            } else {
+                (
+                    cluster.dir().join("nodes").join(name).join("default"),
+                    "hostpath",
+                )
+            };
+            std::fs::create_dir_all(&pool_dir).unwrap();
+            let config = cluster.dir().join(format!("pools-{name}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "pools:\n  - name: default\n    driver: {driver}\n    path: {}\n    capacity: {capacity}\n",
+                    pool_dir.display()
+                ),
+            )
+            .unwrap();
+            let port = free_port();
+            let process = cluster
+                .role(env!("CARGO_BIN_EXE_stowage"), &format!("agent-{name}"))
+                .arg("agent")
+                .arg("--node-name")
+                .arg(name)
+                .arg("--pools")
+                .arg(&config)
+                .arg("--heartbeat")
+                .arg("1")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--kubeconfig")
+                .arg(cluster.kubeconfig())
+                .env("RUST_LOG", "info")
+                .spawn()
+                .unwrap();
+            agents.push(NodeAgent {
+                name: name.to_string(),
+                pool_dir,
+                port,
+                capacity: *capacity,
+                process,
+            });
+        }
+
+        let controller_port = free_port();
+        let mut controller = cluster
+            .role(env!("CARGO_BIN_EXE_stowage"), "controller")
+            .arg("controller")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{controller_port}"))
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig())
+            .env("POD_NAMESPACE", "stowage-system")
+            .env("POD_NAME", "controller-0")
+            .env("RUST_LOG", "info")
+            .args(&options.controller_args);
+        if !options.nfs.is_empty() {
+            let base = cluster.dir().join("nfs");
+            let mut exports = Vec::new();
+            for address in &options.nfs {
+                std::fs::create_dir_all(base.join(address)).unwrap();
+                exports.push(format!("/exports/{address}"));
+            }
+            controller = controller
+                .arg("--nfs-mount-base")
+                .arg(&base)
+                .env("NFS_SERVER", options.nfs.join(":"))
+                .env("NFS_PATH", exports.join(":"));
+        }
+        let controller = controller.spawn().unwrap();
+
+        for a in &agents {
+            let port = a.port;
+            wait_for(WAIT, &format!("agent {}'s /readyz is 200", a.name), || {
+                let path = "/readyz".to_string();
+                async move { matches!(get(port, path).await, Some((200, _))) }
+            })
+            .await
+            .unwrap();
+        }
+        wait_controller_ready(controller_port).await;
+        // Every agent's report is in: the extender knows every node's pool.
+        let sns: Api<StorageNode> = Api::all(client.clone());
+        wait_for(WAIT, "every StorageNode reports a ready pool", || async {
+            let Ok(list) = sns.list(&ListParams::default()).await else {
+                return false;
+            };
+            agents.iter().all(|a| {
+                list.items.iter().any(|sn| {
+                    sn.name_any() == a.name
+                        && sn.status.as_ref().is_some_and(|s| {
+                            s.pools
+                                .iter()
+                                .any(|p| p.ready && p.allocatable_bytes == a.capacity)
+                        })
+                })
+            })
+        })
+        .await
+        .unwrap();
+
+        let scheduler = Scheduler::start(
+            client.clone(),
+            SchedulerConfig::with_extender(ExtenderConfig::new(format!(
+                "http://127.0.0.1:{controller_port}"
+            ))),
+        );
+        Some(Env {
+            scheduler,
+            agents,
+            controller,
+            controller_port,
+            cluster,
+            client,
+        })
+    }
+
+    /// Restarts the controller (same arguments) after a [`Role::kill`] and waits until it
+    /// is ready again.
+    pub async fn restart_controller(&mut self) {
+        self.controller.restart().unwrap();
+        wait_controller_ready(self.controller_port).await;
+    }
+
+    pub fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn pvs(&self) -> Api<PersistentVolume> {
+        Api::all(self.client.clone())
+    }
+
+    pub fn lvs(&self) -> Api<LocalVolume> {
+        Api::all(self.client.clone())
+    }
+
+    pub fn agent(&self, node: &str) -> &NodeAgent {
+        self.agents.iter().find(|a| a.name == node).unwrap()
+    }
+
+    /// Pod `name` with claims `name-0..` of `class` and the given sizes in MiB.
+    pub async fn pod(&self, name: &str, class: &str, sizes_mib: &[u64]) {
+        let claims: Vec<String> = (0..sizes_mib.len())
+            .map(|i| format!("{name}-{i}"))
+            .collect();
+        for (claim, mib) in claims.iter().zip(sizes_mib) {
+            self.claims()
+                .create(
+                    &PostParams::default(),
+                    &pvc(NS, claim)
+                        .size(&format!("{mib}Mi"))
+                        .class(class)
+                        .build(),
+                )
+                .await
+                .unwrap();
+        }
+        self.pods()
+            .create(
+                &PostParams::default(),
+                &pod(NS, name).claims(&claims).build(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until every pod in `names` is bound to a node; returns pod → node.
+    pub async fn scheduled(&self, names: &[String]) -> HashMap<String, String> {
+        let pods = self.pods();
+        wait_until(WAIT, &format!("{} pods are bound", names.len()), || async {
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            let bound: HashMap<String, String> = list
+                .items
+                .into_iter()
+                .filter_map(|p| {
+                    let node = p.spec.as_ref()?.node_name.clone()?;
+                    Some((p.name_any(), node))
+                })
+                .filter(|(n, _)| names.contains(n))
+                .collect();
+            (bound.len() == names.len()).then_some(bound)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Claim name → (bound PV name, size) for every claim whose name starts with `prefix`,
+    /// once all of them are Bound.
+    pub async fn all_bound(&self, prefix: &str, expected: usize) -> HashMap<String, String> {
+        let claims = self.claims();
+        wait_until(
+            WAIT,
+            &format!("{expected} claims {prefix}* are Bound"),
+            || async {
+                let list = claims.list(&ListParams::default()).await.ok()?;
+                let bound: HashMap<String, String> = list
+                    .items
+                    .into_iter()
+                    .filter(|c| c.name_any().starts_with(prefix))
+                    .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+                    .filter_map(|c| Some((c.name_any(), c.spec?.volume_name?)))
+                    .collect();
+                (bound.len() == expected).then_some(bound)
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// node → sum of the sizes of its LocalVolumes.
+    pub async fn allocated(&self) -> HashMap<String, u64> {
+        let mut by_node: HashMap<String, u64> = HashMap::new();
+        for lv in self.lvs().list(&ListParams::default()).await.unwrap().items {
+            *by_node.entry(lv.spec.node_name.clone()).or_default() += lv.spec.size_bytes;
+        }
+        by_node
+    }
+
+    /// The node a PV is pinned to (its local volume's node affinity) and its local path.
+    pub fn pv_node_and_path(pv: &PersistentVolume) -> (String, String) {
+        let spec = pv.spec.as_ref().unwrap();
+        let path = spec.local.as_ref().expect("a local PV").path.clone();
+        let terms = &spec
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        let node = terms[0].match_expressions.as_ref().unwrap()[0]
+            .values
+            .as_ref()
+            .unwrap()[0]
+            .clone();
+        (node, path)
+    }
+
+    /// Deletes the pods then claims named `prefix*`.
+    pub async fn delete_all(&self, prefix: &str) {
+        for p in self
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+        {
+            if p.name_any().starts_with(prefix) {
+                self.pods()
+                    .delete(&p.name_any(), &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+        }
+        for c in self
+            .claims()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+        {
+            if c.name_any().starts_with(prefix) {
+                self.claims()
+                    .delete(&c.name_any(), &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn wait_controller_ready(port: u16) {
+    wait_for(WAIT, "the controller's /readyz is 200", || async {
+        matches!(get(port, "/readyz").await, Some((200, _)))
+    })
+    .await
+    .unwrap();
+}
+
+/// A deterministic mix of 1–3 claims per pod of 32, 64 or 128 MiB.
+pub fn mix(pods: usize, seed: u64) -> Vec<Vec<u64>> {
+    // A 64-bit LCG (Knuth's MMIX constants); its high bits are plenty for a test mix.
+    let mut state = seed;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    (0..pods)
+        .map(|_| {
+            let count = 1 + next(3);
+            (0..count)
+                .map(|_| [32, 64, 128][next(3) as usize])
+                .collect()
+        })
+        .collect()
+}
