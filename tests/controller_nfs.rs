@@ -41,7 +41,7 @@ const NS: &str = "apps";
 // === harness ===
 
 struct Cluster {
-    _server: ApiServer,
+    server: ApiServer,
     client: Client,
     /// Holds the server mounts: `<dir>/a`, `<dir>/b`.
     dir: tempfile::TempDir,
@@ -75,7 +75,7 @@ impl Cluster {
             std::fs::create_dir(dir.path().join(s)).unwrap();
         }
         Cluster {
-            _server: server,
+            server,
             client,
             dir,
         }
@@ -365,6 +365,67 @@ async fn immediate_and_wait_for_first_consumer_claims_get_nfs_pvs() {
             "{text}"
         );
     }
+    scheduler.shutdown().await;
+}
+
+/// The value of `series` (name and labels exactly) in a scrape, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_failed_nfs_pv_create_is_counted_and_reported_then_retried() {
+    let cluster = Cluster::start().await;
+    cluster.class("nfs", false, "Delete", &[]).await;
+    cluster.server.faults().fail_writes_to(
+        "persistentvolumes",
+        1.0,
+        stowage_testkit::WriteFailure::InternalError,
+    );
+    let running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    cluster.claim("flaky", "nfs", &["ReadWriteMany"]).await;
+    let failed = "stowage_provisions_total{result=\"failed\"}";
+    wait_for(WAIT, "a failed provision is counted", || async {
+        sample(&running.metrics(), failed) >= 1.0
+    })
+    .await
+    .unwrap();
+    let message = wait_until(WAIT, "a ProvisioningFailed event", || async {
+        cluster
+            .events("flaky", "ProvisioningFailed")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("PersistentVolume"), "{message}");
+    assert!(message.contains("injected fault"), "{message}");
+    assert_eq!(
+        sample(
+            &running.metrics(),
+            "stowage_provisions_total{result=\"succeeded\"}"
+        ),
+        0.0
+    );
+
+    cluster.server.faults().stop_failing_writes();
+    cluster.bound("flaky").await;
+    let text = running.metrics();
+    assert_eq!(
+        sample(&text, "stowage_provisions_total{result=\"succeeded\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(sample(&text, failed) >= 1.0, "{text}");
+    assert_eq!(
+        cluster.events("flaky", "ProvisioningSucceeded").await.len(),
+        1
+    );
     scheduler.shutdown().await;
 }
 

@@ -97,7 +97,11 @@ impl ControllerArgs {
         let drain_timeout = Duration::from_secs(self.drain_timeout);
         let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
         let registry = Registry::new();
-        let index = Arc::new(RwLock::new(ClusterIndex::new()));
+        // The extender and the ledger count the claims of the classes this controller
+        // serves: those naming --provisioner-name.
+        let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(
+            self.provisioner_name.clone(),
+        )));
         let fit = FitOptions {
             stale_after: Duration::from_secs(self.stale_after),
         };

@@ -35,7 +35,7 @@ use kube::{Api, Resource, ResourceExt};
 use prometheus::Registry;
 use tokio::sync::Notify;
 
-use super::claim::{claim_ref, names_provisioner};
+use super::claim::{claim_ref, names_provisioner, record_pv_created, record_pv_failed};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::release::remove_finalizer;
@@ -448,19 +448,11 @@ pub async fn reconcile_claim(
         Ok(Ok(p)) => p,
         Ok(Err(source)) => {
             drop(placing);
-            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
             let error = Error::Nfs {
                 object: claim_key(claim),
                 source: Box::new(source),
             };
-            nfs.recorder
-                .record(
-                    &claim_ref(claim),
-                    EventType::Warning,
-                    reasons::PROVISIONING_FAILED,
-                    &error_chain(&error),
-                )
-                .await;
+            record_pv_failed(ctx, &nfs.recorder, claim, &error).await;
             return Err(error);
         }
         Err(join) => {
@@ -528,38 +520,15 @@ pub async fn reconcile_claim(
         }
         Err(e) => {
             let error = Error::api("create", "PersistentVolume", &name)(e);
-            nfs.recorder
-                .record(
-                    &claim_ref(claim),
-                    EventType::Warning,
-                    reasons::PROVISIONING_FAILED,
-                    &error_chain(&error),
-                )
-                .await;
+            record_pv_failed(ctx, &nfs.recorder, claim, &error).await;
             return Err(error);
         }
     }
-    ctx.metrics
-        .provisions
-        .with_label_values(&["succeeded"])
-        .inc();
-    if let Some(elapsed) = ctx.provisioned(&uid) {
-        ctx.metrics
-            .provision_duration
-            .observe(elapsed.as_secs_f64());
-    }
-    tracing::info!(claim = %claim_key(claim), volume = %name, server = %placement.server_name, "NFS persistent volume created");
-    nfs.recorder
-        .record(
-            &claim_ref(claim),
-            EventType::Normal,
-            reasons::PROVISIONING_SUCCEEDED,
-            &format!(
-                "Successfully provisioned volume {name} on NFS server {} ({}:{})",
-                placement.server_name, placement.address, placement.export_path
-            ),
-        )
-        .await;
+    let placed = format!(
+        "on NFS server {} ({}:{})",
+        placement.server_name, placement.address, placement.export_path
+    );
+    record_pv_created(ctx, &nfs.recorder, claim, &name, &placed).await;
     Ok(Action::requeue(RESYNC))
 }
 
