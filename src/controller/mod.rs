@@ -354,14 +354,11 @@ pub async fn run(ctx: Arc<Context>) {
 pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let client = ctx.client.clone();
     let nfs_refresh = async {
-        match ctx.nfs.clone() {
-            Some(nfs) => {
-                tokio::select! {
-                    () = nfs.refresh_loop(client.clone()) => {}
-                    () = stopped(stop.clone()) => {}
-                }
+        if let Some(nfs) = ctx.nfs.clone() {
+            tokio::select! {
+                () = nfs.refresh_loop(client.clone()) => {}
+                () = stopped(stop.clone()) => {}
             }
-            None => {}
         }
     };
     let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
@@ -448,10 +445,8 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
 }
 
 /// Resolves once `stop` turns true; never if its sender is dropped first.
-fn stopped(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync {
-    async move {
-        if stop.wait_for(|s| *s).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
