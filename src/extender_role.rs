@@ -45,6 +45,11 @@ pub struct ExtenderArgs {
     /// Kubeconfig file to use; without it, in-cluster config or the default kubeconfig.
     #[arg(long, env = "STOWAGE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Provisioner name of the node-local classes whose claims are placed by capacity; set
+    /// it to the controller's --provisioner-name.
+    #[arg(long, default_value = crate::api::names::PROVISIONER_LOCAL, env = "STOWAGE_PROVISIONER_NAME")]
+    pub provisioner_name: String,
 }
 
 /// The extender's routes over `index`: `POST {prefix}/filter` and `POST {prefix}/prioritize`
@@ -80,9 +85,10 @@ impl ExtenderArgs {
             url_prefix,
             stale_after,
             kubeconfig,
+            provisioner_name,
         } = self;
         let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
-        let index = Arc::new(RwLock::new(ClusterIndex::new()));
+        let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(provisioner_name)));
         let ready = Readiness::new();
         let opts = FitOptions {
             stale_after: Duration::from_secs(stale_after),
@@ -193,6 +199,25 @@ mod tests {
             Command::Extender(args) => args,
             other => panic!("parsed {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_provisioner_name_defaults_to_local_and_can_be_set() {
+        assert_eq!(
+            role_defaults().provisioner_name,
+            crate::api::names::PROVISIONER_LOCAL
+        );
+        let cli = Cli::try_parse_from([
+            "stowage",
+            "extender",
+            "--provisioner-name",
+            "disks.example.com",
+        ])
+        .unwrap();
+        let Command::Extender(args) = cli.command else {
+            panic!("not the extender");
+        };
+        assert_eq!(args.provisioner_name, "disks.example.com");
     }
 
     #[test]

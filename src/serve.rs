@@ -2,6 +2,7 @@
 //! `/metrics` in the Prometheus text format, and graceful shutdown on SIGTERM or ctrl-c.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -12,6 +13,15 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::cache::watch::Readiness;
+
+/// Default of `--drain-timeout` (controller and agent): seconds a role waits after SIGTERM
+/// for its running work to finish. With the Lease release (at most the renew deadline,
+/// 10 s, usually milliseconds) and [`HTTP_STOP_TIMEOUT`] after it, the whole shutdown stays
+/// inside Kubernetes' default terminationGracePeriodSeconds of 30.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+
+/// How long open HTTP requests get to finish once a role stops its server.
+pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
 /// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`).

@@ -41,7 +41,7 @@ const NS: &str = "apps";
 // === harness ===
 
 struct Cluster {
-    _server: ApiServer,
+    server: ApiServer,
     client: Client,
     /// Holds the server mounts: `<dir>/a`, `<dir>/b`.
     dir: tempfile::TempDir,
@@ -75,7 +75,7 @@ impl Cluster {
             std::fs::create_dir(dir.path().join(s)).unwrap();
         }
         Cluster {
-            _server: server,
+            server,
             client,
             dir,
         }
@@ -365,6 +365,158 @@ async fn immediate_and_wait_for_first_consumer_claims_get_nfs_pvs() {
             "{text}"
         );
     }
+    scheduler.shutdown().await;
+}
+
+/// The value of `series` (name and labels exactly) in a scrape, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_failed_nfs_pv_create_is_counted_and_reported_then_retried() {
+    let cluster = Cluster::start().await;
+    cluster.class("nfs", false, "Delete", &[]).await;
+    cluster.server.faults().fail_writes_to(
+        "persistentvolumes",
+        1.0,
+        stowage_testkit::WriteFailure::InternalError,
+    );
+    let running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    cluster.claim("flaky", "nfs", &["ReadWriteMany"]).await;
+    let failed = "stowage_provisions_total{result=\"failed\"}";
+    wait_for(WAIT, "a failed provision is counted", || async {
+        sample(&running.metrics(), failed) >= 1.0
+    })
+    .await
+    .unwrap();
+    let message = wait_until(WAIT, "a ProvisioningFailed event", || async {
+        cluster
+            .events("flaky", "ProvisioningFailed")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("PersistentVolume"), "{message}");
+    assert!(message.contains("injected fault"), "{message}");
+    assert_eq!(
+        sample(
+            &running.metrics(),
+            "stowage_provisions_total{result=\"succeeded\"}"
+        ),
+        0.0
+    );
+
+    cluster.server.faults().stop_failing_writes();
+    cluster.bound("flaky").await;
+    let text = running.metrics();
+    assert_eq!(
+        sample(&text, "stowage_provisions_total{result=\"succeeded\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(sample(&text, failed) >= 1.0, "{text}");
+    assert_eq!(
+        cluster.events("flaky", "ProvisioningSucceeded").await.len(),
+        1
+    );
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bound_nfs_claim_grows_on_record_when_the_class_allows_it_and_the_export_has_room() {
+    let cluster = Cluster::start().await;
+    Api::<StorageClass>::all(cluster.client.clone())
+        .create(
+            &PostParams::default(),
+            &storage_class("nfs-grow")
+                .provisioner(names::PROVISIONER_NFS)
+                .allow_expansion(true)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    cluster.claim("grows", "nfs-grow", &["ReadWriteMany"]).await;
+    let pv = cluster.bound("grows").await;
+    let name = pv.name_any();
+    let allocated = "stowage_nfs_server_allocated_bytes{server=\"a\"}";
+    wait_for(WAIT, "the server counts 1Gi", || async {
+        sample(&running.metrics(), allocated) == (1u64 << 30) as f64
+    })
+    .await
+    .unwrap();
+
+    let patch =
+        |size: &str| serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+    cluster
+        .claims()
+        .patch(
+            "grows",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch("3Gi")),
+        )
+        .await
+        .unwrap();
+    let claims = cluster.claims();
+    wait_for(WAIT, "the claim's status says 3Gi", || async {
+        claims.get("grows").await.ok().is_some_and(|c| {
+            c.status
+                .and_then(|s| s.capacity)
+                .is_some_and(|c| c["storage"].0 == "3Gi")
+        })
+    })
+    .await
+    .unwrap();
+    let grown = cluster.pvs().get(&name).await.unwrap();
+    assert_eq!(grown.spec.unwrap().capacity.unwrap()["storage"].0, "3Gi");
+    let done = cluster.events("grows", "VolumeResizeSuccessful").await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].contains("no quota"), "{done:?}");
+    // The per-server accounting follows the PV's new size.
+    wait_for(WAIT, "the server counts 3Gi", || async {
+        sample(&running.metrics(), allocated) == (3u64 << 30) as f64
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(
+            &running.metrics(),
+            "stowage_expansions_total{result=\"succeeded\"}"
+        ),
+        1.0
+    );
+
+    // More than the export's free space: refused with a reason, nothing changes.
+    cluster
+        .claims()
+        .patch(
+            "grows",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch("1Ei")),
+        )
+        .await
+        .unwrap();
+    let refused = wait_until(WAIT, "a VolumeResizeFailed event", || async {
+        cluster
+            .events("grows", "VolumeResizeFailed")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await
+    .unwrap();
+    assert!(refused.contains("free space on the export"), "{refused}");
+    assert!(refused.contains("NFS server a"), "{refused}");
+    let pv = cluster.pvs().get(&name).await.unwrap();
+    assert_eq!(pv.spec.unwrap().capacity.unwrap()["storage"].0, "3Gi");
     scheduler.shutdown().await;
 }
 

@@ -119,7 +119,9 @@ struct Memory {
 }
 
 impl Reporter {
-    /// Runs until `shutdown` turns true. Waits for the first LocalVolume list before the
+    /// Runs until `shutdown` turns true, then writes the status once more if it changed
+    /// (the agent sets `shutdown` after its last volume operations finished, so the final
+    /// status counts them) and returns. Waits for the first LocalVolume list before the
     /// first write, so the first status already counts the allocated space and orphans.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         // Polled rather than awaited: `Store::wait_until_ready` wakes only the task that
@@ -139,9 +141,14 @@ impl Reporter {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let heartbeat = tokio::select! {
-                _ = tick.tick() => true,
-                () = self.changed.notified() => false,
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tick.tick() => Some(true),
+                () = self.changed.notified() => Some(false),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            let Some(heartbeat) = heartbeat else {
+                self.report(&mut memory, false).await;
+                tracing::debug!(node = %self.node, "final status reported");
+                return;
             };
             if heartbeat {
                 self.reload_config(&mut memory);

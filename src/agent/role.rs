@@ -64,7 +64,17 @@ pub struct AgentArgs {
     /// Kubeconfig file to use; without it, in-cluster config or the default kubeconfig.
     #[arg(long, env = "STOWAGE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Seconds to wait, after SIGTERM, for the volume operations already running (make,
+    /// grow, delete, archive) to finish and be reported before the agent exits; what still
+    /// runs then is abandoned and redone by the next start. Keep it under the pod's
+    /// terminationGracePeriodSeconds (30 by default).
+    #[arg(long, default_value_t = crate::serve::DEFAULT_DRAIN_TIMEOUT_SECS, env = "STOWAGE_DRAIN_TIMEOUT")]
+    pub drain_timeout: u64,
 }
+
+/// How long the last StorageNode status write on shutdown may take.
+const FINAL_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the agent refused to start; the process exits with the usage status.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +105,10 @@ pub enum StartError {
 }
 
 impl AgentArgs {
-    /// Runs the agent until SIGTERM or ctrl-c.
+    /// Runs the agent until SIGTERM or ctrl-c, then drains: no new volume work starts, the
+    /// operations already running finish and write their LocalVolume status (at most
+    /// `--drain-timeout`), the StorageNode status is written once more if it changed, the
+    /// HTTP server stops, and the process exits 0.
     pub async fn run(self) -> anyhow::Result<()> {
         let AgentArgs {
             node_name: node,
@@ -103,7 +116,9 @@ impl AgentArgs {
             heartbeat,
             listen,
             kubeconfig,
+            drain_timeout,
         } = self;
+        let drain_timeout = Duration::from_secs(drain_timeout);
         if !is_dns_subdomain(&node) {
             return Err(StartError::NodeName(node).into());
         }
@@ -135,10 +150,16 @@ impl AgentArgs {
             .with_context(|| format!("binding --listen {listen}"))?;
         let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
 
+        // `stop`: SIGTERM arrived, take no new work. `drained`: the running work is done (or
+        // abandoned); the reporter writes its last status and ends, then the HTTP server.
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
+        let (drained_tx, drained_rx) = watch::channel(false);
+        let mut signal = tokio::spawn(async move {
             crate::serve::shutdown_signal().await;
             stop_tx.send_replace(true);
+            // A second signal skips the rest of the drain.
+            crate::serve::shutdown_signal().await;
+            tracing::warn!("second signal: abandoning the running volume operations");
         });
 
         let api: Api<LocalVolume> = Api::all(client.clone());
@@ -162,7 +183,7 @@ impl AgentArgs {
             reconcile_all: all_tx,
             written: written_tx,
         };
-        let reporter = tokio::spawn(reporter.run(stop_rx.clone()));
+        let mut reporter = tokio::spawn(reporter.run(drained_rx.clone()));
 
         let ready = AgentReadiness {
             written: written_rx,
@@ -174,11 +195,11 @@ impl AgentArgs {
             .merge(crate::serve::metrics_routes(registry));
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(addr = %addr, node = %node, selector = %selector, "agent started");
-        let mut server_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
+        let (http_stop_tx, mut http_stop) = watch::channel(false);
+        let mut server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
+                    let _ = http_stop.wait_for(|s| *s).await;
                 })
                 .await
         });
@@ -187,27 +208,76 @@ impl AgentArgs {
         let trigger = futures::stream::unfold(all_rx, |mut rx| async move {
             rx.recv().await.map(|()| ((), rx))
         });
-        let mut controller_stop = stop_rx;
-        controller
-            .reconcile_all_on(trigger)
-            .graceful_shutdown_on(async move {
-                let _ = controller_stop.wait_for(|s| *s).await;
-            })
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, _)) => tracing::trace!(volume = %obj.name, "reconciled"),
-                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                    Err(error) => tracing::warn!(error = %chain(&error), "controller"),
-                }
-            })
-            .await;
+        let mut controller_stop = stop_rx.clone();
+        let mut reconciler = tokio::spawn(
+            controller
+                .reconcile_all_on(trigger)
+                .graceful_shutdown_on(async move {
+                    let _ = controller_stop.wait_for(|s| *s).await;
+                })
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => tracing::trace!(volume = %obj.name, "reconciled"),
+                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                        Err(error) => tracing::warn!(error = %chain(&error), "controller"),
+                    }
+                }),
+        );
 
-        reporter.abort();
-        let served = server.await.context("the HTTP server task")?;
-        served.context("serving /metrics and health")?;
+        let mut stop = stop_rx;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            done = &mut reconciler => {
+                // The reconciler never ends on its own; treat it as fatal.
+                signal.abort();
+                reporter.abort();
+                http_stop_tx.send_replace(true);
+                let _ = tokio::time::timeout(crate::serve::HTTP_STOP_TIMEOUT, &mut server).await;
+                server.abort();
+                done.context("the LocalVolume reconciler task")?;
+                anyhow::bail!("the LocalVolume reconciler stopped unexpectedly");
+            }
+        }
+        tracing::info!(
+            timeout_s = drain_timeout.as_secs(),
+            "draining: no new volume work; waiting for the running operations"
+        );
+        let drained = tokio::select! {
+            done = tokio::time::timeout(drain_timeout, &mut reconciler) => done.is_ok(),
+            _ = &mut signal => false,
+        };
+        if drained {
+            tracing::info!("drained: every running volume operation finished");
+        } else {
+            tracing::warn!(
+                timeout_s = drain_timeout.as_secs(),
+                "the drain did not finish; abandoning the running volume operations (redone on the next start)"
+            );
+            reconciler.abort();
+        }
+        signal.abort();
+        drained_tx.send_replace(true);
+        if tokio::time::timeout(FINAL_STATUS_TIMEOUT, &mut reporter)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last StorageNode status write did not finish in time");
+            reporter.abort();
+        }
+        http_stop_tx.send_replace(true);
+        let served = match tokio::time::timeout(crate::serve::HTTP_STOP_TIMEOUT, &mut server).await
+        {
+            Ok(served) => served
+                .context("the HTTP server task")?
+                .context("serving /metrics and health"),
+            Err(_) => {
+                server.abort();
+                Ok(())
+            }
+        };
         tracing::info!("stopped");
-        Ok(())
+        served
     }
 }
 
@@ -262,6 +332,7 @@ mod tests {
         assert_eq!(args.heartbeat, 10);
         assert_eq!(args.listen, "0.0.0.0:9808".parse::<SocketAddr>().unwrap());
         assert_eq!(args.kubeconfig, None);
+        assert_eq!(args.drain_timeout, 10);
         assert!(
             Cli::try_parse_from(["stowage", "agent", "--node-name", "n1", "--heartbeat", "0"])
                 .is_err()
@@ -288,6 +359,7 @@ mod tests {
             pools: file.clone(),
             heartbeat: 10,
             listen: "127.0.0.1:0".parse().unwrap(),
+            drain_timeout: 10,
             // Would fail loudly if reached: the file does not exist.
             kubeconfig: Some(dir.path().join("no-kubeconfig")),
         };

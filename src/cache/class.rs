@@ -13,7 +13,6 @@
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::api::local_volume::OnDelete;
-use crate::api::names;
 use crate::ledger::{Placement, PoolName};
 
 /// Name of the pool parameter.
@@ -88,14 +87,16 @@ impl ClassParams {
     }
 }
 
-/// Whether the class is served by the node-local provisioner.
-pub fn is_local(class: &StorageClass) -> bool {
-    class.provisioner == names::PROVISIONER_LOCAL
+/// Whether the class is served by the node-local provisioner named `provisioner` (the
+/// controller's `--provisioner-name`, `local.stowage.io` by default).
+pub fn is_local(class: &StorageClass, provisioner: &str) -> bool {
+    class.provisioner == provisioner
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::names;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn class(params: &[(&str, &str)]) -> StorageClass {

@@ -59,6 +59,8 @@ pub struct ClusterIndex {
     /// By `(namespace, name)`.
     claims: HashMap<(String, String), PersistentVolumeClaim>,
     classes: HashMap<String, StorageClass>,
+    /// The node-local provisioner name: claims of classes naming it are placed.
+    provisioner: ProvisionerName,
     /// The ledger without heartbeat ages, with each node's parsed heartbeat and compact
     /// summary; cleared on every change but a heartbeat.
     base: OnceLock<Base>,
@@ -216,12 +218,37 @@ struct LocalClaim<'a> {
     bytes: Bytes,
 }
 
+/// The node-local provisioner name the index serves; [`names::PROVISIONER_LOCAL`] unless
+/// the controller's `--provisioner-name` says otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProvisionerName(String);
+
+impl Default for ProvisionerName {
+    fn default() -> Self {
+        Self(names::PROVISIONER_LOCAL.to_string())
+    }
+}
+
 // === impl ClusterIndex ===
 
 impl ClusterIndex {
-    /// An empty index.
+    /// An empty index for classes of `local.stowage.io`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index for classes whose provisioner is `provisioner` (the controller's
+    /// `--provisioner-name`): only their claims count as demand and reservations.
+    pub fn for_provisioner(provisioner: impl Into<String>) -> Self {
+        Self {
+            provisioner: ProvisionerName(provisioner.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The node-local provisioner name this index serves.
+    pub fn provisioner(&self) -> &str {
+        &self.provisioner.0
     }
 
     fn changed(&mut self) {
@@ -476,7 +503,7 @@ impl ClusterIndex {
         else {
             return Ok(None);
         };
-        if !class::is_local(class) {
+        if !class::is_local(class, &self.provisioner.0) {
             return Ok(None);
         }
         let params = ClassParams::from_class(class)?;

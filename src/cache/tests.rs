@@ -732,3 +732,36 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
     drop(plan);
     assert_eq!(derivations(&index), 2);
 }
+
+#[test]
+fn the_configured_provisioner_name_decides_which_classes_are_placed() {
+    const CUSTOM: &str = "disks.example.com";
+    let mut idx = ClusterIndex::for_provisioner(CUSTOM);
+    assert_eq!(idx.provisioner(), CUSTOM);
+    idx.reset_storage_classes([
+        class("custom", CUSTOM, &[]),
+        // The default name is just another provisioner to an index serving CUSTOM.
+        class("local", names::PROVISIONER_LOCAL, &[]),
+    ]);
+    let g100 = Bytes::gib(100);
+    idx.reset_storage_nodes([sn("n1", Some(NOW), &[("default", g100, Bytes::ZERO)])]);
+    idx.reset_claims([
+        pvc("big", "custom", "1Ti", None, None),
+        pvc("default-name", "local", "1Ti", None, None),
+        pvc("held", "custom", "10Gi", Some("n1"), None),
+        pvc("not-held", "local", "10Gi", Some("n1"), None),
+    ]);
+    // Only the claim of the configured name reserves space.
+    assert_eq!(pool_of(&idx, "n1", "default").1, Bytes::gib(10));
+    let policy = policy(idx);
+    let verdict = policy.filter(&pod(&["big"]), &["n1"]);
+    assert_eq!(rejected(&verdict).len(), 1, "{verdict:?}");
+    assert_eq!(
+        policy.filter(&pod(&["default-name"]), &["n1"]),
+        FilterVerdict::PassThrough
+    );
+
+    // And the default index still serves local.stowage.io.
+    let idx = cluster();
+    assert_eq!(idx.provisioner(), names::PROVISIONER_LOCAL);
+}

@@ -10,6 +10,7 @@ use axum::Router;
 use clap::Args;
 use prometheus::Registry;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::{Config, Context, Metrics};
 use crate::cache::ClusterIndex;
@@ -46,6 +47,15 @@ pub struct ControllerArgs {
     /// Objects each reconciler (claims, PersistentVolumes, LocalVolumes) works on in parallel.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), env = "STOWAGE_WORKERS")]
     pub workers: u16,
+
+    /// Seconds to wait, after SIGTERM, for the running reconciles to finish before the
+    /// Lease is released and the process exits; reconciles still running then are
+    /// abandoned (the next leader redoes them). Keep it well under the pod's
+    /// terminationGracePeriodSeconds (30 by default): the Lease release and the HTTP
+    /// shutdown come after it.
+    #[arg(long, default_value_t = crate::serve::DEFAULT_DRAIN_TIMEOUT_SECS, env = "STOWAGE_DRAIN_TIMEOUT")]
+    pub drain_timeout: u64,
+
     /// NFS cluster mode: YAML file listing the NFS servers (see `stowage::nfs::config`).
     /// Without it, the source design's environment (PROVISIONER_NAME, NFS_SERVER, NFS_PATH,
     /// LOG) is read; with neither, NFS provisioning is off.
@@ -65,18 +75,33 @@ pub struct ControllerArgs {
 
 impl ControllerArgs {
     /// Runs the controller until SIGTERM or ctrl-c: the scheduler extender and metrics on
-    /// every replica, provisioning on the Lease holder only. Losing the Lease ends the
-    /// process with an error (as client-go does), so the Deployment restarts it as a
-    /// follower; a clean shutdown releases the Lease for the other replica.
+    /// every replica, provisioning on the Lease holder only.
+    ///
+    /// On SIGTERM (or ctrl-c) it drains: the reconcilers take no new work, the reconciles
+    /// already running finish (at most `--drain-timeout`; whatever still runs then is
+    /// abandoned, and the next leader redoes it, since every step is idempotent), then the
+    /// Lease is released so the other replica takes over within one retry period, then
+    /// the HTTP server stops, and the process exits 0. The extender, `/metrics` and the
+    /// caches keep working throughout the drain. A second signal skips the rest of the
+    /// drain.
+    ///
+    /// Losing the Lease ends the process with an error at once (as client-go does), without
+    /// a drain, since another replica may already be leading; the Deployment restarts it
+    /// as a follower.
     pub async fn run(self) -> anyhow::Result<()> {
         // Check every flag before any I/O.
         self.leader
             .config()
             .context("checking the --leader-elect-* flags")?;
         let nfs_config = self.nfs_config()?;
+        let drain_timeout = Duration::from_secs(self.drain_timeout);
         let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
         let registry = Registry::new();
-        let index = Arc::new(RwLock::new(ClusterIndex::new()));
+        // The extender and the ledger count the claims of the classes this controller
+        // serves: those naming --provisioner-name.
+        let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(
+            self.provisioner_name.clone(),
+        )));
         let fit = FitOptions {
             stale_after: Duration::from_secs(self.stale_after),
         };
@@ -88,7 +113,7 @@ impl ControllerArgs {
             .leader
             .start(client.clone(), leader_metrics)
             .context("starting leader election")?;
-        let lost = leader.lost();
+        let mut lost = std::pin::pin!(leader.lost());
         let nfs = match nfs_config {
             Some(config) => Some(Arc::new(
                 super::nfs::Nfs::new(config, client.clone(), instance_name(), &registry)
@@ -96,19 +121,71 @@ impl ControllerArgs {
             )),
             None => None,
         };
-        let served = tokio::select! {
-            served = self.serve(client, registry, index, extender, leader.subscribe(), nfs) => served,
-            () = lost => Err(anyhow::anyhow!(
-                "lost the leader Lease; exiting so that this replica restarts as a follower"
-            )),
+        let mut running = self
+            .start(client, registry, index, extender, leader.subscribe(), nfs)
+            .await?;
+
+        let why = tokio::select! {
+            () = crate::serve::shutdown_signal() => Stop::Signal,
+            () = &mut lost => Stop::Lost,
+            served = &mut running.server => Stop::ServerEnded(served),
         };
-        leader.shutdown().await;
-        served
+        match why {
+            Stop::Signal => {
+                tracing::info!(
+                    timeout_s = drain_timeout.as_secs(),
+                    "draining: no new reconciles; waiting for the running ones"
+                );
+                running.stop.send_replace(true);
+                let drained = tokio::select! {
+                    done = tokio::time::timeout(drain_timeout, &mut running.controllers) => done.is_ok(),
+                    () = &mut lost => {
+                        tracing::error!("lost the leader Lease while draining; abandoning the running reconciles");
+                        false
+                    }
+                    () = crate::serve::shutdown_signal() => {
+                        tracing::warn!("second signal: abandoning the running reconciles");
+                        false
+                    }
+                };
+                if drained {
+                    tracing::info!("drained: every running reconcile finished");
+                } else {
+                    tracing::warn!(
+                        timeout_s = drain_timeout.as_secs(),
+                        "the drain did not finish; abandoning the running reconciles (the next leader redoes them)"
+                    );
+                    running.controllers.abort();
+                }
+                // Only now give the Lease up: nothing of ours writes any more.
+                leader.shutdown().await;
+                running.stop_http().await
+            }
+            Stop::Lost => {
+                running.controllers.abort();
+                leader.shutdown().await;
+                running.stop_http().await?;
+                Err(anyhow::anyhow!(
+                    "lost the leader Lease; exiting so that this replica restarts as a follower"
+                ))
+            }
+            Stop::ServerEnded(served) => {
+                running.controllers.abort();
+                leader.shutdown().await;
+                running.watchers.abort();
+                match served {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
+                    Ok(Err(error)) => Err(anyhow::Error::new(error).context("serving HTTP")),
+                    Err(join) => Err(anyhow::Error::new(join).context("the HTTP server task")),
+                }
+            }
+        }
     }
 
-    /// Serves `extra_routes` (the scheduler extender over `index`) beside /metrics,
-    /// /healthz and /readyz, and provisions only while `leader` is true.
-    async fn serve(
+    /// Binds `--listen` and starts the HTTP server (`extra_routes`, the scheduler extender
+    /// over `index`, beside /metrics, /healthz and /readyz), the watchers feeding `index`,
+    /// and the reconcilers, which write only while `leader` is true.
+    async fn start(
         self,
         client: kube::Client,
         registry: Registry,
@@ -116,7 +193,7 @@ impl ControllerArgs {
         extra_routes: Router,
         leader: watch::Receiver<bool>,
         nfs: Option<Arc<super::nfs::Nfs>>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Running> {
         let Self {
             listen,
             kubeconfig: _,
@@ -124,6 +201,7 @@ impl ControllerArgs {
             provisioner_name,
             node_gone_grace,
             workers,
+            drain_timeout: _,
             nfs_config: _,
             nfs_mount_base: _,
             leader: _,
@@ -161,16 +239,69 @@ impl ControllerArgs {
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(addr = %addr, provisioner = %ctx.config.provisioner, "listening");
 
+        let (http_stop, mut http_stopped) = watch::channel(false);
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        );
         let watchers = tokio::spawn(run_watchers(client, index, ready));
-        let controllers = tokio::spawn(super::run(ctx));
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(crate::serve::shutdown_signal())
-            .await
-            .context("serving HTTP");
-        controllers.abort();
-        watchers.abort();
+        let (stop, stop_rx) = watch::channel(false);
+        let controllers = tokio::spawn(super::run_until(ctx, stop_rx));
+        Ok(Running {
+            stop,
+            controllers,
+            watchers,
+            http_stop,
+            server,
+        })
+    }
+}
+
+/// Why [`ControllerArgs::run`] stops.
+enum Stop {
+    /// SIGTERM or ctrl-c: drain, release the Lease, exit 0.
+    Signal,
+    /// The Lease was lost: stop at once, exit with an error.
+    Lost,
+    /// The HTTP server ended by itself.
+    ServerEnded(Result<std::io::Result<()>, tokio::task::JoinError>),
+}
+
+/// The tasks of a running controller.
+struct Running {
+    /// Set to true to make the reconcilers drain.
+    stop: watch::Sender<bool>,
+    /// The reconcilers; ends once drained.
+    controllers: JoinHandle<()>,
+    /// The watchers feeding the index (the extender's and the reconcilers' view).
+    watchers: JoinHandle<()>,
+    /// Set to true to stop the HTTP server gracefully.
+    http_stop: watch::Sender<bool>,
+    /// The HTTP server.
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops the HTTP server (open requests get [`crate::serve::HTTP_STOP_TIMEOUT`] to
+    /// finish) and the watchers.
+    async fn stop_http(mut self) -> anyhow::Result<()> {
+        self.http_stop.send_replace(true);
+        let served = tokio::time::timeout(crate::serve::HTTP_STOP_TIMEOUT, &mut self.server).await;
+        self.watchers.abort();
+        let result = match served {
+            Ok(Ok(served)) => served.context("serving HTTP"),
+            Ok(Err(join)) => Err(anyhow::Error::new(join).context("the HTTP server task")),
+            Err(_) => {
+                tracing::warn!("open HTTP requests did not finish in time; closing them");
+                self.server.abort();
+                Ok(())
+            }
+        };
         tracing::info!("stopped");
-        served
+        result
     }
 }
 

@@ -22,7 +22,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::error::{Error, Result, is_status};
-use super::events::EventType;
+use super::events::{EventType, Recorder};
 use super::volume::{self, Unsupported};
 use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
@@ -570,18 +570,30 @@ async fn create_pv(
         }
         Err(e) => {
             let error = Error::api("create", "PersistentVolume", &name)(e);
-            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
-            ctx.recorder
-                .record(
-                    &claim_ref(claim),
-                    EventType::Warning,
-                    reasons::PROVISIONING_FAILED,
-                    &error_chain(&error),
-                )
-                .await;
+            record_pv_failed(ctx, &ctx.recorder, claim, &error).await;
             return Err(error);
         }
     }
+    let placed = format!(
+        "on node {node} ({} in pool \"{}\")",
+        lv.spec.size(),
+        lv.spec.pool
+    );
+    record_pv_created(ctx, &ctx.recorder, claim, &name, &placed).await;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The outcome of a PV create that succeeded, for local and NFS volumes alike:
+/// `stowage_provisions_total{result="succeeded"}`, the provisioning latency, an info log and
+/// a `ProvisioningSucceeded` Event on the claim from `recorder` (each provisioner reports
+/// as its own name). `placed` says where, e.g. `on node n1 (2Gi in pool "default")`.
+pub(crate) async fn record_pv_created(
+    ctx: &Context,
+    recorder: &Recorder,
+    claim: &PersistentVolumeClaim,
+    volume: &str,
+    placed: &str,
+) {
     ctx.metrics
         .provisions
         .with_label_values(&["succeeded"])
@@ -591,20 +603,37 @@ async fn create_pv(
             .provision_duration
             .observe(elapsed.as_secs_f64());
     }
-    tracing::info!(claim = %claim_key(claim), volume = %name, node, "persistent volume created");
-    ctx.recorder
+    tracing::info!(claim = %claim_key(claim), volume, placed, "persistent volume created");
+    recorder
         .record(
             &claim_ref(claim),
             EventType::Normal,
             reasons::PROVISIONING_SUCCEEDED,
-            &format!(
-                "Successfully provisioned volume {name} on node {node} ({} in pool \"{}\")",
-                lv.spec.size(),
-                lv.spec.pool
-            ),
+            &format!("Successfully provisioned volume {volume} {placed}"),
         )
         .await;
-    Ok(Action::requeue(RESYNC))
+}
+
+/// The outcome of a provisioning step that failed, for local and NFS volumes alike:
+/// `stowage_provisions_total{result="failed"}`, a warning log and a `ProvisioningFailed`
+/// Event on the claim from `recorder` carrying the error chain.
+pub(crate) async fn record_pv_failed(
+    ctx: &Context,
+    recorder: &Recorder,
+    claim: &PersistentVolumeClaim,
+    error: &Error,
+) {
+    ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+    let message = error_chain(error);
+    tracing::warn!(claim = %claim_key(claim), reason = error.reason(), error = %message, "provisioning failed");
+    recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Warning,
+            reasons::PROVISIONING_FAILED,
+            &message,
+        )
+        .await;
 }
 
 #[cfg(test)]

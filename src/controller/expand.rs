@@ -280,7 +280,7 @@ async fn finish(
 /// `FileSystemResizePending`, and with `capacity` records the new size in
 /// `status.capacity` (and `status.allocatedResources` where the cluster keeps it). A
 /// read-modify-write with the claim's resourceVersion, so no one else's status is lost.
-async fn set_resizing(
+pub(crate) async fn set_resizing(
     claim: &PersistentVolumeClaim,
     resizing: bool,
     capacity: Option<Bytes>,

@@ -342,11 +342,23 @@ where
 /// (they retry forever, so: until the task is dropped). The caller runs
 /// `cache::watch::run_watchers` on `ctx.index` beside it.
 pub async fn run(ctx: Arc<Context>) {
+    let (_never, stop) = watch::channel(false);
+    run_until(ctx, stop).await;
+}
+
+/// Runs like [`run`] until `stop` turns true, then drains: the reconcilers start no new
+/// work (queued and requeued objects are left for the next leader), the reconciles already
+/// running finish, and the NFS capacity refresh stops. Returns once nothing runs any more.
+/// A dropped sender never stops it. Bound the wait with a timeout and drop the future to
+/// abort what is still running (every step is idempotent, so the next leader redoes it).
+pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let client = ctx.client.clone();
     let nfs_refresh = async {
-        match ctx.nfs.clone() {
-            Some(nfs) => nfs.refresh_loop(client.clone()).await,
-            None => futures::future::pending().await,
+        if let Some(nfs) = ctx.nfs.clone() {
+            tokio::select! {
+                () = nfs.refresh_loop(client.clone()) => {}
+                () = stopped(stop.clone()) => {}
+            }
         }
     };
     let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
@@ -378,6 +390,7 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .with_config(config.clone())
     .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+    .graceful_shutdown_on(stopped(stop.clone()))
     .run(
         |c, ctx| guarded(c, ctx, claim::reconcile),
         error_policy,
@@ -396,6 +409,7 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .with_config(config.clone())
     .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+    .graceful_shutdown_on(stopped(stop.clone()))
     .run(
         |pv, ctx| guarded(pv, ctx, release::reconcile_volume),
         error_policy,
@@ -419,6 +433,7 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .with_config(config)
     .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+    .graceful_shutdown_on(stopped(stop.clone()))
     .run(
         |lv, ctx| guarded(lv, ctx, release::reconcile_local_volume),
         error_policy,
@@ -427,4 +442,11 @@ pub async fn run(ctx: Arc<Context>) {
     .for_each(|_| futures::future::ready(()));
 
     futures::join!(claims, volumes, orphans, nfs_refresh);
+}
+
+/// Resolves once `stop` turns true; never if its sender is dropped first.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

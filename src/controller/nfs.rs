@@ -35,7 +35,7 @@ use kube::{Api, Resource, ResourceExt};
 use prometheus::Registry;
 use tokio::sync::Notify;
 
-use super::claim::{claim_ref, names_provisioner};
+use super::claim::{claim_ref, names_provisioner, record_pv_created, record_pv_failed};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::release::remove_finalizer;
@@ -391,10 +391,10 @@ pub async fn reconcile_claim(
         .as_ref()
         .and_then(|s| s.volume_name.as_deref())
         .is_some_and(|v| !v.is_empty());
-    if bound
-        || claim.metadata.deletion_timestamp.is_some()
-        || !names_provisioner(claim, &provisioner)
-    {
+    if bound {
+        return expand_claim(claim, class, ctx, nfs).await;
+    }
+    if claim.metadata.deletion_timestamp.is_some() || !names_provisioner(claim, &provisioner) {
         return Ok(Action::await_change());
     }
     let uid = claim.metadata.uid.clone().unwrap_or_default();
@@ -448,19 +448,11 @@ pub async fn reconcile_claim(
         Ok(Ok(p)) => p,
         Ok(Err(source)) => {
             drop(placing);
-            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
             let error = Error::Nfs {
                 object: claim_key(claim),
                 source: Box::new(source),
             };
-            nfs.recorder
-                .record(
-                    &claim_ref(claim),
-                    EventType::Warning,
-                    reasons::PROVISIONING_FAILED,
-                    &error_chain(&error),
-                )
-                .await;
+            record_pv_failed(ctx, &nfs.recorder, claim, &error).await;
             return Err(error);
         }
         Err(join) => {
@@ -528,35 +520,212 @@ pub async fn reconcile_claim(
         }
         Err(e) => {
             let error = Error::api("create", "PersistentVolume", &name)(e);
+            record_pv_failed(ctx, &nfs.recorder, claim, &error).await;
+            return Err(error);
+        }
+    }
+    let placed = format!(
+        "on NFS server {} ({}:{})",
+        placement.server_name, placement.address, placement.export_path
+    );
+    record_pv_created(ctx, &nfs.recorder, claim, &name, &placed).await;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// What to do about the size of a bound NFS claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrowPlan {
+    /// Nothing asked.
+    Nothing,
+    /// Raise the PV's capacity to `to` (`extra` more), then the claim's.
+    Grow {
+        /// The new size.
+        to: Bytes,
+        /// Bytes added.
+        extra: Bytes,
+    },
+    /// The PV was raised; the claim's status still shows less.
+    Finish {
+        /// The PV's capacity.
+        size: Bytes,
+    },
+    /// The server's export has less free space than the growth adds.
+    NoRoom {
+        /// Bytes the growth adds.
+        extra: Bytes,
+        /// Free space on the export.
+        available: Bytes,
+    },
+    /// The server's free space is not known (unreachable, or not measured yet).
+    Unmeasured,
+}
+
+/// PURE: the next growth step of a bound NFS claim. An NFS subdirectory has no quota, so
+/// growing only raises the size on record (PV capacity, claim status capacity and the
+/// server's allocation); it is refused only when the export's real free space
+/// (`available`, `None` when unknown) cannot hold the extra bytes, as a placement would be.
+pub fn grow_plan(
+    requested: Bytes,
+    pv_capacity: Bytes,
+    claim_capacity: Option<Bytes>,
+    available: Option<Bytes>,
+) -> GrowPlan {
+    if requested <= pv_capacity {
+        return match claim_capacity {
+            Some(c) if c < pv_capacity => GrowPlan::Finish { size: pv_capacity },
+            _ => GrowPlan::Nothing,
+        };
+    }
+    let extra = requested.saturating_sub(pv_capacity);
+    match available {
+        None => GrowPlan::Unmeasured,
+        Some(available) if available < extra => GrowPlan::NoRoom { extra, available },
+        Some(_) => GrowPlan::Grow {
+            to: requested,
+            extra,
+        },
+    }
+}
+
+/// Growth of a bound claim of an NFS class whose class allows expansion: the PV's capacity
+/// and then the claim's `status.capacity` are raised (no quota to change on the server),
+/// and the server's allocation counts the extra bytes.
+async fn expand_claim(
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    ctx: &Context,
+    nfs: &Nfs,
+) -> Result<Action> {
+    if class.allow_volume_expansion != Some(true) || claim.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let name = volume::volume_name(&uid);
+    let bound_to = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    if bound_to != Some(name.as_str()) || !bound {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let Ok(requested) = volume::requested_size(claim) else {
+        return Ok(Action::requeue(RESYNC));
+    };
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let Some(pv) =
+        pvs.get_opt(&name)
+            .await
+            .map_err(Error::api("get", "PersistentVolume", &name))?
+    else {
+        return Ok(Action::requeue(RESYNC));
+    };
+    if provisioned_by(&pv) != Some(nfs.provisioner().as_str()) {
+        return Ok(Action::requeue(RESYNC));
+    }
+    let Some(source) = pv.spec.as_ref().and_then(|s| s.nfs.clone()) else {
+        return Ok(Action::requeue(RESYNC));
+    };
+    let claim_capacity = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .and_then(|q| q.0.parse().ok());
+    // Under the placement lock: a refresh cannot recount the PVs between our PV write and
+    // our note of the extra bytes, and a placement sees them.
+    let placing = nfs.placing.lock().await;
+    let cluster = nfs.snapshot();
+    let server = crate::nfs::place::locate(&cluster.config().servers, &source.server, &source.path)
+        .ok()
+        .map(|l| l.server);
+    let state = server.and_then(|i| cluster.states().get(i));
+    let plan = grow_plan(
+        requested,
+        pv_capacity(&pv).unwrap_or_default(),
+        claim_capacity,
+        state.and_then(|s| s.available),
+    );
+    tracing::debug!(volume = %name, ?plan, "NFS expansion plan");
+    let server_name = state.map_or_else(|| source.server.clone(), |s| s.server.to_string());
+    match plan {
+        GrowPlan::Nothing => Ok(Action::requeue(RESYNC)),
+        GrowPlan::Unmeasured => {
+            tracing::info!(volume = %name, server = %server_name, "free space of the NFS server unknown; growth waits for the next capacity refresh");
+            nfs.refresh_now.notify_one();
+            Ok(Action::requeue(REFRESH_EVERY))
+        }
+        GrowPlan::NoRoom { extra, available } => {
+            drop(placing);
+            ctx.metrics
+                .expansions
+                .with_label_values(&["infeasible"])
+                .inc();
+            let text = format!(
+                "cannot grow volume {name} to {requested}: NFS server {server_name} has {available} \
+                 free on its export and the growth adds {extra}; free space on the export, or \
+                 ask for less; nothing was changed"
+            );
+            tracing::info!(volume = %name, server = %server_name, requested = requested.0, "NFS expansion does not fit");
             nfs.recorder
                 .record(
                     &claim_ref(claim),
                     EventType::Warning,
-                    reasons::PROVISIONING_FAILED,
-                    &error_chain(&error),
+                    reasons::VOLUME_RESIZE_FAILED,
+                    &text,
                 )
                 .await;
-            return Err(error);
+            Ok(Action::requeue(USER_ERROR_RETRY))
+        }
+        GrowPlan::Grow { to, extra } => {
+            // Conditional on the version read: a concurrent change is a 409 and a retry.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": pv.resource_version()},
+                "spec": {"capacity": {"storage": quantity(to)}},
+            });
+            let pp = kube::api::PatchParams {
+                field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
+                ..kube::api::PatchParams::default()
+            };
+            pvs.patch(&name, &pp, &kube::api::Patch::Merge(&patch))
+                .await
+                .map_err(Error::api("patch", "PersistentVolume", &name))?;
+            if let Some(server) = server {
+                nfs.update(|c| {
+                    c.note_grown(server, extra);
+                    Ok(())
+                });
+            }
+            drop(placing);
+            nfs.refresh_now.notify_one();
+            tracing::info!(volume = %name, server = %server_name, from = pv_capacity(&pv).unwrap_or_default().0, to = to.0, "NFS persistent volume grown");
+            finish_growth(claim, &name, to, ctx, nfs).await
+        }
+        GrowPlan::Finish { size } => {
+            drop(placing);
+            finish_growth(claim, &name, size, ctx, nfs).await
         }
     }
+}
+
+/// Records the new size in the claim's status and reports the growth done.
+async fn finish_growth(
+    claim: &PersistentVolumeClaim,
+    name: &str,
+    size: Bytes,
+    ctx: &Context,
+    nfs: &Nfs,
+) -> Result<Action> {
+    super::expand::set_resizing(claim, false, Some(size), ctx).await?;
     ctx.metrics
-        .provisions
+        .expansions
         .with_label_values(&["succeeded"])
         .inc();
-    if let Some(elapsed) = ctx.provisioned(&uid) {
-        ctx.metrics
-            .provision_duration
-            .observe(elapsed.as_secs_f64());
-    }
-    tracing::info!(claim = %claim_key(claim), volume = %name, server = %placement.server_name, "NFS persistent volume created");
     nfs.recorder
         .record(
             &claim_ref(claim),
             EventType::Normal,
-            reasons::PROVISIONING_SUCCEEDED,
+            reasons::VOLUME_RESIZE_SUCCESSFUL,
             &format!(
-                "Successfully provisioned volume {name} on NFS server {} ({}:{})",
-                placement.server_name, placement.address, placement.export_path
+                "resize volume {name} to {size} succeeded (an NFS directory has no quota: the \
+                 size is the one on record, the export's free space is shared)"
             ),
         )
         .await;
@@ -763,6 +932,51 @@ mod tests {
                 ..Default::default()
             }),
             status: None,
+        }
+    }
+
+    #[test]
+    fn growth_raises_the_size_on_record_unless_the_export_lacks_the_room() {
+        let g = Bytes::gib;
+        let cases = [
+            // requested, pv, claim status, export free → plan
+            ((g(1), g(1), Some(g(1)), Some(g(9))), GrowPlan::Nothing),
+            ((g(1), g(2), Some(g(2)), Some(g(9))), GrowPlan::Nothing),
+            (
+                (g(3), g(1), Some(g(1)), Some(g(9))),
+                GrowPlan::Grow {
+                    to: g(3),
+                    extra: g(2),
+                },
+            ),
+            (
+                (g(3), g(1), Some(g(1)), Some(g(2))),
+                GrowPlan::Grow {
+                    to: g(3),
+                    extra: g(2),
+                },
+            ),
+            (
+                (g(3), g(1), Some(g(1)), Some(g(1))),
+                GrowPlan::NoRoom {
+                    extra: g(2),
+                    available: g(1),
+                },
+            ),
+            ((g(3), g(1), Some(g(1)), None), GrowPlan::Unmeasured),
+            // The PV was raised but the claim's status was not yet written.
+            (
+                (g(3), g(3), Some(g(1)), Some(g(0))),
+                GrowPlan::Finish { size: g(3) },
+            ),
+            ((g(3), g(3), None, Some(g(0))), GrowPlan::Nothing),
+        ];
+        for ((requested, pv, claim, free), want) in cases {
+            assert_eq!(
+                grow_plan(requested, pv, claim, free),
+                want,
+                "requested {requested} pv {pv} claim {claim:?} free {free:?}"
+            );
         }
     }
 

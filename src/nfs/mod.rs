@@ -185,6 +185,18 @@ impl NfsCluster {
         }
     }
 
+    /// Counts `extra` bytes more for a volume of `server` that was just grown, so the next
+    /// placement sees them before the next [`NfsCluster::refresh`] (which recounts every
+    /// PV's capacity). The directory has no quota: this is accounting only.
+    pub fn note_grown(&mut self, server: usize, extra: Bytes) {
+        if let Some(s) = self.states.get_mut(server) {
+            s.allocated = s.allocated.saturating_add(extra);
+            if let Some(a) = s.available.as_mut() {
+                *a = a.saturating_sub(extra);
+            }
+        }
+    }
+
     /// Places `claim` (reusing a directory that already exists on some server, otherwise
     /// asking the ring) and makes its directory. Idempotent: calling it again for the same
     /// claim finds the directory and returns the same server.

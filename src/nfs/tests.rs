@@ -223,3 +223,22 @@ fn allocations_feed_bounded_loads_and_refresh_rebuilds_only_on_weight_changes() 
     assert_eq!(c.states()[0].allocated, Bytes::mib(20));
     assert_eq!(c.states()[0].volumes, 20);
 }
+
+#[test]
+fn a_grown_volume_counts_its_extra_bytes_without_counting_a_new_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(config_for(dir.path(), &["a", "b"]));
+    let states = c.probe(&[Allocation {
+        bytes: Bytes::gib(1),
+        volumes: 1,
+    }]);
+    c.refresh(states).unwrap();
+    let free = c.states()[0].available.unwrap();
+    c.note_grown(0, Bytes::gib(2));
+    c.note_grown(7, Bytes::gib(2)); // no such server: ignored
+    let a = &c.states()[0];
+    assert_eq!(a.allocated, Bytes::gib(3));
+    assert_eq!(a.volumes, 1);
+    assert_eq!(a.available, Some(free.saturating_sub(Bytes::gib(2))));
+    assert_eq!(c.states()[1].allocated, Bytes::ZERO);
+}

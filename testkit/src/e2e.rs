@@ -287,6 +287,20 @@ impl Role {
         }
     }
 
+    /// Sends SIGTERM (as the kubelet does when a pod is deleted), with the `kill` command,
+    /// and leaves the process running to shut down by itself; see [`Role::wait_exit`].
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .with_context(|| format!("{} is not running", self.spec.name))?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed: {status}");
+        Ok(())
+    }
+
     /// Kills the process if it runs and starts it again with the same arguments,
     /// environment and log file.
     pub fn restart(&mut self) -> anyhow::Result<()> {

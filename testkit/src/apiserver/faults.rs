@@ -53,6 +53,9 @@ struct Config {
     retry_after_seconds: u64,
     close_every: Option<Duration>,
     delay: Option<(Duration, Duration)>,
+    /// Writes to this resource (`persistentvolumes`, `localvolumes/status`) are held this
+    /// long before they take effect, if set.
+    write_delay: Option<(String, Duration)>,
     rng: Rng,
 }
 
@@ -65,6 +68,7 @@ impl Default for Config {
             retry_after_seconds: 1,
             close_every: None,
             delay: None,
+            write_delay: None,
             rng: Rng::seeded(1),
         }
     }
@@ -170,9 +174,22 @@ impl Faults {
         self.with(|c| c.delay = Some((min, max.max(min))));
     }
 
-    /// Stops delaying responses.
+    /// Holds every write (create, update, patch, delete) to one resource, written as in
+    /// RBAC (`persistentvolumes`, `localvolumes/status`), for `delay` before it takes
+    /// effect; other requests are not delayed. A test can so keep a component's write in
+    /// flight: [`FaultCounts::delayed_requests`] counts each held write as it starts
+    /// waiting.
+    pub fn delay_writes_to(&self, resource: &str, delay: Duration) {
+        self.with(|c| c.write_delay = Some((resource.to_string(), delay)));
+    }
+
+    /// Stops delaying responses (both [`Faults::delay_responses`] and
+    /// [`Faults::delay_writes_to`]).
     pub fn no_delay(&self) {
-        self.with(|c| c.delay = None);
+        self.with(|c| {
+            c.delay = None;
+            c.write_delay = None;
+        });
     }
 
     /// Reseeds the generator behind every random choice.
@@ -206,6 +223,18 @@ impl Faults {
             let (min, max) = c.delay?;
             let span = max.saturating_sub(min).as_secs_f64();
             Some(min + Duration::from_secs_f64(span * c.rng.next_f64()))
+        })?;
+        self.delayed_requests.fetch_add(1, Ordering::Relaxed);
+        Some(d)
+    }
+
+    /// The delay [`Faults::delay_writes_to`] asks for a write to `resource`.
+    pub(crate) fn write_delay(&self, resource: &str) -> Option<Duration> {
+        let d = self.with(|c| {
+            c.write_delay
+                .as_ref()
+                .filter(|(r, _)| r == resource)
+                .map(|(_, d)| *d)
         })?;
         self.delayed_requests.fetch_add(1, Ordering::Relaxed);
         Some(d)

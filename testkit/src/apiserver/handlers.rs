@@ -28,6 +28,19 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     if let Some(d) = shared.faults.delay() {
         tokio::time::sleep(d).await;
     }
+    if matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) && let Some(Route::Resource(rp)) = parse_route(req.uri().path())
+    {
+        let resource = match &rp.sub {
+            Some(sub) => format!("{}/{sub}", rp.resource),
+            None => rp.resource.clone(),
+        };
+        if let Some(d) = shared.faults.write_delay(&resource) {
+            tokio::time::sleep(d).await;
+        }
+    }
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
