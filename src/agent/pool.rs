@@ -215,7 +215,10 @@ fn validate(index: usize, raw: RawPool) -> Result<PoolSpec, ConfigError> {
     if raw.path.contains('\0') {
         return Err(field(
             "path",
-            format!("{:?} contains a NUL byte; write a plain absolute path", raw.path),
+            format!(
+                "{:?} contains a NUL byte; write a plain absolute path",
+                raw.path
+            ),
         ));
     }
     let path = PathBuf::from(&raw.path);
