@@ -88,18 +88,17 @@ impl Hostpath {
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
         let path = self.root.volume_path(name);
         match self.root.check_inside(&path)? {
-            None => Ok(()),
-            Some(meta) if !meta.is_dir() => Err(VolumeError::NotADirectory { path }),
-            // `remove_dir_all` follows no symlink, neither inside the volume nor one swapped
-            // in for the volume itself after the check (it removes the link, not its target).
-            Some(_) => match {
-                race_point("hostpath.delete.remove");
-                fs::remove_dir_all(&path)
-            } {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(PathError::Io { path, source }.into()),
-            },
+            None => return Ok(()),
+            Some(meta) if !meta.is_dir() => return Err(VolumeError::NotADirectory { path }),
+            Some(_) => {}
+        }
+        // `remove_dir_all` follows no symlink, neither inside the volume nor one swapped in
+        // for the volume itself after the check (it removes the link, not its target).
+        race_point("hostpath.delete.remove");
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PathError::Io { path, source }.into()),
         }
     }
 
