@@ -1032,3 +1032,184 @@ async fn a_burst_of_fifty_claims_is_all_bound_without_overcommitting_any_pool() 
     );
     scheduler.shutdown().await;
 }
+
+/// Invalid class parameters and absurd sizes: each claim gets a Warning `ProvisioningFailed`
+/// Event naming the parameter (or the size) and the fix, and nothing changes: no
+/// LocalVolume, no PV, and `selected-node` stays unless a reschedule can help (a size that
+/// fits no node). Quantities the API server cannot parse never reach stowage.
+#[tokio::test]
+async fn invalid_class_parameters_and_absurd_sizes_get_a_warning_and_change_nothing() {
+    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
+    // (class, parameters) of classes that cannot be used.
+    let classes: &[(&str, &[(&str, &str)])] = &[
+        ("bad-placement", &[("placement", "random")]),
+        ("bad-on-delete", &[("onDelete", "shred")]),
+        ("typo-key", &[("ondelete", "retain")]),
+        ("empty-pool", &[("pool", " ")]),
+        ("path-pool", &[("pool", "../../etc")]),
+        ("upper-pool", &[("pool", "Fast")]),
+    ];
+    for (name, params) in classes {
+        cluster.class(name, "Delete", false, params).await;
+    }
+    cluster.class("local", "Delete", false, &[]).await;
+    let _running = start_controller(&cluster.client, Duration::from_secs(300));
+
+    // (claim, class, size, what the Event says, whether selected-node stays)
+    let cases: &[(&str, &str, &str, &[&str], bool)] = &[
+        (
+            "c-placement",
+            "bad-placement",
+            "1Gi",
+            &["bad-placement", "\"placement\"", "spread"],
+            true,
+        ),
+        (
+            "c-on-delete",
+            "bad-on-delete",
+            "1Gi",
+            &["\"onDelete\"", "\"archive\""],
+            true,
+        ),
+        (
+            "c-typo",
+            "typo-key",
+            "1Gi",
+            &["\"ondelete\"", "\"onDelete\""],
+            true,
+        ),
+        (
+            "c-empty-pool",
+            "empty-pool",
+            "1Gi",
+            &["\"pool\"", "empty"],
+            true,
+        ),
+        (
+            "c-path-pool",
+            "path-pool",
+            "1Gi",
+            &["\"pool\"", "../../etc", "lowercase"],
+            true,
+        ),
+        (
+            "c-upper-pool",
+            "upper-pool",
+            "1Gi",
+            &["\"pool\"", "Fast"],
+            true,
+        ),
+        (
+            "c-exabytes",
+            "local",
+            "16Ei",
+            &["16Ei", "larger than"],
+            true,
+        ),
+        (
+            "c-two-pow-63",
+            "local",
+            "9223372036854775808",
+            &["node n1", "free"],
+            false,
+        ),
+        (
+            "c-huge",
+            "local",
+            "100Ti",
+            &["node n1", "free", "100Ti"],
+            false,
+        ),
+    ];
+    let mut made = Vec::new();
+    for &(name, class, size, _, _) in cases {
+        let claim = pvc(NS, name)
+            .size(size)
+            .class(class)
+            .selected_node("n1")
+            .annotation(
+                names::ANNOTATION_STORAGE_PROVISIONER,
+                names::PROVISIONER_LOCAL,
+            )
+            .build();
+        made.push(
+            cluster
+                .claims()
+                .create(&PostParams::default(), &claim)
+                .await
+                .unwrap(),
+        );
+    }
+    // Sizes the API server refuses, as a real one does, never reach the controller.
+    for (name, size) in [("c-zero", "0"), ("c-lots", "lots"), ("c-negative", "-1Gi")] {
+        let claim = pvc(NS, name)
+            .size(size)
+            .class("local")
+            .selected_node("n1")
+            .build();
+        let err = cluster
+            .claims()
+            .create(&PostParams::default(), &claim)
+            .await;
+        assert!(err.is_err(), "{size}: the API server accepted it");
+    }
+
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+    for (&(name, _, size, needles, keeps_node), claim) in cases.iter().zip(&made) {
+        let message = cluster.event(NS, name, "ProvisioningFailed").await;
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{name} ({size}): {message:?} lacks {needle:?}"
+            );
+        }
+        let warning = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .any(|e| {
+                e.involved_object.name.as_deref() == Some(name)
+                    && e.reason.as_deref() == Some("ProvisioningFailed")
+                    && e.type_.as_deref() == Some("Warning")
+            });
+        assert!(warning, "{name}: the Event is a Warning");
+        let pv = pv_name(claim);
+        assert!(
+            cluster.lvs().get_opt(&pv).await.unwrap().is_none(),
+            "{name}: a LocalVolume"
+        );
+        assert!(
+            cluster.pvs().get_opt(&pv).await.unwrap().is_none(),
+            "{name}: a PV"
+        );
+        if keeps_node {
+            let now = cluster.claims().get(name).await.unwrap();
+            assert!(
+                now.annotations()
+                    .contains_key(names::ANNOTATION_SELECTED_NODE),
+                "{name}: rescheduling cannot fix a class or a size, so selected-node stays"
+            );
+            assert_eq!(
+                now.metadata.resource_version, claim.metadata.resource_version,
+                "{name}: the claim was not written"
+            );
+        }
+    }
+    // A good claim beside them is still provisioned: one bad claim does not wedge the rest.
+    let good = selected_claim(
+        &cluster,
+        "good",
+        "1",
+        "n1",
+        &[names::ANNOTATION_STORAGE_PROVISIONER],
+    )
+    .await;
+    let lv = wait_until(WAIT, "the good claim's LocalVolume", || async {
+        cluster.lvs().get_opt(&pv_name(&good)).await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    assert_eq!(lv.spec.size_bytes, 1 << 20, "one byte takes one whole MiB");
+}

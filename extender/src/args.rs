@@ -6,9 +6,12 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use k8s_openapi::api::core::v1::Pod;
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::body::ApiError;
@@ -18,7 +21,7 @@ pub(crate) struct Args<'a> {
     #[serde(rename = "Pod", alias = "pod")]
     pub(crate) pod: Pod,
     #[serde(rename = "Nodes", alias = "nodes", default, borrow)]
-    nodes: Option<RawNodeList<'a>>,
+    nodes: Option<ObjectOnly<RawNodeList<'a>>>,
     #[serde(
         rename = "NodeNames",
         alias = "nodeNames",
@@ -44,13 +47,38 @@ struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 #[derive(Deserialize)]
 struct NodeHead<'a> {
     #[serde(default, borrow)]
-    metadata: Option<MetaHead<'a>>,
+    metadata: Option<ObjectOnly<MetaHead<'a>>>,
 }
 
 #[derive(Deserialize)]
 struct MetaHead<'a> {
     #[serde(default, borrow)]
     name: Option<Name<'a>>,
+}
+
+/// `T` read from a JSON object only.
+///
+/// serde's derived struct impls also accept an array of the fields in order (`[{}, {}]` would
+/// be a pod and a node list), which Go's `encoding/json`, and so the scheduler, never sends:
+/// such a body is malformed and gets a 400, not an answer.
+pub(crate) struct ObjectOnly<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(ObjectOnly)
+    }
 }
 
 /// The candidate nodes, in request order, in the mode the scheduler asked in.
@@ -76,7 +104,7 @@ impl<'a> Args<'a> {
     pub(crate) fn into_parts(self) -> Result<(Pod, Candidates<'a>), ApiError> {
         let candidates = match (self.node_names, self.nodes) {
             (Some(names), _) => Candidates::Names(names.into_iter().map(|n| n.0).collect()),
-            (None, Some(list)) => {
+            (None, Some(ObjectOnly(list))) => {
                 let items = list.items.unwrap_or_default();
                 let names = items
                     .iter()
@@ -106,7 +134,7 @@ fn node_name<'a>(index: usize, raw: &'a RawValue) -> Result<Cow<'a, str>, ApiErr
             "invalid ExtenderArgs: at Nodes.items[{index}]: {e}"
         ))
     })?;
-    match head.metadata.and_then(|m| m.name) {
+    match head.metadata.and_then(|m| m.0.name) {
         Some(Name(name)) if !name.is_empty() => Ok(name),
         _ => Err(ApiError::bad_request(format!(
             "invalid ExtenderArgs: Nodes.items[{index}] has no metadata.name"
@@ -141,7 +169,10 @@ mod tests {
     use super::*;
 
     fn parts(json: &str) -> Result<(Pod, Candidates<'_>), ApiError> {
-        serde_json::from_str::<Args<'_>>(json).unwrap().into_parts()
+        serde_json::from_str::<ObjectOnly<Args<'_>>>(json)
+            .unwrap()
+            .0
+            .into_parts()
     }
 
     #[test]
@@ -217,5 +248,25 @@ mod tests {
                 err.message()
             );
         }
+    }
+
+    #[test]
+    fn arrays_in_place_of_objects_are_refused() {
+        for json in [
+            r#"[{}, {"items": []}]"#,
+            r#"{"Pod":{},"Nodes":[null, [{"metadata":{"name":"a"}}]]}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ObjectOnly<Args<'_>>>(json).is_err(),
+                "{json}"
+            );
+        }
+        let json = r#"{"Pod":{},"Nodes":{"items":[{"metadata":["a"]}]}}"#;
+        let err = parts(json).err().unwrap();
+        assert!(
+            err.message().contains("Nodes.items[0]"),
+            "{}",
+            err.message()
+        );
     }
 }

@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use tracing::{Span, debug};
 
-use crate::args::{Args, Candidates, PodKey};
+use crate::args::{Args, Candidates, ObjectOnly, PodKey};
 use crate::body::{ApiError, JsonBody};
 use crate::observe::{Observer, Outcome};
 use crate::policy::{Failure, FilterVerdict, Policy, Rejection};
@@ -19,7 +19,7 @@ pub(crate) fn respond<P: Policy>(
     observer: &dyn Observer,
     body: &JsonBody,
 ) -> Result<Answer, ApiError> {
-    let args: Args<'_> = body.decode("ExtenderArgs")?;
+    let ObjectOnly(args): ObjectOnly<Args<'_>> = body.decode("ExtenderArgs")?;
     let (pod, candidates) = args.into_parts()?;
     let names = candidates.names();
     let span = Span::current();

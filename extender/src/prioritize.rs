@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use tracing::{Span, debug};
 
-use crate::args::{Args, PodKey};
+use crate::args::{Args, ObjectOnly, PodKey};
 use crate::body::{ApiError, JsonBody};
 use crate::observe::Outcome;
 use crate::policy::{NodeScore, Policy};
@@ -13,7 +13,7 @@ use crate::routes::{Answer, FastState};
 use crate::wire::{MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY};
 
 pub(crate) fn respond<P: Policy>(policy: &P, body: &JsonBody) -> Result<Answer, ApiError> {
-    let args: Args<'_> = body.decode("ExtenderArgs")?;
+    let ObjectOnly(args): ObjectOnly<Args<'_>> = body.decode("ExtenderArgs")?;
     let (pod, candidates) = args.into_parts()?;
     let names = candidates.names();
     let span = Span::current();

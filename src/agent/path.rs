@@ -11,12 +11,20 @@
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
 /// The folder inside a pool root where archived volumes are kept.
 pub const ARCHIVE_DIR: &str = ".archive";
+
+/// The mode of the archive folder: only the agent (root) goes in; archived data is no
+/// tenant's any more.
+const ARCHIVE_MODE: u32 = 0o700;
 
 /// The prefix of every volume name: Kubernetes names provisioned volumes `pvc-<claim uid>`.
 const PREFIX: &str = "pvc-";
@@ -204,6 +212,31 @@ impl PoolRoot {
         Ok(Some(meta))
     }
 
+    /// Opens the root for `*at` calls. The canonical root has no symlink in it, so a root
+    /// that has become a symlink since (swapped by someone with write access to its parent)
+    /// is refused (`O_NOFOLLOW`) rather than followed elsewhere.
+    pub fn open_fd(&self) -> Result<OwnedFd, PathError> {
+        rustix::fs::open(&self.root, dir_flags(), Mode::empty())
+            .map_err(|e| open_error(self.root.clone(), e))
+    }
+
+    /// Opens the entry `name` of the open root `root` as a directory without following a
+    /// symlink: a symlink swapped in after a check is `PathError::Symlink`, never followed.
+    pub fn open_entry(&self, root: &OwnedFd, name: &str) -> Result<OwnedFd, PathError> {
+        let path = self.root.join(name);
+        rustix::fs::openat(root, name, dir_flags(), Mode::empty()).map_err(|e| open_error(path, e))
+    }
+
+    /// Opens (making it if missing, mode `0700`) the archive folder of the open root
+    /// `root`, refusing a symlink or anything but a directory in its place.
+    pub fn open_archive(&self, root: &OwnedFd) -> Result<OwnedFd, PathError> {
+        match rustix::fs::mkdirat(root, ARCHIVE_DIR, Mode::from_raw_mode(ARCHIVE_MODE)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(PathError::io(&self.archive_dir(), e.into())),
+        }
+        self.open_entry(root, ARCHIVE_DIR)
+    }
+
     /// A free archive path for `name` at `at`: `<root>/.archive/<name>-<YYYYMMDDTHHMMSSZ>`,
     /// or with `-1`, `-2`, … appended if that entry already exists (anything, even a dangling
     /// symlink, counts as existing). Does not create anything.
@@ -230,6 +263,67 @@ impl PoolRoot {
             &dir,
             io::Error::other("no free archive name"),
         ))
+    }
+}
+
+/// Why opening `path` with [`dir_flags`] failed. `O_NOFOLLOW | O_DIRECTORY` on a symlink
+/// gives `ENOTDIR` (or `ELOOP`), so the entry is looked at (not followed) to say which.
+fn open_error(path: PathBuf, errno: Errno) -> PathError {
+    match errno {
+        Errno::LOOP | Errno::NOTDIR => match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => PathError::Symlink { path },
+            _ => PathError::NotADirectory { path },
+        },
+        e => PathError::io(&path, e.into()),
+    }
+}
+
+/// Flags for opening a directory that must not be a symlink.
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// A named point between a check and the use it guards. Unit tests register a hook that
+/// swaps the filesystem there (a directory for a symlink) to prove the use does not follow
+/// what was swapped in; outside tests it does nothing.
+pub(crate) fn race_point(point: &'static str) {
+    #[cfg(test)]
+    race::run(point);
+    let _ = point;
+}
+
+/// The test side of [`race_point`]: a per-thread hook.
+#[cfg(test)]
+pub(crate) mod race {
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnMut(&str)>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `hook` at every race point this thread passes until the guard is dropped.
+    pub(crate) fn set(hook: impl FnMut(&str) + 'static) -> Guard {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+        Guard
+    }
+
+    /// Removes the hook when dropped.
+    pub(crate) struct Guard;
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            HOOK.with(|h| *h.borrow_mut() = None);
+        }
+    }
+
+    pub(super) fn run(point: &str) {
+        HOOK.with(|h| {
+            if let Some(hook) = h.borrow_mut().as_mut() {
+                hook(point);
+            }
+        });
     }
 }
 

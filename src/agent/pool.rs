@@ -173,6 +173,25 @@ impl PoolConfig {
                 if earlier.path == spec.path {
                     return Err(dup("path", spec.path.display().to_string()));
                 }
+                // One pool inside another would let each agent pass see the other's
+                // volumes and count the same bytes twice.
+                let (outer, inner) = if spec.path.starts_with(&earlier.path) {
+                    (earlier, &spec)
+                } else if earlier.path.starts_with(&spec.path) {
+                    (&spec, earlier)
+                } else {
+                    continue;
+                };
+                return Err(ConfigError::Field {
+                    pool: inner.name.to_string(),
+                    field: "path",
+                    message: format!(
+                        "{} is inside the path {} of pool {:?}; pools must not nest, give each its own directory",
+                        inner.path.display(),
+                        outer.path.display(),
+                        outer.name.to_string()
+                    ),
+                });
             }
             specs.push(spec);
         }
@@ -193,6 +212,15 @@ fn validate(index: usize, raw: RawPool) -> Result<PoolSpec, ConfigError> {
         field,
         message,
     };
+    if raw.path.contains('\0') {
+        return Err(field(
+            "path",
+            format!(
+                "{:?} contains a NUL byte; write a plain absolute path",
+                raw.path
+            ),
+        ));
+    }
     let path = PathBuf::from(&raw.path);
     if !path.is_absolute() {
         return Err(field(
@@ -463,6 +491,26 @@ mod tests {
                 vec!["path", "\"..\""],
             ),
             ("pools:\n  - name: a\n    path: /\n", vec!["path", "root"]),
+            (
+                "pools:\n  - name: a\n    path: \"/a\\0/b\"\n",
+                vec!["\"a\"", "path", "NUL"],
+            ),
+            (
+                "pools:\n  - name: a\n    path: ./a\n",
+                vec!["\"a\"", "path", "relative"],
+            ),
+            (
+                "pools:\n  - name: a\n    path: /var/lib/a/./../../../etc\n",
+                vec!["path", "\"..\""],
+            ),
+            (
+                "pools:\n  - name: a\n    path: /p\n  - name: b\n    path: /p/b\n",
+                vec!["\"b\"", "path", "inside", "pool \"a\"", "nest"],
+            ),
+            (
+                "pools:\n  - name: a\n    path: /p/a\n  - name: b\n    path: /p\n",
+                vec!["\"a\"", "path", "inside", "pool \"b\"", "nest"],
+            ),
             (
                 "pools:\n  - name: a\n    path: /a\n    driver: zfs\n",
                 vec!["\"a\"", "driver", "zfs"],

@@ -8,7 +8,7 @@
 //!   onDelete: archive   # delete | archive | retain, default delete
 //! ```
 //!
-//! Other parameter keys are ignored here (other roles read them).
+//! Any other key is refused: a misspelt `ondelete: retain` must not silently delete data.
 
 use k8s_openapi::api::storage::v1::StorageClass;
 
@@ -42,7 +42,7 @@ pub struct ClassError {
     /// The StorageClass.
     pub class: String,
     /// The parameter key.
-    pub parameter: &'static str,
+    pub parameter: String,
     /// What is wrong with it.
     pub message: String,
 }
@@ -52,17 +52,42 @@ impl ClassParams {
     pub fn from_class(class: &StorageClass) -> Result<Self, ClassError> {
         let name = class.metadata.name.clone().unwrap_or_default();
         let get = |key: &str| class.parameters.as_ref().and_then(|p| p.get(key));
-        let err = |parameter, message: String| ClassError {
+        let err = |parameter: &str, message: String| ClassError {
             class: name.clone(),
-            parameter,
+            parameter: parameter.to_string(),
             message,
         };
+        if let Some(unknown) = class
+            .parameters
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .find(|k| ![PARAM_POOL, PARAM_PLACEMENT, PARAM_ON_DELETE].contains(k))
+        {
+            return Err(err(
+                unknown,
+                format!(
+                    "it is not a parameter of {} classes; use only {PARAM_POOL:?}, \
+                     {PARAM_PLACEMENT:?} and {PARAM_ON_DELETE:?} (keys are case-sensitive)",
+                    class.provisioner
+                ),
+            ));
+        }
         let pool = match get(PARAM_POOL).map(|s| s.trim()) {
             None => DEFAULT_POOL.to_string(),
             Some("") => {
                 return Err(err(PARAM_POOL, "the pool name is empty".to_string()));
             }
-            Some(p) => p.to_string(),
+            Some(p) if is_dns_label(p) => p.to_string(),
+            Some(p) => {
+                return Err(err(
+                    PARAM_POOL,
+                    format!(
+                        "{p:?} is not a pool name; pool names (the agent pool config's `name`) \
+                         are 1-63 lowercase letters, digits and '-'"
+                    ),
+                ));
+            }
         };
         let placement = match get(PARAM_PLACEMENT) {
             None => Placement::default(),
@@ -85,6 +110,16 @@ impl ClassParams {
             on_delete,
         })
     }
+}
+
+/// 1-63 of `a-z`, `0-9` and `-`, starting and ending alphanumeric: what the agent accepts
+/// as a pool name.
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Whether the class is served by the node-local provisioner named `provisioner` (the
@@ -165,7 +200,20 @@ mod tests {
             ),
             (&[("placement", "random")], Err("placement")),
             (&[("pool", "")], Err("pool")),
-            (&[("unrelated", "x")], Ok(("default", Placement::Spread))),
+            (&[("unrelated", "x")], Err("unrelated")),
+            (&[("ondelete", "retain")], Err("ondelete")),
+            (&[("Pool", "fast")], Err("Pool")),
+            (&[("pool", "../etc")], Err("pool")),
+            (&[("pool", "Fast")], Err("pool")),
+            (&[("pool", "fast\u{0}")], Err("pool")),
+            (
+                &[(
+                    "pool",
+                    "a-very-long-pool-name-that-is-longer-than-sixty-three-characters-x",
+                )],
+                Err("pool"),
+            ),
+            (&[("placement", "")], Err("placement")),
         ];
         for (params, want) in cases {
             let got = ClassParams::from_class(&class(params));

@@ -27,7 +27,7 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::VolumeError;
-use crate::agent::path::{PathError, PoolRoot, VolumeName};
+use crate::agent::path::{PathError, PoolRoot, VolumeName, race_point};
 use crate::agent::pool::{BTRFS_SUPER_MAGIC, VolumeMode};
 use crate::ledger::Bytes;
 
@@ -79,7 +79,7 @@ impl Btrfs {
         size: Bytes,
         mode: VolumeMode,
     ) -> Result<PathBuf, VolumeError> {
-        let root = open_dir(self.root.path())?;
+        let root = self.root.open_fd()?;
         let path = self.root.volume_path(name);
         if let Some(vol) = self.open_subvolume(&root, name.as_str())? {
             set_limit(&vol, &path, size)?;
@@ -142,7 +142,7 @@ impl Btrfs {
     /// Refused, leaving everything in place: a plain directory, file or symlink in the
     /// subvolume's place, and a volume holding subvolumes that someone made inside it.
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
-        let root = open_dir(self.root.path())?;
+        let root = self.root.open_fd()?;
         for entry in [name.as_str().to_string(), staging_name(name)] {
             let path = self.root.path().join(&entry);
             let Some(vol) = self.open_subvolume(&root, &entry)? else {
@@ -151,6 +151,9 @@ impl Btrfs {
             let id = ioctl::subvolume_id(&vol)
                 .map_err(|e| btrfs_err("look up the subvolume id of", &path, e))?;
             drop(vol);
+            // The ioctl looks the name up in the root without following a symlink, and
+            // destroys only a subvolume root: something swapped in meanwhile is refused.
+            race_point("btrfs.delete.destroy");
             match ioctl::snap_destroy(&root, &entry) {
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(Errno::NOTEMPTY) => return Err(VolumeError::NestedSubvolume { path }),
@@ -169,28 +172,28 @@ impl Btrfs {
         name: &VolumeName,
         now: SystemTime,
     ) -> Result<Option<PathBuf>, VolumeError> {
-        let root = open_dir(self.root.path())?;
+        let root = self.root.open_fd()?;
         let path = self.root.volume_path(name);
         if self.open_subvolume(&root, name.as_str())?.is_none() {
             return Ok(None);
         }
-        let dir = self.root.archive_dir();
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(PathError::Io { path: dir, source }.into()),
-        }
-        // `.archive` must be a real directory of the pool, not a symlink leading elsewhere.
-        match self.root.check_inside(&dir)? {
-            Some(meta) if meta.is_dir() => {}
-            _ => return Err(VolumeError::NotADirectory { path: dir }),
-        }
+        // Renamed between descriptors of the root and of `.archive`, both opened without
+        // following symlinks, so a symlink swapped in for `.archive` is never followed.
+        let archive = self.root.open_archive(&root)?;
         let target = self.root.archive_path(name, now)?;
+        let Some(target_name) = target.file_name() else {
+            return Err(PathError::Outside {
+                path: target,
+                root: self.root.path().to_path_buf(),
+            }
+            .into());
+        };
+        race_point("btrfs.archive.rename");
         rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &path,
-            rustix::fs::CWD,
-            &target,
+            &root,
+            name.as_str(),
+            &archive,
+            target_name,
             RenameFlags::NOREPLACE,
         )
         .map_err(|e| PathError::Io {
@@ -203,7 +206,7 @@ impl Btrfs {
     /// Sets the limit of the subvolume of `name` to `size`, also when it is below what the
     /// volume holds already (the volume then cannot write more until it shrinks).
     pub fn grow(&self, name: &VolumeName, size: Bytes) -> Result<(), VolumeError> {
-        let root = open_dir(self.root.path())?;
+        let root = self.root.open_fd()?;
         let path = self.root.volume_path(name);
         match self.open_subvolume(&root, name.as_str())? {
             Some(vol) => set_limit(&vol, &path, size),

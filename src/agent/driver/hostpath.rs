@@ -5,12 +5,14 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::io::Errno;
+
 use super::VolumeError;
-use crate::agent::path::{PathError, PoolRoot, VolumeName};
+use crate::agent::path::{PathError, PoolRoot, VolumeName, race_point};
 use crate::agent::pool::VolumeMode;
 use crate::ledger::Bytes;
 
@@ -51,22 +53,32 @@ impl Hostpath {
                 Err(VolumeError::NotADirectory { path })
             };
         }
-        match fs::DirBuilder::new().mode(mode.bits()).create(&path) {
+        // Made and given its mode through the pool root's descriptor: the mode is set on
+        // the directory just made, opened without following a symlink swapped in meanwhile.
+        let root = self.root.open_fd()?;
+        let bits = Mode::from_raw_mode(mode.bits());
+        match rustix::fs::mkdirat(&root, name.as_str(), bits) {
             Ok(()) => {}
             // Lost a race with another create: judge what is there now.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(Errno::EXIST) => {
                 return match self.root.check_inside(&path)? {
                     Some(meta) if meta.is_dir() => Ok(path),
                     _ => Err(VolumeError::NotADirectory { path }),
                 };
             }
-            Err(source) => return Err(PathError::Io { path, source }.into()),
-        }
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode.bits())).map_err(|source| {
-            PathError::Io {
-                path: path.clone(),
-                source,
+            Err(e) => {
+                return Err(PathError::Io {
+                    path,
+                    source: e.into(),
+                }
+                .into());
             }
+        }
+        race_point("hostpath.create.chmod");
+        let dir = self.root.open_entry(&root, name.as_str())?;
+        rustix::fs::fchmod(&dir, bits).map_err(|e| PathError::Io {
+            path: path.clone(),
+            source: e.into(),
         })?;
         Ok(path)
     }
@@ -76,14 +88,17 @@ impl Hostpath {
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
         let path = self.root.volume_path(name);
         match self.root.check_inside(&path)? {
-            None => Ok(()),
-            Some(meta) if !meta.is_dir() => Err(VolumeError::NotADirectory { path }),
-            // `remove_dir_all` does not follow symlinks found inside the volume.
-            Some(_) => match fs::remove_dir_all(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(PathError::Io { path, source }.into()),
-            },
+            None => return Ok(()),
+            Some(meta) if !meta.is_dir() => return Err(VolumeError::NotADirectory { path }),
+            Some(_) => {}
+        }
+        // `remove_dir_all` follows no symlink, neither inside the volume nor one swapped in
+        // for the volume itself after the check (it removes the link, not its target).
+        race_point("hostpath.delete.remove");
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PathError::Io { path, source }.into()),
         }
     }
 
@@ -100,19 +115,37 @@ impl Hostpath {
             Some(meta) if !meta.is_dir() => return Err(VolumeError::NotADirectory { path }),
             Some(_) => {}
         }
-        let dir = self.root.archive_dir();
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(PathError::Io { path: dir, source }.into()),
-        }
-        // `.archive` must be a real directory of the pool, not a symlink leading elsewhere.
-        match self.root.check_inside(&dir)? {
-            Some(meta) if meta.is_dir() => {}
-            _ => return Err(VolumeError::NotADirectory { path: dir }),
-        }
+        // Renamed between descriptors of the root and of `.archive`, both opened without
+        // following symlinks: a `.archive` swapped for a symlink is refused, and one swapped
+        // after it was opened no longer matters.
+        let root = self.root.open_fd()?;
+        let archive = self.root.open_archive(&root)?;
         let target = self.root.archive_path(name, now)?;
-        fs::rename(&path, &target).map_err(|source| PathError::Io { path, source })?;
+        let Some(target_name) = target.file_name() else {
+            return Err(PathError::Outside {
+                path: target,
+                root: self.root.path().to_path_buf(),
+            }
+            .into());
+        };
+        race_point("hostpath.archive.rename");
+        rustix::fs::renameat(&root, name.as_str(), &archive, target_name).map_err(|e| {
+            PathError::Io {
+                path: path.clone(),
+                source: e.into(),
+            }
+        })?;
+        // A symlink swapped in for the volume after the check was moved, not followed; say so.
+        let moved =
+            rustix::fs::statat(&archive, target_name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+                PathError::Io {
+                    path: target.clone(),
+                    source: e.into(),
+                }
+            })?;
+        if FileType::from_raw_mode(moved.st_mode) != FileType::Directory {
+            return Err(VolumeError::NotADirectory { path: target });
+        }
         Ok(Some(target))
     }
 
@@ -156,7 +189,7 @@ impl Hostpath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
     use std::path::Path;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -360,5 +393,136 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.scan().unwrap(), vec![name(A), name(B)]);
+    }
+
+    // === symlinks swapped in between a check and its use ===
+
+    use crate::agent::path::race;
+
+    /// A directory outside the pool holding a file that must survive, and its mode.
+    fn precious(dir: &Path) -> (PathBuf, u32) {
+        let outside = dir.join("etc");
+        fs::create_dir(&outside).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(outside.join("passwd"), b"root:x:0:0").unwrap();
+        (outside, 0o755)
+    }
+
+    fn untouched(outside: &Path, mode: u32) {
+        assert_eq!(fs::read(outside.join("passwd")).unwrap(), b"root:x:0:0");
+        assert_eq!(
+            mode_of(outside),
+            mode,
+            "the outside directory's mode changed"
+        );
+    }
+
+    /// At `point`, replaces `victim` (moved aside to `<victim>.moved`) with a symlink to
+    /// `target`.
+    fn swap_at(point: &'static str, victim: PathBuf, target: PathBuf) -> race::Guard {
+        race::set(move |at| {
+            if at == point {
+                let aside = victim.with_extension("moved");
+                fs::rename(&victim, &aside).unwrap();
+                symlink(&target, &victim).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn create_does_not_chmod_a_symlink_swapped_in_after_mkdir() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        let vol = d.root().volume_path(&name(A));
+        let _race = swap_at("hostpath.create.chmod", vol.clone(), outside.clone());
+        let err = d
+            .create(&name(A), Bytes::gib(1), VolumeMode(0o777))
+            .unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Path(PathError::Symlink { .. })),
+            "{err}"
+        );
+        untouched(&outside, mode);
+    }
+
+    #[test]
+    fn delete_removes_a_symlink_swapped_in_after_the_check_not_its_target() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        let vol = d.root().volume_path(&name(A));
+        let _race = swap_at("hostpath.delete.remove", vol.clone(), outside.clone());
+        d.delete(&name(A)).unwrap();
+        untouched(&outside, mode);
+        assert!(
+            fs::symlink_metadata(&vol).is_err(),
+            "the link itself is gone"
+        );
+    }
+
+    #[test]
+    fn archive_does_not_follow_an_archive_folder_swapped_for_a_symlink() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        fs::write(p.join("data"), b"tenant").unwrap();
+        // Before the call: refused outright.
+        symlink(&outside, d.root().archive_dir()).unwrap();
+        let err = d.archive(&name(A), SystemTime::now()).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        fs::remove_file(d.root().archive_dir()).unwrap();
+        // After `.archive` was opened: the rename still lands in the real folder.
+        let archive = d.root().archive_dir();
+        let _race = swap_at("hostpath.archive.rename", archive.clone(), outside.clone());
+        let moved = d.archive(&name(A), SystemTime::now()).unwrap().unwrap();
+        let real = archive
+            .with_extension("moved")
+            .join(moved.file_name().unwrap());
+        assert_eq!(fs::read(real.join("data")).unwrap(), b"tenant");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "only passwd");
+        untouched(&outside, mode);
+    }
+
+    #[test]
+    fn archive_moves_a_volume_swapped_for_a_symlink_without_following_it() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        d.create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        let vol = d.root().volume_path(&name(A));
+        let _race = swap_at("hostpath.archive.rename", vol.clone(), outside.clone());
+        let err = d.archive(&name(A), SystemTime::now()).unwrap_err();
+        assert!(matches!(err, VolumeError::NotADirectory { .. }), "{err}");
+        untouched(&outside, mode);
+        assert!(outside.is_dir(), "the target was not moved");
+    }
+
+    #[test]
+    fn a_pool_root_swapped_for_a_symlink_is_refused() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        let root = d.root().path().to_path_buf();
+        fs::rename(&root, dir.path().join("pool.moved")).unwrap();
+        symlink(&outside, &root).unwrap();
+        let err = d
+            .create(&name(A), Bytes::gib(1), VolumeMode(0o777))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VolumeError::Path(PathError::Symlink { .. } | PathError::Outside { .. })
+            ),
+            "{err}"
+        );
+        assert!(d.archive(&name(A), SystemTime::now()).is_err());
+        untouched(&outside, mode);
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            1,
+            "nothing made there"
+        );
     }
 }

@@ -522,3 +522,65 @@ fn an_ioctl_error_names_the_operation_and_path_and_a_permission_error_says_what_
     let other = btrfs_err("destroy the subvolume", Path::new("/p/pvc-x"), Errno::IO).to_string();
     assert!(!other.contains("CAP_SYS_ADMIN"), "{other}");
 }
+
+/// At `point`, moves `victim` aside (to `<victim>.moved`) and puts a symlink to `target` in
+/// its place.
+fn swap_at(
+    point: &'static str,
+    victim: PathBuf,
+    target: PathBuf,
+) -> crate::agent::path::race::Guard {
+    crate::agent::path::race::set(move |at| {
+        if at == point {
+            fs::rename(&victim, victim.with_extension("moved")).unwrap();
+            symlink(&target, &victim).unwrap();
+        }
+    })
+}
+
+#[test]
+fn a_symlink_to_another_pool_swapped_in_before_destroy_is_not_destroyed() {
+    let Some((dir, d)) = pool("race-delete") else {
+        return;
+    };
+    // Another pool's volume on the same filesystem: what the swap tries to destroy.
+    let other_root = dir.path().join("other");
+    fs::create_dir(&other_root).unwrap();
+    let other = Btrfs::open(PoolRoot::open(&other_root).unwrap()).unwrap();
+    let victim = other
+        .create(&name(B), Bytes::mib(8), VolumeMode::default())
+        .unwrap();
+    fs::write(victim.join("data"), b"other tenant").unwrap();
+    d.create(&name(A), Bytes::mib(8), VolumeMode::default())
+        .unwrap();
+    let vol = d.root().volume_path(&name(A));
+    let _race = swap_at("btrfs.delete.destroy", vol.clone(), victim.clone());
+    let err = d.delete(&name(A)).unwrap_err();
+    assert!(matches!(err, VolumeError::Btrfs { .. }), "{err:?}");
+    assert!(is_subvolume_at(&victim), "the other pool's volume survives");
+    assert_eq!(fs::read(victim.join("data")).unwrap(), b"other tenant");
+    // Our own volume was moved aside by the swap, not destroyed either.
+    assert!(is_subvolume_at(&vol.with_extension("moved")));
+}
+
+#[test]
+fn archive_renames_into_the_real_archive_folder_even_if_it_is_swapped_meanwhile() {
+    let Some((dir, d)) = pool("race-archive") else {
+        return;
+    };
+    let elsewhere = dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(8), VolumeMode::default())
+        .unwrap();
+    fs::write(p.join("data"), b"tenant").unwrap();
+    let archive = d.root().archive_dir();
+    let _race = swap_at("btrfs.archive.rename", archive.clone(), elsewhere.clone());
+    let moved = d.archive(&name(A), SystemTime::now()).unwrap().unwrap();
+    let real = archive
+        .with_extension("moved")
+        .join(moved.file_name().unwrap());
+    assert!(is_subvolume_at(&real));
+    assert_eq!(fs::read(real.join("data")).unwrap(), b"tenant");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
