@@ -74,6 +74,7 @@ impl ControllerArgs {
             .config()
             .context("checking the --leader-elect-* flags")?;
         let nfs_config = self.nfs_config()?;
+        crate::crash::init(crate::crash::Role::Controller)?;
         let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
         let registry = Registry::new();
         let index = Arc::new(RwLock::new(ClusterIndex::new()));

@@ -29,6 +29,7 @@ use rustix::io::Errno;
 use super::VolumeError;
 use crate::agent::path::{PathError, PoolRoot, VolumeName};
 use crate::agent::pool::{BTRFS_SUPER_MAGIC, VolumeMode};
+use crate::crash;
 use crate::ledger::Bytes;
 
 /// The prefix of a subvolume being set up, before it is renamed to its volume name.
@@ -108,6 +109,7 @@ impl Btrfs {
         })?;
         set_limit(&vol, &staging_path, size)?;
         drop(vol);
+        crash::hit(crash::AGENT_CREATE_STAGED);
         match rustix::fs::renameat_with(
             &root,
             &staging,
