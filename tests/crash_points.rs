@@ -132,7 +132,7 @@ async fn the_agent_converges_after_aborting_at_each_of_its_crash_points() {
                 deleted.push(Deleted {
                     claim,
                     volume,
-                    node: "n1".into(),
+                    node: Some("n1".into()),
                     on_delete,
                 });
             }
@@ -299,7 +299,7 @@ async fn the_controller_converges_after_aborting_at_each_of_its_crash_points() {
                 deleted.push(Deleted {
                     claim,
                     volume,
-                    node,
+                    node: Some(node),
                     on_delete,
                 });
             }

@@ -83,9 +83,24 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
 
     // Bursts, with a process killed right after each while its work is in flight.
     let per_burst = plan.len().div_ceil(BURSTS);
+    let mut deleted = Vec::new();
     for (b, burst) in plan.chunks(per_burst).enumerate() {
         fail_writes(&env, b);
         futures::future::join_all(burst.iter().map(|p| create_pod(&env, p))).await;
+        // Some pods of each burst are deleted with their claims at once, while their
+        // volumes are being provisioned: whatever was made must go again.
+        for p in burst.iter().filter(|p| in_flight(p)) {
+            for claim in p.claim_names() {
+                let uid = env.claims().get(&claim).await.unwrap().uid().unwrap();
+                deleted.push(Deleted {
+                    claim,
+                    volume: format!("pvc-{uid}"),
+                    node: None,
+                    on_delete: p.on_delete,
+                });
+            }
+            delete_pod(&env, p).await;
+        }
         match b {
             0 | 2 => {
                 env.controller.kill();
@@ -106,13 +121,25 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         }
     }
     let created_at = started.elapsed();
-    let bound = settle(&env, &[], claims, "every claim is Bound").await;
+    let bound = settle(
+        &env,
+        &deleted,
+        claims - deleted.len(),
+        "every claim is Bound",
+    )
+    .await;
     let bound_at = started.elapsed();
-    eprintln!("soak: all {claims} claims bound after {bound_at:?} ({bound})");
+    let early = deleted.len();
+    eprintln!(
+        "soak: {} claims bound after {bound_at:?}, {early} deleted in flight ({bound})",
+        claims - early
+    );
 
     // Delete a third of the pods (every class), with the third controller kill amid it.
-    let mut deleted = Vec::new();
-    let doomed: Vec<&PodPlan> = plan.iter().filter(|p| p.index % 3 == 0).collect();
+    let doomed: Vec<&PodPlan> = plan
+        .iter()
+        .filter(|p| p.index % 3 == 0 && !in_flight(p))
+        .collect();
     for (i, p) in doomed.iter().enumerate() {
         let claim_names = p.claim_names();
         let mut victims = Vec::new();
@@ -124,20 +151,11 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
             victims.push(Deleted {
                 claim: c.clone(),
                 volume,
-                node,
+                node: Some(node),
                 on_delete: p.on_delete,
             });
         }
-        retry(&format!("delete pod {}", p.name), || async {
-            ok_if_gone(env.pods().delete(&p.name, &DeleteParams::default()).await)
-        })
-        .await;
-        for c in &claim_names {
-            retry(&format!("delete claim {c}"), || async {
-                ok_if_gone(env.claims().delete(c, &DeleteParams::default()).await)
-            })
-            .await;
-        }
+        delete_pod(&env, p).await;
         deleted.extend(victims);
         fail_writes(&env, i);
         if i == doomed.len() / 2 {
@@ -159,7 +177,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         plan.len()
     );
     eprintln!(
-        "soak: deleted {} claims (delete {}, archive {}, retain {})",
+        "soak: deleted {} claims, {early} of them in flight (delete {}, archive {}, retain {})",
         deleted.len(),
         by_mode(OnDelete::Delete),
         by_mode(OnDelete::Archive),
@@ -268,6 +286,27 @@ fn pods_for(claims: usize, seed: u64) -> Vec<PodPlan> {
         });
     }
     pods
+}
+
+/// Whether the pod is deleted right after its burst, while being provisioned: one in
+/// twenty, of the classes that delete (so any directory made must be gone afterwards) or
+/// archive (so it must be archived exactly once).
+fn in_flight(p: &PodPlan) -> bool {
+    p.index % 20 == 1 || p.index % 20 == 4
+}
+
+/// Deletes the pod, then its claims, retrying injected failures.
+async fn delete_pod(env: &Env, p: &PodPlan) {
+    retry(&format!("delete pod {}", p.name), || async {
+        ok_if_gone(env.pods().delete(&p.name, &DeleteParams::default()).await)
+    })
+    .await;
+    for c in &p.claim_names() {
+        retry(&format!("delete claim {c}"), || async {
+            ok_if_gone(env.claims().delete(c, &DeleteParams::default()).await)
+        })
+        .await;
+    }
 }
 
 /// Creates the pod's claims and then the pod, retrying injected failures.

@@ -21,8 +21,9 @@ pub struct Deleted {
     pub claim: String,
     /// Its volume (`pvc-<uid>`).
     pub volume: String,
-    /// The node holding the data.
-    pub node: String,
+    /// The node holding the data; `None` for a claim deleted while it was being
+    /// provisioned (its data, if any was made, may be on any node).
+    pub node: Option<String>,
     /// The class's onDelete.
     pub on_delete: OnDelete,
 }
@@ -211,14 +212,26 @@ pub async fn check(env: &Env, deleted: &[Deleted]) -> Result<Counts, String> {
                 d.volume, d.claim
             ));
         }
-        let pool = &env.agent(&d.node).pool_dir;
-        let present = pool.join(&d.volume).exists();
-        let archived = entries(&pool.join(".archive"))
+        let pools: Vec<&Path> = env
+            .agents
             .iter()
-            .filter(|a| a.starts_with(&format!("{}-", d.volume)))
-            .count();
+            .filter(|a| d.node.as_ref().is_none_or(|n| *n == a.name))
+            .map(|a| a.pool_dir.as_path())
+            .collect();
+        let present = pools.iter().any(|p| p.join(&d.volume).exists());
+        let archived: usize = pools
+            .iter()
+            .map(|p| {
+                entries(&p.join(".archive"))
+                    .iter()
+                    .filter(|a| a.starts_with(&format!("{}-", d.volume)))
+                    .count()
+            })
+            .sum();
         let ok = match d.on_delete {
             OnDelete::Delete => !present && archived == 0,
+            // Deleted in flight: archived if it was made at all.
+            OnDelete::Archive if d.node.is_none() => !present && archived <= 1,
             OnDelete::Archive => !present && archived == 1,
             OnDelete::Retain => present && archived == 0,
         };
