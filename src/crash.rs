@@ -43,7 +43,7 @@ pub struct Point {
     pub window: &'static str,
 }
 
-/// btrfs: the staging subvolume is made and limited, not yet renamed to its volume name.
+/// The staging directory (btrfs: subvolume, limited) is set up, not renamed into place.
 pub const AGENT_CREATE_STAGED: &str = "agent.create.staged";
 /// The volume directory or subvolume is in place; the LocalVolume status is not written.
 pub const AGENT_CREATE_MADE: &str = "agent.create.made";
@@ -77,7 +77,7 @@ pub const POINTS: &[Point] = &[
     Point {
         name: AGENT_CREATE_STAGED,
         role: Role::Agent,
-        window: "btrfs staging subvolume made, not renamed into place",
+        window: "staging directory or subvolume set up, not renamed into place",
     },
     Point {
         name: AGENT_CREATE_MADE,

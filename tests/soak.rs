@@ -10,7 +10,8 @@
 //! class. The counts of each are printed.
 //!
 //! `STOWAGE_SOAK_CLAIMS` sets the number of claims (default 120, so `cargo test` stays
-//! quick; BENCHMARKS.md records the 500-claim run).
+//! quick; BENCHMARKS.md records the 500-claim run); `STOWAGE_SOAK_SEED` (default 9) the
+//! seed of the pod mix and of the fault injection, to replay a failing run.
 
 // Helpers in a test crate panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -68,7 +69,11 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     else {
         return;
     };
-    let plan = pods_for(target, 0x50a4);
+    let seed: u64 = std::env::var("STOWAGE_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    let plan = pods_for(target, seed ^ 0x50a4);
     let claims: usize = plan.iter().map(|p| p.sizes.len()).sum();
     eprintln!(
         "soak: {} pods, {claims} claims, {BURSTS} bursts",
@@ -76,7 +81,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     );
 
     let faults = env.cluster.server().unwrap().faults();
-    faults.seed(9);
+    faults.seed(seed);
     faults.close_watches_every(Some(Duration::from_secs(3)));
     faults.delay_responses(Duration::ZERO, Duration::from_millis(20));
     fail_writes(&env, 0);

@@ -572,7 +572,19 @@ async fn cleanup(
         return Ok(());
     };
     if on_delete == OnDelete::Retain {
-        ctx.metrics.count(Operation::Retain, OpResult::Success);
+        // The data stays. A staging leftover of a create killed before its rename never
+        // held the claim's data and has no owner once this LocalVolume is gone: remove it.
+        // A pool that cannot be used now does not hold the release hostage (the leftover,
+        // if any, then stays; it is not a volume to the agent's scan).
+        if let Ok((driver, _)) = ctx.driver(&volume, pool) {
+            let name = name.clone();
+            ctx.run(Operation::Retain, &volume, pool, move || {
+                driver.discard_staging(&name)
+            })
+            .await?;
+        } else {
+            ctx.metrics.count(Operation::Retain, OpResult::Success);
+        }
         tracing::info!(volume = %volume, pool = %pool, "volume retained; its data stays on the node");
         return Ok(());
     }
@@ -596,6 +608,8 @@ async fn cleanup(
             let now = SystemTime::now();
             let moved = ctx
                 .run(Operation::Archive, &volume, pool, move || {
+                    // As for retain: a staging leftover holds no data to archive.
+                    driver.discard_staging(&name)?;
                     driver.archive(&name, now)
                 })
                 .await?;

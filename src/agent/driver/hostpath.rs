@@ -9,10 +9,22 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use rustix::fs::RenameFlags;
+use rustix::io::Errno;
+
 use super::VolumeError;
 use crate::agent::path::{PathError, PoolRoot, VolumeName};
 use crate::agent::pool::VolumeMode;
+use crate::crash;
 use crate::ledger::Bytes;
+
+/// The prefix of a volume directory being set up, before it is renamed to its volume name.
+const STAGING_PREFIX: &str = ".staging-";
+
+/// `.staging-<name>`: where a directory is set up before it becomes `<name>`.
+fn staging_name(name: &VolumeName) -> String {
+    format!("{STAGING_PREFIX}{name}")
+}
 
 /// Makes and removes plain volume directories in one pool.
 #[derive(Clone, Debug)]
@@ -34,6 +46,11 @@ impl Hostpath {
     /// Makes the directory for `name` with `mode` (exactly, whatever the process umask) and
     /// returns its path. `size` is not enforced by this driver.
     ///
+    /// The directory is made and given its mode under a staging name
+    /// (`.staging-<name>`, a leftover of a crashed create is reused), then renamed into
+    /// place in one step: a volume path never holds a directory whose mode was not set yet,
+    /// which a create killed between mkdir (narrowed by the umask) and chmod would leave.
+    ///
     /// Idempotent: an existing directory is success and keeps its current mode; a file or a
     /// symlink in its place is an error.
     pub fn create(
@@ -51,30 +68,76 @@ impl Hostpath {
                 Err(VolumeError::NotADirectory { path })
             };
         }
-        match fs::DirBuilder::new().mode(mode.bits()).create(&path) {
-            Ok(()) => {}
-            // Lost a race with another create: judge what is there now.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return match self.root.check_inside(&path)? {
-                    Some(meta) if meta.is_dir() => Ok(path),
-                    _ => Err(VolumeError::NotADirectory { path }),
-                };
+        let staging = self.root.path().join(staging_name(name));
+        let fresh = match fs::DirBuilder::new().mode(mode.bits()).create(&staging) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(source) => {
+                return Err(PathError::Io {
+                    path: staging,
+                    source,
+                }
+                .into());
             }
-            Err(source) => return Err(PathError::Io { path, source }.into()),
+        };
+        // A leftover must be a real directory of the pool, not a symlink leading elsewhere.
+        if !fresh
+            && !self
+                .root
+                .check_inside(&staging)?
+                .is_some_and(|m| m.is_dir())
+        {
+            return Err(VolumeError::NotADirectory { path: staging });
         }
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode.bits())).map_err(|source| {
-            PathError::Io {
-                path: path.clone(),
+        fs::set_permissions(&staging, fs::Permissions::from_mode(mode.bits())).map_err(
+            |source| PathError::Io {
+                path: staging.clone(),
                 source,
+            },
+        )?;
+        crash::hit(crash::AGENT_CREATE_STAGED);
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staging,
+            rustix::fs::CWD,
+            &path,
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => Ok(path),
+            // Lost a race with another create: judge what is there now.
+            Err(Errno::EXIST) => match self.root.check_inside(&path)? {
+                Some(meta) if meta.is_dir() => {
+                    // Ours is surplus and empty; a leftover is reused or removed later.
+                    let _ = fs::remove_dir(&staging);
+                    Ok(path)
+                }
+                _ => Err(VolumeError::NotADirectory { path }),
+            },
+            Err(e) => Err(PathError::Io {
+                path: staging,
+                source: e.into(),
             }
-        })?;
-        Ok(path)
+            .into()),
+        }
     }
 
-    /// Removes the directory of `name` and everything in it. Absent is success; a symlink
-    /// or a file in its place is refused and left alone.
+    /// Removes the directory of `name` and everything in it (and a staging leftover of a
+    /// crashed create). Absent is success; a symlink or a file in its place is refused and
+    /// left alone.
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
-        let path = self.root.volume_path(name);
+        self.remove(self.root.volume_path(name))?;
+        self.discard_staging(name)
+    }
+
+    /// Removes the staging leftover of a create of `name` that never finished (it never
+    /// held the claim's data: it was not renamed into place), and only that. Absent is
+    /// success. Archive and retain call this, so such a leftover does not outlive its
+    /// LocalVolume.
+    pub fn discard_staging(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        self.remove(self.root.path().join(staging_name(name)))
+    }
+
+    fn remove(&self, path: PathBuf) -> Result<(), VolumeError> {
         match self.root.check_inside(&path)? {
             None => Ok(()),
             Some(meta) if !meta.is_dir() => Err(VolumeError::NotADirectory { path }),
@@ -176,6 +239,40 @@ mod tests {
 
     fn mode_of(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_staging_leftover_of_a_crashed_create_is_finished_or_discarded() {
+        let (_dir, d) = pool();
+        let root = d.root().path().to_path_buf();
+        // What a create killed between mkdir (narrowed by the umask) and chmod leaves.
+        let staging_a = root.join(format!(".staging-{A}"));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging_a)
+            .unwrap();
+        fs::set_permissions(&staging_a, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(d.scan().unwrap(), Vec::<VolumeName>::new(), "not a volume");
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode(0o777))
+            .unwrap();
+        assert_eq!(mode_of(&p), 0o777, "the retry sets the mode");
+        assert!(!staging_a.exists(), "renamed into place");
+
+        let staging_b = root.join(format!(".staging-{B}"));
+        fs::create_dir(&staging_b).unwrap();
+        d.discard_staging(&name(B)).unwrap();
+        assert!(!staging_b.exists());
+        d.discard_staging(&name(B)).unwrap();
+        d.discard_staging(&name(A)).unwrap();
+        assert!(p.is_dir(), "only the staging entry is discarded");
+
+        fs::create_dir(&staging_a).unwrap();
+        d.delete(&name(A)).unwrap();
+        assert!(
+            !p.exists() && !staging_a.exists(),
+            "delete takes a leftover too"
+        );
     }
 
     #[test]
