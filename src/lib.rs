@@ -19,6 +19,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod controller;
+pub mod crash;
 pub mod extender_role;
 pub mod leader;
 pub mod ledger;

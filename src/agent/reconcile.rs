@@ -32,6 +32,7 @@ use super::pool::VolumeMode;
 use super::pool_set::{PoolSet, Unavailable};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase, LocalVolumeStatus, OnDelete};
 use crate::api::names::{FIELD_MANAGER_AGENT, FINALIZER_AGENT_CLEANUP};
+use crate::crash;
 use crate::ledger::Bytes;
 
 /// How often a settled volume is looked at again without any change (a safety net that
@@ -460,6 +461,7 @@ async fn execute(lv: &LocalVolume, plan: Plan, ctx: &Context) -> Result<Action, 
                     driver.create(&name, size, mode)
                 })
                 .await?;
+            crash::hit(crash::AGENT_CREATE_MADE);
             let path = path.display().to_string();
             ctx.write_status(lv, ready(lv, path.clone(), size, None))
                 .await?;
@@ -478,6 +480,7 @@ async fn execute(lv: &LocalVolume, plan: Plan, ctx: &Context) -> Result<Action, 
                 driver.grow(&name, to)
             })
             .await?;
+            crash::hit(crash::AGENT_GROW_RAISED);
             ctx.write_status(lv, ready(lv, path, to, None)).await?;
             tracing::info!(volume = %volume, pool = %pool, from = from.0, to = to.0, "volume grown");
             Ok(Action::requeue(RESYNC))
@@ -569,7 +572,19 @@ async fn cleanup(
         return Ok(());
     };
     if on_delete == OnDelete::Retain {
-        ctx.metrics.count(Operation::Retain, OpResult::Success);
+        // The data stays. A staging leftover of a create killed before its rename never
+        // held the claim's data and has no owner once this LocalVolume is gone: remove it.
+        // A pool that cannot be used now does not hold the release hostage (the leftover,
+        // if any, then stays; it is not a volume to the agent's scan).
+        if let Ok((driver, _)) = ctx.driver(&volume, pool) {
+            let name = name.clone();
+            ctx.run(Operation::Retain, &volume, pool, move || {
+                driver.discard_staging(&name)
+            })
+            .await?;
+        } else {
+            ctx.metrics.count(Operation::Retain, OpResult::Success);
+        }
         tracing::info!(volume = %volume, pool = %pool, "volume retained; its data stays on the node");
         return Ok(());
     }
@@ -586,15 +601,19 @@ async fn cleanup(
                 driver.delete(&name)
             })
             .await?;
+            crash::hit(crash::AGENT_DELETE_DELETED);
             tracing::info!(volume = %volume, pool = %pool, "volume deleted");
         }
         OnDelete::Archive => {
             let now = SystemTime::now();
             let moved = ctx
                 .run(Operation::Archive, &volume, pool, move || {
+                    // As for retain: a staging leftover holds no data to archive.
+                    driver.discard_staging(&name)?;
                     driver.archive(&name, now)
                 })
                 .await?;
+            crash::hit(crash::AGENT_DELETE_ARCHIVED);
             match moved {
                 Some(to) => {
                     tracing::info!(volume = %volume, pool = %pool, to = %to.display(), "volume archived")

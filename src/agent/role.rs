@@ -122,6 +122,7 @@ impl AgentArgs {
         if !is_dns_subdomain(&node) {
             return Err(StartError::NodeName(node).into());
         }
+        crate::crash::init(crate::crash::Role::Agent)?;
         let config_text =
             std::fs::read_to_string(&config_path).map_err(|source| StartError::ReadPools {
                 path: config_path.clone(),

@@ -95,6 +95,7 @@ impl ControllerArgs {
             .context("checking the --leader-elect-* flags")?;
         let nfs_config = self.nfs_config()?;
         let drain_timeout = Duration::from_secs(self.drain_timeout);
+        crate::crash::init(crate::crash::Role::Controller)?;
         let client = crate::serve::kube_client(self.kubeconfig.as_deref()).await?;
         let registry = Registry::new();
         // The extender and the ledger count the claims of the classes this controller

@@ -28,6 +28,7 @@ use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
 use crate::cache::{ClassParams, Reservation};
+use crate::crash;
 use crate::ledger::{
     Bytes, ClaimKey, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, check,
 };
@@ -425,6 +426,7 @@ async fn place(
         )
         .await;
     let created = create_local_volume(&volume, ctx).await?;
+    crash::hit(crash::CONTROLLER_PROVISION_VOLUME_CREATED);
     tracing::info!(claim = %claim_key(claim), volume = %name, node, size = volume.spec.size_bytes, "local volume created");
     ctx.index
         .write()
@@ -502,6 +504,7 @@ async fn reschedule(
         }
         Err(e) => return Err(Error::api("patch", "PersistentVolumeClaim", key)(e)),
     }
+    crash::hit(crash::CONTROLLER_RESCHEDULE_NODE_REMOVED);
     ctx.metrics.reschedules.with_label_values(&[reason]).inc();
     tracing::info!(claim = %key, node, reason, "claim rescheduled");
     ctx.recorder
@@ -548,7 +551,7 @@ async fn create_pv(
         ..PostParams::default()
     };
     match api.create(&pp, &pv).await {
-        Ok(_) => {}
+        Ok(_) => crash::hit(crash::CONTROLLER_PROVISION_PV_CREATED),
         Err(e) if is_status(&e, 409) => {
             let existing =
                 api.get(&name)

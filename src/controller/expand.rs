@@ -31,6 +31,7 @@ use super::volume::{self, pv_capacity, quantity};
 use super::{Context, RESYNC, USER_ERROR_RETRY};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
+use crate::crash;
 use crate::ledger::{Bytes, Demand, Unfit, check};
 
 /// What to do about a bound claim's size.
@@ -235,6 +236,7 @@ async fn grow(
         .unwrap_or_else(|e| e.into_inner())
         .apply_local_volume(grown);
     drop(_guard);
+    crash::hit(crash::CONTROLLER_EXPAND_VOLUME_GROWN);
     tracing::info!(volume = %name, node, from = lv.spec.size_bytes, to = to.0, "local volume grown");
     set_resizing(claim, true, None, ctx).await?;
     ctx.recorder
@@ -259,6 +261,7 @@ async fn finish(
     pvs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(Error::api("patch", "PersistentVolume", name))?;
+    crash::hit(crash::CONTROLLER_EXPAND_PV_GROWN);
     set_resizing(claim, false, Some(size), ctx).await?;
     ctx.metrics
         .expansions

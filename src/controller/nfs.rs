@@ -43,6 +43,7 @@ use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
 use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
 use crate::api::{names, reasons};
+use crate::crash;
 use crate::ledger::Bytes;
 use crate::nfs::{
     Allocation, ClaimName, NfsClassParams, NfsCluster, NfsConfig, NfsError, NfsMetrics,
@@ -493,6 +494,7 @@ pub async fn reconcile_claim(
         )
         .await;
 
+    crash::hit(crash::CONTROLLER_NFS_DIR_MADE);
     let pv = persistent_volume(
         claim,
         class,
@@ -873,6 +875,7 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
             }
         }
     }
+    crash::hit(crash::CONTROLLER_NFS_DIR_RELEASED);
     drop(placing);
     delete_pv(pv, ctx).await?;
     nfs.refresh_now.notify_one();

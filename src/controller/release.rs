@@ -24,6 +24,7 @@ use super::volume::{self, pv_node};
 use super::{Context, RESYNC, error_chain};
 use crate::api::local_volume::LocalVolume;
 use crate::api::{names, reasons};
+use crate::crash;
 
 /// What to do with a PV of ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +148,7 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
             let api: Api<LocalVolume> = Api::all(ctx.client.clone());
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
+                    crash::hit(crash::CONTROLLER_RELEASE_VOLUME_DELETED);
                     tracing::info!(volume = %name, "local volume deleted; the agent cleans up its data");
                     Ok(())
                 }
@@ -164,7 +166,7 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
                 ..DeleteParams::default()
             };
             match api.delete(&name, &dp).await {
-                Ok(_) => {}
+                Ok(_) => crash::hit(crash::CONTROLLER_RELEASE_PV_DELETED),
                 Err(e) if is_status(&e, 404) => return Ok(()),
                 Err(e) => return Err(Error::api("delete", "PersistentVolume", name)(e)),
             }

@@ -308,6 +308,16 @@ impl Role {
         self.start()
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next
+    /// [`Role::restart`]; the running process is not touched.
+    pub fn set_env(&mut self, key: impl AsRef<OsStr>, value: Option<&str>) {
+        let key = key.as_ref().to_os_string();
+        self.spec.env.retain(|(k, _)| *k != key);
+        if let Some(value) = value {
+            self.spec.env.push((key, value.into()));
+        }
+    }
+
     /// The exit status if the process has ended by itself; `None` while it runs.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child

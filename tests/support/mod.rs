@@ -2,4 +2,5 @@
 //! `mod support;`; not every test uses every helper).
 #![allow(dead_code)]
 
+pub mod invariants;
 pub mod stack;

@@ -274,6 +274,36 @@ impl Env {
         wait_controller_ready(self.controller_port).await;
     }
 
+    /// Restarts the agent of `node` (same arguments; the environment as its [`Role`] now
+    /// holds it) and waits until it is ready again.
+    pub async fn restart_agent(&mut self, node: &str) {
+        let agent = self.agents.iter_mut().find(|a| a.name == node).unwrap();
+        agent.process.restart().unwrap();
+        let port = agent.port;
+        wait_for(WAIT, &format!("agent {node}'s /readyz is 200"), || async {
+            matches!(get(port, "/readyz").await, Some((200, _)))
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Creates a StorageClass of the local provisioner (WaitForFirstConsumer, reclaim
+    /// Delete) with `params`, allowing expansion when `expand`.
+    pub async fn local_class(&self, name: &str, params: &[(&str, &str)], expand: bool) {
+        let mut b = storage_class(name)
+            .provisioner(names::PROVISIONER_LOCAL)
+            .wait_for_first_consumer()
+            .reclaim("Delete")
+            .allow_expansion(expand);
+        for (k, v) in params {
+            b = b.param(k, v);
+        }
+        Api::<StorageClass>::all(self.client.clone())
+            .create(&PostParams::default(), &b.build())
+            .await
+            .unwrap();
+    }
+
     pub fn claims(&self) -> Api<PersistentVolumeClaim> {
         Api::namespaced(self.client.clone(), NS)
     }

@@ -29,6 +29,7 @@ use rustix::io::Errno;
 use super::VolumeError;
 use crate::agent::path::{PathError, PoolRoot, VolumeName, race_point};
 use crate::agent::pool::{BTRFS_SUPER_MAGIC, VolumeMode};
+use crate::crash;
 use crate::ledger::Bytes;
 
 /// The prefix of a subvolume being set up, before it is renamed to its volume name.
@@ -108,6 +109,7 @@ impl Btrfs {
         })?;
         set_limit(&vol, &staging_path, size)?;
         drop(vol);
+        crash::hit(crash::AGENT_CREATE_STAGED);
         match rustix::fs::renameat_with(
             &root,
             &staging,
@@ -144,24 +146,42 @@ impl Btrfs {
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
         let root = self.root.open_fd()?;
         for entry in [name.as_str().to_string(), staging_name(name)] {
-            let path = self.root.path().join(&entry);
-            let Some(vol) = self.open_subvolume(&root, &entry)? else {
-                continue;
-            };
-            let id = ioctl::subvolume_id(&vol)
-                .map_err(|e| btrfs_err("look up the subvolume id of", &path, e))?;
-            drop(vol);
-            // The ioctl looks the name up in the root without following a symlink, and
-            // destroys only a subvolume root: something swapped in meanwhile is refused.
-            race_point("btrfs.delete.destroy");
-            match ioctl::snap_destroy(&root, &entry) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(Errno::NOTEMPTY) => return Err(VolumeError::NestedSubvolume { path }),
-                Err(e) => return Err(btrfs_err("destroy the subvolume", &path, e)),
-            }
-            self.stale().insert(id);
+            self.destroy(&root, &entry)?;
         }
         self.remove_stale_qgroups(&root);
+        Ok(())
+    }
+
+    /// Destroys the staging leftover of a create of `name` that never finished (it never
+    /// held the claim's data: it was not renamed into place), and only that. Absent is
+    /// success. Archive and retain call this, so such a leftover does not outlive its
+    /// LocalVolume.
+    pub fn discard_staging(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        let root = self.root.open_fd()?;
+        self.destroy(&root, &staging_name(name))?;
+        self.remove_stale_qgroups(&root);
+        Ok(())
+    }
+
+    /// Destroys the subvolume `<root>/<entry>` if there is one and queues its qgroup for
+    /// removal.
+    fn destroy(&self, root: &OwnedFd, entry: &str) -> Result<(), VolumeError> {
+        let path = self.root.path().join(entry);
+        let Some(vol) = self.open_subvolume(root, entry)? else {
+            return Ok(());
+        };
+        let id = ioctl::subvolume_id(&vol)
+            .map_err(|e| btrfs_err("look up the subvolume id of", &path, e))?;
+        drop(vol);
+        // The ioctl looks the name up in the root without following a symlink, and
+        // destroys only a subvolume root: something swapped in meanwhile is refused.
+        race_point("btrfs.delete.destroy");
+        match ioctl::snap_destroy(root, entry) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::NOTEMPTY) => return Err(VolumeError::NestedSubvolume { path }),
+            Err(e) => return Err(btrfs_err("destroy the subvolume", &path, e)),
+        }
+        self.stale().insert(id);
         Ok(())
     }
 

@@ -8,13 +8,22 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::fs::{AtFlags, FileType, Mode, RenameFlags};
 use rustix::io::Errno;
 
 use super::VolumeError;
 use crate::agent::path::{PathError, PoolRoot, VolumeName, race_point};
 use crate::agent::pool::VolumeMode;
+use crate::crash;
 use crate::ledger::Bytes;
+
+/// The prefix of a volume directory being set up, before it is renamed to its volume name.
+const STAGING_PREFIX: &str = ".staging-";
+
+/// `.staging-<name>`: where a directory is set up before it becomes `<name>`.
+fn staging_name(name: &VolumeName) -> String {
+    format!("{STAGING_PREFIX}{name}")
+}
 
 /// Makes and removes plain volume directories in one pool.
 #[derive(Clone, Debug)]
@@ -36,6 +45,11 @@ impl Hostpath {
     /// Makes the directory for `name` with `mode` (exactly, whatever the process umask) and
     /// returns its path. `size` is not enforced by this driver.
     ///
+    /// The directory is made and given its mode under a staging name
+    /// (`.staging-<name>`, a leftover of a crashed create is reused), then renamed into
+    /// place in one step: a volume path never holds a directory whose mode was not set yet,
+    /// which a create killed between mkdir (narrowed by the umask) and chmod would leave.
+    ///
     /// Idempotent: an existing directory is success and keeps its current mode; a file or a
     /// symlink in its place is an error.
     pub fn create(
@@ -53,40 +67,75 @@ impl Hostpath {
                 Err(VolumeError::NotADirectory { path })
             };
         }
-        // Made and given its mode through the pool root's descriptor: the mode is set on
-        // the directory just made, opened without following a symlink swapped in meanwhile.
+        // Made and given its mode through the pool root's descriptor, under the staging
+        // name: the mode is set on the directory just made, opened without following a
+        // symlink swapped in meanwhile, and the rename is relative to the same descriptor.
         let root = self.root.open_fd()?;
+        let staging_entry = staging_name(name);
+        let staging = self.root.path().join(&staging_entry);
         let bits = Mode::from_raw_mode(mode.bits());
-        match rustix::fs::mkdirat(&root, name.as_str(), bits) {
+        match rustix::fs::mkdirat(&root, staging_entry.as_str(), bits) {
             Ok(()) => {}
-            // Lost a race with another create: judge what is there now.
-            Err(Errno::EXIST) => {
-                return match self.root.check_inside(&path)? {
-                    Some(meta) if meta.is_dir() => Ok(path),
-                    _ => Err(VolumeError::NotADirectory { path }),
-                };
-            }
+            // A leftover of a crashed create: reused if it is a real directory of the pool
+            // (opening it below refuses a symlink leading elsewhere).
+            Err(Errno::EXIST) => {}
             Err(e) => {
                 return Err(PathError::Io {
-                    path,
+                    path: staging,
                     source: e.into(),
                 }
                 .into());
             }
         }
         race_point("hostpath.create.chmod");
-        let dir = self.root.open_entry(&root, name.as_str())?;
+        let dir = self.root.open_entry(&root, staging_entry.as_str())?;
         rustix::fs::fchmod(&dir, bits).map_err(|e| PathError::Io {
-            path: path.clone(),
+            path: staging.clone(),
             source: e.into(),
         })?;
-        Ok(path)
+        crash::hit(crash::AGENT_CREATE_STAGED);
+        match rustix::fs::renameat_with(
+            &root,
+            staging_entry.as_str(),
+            &root,
+            name.as_str(),
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => Ok(path),
+            // Lost a race with another create: judge what is there now.
+            Err(Errno::EXIST) => match self.root.check_inside(&path)? {
+                Some(meta) if meta.is_dir() => {
+                    // Ours is surplus and empty; a leftover is reused or removed later.
+                    let _ = rustix::fs::unlinkat(&root, staging_entry.as_str(), AtFlags::REMOVEDIR);
+                    Ok(path)
+                }
+                _ => Err(VolumeError::NotADirectory { path }),
+            },
+            Err(e) => Err(PathError::Io {
+                path: staging,
+                source: e.into(),
+            }
+            .into()),
+        }
     }
 
-    /// Removes the directory of `name` and everything in it. Absent is success; a symlink
-    /// or a file in its place is refused and left alone.
+    /// Removes the directory of `name` and everything in it (and a staging leftover of a
+    /// crashed create). Absent is success; a symlink or a file in its place is refused and
+    /// left alone.
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
-        let path = self.root.volume_path(name);
+        self.remove(self.root.volume_path(name))?;
+        self.discard_staging(name)
+    }
+
+    /// Removes the staging leftover of a create of `name` that never finished (it never
+    /// held the claim's data: it was not renamed into place), and only that. Absent is
+    /// success. Archive and retain call this, so such a leftover does not outlive its
+    /// LocalVolume.
+    pub fn discard_staging(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        self.remove(self.root.path().join(staging_name(name)))
+    }
+
+    fn remove(&self, path: PathBuf) -> Result<(), VolumeError> {
         match self.root.check_inside(&path)? {
             None => return Ok(()),
             Some(meta) if !meta.is_dir() => return Err(VolumeError::NotADirectory { path }),
@@ -189,7 +238,7 @@ impl Hostpath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
     use std::path::Path;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -209,6 +258,40 @@ mod tests {
 
     fn mode_of(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_staging_leftover_of_a_crashed_create_is_finished_or_discarded() {
+        let (_dir, d) = pool();
+        let root = d.root().path().to_path_buf();
+        // What a create killed between mkdir (narrowed by the umask) and chmod leaves.
+        let staging_a = root.join(format!(".staging-{A}"));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging_a)
+            .unwrap();
+        fs::set_permissions(&staging_a, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(d.scan().unwrap(), Vec::<VolumeName>::new(), "not a volume");
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode(0o777))
+            .unwrap();
+        assert_eq!(mode_of(&p), 0o777, "the retry sets the mode");
+        assert!(!staging_a.exists(), "renamed into place");
+
+        let staging_b = root.join(format!(".staging-{B}"));
+        fs::create_dir(&staging_b).unwrap();
+        d.discard_staging(&name(B)).unwrap();
+        assert!(!staging_b.exists());
+        d.discard_staging(&name(B)).unwrap();
+        d.discard_staging(&name(A)).unwrap();
+        assert!(p.is_dir(), "only the staging entry is discarded");
+
+        fs::create_dir(&staging_a).unwrap();
+        d.delete(&name(A)).unwrap();
+        assert!(
+            !p.exists() && !staging_a.exists(),
+            "delete takes a leftover too"
+        );
     }
 
     #[test]
@@ -433,8 +516,10 @@ mod tests {
     fn create_does_not_chmod_a_symlink_swapped_in_after_mkdir() {
         let (dir, d) = pool();
         let (outside, mode) = precious(dir.path());
-        let vol = d.root().volume_path(&name(A));
-        let _race = swap_at("hostpath.create.chmod", vol.clone(), outside.clone());
+        // The directory being set up is the staging one; the volume path appears only by
+        // the final rename.
+        let staging = d.root().path().join(staging_name(&name(A)));
+        let _race = swap_at("hostpath.create.chmod", staging, outside.clone());
         let err = d
             .create(&name(A), Bytes::gib(1), VolumeMode(0o777))
             .unwrap_err();

@@ -85,6 +85,14 @@ impl PoolDriver {
         }
     }
 
+    /// See [`Hostpath::discard_staging`].
+    pub fn discard_staging(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        match self {
+            PoolDriver::Hostpath(d) => d.discard_staging(name),
+            PoolDriver::Btrfs(d) => d.discard_staging(name),
+        }
+    }
+
     /// See [`Hostpath::grow`].
     pub fn grow(&self, name: &VolumeName, size: Bytes) -> Result<(), VolumeError> {
         match self {

@@ -1,0 +1,402 @@
+//! The fault soak: claims in pods of 1–3, created in bursts against the real agents and
+//! controller while the in-memory API server fails 5 % of writes (500 and 429 in turn),
+//! ends every watch every few seconds and delays responses; the controller is SIGKILLed and
+//! restarted three times and one agent twice. Then a third of the pods and their claims are
+//! deleted across classes that delete, archive and retain.
+//!
+//! Afterwards (still under faults) every invariant must hold: every claim Bound exactly once
+//! (one PV whose claimRef uid is the claim's), no pool over allocatable, no LocalVolume or
+//! directory without a claim, every deleted claim's data deleted, archived or kept per its
+//! class. The counts of each are printed.
+//!
+//! `STOWAGE_SOAK_CLAIMS` sets the number of claims (default 120, so `cargo test` stays
+//! quick; BENCHMARKS.md records the 500-claim run); `STOWAGE_SOAK_SEED` (default 9) the
+//! seed of the pod mix and of the fault injection, to replay a failing run.
+
+// Helpers in a test crate panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use stowage::api::local_volume::OnDelete;
+use stowage_testkit::WriteFailure;
+use stowage_testkit::fixtures::{pod, pvc};
+use stowage_testkit::wait_until;
+use support::invariants::{self, Deleted};
+use support::stack::{Env, GI, NS, Options};
+
+/// Claims of the default run.
+const DEFAULT_CLAIMS: usize = 120;
+/// Bursts the pods are created in.
+const BURSTS: usize = 5;
+/// The agent that is killed twice.
+const VICTIM: &str = "n2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_converge_under_write_failures_closed_watches_and_killed_processes() {
+    let target: usize = std::env::var("STOWAGE_SOAK_CLAIMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CLAIMS);
+    let started = Instant::now();
+    let Some(mut env) = Env::start(
+        &[
+            ("n1", 3 * GI),
+            ("n2", 3 * GI),
+            ("n3", 4 * GI),
+            ("n4", 4 * GI),
+        ],
+        Options {
+            // A killed controller's Lease is waited out by its successor: keep it short,
+            // but with a renew deadline that rides out a few failed renewals (a leader that
+            // cannot renew exits, and here no Deployment would restart it).
+            controller_args: [
+                "--leader-elect-lease-duration=8",
+                "--leader-elect-renew-deadline=6",
+                "--leader-elect-retry-period=1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let seed: u64 = std::env::var("STOWAGE_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    let plan = pods_for(target, seed ^ 0x50a4);
+    let claims: usize = plan.iter().map(|p| p.sizes.len()).sum();
+    eprintln!(
+        "soak: {} pods, {claims} claims, {BURSTS} bursts",
+        plan.len()
+    );
+
+    let faults = env.cluster.server().unwrap().faults();
+    faults.seed(seed);
+    faults.close_watches_every(Some(Duration::from_secs(3)));
+    faults.delay_responses(Duration::ZERO, Duration::from_millis(20));
+    fail_writes(&env, 0);
+
+    // Bursts, with a process killed right after each while its work is in flight.
+    let per_burst = plan.len().div_ceil(BURSTS);
+    let mut deleted = Vec::new();
+    for (b, burst) in plan.chunks(per_burst).enumerate() {
+        fail_writes(&env, b);
+        futures::future::join_all(burst.iter().map(|p| create_pod(&env, p))).await;
+        // Some pods of each burst are deleted with their claims at once, while their
+        // volumes are being provisioned: whatever was made must go again.
+        for p in burst.iter().filter(|p| in_flight(p)) {
+            for claim in p.claim_names() {
+                let uid = env.claims().get(&claim).await.unwrap().uid().unwrap();
+                deleted.push(Deleted {
+                    claim,
+                    volume: format!("pvc-{uid}"),
+                    node: None,
+                    on_delete: p.on_delete,
+                });
+            }
+            delete_pod(&env, p).await;
+        }
+        match b {
+            0 | 2 => {
+                env.controller.kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                env.restart_controller().await;
+            }
+            1 | 3 => {
+                env.agents
+                    .iter_mut()
+                    .find(|a| a.name == VICTIM)
+                    .unwrap()
+                    .process
+                    .kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                env.restart_agent(VICTIM).await;
+            }
+            _ => {}
+        }
+    }
+    let created_at = started.elapsed();
+    let bound = settle(
+        &env,
+        &deleted,
+        claims - deleted.len(),
+        "every claim is Bound",
+    )
+    .await;
+    let bound_at = started.elapsed();
+    let early = deleted.len();
+    eprintln!(
+        "soak: {} claims bound after {bound_at:?}, {early} deleted in flight ({bound})",
+        claims - early
+    );
+
+    // Delete a third of the pods (every class), with the third controller kill amid it.
+    let doomed: Vec<&PodPlan> = plan
+        .iter()
+        .filter(|p| p.index % 3 == 0 && !in_flight(p))
+        .collect();
+    for (i, p) in doomed.iter().enumerate() {
+        let claim_names = p.claim_names();
+        let mut victims = Vec::new();
+        for c in &claim_names {
+            let claim = env.claims().get(c).await.unwrap();
+            let volume = format!("pvc-{}", claim.uid().unwrap());
+            let pv = env.pvs().get(&volume).await.unwrap();
+            let node = Env::pv_node_and_path(&pv).0;
+            victims.push(Deleted {
+                claim: c.clone(),
+                volume,
+                node: Some(node),
+                on_delete: p.on_delete,
+            });
+        }
+        delete_pod(&env, p).await;
+        deleted.extend(victims);
+        fail_writes(&env, i);
+        if i == doomed.len() / 2 {
+            env.controller.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            env.restart_controller().await;
+        }
+    }
+    let remaining = claims - deleted.len();
+    let counts = settle(&env, &deleted, remaining, "the deletions are carried out").await;
+    let faults = env.cluster.server().unwrap().faults();
+    let fault_counts = faults.counts();
+    faults.reset();
+    let total = started.elapsed();
+
+    let by_mode = |m: OnDelete| deleted.iter().filter(|d| d.on_delete == m).count();
+    eprintln!(
+        "soak: {claims} claims in {} pods; created in {created_at:?}, all bound after {bound_at:?}, converged after {total:?}",
+        plan.len()
+    );
+    eprintln!(
+        "soak: deleted {} claims, {early} of them in flight (delete {}, archive {}, retain {})",
+        deleted.len(),
+        by_mode(OnDelete::Delete),
+        by_mode(OnDelete::Archive),
+        by_mode(OnDelete::Retain)
+    );
+    eprintln!("soak: invariants checked at the end: {counts}");
+    eprintln!(
+        "soak: faults: {} × 500, {} × 429, {} watches closed, {} responses delayed; controller started {} times, agent {VICTIM} {} times",
+        fault_counts.internal_errors,
+        fault_counts.too_many_requests,
+        fault_counts.closed_watches,
+        fault_counts.delayed_requests,
+        starts(&env.controller.logs()),
+        starts(&env.agent(VICTIM).process.logs()),
+    );
+
+    assert_eq!(counts.bound_once, remaining);
+    assert_eq!(counts.deleted_dealt, deleted.len());
+    assert_eq!(counts.pools_within, env.agents.len());
+    assert!(counts.volumes_owned == remaining && counts.dirs_owned >= remaining);
+    for mode in [OnDelete::Delete, OnDelete::Archive, OnDelete::Retain] {
+        assert!(
+            by_mode(mode) > 0,
+            "some deleted claim was of onDelete {mode:?}"
+        );
+    }
+    // The faults really happened, and so did the kills.
+    assert!(fault_counts.internal_errors > 0 && fault_counts.too_many_requests > 0);
+    assert!(fault_counts.closed_watches > 0 && fault_counts.delayed_requests > 0);
+    assert_eq!(
+        starts(&env.controller.logs()),
+        4,
+        "the controller was killed 3 times"
+    );
+    assert_eq!(
+        starts(&env.agent(VICTIM).process.logs()),
+        3,
+        "agent {VICTIM} was killed twice"
+    );
+}
+
+// === helpers ===
+
+/// Fails 5 % of writes, with 500 and 429 in turn by `step`, so both kinds hit every
+/// component.
+fn fail_writes(env: &Env, step: usize) {
+    let kind = if step % 2 == 0 {
+        WriteFailure::InternalError
+    } else {
+        WriteFailure::TooManyRequests
+    };
+    env.cluster
+        .server()
+        .unwrap()
+        .faults()
+        .fail_writes(0.05, kind);
+}
+
+/// One pod of the soak: its claims' sizes (MiB) and class.
+struct PodPlan {
+    index: usize,
+    name: String,
+    sizes: Vec<u64>,
+    class: &'static str,
+    on_delete: OnDelete,
+}
+
+impl PodPlan {
+    fn claim_names(&self) -> Vec<String> {
+        (0..self.sizes.len())
+            .map(|c| format!("{}-{c}", self.name))
+            .collect()
+    }
+}
+
+/// Pods of 1–3 claims of 4, 8 or 16 MiB until `claims` claims, classes in turn: delete
+/// (spread), archive, retain, delete (binpack). Deterministic for a seed.
+fn pods_for(claims: usize, seed: u64) -> Vec<PodPlan> {
+    // A 64-bit LCG (Knuth's MMIX constants), as in stack::mix.
+    let mut state = seed;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let classes = [
+        ("local", OnDelete::Delete),
+        ("local-archive", OnDelete::Archive),
+        ("local-keep", OnDelete::Retain),
+        ("local-binpack", OnDelete::Delete),
+    ];
+    let mut pods = Vec::new();
+    let mut left = claims;
+    while left > 0 {
+        let count = (1 + next(3) as usize).min(left);
+        left -= count;
+        let index = pods.len();
+        let (class, on_delete) = classes[index % classes.len()];
+        pods.push(PodPlan {
+            index,
+            name: format!("soak{index:03}"),
+            sizes: (0..count).map(|_| [4, 8, 16][next(3) as usize]).collect(),
+            class,
+            on_delete,
+        });
+    }
+    pods
+}
+
+/// Whether the pod is deleted right after its burst, while being provisioned: one in
+/// twenty, of the classes that delete (so any directory made must be gone afterwards) or
+/// archive (so it must be archived exactly once).
+fn in_flight(p: &PodPlan) -> bool {
+    p.index % 20 == 1 || p.index % 20 == 4
+}
+
+/// Deletes the pod, then its claims, retrying injected failures.
+async fn delete_pod(env: &Env, p: &PodPlan) {
+    retry(&format!("delete pod {}", p.name), || async {
+        ok_if_gone(env.pods().delete(&p.name, &DeleteParams::default()).await)
+    })
+    .await;
+    for c in &p.claim_names() {
+        retry(&format!("delete claim {c}"), || async {
+            ok_if_gone(env.claims().delete(c, &DeleteParams::default()).await)
+        })
+        .await;
+    }
+}
+
+/// Creates the pod's claims and then the pod, retrying injected failures.
+async fn create_pod(env: &Env, p: &PodPlan) {
+    for (name, mib) in p.claim_names().iter().zip(&p.sizes) {
+        let claim = pvc(NS, name)
+            .size(&format!("{mib}Mi"))
+            .class(p.class)
+            .build();
+        retry(&format!("create claim {name}"), || async {
+            ok_if_exists(env.claims().create(&PostParams::default(), &claim).await)
+        })
+        .await;
+    }
+    let pod = pod(NS, &p.name).claims(p.claim_names()).build();
+    retry(&format!("create pod {}", p.name), || async {
+        ok_if_exists(env.pods().create(&PostParams::default(), &pod).await)
+    })
+    .await;
+}
+
+fn ok_if_exists<T>(r: kube::Result<T>) -> kube::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn ok_if_gone<T>(r: kube::Result<T>) -> kube::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Retries an API write that the fault injection may fail (500, 429), for up to a minute.
+async fn retry<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = kube::Result<()>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("soak: {what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// Waits until every invariant holds with exactly `claims` claims left.
+async fn settle(env: &Env, deleted: &[Deleted], claims: usize, what: &str) -> invariants::Counts {
+    let deadline = Duration::from_secs(60 + 2 * claims as u64);
+    let last = std::sync::Mutex::new(String::new());
+    let result = wait_until(deadline, what, || async {
+        let count = env
+            .claims()
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
+        if count != claims {
+            *last.lock().unwrap() = format!("{count} claims, want {claims}");
+            return None;
+        }
+        match invariants::check(env, deleted).await {
+            Ok(c) => Some(c),
+            Err(why) => {
+                *last.lock().unwrap() = why;
+                None
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|e| panic!("{e:#}; last: {}", last.lock().unwrap()))
+}
+
+/// How many times a role was started, from the harness's markers in its log.
+fn starts(log: &str) -> usize {
+    log.matches("=== start ").count()
+}
