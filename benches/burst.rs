@@ -211,6 +211,7 @@ async fn run(claims: usize, seed: u64) -> (f64, Vec<Duration>, Vec<Stages>) {
 
     let plan = mix_claims(claims, seed);
     let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
     let creates = plan.iter().enumerate().map(|(i, sizes)| {
         let env = &env;
         let timeline = timeline.clone();
@@ -297,6 +298,35 @@ async fn run(claims: usize, seed: u64) -> (f64, Vec<Duration>, Vec<Stages>) {
             )
             .unwrap();
         }
+        // Every claim's stages in ms after the burst began (wall clock in the header).
+        let at = |i: Option<Instant>| {
+            i.map_or(String::new(), |i| {
+                format!("{:.0}", ms(i.duration_since(start)))
+            })
+        };
+        let since_epoch = start_wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let mut csv = format!(
+            "# burst began at unix {since_epoch:.3}\nclaim,created,selected,lv_created,lv_ready,pv_created,bound\n"
+        );
+        let t = timeline.lock().unwrap();
+        let mut names: Vec<&String> = t.claims.keys().collect();
+        names.sort();
+        for name in names {
+            let s = &t.claims[name];
+            csv.push_str(&format!(
+                "{name},{},{},{},{},{},{}\n",
+                at(s.created),
+                at(s.selected),
+                at(s.lv_created),
+                at(s.lv_ready),
+                at(s.pv_created),
+                at(s.bound)
+            ));
+        }
+        std::fs::write(dir.join(format!("stages-{seed}.csv")), csv).unwrap();
     }
     let stages: Vec<Stages> = timeline.lock().unwrap().claims.values().cloned().collect();
     let last = stages.iter().filter_map(|s| s.bound).max().unwrap();
