@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo bench --bench burst                          # release; 200 claims, 3 runs
-//! cargo bench --bench burst -- --claims 200 --runs 5
+//! cargo bench --bench burst -- --claims 200 --runs 5 --workers 16   # controller --workers
 //! ```
 //!
 //! `STOWAGE_BENCH_REQUESTS=1` prints the API server's request counts of each run;
@@ -199,10 +199,19 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One burst on a fresh system; returns (claims/s, every claim's created → Bound, stages).
-async fn run(claims: usize, seed: u64) -> (f64, Vec<Duration>, Vec<Stages>) {
+async fn run(
+    claims: usize,
+    seed: u64,
+    workers: Option<usize>,
+) -> (f64, Vec<Duration>, Vec<Stages>) {
     let env = Env::start(
         &[("n1", 16 * GI), ("n2", 24 * GI), ("n3", 32 * GI)],
-        Options::default(),
+        Options {
+            controller_args: workers
+                .map(|w| vec!["--workers".to_string(), w.to_string()])
+                .unwrap_or_default(),
+            ..Options::default()
+        },
     )
     .await
     .expect("the bench runs on the in-memory API server (unset STOWAGE_E2E_KUBECONFIG)");
@@ -355,6 +364,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let claims = arg(&args, "--claims", 200);
     let runs = arg(&args, "--runs", 3);
+    // The controller's --workers (reconciles in parallel); its own default when not given.
+    let workers = args
+        .iter()
+        .any(|a| a == "--workers")
+        .then(|| arg(&args, "--workers", 8));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -369,7 +383,7 @@ fn main() {
     let mut all = Vec::new();
     let mut all_stages = Vec::new();
     for r in 0..runs {
-        let (rate, latencies, stages) = runtime.block_on(run(claims, 7 + r as u64));
+        let (rate, latencies, stages) = runtime.block_on(run(claims, 7 + r as u64, workers));
         println!(
             "run {}: {rate:.0} claims/s; created -> Bound p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             r + 1,
