@@ -288,7 +288,7 @@ async fn run(
     if std::env::var_os("STOWAGE_BENCH_REQUESTS").is_some() {
         let counts = env.cluster.server().unwrap().request_counts();
         let mut counts: Vec<_> = counts.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let top: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("API requests: {}", top.join(", "));
     }

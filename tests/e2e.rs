@@ -705,7 +705,7 @@ async fn expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit() {
         "the write past the limit fails with EDQUOT: {error}"
     );
     assert!(
-        size >= 64 * MI && size <= 96 * MI,
+        (64 * MI..=96 * MI).contains(&size),
         "the write failed at {size} bytes, within the new limit"
     );
 
