@@ -22,13 +22,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use stowage::api::names;
-use stowage_testkit::fixtures::{pod, pvc};
+use stowage::api::storage_node::StorageNode;
+use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{wait_for, wait_until};
-use support::stack::{Env, GI, MI, NS, Options, WAIT, mix};
+use support::stack::{Env, GI, MI, NS, Options, WAIT, mix, mix_claims};
 
 // === tests ===
 
@@ -313,6 +316,414 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
             path.display()
         );
     }
+}
+
+/// How many claims named `prefix*` are Bound, and how many PVs exist.
+async fn progress(env: &Env, prefix: &str) -> (usize, usize) {
+    let claims = env.claims().list(&ListParams::default()).await.unwrap();
+    let bound = claims
+        .items
+        .iter()
+        .filter(|c| c.name_any().starts_with(prefix))
+        .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+        .count();
+    let pvs = env.pvs().list(&ListParams::default()).await.unwrap();
+    (bound, pvs.items.len())
+}
+
+/// Kills the controller once at least `bound_at_least` claims `prefix*` are Bound and
+/// `pvs_at_least` PVs exist, and proves the kill landed mid-burst: only the controller
+/// creates PVs, so the PVs counted after the process is dead can only stay as many; fewer
+/// than `total` of them means some claims were still unprovisioned when it died. Returns
+/// the Bound and PV counts at the kill.
+async fn kill_mid_burst(
+    env: &mut Env,
+    prefix: &str,
+    (bound_at_least, pvs_at_least): (usize, usize),
+    total: usize,
+) -> (usize, usize) {
+    let bound = wait_until(
+        Duration::from_secs(120),
+        &format!("{bound_at_least} of {total} claims Bound and {pvs_at_least} PVs"),
+        || async {
+            let (bound, pvs) = progress(env, prefix).await;
+            (bound >= bound_at_least && pvs >= pvs_at_least).then_some(bound)
+        },
+    )
+    .await
+    .unwrap();
+    env.controller.kill();
+    let lvs = env.lvs().list(&ListParams::default()).await.unwrap().items;
+    let (_, pvs) = progress(env, prefix).await;
+    assert!(
+        pvs < total,
+        "the kill came too late to be mid-burst: {pvs} of {total} PVs already existed when \
+         the controller died ({bound} claims Bound)"
+    );
+    assert!(
+        bound > 0 && bound < total,
+        "some but not all claims Bound at the kill: {bound}"
+    );
+    eprintln!(
+        "controller killed with {bound}/{total} claims Bound, {pvs} PVs, {} LocalVolumes \
+         ({} without a PV yet)",
+        lvs.len(),
+        lvs.len().saturating_sub(pvs)
+    );
+    (bound, pvs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_leaks_nothing() {
+    let Some(mut env) = Env::start(
+        &[("n1", 8 * GI), ("n2", 10 * GI), ("n3", 12 * GI)],
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    const TOTAL: usize = 200;
+    let plan = mix_claims(TOTAL, 11);
+    assert_eq!(plan.iter().map(Vec::len).sum::<usize>(), TOTAL);
+    let names: Vec<String> = (0..plan.len()).map(|i| format!("crash{i:03}")).collect();
+    // The burst is created in the background, so the first kill can land while claims and
+    // pods are still being created.
+    let creating = {
+        let client = env.client.clone();
+        let (names, plan) = (names.clone(), plan.clone());
+        tokio::spawn(async move {
+            let claims: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                kube::Api::namespaced(client.clone(), NS);
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client, NS);
+            let creates = names.iter().zip(&plan).map(|(name, sizes)| {
+                let (claims, pods) = (claims.clone(), pods.clone());
+                async move {
+                    let mut mine = Vec::new();
+                    for (i, mib) in sizes.iter().enumerate() {
+                        let claim = format!("{name}-{i}");
+                        claims
+                            .create(
+                                &PostParams::default(),
+                                &pvc(NS, &claim)
+                                    .size(&format!("{mib}Mi"))
+                                    .class("local")
+                                    .build(),
+                            )
+                            .await
+                            .unwrap();
+                        mine.push(claim);
+                    }
+                    pods.create(&PostParams::default(), &pod(NS, name).claims(&mine).build())
+                        .await
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(creates).await;
+        })
+    };
+
+    // Crash 1 early in the burst; crash 2 once the restarted controller (which first waits
+    // out its dead predecessor's Lease) has made 10 more PVs, so it too dies mid-work.
+    let (bound, pvs) = kill_mid_burst(&mut env, "crash", (10, 1), TOTAL).await;
+    env.restart_controller().await;
+    kill_mid_burst(&mut env, "crash", (bound + 10, pvs + 10), TOTAL).await;
+    env.restart_controller().await;
+    creating.await.unwrap();
+
+    let claims = wait_until(
+        Duration::from_secs(120),
+        &format!("all {TOTAL} claims are Bound"),
+        || async {
+            let list = env.claims().list(&ListParams::default()).await.ok()?;
+            let bound: Vec<_> = list
+                .items
+                .into_iter()
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+                .collect();
+            (bound.len() == TOTAL).then_some(bound)
+        },
+    )
+    .await
+    .unwrap();
+    env.scheduled(&names).await;
+
+    let pvs = env.pvs().list(&ListParams::default()).await.unwrap().items;
+    let lvs = env.lvs().list(&ListParams::default()).await.unwrap().items;
+    let uid_of: HashMap<String, String> = claims
+        .iter()
+        .map(|c| (c.name_any(), c.uid().unwrap()))
+        .collect();
+    // Every claim Bound exactly once: one PV per claim, its claimRef uid the claim's.
+    for c in &claims {
+        let name = c.name_any();
+        let mine: Vec<&PersistentVolume> = pvs
+            .iter()
+            .filter(|pv| {
+                let r = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+                r.and_then(|r| r.name.as_deref()) == Some(name.as_str())
+                    && r.and_then(|r| r.namespace.as_deref()) == Some(NS)
+            })
+            .collect();
+        assert_eq!(mine.len(), 1, "{name}: exactly one PV claims it");
+        let pv = mine[0];
+        let uid = pv
+            .spec
+            .as_ref()
+            .unwrap()
+            .claim_ref
+            .as_ref()
+            .unwrap()
+            .uid
+            .clone();
+        assert_eq!(
+            uid.as_ref(),
+            Some(&uid_of[&name]),
+            "{name}: the PV's claimRef uid"
+        );
+        assert_eq!(
+            c.spec.as_ref().unwrap().volume_name.as_deref(),
+            Some(pv.name_any().as_str()),
+            "{name} is bound to that PV"
+        );
+    }
+    // No PV without its claim.
+    assert_eq!(pvs.len(), TOTAL, "one PV per claim and no other");
+    // No orphaned LocalVolume: each one's claim exists with the same uid.
+    assert_eq!(lvs.len(), TOTAL, "one LocalVolume per claim and no other");
+    for lv in &lvs {
+        let claim = &lv.spec.claim;
+        assert_eq!(claim.namespace, NS, "{}", lv.name_any());
+        assert_eq!(
+            uid_of.get(&claim.name),
+            Some(&claim.uid),
+            "LocalVolume {}'s claim {} exists with its uid",
+            lv.name_any(),
+            claim.name
+        );
+    }
+    // The pool directories are exactly the LocalVolumes, node by node.
+    for a in &env.agents {
+        let mut on_disk: Vec<String> = std::fs::read_dir(&a.pool_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        on_disk.sort();
+        let mut expected: Vec<String> = lvs
+            .iter()
+            .filter(|lv| lv.spec.node_name == a.name)
+            .map(|lv| lv.name_any())
+            .collect();
+        expected.sort();
+        assert_eq!(on_disk, expected, "{}'s pool directories", a.name);
+    }
+    // No pool above its allocatable, and no orphans reported.
+    let allocated = env.allocated().await;
+    for a in &env.agents {
+        let used = allocated.get(&a.name).copied().unwrap_or(0);
+        assert!(
+            used <= a.capacity,
+            "{}: {used} allocated above allocatable {}",
+            a.name,
+            a.capacity
+        );
+    }
+    let sns: kube::Api<StorageNode> = kube::Api::all(env.client.clone());
+    wait_for(
+        WAIT,
+        "every StorageNode reports all volumes and 0 orphans",
+        || async {
+            let Ok(list) = sns.list(&ListParams::default()).await else {
+                return false;
+            };
+            let volumes: u64 = list
+                .items
+                .iter()
+                .filter_map(|sn| sn.status.as_ref())
+                .flat_map(|s| &s.pools)
+                .map(|p| p.volumes)
+                .sum();
+            volumes == TOTAL as u64
+                && list.items.iter().all(|sn| {
+                    sn.status.as_ref().is_some_and(|s| {
+                        s.pools
+                            .iter()
+                            .all(|p| p.orphans == 0 && p.allocated_bytes <= p.allocatable_bytes)
+                    })
+                })
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// The scratch btrfs (`STOWAGE_TEST_BTRFS`), or `None` (after SKIP) when unset outside CI.
+fn scratch_btrfs(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("STOWAGE_TEST_BTRFS") {
+        Some(mount) => Some(PathBuf::from(mount)),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "STOWAGE_TEST_BTRFS is unset in CI; .ci/run must mount a scratch btrfs (scripts/btrfs-scratch) and export it"
+            );
+            eprintln!(
+                "SKIP {test}: STOWAGE_TEST_BTRFS is unset; run `STOWAGE_TEST_BTRFS=$(scripts/btrfs-scratch) bash scripts/test` as root"
+            );
+            None
+        }
+    }
+}
+
+/// The qgroup limit (`max_rfer`) of the subvolume at `path`, as `btrfs qgroup show` reads it
+/// from the filesystem.
+fn qgroup_limit(path: &Path) -> u64 {
+    let run = |args: &[&str]| {
+        let out = Command::new("btrfs").args(args).output().unwrap();
+        assert!(out.status.success(), "btrfs {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let p = path.to_str().unwrap();
+    let qgroup = format!("0/{}", run(&["inspect-internal", "rootid", p]).trim());
+    let table = run(&["qgroup", "show", "-r", "--raw", "-f", p]);
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(qgroup.as_str()))
+        .unwrap_or_else(|| panic!("no qgroup {qgroup} in\n{table}"));
+    row.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Appends 1 MiB chunks to `file`, each flushed with `sync_all`, until a write fails or
+/// `limit` bytes are in the file; returns the file's size and the error, if any.
+fn fill(file: &Path, limit: u64) -> (u64, Option<std::io::Error>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    let chunk = vec![0xa5u8; MI as usize];
+    let mut size = f.metadata().unwrap().len();
+    while size < limit {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            return (size, Some(e));
+        }
+        size += MI;
+    }
+    (size, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit() {
+    let Some(btrfs) = scratch_btrfs("expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit")
+    else {
+        return;
+    };
+    let Some(env) = Env::start(
+        &[("n1", 512 * MI)],
+        Options {
+            btrfs_nodes: vec!["n1"],
+            btrfs: Some(btrfs),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let pool_dir = env.agent("n1").pool_dir.clone();
+    kube::Api::<StorageClass>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &storage_class("local-grow")
+                .provisioner(names::PROVISIONER_LOCAL)
+                .wait_for_first_consumer()
+                .reclaim("Delete")
+                .allow_expansion(true)
+                .build(),
+        )
+        .await
+        .unwrap();
+    env.pod("grow", "local-grow", &[32]).await;
+    let pv_name = env.all_bound("grow", 1).await["grow-0"].clone();
+    let pv = env.pvs().get(&pv_name).await.unwrap();
+    let (_, path) = Env::pv_node_and_path(&pv);
+    let subvolume = PathBuf::from(&path);
+    assert!(
+        subvolume.starts_with(&pool_dir),
+        "{path} is in the btrfs pool"
+    );
+    assert_eq!(
+        qgroup_limit(&subvolume),
+        32 * MI,
+        "the limit as provisioned"
+    );
+
+    // Raise the request: 32Mi -> 96Mi.
+    env.claims()
+        .patch(
+            "grow-0",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": {"resources": {"requests": {"storage": "96Mi"}}}
+            })),
+        )
+        .await
+        .unwrap();
+    let storage = |m: Option<&std::collections::BTreeMap<String, Quantity>>| {
+        m.and_then(|m| m.get("storage")).map(|q| q.0.clone())
+    };
+    wait_for(
+        WAIT,
+        "the claim's and the PV's capacity show 96Mi",
+        || async {
+            let claim = env.claims().get("grow-0").await.unwrap();
+            let pv = env.pvs().get(&pv_name).await.unwrap();
+            storage(claim.status.as_ref().and_then(|s| s.capacity.as_ref())).as_deref()
+                == Some("96Mi")
+                && storage(pv.spec.as_ref().and_then(|s| s.capacity.as_ref())).as_deref()
+                    == Some("96Mi")
+        },
+    )
+    .await
+    .unwrap();
+
+    // On disk: the qgroup limit is the new size; 64 MiB (past the old 32 MiB) can be written,
+    // and writing on fails with EDQUOT before 96 MiB plus a chunk.
+    assert_eq!(qgroup_limit(&subvolume), 96 * MI, "the raised limit");
+    let data = subvolume.join("data");
+    let (size, error) = fill(&data, 64 * MI);
+    assert!(
+        error.is_none(),
+        "64 MiB fit after growing past the old 32 MiB: stopped at {size} bytes with {error:?}"
+    );
+    let (size, error) = fill(&data, 200 * MI);
+    let error = error.unwrap_or_else(|| panic!("wrote {size} bytes into a 96 MiB volume"));
+    assert_eq!(
+        error.raw_os_error(),
+        Some(rustix::io::Errno::DQUOT.raw_os_error()),
+        "the write past the limit fails with EDQUOT: {error}"
+    );
+    assert!(
+        (64 * MI..=96 * MI).contains(&size),
+        "the write failed at {size} bytes, within the new limit"
+    );
+
+    // Clean up: the agent deletes the subvolume once the claim is gone.
+    env.delete_all("grow").await;
+    wait_for(
+        WAIT,
+        "the PV, the LocalVolume and the subvolume are gone",
+        || async {
+            env.pvs().get_opt(&pv_name).await.unwrap().is_none()
+                && env.lvs().get_opt(&pv_name).await.unwrap().is_none()
+                && !subvolume.exists()
+        },
+    )
+    .await
+    .unwrap();
+    drop(env);
+    std::fs::remove_dir_all(&pool_dir).unwrap();
 }
 
 // === Prometheus ===

@@ -390,7 +390,7 @@ async fn place(
         return reschedule(claim, node, "node_gone", &message, ctx).await;
     }
     let lock = ctx.node_lock(node);
-    let _guard = lock.lock().await;
+    let guard = lock.lock().await;
     let verdict = {
         let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
         let me = Candidate {
@@ -408,10 +408,21 @@ async fn place(
         )
     };
     if let Err(unfit) = verdict {
+        drop(guard);
         let message = unfit_message(node, &unfit);
         return reschedule(claim, node, unfit.kind(), &message, ctx).await;
     }
     let name = volume.name_any();
+    let created = create_local_volume(&volume, ctx).await?;
+    crash::hit(crash::CONTROLLER_PROVISION_VOLUME_CREATED);
+    ctx.index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply_local_volume(created);
+    // The node's next claim may be decided now: the Event below is not part of the decision
+    // and costs an API round trip, which under the lock would serialise a burst per node.
+    drop(guard);
+    tracing::info!(claim = %claim_key(claim), volume = %name, node, size = volume.spec.size_bytes, "local volume created");
     ctx.recorder
         .record(
             &claim_ref(claim),
@@ -425,13 +436,6 @@ async fn place(
             ),
         )
         .await;
-    let created = create_local_volume(&volume, ctx).await?;
-    crash::hit(crash::CONTROLLER_PROVISION_VOLUME_CREATED);
-    tracing::info!(claim = %claim_key(claim), volume = %name, node, size = volume.spec.size_bytes, "local volume created");
-    ctx.index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .apply_local_volume(created);
     Ok(Action::requeue(RESYNC))
 }
 

@@ -482,3 +482,18 @@ pub fn mix(pods: usize, seed: u64) -> Vec<Vec<u64>> {
         })
         .collect()
 }
+
+/// [`mix`] cut to exactly `claims` claims (the last pod may get fewer).
+pub fn mix_claims(claims: usize, seed: u64) -> Vec<Vec<u64>> {
+    let mut plan = Vec::new();
+    let mut left = claims;
+    for mut sizes in mix(claims, seed) {
+        if left == 0 {
+            break;
+        }
+        sizes.truncate(left);
+        left -= sizes.len();
+        plan.push(sizes);
+    }
+    plan
+}

@@ -1,0 +1,440 @@
+//! A burst of claims through the whole system, timed: the e2e harness (tests/support/stack.rs:
+//! three real `stowage agent` processes, `stowage controller`, testkit's in-memory API server
+//! with its kube-scheduler + PV-controller stand-in), pods of 1–3 claims created all at once,
+//! and for every claim the time from its create call returning to a watch seeing it `Bound`.
+//!
+//! ```sh
+//! cargo bench --bench burst                          # release; 200 claims, 3 runs
+//! cargo bench --bench burst -- --claims 200 --runs 5 --workers 16   # controller --workers
+//! ```
+//!
+//! `STOWAGE_BENCH_REQUESTS=1` prints the API server's request counts of each run;
+//! `STOWAGE_BENCH_LOGS=DIR` keeps the controller's and agents' logs of each run in DIR.
+//!
+//! Besides the end-to-end figures it prints where the time goes, per claim, from watches on
+//! claims, LocalVolumes and PVs (all timed in this process):
+//!
+//! ```text
+//!   created ─▶ selected-node ─▶ LocalVolume ─▶ LocalVolume Ready ─▶ PV ─▶ Bound
+//!   (scheduler stand-in)  (controller)   (agent)          (controller)  (PV-controller stand-in)
+//! ```
+
+// The harness panics on failure like the tests it serves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::PostParams;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use stowage::api::local_volume::{LocalVolume, LocalVolumePhase};
+use stowage::api::names;
+use stowage_testkit::fixtures::{pod, pvc};
+use support::stack::{Env, GI, NS, Options, mix_claims};
+
+/// The instants one claim passed each stage at.
+#[derive(Clone, Debug, Default)]
+struct Stages {
+    created: Option<Instant>,
+    selected: Option<Instant>,
+    lv_created: Option<Instant>,
+    lv_ready: Option<Instant>,
+    pv_created: Option<Instant>,
+    bound: Option<Instant>,
+}
+
+/// Claim name → stages, and claim uid → claim name (LocalVolumes and PVs are `pvc-<uid>`).
+#[derive(Default)]
+struct Timeline {
+    claims: HashMap<String, Stages>,
+    by_volume: HashMap<String, String>,
+    /// Stages of volumes seen before their claim's uid was known.
+    early: HashMap<String, Stages>,
+}
+
+impl Timeline {
+    fn volume(&mut self, volume: &str) -> &mut Stages {
+        match self.by_volume.get(volume) {
+            Some(claim) => self.claims.entry(claim.clone()).or_default(),
+            None => self.early.entry(volume.to_string()).or_default(),
+        }
+    }
+
+    fn learn_uid(&mut self, claim: &str, uid: &str) {
+        let volume = format!("pvc-{uid}");
+        if self.by_volume.contains_key(&volume) {
+            return;
+        }
+        self.by_volume.insert(volume.clone(), claim.to_string());
+        if let Some(early) = self.early.remove(&volume) {
+            let s = self.claims.entry(claim.to_string()).or_default();
+            s.lv_created = s.lv_created.or(early.lv_created);
+            s.lv_ready = s.lv_ready.or(early.lv_ready);
+            s.pv_created = s.pv_created.or(early.pv_created);
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Timeline>>;
+
+fn first(slot: &mut Option<Instant>, now: Instant) {
+    slot.get_or_insert(now);
+}
+
+/// Watches claims, LocalVolumes and PVs into `timeline`; returns once every watch has listed.
+async fn watch(env: &Env, timeline: Shared) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let mut ready = Vec::new();
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ready.push(rx);
+    let t = timeline.clone();
+    let claims: Api<PersistentVolumeClaim> = env.claims();
+    tasks.push(tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut stream = std::pin::pin!(watcher(claims, watcher::Config::default()));
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let claim = match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => c,
+                _ => continue,
+            };
+            let name = claim.name_any();
+            let mut t = t.lock().unwrap();
+            if let Some(uid) = claim.uid() {
+                t.learn_uid(&name, &uid);
+            }
+            let s = t.claims.entry(name).or_default();
+            if claim
+                .annotations()
+                .contains_key(names::ANNOTATION_SELECTED_NODE)
+            {
+                first(&mut s.selected, now);
+            }
+            if claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+                first(&mut s.bound, now);
+            }
+        }
+    }));
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ready.push(rx);
+    let t = timeline.clone();
+    let lvs: Api<LocalVolume> = env.lvs();
+    tasks.push(tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut stream = std::pin::pin!(watcher(lvs, watcher::Config::default()));
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let lv = match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
+                _ => continue,
+            };
+            let mut t = t.lock().unwrap();
+            let s = t.volume(&lv.name_any());
+            first(&mut s.lv_created, now);
+            if lv.status.as_ref().map(|s| s.phase) == Some(LocalVolumePhase::Ready) {
+                first(&mut s.lv_ready, now);
+            }
+        }
+    }));
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ready.push(rx);
+    let t = timeline.clone();
+    let pvs: Api<PersistentVolume> = env.pvs();
+    tasks.push(tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut stream = std::pin::pin!(watcher(pvs, watcher::Config::default()));
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let pv = match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
+                _ => continue,
+            };
+            let mut t = t.lock().unwrap();
+            first(&mut t.volume(&pv.name_any()).pv_created, now);
+        }
+    }));
+
+    for rx in ready {
+        rx.await.unwrap();
+    }
+    tasks
+}
+
+/// The `p`-th percentile (nearest rank) of sorted `samples`.
+fn pct(samples: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One burst on a fresh system; returns (claims/s, every claim's created → Bound, stages).
+async fn run(
+    claims: usize,
+    seed: u64,
+    workers: Option<usize>,
+) -> (f64, Vec<Duration>, Vec<Stages>) {
+    let env = Env::start(
+        &[("n1", 16 * GI), ("n2", 24 * GI), ("n3", 32 * GI)],
+        Options {
+            controller_args: workers
+                .map(|w| vec!["--workers".to_string(), w.to_string()])
+                .unwrap_or_default(),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("the bench runs on the in-memory API server (unset STOWAGE_E2E_KUBECONFIG)");
+    let timeline: Shared = Arc::default();
+    let watches = watch(&env, timeline.clone()).await;
+
+    let plan = mix_claims(claims, seed);
+    let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
+    let creates = plan.iter().enumerate().map(|(i, sizes)| {
+        let env = &env;
+        let timeline = timeline.clone();
+        async move {
+            let name = format!("burst{i:03}");
+            let mut claim_names = Vec::new();
+            for (c, mib) in sizes.iter().enumerate() {
+                let claim = format!("{name}-{c}");
+                env.claims()
+                    .create(
+                        &PostParams::default(),
+                        &pvc(NS, &claim)
+                            .size(&format!("{mib}Mi"))
+                            .class("local")
+                            .build(),
+                    )
+                    .await
+                    .unwrap();
+                let now = Instant::now();
+                first(
+                    &mut timeline
+                        .lock()
+                        .unwrap()
+                        .claims
+                        .entry(claim.clone())
+                        .or_default()
+                        .created,
+                    now,
+                );
+                claim_names.push(claim);
+            }
+            env.pods()
+                .create(
+                    &PostParams::default(),
+                    &pod(NS, &name).claims(&claim_names).build(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures::future::join_all(creates).await;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = timeline
+            .lock()
+            .unwrap()
+            .claims
+            .values()
+            .filter(|s| s.created.is_some() && s.bound.is_some())
+            .count();
+        if done == claims {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {claims} claims were Bound after 120 s; controller log:\n{}",
+            env.controller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for w in watches {
+        w.abort();
+    }
+    if std::env::var_os("STOWAGE_BENCH_REQUESTS").is_some() {
+        let counts = env.cluster.server().unwrap().request_counts();
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let top: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("API requests: {}", top.join(", "));
+    }
+    if let Some(dir) = std::env::var_os("STOWAGE_BENCH_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("controller-{seed}.log")),
+            env.controller.logs(),
+        )
+        .unwrap();
+        for a in &env.agents {
+            std::fs::write(
+                dir.join(format!("agent-{}-{seed}.log", a.name)),
+                a.process.logs(),
+            )
+            .unwrap();
+        }
+        // Every claim's stages in ms after the burst began (wall clock in the header).
+        let at = |i: Option<Instant>| {
+            i.map_or(String::new(), |i| {
+                format!("{:.0}", ms(i.duration_since(start)))
+            })
+        };
+        let since_epoch = start_wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let mut csv = format!(
+            "# burst began at unix {since_epoch:.3}\nclaim,created,selected,lv_created,lv_ready,pv_created,bound\n"
+        );
+        let t = timeline.lock().unwrap();
+        let mut names: Vec<&String> = t.claims.keys().collect();
+        names.sort();
+        for name in names {
+            let s = &t.claims[name];
+            csv.push_str(&format!(
+                "{name},{},{},{},{},{},{}\n",
+                at(s.created),
+                at(s.selected),
+                at(s.lv_created),
+                at(s.lv_ready),
+                at(s.pv_created),
+                at(s.bound)
+            ));
+        }
+        std::fs::write(dir.join(format!("stages-{seed}.csv")), csv).unwrap();
+    }
+    let stages: Vec<Stages> = timeline.lock().unwrap().claims.values().cloned().collect();
+    let last = stages.iter().filter_map(|s| s.bound).max().unwrap();
+    let rate = claims as f64 / last.duration_since(start).as_secs_f64();
+    let mut latencies: Vec<Duration> = stages
+        .iter()
+        .map(|s| s.bound.unwrap().duration_since(s.created.unwrap()))
+        .collect();
+    latencies.sort();
+    (rate, latencies, stages)
+}
+
+fn arg(args: &[String], flag: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{flag} wants a number, got {v:?}"))
+        })
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; only our flags are read.
+    let args: Vec<String> = std::env::args().collect();
+    let claims = arg(&args, "--claims", 200);
+    let runs = arg(&args, "--runs", 3);
+    // The controller's --workers (reconciles in parallel); its own default when not given.
+    let workers = args
+        .iter()
+        .any(|a| a == "--workers")
+        .then(|| arg(&args, "--workers", 8));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let profile = if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    };
+    println!("burst: {claims} claims in pods of 1-3, 3 nodes, {runs} runs, {profile} build");
+    let mut all = Vec::new();
+    let mut all_stages = Vec::new();
+    for r in 0..runs {
+        let (rate, latencies, stages) = runtime.block_on(run(claims, 7 + r as u64, workers));
+        println!(
+            "run {}: {rate:.0} claims/s; created -> Bound p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            r + 1,
+            ms(pct(&latencies, 50.0)),
+            ms(pct(&latencies, 99.0)),
+            ms(*latencies.last().unwrap()),
+        );
+        all.extend(latencies);
+        all_stages.extend(stages);
+    }
+    all.sort();
+    println!(
+        "all runs ({} claims): created -> Bound p50 {:.0} ms, p99 {:.0} ms",
+        all.len(),
+        ms(pct(&all, 50.0)),
+        ms(pct(&all, 99.0)),
+    );
+    // Where the time goes: each stage's share, per claim.
+    type Span = fn(&Stages) -> Option<(Instant, Instant)>;
+    let spans: [(&str, &str, Span); 5] = [
+        ("created -> selected-node", "scheduler stand-in", |s| {
+            Some((s.created?, s.selected?))
+        }),
+        ("selected-node -> LocalVolume", "stowage controller", |s| {
+            Some((s.selected?, s.lv_created?))
+        }),
+        ("LocalVolume -> Ready", "stowage agent", |s| {
+            Some((s.lv_created?, s.lv_ready?))
+        }),
+        ("Ready -> PV", "stowage controller", |s| {
+            Some((s.lv_ready?, s.pv_created?))
+        }),
+        ("PV -> Bound", "PV-controller stand-in", |s| {
+            Some((s.pv_created?, s.bound?))
+        }),
+    ];
+    for (label, who, span) in spans {
+        let mut d: Vec<Duration> = all_stages
+            .iter()
+            .filter_map(span)
+            .map(|(a, b)| b.saturating_duration_since(a))
+            .collect();
+        if d.is_empty() {
+            continue;
+        }
+        d.sort();
+        println!(
+            "  {label:<30} ({who:<22}) p50 {:>6.0} ms  p99 {:>6.0} ms  (n={})",
+            ms(pct(&d, 50.0)),
+            ms(pct(&d, 99.0)),
+            d.len()
+        );
+    }
+}
