@@ -45,7 +45,9 @@ pub struct ControllerArgs {
     pub node_gone_grace: u64,
 
     /// Objects each reconciler (claims, PersistentVolumes, LocalVolumes) works on in parallel.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), env = "STOWAGE_WORKERS")]
+    /// The work is API round trips, not CPU: a burst of claims queues behind too few workers
+    /// (the CSI external-provisioner runs 100).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..), env = "STOWAGE_WORKERS")]
     pub workers: u16,
 
     /// Seconds to wait, after SIGTERM, for the running reconciles to finish before the
