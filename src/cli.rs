@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(args.provisioner_name, "local.stowage.io");
         assert_eq!(
             (args.stale_after, args.node_gone_grace, args.workers),
-            (45, 300, 8)
+            (45, 300, 32)
         );
         assert!(Cli::try_parse_from(["stowage", "controller", "--workers", "0"]).is_err());
         let mut cmd = Cli::command();
