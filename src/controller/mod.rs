@@ -30,13 +30,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Client;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::api::local_volume::LocalVolume;
 use crate::cache::ClusterIndex;
+use crate::cache::slim::strip;
 use crate::cache::watch::Readiness;
 use crate::ledger::FitOptions;
 
@@ -338,6 +339,29 @@ where
     Ok(action)
 }
 
+/// `Controller::new(api, watcher::Config::default())`, but the objects are stripped
+/// ([`crate::cache::slim::strip`]: managedFields, last-applied annotation) before its store
+/// keeps them: the reconcilers never read those, and at tens of thousands of objects they
+/// are much of the controller's memory.
+fn stripped_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let objects = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(strip::<K>),
+    )
+    .applied_objects();
+    Controller::for_stream(objects, store)
+}
+
 /// Runs the three reconcilers (and, with NFS on, the NFS capacity refresh) until they end
 /// (they retry forever, so: until the task is dropped). The caller runs
 /// `cache::watch::run_watchers` on `ctx.index` beside it.
@@ -351,10 +375,7 @@ pub async fn run(ctx: Arc<Context>) {
     };
     let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
 
-    let claims = Controller::new(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
-    )
+    let claims = stripped_controller(Api::<PersistentVolumeClaim>::all(client.clone()))
     .watches(
         Api::<LocalVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -385,10 +406,7 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .for_each(|_| futures::future::ready(()));
 
-    let volumes = Controller::new(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-    )
+    let volumes = stripped_controller(Api::<PersistentVolume>::all(client.clone()))
     .watches(
         Api::<LocalVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -405,10 +423,7 @@ pub async fn run(ctx: Arc<Context>) {
 
     // A claim deleted before its PV existed leaves a LocalVolume nothing else points to:
     // claim events (deletions above all) wake the LocalVolume named after the claim's uid.
-    let orphans = Controller::new(
-        Api::<LocalVolume>::all(client.clone()),
-        watcher::Config::default(),
-    )
+    let orphans = stripped_controller(Api::<LocalVolume>::all(client.clone()))
     .watches(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
