@@ -78,15 +78,16 @@ fn options() -> Options {
             "--volumes" => opts.volumes = value("--volumes").parse().expect("--volumes N"),
             "--heavy" => opts.heavy = value("--heavy").parse().expect("--heavy N"),
             "--settle" => opts.settle = value("--settle").parse().expect("--settle SECONDS"),
-            "--roles" => {
-                opts.roles = value("--roles").split(',').map(str::to_string).collect()
-            }
+            "--roles" => opts.roles = value("--roles").split(',').map(str::to_string).collect(),
             // `cargo bench` passes `--bench`.
             _ => {}
         }
     }
     assert!(opts.nodes >= 2, "--nodes must be at least 2");
-    assert!(opts.heavy <= opts.volumes, "--heavy must not exceed --volumes");
+    assert!(
+        opts.heavy <= opts.volumes,
+        "--heavy must not exceed --volumes"
+    );
     opts
 }
 
@@ -171,7 +172,9 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     for i in 0..opts.nodes {
         let name = node_name(i);
-        let object = node(&name).label("topology.kubernetes.io/zone", "zone-a").build();
+        let object = node(&name)
+            .label("topology.kubernetes.io/zone", "zone-a")
+            .build();
         apply(
             server,
             &format!("/api/v1/nodes/{name}"),
@@ -200,7 +203,13 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
         };
         status.refresh_totals();
         let path = format!("/apis/{}/storagenodes/{name}", names::API_VERSION);
-        apply(server, &path, names::FIELD_MANAGER_AGENT, &typed(&sn, names::API_VERSION, "StorageNode")).await;
+        apply(
+            server,
+            &path,
+            names::FIELD_MANAGER_AGENT,
+            &typed(&sn, names::API_VERSION, "StorageNode"),
+        )
+        .await;
         sn.status = Some(status);
         apply(
             server,
@@ -244,7 +253,10 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
         )
         .await;
         let mut claim: PersistentVolumeClaim = serde_json::from_value(created).unwrap();
-        let annotations = claim.metadata.annotations.get_or_insert_with(Default::default);
+        let annotations = claim
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
         annotations.insert(names::ANNOTATION_SELECTED_NODE.into(), node.clone());
         annotations.insert(
             names::ANNOTATION_STORAGE_PROVISIONER.into(),
@@ -287,17 +299,17 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
             "metadata": {"name": pv_name},
             "status": lv.status,
         });
-        apply(server, &format!("{lv_path}/status"), names::FIELD_MANAGER_AGENT, &lv_status).await;
+        apply(
+            server,
+            &format!("{lv_path}/status"),
+            names::FIELD_MANAGER_AGENT,
+            &lv_status,
+        )
+        .await;
 
         // The controller's PV, bound by the PV controller.
-        let pv = volume::persistent_volume(
-            &claim,
-            &class,
-            &lv,
-            &dir,
-            &node,
-            names::PROVISIONER_LOCAL,
-        );
+        let pv =
+            volume::persistent_volume(&claim, &class, &lv, &dir, &node, names::PROVISIONER_LOCAL);
         let pv_path = format!("/api/v1/persistentvolumes/{pv_name}");
         apply(
             server,
@@ -443,7 +455,10 @@ fn requests(server: &ApiServer) -> u64 {
 
 async fn run(opts: Options) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    anyhow::ensure!(!cluster.is_real(), "the rss bench needs the in-memory API server");
+    anyhow::ensure!(
+        !cluster.is_real(),
+        "the rss bench needs the in-memory API server"
+    );
     cluster.install_crds(crds()).await?;
     let server = cluster.server().expect("in-memory");
     println!("binary: {}", binary().display());
@@ -502,8 +517,17 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             let volumes = (0..opts.volumes)
                 .filter(|&i| node_of(i, &opts) == node_index)
                 .count();
-            println!("agent on {what} ({}, {volumes} volumes):", node_name(node_index));
-            measure(&format!("agent {volumes} volumes"), &agent, port, opts.settle).await;
+            println!(
+                "agent on {what} ({}, {volumes} volumes):",
+                node_name(node_index)
+            );
+            measure(
+                &format!("agent {volumes} volumes"),
+                &agent,
+                port,
+                opts.settle,
+            )
+            .await;
             drop(agent);
         }
     }

@@ -302,7 +302,8 @@ impl ClusterIndex {
 
     /// Adds or replaces a claim (keyed by namespace and name).
     pub fn apply_claim(&mut self, claim: PersistentVolumeClaim) {
-        self.claims.insert(claim_key(&claim), slim::index_claim(claim));
+        self.claims
+            .insert(claim_key(&claim), slim::index_claim(claim));
         self.changed();
     }
 

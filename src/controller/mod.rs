@@ -376,70 +376,70 @@ pub async fn run(ctx: Arc<Context>) {
     let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
 
     let claims = stripped_controller(Api::<PersistentVolumeClaim>::all(client.clone()))
-    .watches(
-        Api::<LocalVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |lv| {
-            Some(
-                ObjectRef::<PersistentVolumeClaim>::new(&lv.spec.claim.name)
-                    .within(&lv.spec.claim.namespace),
-            )
-        },
-    )
-    .watches(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |pv| {
-            let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
-            Some(
-                ObjectRef::<PersistentVolumeClaim>::new(r.name.as_deref()?)
-                    .within(r.namespace.as_deref()?),
-            )
-        },
-    )
-    .with_config(config.clone())
-    .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-    .run(
-        |c, ctx| guarded(c, ctx, claim::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+        .watches(
+            Api::<LocalVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |lv| {
+                Some(
+                    ObjectRef::<PersistentVolumeClaim>::new(&lv.spec.claim.name)
+                        .within(&lv.spec.claim.namespace),
+                )
+            },
+        )
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |pv| {
+                let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+                Some(
+                    ObjectRef::<PersistentVolumeClaim>::new(r.name.as_deref()?)
+                        .within(r.namespace.as_deref()?),
+                )
+            },
+        )
+        .with_config(config.clone())
+        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+        .run(
+            |c, ctx| guarded(c, ctx, claim::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     let volumes = stripped_controller(Api::<PersistentVolume>::all(client.clone()))
-    .watches(
-        Api::<LocalVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |lv| Some(ObjectRef::<PersistentVolume>::new(&lv.name_any())),
-    )
-    .with_config(config.clone())
-    .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-    .run(
-        |pv, ctx| guarded(pv, ctx, release::reconcile_volume),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+        .watches(
+            Api::<LocalVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |lv| Some(ObjectRef::<PersistentVolume>::new(&lv.name_any())),
+        )
+        .with_config(config.clone())
+        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+        .run(
+            |pv, ctx| guarded(pv, ctx, release::reconcile_volume),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     // A claim deleted before its PV existed leaves a LocalVolume nothing else points to:
     // claim events (deletions above all) wake the LocalVolume named after the claim's uid.
     let orphans = stripped_controller(Api::<LocalVolume>::all(client.clone()))
-    .watches(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
-        |claim| {
-            let uid = claim.metadata.uid.as_deref()?;
-            Some(ObjectRef::<LocalVolume>::new(&volume::volume_name(uid)))
-        },
-    )
-    .with_config(config)
-    .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-    .run(
-        |lv, ctx| guarded(lv, ctx, release::reconcile_local_volume),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+            |claim| {
+                let uid = claim.metadata.uid.as_deref()?;
+                Some(ObjectRef::<LocalVolume>::new(&volume::volume_name(uid)))
+            },
+        )
+        .with_config(config)
+        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+        .run(
+            |lv, ctx| guarded(lv, ctx, release::reconcile_local_volume),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     futures::join!(claims, volumes, orphans, nfs_refresh);
 }
