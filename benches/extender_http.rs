@@ -6,12 +6,22 @@
 //! Options (after `--`): `--nodes 100,1000,5000`, `--requests 3000`, `--seconds 5`
 //! (`--seconds 0` skips the requests-per-second run).
 //!
+//! Load mode: `--clients 64 --duration 30` runs, per node count, that many clients for that
+//! many seconds instead of the latency run, each on its own keep-alive connection sending
+//! filter and then prioritize (as kube-scheduler does for one pod) without pause, and prints
+//! errors and p50/p99/max latency per verb. The clients run on their own thread and tokio
+//! runtime, the server on the bench's 2-worker runtime as in `stowage extender`. An error is
+//! a failed connection, a status other than 200, or a 200 whose body is not a successful
+//! answer (filter: `"Error":""` at the end; prioritize: a JSON array).
+//!
 //! The router is the one `stowage extender` serves (`extender_app`, metrics included), on
 //! 127.0.0.1 in this process; the client is a minimal HTTP/1.1 client over a tokio
 //! `TcpStream`, so its own cost stays small next to the server's.
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
+use std::io::ErrorKind;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -36,6 +46,10 @@ struct Options {
     nodes: Vec<usize>,
     requests: Option<usize>,
     seconds: u64,
+    /// Load mode when above 0: concurrent clients.
+    clients: usize,
+    /// Load mode: seconds the clients run.
+    duration: u64,
 }
 
 fn options() -> Options {
@@ -43,6 +57,8 @@ fn options() -> Options {
         nodes: vec![100, 1_000, 5_000],
         requests: None,
         seconds: 5,
+        clients: 0,
+        duration: 30,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,6 +74,10 @@ fn options() -> Options {
                 opts.requests = Some(args.next().expect("--requests N").parse().unwrap())
             }
             "--seconds" => opts.seconds = args.next().expect("--seconds N").parse().unwrap(),
+            "--clients" => opts.clients = args.next().expect("--clients N").parse().unwrap(),
+            "--duration" => {
+                opts.duration = args.next().expect("--duration SECONDS").parse().unwrap()
+            }
             // `cargo bench` passes `--bench`; filters are not used here.
             _ => {}
         }
@@ -193,30 +213,45 @@ impl Conn {
 
     /// Sends `request` and reads the whole response; the status and the body.
     async fn call(&mut self, request: &[u8]) -> (u16, &[u8]) {
-        self.stream.write_all(request).await.unwrap();
+        let (status, body) = self.try_call(request).await.unwrap();
+        (status, &self.buf[body])
+    }
+
+    /// [`Conn::call`] that reports I/O errors and malformed answers instead of panicking:
+    /// the status and where the body is in `self.buf`.
+    async fn try_call(&mut self, request: &[u8]) -> std::io::Result<(u16, Range<usize>)> {
+        self.stream.write_all(request).await?;
         self.buf.clear();
         let (head_end, length) = loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                break (end + 4, content_length(&self.buf[..end]));
+                let length = content_length(&self.buf[..end]).ok_or_else(|| {
+                    std::io::Error::new(ErrorKind::InvalidData, "no Content-Length")
+                })?;
+                break (end + 4, length);
             }
-            self.read_more().await;
+            self.read_more().await?;
         };
         while self.buf.len() < head_end + length {
-            self.read_more().await;
+            self.read_more().await?;
         }
-        let status = std::str::from_utf8(&self.buf[9..12])
-            .unwrap()
-            .parse()
-            .unwrap();
-        (status, &self.buf[head_end..head_end + length])
+        let status = self
+            .buf
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, "no status line"))?;
+        Ok((status, head_end..head_end + length))
     }
 
-    async fn read_more(&mut self) {
+    async fn read_more(&mut self) -> std::io::Result<()> {
         let len = self.buf.len();
         self.buf.resize(len + 64 * 1024, 0);
-        let read = self.stream.read(&mut self.buf[len..]).await.unwrap();
-        assert!(read > 0, "the server closed the connection");
+        let read = self.stream.read(&mut self.buf[len..]).await?;
         self.buf.truncate(len + read);
+        if read == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
     }
 }
 
@@ -224,16 +259,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn content_length(head: &[u8]) -> usize {
-    std::str::from_utf8(head)
-        .unwrap()
-        .lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().unwrap())
-        })
-        .expect("a Content-Length header")
+fn content_length(head: &[u8]) -> Option<usize> {
+    std::str::from_utf8(head).ok()?.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        if key.eq_ignore_ascii_case("content-length") {
+            value.trim().parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 struct Latency {
@@ -302,15 +336,161 @@ async fn throughput(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, seconds: 
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// What the load clients saw of one verb.
+#[derive(Default)]
+struct VerbLoad {
+    samples: Vec<Duration>,
+    errors: u64,
+}
+
+impl VerbLoad {
+    fn merge(&mut self, other: VerbLoad) {
+        self.samples.extend(other.samples);
+        self.errors += other.errors;
+    }
+}
+
+/// Whether a 200's body is a successful answer of `verb`.
+fn answer_ok(verb: usize, body: &[u8]) -> bool {
+    if verb == 0 {
+        body.ends_with(br#""Error":""}"#)
+    } else {
+        body.starts_with(b"[") && body.ends_with(b"]")
+    }
+}
+
+/// `clients` connections sending filter then prioritize until `duration` has passed; per
+/// verb, the latencies of the answered requests and the errors.
+async fn load_clients(
+    addr: std::net::SocketAddr,
+    requests: Arc<[Vec<u8>; 2]>,
+    clients: usize,
+    duration: Duration,
+) -> [VerbLoad; 2] {
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut seen: [VerbLoad; 2] = Default::default();
+                let mut conn: Option<Conn> = None;
+                while Instant::now() < deadline {
+                    for (verb, request) in requests.iter().enumerate() {
+                        let c = match &mut conn {
+                            Some(c) => c,
+                            None => match TcpStream::connect(addr).await {
+                                Ok(stream) => {
+                                    let _ = stream.set_nodelay(true);
+                                    conn.insert(Conn {
+                                        stream,
+                                        buf: Vec::with_capacity(1 << 20),
+                                    })
+                                }
+                                Err(_) => {
+                                    seen[verb].errors += 1;
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                    continue;
+                                }
+                            },
+                        };
+                        let started = Instant::now();
+                        match c.try_call(request).await {
+                            Ok((200, body)) if answer_ok(verb, &c.buf[body.clone()]) => {
+                                seen[verb].samples.push(started.elapsed());
+                            }
+                            Ok(_) => seen[verb].errors += 1,
+                            Err(_) => {
+                                seen[verb].errors += 1;
+                                conn = None;
+                            }
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut total: [VerbLoad; 2] = Default::default();
+    for task in tasks {
+        let [filter, prioritize] = task.await.unwrap();
+        total[0].merge(filter);
+        total[1].merge(prioritize);
+    }
+    total
+}
+
+/// Load mode for one cluster size: prints one row per verb.
+async fn load(
+    addr: std::net::SocketAddr,
+    n: usize,
+    requests: [(Vec<u8>, usize); 2],
+    clients: usize,
+    duration: u64,
+) {
+    let candidates = [requests[0].1, requests[1].1];
+    let sizes = [requests[0].0.len(), requests[1].0.len()];
+    let bodies = Arc::new([requests[0].0.clone(), requests[1].0.clone()]);
+    let cpu_before = process_cpu().unwrap_or_default();
+    let started = Instant::now();
+    // The clients get their own thread and runtime, so the server keeps its 2 workers.
+    let client_thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(load_clients(
+                addr,
+                bodies,
+                clients,
+                Duration::from_secs(duration),
+            ))
+    });
+    let results = tokio::task::spawn_blocking(move || client_thread.join().unwrap())
+        .await
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu().unwrap_or_default().saturating_sub(cpu_before);
+    let answered: usize = results.iter().map(|r| r.samples.len()).sum();
+    for (verb, mut seen) in results.into_iter().enumerate() {
+        seen.samples.sort();
+        let count = seen.samples.len();
+        let pct = |p: usize| {
+            seen.samples
+                .get((count * p / 100).min(count.saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        println!(
+            "| {n} | {} | {} | {} KiB | {clients} | {duration} | {count} | {:.0} | **{}** | {} | {} | **{}** | {} |",
+            ["filter", "prioritize"][verb],
+            candidates[verb],
+            sizes[verb] / 1024,
+            count as f64 / elapsed,
+            seen.errors,
+            ms(pct(50)),
+            ms(pct(99)),
+            ms(seen.samples.last().copied().unwrap_or_default()),
+            ms(cpu / u32::try_from(answered.max(1)).unwrap()),
+        );
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
 async fn run(opts: Options) {
-    println!(
-        "| nodes | verb | candidates | body | p50 ms | p99 ms | mean ms | CPU ms/req | req/s at {CONCURRENCY} |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    if opts.clients > 0 {
+        println!(
+            "| nodes | verb | candidates | body | clients | s | answered | req/s | errors | p50 ms | p99 ms | max ms | CPU ms/req |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!(
+            "| nodes | verb | candidates | body | p50 ms | p99 ms | mean ms | CPU ms/req | req/s at {CONCURRENCY} |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+    }
     for &n in &opts.nodes {
         let now = Timestamp::now();
         let index = Arc::new(RwLock::new(cluster(n, now)));
@@ -346,6 +526,18 @@ async fn run(opts: Options) {
         let (status, body) = conn.call(&prioritize).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
 
+        if opts.clients > 0 {
+            load(
+                addr,
+                n,
+                [(filter, n), (prioritize, passed.len())],
+                opts.clients,
+                opts.duration,
+            )
+            .await;
+            server.abort();
+            continue;
+        }
         let count = opts.requests.unwrap_or(match n {
             0..=1_000 => 3_000,
             _ => 2_000,

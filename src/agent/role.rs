@@ -23,7 +23,8 @@ use clap::Args;
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::controller::Controller;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use prometheus::Registry;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -34,6 +35,7 @@ use super::reconcile::{Context, chain, error_policy, reconcile};
 use super::report::Reporter;
 use crate::api::local_volume::LocalVolume;
 use crate::api::names::LABEL_NODE;
+use crate::cache::slim::strip;
 
 /// Flags of `stowage agent`.
 #[derive(Debug, Args)]
@@ -165,8 +167,14 @@ impl AgentArgs {
 
         let api: Api<LocalVolume> = Api::all(client.clone());
         let selector = format!("{LABEL_NODE}={node}");
-        let controller = Controller::new(api, watcher::Config::default().labels(&selector));
-        let store = controller.store();
+        // Controller::new's watch and store, with managedFields stripped before caching.
+        let (store, writer) = reflector::store();
+        let volumes = reflector(
+            writer,
+            watcher(api, watcher::Config::default().labels(&selector)).modify(strip::<LocalVolume>),
+        )
+        .applied_objects();
+        let controller = Controller::for_stream(volumes, store.clone());
         let changed = Arc::new(Notify::new());
         let (all_tx, all_rx) = mpsc::channel::<()>(1);
         let (written_tx, written_rx) = watch::channel(false);

@@ -1,7 +1,8 @@
 //! The controller's and extender's view of the cluster, in ledger terms.
 //!
-//! [`ClusterIndex`] holds the raw objects the reflectors deliver (StorageNodes, LocalVolumes,
-//! PersistentVolumeClaims, StorageClasses) behind synchronous `apply_*`, `delete_*` and
+//! [`ClusterIndex`] holds the objects the reflectors deliver (StorageNodes, LocalVolumes,
+//! PersistentVolumeClaims, StorageClasses; claims and LocalVolumes trimmed to what the
+//! ledger reads, see [`slim`]) behind synchronous `apply_*`, `delete_*` and
 //! `reset_*` methods, the shape of kubert's `IndexClusterResource`. `reset_*` replaces the
 //! whole kind, so objects missing from a re-list disappear.
 //!
@@ -39,6 +40,7 @@ use crate::ledger::{
 pub mod class;
 pub mod metrics;
 pub mod policy;
+pub mod slim;
 pub mod watch;
 
 #[cfg(test)]
@@ -51,7 +53,8 @@ pub use policy::{Clock, StowagePolicy};
 /// Prefix of a LocalVolume's name; the rest is the claim's UID.
 pub const LOCAL_VOLUME_PREFIX: &str = "pvc-";
 
-/// The raw objects the ledger is derived from, keyed as Kubernetes keys them.
+/// The objects the ledger is derived from, keyed as Kubernetes keys them. Claims and
+/// LocalVolumes are kept trimmed to the fields the ledger reads ([`slim`]).
 #[derive(Debug, Default)]
 pub struct ClusterIndex {
     nodes: HashMap<String, StorageNode>,
@@ -300,7 +303,7 @@ impl ClusterIndex {
     /// Adds or replaces a LocalVolume (keyed by name).
     pub fn apply_local_volume(&mut self, volume: LocalVolume) {
         let name = volume.metadata.name.clone().unwrap_or_default();
-        self.volumes.insert(name, volume);
+        self.volumes.insert(name, slim::index_volume(volume));
         self.changed();
     }
 
@@ -314,14 +317,20 @@ impl ClusterIndex {
     pub fn reset_local_volumes(&mut self, volumes: impl IntoIterator<Item = LocalVolume>) {
         self.volumes = volumes
             .into_iter()
-            .map(|v| (v.metadata.name.clone().unwrap_or_default(), v))
+            .map(|v| {
+                (
+                    v.metadata.name.clone().unwrap_or_default(),
+                    slim::index_volume(v),
+                )
+            })
             .collect();
         self.changed();
     }
 
     /// Adds or replaces a claim (keyed by namespace and name).
     pub fn apply_claim(&mut self, claim: PersistentVolumeClaim) {
-        self.claims.insert(claim_key(&claim), claim);
+        self.claims
+            .insert(claim_key(&claim), slim::index_claim(claim));
         self.changed();
     }
 
@@ -334,7 +343,10 @@ impl ClusterIndex {
 
     /// Replaces every claim with a re-list.
     pub fn reset_claims(&mut self, claims: impl IntoIterator<Item = PersistentVolumeClaim>) {
-        self.claims = claims.into_iter().map(|c| (claim_key(&c), c)).collect();
+        self.claims = claims
+            .into_iter()
+            .map(|c| (claim_key(&c), slim::index_claim(c)))
+            .collect();
         self.changed();
     }
 
@@ -365,7 +377,8 @@ impl ClusterIndex {
         self.classes.get(name)
     }
 
-    /// The LocalVolume called `name`.
+    /// The LocalVolume called `name`, as the index keeps it: name and spec
+    /// ([`slim::index_volume`]).
     pub fn local_volume(&self, name: &str) -> Option<&LocalVolume> {
         self.volumes.get(name)
     }

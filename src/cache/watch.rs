@@ -127,7 +127,9 @@ async fn watch_kind<K>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let kind = KINDS.get(sink.slot).copied().unwrap_or("unknown");
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(super::slim::strip::<K>);
     let mut stream = std::pin::pin!(stream);
     let mut buffer: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {

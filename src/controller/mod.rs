@@ -30,13 +30,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Client;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::api::local_volume::LocalVolume;
 use crate::cache::ClusterIndex;
+use crate::cache::slim::strip;
 use crate::cache::watch::Readiness;
 use crate::ledger::FitOptions;
 
@@ -338,6 +339,29 @@ where
     Ok(action)
 }
 
+/// `Controller::new(api, watcher::Config::default())`, but the objects are stripped
+/// ([`crate::cache::slim::strip`]: managedFields, last-applied annotation) before its store
+/// keeps them: the reconcilers never read those, and at tens of thousands of objects they
+/// are much of the controller's memory.
+fn stripped_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let objects = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(strip::<K>),
+    )
+    .applied_objects();
+    Controller::for_stream(objects, store)
+}
+
 /// Runs the three reconcilers (and, with NFS on, the NFS capacity refresh) until they end
 /// (they retry forever, so: until the task is dropped). The caller runs
 /// `cache::watch::run_watchers` on `ctx.index` beside it.
@@ -363,83 +387,74 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     };
     let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
 
-    let claims = Controller::new(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<LocalVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |lv| {
-            Some(
-                ObjectRef::<PersistentVolumeClaim>::new(&lv.spec.claim.name)
-                    .within(&lv.spec.claim.namespace),
-            )
-        },
-    )
-    .watches(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |pv| {
-            let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
-            Some(
-                ObjectRef::<PersistentVolumeClaim>::new(r.name.as_deref()?)
-                    .within(r.namespace.as_deref()?),
-            )
-        },
-    )
-    .with_config(config.clone())
-    .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-    .graceful_shutdown_on(stopped(stop.clone()))
-    .run(
-        |c, ctx| guarded(c, ctx, claim::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+    let claims = stripped_controller(Api::<PersistentVolumeClaim>::all(client.clone()))
+        .watches(
+            Api::<LocalVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |lv| {
+                Some(
+                    ObjectRef::<PersistentVolumeClaim>::new(&lv.spec.claim.name)
+                        .within(&lv.spec.claim.namespace),
+                )
+            },
+        )
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |pv| {
+                let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+                Some(
+                    ObjectRef::<PersistentVolumeClaim>::new(r.name.as_deref()?)
+                        .within(r.namespace.as_deref()?),
+                )
+            },
+        )
+        .with_config(config.clone())
+        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(
+            |c, ctx| guarded(c, ctx, claim::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
-    let volumes = Controller::new(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<LocalVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |lv| Some(ObjectRef::<PersistentVolume>::new(&lv.name_any())),
-    )
-    .with_config(config.clone())
-    .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-    .graceful_shutdown_on(stopped(stop.clone()))
-    .run(
-        |pv, ctx| guarded(pv, ctx, release::reconcile_volume),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+    let volumes = stripped_controller(Api::<PersistentVolume>::all(client.clone()))
+        .watches(
+            Api::<LocalVolume>::all(client.clone()),
+            watcher::Config::default(),
+            |lv| Some(ObjectRef::<PersistentVolume>::new(&lv.name_any())),
+        )
+        .with_config(config.clone())
+        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(
+            |pv, ctx| guarded(pv, ctx, release::reconcile_volume),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     // A claim deleted before its PV existed leaves a LocalVolume nothing else points to:
     // claim events (deletions above all) wake the LocalVolume named after the claim's uid.
-    let orphans = Controller::new(
-        Api::<LocalVolume>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
-        |claim| {
-            let uid = claim.metadata.uid.as_deref()?;
-            Some(ObjectRef::<LocalVolume>::new(&volume::volume_name(uid)))
-        },
-    )
-    .with_config(config)
-    .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-    .graceful_shutdown_on(stopped(stop.clone()))
-    .run(
-        |lv, ctx| guarded(lv, ctx, release::reconcile_local_volume),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+    let orphans = stripped_controller(Api::<LocalVolume>::all(client.clone()))
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+            |claim| {
+                let uid = claim.metadata.uid.as_deref()?;
+                Some(ObjectRef::<LocalVolume>::new(&volume::volume_name(uid)))
+            },
+        )
+        .with_config(config)
+        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(
+            |lv, ctx| guarded(lv, ctx, release::reconcile_local_volume),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     futures::join!(claims, volumes, orphans, nfs_refresh);
 }

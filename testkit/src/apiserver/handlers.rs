@@ -180,6 +180,15 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
         .unwrap_or_default()
 }
 
+/// [`dispatch`] for [`super::ApiServer::call`]: errors as the `Status` responses HTTP
+/// clients get.
+pub(crate) fn dispatch_in_process(shared: &Arc<Shared>, parts: &Parts, body: Bytes) -> Response {
+    match dispatch(shared, parts, &body) {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
 fn dispatch(shared: &Arc<Shared>, parts: &Parts, body: &Bytes) -> ApiResult<Response> {
     let route = parse_route(parts.uri.path()).ok_or_else(ApiError::no_route)?;
     let accept = header_str(&parts.headers, header::ACCEPT);
