@@ -2,22 +2,24 @@
 //! serve /healthz, /readyz and /metrics on --listen and provision a claim whose node the
 //! (simulated) scheduler selected, once an agent (played here) makes the volume.
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stowage::api::local_volume::LocalVolume;
-use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
-use stowage_testkit::fixtures::{namespace, node, pvc, storage_class};
+use stowage_testkit::fixtures::{namespace, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{ApiServer, wait_for, wait_until};
+use support::cluster::reporting_node;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,40 +53,7 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
             .await
             .unwrap();
     }
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node("n1").build())
-        .await
-        .unwrap();
-    sns.create(
-        &PostParams::default(),
-        &StorageNode::new("n1", StorageNodeSpec {}),
-    )
-    .await
-    .unwrap();
-    let status = StorageNodeStatus {
-        pools: vec![PoolStatus {
-            name: "default".into(),
-            driver: "btrfs".into(),
-            path: "/pools/default".into(),
-            capacity_bytes: 100 << 30,
-            allocatable_bytes: 100 << 30,
-            allocated_bytes: 0,
-            available_bytes: 100 << 30,
-            volumes: 0,
-            orphans: 0,
-            ready: true,
-            message: None,
-        }],
-        heartbeat_time: Some(Timestamp::now().to_string()),
-        ..Default::default()
-    };
-    sns.patch_status(
-        "n1",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .unwrap();
+    reporting_node(&client, "n1", 100 << 30).await.unwrap();
     Api::all(client.clone())
         .create(
             &PostParams::default(),

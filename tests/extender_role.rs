@@ -4,24 +4,26 @@
 // clippy's allow-unwrap-in-tests covers `#[test]` functions, not this file's helpers.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
-use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
-use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
+use stowage_testkit::fixtures::{namespace, pod, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 use stowage_testkit::{ApiServer, wait_for, wait_until};
+use support::cluster::reporting_node;
 
 const WAIT: Duration = Duration::from_secs(8);
 const GI: u64 = 1 << 30;
@@ -97,47 +99,6 @@ fn scrape(port: u16) -> anyhow::Result<std::collections::HashMap<String, f64>> {
         .collect())
 }
 
-async fn storage_node(client: &kube::Client, name: &str, capacity: u64) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(&PostParams::default(), &node(name).build())
-        .await?;
-    let storage_nodes: Api<StorageNode> = Api::all(client.clone());
-    storage_nodes
-        .create(
-            &PostParams::default(),
-            &StorageNode::new(name, StorageNodeSpec {}),
-        )
-        .await?;
-    let mut status = StorageNodeStatus {
-        pools: vec![PoolStatus {
-            name: "default".into(),
-            driver: "btrfs".into(),
-            path: "/var/lib/stowage".into(),
-            capacity_bytes: capacity,
-            allocatable_bytes: capacity,
-            allocated_bytes: 0,
-            available_bytes: capacity,
-            volumes: 0,
-            orphans: 0,
-            ready: true,
-            message: None,
-        }],
-        heartbeat_time: Some(Timestamp::now().to_string()),
-        agent_version: Some("0.1.0".into()),
-        ..Default::default()
-    };
-    status.refresh_totals();
-    storage_nodes
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
-    Ok(())
-}
-
 /// An API server with the CRDs, namespace `apps`, StorageNodes `big` (100Gi) and `small`
 /// (10Gi), the local class `local` and the claims `data` (20Gi) and `huge` (500Gi).
 async fn cluster() -> ApiServer {
@@ -158,8 +119,8 @@ async fn cluster() -> ApiServer {
     let _ = namespaces
         .create(&PostParams::default(), &namespace("apps").build())
         .await;
-    storage_node(&client, "big", 100 * GI).await.unwrap();
-    storage_node(&client, "small", 10 * GI).await.unwrap();
+    reporting_node(&client, "big", 100 * GI).await.unwrap();
+    reporting_node(&client, "small", 10 * GI).await.unwrap();
     let classes: Api<StorageClass> = Api::all(client.clone());
     classes
         .create(

@@ -5,23 +5,24 @@
 // Helpers in a test crate panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stowage::api::local_volume::{
     ClaimRef, LocalVolume, LocalVolumePhase, LocalVolumeSpec, OnDelete,
 };
-use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::api::{crds, names};
 use stowage_testkit::e2e::{Cluster, Role, random_uuid};
-use stowage_testkit::fixtures::{namespace, node, pvc, storage_class};
+use stowage_testkit::fixtures::{namespace, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{wait_for, wait_until};
+use support::cluster::reporting_node;
 
 const WAIT: Duration = Duration::from_secs(20);
 const LEASE_NS: &str = "stowage-system";
@@ -42,41 +43,7 @@ async fn local_cluster() -> Option<Cluster> {
             .await
             .unwrap();
     }
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node("n1").build())
-        .await
-        .unwrap();
-    let sns: Api<StorageNode> = Api::all(client.clone());
-    sns.create(
-        &PostParams::default(),
-        &StorageNode::new("n1", StorageNodeSpec {}),
-    )
-    .await
-    .unwrap();
-    let status = StorageNodeStatus {
-        pools: vec![PoolStatus {
-            name: "default".into(),
-            driver: "btrfs".into(),
-            path: "/pools/default".into(),
-            capacity_bytes: 100 << 30,
-            allocatable_bytes: 100 << 30,
-            allocated_bytes: 0,
-            available_bytes: 100 << 30,
-            volumes: 0,
-            orphans: 0,
-            ready: true,
-            message: None,
-        }],
-        heartbeat_time: Some(Timestamp::now().to_string()),
-        ..Default::default()
-    };
-    sns.patch_status(
-        "n1",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .unwrap();
+    reporting_node(&client, "n1", 100 << 30).await.unwrap();
     Api::all(client.clone())
         .create(
             &PostParams::default(),
