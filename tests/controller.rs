@@ -27,7 +27,7 @@ use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, Stora
 use stowage::api::{crds, names};
 use stowage::cache::ClusterIndex;
 use stowage::cache::policy::StowagePolicy;
-use stowage::cache::watch::{Readiness, run_watchers};
+use stowage::cache::watch::{Readiness, run_controller_watchers};
 use stowage::controller::{self, Config, Context, Metrics};
 use stowage::ledger::FitOptions;
 use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
@@ -240,7 +240,7 @@ fn start_controller(client: &Client, grace: Duration) -> Running {
 
 fn start_controller_leading(client: &Client, grace: Duration, leading: bool) -> Running {
     let index = Arc::new(RwLock::new(ClusterIndex::new()));
-    let ready = Readiness::new();
+    let ready = Readiness::for_controller();
     let registry = Registry::new();
     let metrics = Metrics::register(&registry, index.clone()).unwrap();
     let mut config = Config::new("test-replica");
@@ -255,7 +255,11 @@ fn start_controller_leading(client: &Client, grace: Duration, leading: bool) -> 
         leader,
     ));
     let tasks = vec![
-        tokio::spawn(run_watchers(client.clone(), index.clone(), ready)),
+        tokio::spawn(run_controller_watchers(
+            client.clone(),
+            index.clone(),
+            ready,
+        )),
         tokio::spawn(controller::run(ctx)),
     ];
     Running {

@@ -23,7 +23,7 @@ use prometheus::Registry;
 use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
 use stowage::cache::ClusterIndex;
-use stowage::cache::watch::{Readiness, run_watchers};
+use stowage::cache::watch::{Readiness, run_controller_watchers};
 use stowage::controller::nfs::Nfs;
 use stowage::controller::{self, Config, Context, Metrics};
 use stowage::nfs::capacity::{Allocation, probe};
@@ -216,7 +216,7 @@ impl Drop for Running {
 
 fn start_controller(client: &Client, config: NfsConfig) -> Running {
     let index = Arc::new(RwLock::new(ClusterIndex::new()));
-    let ready = Readiness::new();
+    let ready = Readiness::for_controller();
     let registry = Registry::new();
     let metrics = Metrics::register(&registry, index.clone()).unwrap();
     let nfs = Nfs::new(config, client.clone(), "test-replica", &registry).unwrap();
@@ -231,7 +231,7 @@ fn start_controller(client: &Client, config: NfsConfig) -> Running {
     )
     .with_nfs(Arc::new(nfs));
     let tasks = vec![
-        tokio::spawn(run_watchers(client.clone(), index, ready)),
+        tokio::spawn(run_controller_watchers(client.clone(), index, ready)),
         tokio::spawn(controller::run(Arc::new(ctx))),
     ];
     Running {

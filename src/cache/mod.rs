@@ -25,9 +25,10 @@ use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 
 use crate::api::local_volume::LocalVolume;
 use crate::api::names;
@@ -40,6 +41,7 @@ use crate::ledger::{
 pub mod class;
 pub mod metrics;
 pub mod policy;
+pub mod rows;
 pub mod slim;
 pub mod watch;
 
@@ -49,21 +51,32 @@ mod tests;
 pub use class::{ClassError, ClassParams};
 pub use metrics::ExtenderMetrics;
 pub use policy::{Clock, StowagePolicy};
+pub use rows::{ClaimRow, Id, Name, PvRow, Sym, Syms, VolumeRow};
 
 /// Prefix of a LocalVolume's name; the rest is the claim's UID.
 pub const LOCAL_VOLUME_PREFIX: &str = "pvc-";
 
-/// The objects the ledger is derived from, keyed as Kubernetes keys them. Claims and
-/// LocalVolumes are kept trimmed to the fields the ledger reads ([`slim`]).
-#[derive(Debug, Default)]
+/// The objects the ledger, the extender and the provisioner read, keyed as Kubernetes keys
+/// them. Claims, LocalVolumes and PersistentVolumes are kept as compact [`rows`]; Nodes as
+/// their hostname label; StorageNodes and StorageClasses whole (stripped, see [`slim`]).
+#[derive(Default)]
 pub struct ClusterIndex {
     nodes: HashMap<String, StorageNode>,
-    volumes: HashMap<String, LocalVolume>,
+    volumes: HashMap<Name, VolumeRow>,
     /// By `(namespace, name)`.
-    claims: HashMap<(String, String), PersistentVolumeClaim>,
+    claims: HashMap<(Sym, Box<str>), ClaimRow>,
+    /// PersistentVolumes whose `provisioned-by` is one of `pv_provisioners`.
+    pvs: HashMap<Name, PvRow>,
+    /// Node name → its `kubernetes.io/hostname` label (only fed in the controller).
+    k8s_nodes: HashMap<Box<str>, Option<Sym>>,
     classes: HashMap<String, StorageClass>,
+    syms: Syms,
     /// The node-local provisioner name: claims of classes naming it are placed.
     provisioner: ProvisionerName,
+    /// The provisioner names whose PersistentVolumes are kept.
+    pv_provisioners: Vec<String>,
+    /// Told which objects changed, so their reconcilers look at them.
+    trigger: Option<TriggerFn>,
     /// The ledger without heartbeat ages, with each node's parsed heartbeat and compact
     /// summary; cleared on every change but a heartbeat.
     base: OnceLock<Base>,
@@ -71,6 +84,34 @@ pub struct ClusterIndex {
     #[cfg(test)]
     derivations: std::sync::atomic::AtomicUsize,
 }
+
+impl std::fmt::Debug for ClusterIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterIndex")
+            .field("storage_nodes", &self.nodes.len())
+            .field("local_volumes", &self.volumes.len())
+            .field("claims", &self.claims.len())
+            .field("persistent_volumes", &self.pvs.len())
+            .field("nodes", &self.k8s_nodes.len())
+            .field("classes", &self.classes.len())
+            .field("provisioner", &self.provisioner.0)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An object whose reconciler should look at it again (see [`ClusterIndex::set_trigger`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// A claim, by namespace and name.
+    Claim(String, String),
+    /// A LocalVolume, by name.
+    Volume(String),
+    /// A PersistentVolume, by name.
+    Pv(String),
+}
+
+/// Receives [`Trigger`]s; called with the index's write lock held, so it must not block.
+pub type TriggerFn = std::sync::Arc<dyn Fn(Trigger) + Send + Sync>;
 
 /// The hasher of the name-keyed map on the extender's per-node path: foldhash's fast
 /// variant, seeded per process, several times cheaper than SipHash on short keys. The keys
@@ -216,7 +257,7 @@ pub enum DemandError {
 
 /// A claim that stowage must place, as far as the index can tell.
 struct LocalClaim<'a> {
-    claim: &'a PersistentVolumeClaim,
+    claim: &'a ClaimRow,
     params: ClassParams,
     bytes: Bytes,
 }
@@ -300,55 +341,333 @@ impl ClusterIndex {
         self.changed();
     }
 
+    /// Sets who is told about changed claims, LocalVolumes and PersistentVolumes.
+    pub fn set_trigger(&mut self, trigger: TriggerFn) {
+        self.trigger = Some(trigger);
+    }
+
+    /// Keeps the PersistentVolumes of `provisioner` too (those of the node-local provisioner
+    /// are always kept).
+    pub fn keep_pvs_of(&mut self, provisioner: impl Into<String>) {
+        self.pv_provisioners.push(provisioner.into());
+    }
+
+    fn fire(&self, triggers: impl IntoIterator<Item = Trigger>) {
+        if let Some(trigger) = &self.trigger {
+            for t in triggers {
+                trigger(t);
+            }
+        }
+    }
+
+    // --- LocalVolumes ---
+
     /// Adds or replaces a LocalVolume (keyed by name).
     pub fn apply_local_volume(&mut self, volume: LocalVolume) {
-        let name = volume.metadata.name.clone().unwrap_or_default();
-        self.volumes.insert(name, slim::index_volume(volume));
+        let name = Name::new(volume.metadata.name.as_deref().unwrap_or_default());
+        let row = VolumeRow::new(&volume, &mut self.syms);
+        let unchanged = self.volumes.get(&name).is_some_and(|old| old.rv == row.rv);
+        let triggers = (!unchanged).then(|| self.volume_triggers(&name, &row));
+        self.volumes.insert(name, row);
         self.changed();
+        self.fire(triggers.into_iter().flatten());
     }
 
     /// Removes a LocalVolume.
     pub fn delete_local_volume(&mut self, name: &str) {
-        self.volumes.remove(name);
+        let name = Name::new(name);
+        if let Some(row) = self.volumes.remove(&name) {
+            let triggers = self.volume_triggers(&name, &row);
+            self.fire(triggers);
+        }
         self.changed();
     }
 
     /// Replaces every LocalVolume with a re-list.
     pub fn reset_local_volumes(&mut self, volumes: impl IntoIterator<Item = LocalVolume>) {
-        self.volumes = volumes
-            .into_iter()
-            .map(|v| {
-                (
-                    v.metadata.name.clone().unwrap_or_default(),
-                    slim::index_volume(v),
-                )
-            })
-            .collect();
+        let mut fresh = HashMap::new();
+        for v in volumes {
+            let name = Name::new(v.metadata.name.as_deref().unwrap_or_default());
+            fresh.insert(name, VolumeRow::new(&v, &mut self.syms));
+        }
+        let old = std::mem::replace(&mut self.volumes, fresh);
+        let mut triggers = Vec::new();
+        for (name, row) in &self.volumes {
+            if old.get(name).is_none_or(|o| o.rv != row.rv) {
+                triggers.extend(self.volume_triggers(name, row));
+            }
+        }
+        for (name, row) in &old {
+            if !self.volumes.contains_key(name) {
+                triggers.extend(self.volume_triggers(name, row));
+            }
+        }
         self.changed();
+        self.fire(triggers);
     }
+
+    fn volume_triggers(&self, name: &Name, row: &VolumeRow) -> [Trigger; 3] {
+        let name = name.to_string();
+        [
+            Trigger::Volume(name.clone()),
+            Trigger::Pv(name),
+            Trigger::Claim(
+                self.syms.string(row.claim_namespace),
+                row.claim_name.to_string(),
+            ),
+        ]
+    }
+
+    /// The LocalVolume called `name` ([`VolumeRow::FIELDS`]).
+    pub fn local_volume(&self, name: &str) -> Option<LocalVolume> {
+        self.volumes
+            .get(&Name::new(name))
+            .map(|row| row.to_object(name, &self.syms))
+    }
+
+    /// The names of every LocalVolume.
+    pub fn local_volume_names(&self) -> Vec<String> {
+        self.volumes.keys().map(Name::to_string).collect()
+    }
+
+    // --- claims ---
 
     /// Adds or replaces a claim (keyed by namespace and name).
     pub fn apply_claim(&mut self, claim: PersistentVolumeClaim) {
-        self.claims
-            .insert(claim_key(&claim), slim::index_claim(claim));
+        let key = self.claim_id(&claim);
+        let row = ClaimRow::new(&claim, &mut self.syms);
+        let unchanged = self.claims.get(&key).is_some_and(|old| old.rv == row.rv);
+        let triggers = (!unchanged).then(|| self.claim_triggers(&key, &row));
+        self.claims.insert(key, row);
         self.changed();
+        self.fire(triggers.into_iter().flatten());
     }
 
     /// Removes a claim.
     pub fn delete_claim(&mut self, namespace: &str, name: &str) {
-        self.claims
-            .remove(&(namespace.to_string(), name.to_string()));
+        let Some(ns) = self.syms.lookup(namespace) else {
+            return;
+        };
+        let key = (ns, Box::<str>::from(name));
+        if let Some(row) = self.claims.remove(&key) {
+            let triggers = self.claim_triggers(&key, &row);
+            self.fire(triggers);
+        }
         self.changed();
     }
 
     /// Replaces every claim with a re-list.
     pub fn reset_claims(&mut self, claims: impl IntoIterator<Item = PersistentVolumeClaim>) {
-        self.claims = claims
-            .into_iter()
-            .map(|c| (claim_key(&c), slim::index_claim(c)))
-            .collect();
+        let mut fresh = HashMap::new();
+        for c in claims {
+            let key = self.claim_id(&c);
+            fresh.insert(key, ClaimRow::new(&c, &mut self.syms));
+        }
+        let old = std::mem::replace(&mut self.claims, fresh);
+        let mut triggers = Vec::new();
+        for (key, row) in &self.claims {
+            if old.get(key).is_none_or(|o| o.rv != row.rv) {
+                triggers.extend(self.claim_triggers(key, row));
+            }
+        }
+        for (key, row) in &old {
+            if !self.claims.contains_key(key) {
+                triggers.extend(self.claim_triggers(key, row));
+            }
+        }
         self.changed();
+        self.fire(triggers);
     }
+
+    fn claim_id(&mut self, claim: &PersistentVolumeClaim) -> (Sym, Box<str>) {
+        (
+            self.syms
+                .intern(claim.metadata.namespace.as_deref().unwrap_or_default()),
+            claim.metadata.name.as_deref().unwrap_or_default().into(),
+        )
+    }
+
+    /// The claim itself and, when one exists, the LocalVolume named after its uid (whose
+    /// orphan check depends on the claim).
+    fn claim_triggers(&self, key: &(Sym, Box<str>), row: &ClaimRow) -> Vec<Trigger> {
+        let mut triggers = vec![Trigger::Claim(self.syms.string(key.0), key.1.to_string())];
+        let volume = Name::for_uid(&row.uid);
+        if self.volumes.contains_key(&volume) {
+            triggers.push(Trigger::Volume(volume.to_string()));
+        }
+        triggers
+    }
+
+    /// The claim `namespace/name` ([`ClaimRow::FIELDS`]).
+    pub fn claim(&self, namespace: &str, name: &str) -> Option<PersistentVolumeClaim> {
+        let ns = self.syms.lookup(namespace)?;
+        self.claims
+            .get(&(ns, Box::from(name)))
+            .map(|row| row.to_object(namespace, name, &self.syms))
+    }
+
+    /// The namespace and name of every claim.
+    pub fn claim_keys(&self) -> Vec<(String, String)> {
+        self.claims
+            .keys()
+            .map(|(ns, name)| (self.syms.string(*ns), name.to_string()))
+            .collect()
+    }
+
+    // --- PersistentVolumes ---
+
+    fn keeps_pv(&self, pv: &PersistentVolume) -> bool {
+        let by = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(names::ANNOTATION_PROVISIONED_BY));
+        by.is_some_and(|p| *p == self.provisioner.0 || self.pv_provisioners.contains(p))
+    }
+
+    /// Adds or replaces a PersistentVolume (keyed by name) when it is one of stowage's; any
+    /// other is dropped (and forgotten, should it have been one).
+    pub fn apply_persistent_volume(&mut self, pv: PersistentVolume) {
+        let name_text = pv.metadata.name.clone().unwrap_or_default();
+        if !self.keeps_pv(&pv) {
+            self.delete_persistent_volume(&name_text);
+            return;
+        }
+        let name = Name::new(&name_text);
+        let row = PvRow::new(&pv, &mut self.syms);
+        let unchanged = self.pvs.get(&name).is_some_and(|old| old.rv == row.rv);
+        let triggers = (!unchanged).then(|| self.pv_triggers(&name, &row));
+        self.pvs.insert(name, row);
+        self.fire(triggers.into_iter().flatten());
+    }
+
+    /// Removes a PersistentVolume.
+    pub fn delete_persistent_volume(&mut self, name: &str) {
+        let name = Name::new(name);
+        if let Some(row) = self.pvs.remove(&name) {
+            let triggers = self.pv_triggers(&name, &row);
+            self.fire(triggers);
+        }
+    }
+
+    /// Replaces every PersistentVolume with a re-list.
+    pub fn reset_persistent_volumes(&mut self, pvs: impl IntoIterator<Item = PersistentVolume>) {
+        let mut fresh = HashMap::new();
+        for pv in pvs {
+            if self.keeps_pv(&pv) {
+                let name = Name::new(pv.metadata.name.as_deref().unwrap_or_default());
+                fresh.insert(name, PvRow::new(&pv, &mut self.syms));
+            }
+        }
+        let old = std::mem::replace(&mut self.pvs, fresh);
+        let mut triggers = Vec::new();
+        for (name, row) in &self.pvs {
+            if old.get(name).is_none_or(|o| o.rv != row.rv) {
+                triggers.extend(self.pv_triggers(name, row));
+            }
+        }
+        for (name, row) in &old {
+            if !self.pvs.contains_key(name) {
+                triggers.extend(self.pv_triggers(name, row));
+            }
+        }
+        self.fire(triggers);
+    }
+
+    fn pv_triggers(&self, name: &Name, row: &PvRow) -> Vec<Trigger> {
+        let mut triggers = vec![Trigger::Pv(name.to_string())];
+        if let Some((ns, claim)) = row.claim_key(&self.syms) {
+            triggers.push(Trigger::Claim(ns, claim));
+        }
+        triggers
+    }
+
+    /// The PersistentVolume called `name` if it is one of stowage's ([`PvRow::FIELDS`]).
+    pub fn persistent_volume(&self, name: &str) -> Option<PersistentVolume> {
+        self.pvs
+            .get(&Name::new(name))
+            .map(|row| row.to_object(name, &self.syms))
+    }
+
+    /// The names of every PersistentVolume kept.
+    pub fn persistent_volume_names(&self) -> Vec<String> {
+        self.pvs.keys().map(Name::to_string).collect()
+    }
+
+    /// Every PersistentVolume kept whose `provisioned-by` is `provisioner`.
+    pub fn persistent_volumes_of(&self, provisioner: &str) -> Vec<PersistentVolume> {
+        let Some(sym) = self.syms.lookup(provisioner) else {
+            return Vec::new();
+        };
+        self.pvs
+            .iter()
+            .filter(|(_, row)| row.provisioned_by == Some(sym))
+            .map(|(name, row)| row.to_object(&name.to_string(), &self.syms))
+            .collect()
+    }
+
+    // --- Nodes ---
+
+    /// Adds or replaces a Node (its name and hostname label are kept).
+    pub fn apply_node(&mut self, node: PartialObjectMeta<Node>) {
+        let hostname = self.syms.intern_opt(
+            node.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(names::LABEL_HOSTNAME))
+                .map(String::as_str),
+        );
+        let name: Box<str> = node.metadata.name.as_deref().unwrap_or_default().into();
+        self.k8s_nodes.insert(name, hostname);
+    }
+
+    /// Removes a Node; its PersistentVolumes are queued (their node is gone).
+    pub fn delete_node(&mut self, name: &str) {
+        if self.k8s_nodes.remove(name).is_some() {
+            self.fire_pvs_on(&[name]);
+        }
+    }
+
+    /// Replaces every Node with a re-list; the PersistentVolumes of Nodes gone are queued.
+    pub fn reset_nodes(&mut self, nodes: impl IntoIterator<Item = PartialObjectMeta<Node>>) {
+        let old = std::mem::take(&mut self.k8s_nodes);
+        for node in nodes {
+            self.apply_node(node);
+        }
+        let gone: Vec<&str> = old
+            .keys()
+            .filter(|n| !self.k8s_nodes.contains_key(*n))
+            .map(|n| &**n)
+            .collect();
+        self.fire_pvs_on(&gone);
+    }
+
+    fn fire_pvs_on(&self, nodes: &[&str]) {
+        let syms: Vec<Sym> = nodes.iter().filter_map(|n| self.syms.lookup(n)).collect();
+        if syms.is_empty() {
+            return;
+        }
+        let triggers: Vec<Trigger> = self
+            .pvs
+            .iter()
+            .filter(|(_, row)| row.node.is_some_and(|n| syms.contains(&n)))
+            .map(|(name, _)| Trigger::Pv(name.to_string()))
+            .collect();
+        self.fire(triggers);
+    }
+
+    /// `None` when no Node called `name` is cached; otherwise its `kubernetes.io/hostname`
+    /// label, if set and non-empty.
+    pub fn node_hostname(&self, name: &str) -> Option<Option<String>> {
+        let hostname = self.k8s_nodes.get(name)?;
+        Some(
+            hostname
+                .map(|h| self.syms.string(h))
+                .filter(|h| !h.is_empty()),
+        )
+    }
+
+    // --- StorageClasses ---
 
     /// Adds or replaces a StorageClass (keyed by name).
     pub fn apply_storage_class(&mut self, class: StorageClass) {
@@ -377,12 +696,6 @@ impl ClusterIndex {
         self.classes.get(name)
     }
 
-    /// The LocalVolume called `name`, as the index keeps it: name and spec
-    /// ([`slim::index_volume`]).
-    pub fn local_volume(&self, name: &str) -> Option<&LocalVolume> {
-        self.volumes.get(name)
-    }
-
     /// Whether a StorageNode called `name` is cached.
     pub fn has_storage_node(&self, name: &str) -> bool {
         self.nodes.contains_key(name)
@@ -392,17 +705,19 @@ impl ClusterIndex {
     /// LocalVolume yet), in no particular order. Claims with invalid classes or sizes hold
     /// nothing and are not listed.
     pub fn reservations_on(&self, name: &str) -> Vec<Reservation> {
+        let Some(node) = self.syms.lookup(name) else {
+            return Vec::new();
+        };
+        let mut params = ParamsCache::default();
         self.claims
-            .values()
-            .filter_map(|claim| {
-                let hold = self.held_for(claim)?;
-                (hold.held == Held::Reserved && hold.node.as_str() == name).then(|| Reservation {
-                    uid: claim.metadata.uid.clone().unwrap_or_default(),
-                    claim: ClaimKey::new(
-                        claim.metadata.namespace.clone().unwrap_or_default(),
-                        claim.metadata.name.clone().unwrap_or_default(),
-                    ),
-                    created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            .iter()
+            .filter(|(_, c)| c.selected_node == Some(node) && c.volume_name.is_none())
+            .filter_map(|((ns, claim_name), claim)| {
+                let hold = self.held_for(claim, &mut params)?;
+                (hold.held == Held::Reserved).then(|| Reservation {
+                    uid: claim.uid.to_string(),
+                    claim: ClaimKey::new(self.syms.string(*ns), claim_name.to_string()),
+                    created: claim.created.get(),
                     pool: hold.pool,
                     bytes: hold.bytes,
                 })
@@ -466,14 +781,17 @@ impl ClusterIndex {
         for lv in self.volumes.values() {
             add(
                 &mut allocated,
-                &lv.spec.node_name,
-                &lv.spec.pool,
-                lv.spec.size(),
+                self.syms.text(lv.node),
+                self.syms.text(lv.pool),
+                Bytes(lv.size),
             );
         }
         let mut reserved = PerPool::default();
+        let mut params = ParamsCache::default();
         for claim in self.claims.values() {
-            if let Some(h) = self.held_for(claim)
+            if claim.selected_node.is_some()
+                && claim.volume_name.is_none()
+                && let Some(h) = self.held_for(claim, &mut params)
                 && h.held == Held::Reserved
             {
                 add(&mut reserved, h.node.as_str(), h.pool.as_str(), h.bytes);
@@ -498,40 +816,47 @@ impl ClusterIndex {
 
     /// The claim as stowage sees it: `Ok(None)` when it is not a local claim or not
     /// placeable yet (bound, no class or an unknown class). Invalid classes and sizes are
-    /// errors.
+    /// errors. `params` caches each class's parsed parameters across calls.
     fn local_claim<'a>(
         &self,
-        claim: &'a PersistentVolumeClaim,
+        key: (&str, &str),
+        claim: &'a ClaimRow,
+        params: &mut ParamsCache,
     ) -> Result<Option<LocalClaim<'a>>, DemandError> {
-        let Some(spec) = &claim.spec else {
-            return Ok(None);
-        };
-        if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        if claim.volume_name.is_some() {
             return Ok(None);
         }
-        let Some(class) = spec
-            .storage_class_name
-            .as_deref()
-            .and_then(|c| self.classes.get(c))
-        else {
+        let Some(class_sym) = claim.class else {
             return Ok(None);
         };
-        if !class::is_local(class, &self.provisioner.0) {
+        let parsed = match params.get(&class_sym) {
+            Some(p) => p.clone(),
+            None => {
+                let p = match self.classes.get(self.syms.text(class_sym)) {
+                    Some(class) if class::is_local(class, &self.provisioner.0) => {
+                        Some(ClassParams::from_class(class))
+                    }
+                    _ => None,
+                };
+                params.insert(class_sym, p.clone());
+                p
+            }
+        };
+        let Some(parsed) = parsed else {
             return Ok(None);
-        }
-        let params = ClassParams::from_class(class)?;
-        let bytes = match spec
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|r| r.get("storage"))
-        {
+        };
+        let params = parsed?;
+        let bytes = match claim.request {
             None => Bytes::ZERO,
-            Some(q) => q.0.parse().map_err(|error| DemandError::Quantity {
-                namespace: claim.metadata.namespace.clone().unwrap_or_default(),
-                name: claim.metadata.name.clone().unwrap_or_default(),
-                error,
-            })?,
+            Some(q) => self
+                .syms
+                .text(q)
+                .parse()
+                .map_err(|error| DemandError::Quantity {
+                    namespace: key.0.to_string(),
+                    name: key.1.to_string(),
+                    error,
+                })?,
         };
         Ok(Some(LocalClaim {
             claim,
@@ -543,30 +868,24 @@ impl ClusterIndex {
     /// Where the cluster already holds bytes for an unbound local claim: the LocalVolume
     /// `pvc-<uid>` if it exists (allocated), otherwise the selected node (reserved).
     /// Claims with invalid classes or sizes hold nothing.
-    fn held_for(&self, claim: &PersistentVolumeClaim) -> Option<OwnHold> {
-        let local = self.local_claim(claim).ok()??;
+    fn held_for(&self, claim: &ClaimRow, params: &mut ParamsCache) -> Option<OwnHold> {
+        let local = self.local_claim(("", ""), claim, params).ok()??;
         self.held_for_local(&local)
     }
 
     fn held_for_local(&self, local: &LocalClaim<'_>) -> Option<OwnHold> {
-        let meta = &local.claim.metadata;
-        if let Some(uid) = meta.uid.as_deref() {
-            let lv_name = format!("{LOCAL_VOLUME_PREFIX}{uid}");
-            if let Some(lv) = self.volumes.get(&lv_name) {
-                return Some(OwnHold {
-                    node: lv.spec.node(),
-                    pool: lv.spec.pool_name(),
-                    bytes: lv.spec.size(),
-                    held: Held::Allocated,
-                });
-            }
+        let claim = local.claim;
+        if let Some(lv) = self.volumes.get(&Name::for_uid(&claim.uid)) {
+            return Some(OwnHold {
+                node: NodeName(self.syms.string(lv.node)),
+                pool: PoolName(self.syms.string(lv.pool)),
+                bytes: Bytes(lv.size),
+                held: Held::Allocated,
+            });
         }
-        let node = meta
-            .annotations
-            .as_ref()?
-            .get(names::ANNOTATION_SELECTED_NODE)?;
+        let node = claim.selected_node?;
         Some(OwnHold {
-            node: NodeName(node.clone()),
+            node: NodeName(self.syms.string(node)),
             pool: local.params.pool.clone(),
             bytes: local.bytes,
             held: Held::Reserved,
@@ -583,6 +902,7 @@ impl ClusterIndex {
         let mut demand = Demand::new();
         let mut placement = None;
         let mut holds = Vec::new();
+        let mut params = ParamsCache::default();
         for volume in spec.volumes.iter().flatten() {
             let claim_name = if let Some(pvc) = &volume.persistent_volume_claim {
                 pvc.claim_name.clone()
@@ -591,21 +911,22 @@ impl ClusterIndex {
             } else {
                 continue;
             };
-            let Some(claim) = self.claims.get(&(namespace.to_string(), claim_name)) else {
+            let Some(claim) = self
+                .syms
+                .lookup(namespace)
+                .and_then(|ns| self.claims.get(&(ns, claim_name.as_str().into())))
+            else {
                 return Ok(PodDemand::NotOurs);
             };
             // A claim without a class (static binding) is not ours; one whose class is not
             // cached yet might be, so the whole pod passes through until it is.
-            match claim
-                .spec
-                .as_ref()
-                .and_then(|s| s.storage_class_name.as_deref())
-            {
+            match claim.class.map(|c| self.syms.text(c)) {
                 None | Some("") => continue,
                 Some(c) if !self.classes.contains_key(c) => return Ok(PodDemand::NotOurs),
                 Some(_) => {}
             }
-            let Some(local) = self.local_claim(claim)? else {
+            let Some(local) = self.local_claim((namespace, &claim_name), claim, &mut params)?
+            else {
                 continue;
             };
             demand.add(local.params.pool.clone(), local.bytes)?;
@@ -780,12 +1101,8 @@ fn get(map: &PerPool, node: &str, pool: &str) -> Bytes {
         .unwrap_or_default()
 }
 
-fn claim_key(claim: &PersistentVolumeClaim) -> (String, String) {
-    (
-        claim.metadata.namespace.clone().unwrap_or_default(),
-        claim.metadata.name.clone().unwrap_or_default(),
-    )
-}
+/// Each class's parsed parameters (`None`: not a node-local class), within one pass.
+type ParamsCache = HashMap<Sym, Option<Result<ClassParams, ClassError>>>;
 
 /// The agent's last report; `None` when there is none or it is not RFC 3339.
 /// Whether `new` differs from `old` in nothing the ledger reads but the heartbeat time.

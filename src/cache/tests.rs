@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSpec, Volume, VolumeResourceRequirements,
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -764,4 +764,299 @@ fn the_configured_provisioner_name_decides_which_classes_are_placed() {
     // And the default index still serves local.stowage.io.
     let idx = cluster();
     assert_eq!(idx.provisioner(), names::PROVISIONER_LOCAL);
+}
+
+// === rows: what the index keeps, and what it gives back ===
+
+/// A claim with every field [`ClaimRow::FIELDS`] lists set, and more that it does not.
+fn full_claim() -> PersistentVolumeClaim {
+    let json = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "data-0", "namespace": "apps",
+            "uid": "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718",
+            "resourceVersion": "48213",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "deletionTimestamp": "2026-01-01T00:05:00Z",
+            "labels": {"app": "db"},
+            "finalizers": ["kubernetes.io/pvc-protection"],
+            "annotations": {
+                "volume.kubernetes.io/storage-provisioner": "local.stowage.io",
+                "volume.beta.kubernetes.io/storage-provisioner": "local.stowage.io",
+                "volume.kubernetes.io/selected-node": "n1",
+                "unrelated": "dropped"
+            }
+        },
+        "spec": {
+            "storageClassName": "local",
+            "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"],
+            "volumeMode": "Filesystem",
+            "volumeName": "pvc-3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718",
+            "resources": {"requests": {"storage": "10Gi"}, "limits": {"storage": "20Gi"}},
+            "dataSource": {"kind": "PersistentVolumeClaim", "name": "seed"},
+            "selector": {"matchLabels": {"tier": "a"}}
+        },
+        "status": {"phase": "Bound", "capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"]}
+    });
+    serde_json::from_value(json).unwrap()
+}
+
+#[test]
+fn a_claim_comes_back_from_its_row_with_exactly_the_fields_listed() {
+    let mut index = ClusterIndex::new();
+    let claim = full_claim();
+    index.apply_claim(claim.clone());
+    let back = index.claim("apps", "data-0").unwrap();
+    // Kept: every listed field, byte for byte.
+    assert_eq!(back.metadata.name, claim.metadata.name);
+    assert_eq!(back.metadata.namespace, claim.metadata.namespace);
+    assert_eq!(back.metadata.uid, claim.metadata.uid);
+    assert_eq!(
+        back.metadata.resource_version,
+        claim.metadata.resource_version
+    );
+    assert_eq!(
+        back.metadata.creation_timestamp,
+        claim.metadata.creation_timestamp
+    );
+    assert_eq!(
+        back.metadata.deletion_timestamp,
+        claim.metadata.deletion_timestamp
+    );
+    let mut wanted = claim.metadata.annotations.clone().unwrap();
+    wanted.remove("unrelated");
+    assert_eq!(back.metadata.annotations.unwrap(), wanted);
+    let (spec, got) = (claim.spec.clone().unwrap(), back.spec.clone().unwrap());
+    assert_eq!(got.storage_class_name, spec.storage_class_name);
+    assert_eq!(got.access_modes, spec.access_modes);
+    assert_eq!(got.volume_mode, spec.volume_mode);
+    assert_eq!(got.volume_name, spec.volume_name);
+    assert_eq!(
+        got.resources.unwrap().requests,
+        spec.resources.unwrap().requests
+    );
+    assert_eq!(got.data_source, spec.data_source);
+    assert_eq!(got.selector, spec.selector);
+    let status = back.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Bound"));
+    assert_eq!(status.capacity, claim.status.unwrap().capacity);
+    // Not kept: what no reader uses.
+    assert_eq!(back.metadata.labels, None);
+    assert_eq!(back.metadata.finalizers, None);
+    assert_eq!(status.access_modes, None);
+    // The rare fields are the only boxed extra; a plain claim has none.
+    assert!(index.claim("apps", "missing").is_none());
+    assert!(index.claim("elsewhere", "data-0").is_none());
+}
+
+#[test]
+fn texts_that_are_not_uuids_or_numbers_round_trip_verbatim() {
+    for text in [
+        "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718",
+        "3F2A8C1E-9B7D-4E6F-A1B2-C3D4E5F60718",
+        "u-1",
+        "",
+        "3f2a8c1e9b7d4e6fa1b2c3d4e5f60718xxxx",
+    ] {
+        assert_eq!(rows::Id::new(text).to_string(), text);
+        assert!(rows::Id::new(text).is(text));
+        let name = format!("pvc-{text}");
+        assert_eq!(rows::Name::new(&name).to_string(), name);
+        assert_eq!(
+            rows::Name::for_uid(&rows::Id::new(text)),
+            rows::Name::new(&name)
+        );
+    }
+    assert!(matches!(
+        rows::Id::new("3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718"),
+        rows::Id::Uuid(_)
+    ));
+    for rv in ["0", "48213", "007", "abc", "18446744073709551616", ""] {
+        assert_eq!(rows::Rv::new(rv).to_string(), rv);
+    }
+    assert_eq!(rows::Rv::new("48213"), rows::Rv::Num(48213));
+}
+
+#[test]
+fn a_local_volume_and_a_pv_come_back_from_their_rows() {
+    let mut index = ClusterIndex::new();
+    let mut volume = lv(
+        "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718",
+        "n1",
+        "fast",
+        Bytes(1 << 30),
+    );
+    volume.metadata.uid = Some("0b6c1d9e-1111-2222-3333-444455556666".into());
+    volume.metadata.resource_version = Some("77".into());
+    volume.metadata.generation = Some(3);
+    volume.metadata.finalizers = Some(vec![names::FINALIZER_AGENT_CLEANUP.into()]);
+    volume.spec.on_delete = OnDelete::Archive;
+    volume.status = Some(crate::api::local_volume::LocalVolumeStatus {
+        phase: crate::api::local_volume::LocalVolumePhase::Ready,
+        path: Some("/pools/fast/pvc-3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718".into()),
+        size_bytes: Some(1 << 30),
+        message: Some("made".into()),
+        observed_generation: Some(3),
+    });
+    index.apply_local_volume(volume.clone());
+    let name = volume.metadata.name.clone().unwrap();
+    let back = index.local_volume(&name).unwrap();
+    assert_eq!(back.spec, volume.spec);
+    assert_eq!(back.status, volume.status);
+    assert_eq!(back.metadata.uid, volume.metadata.uid);
+    assert_eq!(
+        back.metadata.resource_version,
+        volume.metadata.resource_version
+    );
+    assert_eq!(back.metadata.generation, volume.metadata.generation);
+    assert_eq!(back.metadata.finalizers, volume.metadata.finalizers);
+
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {
+            "name": name, "uid": "9e9e9e9e-0000-1111-2222-333344445555",
+            "resourceVersion": "90", "finalizers": [names::FINALIZER_PV_CLEANUP, "kubernetes.io/pv-protection"],
+            "annotations": {"pv.kubernetes.io/provisioned-by": "local.stowage.io", "other": "x"},
+            "labels": {"stowage.io/node": "n1", "stowage.io/pool": "fast"}
+        },
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "local",
+            "local": {"path": "/pools/fast/x"},
+            "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "apps", "name": "data-0",
+                         "uid": "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718", "resourceVersion": "5"}
+        },
+        "status": {"phase": "Released"}
+    }))
+    .unwrap();
+    index.apply_persistent_volume(pv.clone());
+    let back = index.persistent_volume(&name).unwrap();
+    assert_eq!(back.metadata.uid, pv.metadata.uid);
+    assert_eq!(back.metadata.resource_version, pv.metadata.resource_version);
+    assert_eq!(back.metadata.finalizers, pv.metadata.finalizers);
+    assert_eq!(
+        back.metadata.annotations.unwrap()[names::ANNOTATION_PROVISIONED_BY],
+        "local.stowage.io"
+    );
+    assert_eq!(
+        crate::controller::volume::pv_node(&index.persistent_volume(&name).unwrap()),
+        Some("n1")
+    );
+    let (spec, got) = (pv.spec.clone().unwrap(), back.spec.unwrap());
+    assert_eq!(got.capacity, spec.capacity);
+    assert_eq!(
+        got.persistent_volume_reclaim_policy,
+        spec.persistent_volume_reclaim_policy
+    );
+    assert_eq!(got.storage_class_name, spec.storage_class_name);
+    let (r, g) = (spec.claim_ref.unwrap(), got.claim_ref.unwrap());
+    assert_eq!((g.namespace, g.name, g.uid), (r.namespace, r.name, r.uid));
+    assert_eq!(back.status.unwrap().phase.as_deref(), Some("Released"));
+
+    // A PV of another provisioner is not kept, and one that stops being ours is forgotten.
+    let mut foreign = pv.clone();
+    foreign.metadata.annotations = Some(BTreeMap::from([(
+        names::ANNOTATION_PROVISIONED_BY.to_string(),
+        "ebs.csi.aws.com".to_string(),
+    )]));
+    index.apply_persistent_volume(foreign);
+    assert!(index.persistent_volume(&name).is_none());
+}
+
+fn recorder(index: &mut ClusterIndex) -> Arc<std::sync::Mutex<Vec<Trigger>>> {
+    let seen: Arc<std::sync::Mutex<Vec<Trigger>>> = Arc::default();
+    let sink = seen.clone();
+    index.set_trigger(Arc::new(move |t| sink.lock().unwrap().push(t)));
+    seen
+}
+
+#[test]
+fn changes_queue_the_objects_they_concern_and_a_relist_only_what_changed() {
+    let mut index = ClusterIndex::new();
+    let seen = recorder(&mut index);
+    let uid = "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718";
+    let name = format!("pvc-{uid}");
+    let mut volume = lv(uid, "n1", "fast", Bytes(1 << 30));
+    volume.metadata.resource_version = Some("1".into());
+    index.apply_local_volume(volume.clone());
+    let volume_triggers = vec![
+        Trigger::Volume(name.clone()),
+        Trigger::Pv(name.clone()),
+        Trigger::Claim(
+            volume.spec.claim.namespace.clone(),
+            volume.spec.claim.name.clone(),
+        ),
+    ];
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), volume_triggers);
+
+    // The same version again (a re-delivered event) changes nothing and queues nothing.
+    index.apply_local_volume(volume.clone());
+    assert!(seen.lock().unwrap().is_empty());
+
+    // A claim change queues the claim and, since it exists, the LocalVolume of its uid.
+    let mut claim = full_claim();
+    claim.metadata.uid = Some(uid.into());
+    index.apply_claim(claim.clone());
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        vec![
+            Trigger::Claim("apps".into(), "data-0".into()),
+            Trigger::Volume(name.clone())
+        ]
+    );
+
+    // A re-list with the same versions queues nothing; one with a change or a deletion
+    // queues just those.
+    index.reset_local_volumes([volume.clone()]);
+    index.reset_claims([claim.clone()]);
+    assert!(seen.lock().unwrap().is_empty());
+    let mut changed = volume.clone();
+    changed.metadata.resource_version = Some("2".into());
+    index.reset_local_volumes([changed]);
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), volume_triggers);
+    index.reset_claims(Vec::<PersistentVolumeClaim>::new());
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        vec![
+            Trigger::Claim("apps".into(), "data-0".into()),
+            Trigger::Volume(name.clone())
+        ]
+    );
+    assert!(index.claim("apps", "data-0").is_none());
+}
+
+#[test]
+fn a_node_going_away_queues_the_pvs_on_it() {
+    use kube::core::PartialObjectMetaExt;
+    let mut index = ClusterIndex::new();
+    let node = |name: &str, hostname: Option<&str>| {
+        ObjectMeta {
+            name: Some(name.into()),
+            labels: hostname
+                .map(|h| BTreeMap::from([(names::LABEL_HOSTNAME.to_string(), h.to_string())])),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial::<k8s_openapi::api::core::v1::Node>()
+    };
+    index.reset_nodes([node("n1", Some("host-1")), node("n2", None)]);
+    assert_eq!(index.node_hostname("n1"), Some(Some("host-1".into())));
+    assert_eq!(index.node_hostname("n2"), Some(None));
+    assert_eq!(index.node_hostname("n3"), None);
+    for (pv_name, on) in [("pvc-a", "n1"), ("pvc-b", "n2")] {
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": pv_name, "resourceVersion": "1",
+                "annotations": {"pv.kubernetes.io/provisioned-by": "local.stowage.io"},
+                "labels": {"stowage.io/node": on}},
+        }))
+        .unwrap();
+        index.apply_persistent_volume(pv);
+    }
+    let seen = recorder(&mut index);
+    index.delete_node("n1");
+    assert_eq!(*seen.lock().unwrap(), vec![Trigger::Pv("pvc-a".into())]);
+    seen.lock().unwrap().clear();
+    index.reset_nodes([node("n1", Some("host-1"))]);
+    assert_eq!(*seen.lock().unwrap(), vec![Trigger::Pv("pvc-b".into())]);
+    assert_eq!(index.node_hostname("n2"), None);
 }

@@ -1,4 +1,7 @@
-//! Reflectors feeding the [`ClusterIndex`]: one watcher per kind, cluster-wide.
+//! Reflectors feeding the [`ClusterIndex`]: one watcher per kind, cluster-wide. The
+//! extender watches four kinds ([`run_watchers`]); the controller two more, PVs and Nodes
+//! ([`run_controller_watchers`]), so that its reconcilers read every object from the index
+//! and each kind is watched (listed, decoded, held) exactly once.
 //!
 //! Each watcher buffers a (re-)list between `Init` and `InitDone` and then replaces the
 //! whole kind with `reset_*`, so objects deleted while the watch was down disappear.
@@ -9,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -20,26 +24,37 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::storage_node::StorageNode;
 
 /// The kinds watched, in the order of [`Readiness`]'s flags.
-pub const KINDS: [&str; 4] = [
+pub const KINDS: [&str; 6] = [
     "StorageNode",
     "LocalVolume",
     "PersistentVolumeClaim",
     "StorageClass",
+    "PersistentVolume",
+    "Node",
 ];
 
 /// Whether every watcher has completed its first list. Cheap to clone; clones share state.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
-    synced: Arc<[AtomicBool; 4]>,
+    synced: Arc<[AtomicBool; 6]>,
 }
 
 impl Readiness {
-    /// A handle with no kind synced yet.
+    /// A handle for the extender's four kinds ([`run_watchers`]), none synced yet.
     pub fn new() -> Self {
+        let ready = Self::default();
+        ready.mark(4);
+        ready.mark(5);
+        ready
+    }
+
+    /// A handle for the controller's six kinds ([`run_controller_watchers`]), none synced
+    /// yet.
+    pub fn for_controller() -> Self {
         Self::default()
     }
 
-    /// True once all four kinds have been listed.
+    /// True once every kind watched has been listed.
     pub fn is_ready(&self) -> bool {
         self.synced.iter().all(|s| s.load(Ordering::Acquire))
     }
@@ -67,6 +82,41 @@ struct Sink<K> {
     apply: fn(&mut ClusterIndex, K),
     delete: fn(&mut ClusterIndex, &K),
     reset: fn(&mut ClusterIndex, Vec<K>),
+}
+
+/// Runs the controller's six watchers (the four of [`run_watchers`], PersistentVolumes and
+/// Nodes) until they all end (they retry with backoff, so: forever). `ready` should come
+/// from [`Readiness::for_controller`].
+pub async fn run_controller_watchers(
+    client: Client,
+    index: Arc<RwLock<ClusterIndex>>,
+    ready: Readiness,
+) {
+    let pvs = watch_kind(
+        Api::<PersistentVolume>::all(client.clone()),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 4,
+            apply: ClusterIndex::apply_persistent_volume,
+            delete: |i, o| i.delete_persistent_volume(&o.name_any()),
+            reset: |i, l| i.reset_persistent_volumes(l),
+        },
+    );
+    // Of a Node only the name and labels are read: a metadata-only watch leaves out the
+    // status (images, conditions, addresses), most of a Node's bytes.
+    let nodes = watch_kind(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 5,
+            apply: ClusterIndex::apply_node,
+            delete: |i, o| i.delete_node(&o.name_any()),
+            reset: |i, l| i.reset_nodes(l),
+        },
+    );
+    futures::join!(run_watchers(client, index, ready), pvs, nodes);
 }
 
 /// Runs the four watchers until they all end (they retry with backoff, so: forever).

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::{Config, Context, Metrics};
 use crate::cache::ClusterIndex;
-use crate::cache::watch::{Readiness, run_watchers};
+use crate::cache::watch::{Readiness, run_controller_watchers};
 use crate::leader::{LeaderArgs, LeaderMetrics};
 use crate::ledger::FitOptions;
 use crate::nfs::NfsConfig;
@@ -209,7 +209,7 @@ impl ControllerArgs {
             nfs_mount_base: _,
             leader: _,
         } = self;
-        let ready = Readiness::new();
+        let ready = Readiness::for_controller();
         let metrics = Metrics::register(&registry, index.clone())
             .context("registering the controller metrics")?;
         let config = Config {
@@ -250,7 +250,9 @@ impl ControllerArgs {
                 })
                 .into_future(),
         );
-        let watchers = tokio::spawn(run_watchers(client, index, ready));
+        // After `Context::new` (which tells the index where to queue changes), so the
+        // first lists queue every object.
+        let watchers = tokio::spawn(run_controller_watchers(client, index, ready));
         let (stop, stop_rx) = watch::channel(false);
         let controllers = tokio::spawn(super::run_until(ctx, stop_rx));
         Ok(Running {

@@ -13,18 +13,17 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::volume::{self, Unsupported};
-use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
+use super::{Action, Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
 use crate::cache::{ClassParams, Reservation};
@@ -264,19 +263,18 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     ctx.seen_with_node(&uid);
     let name = volume::volume_name(&uid);
-    let volumes: Api<LocalVolume> = Api::all(ctx.client.clone());
-    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let pv = pvs
-        .get_opt(&name)
-        .await
-        .map_err(Error::api("get", "PersistentVolume", &name))?;
-    let lv = if pv.is_some() {
-        None
-    } else {
-        volumes
-            .get_opt(&name)
-            .await
-            .map_err(Error::api("get", "LocalVolume", &name))?
+    // From the index: a PV or LocalVolume created a moment ago and not seen yet makes the
+    // create below find it (409) and adopt it, so a stale view costs a request, not a
+    // duplicate.
+    let (pv, lv) = {
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let pv = index.persistent_volume(&name);
+        let lv = if pv.is_some() {
+            None
+        } else {
+            index.local_volume(&name)
+        };
+        (pv, lv)
     };
     let params = ClassParams::from_class(&class).map_err(|e| e.to_string());
     let plan = plan(View {
@@ -376,13 +374,7 @@ async fn place(
     volume: LocalVolume,
     ctx: &Context,
 ) -> Result<Action> {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    if nodes
-        .get_opt(node)
-        .await
-        .map_err(Error::api("get", "Node", node))?
-        .is_none()
-    {
+    if ctx.node_hostname(node).is_none() {
         let message = format!(
             "node {node} no longer exists; removed the selected node so that the scheduler \
              picks another"
@@ -531,13 +523,8 @@ async fn create_pv(
     ctx: &Context,
 ) -> Result<Action> {
     let node = lv.spec.node_name.as_str();
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let node_obj = nodes
-        .get_opt(node)
-        .await
-        .map_err(Error::api("get", "Node", node))?;
-    let hostname = match node_obj.as_ref().and_then(volume::hostname_label) {
-        Some(h) => h.to_string(),
+    let hostname = match ctx.node_hostname(node).flatten() {
+        Some(h) => h,
         None => {
             tracing::warn!(
                 node,

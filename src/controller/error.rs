@@ -41,6 +41,17 @@ pub enum Error {
         #[source]
         source: Box<crate::nfs::NfsError>,
     },
+    /// The index said an object was gone, the API server says it is not: the watch is
+    /// behind. Checked before destructive steps; retried once the watch catches up.
+    #[error(
+        "{kind} {name} still exists on the API server though the controller's watch saw it go; retrying once the watch catches up"
+    )]
+    Stale {
+        /// The kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
     /// The cluster index has not finished its first list; nothing is decided on a partial view.
     #[error("the cluster index is still loading: {0}")]
     NotSynced(String),
@@ -53,7 +64,9 @@ impl Error {
     /// The Event reason and metric label for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Api { .. } | Error::NotSynced(_) => reasons::PROVISIONING_FAILED,
+            Error::Api { .. } | Error::NotSynced(_) | Error::Stale { .. } => {
+                reasons::PROVISIONING_FAILED
+            }
             Error::NotOurs { .. } => reasons::PROVISIONING_FAILED,
             Error::Nfs { source, .. } => source.reason(),
         }
@@ -63,7 +76,7 @@ impl Error {
     /// opposed to a state only a person can fix.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Api { .. } | Error::NotSynced(_) => true,
+            Error::Api { .. } | Error::NotSynced(_) | Error::Stale { .. } => true,
             Error::NotOurs { .. } => false,
             Error::Nfs { source, .. } => source.is_transient(),
         }

@@ -20,7 +20,6 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -28,7 +27,7 @@ use super::claim::claim_ref;
 use super::error::{Error, Result};
 use super::events::EventType;
 use super::volume::{self, pv_capacity, quantity};
-use super::{Context, RESYNC, USER_ERROR_RETRY};
+use super::{Action, Context, RESYNC, USER_ERROR_RETRY};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
 use crate::crash;
@@ -101,25 +100,26 @@ pub async fn reconcile(
     class: &StorageClass,
     ctx: &Context,
 ) -> Result<Action> {
+    // Every "nothing to do" below waits for a change: an edit of the claim, and every
+    // change of its PV or LocalVolume, queue the claim again.
     if class.allow_volume_expansion != Some(true) {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Action::await_change());
     }
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let name = volume::volume_name(&uid);
     let bound_to = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
     if bound_to != Some(name.as_str()) {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Action::await_change());
     }
     let Ok(requested) = volume::requested_size(claim) else {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Action::await_change());
     };
-    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let Some(pv) =
-        pvs.get_opt(&name)
-            .await
-            .map_err(Error::api("get", "PersistentVolume", &name))?
-    else {
-        return Ok(Action::requeue(RESYNC));
+    let (pv, lv) = {
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        (index.persistent_volume(&name), index.local_volume(&name))
+    };
+    let Some(pv) = pv else {
+        return Ok(Action::await_change());
     };
     let provisioned_by = pv
         .metadata
@@ -127,15 +127,10 @@ pub async fn reconcile(
         .as_ref()
         .and_then(|a| a.get(names::ANNOTATION_PROVISIONED_BY));
     if provisioned_by != Some(&ctx.config.provisioner) {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Action::await_change());
     }
-    let lvs: Api<LocalVolume> = Api::all(ctx.client.clone());
-    let Some(lv) = lvs
-        .get_opt(&name)
-        .await
-        .map_err(Error::api("get", "LocalVolume", &name))?
-    else {
-        return Ok(Action::requeue(RESYNC));
+    let Some(lv) = lv else {
+        return Ok(Action::await_change());
     };
     let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
     let claim_capacity = claim
@@ -153,7 +148,7 @@ pub async fn reconcile(
     );
     tracing::debug!(volume = %name, ?plan, "expansion plan");
     match plan {
-        Plan::Nothing | Plan::WaitForAgent => Ok(Action::requeue(RESYNC)),
+        Plan::Nothing | Plan::WaitForAgent => Ok(Action::await_change()),
         Plan::AgentFailed(message) => {
             ctx.metrics.expansions.with_label_values(&["failed"]).inc();
             let text = format!(

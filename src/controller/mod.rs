@@ -18,6 +18,14 @@
 //! and restarted converges without duplicates. Only while the `leader` receiver says
 //! `true` does anything get written; every replica keeps its caches warm meanwhile.
 //!
+//! Every object is read from the [`ClusterIndex`], which `cache::watch::run_controller_watchers`
+//! feeds with one watch per kind and which keeps claims, LocalVolumes and PVs as compact
+//! rows. A change there queues the keys of the objects it concerns on the reconcilers'
+//! [`queue::Queue`]s (a LocalVolume's change wakes its claim, its PV and itself); a
+//! reconcile reads its object back from the index when it runs. The API server is read
+//! only to adopt an object a create found existing and to confirm, right before a
+//! destructive step, what the index says.
+//!
 //! The fit decision reads the shared [`ClusterIndex`] (the same ledger the extender uses).
 //! Decisions on one node are serialised by a per-node lock, and a LocalVolume just created
 //! is written into the index at once, so two claims can never both take the last bytes.
@@ -26,19 +34,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Client;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, ObjectRef, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::api::local_volume::LocalVolume;
-use crate::cache::ClusterIndex;
-use crate::cache::slim::strip;
 use crate::cache::watch::Readiness;
+use crate::cache::{ClusterIndex, Trigger};
 use crate::ledger::FitOptions;
 
 pub mod args;
@@ -48,6 +48,7 @@ pub mod events;
 pub mod expand;
 pub mod metrics;
 pub mod nfs;
+pub mod queue;
 pub mod release;
 pub mod volume;
 
@@ -55,6 +56,7 @@ pub use args::ControllerArgs;
 pub use error::{Error, Result};
 pub use events::Recorder;
 pub use metrics::Metrics;
+pub use queue::{Action, Queue};
 
 /// First retry after a transient error: well under a second, so a conflict or a hiccup of
 /// the API server costs a claim ~150 ms, not the 15 s of the external-provisioner library.
@@ -113,6 +115,12 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// NFS cluster mode, when configured ([`Context::with_nfs`]).
     pub nfs: Option<Arc<nfs::Nfs>>,
+    /// Claims to reconcile, by namespace and name.
+    pub claims: Arc<Queue<(String, String)>>,
+    /// PersistentVolumes to reconcile, by name.
+    pub pvs: Arc<Queue<String>>,
+    /// LocalVolumes to reconcile (the orphan check), by name.
+    pub volumes: Arc<Queue<String>>,
     node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<String, u32>>,
     first_seen: Mutex<HashMap<String, Instant>>,
@@ -137,6 +145,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context over `client` and `index`; Events are recorded as the provisioner name.
+    /// Changes of the index queue their objects on this context's queues from now on.
     pub fn new(
         client: Client,
         index: Arc<RwLock<ClusterIndex>>,
@@ -150,6 +159,18 @@ impl Context {
             config.provisioner.clone(),
             config.instance.clone(),
         );
+        let claims: Arc<Queue<(String, String)>> = Arc::default();
+        let pvs: Arc<Queue<String>> = Arc::default();
+        let volumes: Arc<Queue<String>> = Arc::default();
+        {
+            let (claims, pvs, volumes) = (claims.clone(), pvs.clone(), volumes.clone());
+            let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+            index.set_trigger(Arc::new(move |trigger| match trigger {
+                Trigger::Claim(ns, name) => claims.add((ns, name)),
+                Trigger::Pv(name) => pvs.add(name),
+                Trigger::Volume(name) => volumes.add(name),
+            }));
+        }
         Self {
             client,
             index,
@@ -159,6 +180,9 @@ impl Context {
             recorder,
             leader,
             nfs: None,
+            claims,
+            pvs,
+            volumes,
             node_locks: Mutex::default(),
             failures: Mutex::default(),
             first_seen: Mutex::default(),
@@ -168,8 +192,36 @@ impl Context {
 
     /// Turns on NFS cluster mode: claims of `nfs`'s provisioner name are served too.
     pub fn with_nfs(mut self, nfs: Arc<nfs::Nfs>) -> Self {
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .keep_pvs_of(nfs.provisioner());
         self.nfs = Some(nfs);
         self
+    }
+
+    /// `None` when the index has no Node called `name`; otherwise its
+    /// `kubernetes.io/hostname` label, if set.
+    pub fn node_hostname(&self, name: &str) -> Option<Option<String>> {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .node_hostname(name)
+    }
+
+    /// Queues every object the index holds on its reconciler's queue.
+    pub fn queue_all(&self) {
+        let (claims, pvs, volumes) = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            (
+                index.claim_keys(),
+                index.persistent_volume_names(),
+                index.local_volume_names(),
+            )
+        };
+        claims.into_iter().for_each(|k| self.claims.add(k));
+        pvs.into_iter().for_each(|k| self.pvs.add(k));
+        volumes.into_iter().for_each(|k| self.volumes.add(k));
     }
 
     /// Whether this replica may write.
@@ -274,36 +326,35 @@ impl Context {
     }
 }
 
-/// Emits `()` every time `leader` turns true: the controllers then look at every object
-/// again, because nothing was written while another replica led.
-fn on_becoming_leader(leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold(leader, |mut rx| async move {
-        loop {
-            rx.changed().await.ok()?;
-            if *rx.borrow_and_update() {
-                return Some(((), rx));
-            }
+/// Queues every object each time `leader` turns true: nothing was written while another
+/// replica led, so everything is looked at again. Returns when `leader`'s sender is gone.
+async fn on_becoming_leader(ctx: Arc<Context>) {
+    let mut rx = ctx.leader.clone();
+    while rx.changed().await.is_ok() {
+        if *rx.borrow_and_update() {
+            ctx.queue_all();
         }
-    })
+    }
 }
 
-fn error_policy<K: Resource<DynamicType = ()>>(
-    obj: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    let key = ObjectRef::from_obj(obj.as_ref()).to_string();
+/// What the queue does after a reconcile of `key`: the reconcile's own [`Action`], or after
+/// an error a retry with the key's backoff.
+fn settle(key: &str, result: Result<Action>, ctx: &Context) -> Action {
+    let error = match result {
+        Ok(action) => return action,
+        Err(error) => error,
+    };
     if matches!(error, Error::NotSynced(_)) {
         // Not a failure of this object: look again soon, without growing its backoff.
         tracing::debug!(object = %key, "waiting for the cluster index");
         return Action::requeue(FIRST_RETRY);
     }
-    let delay = ctx.backoff(&key, error.is_transient());
+    let delay = ctx.backoff(key, error.is_transient());
     tracing::warn!(
         object = %key,
         reason = error.reason(),
         retry_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-        error = %error_chain(error),
+        error = %error_chain(&error),
         "reconcile failed"
     );
     Action::requeue(delay)
@@ -321,50 +372,25 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Wraps a reconcile: nothing happens unless this replica leads and the index is loaded,
-/// and a success resets the object's backoff.
-async fn guarded<K, F, Fut>(obj: Arc<K>, ctx: Arc<Context>, f: F) -> Result<Action>
+/// Wraps a reconcile of the object `key`: nothing happens unless this replica leads and
+/// the index is loaded, and a success resets the object's backoff.
+async fn guarded<T, F, Fut>(key: &str, obj: T, ctx: Arc<Context>, f: F) -> Result<Action>
 where
-    K: Resource<DynamicType = ()>,
-    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    F: FnOnce(Arc<T>, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = Result<Action>>,
 {
     if !ctx.is_leader() {
         return Ok(Action::await_change());
     }
     ctx.ensure_synced()?;
-    let key = ObjectRef::from_obj(obj.as_ref()).to_string();
-    let action = f(obj, ctx.clone()).await?;
-    ctx.succeeded(&key);
+    let action = f(Arc::new(obj), ctx.clone()).await?;
+    ctx.succeeded(key);
     Ok(action)
-}
-
-/// `Controller::new(api, watcher::Config::default())`, but the objects are stripped
-/// ([`crate::cache::slim::strip`]: managedFields, last-applied annotation) before its store
-/// keeps them: the reconcilers never read those, and at tens of thousands of objects they
-/// are much of the controller's memory.
-fn stripped_controller<K>(api: Api<K>) -> Controller<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let objects = reflector(
-        writer,
-        watcher(api, watcher::Config::default()).modify(strip::<K>),
-    )
-    .applied_objects();
-    Controller::for_stream(objects, store)
 }
 
 /// Runs the three reconcilers (and, with NFS on, the NFS capacity refresh) until they end
 /// (they retry forever, so: until the task is dropped). The caller runs
-/// `cache::watch::run_watchers` on `ctx.index` beside it.
+/// `cache::watch::run_controller_watchers` on `ctx.index` beside it.
 pub async fn run(ctx: Arc<Context>) {
     let (_never, stop) = watch::channel(false);
     run_until(ctx, stop).await;
@@ -385,78 +411,76 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
             }
         }
     };
-    let config = ControllerConfig::default().concurrency(ctx.config.concurrency);
+    let workers = usize::from(ctx.config.concurrency);
+    ctx.queue_all();
 
-    let claims = stripped_controller(Api::<PersistentVolumeClaim>::all(client.clone()))
-        .watches(
-            Api::<LocalVolume>::all(client.clone()),
-            watcher::Config::default(),
-            |lv| {
-                Some(
-                    ObjectRef::<PersistentVolumeClaim>::new(&lv.spec.claim.name)
-                        .within(&lv.spec.claim.namespace),
-                )
-            },
-        )
-        .watches(
-            Api::<PersistentVolume>::all(client.clone()),
-            watcher::Config::default(),
-            |pv| {
-                let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
-                Some(
-                    ObjectRef::<PersistentVolumeClaim>::new(r.name.as_deref()?)
-                        .within(r.namespace.as_deref()?),
-                )
-            },
-        )
-        .with_config(config.clone())
-        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(
-            |c, ctx| guarded(c, ctx, claim::reconcile),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    let volumes = stripped_controller(Api::<PersistentVolume>::all(client.clone()))
-        .watches(
-            Api::<LocalVolume>::all(client.clone()),
-            watcher::Config::default(),
-            |lv| Some(ObjectRef::<PersistentVolume>::new(&lv.name_any())),
-        )
-        .with_config(config.clone())
-        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(
-            |pv, ctx| guarded(pv, ctx, release::reconcile_volume),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
+    let claims = ctx.claims.clone().run(workers, stop.clone(), {
+        let ctx = ctx.clone();
+        move |(ns, name): (String, String)| {
+            let ctx = ctx.clone();
+            async move {
+                let key = format!("PersistentVolumeClaim {ns}/{name}");
+                let claim = ctx
+                    .index
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .claim(&ns, &name);
+                let Some(claim) = claim else {
+                    return Action::await_change();
+                };
+                let result = guarded(&key, claim, ctx.clone(), claim::reconcile).await;
+                settle(&key, result, &ctx)
+            }
+        }
+    });
+    let pvs = ctx.pvs.clone().run(workers, stop.clone(), {
+        let ctx = ctx.clone();
+        move |name: String| {
+            let ctx = ctx.clone();
+            async move {
+                let key = format!("PersistentVolume {name}");
+                let pv = ctx
+                    .index
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .persistent_volume(&name);
+                let Some(pv) = pv else {
+                    ctx.node_present(&name);
+                    return Action::await_change();
+                };
+                let result = guarded(&key, pv, ctx.clone(), release::reconcile_volume).await;
+                settle(&key, result, &ctx)
+            }
+        }
+    });
     // A claim deleted before its PV existed leaves a LocalVolume nothing else points to:
-    // claim events (deletions above all) wake the LocalVolume named after the claim's uid.
-    let orphans = stripped_controller(Api::<LocalVolume>::all(client.clone()))
-        .watches(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            watcher::Config::default(),
-            |claim| {
-                let uid = claim.metadata.uid.as_deref()?;
-                Some(ObjectRef::<LocalVolume>::new(&volume::volume_name(uid)))
-            },
-        )
-        .with_config(config)
-        .reconcile_all_on(on_becoming_leader(ctx.leader.clone()))
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(
-            |lv, ctx| guarded(lv, ctx, release::reconcile_local_volume),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    futures::join!(claims, volumes, orphans, nfs_refresh);
+    // claim changes (deletions above all) queue the LocalVolume named after the claim's uid.
+    let volumes = ctx.volumes.clone().run(workers, stop.clone(), {
+        let ctx = ctx.clone();
+        move |name: String| {
+            let ctx = ctx.clone();
+            async move {
+                let key = format!("LocalVolume {name}");
+                let lv = ctx
+                    .index
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .local_volume(&name);
+                let Some(lv) = lv else {
+                    return Action::await_change();
+                };
+                let result = guarded(&key, lv, ctx.clone(), release::reconcile_local_volume).await;
+                settle(&key, result, &ctx)
+            }
+        }
+    });
+    let leader = async {
+        tokio::select! {
+            () = on_becoming_leader(ctx.clone()) => std::future::pending::<()>().await,
+            () = stopped(stop.clone()) => {}
+        }
+    };
+    futures::join!(claims, pvs, volumes, nfs_refresh, leader);
 }
 
 /// Resolves once `stop` turns true; never if its sender is dropped first.

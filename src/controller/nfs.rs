@@ -30,7 +30,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
-use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use prometheus::Registry;
 use tokio::sync::Notify;
@@ -40,7 +39,7 @@ use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::release::remove_finalizer;
 use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
-use super::{Context, RESYNC, USER_ERROR_RETRY, error_chain};
+use super::{Action, Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
 use crate::api::{names, reasons};
 use crate::crash;
@@ -901,7 +900,7 @@ async fn delete_pv(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
     }
     match api.get_opt(&name).await {
         Ok(Some(fresh)) if fresh.metadata.uid == pv.metadata.uid => {
-            remove_finalizer(&fresh, ctx).await
+            remove_finalizer(&fresh, ctx).await.map(|_| ())
         }
         Ok(_) => Ok(()),
         Err(e) => Err(Error::api("get", "PersistentVolume", name)(e)),

@@ -12,17 +12,16 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::volume::{self, pv_node};
-use super::{Context, RESYNC, error_chain};
-use crate::api::local_volume::LocalVolume;
+use super::{Action, Context, RESYNC, error_chain};
+use crate::api::local_volume::{ClaimRef, LocalVolume};
 use crate::api::{names, reasons};
 use crate::crash;
 
@@ -94,17 +93,18 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
         return Ok(Action::await_change());
     }
     let name = pv.name_any();
-    let lvs: Api<LocalVolume> = Api::all(ctx.client.clone());
-    let lv = lvs
-        .get_opt(&name)
-        .await
-        .map_err(Error::api("get", "LocalVolume", &name))?;
+    let lv = ctx
+        .index
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .local_volume(&name);
     let node = pv_node(&pv)
         .map(str::to_string)
         .or_else(|| lv.as_ref().map(|l| l.spec.node_name.clone()));
-    let mut requeue = RESYNC;
+    // A present node needs no second look: the deletion of a Node queues its PVs.
+    let mut requeue = None;
     if let Some(node) = node {
-        requeue = requeue.min(check_node(&pv, &node, &ctx).await?);
+        requeue = check_node(&pv, &node, &ctx).await?;
     }
     let spec = pv.spec.clone().unwrap_or_default();
     let plan = plan(View {
@@ -137,7 +137,7 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
     if plan == Plan::DeletePv || plan == Plan::RemoveFinalizer {
         ctx.node_present(&name);
     }
-    Ok(Action::requeue(requeue))
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()> {
@@ -157,6 +157,20 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
             }
         }
         Plan::DeletePv => {
+            // The index says the LocalVolume is gone; the PV is the last record of the
+            // data, so ask the API server before deleting it.
+            let lvs: Api<LocalVolume> = Api::all(ctx.client.clone());
+            if lvs
+                .get_opt(&name)
+                .await
+                .map_err(Error::api("get", "LocalVolume", &name))?
+                .is_some()
+            {
+                return Err(Error::Stale {
+                    kind: "LocalVolume",
+                    name,
+                });
+            }
             let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {
@@ -190,12 +204,13 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
             Ok(())
         }
         Plan::RemoveFinalizer => {
-            remove_finalizer(pv, ctx).await?;
+            // Not counted when another reconcile (or the DeletePv step) already removed it.
+            let removed = remove_finalizer(pv, ctx).await?;
             let policy = pv
                 .spec
                 .as_ref()
                 .and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
-            if policy == Some("Delete") {
+            if removed && policy == Some("Delete") {
                 ctx.metrics
                     .deletions
                     .with_label_values(&["succeeded"])
@@ -208,7 +223,9 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
 
 /// Removes our finalizer with a patch conditional on the version read, so no other
 /// finalizer added meanwhile is dropped (a conflict is retried).
-pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
+/// Removes our finalizer from `pv` (conditional on its resourceVersion); `true` if this call
+/// removed it, `false` if it was not there or the PV is gone.
+pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<bool> {
     let name = pv.name_any();
     let rest: Vec<&String> = pv
         .finalizers()
@@ -216,7 +233,7 @@ pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Re
         .filter(|f| *f != names::FINALIZER_PV_CLEANUP)
         .collect();
     if rest.len() == pv.finalizers().len() {
-        return Ok(());
+        return Ok(false);
     }
     let patch = json!({
         "metadata": {"resourceVersion": pv.resource_version(), "finalizers": rest}
@@ -226,8 +243,8 @@ pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Re
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 404) => Ok(false),
         Err(e) => Err(Error::api(
             "remove the finalizer of",
             "PersistentVolume",
@@ -238,21 +255,17 @@ pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Re
 
 /// Reports a PV whose node has no Node object for longer than the grace; returns when to
 /// look again.
+/// Reports `pv` if its node has had no Node object for longer than the grace; the delay
+/// until it should be looked at again, `None` when the node is there.
 async fn check_node(
     pv: &PersistentVolume,
     node: &str,
     ctx: &Context,
-) -> Result<std::time::Duration> {
+) -> Result<Option<std::time::Duration>> {
     let name = pv.name_any();
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let present = nodes
-        .get_opt(node)
-        .await
-        .map_err(Error::api("get", "Node", node))?
-        .is_some();
-    if present {
+    if ctx.node_hostname(node).is_some() {
         ctx.node_present(&name);
-        return Ok(RESYNC);
+        return Ok(None);
     }
     let (missing_for, first_report) = ctx.node_missing(&name, node);
     let grace = ctx.config.node_gone_grace;
@@ -275,10 +288,12 @@ async fn check_node(
             )
             .await;
     }
-    Ok(grace
-        .saturating_sub(missing_for)
-        .max(super::FIRST_RETRY)
-        .min(RESYNC))
+    Ok(Some(
+        grace
+            .saturating_sub(missing_for)
+            .max(super::FIRST_RETRY)
+            .min(RESYNC),
+    ))
 }
 
 /// Reconciles one LocalVolume: deletes it when it has no PV and its claim is gone (or was
@@ -289,6 +304,19 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         return Ok(Action::await_change());
     }
     let name = lv.name_any();
+    let claim_ref = &lv.spec.claim;
+    // The index answers the common case (the claim is there) without a request.
+    let (pv, claim) = {
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        (
+            index.persistent_volume(&name).is_some(),
+            index.claim(&claim_ref.namespace, &claim_ref.name),
+        )
+    };
+    if pv || wants(claim.as_ref(), claim_ref) {
+        return Ok(Action::await_change());
+    }
+    // Deleting it deletes data: confirm with the API server what the index says.
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     if pvs
         .get_opt(&name)
@@ -298,7 +326,6 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
     {
         return Ok(Action::await_change());
     }
-    let claim_ref = &lv.spec.claim;
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &claim_ref.namespace);
     let claim = claims.get_opt(&claim_ref.name).await.map_err(Error::api(
@@ -306,15 +333,8 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         "PersistentVolumeClaim",
         format!("{}/{}", claim_ref.namespace, claim_ref.name),
     ))?;
-    let wanted = claim.is_some_and(|c| {
-        c.metadata.uid.as_deref() == Some(claim_ref.uid.as_str())
-            && c.spec
-                .as_ref()
-                .and_then(|s| s.volume_name.as_deref())
-                .is_none_or(|v| v.is_empty() || v == volume::volume_name(&claim_ref.uid))
-    });
-    if wanted {
-        return Ok(Action::requeue(RESYNC));
+    if wants(claim.as_ref(), claim_ref) {
+        return Ok(Action::await_change());
     }
     let api: Api<LocalVolume> = Api::all(ctx.client.clone());
     let dp = DeleteParams {
@@ -336,6 +356,18 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(Action::await_change()),
         Err(e) => Err(Error::api("delete", "LocalVolume", name)(e)),
     }
+}
+
+/// Whether `claim` is the one the LocalVolume was made for and still wants it (same uid,
+/// not bound to another volume).
+fn wants(claim: Option<&PersistentVolumeClaim>, claim_ref: &ClaimRef) -> bool {
+    claim.is_some_and(|c| {
+        c.metadata.uid.as_deref() == Some(claim_ref.uid.as_str())
+            && c.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_none_or(|v| v.is_empty() || v == volume::volume_name(&claim_ref.uid))
+    })
 }
 
 #[cfg(test)]

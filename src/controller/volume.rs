@@ -223,7 +223,10 @@ pub fn persistent_volume(
                 names::ANNOTATION_PROVISIONED_BY.to_string(),
                 provisioner.to_string(),
             )])),
-            labels: lv.metadata.labels.clone(),
+            labels: Some(BTreeMap::from([
+                (names::LABEL_NODE.to_string(), lv.spec.node_name.clone()),
+                (names::LABEL_POOL.to_string(), lv.spec.pool.clone()),
+            ])),
             finalizers,
             ..ObjectMeta::default()
         },
