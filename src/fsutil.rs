@@ -422,6 +422,21 @@ pub(crate) mod race {
         }
     }
 
+    /// At `point`, moves `victim` aside to `<victim>.moved` and puts a symlink to `target`
+    /// in its place: the swap an attacker with write access to `victim`'s parent makes.
+    pub(crate) fn swap_at(
+        point: &'static str,
+        victim: std::path::PathBuf,
+        target: std::path::PathBuf,
+    ) -> Guard {
+        set(move |at| {
+            if at == point {
+                std::fs::rename(&victim, victim.with_extension("moved")).unwrap();
+                std::os::unix::fs::symlink(&target, &victim).unwrap();
+            }
+        })
+    }
+
     pub(super) fn run(point: &str) {
         HOOK.with(|h| {
             if let Some(hook) = h.borrow_mut().as_mut() {

@@ -291,10 +291,6 @@ impl PoolRoot {
 
 pub(crate) use crate::fsutil::race_point;
 
-/// The test side of [`race_point`], where the agent's tests have always found it.
-#[cfg(test)]
-pub(crate) use crate::fsutil::race;
-
 /// `YYYYMMDDTHHMMSSZ` in UTC; times before 1970 print as 1970-01-01.
 pub fn utc_stamp(at: SystemTime) -> String {
     let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

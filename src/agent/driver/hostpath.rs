@@ -447,7 +447,7 @@ mod tests {
 
     // === symlinks swapped in between a check and its use ===
 
-    use crate::agent::path::race;
+    use crate::fsutil::race::swap_at;
 
     /// A directory outside the pool holding a file that must survive, and its mode.
     fn precious(dir: &Path) -> (PathBuf, u32) {
@@ -465,18 +465,6 @@ mod tests {
             mode,
             "the outside directory's mode changed"
         );
-    }
-
-    /// At `point`, replaces `victim` (moved aside to `<victim>.moved`) with a symlink to
-    /// `target`.
-    fn swap_at(point: &'static str, victim: PathBuf, target: PathBuf) -> race::Guard {
-        race::set(move |at| {
-            if at == point {
-                let aside = victim.with_extension("moved");
-                fs::rename(&victim, &aside).unwrap();
-                symlink(&target, &victim).unwrap();
-            }
-        })
     }
 
     #[test]

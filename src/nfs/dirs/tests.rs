@@ -164,22 +164,25 @@ fn a_symlinked_namespace_directory_is_refused_and_nothing_outside_is_touched() {
     let (d, root) = mount();
     let out = outside(d.path());
     symlink(&out, root.path().join("ns")).unwrap();
+    every_operation_is_refused_as_a_symlink(&root, "ns/data");
+    every_operation_is_refused_as_a_symlink(&root, "ns/new");
+    assert_untouched(&out);
+}
+
+/// Create, holds, delete and archive of `claim` all fail with [`DirError::Symlink`].
+fn every_operation_is_refused_as_a_symlink(root: &ServerRoot, claim: &str) {
     let now = SystemTime::now();
     for result in [
-        root.create(&rel("ns/data"), DEFAULT_DIR_MODE).map(|_| ()),
-        root.create(&rel("ns/new"), DEFAULT_DIR_MODE).map(|_| ()),
-        root.holds(&rel("ns/data")).map(|_| ()),
-        root.remove(&rel("ns/data"), OnDelete::Delete, now)
-            .map(|_| ()),
-        root.remove(&rel("ns/data"), OnDelete::Archive, now)
-            .map(|_| ()),
+        root.create(&rel(claim), DEFAULT_DIR_MODE).map(|_| ()),
+        root.holds(&rel(claim)).map(|_| ()),
+        root.remove(&rel(claim), OnDelete::Delete, now).map(|_| ()),
+        root.remove(&rel(claim), OnDelete::Archive, now).map(|_| ()),
     ] {
         assert!(
             matches!(result, Err(DirError::Symlink { .. })),
-            "{result:?}"
+            "{claim}: {result:?}"
         );
     }
-    assert_untouched(&out);
 }
 
 #[test]
@@ -241,7 +244,7 @@ fn a_mount_reached_through_a_symlink_is_canonical() {
 
 // === symlinks swapped in between a check and its use ===
 
-use crate::fsutil::race;
+use crate::fsutil::race::{self, swap_at};
 
 /// Where the race tests run: a temporary directory, and also the scratch btrfs when
 /// `$STOWAGE_TEST_BTRFS` names one (another filesystem's rename and directory semantics).
@@ -291,16 +294,12 @@ fn intact(out: &Path) {
     );
 }
 
-/// At `point`, moves `victim` aside to `<victim>.moved` and puts a symlink to `target` in
-/// its place.
-fn swap_at(point: &'static str, victim: PathBuf, target: PathBuf) -> race::Guard {
-    race::set(move |at| {
-        if at == point {
-            let aside = victim.with_extension("moved");
-            fs::rename(&victim, &aside).unwrap();
-            symlink(&target, &victim).unwrap();
-        }
-    })
+/// [`setup`] with the claim `ns/data` made and holding a tenant's file `f`.
+fn with_claim(base: &Path) -> (ServerRoot, PathBuf, PathBuf) {
+    let (root, out) = setup(base);
+    let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+    fs::write(p.join("f"), b"tenant").unwrap();
+    (root, out, p)
 }
 
 fn is_symlink(p: &Path) -> bool {
@@ -371,32 +370,44 @@ fn create_under_a_namespace_swapped_for_a_symlink_stays_in_the_real_namespace_di
 }
 
 #[test]
-fn delete_of_a_claim_swapped_for_a_symlink_after_it_was_opened_leaves_the_target_alone() {
-    for base in bases("nfs-delete-claim") {
-        let (root, out) = setup(base.path());
-        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
-        fs::write(p.join("f"), b"tenant").unwrap();
-        let _race = swap_at("nfs.delete.remove", p.clone(), out.join("data"));
-        let e = root
-            .remove(&rel("ns/data"), OnDelete::Delete, SystemTime::now())
-            .unwrap_err();
-        assert!(matches!(e, DirError::Replaced { .. }), "{e}");
-        intact(&out);
-        assert!(is_symlink(&p), "the link is left for a person to look at");
-        assert_eq!(
-            fs::read_dir(p.with_extension("moved")).unwrap().count(),
-            0,
-            "what was emptied is the claim's own directory"
-        );
+fn a_claim_swapped_for_a_symlink_after_it_was_opened_is_neither_deleted_nor_archived_through() {
+    for base in bases("nfs-remove-claim") {
+        for (on_delete, point) in [
+            (OnDelete::Delete, "nfs.delete.remove"),
+            (OnDelete::Archive, "nfs.archive.rename"),
+        ] {
+            let (root, out, p) = with_claim(base.path());
+            let _race = swap_at(point, p.clone(), out.join("data"));
+            let e = root
+                .remove(&rel("ns/data"), on_delete, SystemTime::now())
+                .unwrap_err();
+            assert!(matches!(e, DirError::Replaced { .. }), "{point}: {e}");
+            intact(&out);
+            let moved = p.with_extension("moved");
+            let left: Vec<_> = fs::read_dir(&moved)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            if on_delete == OnDelete::Delete {
+                // What was emptied through its descriptor is the claim's own directory;
+                // the final unlinkat met the link and left it for a person to look at.
+                assert!(left.is_empty(), "{left:?}");
+                assert!(is_symlink(&p));
+            } else {
+                // The link was moved to the archive name, not followed.
+                assert_eq!(left, ["f"]);
+                assert!(!is_symlink(&p));
+            }
+            fs::remove_dir_all(base.path()).unwrap();
+            fs::create_dir(base.path()).unwrap();
+        }
     }
 }
 
 #[test]
 fn delete_under_a_namespace_swapped_for_a_symlink_removes_only_the_real_claim_directory() {
     for base in bases("nfs-delete-ns") {
-        let (root, out) = setup(base.path());
-        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
-        fs::write(p.join("f"), b"tenant").unwrap();
+        let (root, out, p) = with_claim(base.path());
         // `outside/data` is what a by-path `remove_dir_all(<mount>/ns/data)` would delete.
         let ns = root.path().join("ns");
         let _race = swap_at("nfs.delete.remove", ns.clone(), out.clone());
@@ -446,31 +457,9 @@ fn delete_does_not_descend_into_a_subdirectory_swapped_for_a_symlink() {
 }
 
 #[test]
-fn archive_moves_a_claim_swapped_for_a_symlink_without_following_it() {
-    for base in bases("nfs-archive-claim") {
-        let (root, out) = setup(base.path());
-        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
-        fs::write(p.join("f"), b"tenant").unwrap();
-        let _race = swap_at("nfs.archive.rename", p.clone(), out.join("data"));
-        let e = root
-            .remove(&rel("ns/data"), OnDelete::Archive, SystemTime::now())
-            .unwrap_err();
-        assert!(matches!(e, DirError::Replaced { .. }), "{e}");
-        intact(&out);
-        assert_eq!(
-            fs::read(p.with_extension("moved").join("f")).unwrap(),
-            b"tenant",
-            "the claim's data is where the swap put it"
-        );
-    }
-}
-
-#[test]
 fn archive_under_a_namespace_swapped_for_a_symlink_moves_the_real_claim_directory() {
     for base in bases("nfs-archive-ns") {
-        let (root, out) = setup(base.path());
-        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
-        fs::write(p.join("f"), b"tenant").unwrap();
+        let (root, out, _) = with_claim(base.path());
         let _race = swap_at("nfs.archive.rename", root.path().join("ns"), out.clone());
         let now = UNIX_EPOCH + Duration::from_secs(AT);
         let Removed::Archived { to, .. } = root
@@ -494,20 +483,7 @@ fn a_mount_swapped_for_a_symlink_is_refused() {
         symlink(&out, root.path()).unwrap();
         fs::create_dir(out.join("ns")).unwrap();
         fs::set_permissions(out.join("ns"), fs::Permissions::from_mode(0o755)).unwrap();
-        let now = SystemTime::now();
-        for result in [
-            root.create(&rel("ns/data"), DEFAULT_DIR_MODE).map(|_| ()),
-            root.holds(&rel("ns/data")).map(|_| ()),
-            root.remove(&rel("ns/data"), OnDelete::Delete, now)
-                .map(|_| ()),
-            root.remove(&rel("ns/data"), OnDelete::Archive, now)
-                .map(|_| ()),
-        ] {
-            assert!(
-                matches!(result, Err(DirError::Symlink { .. })),
-                "{result:?}"
-            );
-        }
+        every_operation_is_refused_as_a_symlink(&root, "ns/data");
         fs::remove_dir(out.join("ns")).unwrap();
         intact(&out);
     }
