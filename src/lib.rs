@@ -12,6 +12,7 @@
 //!   simulate  capacity planning over the ledger, no cluster needed
 //!   cli       the command line and logging set-up
 //!   leader    Lease-based leader election for the controller's replicas
+//!   fsutil    directory operations relative to descriptors, never following a symlink
 //! ```
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod controller;
 pub mod crash;
 pub mod extender_role;
+pub mod fsutil;
 pub mod leader;
 pub mod ledger;
 pub mod nfs;

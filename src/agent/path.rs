@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::Mode;
 use rustix::io::Errno;
+
+use crate::fsutil::{self, FsError};
 
 /// The folder inside a pool root where archived volumes are kept.
 pub const ARCHIVE_DIR: &str = ".archive";
@@ -132,6 +134,15 @@ pub enum PathError {
         /// The symlink.
         path: PathBuf,
     },
+    /// The entry was swapped for something else (a symlink, another directory) between two
+    /// steps; what was swapped in was moved or left, not followed.
+    #[error(
+        "{path} was replaced by something else while the agent was setting it up; refusing to use it (check who writes the pool directory, then remove the entry by hand)"
+    )]
+    Replaced {
+        /// The entry.
+        path: PathBuf,
+    },
     /// The path's parent does not resolve to the pool root.
     #[error("{path} is not directly inside the pool root {root}")]
     Outside {
@@ -140,6 +151,17 @@ pub enum PathError {
         /// The pool root.
         root: PathBuf,
     },
+}
+
+impl From<FsError> for PathError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Io { path, source } => PathError::Io { path, source },
+            FsError::NotADirectory { path } => PathError::NotADirectory { path },
+            FsError::Symlink { path } => PathError::Symlink { path },
+            FsError::Replaced { path } => PathError::Replaced { path },
+        }
+    }
 }
 
 impl PathError {
@@ -216,15 +238,16 @@ impl PoolRoot {
     /// that has become a symlink since (swapped by someone with write access to its parent)
     /// is refused (`O_NOFOLLOW`) rather than followed elsewhere.
     pub fn open_fd(&self) -> Result<OwnedFd, PathError> {
-        rustix::fs::open(&self.root, dir_flags(), Mode::empty())
-            .map_err(|e| open_error(self.root.clone(), e))
+        Ok(fsutil::open_dir(&self.root)?)
     }
 
     /// Opens the entry `name` of the open root `root` as a directory without following a
     /// symlink: a symlink swapped in after a check is `PathError::Symlink`, never followed.
     pub fn open_entry(&self, root: &OwnedFd, name: &str) -> Result<OwnedFd, PathError> {
-        let path = self.root.join(name);
-        rustix::fs::openat(root, name, dir_flags(), Mode::empty()).map_err(|e| open_error(path, e))
+        fsutil::open_dir_at(root, &self.root, name)?.ok_or_else(|| PathError::Io {
+            path: self.root.join(name),
+            source: Errno::NOENT.into(),
+        })
     }
 
     /// Opens (making it if missing, mode `0700`) the archive folder of the open root
@@ -266,66 +289,7 @@ impl PoolRoot {
     }
 }
 
-/// Why opening `path` with [`dir_flags`] failed. `O_NOFOLLOW | O_DIRECTORY` on a symlink
-/// gives `ENOTDIR` (or `ELOOP`), so the entry is looked at (not followed) to say which.
-fn open_error(path: PathBuf, errno: Errno) -> PathError {
-    match errno {
-        Errno::LOOP | Errno::NOTDIR => match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => PathError::Symlink { path },
-            _ => PathError::NotADirectory { path },
-        },
-        e => PathError::io(&path, e.into()),
-    }
-}
-
-/// Flags for opening a directory that must not be a symlink.
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-}
-
-/// A named point between a check and the use it guards. Unit tests register a hook that
-/// swaps the filesystem there (a directory for a symlink) to prove the use does not follow
-/// what was swapped in; outside tests it does nothing.
-pub(crate) fn race_point(point: &'static str) {
-    #[cfg(test)]
-    race::run(point);
-    let _ = point;
-}
-
-/// The test side of [`race_point`]: a per-thread hook.
-#[cfg(test)]
-pub(crate) mod race {
-    use std::cell::RefCell;
-
-    type Hook = Box<dyn FnMut(&str)>;
-
-    thread_local! {
-        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
-    }
-
-    /// Runs `hook` at every race point this thread passes until the guard is dropped.
-    pub(crate) fn set(hook: impl FnMut(&str) + 'static) -> Guard {
-        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
-        Guard
-    }
-
-    /// Removes the hook when dropped.
-    pub(crate) struct Guard;
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            HOOK.with(|h| *h.borrow_mut() = None);
-        }
-    }
-
-    pub(super) fn run(point: &str) {
-        HOOK.with(|h| {
-            if let Some(hook) = h.borrow_mut().as_mut() {
-                hook(point);
-            }
-        });
-    }
-}
+pub(crate) use crate::fsutil::race_point;
 
 /// `YYYYMMDDTHHMMSSZ` in UTC; times before 1970 print as 1970-01-01.
 pub fn utc_stamp(at: SystemTime) -> String {

@@ -7,29 +7,50 @@
 //! ```
 //!
 //! Only filesystem calls (no shell, no `cp -r`): an archive is one `rename` on the server,
-//! atomic and instant, with no doubled space. Every step checks, like the agent's
-//! `PoolRoot::check_inside`, that each directory on the way is a real directory whose
-//! canonical parent is where it should be, and refuses symlinks, so nothing outside the
-//! server's mount is ever created, renamed or removed. `remove_dir_all` does not follow
-//! symlinks found inside a volume.
+//! atomic and instant, with no doubled space.
+//!
+//! Nothing is done by path. Every operation opens the mount `O_NOFOLLOW` and then each
+//! component of the claim's directory with `openat(O_NOFOLLOW | O_DIRECTORY)` relative to
+//! the directory before it ([`crate::fsutil`], shared with the agent), so a symlink swapped
+//! in between a check and its use (by a tenant, another NFS client, or the server's owner)
+//! is refused or removed as a link, never followed out of the mount:
+//!
+//! ```text
+//!   create   <ns> and then <claim>: mkdirat .staging name ─ openat NOFOLLOW ─ fchmod
+//!            ─ renameat NOREPLACE into place (an existing directory is adopted as it is)
+//!   delete   unlinkat every entry relative to its directory's descriptor, bottom-up;
+//!            a subdirectory is entered only through openat NOFOLLOW
+//!   archive  renameat from the namespace directory's descriptor to the mount's
+//! ```
+//!
+//! Staging names start with a dot (`.staging-<claim>` beside the claim's directory,
+//! `.parent-<namespace>.<claim>` beside the namespace's), which no claim directory, namespace
+//! directory or archive name does. A leftover of a crashed create is reused by the retry,
+//! and removed by a delete or archive of the claim.
 //!
 //! Archive names can never collide with a live directory: live top-level names are DNS
 //! names (lowercase), while the UTC stamp in an archive name holds the capitals `T` and `Z`;
 //! an existing archive of the same name and second gets `-1`, `-2`, ….
 //!
-//! Only the controller (the Lease holder) writes the top two levels (tenants write inside
-//! their claim's directory only), which is what makes the check-then-act steps here safe.
+//! The NFS client supports no `renameat2` flags; [`fsutil::rename_noreplace`] falls back to
+//! a checked plain `renameat` there, whose only window can replace an empty directory, never
+//! follow or overwrite data.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use rustix::fs::AtFlags;
+use rustix::io::Errno;
+
 use super::place::RelDir;
+use super::ring::stable_hash;
 use crate::agent::path::utc_stamp;
 use crate::agent::pool::VolumeMode;
 use crate::api::local_volume::OnDelete;
+use crate::fsutil::{self, FsError, NewDir, race_point};
 
 /// The prefix of archived volume directories.
 pub const ARCHIVE_PREFIX: &str = "archived-";
@@ -47,6 +68,15 @@ pub const DEFAULT_DIR_MODE: VolumeMode = VolumeMode(0o777);
 /// Longest readable part of an archive name, so the whole name stays under `NAME_MAX`
 /// (255 bytes) with the prefix, stamp and counter.
 const ARCHIVE_LABEL_MAX: usize = 200;
+
+/// `NAME_MAX`: the longest file name.
+const NAME_MAX: usize = 255;
+
+/// The prefix of a claim directory being set up, beside where it goes.
+const STAGING_PREFIX: &str = ".staging-";
+
+/// The prefix of a namespace directory being set up for a claim, at the top of the mount.
+const PARENT_STAGING_PREFIX: &str = ".parent-";
 
 /// Why a directory operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +104,27 @@ pub enum DirError {
         /// The symlink.
         path: PathBuf,
     },
-    /// A directory's canonical parent is not where it should be (swapped for a symlink).
-    #[error("{path} does not resolve inside the NFS server's mount {root}")]
-    Outside {
-        /// The path.
+    /// The directory was swapped for something else (a symlink, another directory) between
+    /// two steps of the operation. What was swapped in was not followed; a swapped-in entry
+    /// may have been moved to the name the directory was going to.
+    #[error(
+        "{path} was replaced by something else while the controller was making or moving it; nothing was followed, but check who else writes the NFS server's top directories and fix the entry by hand"
+    )]
+    Replaced {
+        /// The directory.
         path: PathBuf,
-        /// The mount.
-        root: PathBuf,
     },
+}
+
+impl From<FsError> for DirError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Io { path, source } => DirError::Io { path, source },
+            FsError::NotADirectory { path } => DirError::NotADirectory { path },
+            FsError::Symlink { path } => DirError::Symlink { path },
+            FsError::Replaced { path } => DirError::Replaced { path },
+        }
+    }
 }
 
 impl DirError {
@@ -98,7 +141,7 @@ impl DirError {
             DirError::Io { .. } => "NfsDirectoryIo",
             DirError::NotADirectory { .. } => "NfsNotADirectory",
             DirError::Symlink { .. } => "NfsSymlinkRefused",
-            DirError::Outside { .. } => "NfsPathOutsideMount",
+            DirError::Replaced { .. } => "NfsDirectoryReplaced",
         }
     }
 }
@@ -127,6 +170,12 @@ pub struct ServerRoot {
     root: PathBuf,
 }
 
+/// An open directory of the mount and where it is (for messages).
+struct Opened {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
 impl ServerRoot {
     /// Canonicalizes the mount (an operator may use a symlink for the mount itself) and
     /// checks that it is a directory.
@@ -150,90 +199,100 @@ impl ServerRoot {
         self.root.join(rel.to_path())
     }
 
-    /// The entry `name` in the directory made of `parents` below the root: checks that the
-    /// parent resolves to exactly that place, and returns the entry's own metadata (a
-    /// symlink is refused, never followed), or `None` if nothing is there.
-    fn entry(&self, parents: &[String], name: &str) -> Result<Option<fs::Metadata>, DirError> {
-        let parent: PathBuf = parents.iter().fold(self.root.clone(), |p, c| p.join(c));
-        let path = parent.join(name);
-        let resolved = fs::canonicalize(&parent).map_err(|e| DirError::io(&parent, e))?;
-        if resolved != parent {
-            return Err(DirError::Outside {
-                path,
-                root: self.root.clone(),
-            });
-        }
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => Err(DirError::Symlink { path }),
-            Ok(meta) => Ok(Some(meta)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DirError::io(&path, e)),
-        }
+    /// Opens the mount, refusing it if it has become a symlink since [`ServerRoot::open`].
+    fn open_root(&self) -> Result<Opened, DirError> {
+        Ok(Opened {
+            fd: fsutil::open_dir(&self.root)?,
+            path: self.root.clone(),
+        })
     }
 
-    /// Walks `rel` level by level: `Ok(true)` if every level is a real directory,
-    /// `Ok(false)` at the first missing one; a symlink or a file on the way is an error.
-    fn walk(&self, rel: &RelDir) -> Result<bool, DirError> {
-        let parts = rel.parts();
-        let mut path = self.root.clone();
-        for (i, part) in parts.iter().enumerate() {
-            path.push(part);
-            match self.entry(&parts[..i], part)? {
-                None => return Ok(false),
-                Some(meta) if !meta.is_dir() => return Err(DirError::NotADirectory { path }),
-                Some(_) => {}
-            }
+    /// Opens the directory holding the claim directory of `rel` (the mount for the flat
+    /// layout, the namespace directory for the nested one) from the open mount, one
+    /// component at a time without following a symlink; `None` if a level is missing.
+    fn open_parent(&self, root: &Opened, rel: &RelDir) -> Result<Option<Opened>, DirError> {
+        let (_, parents) = split(rel)?;
+        let mut dir = Opened {
+            fd: root
+                .fd
+                .try_clone()
+                .map_err(|e| DirError::io(&root.path, e))?,
+            path: root.path.clone(),
+        };
+        for part in parents {
+            let Some(fd) = fsutil::open_dir_at(&dir.fd, &dir.path, part)? else {
+                return Ok(None);
+            };
+            dir = Opened {
+                fd,
+                path: dir.path.join(part),
+            };
         }
-        Ok(true)
+        Ok(Some(dir))
     }
 
-    /// Whether the claim directory `rel` exists here as a real directory.
+    /// Whether the claim directory `rel` exists here as a real directory. A symlink or a
+    /// file on the way is an error, not a "no".
     pub fn holds(&self, rel: &RelDir) -> Result<bool, DirError> {
-        self.walk(rel)
+        let (last, _) = split(rel)?;
+        let root = self.open_root()?;
+        let Some(parent) = self.open_parent(&root, rel)? else {
+            return Ok(false);
+        };
+        Ok(fsutil::open_dir_at(&parent.fd, &parent.path, last)?.is_some())
     }
 
     /// Makes the claim directory `rel` (and its namespace directory, mode [`PARENT_MODE`])
     /// with exactly `mode`, whatever the process umask, and returns its path.
     ///
-    /// Idempotent: an existing directory is success and keeps its mode and contents (a
-    /// re-created claim finds its data); a file or symlink in the way is an error.
+    /// Each level is made under a staging name, given its mode on its own descriptor and
+    /// renamed into place without replacing anything ([`fsutil::make_dir_at`]), all relative
+    /// to the descriptor of the level above: a symlink swapped in anywhere is refused, and
+    /// the claim's path never holds a directory without its mode.
+    ///
+    /// Idempotent: an existing directory is adopted and keeps its mode and contents (a
+    /// re-created claim finds its data), a staging leftover of a crashed create is reused;
+    /// a file or symlink in the way is an error.
     pub fn create(&self, rel: &RelDir, mode: VolumeMode) -> Result<PathBuf, DirError> {
-        let parts = rel.parts();
-        let mut path = self.root.clone();
-        for (i, part) in parts.iter().enumerate() {
-            path.push(part);
-            let want = if i + 1 == parts.len() {
-                mode
-            } else {
-                PARENT_MODE
+        let (last, parents) = split(rel)?;
+        let mut dir = self.open_root()?;
+        for part in parents {
+            let staging = parent_staging_name(part, last);
+            let new = NewDir {
+                name: part,
+                staging: &staging,
+                mode: PARENT_MODE.bits(),
+                chmod_point: "nfs.create.parent.chmod",
+                rename_point: "nfs.create.parent.rename",
             };
-            match self.entry(&parts[..i], part)? {
-                Some(meta) if meta.is_dir() => continue,
-                Some(_) => return Err(DirError::NotADirectory { path }),
-                None => {}
-            }
-            match fs::DirBuilder::new().mode(want.bits()).create(&path) {
-                Ok(()) => {
-                    fs::set_permissions(&path, fs::Permissions::from_mode(want.bits()))
-                        .map_err(|e| DirError::io(&path, e))?;
-                }
-                // Lost a race: judge what is there now.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    match self.entry(&parts[..i], part)? {
-                        Some(meta) if meta.is_dir() => {}
-                        _ => return Err(DirError::NotADirectory { path }),
-                    }
-                }
-                Err(e) => return Err(DirError::io(&path, e)),
-            }
+            let made = fsutil::make_dir_at(&dir.fd, &dir.path, &new, || {})?;
+            dir = Opened {
+                fd: made.fd,
+                path: dir.path.join(part),
+            };
         }
-        Ok(path)
+        let staging = staging_name(last);
+        let new = NewDir {
+            name: last,
+            staging: &staging,
+            mode: mode.bits(),
+            chmod_point: "nfs.create.chmod",
+            rename_point: "nfs.create.rename",
+        };
+        fsutil::make_dir_at(&dir.fd, &dir.path, &new, || {})?;
+        Ok(dir.path.join(last))
     }
 
     /// Deals with the claim directory `rel` as `on_delete` says: remove it, rename it to a
-    /// fresh archive name at the top of the mount, or leave it. Idempotent: a directory
+    /// fresh archive name at the top of the mount, or leave it. Delete and archive also
+    /// remove staging leftovers of a crashed create of the claim. Idempotent: a directory
     /// that is already gone is [`Removed::AlreadyGone`]. An empty namespace directory is
     /// left in place (a concurrent create in that namespace may need it).
+    ///
+    /// Nothing is followed: the removal unlinks entries relative to their directory's
+    /// descriptor and enters subdirectories only with `O_NOFOLLOW`
+    /// ([`fsutil::remove_tree_at`]); the archive is a `renameat` between the descriptors
+    /// of the claim's parent and of the mount.
     pub fn remove(
         &self,
         rel: &RelDir,
@@ -244,38 +303,77 @@ impl ServerRoot {
         if on_delete == OnDelete::Retain {
             return Ok(Removed::Retained(path));
         }
-        if !self.walk(rel)? {
-            return Ok(Removed::AlreadyGone(path));
+        let (last, parents) = split(rel)?;
+        let root = self.open_root()?;
+        if let Some(ns) = parents.first() {
+            let staging = parent_staging_name(ns, last);
+            fsutil::remove_tree_at(&root.fd, &root.path, &staging, "nfs.delete.staging")?;
         }
+        let Some(parent) = self.open_parent(&root, rel)? else {
+            return Ok(Removed::AlreadyGone(path));
+        };
+        let staging = staging_name(last);
+        fsutil::remove_tree_at(&parent.fd, &parent.path, &staging, "nfs.delete.staging")?;
         match on_delete {
             OnDelete::Retain => Ok(Removed::Retained(path)),
-            OnDelete::Delete => match fs::remove_dir_all(&path) {
-                Ok(()) => Ok(Removed::Deleted(path)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Removed::AlreadyGone(path)),
-                Err(e) => Err(DirError::io(&path, e)),
-            },
-            OnDelete::Archive => {
-                let to = self.archive_path(rel, now)?;
-                fs::rename(&path, &to).map_err(|e| DirError::io(&path, e))?;
-                Ok(Removed::Archived { from: path, to })
+            OnDelete::Delete => {
+                if fsutil::remove_tree_at(&parent.fd, &parent.path, last, "nfs.delete.remove")? {
+                    Ok(Removed::Deleted(path))
+                } else {
+                    Ok(Removed::AlreadyGone(path))
+                }
             }
+            OnDelete::Archive => self.archive(&root, &parent, rel, now),
         }
+    }
+
+    /// Renames the claim directory of `rel` (in the open `parent`) to the first free
+    /// archive name in the open mount `root`.
+    fn archive(
+        &self,
+        root: &Opened,
+        parent: &Opened,
+        rel: &RelDir,
+        now: SystemTime,
+    ) -> Result<Removed, DirError> {
+        let (last, _) = split(rel)?;
+        let from = parent.path.join(last);
+        let Some(dir) = fsutil::open_dir_at(&parent.fd, &parent.path, last)? else {
+            return Ok(Removed::AlreadyGone(from));
+        };
+        let opened = rustix::fs::fstat(&dir).map_err(|e| DirError::io(&from, e.into()))?;
+        race_point("nfs.archive.rename");
+        for name in archive_names(rel, now) {
+            match fsutil::rename_noreplace(&parent.fd, last, &root.fd, &name) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => continue,
+                Err(Errno::NOENT) => return Ok(Removed::AlreadyGone(from)),
+                Err(e) => return Err(DirError::io(&from, e.into())),
+            }
+            let to = root.path.join(&name);
+            // What was renamed is the entry found under the claim's name at the moment of
+            // the rename: if a symlink was swapped in after the open, the link was moved
+            // (not followed) and the claim's directory is wherever the swap put it.
+            let moved = rustix::fs::statat(&root.fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| DirError::io(&to, e.into()))?;
+            if (moved.st_dev, moved.st_ino) != (opened.st_dev, opened.st_ino) {
+                return Err(DirError::Replaced { path: from });
+            }
+            return Ok(Removed::Archived { from, to });
+        }
+        Err(DirError::io(
+            &self.root,
+            io::Error::other("no free archive name"),
+        ))
     }
 
     /// A free archive path for `rel` at `now`:
     /// `<mount>/archived-<label>-<YYYYMMDDTHHMMSSZ>` or with `-1`, `-2`, … appended when that
-    /// entry exists (anything counts, even a dangling symlink). Creates nothing.
+    /// entry exists (anything counts, even a dangling symlink). Creates nothing; the archive
+    /// step itself renames without replacing, so a name taken meanwhile is skipped there.
     pub fn archive_path(&self, rel: &RelDir, now: SystemTime) -> Result<PathBuf, DirError> {
-        let mut label = rel.label();
-        // The label is ASCII, so any byte index is a character boundary.
-        label.truncate(ARCHIVE_LABEL_MAX);
-        let base = format!("{ARCHIVE_PREFIX}{label}-{}", utc_stamp(now));
-        for n in 0u64.. {
-            let candidate = if n == 0 {
-                self.root.join(&base)
-            } else {
-                self.root.join(format!("{base}-{n}"))
-            };
+        for name in archive_names(rel, now) {
+            let candidate = self.root.join(name);
             match fs::symlink_metadata(&candidate) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(candidate),
                 Err(e) => return Err(DirError::io(&candidate, e)),
@@ -287,6 +385,56 @@ impl ServerRoot {
             io::Error::other("no free archive name"),
         ))
     }
+}
+
+/// The claim's own component and the ones above it. A [`RelDir`] always has one or two.
+fn split(rel: &RelDir) -> Result<(&str, &[String]), DirError> {
+    match rel.parts().split_last() {
+        Some((last, parents)) => Ok((last.as_str(), parents)),
+        None => Err(DirError::io(
+            Path::new(""),
+            io::Error::other("empty claim directory"),
+        )),
+    }
+}
+
+/// The archive names for `rel` at `now`, in the order tried:
+/// `archived-<label>-<YYYYMMDDTHHMMSSZ>`, then with `-1`, `-2`, … appended.
+fn archive_names(rel: &RelDir, now: SystemTime) -> impl Iterator<Item = String> {
+    let mut label = rel.label();
+    // The label is ASCII, so any byte index is a character boundary.
+    label.truncate(ARCHIVE_LABEL_MAX);
+    let base = format!("{ARCHIVE_PREFIX}{label}-{}", utc_stamp(now));
+    (0u64..).map(move |n| {
+        if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        }
+    })
+}
+
+/// `.staging-<claim>`: where a claim directory is set up beside its final place.
+fn staging_name(name: &str) -> String {
+    bounded_name(STAGING_PREFIX, name)
+}
+
+/// `.parent-<namespace>.<claim>`: where the namespace directory is set up for one claim
+/// at the top of the mount. Unique per claim (a namespace holds no dot), so concurrent
+/// creates in one namespace do not share it.
+fn parent_staging_name(namespace: &str, claim: &str) -> String {
+    bounded_name(PARENT_STAGING_PREFIX, &format!("{namespace}.{claim}"))
+}
+
+/// `<prefix><key>`, or, when that is longer than `NAME_MAX`, the key cut short and a hash
+/// of the whole key (so the name stays unique and the same for every retry).
+fn bounded_name(prefix: &str, key: &str) -> String {
+    if prefix.len() + key.len() <= NAME_MAX {
+        return format!("{prefix}{key}");
+    }
+    // Claim keys are ASCII, so any byte index is a character boundary.
+    let cut = key.get(..ARCHIVE_LABEL_MAX).unwrap_or(key);
+    format!("{prefix}{cut}-{:016x}", stable_hash(key.as_bytes()))
 }
 
 #[cfg(test)]

@@ -383,12 +383,7 @@ fn open_dir(path: &Path) -> Result<OwnedFd, VolumeError> {
 
 /// Opens the directory `name` inside `dir`, refusing a symlink (`ELOOP`).
 fn open_entry(dir: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    rustix::fs::openat(dir, name, crate::fsutil::dir_flags(), Mode::empty())
 }
 
 /// Whether the open directory `fd` is the root of a btrfs subvolume: on btrfs, and inode

@@ -8,13 +8,13 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use rustix::fs::{AtFlags, FileType, Mode, RenameFlags};
-use rustix::io::Errno;
+use rustix::fs::{AtFlags, FileType};
 
 use super::VolumeError;
 use crate::agent::path::{PathError, PoolRoot, VolumeName, race_point};
 use crate::agent::pool::VolumeMode;
 use crate::crash;
+use crate::fsutil::{self, NewDir};
 use crate::ledger::Bytes;
 
 /// The prefix of a volume directory being set up, before it is renamed to its volume name.
@@ -71,52 +71,19 @@ impl Hostpath {
         // name: the mode is set on the directory just made, opened without following a
         // symlink swapped in meanwhile, and the rename is relative to the same descriptor.
         let root = self.root.open_fd()?;
-        let staging_entry = staging_name(name);
-        let staging = self.root.path().join(&staging_entry);
-        let bits = Mode::from_raw_mode(mode.bits());
-        match rustix::fs::mkdirat(&root, staging_entry.as_str(), bits) {
-            Ok(()) => {}
-            // A leftover of a crashed create: reused if it is a real directory of the pool
-            // (opening it below refuses a symlink leading elsewhere).
-            Err(Errno::EXIST) => {}
-            Err(e) => {
-                return Err(PathError::Io {
-                    path: staging,
-                    source: e.into(),
-                }
-                .into());
-            }
-        }
-        race_point("hostpath.create.chmod");
-        let dir = self.root.open_entry(&root, staging_entry.as_str())?;
-        rustix::fs::fchmod(&dir, bits).map_err(|e| PathError::Io {
-            path: staging.clone(),
-            source: e.into(),
-        })?;
-        crash::hit(crash::AGENT_CREATE_STAGED);
-        match rustix::fs::renameat_with(
-            &root,
-            staging_entry.as_str(),
-            &root,
-            name.as_str(),
-            RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => Ok(path),
-            // Lost a race with another create: judge what is there now.
-            Err(Errno::EXIST) => match self.root.check_inside(&path)? {
-                Some(meta) if meta.is_dir() => {
-                    // Ours is surplus and empty; a leftover is reused or removed later.
-                    let _ = rustix::fs::unlinkat(&root, staging_entry.as_str(), AtFlags::REMOVEDIR);
-                    Ok(path)
-                }
-                _ => Err(VolumeError::NotADirectory { path }),
-            },
-            Err(e) => Err(PathError::Io {
-                path: staging,
-                source: e.into(),
-            }
-            .into()),
-        }
+        let staging = staging_name(name);
+        let new = NewDir {
+            name: name.as_str(),
+            staging: &staging,
+            mode: mode.bits(),
+            chmod_point: "hostpath.create.chmod",
+            rename_point: "hostpath.create.rename",
+        };
+        fsutil::make_dir_at(&root, self.root.path(), &new, || {
+            crash::hit(crash::AGENT_CREATE_STAGED);
+        })
+        .map_err(PathError::from)?;
+        Ok(path)
     }
 
     /// Removes the directory of `name` and everything in it (and a staging leftover of a
@@ -480,7 +447,7 @@ mod tests {
 
     // === symlinks swapped in between a check and its use ===
 
-    use crate::agent::path::race;
+    use crate::fsutil::race::swap_at;
 
     /// A directory outside the pool holding a file that must survive, and its mode.
     fn precious(dir: &Path) -> (PathBuf, u32) {
@@ -498,18 +465,6 @@ mod tests {
             mode,
             "the outside directory's mode changed"
         );
-    }
-
-    /// At `point`, replaces `victim` (moved aside to `<victim>.moved`) with a symlink to
-    /// `target`.
-    fn swap_at(point: &'static str, victim: PathBuf, target: PathBuf) -> race::Guard {
-        race::set(move |at| {
-            if at == point {
-                let aside = victim.with_extension("moved");
-                fs::rename(&victim, &aside).unwrap();
-                symlink(&target, &victim).unwrap();
-            }
-        })
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use super::*;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::time::{Duration, UNIX_EPOCH};
 
 fn rel(s: &str) -> RelDir {
@@ -164,22 +164,25 @@ fn a_symlinked_namespace_directory_is_refused_and_nothing_outside_is_touched() {
     let (d, root) = mount();
     let out = outside(d.path());
     symlink(&out, root.path().join("ns")).unwrap();
+    every_operation_is_refused_as_a_symlink(&root, "ns/data");
+    every_operation_is_refused_as_a_symlink(&root, "ns/new");
+    assert_untouched(&out);
+}
+
+/// Create, holds, delete and archive of `claim` all fail with [`DirError::Symlink`].
+fn every_operation_is_refused_as_a_symlink(root: &ServerRoot, claim: &str) {
     let now = SystemTime::now();
     for result in [
-        root.create(&rel("ns/data"), DEFAULT_DIR_MODE).map(|_| ()),
-        root.create(&rel("ns/new"), DEFAULT_DIR_MODE).map(|_| ()),
-        root.holds(&rel("ns/data")).map(|_| ()),
-        root.remove(&rel("ns/data"), OnDelete::Delete, now)
-            .map(|_| ()),
-        root.remove(&rel("ns/data"), OnDelete::Archive, now)
-            .map(|_| ()),
+        root.create(&rel(claim), DEFAULT_DIR_MODE).map(|_| ()),
+        root.holds(&rel(claim)).map(|_| ()),
+        root.remove(&rel(claim), OnDelete::Delete, now).map(|_| ()),
+        root.remove(&rel(claim), OnDelete::Archive, now).map(|_| ()),
     ] {
         assert!(
             matches!(result, Err(DirError::Symlink { .. })),
-            "{result:?}"
+            "{claim}: {result:?}"
         );
     }
-    assert_untouched(&out);
 }
 
 #[test]
@@ -237,4 +240,345 @@ fn a_mount_reached_through_a_symlink_is_canonical() {
     let p = root.create(&rel("ns/x"), DEFAULT_DIR_MODE).unwrap();
     assert!(d.path().join("real/ns/x").is_dir());
     assert!(p.starts_with(root.path()));
+}
+
+// === symlinks swapped in between a check and its use ===
+
+use crate::fsutil::race::{self, swap_at};
+
+/// Where the race tests run: a temporary directory, and also the scratch btrfs when
+/// `$STOWAGE_TEST_BTRFS` names one (another filesystem's rename and directory semantics).
+fn bases(test: &str) -> Vec<tempfile::TempDir> {
+    let mut bases = vec![tempfile::tempdir().unwrap()];
+    match std::env::var_os("STOWAGE_TEST_BTRFS") {
+        Some(mnt) => bases.push(
+            tempfile::Builder::new()
+                .prefix(&format!("{test}-"))
+                .tempdir_in(mnt)
+                .unwrap(),
+        ),
+        None => eprintln!("{test}: STOWAGE_TEST_BTRFS is unset; running on the temp dir only"),
+    }
+    bases
+}
+
+/// A mount (with `ns/` made when `with_ns`) and a precious outside tree beside it:
+/// `<base>/outside/data/secret`, mode 0755 everywhere.
+fn setup(base: &Path) -> (ServerRoot, PathBuf) {
+    fs::create_dir(base.join("mount")).unwrap();
+    let root = ServerRoot::open(base.join("mount")).unwrap();
+    let out = outside(base);
+    for d in [&out, &out.join("data")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (root, out)
+}
+
+/// The outside tree is as [`setup`] made it: same entries, same contents, same modes.
+fn intact(out: &Path) {
+    assert_untouched(out);
+    assert_eq!(mode_of(out), 0o755, "the outside directory's mode changed");
+    assert_eq!(
+        mode_of(&out.join("data")),
+        0o755,
+        "outside/data's mode changed"
+    );
+    let inside: Vec<_> = fs::read_dir(out.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        inside,
+        ["secret"],
+        "nothing was made or removed in outside/data"
+    );
+}
+
+/// [`setup`] with the claim `ns/data` made and holding a tenant's file `f`.
+fn with_claim(base: &Path) -> (ServerRoot, PathBuf, PathBuf) {
+    let (root, out) = setup(base);
+    let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+    fs::write(p.join("f"), b"tenant").unwrap();
+    (root, out, p)
+}
+
+fn is_symlink(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+#[test]
+fn create_refuses_a_staging_directory_swapped_for_a_symlink_before_its_chmod() {
+    for base in bases("nfs-create-chmod") {
+        let (root, out) = setup(base.path());
+        for (point, victim, target) in [
+            ("nfs.create.parent.chmod", ".parent-ns.data", out.clone()),
+            ("nfs.create.chmod", "ns/.staging-data", out.join("data")),
+        ] {
+            let _race = swap_at(point, root.path().join(victim), target);
+            let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+            assert!(matches!(e, DirError::Symlink { .. }), "{point}: {e}");
+            assert!(e.to_string().contains(victim), "{point}: {e}");
+            intact(&out);
+            // The link is left; the next case starts from a clean staging name.
+            let link = root.path().join(victim);
+            assert!(is_symlink(&link));
+            fs::remove_file(link).unwrap();
+        }
+        assert!(
+            fs::symlink_metadata(root.path().join("ns/data")).is_err(),
+            "no claim directory was made"
+        );
+    }
+}
+
+#[test]
+fn create_refuses_what_was_renamed_into_place_when_it_is_not_the_directory_it_set_up() {
+    for base in bases("nfs-create-rename") {
+        let (root, out) = setup(base.path());
+        let claim = root.path().join("ns/data");
+        let _race = swap_at(
+            "nfs.create.rename",
+            root.path().join("ns/.staging-data"),
+            out.join("data"),
+        );
+        let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+        assert!(matches!(e, DirError::Replaced { .. }), "{e}");
+        assert_eq!(e.reason(), "NfsDirectoryReplaced");
+        intact(&out);
+        drop(_race);
+        // The link was moved, not followed; a retry refuses it rather than adopting it.
+        assert!(is_symlink(&claim));
+        let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+        assert!(matches!(e, DirError::Symlink { .. }), "{e}");
+        assert!(root.holds(&rel("ns/data")).is_err());
+        intact(&out);
+    }
+}
+
+#[test]
+fn create_under_a_namespace_swapped_for_a_symlink_stays_in_the_real_namespace_directory() {
+    for base in bases("nfs-create-ns") {
+        let (root, out) = setup(base.path());
+        let ns = root.path().join("ns");
+        let _race = swap_at("nfs.create.chmod", ns.clone(), out.clone());
+        root.create(&rel("ns/data"), VolumeMode(0o770)).unwrap();
+        intact(&out);
+        let real = ns.with_extension("moved").join("data");
+        assert!(real.is_dir(), "made through the namespace's descriptor");
+        assert_eq!(mode_of(&real), 0o770);
+    }
+}
+
+#[test]
+fn a_claim_swapped_for_a_symlink_after_it_was_opened_is_neither_deleted_nor_archived_through() {
+    for base in bases("nfs-remove-claim") {
+        for (on_delete, point) in [
+            (OnDelete::Delete, "nfs.delete.remove"),
+            (OnDelete::Archive, "nfs.archive.rename"),
+        ] {
+            let (root, out, p) = with_claim(base.path());
+            let _race = swap_at(point, p.clone(), out.join("data"));
+            let e = root
+                .remove(&rel("ns/data"), on_delete, SystemTime::now())
+                .unwrap_err();
+            assert!(matches!(e, DirError::Replaced { .. }), "{point}: {e}");
+            intact(&out);
+            let moved = p.with_extension("moved");
+            let left: Vec<_> = fs::read_dir(&moved)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            if on_delete == OnDelete::Delete {
+                // What was emptied through its descriptor is the claim's own directory;
+                // the final unlinkat met the link and left it for a person to look at.
+                assert!(left.is_empty(), "{left:?}");
+                assert!(is_symlink(&p));
+            } else {
+                // The link was moved to the archive name, not followed.
+                assert_eq!(left, ["f"]);
+                assert!(!is_symlink(&p));
+            }
+            fs::remove_dir_all(base.path()).unwrap();
+            fs::create_dir(base.path()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn delete_under_a_namespace_swapped_for_a_symlink_removes_only_the_real_claim_directory() {
+    for base in bases("nfs-delete-ns") {
+        let (root, out, p) = with_claim(base.path());
+        // `outside/data` is what a by-path `remove_dir_all(<mount>/ns/data)` would delete.
+        let ns = root.path().join("ns");
+        let _race = swap_at("nfs.delete.remove", ns.clone(), out.clone());
+        assert_eq!(
+            root.remove(&rel("ns/data"), OnDelete::Delete, SystemTime::now())
+                .unwrap(),
+            Removed::Deleted(p)
+        );
+        intact(&out);
+        assert!(!ns.with_extension("moved").join("data").exists());
+    }
+}
+
+#[test]
+fn delete_does_not_descend_into_a_subdirectory_swapped_for_a_symlink() {
+    for base in bases("nfs-delete-tree") {
+        let (root, out) = setup(base.path());
+        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+        fs::create_dir_all(p.join("sub/deeper")).unwrap();
+        fs::write(p.join("sub/deeper/f"), b"x").unwrap();
+        fs::write(p.join("top"), b"x").unwrap();
+        let sub = p.join("sub");
+        let mut swapped = false;
+        let target = out.join("data");
+        let _race = race::set(move |at| {
+            if at == "tree.enter" && !swapped {
+                swapped = true;
+                fs::rename(&sub, sub.with_extension("moved")).unwrap();
+                symlink(&target, &sub).unwrap();
+            }
+        });
+        // The link is removed, not entered; the moved-aside directory appeared after the
+        // listing, so the claim directory is not empty at the end: refused, retried.
+        let now = SystemTime::now();
+        let first = root.remove(&rel("ns/data"), OnDelete::Delete, now);
+        intact(&out);
+        assert!(!is_symlink(&p.join("sub")), "the link itself is removed");
+        let e = first.unwrap_err();
+        assert!(matches!(e, DirError::Io { .. }), "{e}");
+        assert_eq!(
+            root.remove(&rel("ns/data"), OnDelete::Delete, now).unwrap(),
+            Removed::Deleted(p.clone())
+        );
+        assert!(!p.exists());
+        intact(&out);
+    }
+}
+
+#[test]
+fn archive_under_a_namespace_swapped_for_a_symlink_moves_the_real_claim_directory() {
+    for base in bases("nfs-archive-ns") {
+        let (root, out, _) = with_claim(base.path());
+        let _race = swap_at("nfs.archive.rename", root.path().join("ns"), out.clone());
+        let now = UNIX_EPOCH + Duration::from_secs(AT);
+        let Removed::Archived { to, .. } = root
+            .remove(&rel("ns/data"), OnDelete::Archive, now)
+            .unwrap()
+        else {
+            panic!("not archived");
+        };
+        assert_eq!(to.parent().unwrap(), root.path());
+        assert_eq!(fs::read(to.join("f")).unwrap(), b"tenant");
+        intact(&out);
+    }
+}
+
+#[test]
+fn a_mount_swapped_for_a_symlink_is_refused() {
+    for base in bases("nfs-mount-swap") {
+        let (root, out) = setup(base.path());
+        root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+        fs::rename(root.path(), base.path().join("mount.moved")).unwrap();
+        symlink(&out, root.path()).unwrap();
+        fs::create_dir(out.join("ns")).unwrap();
+        fs::set_permissions(out.join("ns"), fs::Permissions::from_mode(0o755)).unwrap();
+        every_operation_is_refused_as_a_symlink(&root, "ns/data");
+        fs::remove_dir(out.join("ns")).unwrap();
+        intact(&out);
+    }
+}
+
+#[test]
+fn staging_leftovers_of_a_crashed_create_are_reused_and_discarded() {
+    let (_d, root) = mount();
+    // What creates killed between mkdir (narrowed by the umask) and chmod leave.
+    let leftover = |p: PathBuf| {
+        fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+    };
+    leftover(root.path().join(".parent-ns.data"));
+    let p = root.create(&rel("ns/data"), VolumeMode(0o770)).unwrap();
+    assert_eq!(
+        mode_of(&root.path().join("ns")),
+        0o755,
+        "the retry sets the mode"
+    );
+    assert_eq!(mode_of(&p), 0o770);
+    assert!(
+        !root.path().join(".parent-ns.data").exists(),
+        "renamed into place"
+    );
+    leftover(root.path().join("ns/.staging-other"));
+    let q = root.create(&rel("ns/other"), VolumeMode(0o777)).unwrap();
+    assert_eq!(mode_of(&q), 0o777);
+    assert!(!root.path().join("ns/.staging-other").exists());
+    // Leftovers beside a claim being deleted or archived go with it; others stay.
+    leftover(root.path().join("ns/.staging-data"));
+    leftover(root.path().join(".parent-ns.data"));
+    leftover(root.path().join("ns/.staging-keep"));
+    let now = UNIX_EPOCH + Duration::from_secs(AT);
+    root.remove(&rel("ns/data"), OnDelete::Archive, now)
+        .unwrap();
+    assert!(!root.path().join("ns/.staging-data").exists());
+    assert!(!root.path().join(".parent-ns.data").exists());
+    assert!(root.path().join("ns/.staging-keep").is_dir());
+    // A claim never made but with a leftover: gone, and the leftover with it.
+    assert_eq!(
+        root.remove(&rel("ns/keep"), OnDelete::Delete, now).unwrap(),
+        Removed::AlreadyGone(root.path().join("ns/keep"))
+    );
+    assert!(!root.path().join("ns/.staging-keep").exists());
+    assert!(q.is_dir() && root.holds(&rel("ns/other")).unwrap());
+}
+
+#[test]
+fn staging_names_of_long_claims_fit_and_stay_distinct() {
+    let (_d, root) = mount();
+    let ns = "n".repeat(63);
+    let a = format!("{ns}/{}a", "c".repeat(252));
+    let b = format!("{ns}/{}b", "c".repeat(252));
+    let pa = root.create(&rel(&a), DEFAULT_DIR_MODE).unwrap();
+    let pb = root.create(&rel(&b), DEFAULT_DIR_MODE).unwrap();
+    assert!(pa.is_dir() && pb.is_dir() && pa != pb);
+    assert_ne!(
+        staging_name(&"c".repeat(253)),
+        staging_name(&format!("{}d", "c".repeat(252)))
+    );
+    assert!(staging_name(&"c".repeat(253)).len() <= 255);
+    assert!(parent_staging_name(&ns, &"c".repeat(253)).len() <= 255);
+}
+
+#[test]
+fn without_renameat2_flags_as_on_nfs_create_and_archive_still_never_replace_anything() {
+    let (_d, root) = mount();
+    let _nfs = race::without_rename_flags();
+    let p = root.create(&rel("ns/data"), VolumeMode(0o770)).unwrap();
+    assert_eq!(mode_of(&p), 0o770);
+    fs::write(p.join("f"), b"1").unwrap();
+    assert_eq!(root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap(), p);
+    assert_eq!(
+        fs::read(p.join("f")).unwrap(),
+        b"1",
+        "adopted, not replaced"
+    );
+    let now = UNIX_EPOCH + Duration::from_secs(AT);
+    // Taken archive names (a directory with data, a symlink) are skipped, not replaced.
+    let taken = root.path().join("archived-ns-data-20240229T134507Z");
+    fs::create_dir(&taken).unwrap();
+    fs::write(taken.join("old"), b"old").unwrap();
+    symlink(
+        "/nonexistent",
+        root.path().join("archived-ns-data-20240229T134507Z-1"),
+    )
+    .unwrap();
+    let Removed::Archived { to, .. } = root
+        .remove(&rel("ns/data"), OnDelete::Archive, now)
+        .unwrap()
+    else {
+        panic!("not archived");
+    };
+    assert!(to.to_string_lossy().ends_with("Z-2"), "{to:?}");
+    assert_eq!(fs::read(to.join("f")).unwrap(), b"1");
+    assert_eq!(fs::read(taken.join("old")).unwrap(), b"old");
 }

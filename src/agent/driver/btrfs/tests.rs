@@ -523,20 +523,7 @@ fn an_ioctl_error_names_the_operation_and_path_and_a_permission_error_says_what_
     assert!(!other.contains("CAP_SYS_ADMIN"), "{other}");
 }
 
-/// At `point`, moves `victim` aside (to `<victim>.moved`) and puts a symlink to `target` in
-/// its place.
-fn swap_at(
-    point: &'static str,
-    victim: PathBuf,
-    target: PathBuf,
-) -> crate::agent::path::race::Guard {
-    crate::agent::path::race::set(move |at| {
-        if at == point {
-            fs::rename(&victim, victim.with_extension("moved")).unwrap();
-            symlink(&target, &victim).unwrap();
-        }
-    })
-}
+use crate::fsutil::race::swap_at;
 
 #[test]
 fn a_symlink_to_another_pool_swapped_in_before_destroy_is_not_destroyed() {

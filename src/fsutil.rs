@@ -1,0 +1,549 @@
+//! Directory operations relative to open directory descriptors that never follow a symlink,
+//! shared by the agent's pool drivers and the controller's NFS claim directories.
+//!
+//! Checking a path and then using it by path leaves a window in which anyone who can write
+//! a directory on the way can swap a symlink in, and the use then follows it out of the
+//! pool or export. The functions here never look a path up again after a check: each
+//! directory is opened `O_NOFOLLOW | O_DIRECTORY` relative to the descriptor of the
+//! directory holding it, made with `mkdirat` under a staging name, given its mode with
+//! `fchmod` on its own descriptor, renamed with `renameat` between descriptors and removed
+//! with `unlinkat`. A symlink where a directory should be is refused; a symlink inside a
+//! tree being deleted is removed as a link. Neither is followed.
+//!
+//! ```text
+//!   make_dir_at     openat(parent, name)  exists: adopt it
+//!                   mkdirat(parent, .staging) ─ openat NOFOLLOW ─ fchmod ─ renameat NOREPLACE
+//!                   ─ the entry now at `name` is the inode given the mode, or refused
+//!   remove_tree_at  openat NOFOLLOW ─ each level: unlinkat files and links,
+//!                   openat NOFOLLOW subdirectories ─ unlinkat(REMOVEDIR) bottom-up
+//! ```
+//!
+//! Paths passed alongside descriptors are used for error messages only.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+/// Why a directory operation relative to descriptors failed. Every variant names the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The filesystem refused an operation.
+    #[error("{path}: {source}")]
+    Io {
+        /// The entry operated on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Something other than a directory (and not a symlink) stands where a directory should be.
+    #[error("{path} is not a directory")]
+    NotADirectory {
+        /// The entry.
+        path: PathBuf,
+    },
+    /// A symlink stands where a directory should be.
+    #[error("{path} is a symlink where a directory should be")]
+    Symlink {
+        /// The symlink.
+        path: PathBuf,
+    },
+    /// The entry was swapped for another one (a symlink or another directory) between two
+    /// steps of an operation; what was swapped in was moved or left, never followed.
+    #[error("{path} was replaced by something else while it was being set up or moved")]
+    Replaced {
+        /// The entry.
+        path: PathBuf,
+    },
+}
+
+impl FsError {
+    fn io(path: PathBuf, errno: Errno) -> Self {
+        FsError::Io {
+            path,
+            source: errno.into(),
+        }
+    }
+}
+
+/// Flags for opening a directory that must not be a symlink.
+pub fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Opens the directory at `path` for `*at` calls, refusing a symlink as its last component.
+/// `path` should be canonical (no symlink on the way), as the pool and mount roots are.
+pub fn open_dir(path: &Path) -> Result<OwnedFd, FsError> {
+    rustix::fs::open(path, dir_flags(), Mode::empty()).map_err(|e| {
+        let kind = match e {
+            Errno::LOOP | Errno::NOTDIR => std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&m))),
+            _ => None,
+        };
+        refusal(path.to_path_buf(), e, kind)
+    })
+}
+
+/// Opens the directory `name` inside the open directory `dir` (found at `dir_path`) without
+/// following a symlink. `Ok(None)` if nothing is there; a symlink is [`FsError::Symlink`],
+/// any other non-directory [`FsError::NotADirectory`].
+pub fn open_dir_at(
+    dir: impl AsFd,
+    dir_path: &Path,
+    name: &str,
+) -> Result<Option<OwnedFd>, FsError> {
+    let dir = dir.as_fd();
+    match rustix::fs::openat(dir, name, dir_flags(), Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(refusal(dir_path.join(name), e, kind_at(dir, name))),
+    }
+}
+
+/// The type of the entry `name` of `dir`, not following a symlink; `None` if it cannot be
+/// looked at (gone, or no permission).
+fn kind_at(dir: impl AsFd, name: &str) -> Option<FileType> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| FileType::from_raw_mode(st.st_mode))
+}
+
+/// The error for a failed `O_NOFOLLOW | O_DIRECTORY` open: such an open gives `ELOOP` or
+/// `ENOTDIR` for a symlink, `ENOTDIR` for a file, so `kind` (the entry looked at, not
+/// followed) says which.
+fn refusal(path: PathBuf, errno: Errno, kind: Option<FileType>) -> FsError {
+    match (errno, kind) {
+        (Errno::LOOP | Errno::NOTDIR, Some(FileType::Symlink)) => FsError::Symlink { path },
+        (Errno::LOOP | Errno::NOTDIR, _) => FsError::NotADirectory { path },
+        (e, _) => FsError::io(path, e),
+    }
+}
+
+/// Whether two descriptors or stats name the same inode.
+fn same_inode(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
+
+/// `renameat(from_dir, from, to_dir, to)` that never replaces an existing `to`:
+/// `RENAME_NOREPLACE`, with `EEXIST` if something is there.
+///
+/// The NFS client (like CephFS and FUSE filesystems) rejects every `renameat2` flag with
+/// `EINVAL`. There it checks that `to` is absent and does a plain `renameat`; in the window
+/// between the two, only an empty directory that appeared at `to` could be replaced (a
+/// directory renamed onto anything else fails), so no data is lost and nothing is followed.
+pub fn rename_noreplace(
+    from_dir: impl AsFd,
+    from: &str,
+    to_dir: impl AsFd,
+    to: &str,
+) -> Result<(), Errno> {
+    let (from_dir, to_dir) = (from_dir.as_fd(), to_dir.as_fd());
+    let flagged = if rename_flags_unsupported() {
+        Err(Errno::INVAL)
+    } else {
+        rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE)
+    };
+    match flagged {
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            match rustix::fs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(_) => return Err(Errno::EXIST),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
+            match rustix::fs::renameat(from_dir, from, to_dir, to) {
+                // A directory renamed onto a non-empty directory or onto a non-directory.
+                Err(Errno::NOTEMPTY | Errno::NOTDIR | Errno::ISDIR) => Err(Errno::EXIST),
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
+
+/// A directory for [`make_dir_at`] to make.
+#[derive(Clone, Copy, Debug)]
+pub struct NewDir<'a> {
+    /// Its final name in the parent.
+    pub name: &'a str,
+    /// The name it is set up under first, in the same parent. Must be unique to this
+    /// directory (a leftover of a crashed attempt is reused) and never a final name.
+    pub staging: &'a str,
+    /// Its mode, set exactly whatever the process umask.
+    pub mode: u32,
+    /// The race point between `mkdirat` and `fchmod`.
+    pub chmod_point: &'static str,
+    /// The race point between `fchmod` and the rename into place.
+    pub rename_point: &'static str,
+}
+
+/// A directory [`make_dir_at`] made or found.
+#[derive(Debug)]
+pub struct Made {
+    /// The directory, open (the inode now at its final name).
+    pub fd: OwnedFd,
+    /// Whether this call made it (false: it was already there and is adopted as it is).
+    pub created: bool,
+}
+
+/// Makes the directory `new.name` inside the open directory `parent` (found at
+/// `parent_path`) with exactly `new.mode`, or adopts the directory already there.
+///
+/// The directory is made under `new.staging` (a leftover of a crashed attempt is reused),
+/// opened without following a symlink, given its mode with `fchmod`, and renamed into
+/// place without replacing anything: the final name never holds a directory whose mode was
+/// not set yet, which a crash between `mkdir` (narrowed by the umask) and `chmod` would
+/// leave. `staged` runs between the `fchmod` and the rename (a crash point).
+///
+/// Idempotent: an existing directory (made by an earlier call, or by a concurrent one that
+/// won the rename) keeps its mode and contents. A symlink or a file at the final name, or
+/// at the staging name when it is opened, is refused. If the staging entry was swapped
+/// after it was opened, the rename moves the swapped-in entry, not the directory given the
+/// mode, and that is [`FsError::Replaced`]: it is left for a person to look at.
+pub fn make_dir_at(
+    parent: &OwnedFd,
+    parent_path: &Path,
+    new: &NewDir<'_>,
+    staged: impl FnOnce(),
+) -> Result<Made, FsError> {
+    if let Some(fd) = open_dir_at(parent, parent_path, new.name)? {
+        return Ok(Made { fd, created: false });
+    }
+    let staging_path = parent_path.join(new.staging);
+    let mode = Mode::from_raw_mode(new.mode);
+    match rustix::fs::mkdirat(parent, new.staging, mode) {
+        // A leftover of a crashed attempt is reused: opening it refuses a symlink.
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(FsError::io(staging_path, e)),
+    }
+    race_point(new.chmod_point);
+    let Some(fd) = open_dir_at(parent, parent_path, new.staging)? else {
+        return Err(FsError::Replaced { path: staging_path });
+    };
+    rustix::fs::fchmod(&fd, mode).map_err(|e| FsError::io(staging_path.clone(), e))?;
+    let made = rustix::fs::fstat(&fd).map_err(|e| FsError::io(staging_path.clone(), e))?;
+    staged();
+    race_point(new.rename_point);
+    let path = parent_path.join(new.name);
+    match rename_noreplace(parent, new.staging, parent, new.name) {
+        Ok(()) => {}
+        // Lost a race with another create: ours is surplus and empty.
+        Err(Errno::EXIST) => {
+            let _ = rustix::fs::unlinkat(parent, new.staging, AtFlags::REMOVEDIR);
+            return match open_dir_at(parent, parent_path, new.name)? {
+                Some(fd) => Ok(Made { fd, created: false }),
+                None => Err(FsError::Replaced { path }),
+            };
+        }
+        Err(Errno::NOENT) => return Err(FsError::Replaced { path: staging_path }),
+        Err(e) => return Err(FsError::io(staging_path, e)),
+    }
+    match rustix::fs::statat(parent, new.name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(now) if same_inode(&now, &made) => Ok(Made { fd, created: true }),
+        Ok(_) | Err(Errno::NOENT) => Err(FsError::Replaced { path }),
+        Err(e) => Err(FsError::io(path, e)),
+    }
+}
+
+/// Removes the directory `name` of the open directory `parent` (found at `parent_path`) and
+/// everything in it. `Ok(false)` if nothing is there; a symlink or a file at `name` is
+/// refused and left alone.
+///
+/// Nothing is followed: each directory of the tree is opened `O_NOFOLLOW` relative to the
+/// descriptor of the one holding it, and every entry is removed with `unlinkat` relative to
+/// that descriptor, so a symlink inside the tree (or swapped in for a directory of it
+/// meanwhile) is removed as a link and its target is never entered. `point` is a race
+/// point after `name` was opened: if it is swapped for a symlink there, the directory
+/// opened is emptied, the final `unlinkat` finds the symlink and the call fails with
+/// [`FsError::Replaced`], leaving the link and its target alone.
+///
+/// Every level of the tree holds one descriptor while its subdirectories are removed, so a
+/// tree deeper than the open-file limit fails with `EMFILE`, partly removed (a retry goes
+/// on from there).
+pub fn remove_tree_at(
+    parent: &OwnedFd,
+    parent_path: &Path,
+    name: &str,
+    point: &'static str,
+) -> Result<bool, FsError> {
+    let Some(top) = open_dir_at(parent, parent_path, name)? else {
+        return Ok(false);
+    };
+    race_point(point);
+    let path = parent_path.join(name);
+    empty_dir(top, &path)?;
+    match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(true),
+        Err(Errno::NOTDIR) => Err(FsError::Replaced { path }),
+        Err(e) => Err(FsError::io(path, e)),
+    }
+}
+
+/// One directory of the tree [`empty_dir`] is emptying.
+struct Level {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Its name in the level below; `None` for the top, which the caller removes.
+    name: Option<CString>,
+    /// Entries still to remove, from one listing.
+    pending: Vec<(CString, bool)>,
+}
+
+/// Removes every entry of the open directory `top` (found at `path`), depth first, with a
+/// stack of levels rather than recursion so a deep tree cannot overflow the stack.
+fn empty_dir(top: OwnedFd, path: &Path) -> Result<(), FsError> {
+    let first = list(&top, path)?;
+    let mut stack = vec![Level {
+        fd: top,
+        path: path.to_path_buf(),
+        name: None,
+        pending: first,
+    }];
+    while let Some(level) = stack.last_mut() {
+        let Some((name, is_dir)) = level.pending.pop() else {
+            let Some(done) = stack.pop() else { break };
+            if let (Some(name), Some(below)) = (done.name, stack.last()) {
+                drop(done.fd);
+                match rustix::fs::unlinkat(&below.fd, name.as_c_str(), AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(FsError::io(done.path, e)),
+                }
+            }
+            continue;
+        };
+        let entry_path = level.path.join(name.to_string_lossy().as_ref());
+        if !is_dir {
+            match rustix::fs::unlinkat(&level.fd, name.as_c_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => continue,
+                // Swapped for a directory since the listing: handled as one below.
+                Err(Errno::ISDIR | Errno::PERM) => {}
+                Err(e) => return Err(FsError::io(entry_path, e)),
+            }
+        }
+        race_point("tree.enter");
+        match rustix::fs::openat(&level.fd, name.as_c_str(), dir_flags(), Mode::empty()) {
+            Ok(fd) => {
+                let pending = list(&fd, &entry_path)?;
+                stack.push(Level {
+                    fd,
+                    path: entry_path,
+                    name: Some(name),
+                    pending,
+                });
+            }
+            Err(Errno::NOENT) => {}
+            // A symlink or a file (swapped in since the listing): removed, not followed.
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                match rustix::fs::unlinkat(&level.fd, name.as_c_str(), AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(FsError::io(entry_path, e)),
+                }
+            }
+            Err(e) => return Err(FsError::io(entry_path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The entries of the open directory `dir` but `.` and `..`, each with whether it is a
+/// directory (from `d_type`, or `fstatat` without following where the filesystem does not
+/// fill it in).
+fn list(dir: &OwnedFd, path: &Path) -> Result<Vec<(CString, bool)>, FsError> {
+    let err = |e| FsError::io(path.to_path_buf(), e);
+    let mut entries = Vec::new();
+    let mut reader = rustix::fs::Dir::read_from(dir).map_err(err)?;
+    while let Some(entry) = reader.read() {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => matches!(
+                rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            ),
+            _ => false,
+        };
+        entries.push((name.to_owned(), is_dir));
+    }
+    Ok(entries)
+}
+
+/// A named point between a check and the use it guards. Unit tests register a hook that
+/// swaps the filesystem there (a directory for a symlink) to prove the use does not follow
+/// what was swapped in; outside tests it does nothing.
+pub(crate) fn race_point(point: &'static str) {
+    #[cfg(test)]
+    race::run(point);
+    let _ = point;
+}
+
+/// Whether `renameat2` flags are to be treated as unsupported: never, except on a test
+/// thread that asked for it with [`race::without_rename_flags`].
+fn rename_flags_unsupported() -> bool {
+    #[cfg(test)]
+    if race::rename_flags_off() {
+        return true;
+    }
+    false
+}
+
+/// The test side of [`race_point`]: a per-thread hook, and a per-thread switch that makes
+/// [`rename_noreplace`] behave as on a filesystem without `renameat2` flags (NFS).
+#[cfg(test)]
+pub(crate) mod race {
+    use std::cell::{Cell, RefCell};
+
+    type Hook = Box<dyn FnMut(&str)>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+        static NO_RENAME_FLAGS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `hook` at every race point this thread passes until the guard is dropped.
+    pub(crate) fn set(hook: impl FnMut(&str) + 'static) -> Guard {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+        Guard
+    }
+
+    /// Removes the hook when dropped.
+    pub(crate) struct Guard;
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            HOOK.with(|h| *h.borrow_mut() = None);
+        }
+    }
+
+    /// At `point`, moves `victim` aside to `<victim>.moved` and puts a symlink to `target`
+    /// in its place: the swap an attacker with write access to `victim`'s parent makes.
+    pub(crate) fn swap_at(
+        point: &'static str,
+        victim: std::path::PathBuf,
+        target: std::path::PathBuf,
+    ) -> Guard {
+        set(move |at| {
+            if at == point {
+                std::fs::rename(&victim, victim.with_extension("moved")).unwrap();
+                std::os::unix::fs::symlink(&target, &victim).unwrap();
+            }
+        })
+    }
+
+    pub(super) fn run(point: &str) {
+        HOOK.with(|h| {
+            if let Some(hook) = h.borrow_mut().as_mut() {
+                hook(point);
+            }
+        });
+    }
+
+    /// Makes `renameat2` flags fail with `EINVAL` on this thread, as on NFS, until the
+    /// guard is dropped.
+    pub(crate) fn without_rename_flags() -> FlagsGuard {
+        NO_RENAME_FLAGS.with(|f| f.set(true));
+        FlagsGuard
+    }
+
+    /// Gives `renameat2` its flags back when dropped.
+    pub(crate) struct FlagsGuard;
+
+    impl Drop for FlagsGuard {
+        fn drop(&mut self) {
+            NO_RENAME_FLAGS.with(|f| f.set(false));
+        }
+    }
+
+    pub(super) fn rename_flags_off() -> bool {
+        NO_RENAME_FLAGS.with(Cell::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        open_dir(p).unwrap()
+    }
+
+    #[test]
+    fn rename_noreplace_never_replaces_with_or_without_renameat2_flags() {
+        for flags in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let _nfs = (!flags).then(race::without_rename_flags);
+            let fd = dir_fd(d.path());
+            fs::create_dir(d.path().join("src")).unwrap();
+            fs::create_dir(d.path().join("full")).unwrap();
+            fs::write(d.path().join("full/f"), b"keep").unwrap();
+            fs::write(d.path().join("file"), b"keep").unwrap();
+            symlink("/", d.path().join("link")).unwrap();
+            fs::create_dir(d.path().join("empty")).unwrap();
+            for taken in ["full", "file", "link", "empty"] {
+                assert_eq!(
+                    rename_noreplace(&fd, "src", &fd, taken),
+                    Err(Errno::EXIST),
+                    "{taken} (flags: {flags})"
+                );
+            }
+            assert_eq!(fs::read(d.path().join("full/f")).unwrap(), b"keep");
+            assert_eq!(fs::read(d.path().join("file")).unwrap(), b"keep");
+            rename_noreplace(&fd, "src", &fd, "free").unwrap();
+            assert!(d.path().join("free").is_dir() && !d.path().join("src").exists());
+            assert_eq!(
+                rename_noreplace(&fd, "src", &fd, "again"),
+                Err(Errno::NOENT)
+            );
+        }
+    }
+
+    #[test]
+    fn remove_tree_at_removes_links_not_their_targets_and_refuses_a_linked_top() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        fs::create_dir_all(out.join("keep")).unwrap();
+        fs::write(out.join("keep/f"), b"keep").unwrap();
+        let vol = d.path().join("vol");
+        fs::create_dir_all(vol.join("a/b/c")).unwrap();
+        fs::write(vol.join("a/b/c/f"), b"x").unwrap();
+        symlink(&out, vol.join("a/escape")).unwrap();
+        symlink(out.join("keep/f"), vol.join("a/b/file-link")).unwrap();
+        symlink(&out, d.path().join("top-link")).unwrap();
+        let fd = dir_fd(d.path());
+        let e = remove_tree_at(&fd, d.path(), "top-link", "test").unwrap_err();
+        assert!(matches!(e, FsError::Symlink { .. }), "{e}");
+        assert!(remove_tree_at(&fd, d.path(), "vol", "test").unwrap());
+        assert!(!vol.exists());
+        assert!(!remove_tree_at(&fd, d.path(), "vol", "test").unwrap());
+        assert_eq!(fs::read(out.join("keep/f")).unwrap(), b"keep");
+        assert!(
+            fs::symlink_metadata(d.path().join("top-link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn a_deep_tree_is_removed_without_recursion() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = d.path().join("vol");
+        for _ in 0..200 {
+            p.push("d");
+        }
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("f"), b"x").unwrap();
+        let fd = dir_fd(d.path());
+        assert!(remove_tree_at(&fd, d.path(), "vol", "test").unwrap());
+        assert!(!d.path().join("vol").exists());
+    }
+}
