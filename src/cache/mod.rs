@@ -61,7 +61,8 @@ pub const LOCAL_VOLUME_PREFIX: &str = "pvc-";
 /// their hostname label; StorageNodes and StorageClasses whole (stripped, see [`slim`]).
 #[derive(Default)]
 pub struct ClusterIndex {
-    nodes: HashMap<String, StorageNode>,
+    /// StorageNodes by name: their status is all the index reads of them.
+    nodes: HashMap<Box<str>, Option<StorageNodeStatus>>,
     volumes: HashMap<Name, VolumeRow>,
     /// By `(namespace, name)`.
     claims: HashMap<(Sym, Box<str>), ClaimRow>,
@@ -77,6 +78,8 @@ pub struct ClusterIndex {
     pv_provisioners: Vec<String>,
     /// Told which objects changed, so their reconcilers look at them.
     trigger: Option<TriggerFn>,
+    /// Rows of a re-list in progress, made as its pages arrive (see `stage_*`).
+    staging: Staging,
     /// The ledger without heartbeat ages, with each node's parsed heartbeat and compact
     /// summary; cleared on every change but a heartbeat.
     base: OnceLock<Base>,
@@ -97,6 +100,15 @@ impl std::fmt::Debug for ClusterIndex {
             .field("provisioner", &self.provisioner.0)
             .finish_non_exhaustive()
     }
+}
+
+/// The rows of re-lists in progress: a watch's list is turned into rows page by page, so
+/// 50,000 whole objects are never held at once; `commit_*` then replaces the kind.
+#[derive(Default)]
+struct Staging {
+    volumes: HashMap<Name, VolumeRow>,
+    claims: HashMap<(Sym, Box<str>), ClaimRow>,
+    pvs: HashMap<Name, PvRow>,
 }
 
 /// An object whose reconciler should look at it again (see [`ClusterIndex::set_trigger`]).
@@ -307,12 +319,13 @@ impl ClusterIndex {
     /// re-derive the whole cluster after every heartbeat.
     pub fn apply_storage_node(&mut self, node: StorageNode) {
         let name = node.metadata.name.clone().unwrap_or_default();
+        let status = node.status;
         let heartbeat_only = self
             .nodes
-            .get(&name)
-            .is_some_and(|old| only_heartbeat_differs(old, &node));
-        let beat = heartbeat(&node);
-        self.nodes.insert(name.clone(), node);
+            .get(name.as_str())
+            .is_some_and(|old| only_heartbeat_differs(old.as_ref(), status.as_ref()));
+        let beat = heartbeat(status.as_ref());
+        self.nodes.insert(name.as_str().into(), status);
         if !heartbeat_only {
             self.changed();
             return;
@@ -336,7 +349,12 @@ impl ClusterIndex {
     pub fn reset_storage_nodes(&mut self, nodes: impl IntoIterator<Item = StorageNode>) {
         self.nodes = nodes
             .into_iter()
-            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+            .map(|n| {
+                (
+                    n.metadata.name.as_deref().unwrap_or_default().into(),
+                    n.status,
+                )
+            })
             .collect();
         self.changed();
     }
@@ -385,11 +403,27 @@ impl ClusterIndex {
 
     /// Replaces every LocalVolume with a re-list.
     pub fn reset_local_volumes(&mut self, volumes: impl IntoIterator<Item = LocalVolume>) {
-        let mut fresh = HashMap::new();
-        for v in volumes {
-            let name = Name::new(v.metadata.name.as_deref().unwrap_or_default());
-            fresh.insert(name, VolumeRow::new(&v, &mut self.syms));
-        }
+        self.begin_local_volumes();
+        volumes.into_iter().for_each(|v| self.stage_local_volume(v));
+        self.commit_local_volumes();
+    }
+
+    /// Starts a re-list of LocalVolumes: drops whatever an earlier, unfinished one staged.
+    pub fn begin_local_volumes(&mut self) {
+        self.staging.volumes.clear();
+    }
+
+    /// Adds a LocalVolume of a re-list in progress; [`ClusterIndex::commit_local_volumes`]
+    /// ends it.
+    pub fn stage_local_volume(&mut self, volume: LocalVolume) {
+        let name = Name::new(volume.metadata.name.as_deref().unwrap_or_default());
+        let row = VolumeRow::new(&volume, &mut self.syms);
+        self.staging.volumes.insert(name, row);
+    }
+
+    /// Replaces every LocalVolume with those staged; queues those that changed.
+    pub fn commit_local_volumes(&mut self) {
+        let fresh = std::mem::take(&mut self.staging.volumes);
         let old = std::mem::replace(&mut self.volumes, fresh);
         let mut triggers = Vec::new();
         for (name, row) in &self.volumes {
@@ -458,11 +492,26 @@ impl ClusterIndex {
 
     /// Replaces every claim with a re-list.
     pub fn reset_claims(&mut self, claims: impl IntoIterator<Item = PersistentVolumeClaim>) {
-        let mut fresh = HashMap::new();
-        for c in claims {
-            let key = self.claim_id(&c);
-            fresh.insert(key, ClaimRow::new(&c, &mut self.syms));
-        }
+        self.begin_claims();
+        claims.into_iter().for_each(|c| self.stage_claim(c));
+        self.commit_claims();
+    }
+
+    /// Starts a re-list of claims: drops whatever an earlier, unfinished one staged.
+    pub fn begin_claims(&mut self) {
+        self.staging.claims.clear();
+    }
+
+    /// Adds a claim of a re-list in progress; [`ClusterIndex::commit_claims`] ends it.
+    pub fn stage_claim(&mut self, claim: PersistentVolumeClaim) {
+        let key = self.claim_id(&claim);
+        let row = ClaimRow::new(&claim, &mut self.syms);
+        self.staging.claims.insert(key, row);
+    }
+
+    /// Replaces every claim with those staged; queues those that changed.
+    pub fn commit_claims(&mut self) {
+        let fresh = std::mem::take(&mut self.staging.claims);
         let old = std::mem::replace(&mut self.claims, fresh);
         let mut triggers = Vec::new();
         for (key, row) in &self.claims {
@@ -552,13 +601,31 @@ impl ClusterIndex {
 
     /// Replaces every PersistentVolume with a re-list.
     pub fn reset_persistent_volumes(&mut self, pvs: impl IntoIterator<Item = PersistentVolume>) {
-        let mut fresh = HashMap::new();
-        for pv in pvs {
-            if self.keeps_pv(&pv) {
-                let name = Name::new(pv.metadata.name.as_deref().unwrap_or_default());
-                fresh.insert(name, PvRow::new(&pv, &mut self.syms));
-            }
+        self.begin_persistent_volumes();
+        pvs.into_iter()
+            .for_each(|pv| self.stage_persistent_volume(pv));
+        self.commit_persistent_volumes();
+    }
+
+    /// Starts a re-list of PersistentVolumes: drops whatever an earlier, unfinished one
+    /// staged.
+    pub fn begin_persistent_volumes(&mut self) {
+        self.staging.pvs.clear();
+    }
+
+    /// Adds a PersistentVolume of a re-list in progress (if it is one of stowage's);
+    /// [`ClusterIndex::commit_persistent_volumes`] ends it.
+    pub fn stage_persistent_volume(&mut self, pv: PersistentVolume) {
+        if self.keeps_pv(&pv) {
+            let name = Name::new(pv.metadata.name.as_deref().unwrap_or_default());
+            let row = PvRow::new(&pv, &mut self.syms);
+            self.staging.pvs.insert(name, row);
         }
+    }
+
+    /// Replaces every PersistentVolume with those staged; queues those that changed.
+    pub fn commit_persistent_volumes(&mut self) {
+        let fresh = std::mem::take(&mut self.staging.pvs);
         let old = std::mem::replace(&mut self.pvs, fresh);
         let mut triggers = Vec::new();
         for (name, row) in &self.pvs {
@@ -801,15 +868,16 @@ impl ClusterIndex {
         base.by_name.reserve(self.nodes.len());
         base.nodes.reserve(self.nodes.len());
         base.summaries.reserve(self.nodes.len());
-        for (name, sn) in &self.nodes {
-            let status = sn.status.clone().unwrap_or_default();
+        for (name, status) in &self.nodes {
+            let beat = heartbeat(status.as_ref());
+            let status = status.clone().unwrap_or_default();
             let mut node = status.to_node_state(name, None);
             for pool in &mut node.pools {
                 let lvs = get(&allocated, name, pool.name.as_str());
                 pool.allocated = pool.allocated.max(lvs);
                 pool.reserved = get(&reserved, name, pool.name.as_str());
             }
-            base.push(name, node, heartbeat(sn));
+            base.push(name, node, beat);
         }
         base
     }
@@ -1106,8 +1174,11 @@ type ParamsCache = HashMap<Sym, Option<Result<ClassParams, ClassError>>>;
 
 /// The agent's last report; `None` when there is none or it is not RFC 3339.
 /// Whether `new` differs from `old` in nothing the ledger reads but the heartbeat time.
-fn only_heartbeat_differs(old: &StorageNode, new: &StorageNode) -> bool {
-    match (&old.status, &new.status) {
+fn only_heartbeat_differs(
+    old: Option<&StorageNodeStatus>,
+    new: Option<&StorageNodeStatus>,
+) -> bool {
+    match (old, new) {
         (Some(a), Some(b)) => {
             a.pools == b.pools
                 && StorageNodeStatus {
@@ -1123,13 +1194,8 @@ fn only_heartbeat_differs(old: &StorageNode, new: &StorageNode) -> bool {
     }
 }
 
-fn heartbeat(node: &StorageNode) -> Option<Timestamp> {
-    node.status
-        .as_ref()?
-        .heartbeat_time
-        .as_deref()?
-        .parse()
-        .ok()
+fn heartbeat(status: Option<&StorageNodeStatus>) -> Option<Timestamp> {
+    status?.heartbeat_time.as_deref()?.parse().ok()
 }
 
 /// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.

@@ -303,12 +303,34 @@ fn storage(syms: &Syms, sym: Option<Sym>) -> Option<BTreeMap<String, Quantity>> 
     sym.map(|s| BTreeMap::from([("storage".to_string(), Quantity(syms.string(s)))]))
 }
 
-fn intern_list(syms: &mut Syms, list: Option<&Vec<String>>) -> Option<Box<[Sym]>> {
-    list.map(|l| l.iter().map(|s| syms.intern(s)).collect())
+/// A list of names (access modes, finalizers), interned whole: the same few lists repeat
+/// on every object. The names cannot hold a `,` (the API server validates them as mode
+/// names and qualified names), so they are joined with one; a list whose names do hold one
+/// is interned name by name instead ([`Names::Each`]), so nothing is ever lost.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Names {
+    /// The whole list, `,`-joined.
+    Joined(Sym),
+    /// One symbol per name.
+    Each(Box<[Sym]>),
 }
 
-fn list(syms: &Syms, list: Option<&[Sym]>) -> Option<Vec<String>> {
-    list.map(|l| l.iter().map(|s| syms.string(*s)).collect())
+fn intern_list(syms: &mut Syms, list: Option<&Vec<String>>) -> Option<Names> {
+    let list = list?;
+    if list.iter().any(|n| n.contains(',')) || list.first().is_some_and(String::is_empty) {
+        return Some(Names::Each(list.iter().map(|n| syms.intern(n)).collect()));
+    }
+    Some(Names::Joined(syms.intern(&list.join(","))))
+}
+
+fn list(syms: &Syms, list: Option<&Names>) -> Option<Vec<String>> {
+    Some(match list? {
+        Names::Joined(sym) => match syms.text(*sym) {
+            "" => Vec::new(),
+            text => text.split(',').map(str::to_string).collect(),
+        },
+        Names::Each(each) => each.iter().map(|s| syms.string(*s)).collect(),
+    })
 }
 
 fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
@@ -358,7 +380,7 @@ pub struct ClaimRow {
     /// `spec.storageClassName`.
     pub class: Option<Sym>,
     /// `spec.accessModes`.
-    pub access_modes: Option<Box<[Sym]>>,
+    pub access_modes: Option<Names>,
     /// `spec.volumeMode`.
     pub volume_mode: Option<Sym>,
     /// `spec.volumeName`.
@@ -470,7 +492,7 @@ impl ClaimRow {
             },
             spec: has_spec.then(|| PersistentVolumeClaimSpec {
                 storage_class_name: syms.string_opt(self.class),
-                access_modes: list(syms, self.access_modes.as_deref()),
+                access_modes: list(syms, self.access_modes.as_ref()),
                 volume_mode: syms.string_opt(self.volume_mode),
                 volume_name: self.volume_name.as_ref().map(Name::to_string),
                 resources: requests.map(|r| VolumeResourceRequirements {
@@ -503,7 +525,7 @@ pub struct VolumeRow {
     /// `metadata.deletionTimestamp`.
     pub deleted: Secs,
     /// `metadata.finalizers`.
-    pub finalizers: Option<Box<[Sym]>>,
+    pub finalizers: Option<Names>,
     /// `spec.nodeName`.
     pub node: Sym,
     /// `spec.pool`.
@@ -522,13 +544,43 @@ pub struct VolumeRow {
     pub status: Option<Box<VolumeStatusRow>>,
 }
 
+/// A LocalVolume's `status.path`: the agents put a volume at `<pool directory>/<its name>`,
+/// so the directory is interned and the name not repeated; any other path is kept whole.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VolumePath {
+    /// `<directory>/<the LocalVolume's name>`.
+    Under(Sym),
+    /// Anything else, verbatim.
+    Text(Box<str>),
+}
+
+impl VolumePath {
+    fn new(path: &str, name: &str, syms: &mut Syms) -> Self {
+        match path
+            .strip_suffix(name)
+            .and_then(|dir| dir.strip_suffix('/'))
+            .filter(|_| !name.is_empty())
+        {
+            Some(dir) => VolumePath::Under(syms.intern(dir)),
+            None => VolumePath::Text(path.into()),
+        }
+    }
+
+    fn text(&self, name: &str, syms: &Syms) -> String {
+        match self {
+            VolumePath::Under(dir) => format!("{}/{name}", syms.text(*dir)),
+            VolumePath::Text(path) => path.to_string(),
+        }
+    }
+}
+
 /// A LocalVolume's status as the index keeps it (the whole status).
 #[derive(Clone, Debug, PartialEq)]
 pub struct VolumeStatusRow {
     /// `status.phase`.
     pub phase: LocalVolumePhase,
     /// `status.path`.
-    pub path: Option<Box<str>>,
+    pub path: Option<VolumePath>,
     /// `status.sizeBytes`.
     pub size: Option<u64>,
     /// `status.message`.
@@ -554,6 +606,7 @@ impl VolumeRow {
     pub fn new(volume: &LocalVolume, syms: &mut Syms) -> Self {
         let meta = &volume.metadata;
         let spec = &volume.spec;
+        let name = meta.name.as_deref().unwrap_or_default();
         VolumeRow {
             uid: Id::new(meta.uid.as_deref().unwrap_or_default()),
             rv: Rv::new(meta.resource_version.as_deref().unwrap_or_default()),
@@ -570,7 +623,7 @@ impl VolumeRow {
             status: volume.status.as_ref().map(|s| {
                 Box::new(VolumeStatusRow {
                     phase: s.phase,
-                    path: s.path.as_deref().map(Into::into),
+                    path: s.path.as_deref().map(|p| VolumePath::new(p, name, syms)),
                     size: s.size_bytes,
                     message: s.message.as_deref().map(Into::into),
                     observed_generation: s.observed_generation,
@@ -588,7 +641,7 @@ impl VolumeRow {
                 resource_version: Some(self.rv.to_string()),
                 generation: opt_i64(self.generation),
                 deletion_timestamp: self.deleted.time(),
-                finalizers: list(syms, self.finalizers.as_deref()),
+                finalizers: list(syms, self.finalizers.as_ref()),
                 ..ObjectMeta::default()
             },
             spec: LocalVolumeSpec {
@@ -604,7 +657,7 @@ impl VolumeRow {
             },
             status: self.status.as_ref().map(|s| LocalVolumeStatus {
                 phase: s.phase,
-                path: s.path.as_deref().map(str::to_string),
+                path: s.path.as_ref().map(|p| p.text(name, syms)),
                 size_bytes: s.size,
                 message: s.message.as_deref().map(str::to_string),
                 observed_generation: s.observed_generation,
@@ -623,7 +676,7 @@ pub struct PvRow {
     /// `metadata.deletionTimestamp`.
     pub deleted: Secs,
     /// `metadata.finalizers`.
-    pub finalizers: Option<Box<[Sym]>>,
+    pub finalizers: Option<Names>,
     /// The `pv.kubernetes.io/provisioned-by` annotation.
     pub provisioned_by: Option<Sym>,
     /// The NFS delete-mode annotation.
@@ -734,7 +787,7 @@ impl PvRow {
                 uid: Some(self.uid.to_string()),
                 resource_version: Some(self.rv.to_string()),
                 deletion_timestamp: self.deleted.time(),
-                finalizers: list(syms, self.finalizers.as_deref()),
+                finalizers: list(syms, self.finalizers.as_ref()),
                 annotations: string_map(
                     syms,
                     &[

@@ -1060,3 +1060,85 @@ fn a_node_going_away_queues_the_pvs_on_it() {
     assert_eq!(*seen.lock().unwrap(), vec![Trigger::Pv("pvc-b".into())]);
     assert_eq!(index.node_hostname("n2"), None);
 }
+
+#[test]
+fn a_relist_cut_short_leaves_nothing_behind_for_the_next_one() {
+    let mut index = ClusterIndex::new();
+    let a = lv(
+        "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718",
+        "n1",
+        "fast",
+        Bytes(1 << 30),
+    );
+    let b = lv(
+        "4f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718",
+        "n1",
+        "fast",
+        Bytes(1 << 30),
+    );
+    index.reset_local_volumes([a.clone()]);
+    // A list that stages `b` and is then cut short; the next one lists `a` only.
+    index.begin_local_volumes();
+    index.stage_local_volume(b.clone());
+    index.begin_local_volumes();
+    index.stage_local_volume(a.clone());
+    index.commit_local_volumes();
+    assert_eq!(
+        index.local_volume_names(),
+        vec![a.metadata.name.clone().unwrap()]
+    );
+    // Until a commit, the index keeps serving the previous list.
+    index.begin_local_volumes();
+    index.stage_local_volume(b.clone());
+    assert!(
+        index
+            .local_volume(b.metadata.name.as_deref().unwrap())
+            .is_none()
+    );
+    assert!(
+        index
+            .local_volume(a.metadata.name.as_deref().unwrap())
+            .is_some()
+    );
+}
+
+#[test]
+fn lists_and_paths_round_trip_through_their_compact_forms() {
+    let mut index = ClusterIndex::new();
+    let lists: [&[&str]; 5] = [
+        &[],
+        &[""],
+        &["odd,name"],
+        &["ReadWriteOnce", "ReadOnlyMany"],
+        &["ReadWriteOnce", ""],
+    ];
+    for (i, modes) in lists.iter().enumerate() {
+        let mut claim = full_claim();
+        claim.metadata.name = Some(format!("c{i}"));
+        claim.spec.as_mut().unwrap().access_modes =
+            Some(modes.iter().map(|m| m.to_string()).collect());
+        index.apply_claim(claim.clone());
+        let back = index.claim("apps", &format!("c{i}")).unwrap();
+        assert_eq!(
+            back.spec.unwrap().access_modes,
+            claim.spec.unwrap().access_modes
+        );
+    }
+    let uid = "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718";
+    for path in [
+        format!("/pools/fast/pvc-{uid}"),
+        format!("/pools/fast/pvc-{uid}/"),
+        format!("pvc-{uid}"),
+        "/elsewhere".to_string(),
+        String::new(),
+    ] {
+        let mut volume = lv(uid, "n1", "fast", Bytes(1 << 30));
+        volume.status = Some(crate::api::local_volume::LocalVolumeStatus {
+            path: Some(path.clone()),
+            ..Default::default()
+        });
+        index.apply_local_volume(volume);
+        let back = index.local_volume(&format!("pvc-{uid}")).unwrap();
+        assert_eq!(back.status.unwrap().path.as_deref(), Some(path.as_str()));
+    }
+}

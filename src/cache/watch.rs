@@ -69,6 +69,13 @@ impl Readiness {
             .collect()
     }
 
+    /// Resolves once every kind has been listed (checks every 50 ms).
+    pub async fn wait(&self) {
+        while !self.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     fn mark(&self, slot: usize) {
         if let Some(flag) = self.synced.get(slot) {
             flag.store(true, Ordering::Release);
@@ -81,7 +88,21 @@ struct Sink<K> {
     slot: usize,
     apply: fn(&mut ClusterIndex, K),
     delete: fn(&mut ClusterIndex, &K),
-    reset: fn(&mut ClusterIndex, Vec<K>),
+    /// A (re-)list: each object as it arrives, then the end of the list.
+    relist: Relist<K>,
+}
+
+/// How a kind takes a (re-)list.
+enum Relist<K> {
+    /// Buffered whole, then `reset` (a few thousand small objects at most).
+    Buffer(fn(&mut ClusterIndex, Vec<K>)),
+    /// Turned into rows as the pages arrive (`stage`), then `commit`: the kinds with one
+    /// object per volume, tens of thousands of them.
+    Stage {
+        begin: fn(&mut ClusterIndex),
+        stage: fn(&mut ClusterIndex, K),
+        commit: fn(&mut ClusterIndex),
+    },
 }
 
 /// Runs the controller's six watchers (the four of [`run_watchers`], PersistentVolumes and
@@ -100,7 +121,11 @@ pub async fn run_controller_watchers(
             slot: 4,
             apply: ClusterIndex::apply_persistent_volume,
             delete: |i, o| i.delete_persistent_volume(&o.name_any()),
-            reset: |i, l| i.reset_persistent_volumes(l),
+            relist: Relist::Stage {
+                begin: ClusterIndex::begin_persistent_volumes,
+                stage: ClusterIndex::stage_persistent_volume,
+                commit: ClusterIndex::commit_persistent_volumes,
+            },
         },
     );
     // Of a Node only the name and labels are read: a metadata-only watch leaves out the
@@ -113,7 +138,7 @@ pub async fn run_controller_watchers(
             slot: 5,
             apply: ClusterIndex::apply_node,
             delete: |i, o| i.delete_node(&o.name_any()),
-            reset: |i, l| i.reset_nodes(l),
+            relist: Relist::Buffer(|i, l| i.reset_nodes(l)),
         },
     );
     futures::join!(run_watchers(client, index, ready), pvs, nodes);
@@ -129,7 +154,7 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
             slot: 0,
             apply: ClusterIndex::apply_storage_node,
             delete: |i, o| i.delete_storage_node(&o.name_any()),
-            reset: |i, l| i.reset_storage_nodes(l),
+            relist: Relist::Buffer(|i, l| i.reset_storage_nodes(l)),
         },
     );
     let volumes = watch_kind(
@@ -140,7 +165,11 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
             slot: 1,
             apply: ClusterIndex::apply_local_volume,
             delete: |i, o| i.delete_local_volume(&o.name_any()),
-            reset: |i, l| i.reset_local_volumes(l),
+            relist: Relist::Stage {
+                begin: ClusterIndex::begin_local_volumes,
+                stage: ClusterIndex::stage_local_volume,
+                commit: ClusterIndex::commit_local_volumes,
+            },
         },
     );
     let claims = watch_kind(
@@ -151,7 +180,11 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
             slot: 2,
             apply: ClusterIndex::apply_claim,
             delete: |i, o| i.delete_claim(&o.namespace().unwrap_or_default(), &o.name_any()),
-            reset: |i, l| i.reset_claims(l),
+            relist: Relist::Stage {
+                begin: ClusterIndex::begin_claims,
+                stage: ClusterIndex::stage_claim,
+                commit: ClusterIndex::commit_claims,
+            },
         },
     );
     let classes = watch_kind(
@@ -162,7 +195,7 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
             slot: 3,
             apply: ClusterIndex::apply_storage_class,
             delete: |i, o| i.delete_storage_class(&o.name_any()),
-            reset: |i, l| i.reset_storage_classes(l),
+            relist: Relist::Buffer(|i, l| i.reset_storage_classes(l)),
         },
     );
     futures::join!(nodes, volumes, claims, classes);
@@ -190,18 +223,28 @@ async fn watch_kind<K>(
                 continue;
             }
         };
-        match event {
-            watcher::Event::Init => buffer.clear(),
-            watcher::Event::InitApply(obj) => buffer.push(obj),
-            watcher::Event::InitDone => {
+        match (event, &sink.relist) {
+            (watcher::Event::Init, Relist::Buffer(_)) => buffer.clear(),
+            (watcher::Event::InitApply(obj), Relist::Buffer(_)) => buffer.push(obj),
+            (watcher::Event::InitDone, Relist::Buffer(reset)) => {
                 let listed = std::mem::take(&mut buffer);
                 let count = listed.len();
-                (sink.reset)(&mut write(&index), listed);
+                reset(&mut write(&index), listed);
                 ready.mark(sink.slot);
                 tracing::debug!(kind, count, "listed");
             }
-            watcher::Event::Apply(obj) => (sink.apply)(&mut write(&index), obj),
-            watcher::Event::Delete(obj) => (sink.delete)(&mut write(&index), &obj),
+            // A list cut short (the watcher starts over with `Init`) leaves nothing behind.
+            (watcher::Event::Init, Relist::Stage { begin, .. }) => begin(&mut write(&index)),
+            (watcher::Event::InitApply(obj), Relist::Stage { stage, .. }) => {
+                stage(&mut write(&index), obj);
+            }
+            (watcher::Event::InitDone, Relist::Stage { commit, .. }) => {
+                commit(&mut write(&index));
+                ready.mark(sink.slot);
+                tracing::debug!(kind, "listed");
+            }
+            (watcher::Event::Apply(obj), _) => (sink.apply)(&mut write(&index), obj),
+            (watcher::Event::Delete(obj), _) => (sink.delete)(&mut write(&index), &obj),
         }
     }
 }

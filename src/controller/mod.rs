@@ -412,6 +412,12 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         }
     };
     let workers = usize::from(ctx.config.concurrency);
+    // Nothing is decided on a partial view, and a reconcile started now would only be
+    // put back: wait for every kind's first list (whose changes queue every object).
+    tokio::select! {
+        () = ctx.ready.wait() => {}
+        () = stopped(stop.clone()) => return,
+    }
     ctx.queue_all();
 
     let claims = ctx.claims.clone().run(workers, stop.clone(), {

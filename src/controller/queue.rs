@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+/// Capacity kept by a drained queue; beyond it, memory is given back.
+const SHRINK_ABOVE: usize = 1024;
+
 /// What a reconcile asks of the queue when it is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Action {
@@ -166,7 +169,15 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
     /// The next ready key, now marked running.
     fn take(&self) -> Option<K> {
         let mut state = self.lock();
-        let key = state.ready.pop_front()?;
+        let Some(key) = state.ready.pop_front() else {
+            // Drained: give back what a burst (every object, at start or on becoming
+            // leader) grew the queue to.
+            if state.ready.capacity() > SHRINK_ABOVE {
+                state.ready.shrink_to(SHRINK_ABOVE);
+                state.queued.shrink_to(SHRINK_ABOVE);
+            }
+            return None;
+        };
         state.queued.remove(&key);
         state.running.insert(key.clone());
         Some(key)
@@ -200,6 +211,9 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
                     state.deadline.remove(&key);
                     due.push(key);
                 }
+            }
+            if state.deadline.capacity() > SHRINK_ABOVE && state.deadline.len() < SHRINK_ABOVE {
+                state.deadline.shrink_to(SHRINK_ABOVE);
             }
             state.timers.keys().next().map(|(at, _)| *at)
         };
