@@ -426,7 +426,12 @@ mod tests {
             .record(&claim_ref("a"), EventType::Normal, "Provisioning", "first")
             .await;
         recorder
-            .record(&claim_ref("b"), EventType::Warning, "ProvisioningFailed", "second")
+            .record(
+                &claim_ref("b"),
+                EventType::Warning,
+                "ProvisioningFailed",
+                "second",
+            )
             .await;
         assert!(
             started.elapsed() < Duration::from_millis(250),
@@ -441,14 +446,28 @@ mod tests {
         let mut written: Vec<_> = events(&client)
             .await
             .into_iter()
-            .map(|e| (e.involved_object.name.unwrap(), e.reason.unwrap(), e.type_.unwrap()))
+            .map(|e| {
+                (
+                    e.involved_object.name.unwrap(),
+                    e.reason.unwrap(),
+                    e.type_.unwrap(),
+                )
+            })
             .collect();
         written.sort();
         assert_eq!(
             written,
             [
-                ("a".to_string(), "Provisioning".to_string(), "Normal".to_string()),
-                ("b".to_string(), "ProvisioningFailed".to_string(), "Warning".to_string()),
+                (
+                    "a".to_string(),
+                    "Provisioning".to_string(),
+                    "Normal".to_string()
+                ),
+                (
+                    "b".to_string(),
+                    "ProvisioningFailed".to_string(),
+                    "Warning".to_string()
+                ),
             ]
         );
         assert_eq!(recorder.dropped(), 0);
@@ -461,11 +480,21 @@ mod tests {
         let recorder = Recorder::new(client.clone(), "local.stowage.io", "controller-0");
         for _ in 0..3 {
             recorder
-                .record(&claim_ref("a"), EventType::Warning, "ProvisioningFailed", "full")
+                .record(
+                    &claim_ref("a"),
+                    EventType::Warning,
+                    "ProvisioningFailed",
+                    "full",
+                )
                 .await;
         }
         recorder
-            .record(&claim_ref("a"), EventType::Warning, "ProvisioningFailed", "gone")
+            .record(
+                &claim_ref("a"),
+                EventType::Warning,
+                "ProvisioningFailed",
+                "gone",
+            )
             .await;
         assert!(recorder.flush(Duration::from_secs(10)).await);
         let mut seen: Vec<_> = events(&client)
@@ -498,7 +527,12 @@ mod tests {
         let started = Instant::now();
         for i in 0..QUEUE_CAPACITY + 1 + extra {
             recorder
-                .record(&claim_ref("a"), EventType::Normal, "Provisioning", &format!("{i}"))
+                .record(
+                    &claim_ref("a"),
+                    EventType::Normal,
+                    "Provisioning",
+                    &format!("{i}"),
+                )
                 .await;
         }
         assert!(
@@ -517,7 +551,10 @@ mod tests {
             .into_iter()
             .find(|m| m.name() == "stowage_events_dropped_total")
             .unwrap();
-        assert_eq!(metric.get_metric()[0].get_counter().get_value() as u64, dropped);
+        assert_eq!(
+            metric.get_metric()[0].get_counter().get_value() as u64,
+            dropped
+        );
         assert!(!recorder.flush(Duration::from_millis(100)).await);
     }
 

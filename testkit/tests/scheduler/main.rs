@@ -251,7 +251,6 @@ async fn cluster() -> Cluster {
 }
 
 fn fast(mut config: SchedulerConfig) -> SchedulerConfig {
-    config.tick = Duration::from_millis(20);
     config.retry_interval = Duration::from_millis(100);
     config
 }
