@@ -1,17 +1,25 @@
 //! A kube-scheduler and PV-controller stand-in, so tests can run the whole WaitForFirstConsumer
 //! flow against [`ApiServer`](crate::ApiServer) without a cluster.
 //!
+//! Like the real components it is watch-driven, and the two are independent tasks over
+//! shared informers (one watch + reflector store per kind):
+//!
 //! ```text
-//!  every tick (list nodes, pods, volumes, claims, classes)
-//!    ├─ PV controller: provisioner annotations (GA + beta) ─ bind pre-bound PV ↔ claim
-//!    │                 ─ Available / Released / Lost phases
-//!    └─ scheduler, per pending pod of `scheduler_name`:
-//!         queued ──cycle──▶ VolumeBinding filter ─▶ extender filter ─▶ prioritize ─▶ pick
-//!           ▲                │ nothing fits: FailedScheduling Event, PodScheduled=False,
-//!           │                │ last_failure(); retried every `retry_interval`
-//!           │                ▼
-//!           └── selected-node  binding volumes (selected-node written, waiting for the
-//!               removed ◀───── claims to be bound) ──all bound──▶ pods/binding + Scheduled
+//!  watches: nodes, pods, volumes, claims, classes ──▶ stores ──▶ "changed" signal
+//!     │ pod added/changed                                 │ any change
+//!     ▼                                                   ▼
+//!  scheduling queue (one pod at a time)            PV controller (own task): a pass over
+//!     │ pending pod of `scheduler_name`,           claims and volumes on every change,
+//!     │ not binding, not backing off               retried after 100 ms if a write failed
+//!     ▼                                             ├─ provisioner annotations (GA + beta)
+//!  scheduling cycle: VolumeBinding filter          ├─ bind pre-bound PV ↔ claim
+//!     ─▶ extender filter ─▶ prioritize ─▶ pick     └─ Available / Released / Lost phases
+//!     │ nothing fits: FailedScheduling Event, PodScheduled=False, last_failure();
+//!     │ queued again after `retry_interval`
+//!     ▼ selected-node written (claimRef for a static match)
+//!  binding cycle, a task per pod (the queue goes on with the next pod): wakes on every
+//!  change; all claims bound ─▶ pods/binding + Scheduled; a claim lost its selected-node,
+//!  is gone or `bind_timeout` passed ─▶ FailedScheduling, back to the queue
 //! ```
 //!
 //! The extender is called over HTTP exactly as kube-scheduler's `HTTPExtender` does
@@ -23,7 +31,9 @@
 //!
 //! Approximations: no resources, preemption, inter-pod affinity or nominated nodes; in-tree
 //! score plugins all score 0; taints with effect `NoSchedule`/`NoExecute` are honoured with
-//! the basic toleration rules; one pod is scheduled at a time.
+//! the basic toleration rules; no assume cache: the claims are pinned (selected-node
+//! written) within the scheduling cycle, so the next pod's extender call sees them; an
+//! unschedulable pod is retried on a timer only, not on cluster events.
 
 mod cache;
 mod extender;
