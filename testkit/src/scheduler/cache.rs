@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use futures::{StreamExt as _, future::Future};
+use futures::StreamExt as _;
 use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
     storage::v1::StorageClass,
@@ -189,14 +189,13 @@ enum Change<'a, K> {
 }
 
 /// Runs one watch into its store until `stopped`, reporting every change.
-fn drive<K>(
+async fn drive<K>(
     api: Api<K>,
     writer: Writer<K>,
     (changed, listed): (watch::Sender<u64>, watch::Sender<usize>),
     mut stopped: watch::Receiver<bool>,
     on_change: impl Fn(Change<'_, K>) + Send + 'static,
-) -> impl Future<Output = ()> + Send + 'static
-where
+) where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
@@ -205,35 +204,33 @@ where
         + Sync
         + 'static,
 {
-    async move {
-        let events = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
-        let mut events = std::pin::pin!(events);
-        let mut first_list = true;
-        loop {
-            let event = tokio::select! {
-                event = events.next() => event,
-                _ = stopped.wait_for(|s| *s) => return,
-            };
-            match event {
-                // The reflector has applied the event to the store before yielding it.
-                Some(Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o))) => {
-                    on_change(Change::Object(&o));
-                    changed.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    if std::mem::take(&mut first_list) {
-                        listed.send_modify(|n| *n += 1);
-                    }
-                    on_change(Change::Relisted);
-                    changed.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-                Some(Err(e)) => tracing::debug!(error = %e, "scheduler stand-in: watch failed"),
-                None => return,
+    let events = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let mut events = std::pin::pin!(events);
+    let mut first_list = true;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        match event {
+            // The reflector has applied the event to the store before yielding it.
+            Some(Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o))) => {
+                on_change(Change::Object(&o));
+                changed.send_modify(|n| *n = n.wrapping_add(1));
             }
+            Some(Ok(watcher::Event::InitDone)) => {
+                if std::mem::take(&mut first_list) {
+                    listed.send_modify(|n| *n += 1);
+                }
+                on_change(Change::Relisted);
+                changed.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "scheduler stand-in: watch failed"),
+            None => return,
         }
     }
 }
