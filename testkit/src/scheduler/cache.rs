@@ -1,6 +1,6 @@
 //! The stand-in's informers: one watch per kind feeding a reflector store, as kube-scheduler
-//! and kube-controller-manager share informers. Every change bumps [`Cache::changed`]; pod
-//! changes also name the pod to the scheduling queue.
+//! and kube-controller-manager share informers. A change of a node, volume, claim or class
+//! bumps [`Cache::changed`]; a pod change names the pod to the scheduling queue.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -32,7 +32,9 @@ pub(super) struct Cache {
     pub(super) pvs: Store<PersistentVolume>,
     pub(super) claims: Store<PersistentVolumeClaim>,
     pub(super) classes: Store<StorageClass>,
-    /// Bumped after every change of any kind has reached its store.
+    /// Bumped after every change of a node, volume, claim or class has reached its store
+    /// (what the PV controller and the binding cycles wait for). Pod changes go to the
+    /// scheduling queue instead.
     changed: watch::Sender<u64>,
     /// How many of the five stores have listed their kind once.
     listed: watch::Sender<usize>,
@@ -78,7 +80,7 @@ impl Cache {
         tasks.spawn(drive(
             Api::<Pod>::all(client.clone()),
             pods_w,
-            (changed.clone(), listed.clone()),
+            (watch::Sender::new(0), listed.clone()),
             stopped.clone(),
             on_pod,
         ));
@@ -124,7 +126,7 @@ impl Cache {
             .is_ok()
     }
 
-    /// A receiver that sees every later change (of any kind).
+    /// A receiver that sees every later change of a node, volume, claim or class.
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

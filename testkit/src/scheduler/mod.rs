@@ -5,8 +5,8 @@
 //! shared informers (one watch + reflector store per kind):
 //!
 //! ```text
-//!  watches: nodes, pods, volumes, claims, classes ──▶ stores ──▶ "changed" signal
-//!     │ pod added/changed                                 │ any change
+//!  watches: nodes, pods, volumes, claims, classes ──▶ stores
+//!     │ pod added/changed                     "changed": node, volume, claim or class
 //!     ▼                                                   ▼
 //!  scheduling queue (one pod at a time)            PV controller (own task): a pass over
 //!     │ pending pod of `scheduler_name`,           claims and volumes on every change,
