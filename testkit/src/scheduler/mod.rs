@@ -577,6 +577,8 @@ impl Queue {
             .unwrap_or_default();
         let mut awaited = Vec::new();
         let mut taken: Vec<String> = Vec::new();
+        let mut volume_writes: Vec<(String, PersistentVolume)> = Vec::new();
+        let mut claim_writes: Vec<(String, PersistentVolumeClaim)> = Vec::new();
         for claim_name in pod_claims(pod) {
             let Some(claim) = snap.claim(&ns, &claim_name) else {
                 continue;
@@ -615,9 +617,7 @@ impl Queue {
                     });
                 }
                 let over = pv.metadata.resource_version.clone().unwrap_or_default();
-                Api::<PersistentVolume>::all(client.clone())
-                    .replace(&pv_name, &PostParams::default(), &pv)
-                    .await?;
+                volume_writes.push((pv_name.clone(), pv));
                 wait.prebound_over = Some((pv_name, over));
             } else {
                 let mut claim = claim.clone();
@@ -626,13 +626,27 @@ impl Queue {
                     .annotations
                     .get_or_insert_with(Default::default)
                     .insert(SELECTED_NODE.to_string(), node.clone());
-                claims_api
-                    .replace(&claim_name, &PostParams::default(), &claim)
-                    .await?;
                 wait.selected_over = claim.metadata.resource_version.clone();
+                claim_writes.push((claim_name, claim));
             }
             awaited.push(wait);
         }
+        // The pod's claims (and volumes) are written side by side: one round trip, not one
+        // per claim, on the path every pending pod queues behind.
+        let pvs_api: Api<PersistentVolume> = Api::all(client);
+        let pp = PostParams::default();
+        let volume_writes: Vec<_> = volume_writes
+            .iter()
+            .map(|(name, pv)| pvs_api.replace(name, &pp, pv))
+            .collect();
+        let claim_writes: Vec<_> = claim_writes
+            .iter()
+            .map(|(name, claim)| claims_api.replace(name, &pp, claim))
+            .collect();
+        futures::try_join!(
+            futures::future::try_join_all(volume_writes),
+            futures::future::try_join_all(claim_writes)
+        )?;
         Ok(Outcome::Bind { node, awaited })
     }
 
