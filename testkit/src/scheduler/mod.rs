@@ -300,6 +300,7 @@ async fn supervise(
         queued: HashSet::new(),
         binding: JoinSet::new(),
         timers: JoinSet::new(),
+        assumed: HashMap::new(),
     };
     tasks.spawn(queue.run(stopped));
     while tasks.join_next().await.is_some() {}
@@ -394,8 +395,20 @@ enum Volumes {
 enum Outcome {
     /// Nothing fits; the FailedScheduling message.
     Unschedulable(String),
-    /// A node was chosen and the claims pinned to it: run the binding cycle.
-    Bind { node: String, awaited: Vec<Awaited> },
+    /// A node was chosen: the binding cycle pins the claims to it and waits for them.
+    Bind {
+        node: String,
+        pins: Pins,
+        awaited: Vec<Awaited>,
+    },
+}
+
+/// The writes that pin a pod's claims to its node (VolumeBinding PreBind's API updates):
+/// `selected-node` on claims to provision, `claimRef` on matched static volumes.
+#[derive(Default)]
+struct Pins {
+    volumes: Vec<(String, PersistentVolume)>,
+    claims: Vec<(String, PersistentVolumeClaim)>,
 }
 
 /// State shared by the scheduling queue and the binding cycles.
@@ -420,6 +433,10 @@ struct Queue {
     binding: JoinSet<()>,
     /// Backoff timers (aborted with the queue).
     timers: JoinSet<()>,
+    /// Static volumes chosen for a pod whose binding cycle has not written their claimRef
+    /// yet, with the resourceVersion they were chosen at: no other pod may take them (the
+    /// real scheduler's assume cache).
+    assumed: HashMap<String, String>,
 }
 
 impl Queue {
@@ -532,11 +549,16 @@ impl Queue {
                 core.record_failure(&pod, &message).await;
                 PodPhase::Backoff(Instant::now() + retry)
             }
-            Ok(Outcome::Bind { node, awaited }) => {
+            Ok(Outcome::Bind {
+                node,
+                pins,
+                awaited,
+            }) => {
                 let deadline = Instant::now() + core.config.bind_timeout;
                 self.binding.spawn(core.clone().binding_cycle(
                     pod.clone(),
                     node,
+                    pins,
                     awaited,
                     deadline,
                     self.tx.clone(),
@@ -557,9 +579,8 @@ impl Queue {
         }
     }
 
-    /// One scheduling cycle: pick a node and pin the claims to it (selected-node on
-    /// dynamically provisioned claims, claimRef on statically matched volumes), or say why
-    /// nothing fits.
+    /// One scheduling cycle: pick a node and decide how each claim gets there (the writes
+    /// are the binding cycle's), or say why nothing fits.
     async fn attempt(&mut self, pod: &Pod) -> Result<Outcome, kube::Error> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let snap = Snapshot::of(&self.core.cache);
@@ -567,18 +588,21 @@ impl Queue {
             Cycle::Place(node) => node,
             Cycle::Unschedulable(message) => return Ok(Outcome::Unschedulable(message)),
         };
-        let client = self.core.client.clone();
-        let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         let labels = snap
             .nodes
             .iter()
             .find(|n| name_of(&n.metadata) == node)
             .map(|n| node_labels(n))
             .unwrap_or_default();
+        // Volumes assumed for other pods stay taken while the store shows them unchanged.
+        self.assumed.retain(|pv, over| {
+            snap.pvs
+                .get(pv)
+                .is_some_and(|v| v.metadata.resource_version.as_ref() == Some(over))
+        });
+        let mut taken: Vec<String> = self.assumed.keys().cloned().collect();
         let mut awaited = Vec::new();
-        let mut taken: Vec<String> = Vec::new();
-        let mut volume_writes: Vec<(String, PersistentVolume)> = Vec::new();
-        let mut claim_writes: Vec<(String, PersistentVolumeClaim)> = Vec::new();
+        let mut pins = Pins::default();
         for claim_name in pod_claims(pod) {
             let Some(claim) = snap.claim(&ns, &claim_name) else {
                 continue;
@@ -617,7 +641,8 @@ impl Queue {
                     });
                 }
                 let over = pv.metadata.resource_version.clone().unwrap_or_default();
-                volume_writes.push((pv_name.clone(), pv));
+                self.assumed.insert(pv_name.clone(), over.clone());
+                pins.volumes.push((pv_name.clone(), pv));
                 wait.prebound_over = Some((pv_name, over));
             } else {
                 let mut claim = claim.clone();
@@ -627,27 +652,15 @@ impl Queue {
                     .get_or_insert_with(Default::default)
                     .insert(SELECTED_NODE.to_string(), node.clone());
                 wait.selected_over = claim.metadata.resource_version.clone();
-                claim_writes.push((claim_name, claim));
+                pins.claims.push((claim_name, claim));
             }
             awaited.push(wait);
         }
-        // The pod's claims (and volumes) are written side by side: one round trip, not one
-        // per claim, on the path every pending pod queues behind.
-        let pvs_api: Api<PersistentVolume> = Api::all(client);
-        let pp = PostParams::default();
-        let volume_writes: Vec<_> = volume_writes
-            .iter()
-            .map(|(name, pv)| pvs_api.replace(name, &pp, pv))
-            .collect();
-        let claim_writes: Vec<_> = claim_writes
-            .iter()
-            .map(|(name, claim)| claims_api.replace(name, &pp, claim))
-            .collect();
-        futures::try_join!(
-            futures::future::try_join_all(volume_writes),
-            futures::future::try_join_all(claim_writes)
-        )?;
-        Ok(Outcome::Bind { node, awaited })
+        Ok(Outcome::Bind {
+            node,
+            pins,
+            awaited,
+        })
     }
 
     /// Filters and scores the nodes for `pod`.
@@ -834,13 +847,16 @@ impl Core {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The binding cycle of one pod, beside the scheduling cycles of the next ones: wait
-    /// until the PV controller has bound every claim (PreBind), then `pods/binding`. A
-    /// failure sends the pod back to the queue after `retry_interval`.
+    /// The binding cycle of one pod, beside the scheduling cycles of the next ones (PreBind,
+    /// then Bind): pin the claims to the node, wait until the PV controller has bound every
+    /// one, then `pods/binding`. A failure sends the pod back to the queue after
+    /// `retry_interval`.
+    #[allow(clippy::too_many_arguments)]
     async fn binding_cycle(
         self: Arc<Self>,
         pod: Arc<Pod>,
         node: String,
+        pins: Pins,
         awaited: Vec<Awaited>,
         deadline: Instant,
         queue: mpsc::UnboundedSender<PodKey>,
@@ -851,7 +867,11 @@ impl Core {
             format!("running PreBind plugin \"VolumeBinding\": binding volumes: {detail}")
         };
         let mut changed = self.cache.subscribe();
+        let pinned = self.pin(&pod, &pins).await;
         let failure = loop {
+            if let Err(e) = &pinned {
+                break Some(fail(e.to_string()));
+            }
             changed.borrow_and_update();
             match self.volumes(&pod, &node, &awaited) {
                 Volumes::Bound => match self.bind(&pod, &node).await {
@@ -891,6 +911,29 @@ impl Core {
             }
             _ = stopped.wait_for(|s| *s) => {}
         }
+    }
+
+    /// PreBind's API updates, side by side: one round trip, not one per claim.
+    async fn pin(&self, pod: &Pod, pins: &Pins) -> Result<(), kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+        let pp = PostParams::default();
+        let volume_writes: Vec<_> = pins
+            .volumes
+            .iter()
+            .map(|(name, pv)| pvs.replace(name, &pp, pv))
+            .collect();
+        let claim_writes: Vec<_> = pins
+            .claims
+            .iter()
+            .map(|(name, claim)| claims.replace(name, &pp, claim))
+            .collect();
+        futures::try_join!(
+            futures::future::try_join_all(volume_writes),
+            futures::future::try_join_all(claim_writes)
+        )?;
+        Ok(())
     }
 
     /// PreBind's check: every claim bound to a volume that admits the node, or a reason the
