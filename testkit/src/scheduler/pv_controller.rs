@@ -311,8 +311,10 @@ async fn set_claim_bound(
     Ok(())
 }
 
-/// New volumes become Available (pre-bound ones too, until bound); a bound volume whose
-/// claim is gone becomes Released.
+/// New volumes become Available (pre-bound ones too, until bound); a volume bound to a
+/// claim that is gone becomes Released: a Bound one, and also one pre-bound to a claim's uid
+/// (a provisioner's volume for a claim deleted while it was being provisioned), as the real
+/// controller's `syncVolume` does.
 async fn sync_volume(
     client: &Client,
     snap: &Snapshot,
@@ -320,36 +322,39 @@ async fn sync_volume(
     pv: &PersistentVolume,
 ) -> Result<(), kube::Error> {
     let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Released" | "Failed")) {
+        return Ok(());
+    }
     let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-    let wanted = match (phase, claim_ref) {
-        (None | Some("Pending"), _) => "Available",
-        (Some("Bound"), Some(r)) => {
+    let uid = claim_ref
+        .and_then(|r| r.uid.as_deref())
+        .filter(|u| !u.is_empty());
+    let wanted = match claim_ref {
+        Some(r) if phase == Some("Bound") || uid.is_some() => {
             let key = (
                 r.namespace.clone().unwrap_or_default(),
                 r.name.clone().unwrap_or_default(),
             );
-            let claim_gone = snap.claims.get(&key).is_none_or(|c| {
-                r.uid
-                    .as_deref()
-                    .is_some_and(|u| !u.is_empty() && Some(u) != c.metadata.uid.as_deref())
-            });
-            if !claim_gone {
-                return Ok(());
+            let gone = |c: Option<&PersistentVolumeClaim>| {
+                c.is_none_or(|c| uid.is_some_and(|u| Some(u) != c.metadata.uid.as_deref()))
+            };
+            if !gone(snap.claims.get(&key).map(Arc::as_ref)) {
+                if phase.is_some_and(|p| p != "Pending") {
+                    return Ok(());
+                }
+                "Available"
+            } else {
+                // Not in the cache (or another uid): ask the API server before releasing.
+                let live = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &key.0)
+                    .get_opt(&key.1)
+                    .await?;
+                if !gone(live.as_ref()) {
+                    return Ok(());
+                }
+                "Released"
             }
-            // Not in the cache (or another uid): ask the API server before releasing.
-            let live = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &key.0)
-                .get_opt(&key.1)
-                .await?;
-            let still_bound = live.is_some_and(|c| {
-                r.uid
-                    .as_deref()
-                    .is_none_or(|u| u.is_empty() || Some(u) == c.metadata.uid.as_deref())
-            });
-            if still_bound {
-                return Ok(());
-            }
-            "Released"
         }
+        _ if matches!(phase, None | Some("Pending")) => "Available",
         _ => return Ok(()),
     };
     let original = pv;

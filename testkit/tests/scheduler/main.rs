@@ -728,3 +728,52 @@ async fn a_pod_waiting_for_its_volumes_does_not_hold_up_the_next_pod() {
     assert_eq!(c.node_of("slow").await, node);
     scheduler.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_volume_provisioned_for_a_claim_deleted_meanwhile_is_released() {
+    let c = cluster().await;
+    let scheduler = Scheduler::start(c.client.clone(), fast(SchedulerConfig::default()));
+    let claim = c
+        .claims()
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "gone").size("1Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    c.claims()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The provisioner's volume arrives after the claim is gone, pre-bound to its uid.
+    let mut volume = pv("pvc-late")
+        .size("1Gi")
+        .class("local")
+        .local("node-a", "/pool/late")
+        .claim(NS, "gone")
+        .build();
+    volume
+        .spec
+        .as_mut()
+        .unwrap()
+        .claim_ref
+        .as_mut()
+        .unwrap()
+        .uid = claim.metadata.uid;
+    c.pvs()
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+    wait_for(WAIT, "the volume is Released", || async {
+        c.pvs()
+            .get("pvc-late")
+            .await
+            .ok()
+            .and_then(|v| v.status?.phase)
+            .as_deref()
+            == Some("Released")
+    })
+    .await
+    .unwrap();
+    scheduler.shutdown().await;
+}
