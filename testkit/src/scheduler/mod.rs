@@ -16,10 +16,11 @@
 //!     ─▶ extender filter ─▶ prioritize ─▶ pick     └─ Available / Released / Lost phases
 //!     │ nothing fits: FailedScheduling Event, PodScheduled=False, last_failure();
 //!     │ queued again after `retry_interval`
-//!     ▼ selected-node written (claimRef for a static match)
-//!  binding cycle, a task per pod (the queue goes on with the next pod): wakes on every
-//!  change; all claims bound ─▶ pods/binding + Scheduled; a claim lost its selected-node,
-//!  is gone or `bind_timeout` passed ─▶ FailedScheduling, back to the queue
+//!     ▼ node picked
+//!  binding cycle, a task per pod (the queue goes on with the next pod): PreBind writes
+//!  selected-node (claimRef for a static match), then wakes on every change; all claims
+//!  bound ─▶ pods/binding + Scheduled; a write failed, a claim lost its selected-node, is
+//!  gone or `bind_timeout` passed ─▶ FailedScheduling, back to the queue
 //! ```
 //!
 //! The extender is called over HTTP exactly as kube-scheduler's `HTTPExtender` does
@@ -31,9 +32,11 @@
 //!
 //! Approximations: no resources, preemption, inter-pod affinity or nominated nodes; in-tree
 //! score plugins all score 0; taints with effect `NoSchedule`/`NoExecute` are honoured with
-//! the basic toleration rules; no assume cache: the claims are pinned (selected-node
-//! written) within the scheduling cycle, so the next pod's extender call sees them; an
-//! unschedulable pod is retried on a timer only, not on cluster events.
+//! the basic toleration rules; the assume cache covers only static volumes chosen for a pod
+//! still binding (as in kube-scheduler, the extender learns of a pod's claims only when
+//! PreBind has written selected-node, so the next pod's filter may not count them yet; the
+//! controller checks the ledger again); an unschedulable pod is retried on a timer only, not
+//! on cluster events.
 
 mod cache;
 mod extender;
