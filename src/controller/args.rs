@@ -81,8 +81,9 @@ impl ControllerArgs {
     ///
     /// On SIGTERM (or ctrl-c) it drains: the reconcilers take no new work, the reconciles
     /// already running finish (at most `--drain-timeout`; whatever still runs then is
-    /// abandoned, and the next leader redoes it, since every step is idempotent), then the
-    /// Lease is released so the other replica takes over within one retry period, then
+    /// abandoned, and the next leader redoes it, since every step is idempotent), the
+    /// Events they recorded are written out (within what is left of the drain timeout, at
+    /// least 1 s), then the Lease is released so the other replica takes over within one retry period, then
     /// the HTTP server stops, and the process exits 0. The extender, `/metrics` and the
     /// caches keep working throughout the drain. A second signal skips the rest of the
     /// drain.
@@ -139,6 +140,7 @@ impl ControllerArgs {
                     timeout_s = drain_timeout.as_secs(),
                     "draining: no new reconciles; waiting for the running ones"
                 );
+                let drain_started = std::time::Instant::now();
                 running.stop.send_replace(true);
                 let drained = tokio::select! {
                     done = tokio::time::timeout(drain_timeout, &mut running.controllers) => done.is_ok(),
@@ -159,6 +161,17 @@ impl ControllerArgs {
                         "the drain did not finish; abandoning the running reconciles (the next leader redoes them)"
                     );
                     running.controllers.abort();
+                }
+                // The Events of the last reconciles are written in the background: write
+                // them out within what is left of the drain (at least a second).
+                let flush_for = drain_timeout
+                    .saturating_sub(drain_started.elapsed())
+                    .max(EVENT_FLUSH_MIN);
+                if !running.recorder.flush(flush_for).await {
+                    tracing::warn!(
+                        timeout_ms = flush_for.as_millis(),
+                        "events still queued at the end of the drain are dropped"
+                    );
                 }
                 // Only now give the Lease up: nothing of ours writes any more.
                 leader.shutdown().await;
@@ -232,6 +245,10 @@ impl ControllerArgs {
         if let Some(nfs) = nfs {
             ctx = ctx.with_nfs(nfs);
         }
+        ctx.recorder
+            .register(&registry)
+            .context("registering the event recorder's metrics")?;
+        let recorder = ctx.recorder.clone();
         let ctx = Arc::new(ctx);
         let app = extra_routes
             .merge(crate::serve::health_routes(ready.clone()))
@@ -256,6 +273,7 @@ impl ControllerArgs {
         let (stop, stop_rx) = watch::channel(false);
         let controllers = tokio::spawn(super::run_until(ctx, stop_rx));
         Ok(Running {
+            recorder,
             stop,
             controllers,
             watchers,
@@ -264,6 +282,10 @@ impl ControllerArgs {
         })
     }
 }
+
+/// The least time the drain gives queued Events to be written, even when the reconcilers
+/// used up `--drain-timeout`.
+const EVENT_FLUSH_MIN: Duration = Duration::from_secs(1);
 
 /// Why [`ControllerArgs::run`] stops.
 enum Stop {
@@ -277,6 +299,8 @@ enum Stop {
 
 /// The tasks of a running controller.
 struct Running {
+    /// The reconcilers' Event recorder, flushed by the drain.
+    recorder: super::Recorder,
     /// Set to true to make the reconcilers drain.
     stop: watch::Sender<bool>,
     /// The reconcilers; ends once drained.

@@ -35,7 +35,10 @@ pub(super) struct HttpExtender {
 
 impl HttpExtender {
     pub(super) fn new(config: ExtenderConfig) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Go's net/http (kube-scheduler's client) sets TCP_NODELAY on every connection.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Self { config, client }
     }
 

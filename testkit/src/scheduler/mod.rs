@@ -1,17 +1,26 @@
 //! A kube-scheduler and PV-controller stand-in, so tests can run the whole WaitForFirstConsumer
 //! flow against [`ApiServer`](crate::ApiServer) without a cluster.
 //!
+//! Like the real components it is watch-driven, and the two are independent tasks over
+//! shared informers (one watch + reflector store per kind):
+//!
 //! ```text
-//!  every tick (list nodes, pods, volumes, claims, classes)
-//!    ├─ PV controller: provisioner annotations (GA + beta) ─ bind pre-bound PV ↔ claim
-//!    │                 ─ Available / Released / Lost phases
-//!    └─ scheduler, per pending pod of `scheduler_name`:
-//!         queued ──cycle──▶ VolumeBinding filter ─▶ extender filter ─▶ prioritize ─▶ pick
-//!           ▲                │ nothing fits: FailedScheduling Event, PodScheduled=False,
-//!           │                │ last_failure(); retried every `retry_interval`
-//!           │                ▼
-//!           └── selected-node  binding volumes (selected-node written, waiting for the
-//!               removed ◀───── claims to be bound) ──all bound──▶ pods/binding + Scheduled
+//!  watches: nodes, pods, volumes, claims, classes ──▶ stores
+//!     │ pod added/changed                     "changed": node, volume, claim or class
+//!     ▼                                                   ▼
+//!  scheduling queue (one pod at a time)            PV controller (own task): a pass over
+//!     │ pending pod of `scheduler_name`,           claims and volumes on every change,
+//!     │ not binding, not backing off               retried after 100 ms if a write failed
+//!     ▼                                             ├─ provisioner annotations (GA + beta)
+//!  scheduling cycle: VolumeBinding filter          ├─ bind pre-bound PV ↔ claim
+//!     ─▶ extender filter ─▶ prioritize ─▶ pick     └─ Available / Released / Lost phases
+//!     │ nothing fits: FailedScheduling Event, PodScheduled=False, last_failure();
+//!     │ queued again after `retry_interval`
+//!     ▼ node picked
+//!  binding cycle, a task per pod (the queue goes on with the next pod): PreBind writes
+//!  selected-node (claimRef for a static match), then wakes on every change; all claims
+//!  bound ─▶ pods/binding + Scheduled; a write failed, a claim lost its selected-node, is
+//!  gone or `bind_timeout` passed ─▶ FailedScheduling, back to the queue
 //! ```
 //!
 //! The extender is called over HTTP exactly as kube-scheduler's `HTTPExtender` does
@@ -23,14 +32,19 @@
 //!
 //! Approximations: no resources, preemption, inter-pod affinity or nominated nodes; in-tree
 //! score plugins all score 0; taints with effect `NoSchedule`/`NoExecute` are honoured with
-//! the basic toleration rules; one pod is scheduled at a time.
+//! the basic toleration rules; the assume cache covers only static volumes chosen for a pod
+//! still binding (as in kube-scheduler, the extender learns of a pod's claims only when
+//! PreBind has written selected-node, so the next pod's filter may not count them yet; the
+//! controller checks the ledger again); an unschedulable pod is retried on a timer only, not
+//! on cluster events.
 
+mod cache;
 mod extender;
 mod pv_controller;
 mod volumes;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -46,12 +60,14 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
+use kube::{Api, Client, api::PostParams};
+use tokio::{
+    sync::{mpsc, watch},
+    task::{JoinHandle, JoinSet},
+    time::Instant,
 };
-use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
+use cache::Cache;
 use extender::HttpExtender;
 use volumes::{
     SELECTED_NODE, claim_class, dynamic_provisioner, fully_bound, is_wait_for_first_consumer,
@@ -139,8 +155,6 @@ pub struct SchedulerConfig {
     pub extender: Option<ExtenderConfig>,
     /// Pods whose `spec.schedulerName` is this are scheduled (default `default-scheduler`).
     pub scheduler_name: String,
-    /// How often the API server is polled (default 50 ms).
-    pub tick: Duration,
     /// How long an unplaceable pod waits before the next attempt (default 200 ms; the real
     /// scheduler backs off from 1 s to 10 s).
     pub retry_interval: Duration,
@@ -156,7 +170,6 @@ impl Default for SchedulerConfig {
         Self {
             extender: None,
             scheduler_name: "default-scheduler".to_string(),
-            tick: Duration::from_millis(50),
             retry_interval: Duration::from_millis(200),
             bind_timeout: Duration::from_secs(600),
             seed: 0x5eed,
@@ -174,6 +187,9 @@ impl SchedulerConfig {
     }
 }
 
+/// A pod's namespace and name.
+type PodKey = (String, String);
+
 /// What the stand-in remembers about one pod it is scheduling.
 #[derive(Debug, Default)]
 struct PodRecord {
@@ -189,20 +205,16 @@ struct PodRecord {
 
 #[derive(Debug, Default)]
 enum PodPhase {
-    /// Waiting for the next scheduling cycle (`None`: at once).
+    /// Nothing in flight: the next event about the pod starts a scheduling cycle.
     #[default]
-    Queued,
-    /// Backing off until the instant.
+    Idle,
+    /// Backing off until the instant; a timer queues the pod again then.
     Backoff(Instant),
-    /// A node was chosen; waiting for the claims to be bound (PreBind).
-    BindingVolumes {
-        node: String,
-        claims: Vec<String>,
-        deadline: Instant,
-    },
+    /// A binding cycle runs: waiting for the claims to be bound (PreBind), then binding.
+    Binding,
 }
 
-type Records = Arc<Mutex<HashMap<(String, String), PodRecord>>>;
+type Records = Arc<Mutex<HashMap<PodKey, PodRecord>>>;
 
 /// The running stand-in. Dropping it stops it.
 #[derive(Debug)]
@@ -217,15 +229,7 @@ impl Scheduler {
     pub fn start(client: Client, config: SchedulerConfig) -> Scheduler {
         let records = Records::default();
         let (stop, stopped) = watch::channel(false);
-        let extender = config.extender.clone().map(HttpExtender::new);
-        let mut runner = Runner {
-            client,
-            seed: config.seed,
-            config,
-            extender,
-            records: records.clone(),
-        };
-        let task = tokio::spawn(async move { runner.run(stopped).await });
+        let task = tokio::spawn(supervise(client, config, records.clone(), stopped));
         Scheduler {
             records,
             stop,
@@ -250,7 +254,7 @@ impl Scheduler {
         records.get(&(ns.to_string(), name.to_string())).map(f)
     }
 
-    /// Stops the stand-in and waits for it to finish its current step.
+    /// Stops the stand-in and waits for it to finish its current steps.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
@@ -262,66 +266,86 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            // Aborting the supervisor drops its task set, which aborts every other task.
             task.abort();
         }
     }
 }
 
-/// One consistent-enough view of the cluster (volumes are listed before claims, so a Bound
-/// volume's claim is seen unless it was deleted).
+/// Starts the watches, the PV controller and the scheduling queue, and waits for all of
+/// them (they end when `stopped` turns true).
+async fn supervise(
+    client: Client,
+    config: SchedulerConfig,
+    records: Records,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    let (pods_tx, pods_rx) = mpsc::unbounded_channel();
+    let cache = Cache::start(&client, &mut tasks, &stopped, pods_tx.clone());
+    tasks.spawn(pv_controller::run(
+        client.clone(),
+        cache.clone(),
+        stopped.clone(),
+    ));
+    let queue = Queue {
+        seed: config.seed,
+        extender: config.extender.clone().map(HttpExtender::new),
+        core: Arc::new(Core {
+            client,
+            config,
+            records,
+            cache,
+        }),
+        rx: pods_rx,
+        tx: pods_tx,
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
+        binding: JoinSet::new(),
+        timers: JoinSet::new(),
+        assumed: HashMap::new(),
+    };
+    tasks.spawn(queue.run(stopped));
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One view of the cluster for a scheduling cycle or a PV-controller pass, read from the
+/// stores.
 pub(crate) struct Snapshot {
-    nodes: Vec<Node>,
-    pods: Vec<Pod>,
-    pvs: BTreeMap<String, PersistentVolume>,
-    claims: BTreeMap<(String, String), PersistentVolumeClaim>,
-    classes: BTreeMap<String, StorageClass>,
+    nodes: Vec<Arc<Node>>,
+    pvs: BTreeMap<String, Arc<PersistentVolume>>,
+    claims: BTreeMap<(String, String), Arc<PersistentVolumeClaim>>,
+    classes: BTreeMap<String, Arc<StorageClass>>,
 }
 
 impl Snapshot {
-    async fn list(client: &Client) -> Result<Snapshot, kube::Error> {
-        let lp = ListParams::default();
-        let pvs = Api::<PersistentVolume>::all(client.clone())
-            .list(&lp)
-            .await?;
-        let claims = Api::<PersistentVolumeClaim>::all(client.clone())
-            .list(&lp)
-            .await?;
-        let classes = Api::<StorageClass>::all(client.clone()).list(&lp).await?;
-        let nodes = Api::<Node>::all(client.clone()).list(&lp).await?;
-        let pods = Api::<Pod>::all(client.clone()).list(&lp).await?;
-        Ok(Snapshot {
-            nodes: nodes.items,
-            pods: pods.items,
-            pvs: pvs
-                .items
-                .into_iter()
-                .map(|v| (v.metadata.name.clone().unwrap_or_default(), v))
-                .collect(),
-            claims: claims
-                .items
-                .into_iter()
-                .map(|c| {
-                    let key = (
-                        c.metadata.namespace.clone().unwrap_or_default(),
-                        c.metadata.name.clone().unwrap_or_default(),
-                    );
-                    (key, c)
-                })
-                .collect(),
-            classes: classes
-                .items
+    fn of(cache: &Cache) -> Snapshot {
+        // By name, as a list returns them: extenders see a stable order.
+        let mut nodes = cache.nodes.state();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        Snapshot {
+            nodes,
+            pvs: cache.pvs_by_name(),
+            claims: cache.claims_by_key(),
+            classes: cache
+                .classes
+                .state()
                 .into_iter()
                 .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
                 .collect(),
-        })
+        }
     }
 
     fn claim(&self, ns: &str, name: &str) -> Option<&PersistentVolumeClaim> {
-        self.claims.get(&(ns.to_string(), name.to_string()))
+        self.claims
+            .get(&(ns.to_string(), name.to_string()))
+            .map(Arc::as_ref)
     }
 
     fn class_of(&self, claim: &PersistentVolumeClaim) -> Option<&StorageClass> {
-        claim_class(claim).and_then(|c| self.classes.get(c))
+        claim_class(claim)
+            .and_then(|c| self.classes.get(c))
+            .map(Arc::as_ref)
     }
 }
 
@@ -349,28 +373,115 @@ enum Cycle {
     Unschedulable(String),
 }
 
-struct Runner {
-    client: Client,
-    config: SchedulerConfig,
-    extender: Option<HttpExtender>,
-    records: Records,
-    seed: u64,
+/// A claim the binding cycle waits for, with what the scheduling cycle wrote for it: until
+/// the stores show that write, they still hold the version it replaced.
+#[derive(Debug)]
+struct Awaited {
+    claim: String,
+    /// `selected-node` was written over this resourceVersion of the claim.
+    selected_over: Option<String>,
+    /// This static volume's `claimRef` was written over this resourceVersion of it.
+    prebound_over: Option<(String, String)>,
 }
 
-impl Runner {
-    async fn run(&mut self, mut stopped: watch::Receiver<bool>) {
+/// What PreBind sees of a pod's claims.
+enum Volumes {
+    /// Every claim is bound to a volume that admits the node.
+    Bound,
+    /// Still provisioning or binding.
+    Waiting,
+    /// The binding cannot finish; the FailedScheduling message.
+    Failed(String),
+}
+
+/// What a scheduling cycle decided.
+enum Outcome {
+    /// Nothing fits; the FailedScheduling message.
+    Unschedulable(String),
+    /// A node was chosen: the binding cycle pins the claims to it and waits for them.
+    Bind {
+        node: String,
+        pins: Pins,
+        awaited: Vec<Awaited>,
+    },
+}
+
+/// The writes that pin a pod's claims to its node (VolumeBinding PreBind's API updates):
+/// `selected-node` on claims to provision, `claimRef` on matched static volumes.
+#[derive(Default)]
+struct Pins {
+    volumes: Vec<(String, PersistentVolume)>,
+    claims: Vec<(String, PersistentVolumeClaim)>,
+}
+
+/// State shared by the scheduling queue and the binding cycles.
+struct Core {
+    client: Client,
+    config: SchedulerConfig,
+    records: Records,
+    cache: Arc<Cache>,
+}
+
+/// The scheduling queue: one scheduling cycle at a time, binding cycles in the background.
+struct Queue {
+    core: Arc<Core>,
+    extender: Option<HttpExtender>,
+    seed: u64,
+    /// Pods to look at: changed pods (from the pod watch), and backoff timers.
+    rx: mpsc::UnboundedReceiver<PodKey>,
+    tx: mpsc::UnboundedSender<PodKey>,
+    queue: VecDeque<PodKey>,
+    queued: HashSet<PodKey>,
+    /// The binding cycles in flight (dropped, hence aborted, with the queue).
+    binding: JoinSet<()>,
+    /// Backoff timers (aborted with the queue).
+    timers: JoinSet<()>,
+    /// Static volumes chosen for a pod whose binding cycle has not written their claimRef
+    /// yet, with the resourceVersion they were chosen at: no other pod may take them (the
+    /// real scheduler's assume cache).
+    assumed: HashMap<String, String>,
+}
+
+impl Queue {
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        let cache = self.core.cache.clone();
+        tokio::select! {
+            ready = cache.ready() => if !ready { return },
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        for pod in cache.pods.state() {
+            self.push(cache::pod_key(&pod));
+        }
         loop {
-            match Snapshot::list(&self.client).await {
-                Ok(snap) => {
-                    pv_controller::sync(&self.client, &snap).await;
-                    self.schedule(&snap).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "scheduler stand-in: listing failed"),
+            while let Ok(key) = self.rx.try_recv() {
+                self.push(key);
+            }
+            while self.binding.try_join_next().is_some() {}
+            while self.timers.try_join_next().is_some() {}
+            if *stopped.borrow() {
+                break;
+            }
+            if let Some(key) = self.queue.pop_front() {
+                self.queued.remove(&key);
+                self.schedule_one(key, &stopped).await;
+                continue;
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.config.tick) => {}
-                _ = stopped.changed() => return,
+                key = self.rx.recv() => match key {
+                    Some(key) => self.push(key),
+                    None => break,
+                },
+                _ = stopped.wait_for(|s| *s) => break,
             }
+        }
+        // Binding cycles end on `stopped` themselves; timers just go.
+        self.timers.abort_all();
+        while self.binding.join_next().await.is_some() {}
+    }
+
+    fn push(&mut self, key: PodKey) {
+        if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
         }
     }
 
@@ -383,118 +494,135 @@ impl Runner {
         z ^ (z >> 31)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), PodRecord>> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    /// Queues `key` again after `delay`.
+    fn requeue_after(&mut self, key: PodKey, delay: Duration) {
+        let tx = self.tx.clone();
+        self.timers.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(key);
+        });
     }
 
-    async fn schedule(&mut self, snap: &Snapshot) {
-        let pending: Vec<&Pod> = snap
-            .pods
-            .iter()
-            .filter(|p| {
-                let spec = p.spec.as_ref();
-                spec.and_then(|s| s.node_name.as_deref())
-                    .is_none_or(str::is_empty)
-                    && spec
-                        .and_then(|s| s.scheduler_name.as_deref())
-                        .unwrap_or("default-scheduler")
-                        == self.config.scheduler_name
-                    && p.metadata.deletion_timestamp.is_none()
-            })
-            .collect();
-        // Forget pods that are gone or placed (by anyone), but keep their last failure.
-        {
-            let mut records = self.lock();
-            records.retain(|(ns, name), r| {
-                snap.pods.iter().any(|p| {
-                    p.metadata.namespace.as_deref() == Some(ns)
-                        && p.metadata.name.as_deref() == Some(name)
-                        && p.metadata.uid.as_deref() == Some(r.uid.as_str())
-                })
-            });
-        }
-        for pod in pending {
-            if let Err(e) = self.schedule_pod(snap, pod).await {
-                tracing::debug!(error = %e, pod = ?pod.metadata.name, "scheduler stand-in: step failed");
-            }
-        }
-    }
-
-    async fn schedule_pod(&mut self, snap: &Snapshot, pod: &Pod) -> Result<(), kube::Error> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = name_of(&pod.metadata);
+    /// Runs a scheduling cycle for the pod if it is pending, ours, and neither binding nor
+    /// backing off; hands a placed pod to a binding cycle.
+    async fn schedule_one(&mut self, key: PodKey, stopped: &watch::Receiver<bool>) {
+        let core = self.core.clone();
+        let Some(pod) = core.cache.pod(&key) else {
+            core.lock().remove(&key);
+            return;
+        };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let key = (ns.clone(), name.clone());
-        let now = Instant::now();
-
-        let phase = {
-            let mut records = self.lock();
+        let spec = pod.spec.as_ref();
+        let pending = spec
+            .and_then(|s| s.node_name.as_deref())
+            .is_none_or(str::is_empty)
+            && spec
+                .and_then(|s| s.scheduler_name.as_deref())
+                .unwrap_or("default-scheduler")
+                == core.config.scheduler_name
+            && pod.metadata.deletion_timestamp.is_none();
+        {
+            let mut records = core.lock();
+            if !pending {
+                // Placed (by anyone) or being deleted: keep its last failure, unless it is
+                // another pod of the same name.
+                if records.get(&key).is_some_and(|r| r.uid != uid) {
+                    records.remove(&key);
+                }
+                return;
+            }
             let record = records.entry(key.clone()).or_default();
             if record.uid != uid {
                 *record = PodRecord {
-                    uid: uid.clone(),
+                    uid,
                     ..PodRecord::default()
                 };
             }
-            std::mem::take(&mut record.phase)
-        };
-        let next = match phase {
-            PodPhase::Backoff(until) if until > now => PodPhase::Backoff(until),
-            PodPhase::Queued | PodPhase::Backoff(_) => self.attempt(snap, pod).await?,
-            PodPhase::BindingVolumes {
+            match record.phase {
+                PodPhase::Binding => return,
+                PodPhase::Backoff(until) if until > Instant::now() => return,
+                PodPhase::Idle | PodPhase::Backoff(_) => {}
+            }
+            record.attempts += 1;
+            record.phase = PodPhase::Idle;
+        }
+        let retry = core.config.retry_interval;
+        let next = match self.attempt(&pod).await {
+            Ok(Outcome::Unschedulable(message)) => {
+                core.record_failure(&pod, &message).await;
+                PodPhase::Backoff(Instant::now() + retry)
+            }
+            Ok(Outcome::Bind {
                 node,
-                claims,
-                deadline,
-            } => {
-                self.wait_for_volumes(snap, pod, node, claims, deadline)
-                    .await?
+                pins,
+                awaited,
+            }) => {
+                let deadline = Instant::now() + core.config.bind_timeout;
+                self.binding.spawn(core.clone().binding_cycle(
+                    pod.clone(),
+                    node,
+                    pins,
+                    awaited,
+                    deadline,
+                    self.tx.clone(),
+                    stopped.clone(),
+                ));
+                PodPhase::Binding
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, pod = ?pod.metadata.name, "scheduler stand-in: step failed");
+                PodPhase::Backoff(Instant::now() + retry)
             }
         };
-        if let Some(record) = self.lock().get_mut(&key) {
+        if matches!(next, PodPhase::Backoff(_)) {
+            self.requeue_after(key.clone(), retry);
+        }
+        if let Some(record) = core.lock().get_mut(&key) {
             record.phase = next;
         }
-        Ok(())
     }
 
-    /// One scheduling cycle: pick a node, write selected-node, or record the failure.
-    async fn attempt(&mut self, snap: &Snapshot, pod: &Pod) -> Result<PodPhase, kube::Error> {
+    /// One scheduling cycle: pick a node and decide how each claim gets there (the writes
+    /// are the binding cycle's), or say why nothing fits.
+    async fn attempt(&mut self, pod: &Pod) -> Result<Outcome, kube::Error> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let key = (ns.clone(), name_of(&pod.metadata));
-        if let Some(r) = self.lock().get_mut(&key) {
-            r.attempts += 1;
-        }
-        let node = match self.cycle(snap, pod).await {
+        let snap = Snapshot::of(&self.core.cache);
+        let node = match self.cycle(&snap, pod).await {
             Cycle::Place(node) => node,
-            Cycle::Unschedulable(message) => {
-                self.record_failure(pod, &message).await;
-                return Ok(PodPhase::Backoff(
-                    Instant::now() + self.config.retry_interval,
-                ));
-            }
+            Cycle::Unschedulable(message) => return Ok(Outcome::Unschedulable(message)),
         };
-        // Reserve + PreBind: selected-node on dynamically provisioned claims, claimRef on
-        // statically matched volumes.
-        let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
         let labels = snap
             .nodes
             .iter()
             .find(|n| name_of(&n.metadata) == node)
-            .map(node_labels)
+            .map(|n| node_labels(n))
             .unwrap_or_default();
-        let mut waiting = Vec::new();
-        let mut taken: Vec<String> = Vec::new();
+        // Volumes assumed for other pods stay taken while the store shows them unchanged.
+        self.assumed.retain(|pv, over| {
+            snap.pvs
+                .get(pv)
+                .is_some_and(|v| v.metadata.resource_version.as_ref() == Some(over))
+        });
+        let mut taken: Vec<String> = self.assumed.keys().cloned().collect();
+        let mut awaited = Vec::new();
+        let mut pins = Pins::default();
         for claim_name in pod_claims(pod) {
             let Some(claim) = snap.claim(&ns, &claim_name) else {
                 continue;
             };
+            let mut wait = Awaited {
+                claim: claim_name.clone(),
+                selected_over: None,
+                prebound_over: None,
+            };
             if volume_name(claim).is_some() {
                 if !fully_bound(claim) {
-                    waiting.push(claim_name);
+                    awaited.push(wait);
                 }
                 continue;
             }
-            waiting.push(claim_name.clone());
             if selected_node(claim) == Some(node.as_str()) {
+                awaited.push(wait);
                 continue;
             }
             let static_match = snap.pvs.values().find(|pv| {
@@ -503,7 +631,7 @@ impl Runner {
             if let Some(pv) = static_match {
                 let pv_name = name_of(&pv.metadata);
                 taken.push(pv_name.clone());
-                let mut pv = pv.clone();
+                let mut pv = PersistentVolume::clone(pv);
                 if let Some(spec) = pv.spec.as_mut() {
                     spec.claim_ref = Some(ObjectReference {
                         api_version: Some("v1".to_string()),
@@ -515,9 +643,10 @@ impl Runner {
                         ..ObjectReference::default()
                     });
                 }
-                Api::<PersistentVolume>::all(self.client.clone())
-                    .replace(&pv_name, &PostParams::default(), &pv)
-                    .await?;
+                let over = pv.metadata.resource_version.clone().unwrap_or_default();
+                self.assumed.insert(pv_name.clone(), over.clone());
+                pins.volumes.push((pv_name.clone(), pv));
+                wait.prebound_over = Some((pv_name, over));
             } else {
                 let mut claim = claim.clone();
                 claim
@@ -525,91 +654,16 @@ impl Runner {
                     .annotations
                     .get_or_insert_with(Default::default)
                     .insert(SELECTED_NODE.to_string(), node.clone());
-                claims_api
-                    .replace(&claim_name, &PostParams::default(), &claim)
-                    .await?;
+                wait.selected_over = claim.metadata.resource_version.clone();
+                pins.claims.push((claim_name, claim));
             }
+            awaited.push(wait);
         }
-        if waiting.is_empty() {
-            self.bind(pod, &node).await?;
-            return Ok(PodPhase::Queued);
-        }
-        Ok(PodPhase::BindingVolumes {
+        Ok(Outcome::Bind {
             node,
-            claims: waiting,
-            deadline: Instant::now() + self.config.bind_timeout,
+            pins,
+            awaited,
         })
-    }
-
-    /// PreBind's poll: every claim bound ⇒ check affinity and bind the pod; a claim lost its
-    /// selected-node ⇒ back to the queue.
-    async fn wait_for_volumes(
-        &mut self,
-        snap: &Snapshot,
-        pod: &Pod,
-        node: String,
-        claims: Vec<String>,
-        deadline: Instant,
-    ) -> Result<PodPhase, kube::Error> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let fail = |detail: String| {
-            format!("running PreBind plugin \"VolumeBinding\": binding volumes: {detail}")
-        };
-        let labels = snap
-            .nodes
-            .iter()
-            .find(|n| name_of(&n.metadata) == node)
-            .map(node_labels);
-        let mut all_bound = true;
-        for claim_name in &claims {
-            let Some(claim) = snap.claim(&ns, claim_name) else {
-                let message = fail(format!("persistentvolumeclaim {claim_name:?} not found"));
-                return self.requeue(pod, &message).await;
-            };
-            if fully_bound(claim) {
-                let volume = volume_name(claim).and_then(|v| snap.pvs.get(v));
-                let admits = volume
-                    .zip(labels.as_ref())
-                    .is_some_and(|(pv, labels)| pv_admits(pv, labels));
-                if !admits {
-                    let pv = volume_name(claim).unwrap_or_default();
-                    let message = fail(format!(
-                        "pv {pv:?} node affinity doesn't match node {node:?}"
-                    ));
-                    return self.requeue(pod, &message).await;
-                }
-                continue;
-            }
-            all_bound = false;
-            let pinned = selected_node(claim) == Some(node.as_str());
-            let prebound = volume_name(claim).is_some()
-                || snap.pvs.values().any(|pv| volumes::pv_claims(pv, claim));
-            if !pinned && !prebound {
-                let message = fail(format!("provisioning failed for PVC {claim_name:?}"));
-                return self.requeue(pod, &message).await;
-            }
-        }
-        if !all_bound {
-            if Instant::now() >= deadline {
-                return self
-                    .requeue(pod, &fail("context deadline exceeded".to_string()))
-                    .await;
-            }
-            return Ok(PodPhase::BindingVolumes {
-                node,
-                claims,
-                deadline,
-            });
-        }
-        self.bind(pod, &node).await?;
-        Ok(PodPhase::Queued)
-    }
-
-    async fn requeue(&mut self, pod: &Pod, message: &str) -> Result<PodPhase, kube::Error> {
-        self.record_failure(pod, message).await;
-        Ok(PodPhase::Backoff(
-            Instant::now() + self.config.retry_interval,
-        ))
     }
 
     /// Filters and scores the nodes for `pod`.
@@ -789,10 +843,163 @@ impl Runner {
         }
         None
     }
+}
+
+impl Core {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PodKey, PodRecord>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The binding cycle of one pod, beside the scheduling cycles of the next ones (PreBind,
+    /// then Bind): pin the claims to the node, wait until the PV controller has bound every
+    /// one, then `pods/binding`. A failure sends the pod back to the queue after
+    /// `retry_interval`.
+    #[allow(clippy::too_many_arguments)]
+    async fn binding_cycle(
+        self: Arc<Self>,
+        pod: Arc<Pod>,
+        node: String,
+        pins: Pins,
+        awaited: Vec<Awaited>,
+        deadline: Instant,
+        queue: mpsc::UnboundedSender<PodKey>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let key = cache::pod_key(&pod);
+        let fail = |detail: String| {
+            format!("running PreBind plugin \"VolumeBinding\": binding volumes: {detail}")
+        };
+        let mut changed = self.cache.subscribe();
+        let pinned = self.pin(&pod, &pins).await;
+        let failure = loop {
+            if let Err(e) = &pinned {
+                break Some(fail(e.to_string()));
+            }
+            changed.borrow_and_update();
+            match self.volumes(&pod, &node, &awaited) {
+                Volumes::Bound => match self.bind(&pod, &node).await {
+                    Ok(()) => {
+                        if let Some(r) = self.lock().get_mut(&key) {
+                            r.phase = PodPhase::Idle;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, pod = ?pod.metadata.name, "scheduler stand-in: binding failed");
+                        break None;
+                    }
+                },
+                Volumes::Failed(detail) => break Some(fail(detail)),
+                Volumes::Waiting if Instant::now() >= deadline => {
+                    break Some(fail("context deadline exceeded".to_string()));
+                }
+                Volumes::Waiting => {}
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+        };
+        if let Some(message) = failure {
+            self.record_failure(&pod, &message).await;
+        }
+        let retry = self.config.retry_interval;
+        if let Some(r) = self.lock().get_mut(&key) {
+            r.phase = PodPhase::Backoff(Instant::now() + retry);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {
+                let _ = queue.send(key);
+            }
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// PreBind's API updates, side by side: one round trip, not one per claim.
+    async fn pin(&self, pod: &Pod, pins: &Pins) -> Result<(), kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+        let pp = PostParams::default();
+        let volume_writes: Vec<_> = pins
+            .volumes
+            .iter()
+            .map(|(name, pv)| pvs.replace(name, &pp, pv))
+            .collect();
+        let claim_writes: Vec<_> = pins
+            .claims
+            .iter()
+            .map(|(name, claim)| claims.replace(name, &pp, claim))
+            .collect();
+        futures::try_join!(
+            futures::future::try_join_all(volume_writes),
+            futures::future::try_join_all(claim_writes)
+        )?;
+        Ok(())
+    }
+
+    /// PreBind's check: every claim bound to a volume that admits the node, or a reason the
+    /// binding cannot finish (a claim gone, or its selected-node removed: the provisioner
+    /// asked for another node).
+    fn volumes(&self, pod: &Pod, node: &str, awaited: &[Awaited]) -> Volumes {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let labels = self.cache.node(node).map(|n| node_labels(&n));
+        let mut all_bound = true;
+        for wait in awaited {
+            let claim_name = &wait.claim;
+            let Some(claim) = self.cache.claim(&ns, claim_name) else {
+                return Volumes::Failed(format!("persistentvolumeclaim {claim_name:?} not found"));
+            };
+            if fully_bound(&claim) {
+                let volume = volume_name(&claim).and_then(|v| self.cache.pv(v));
+                let admits = volume
+                    .zip(labels.as_ref())
+                    .is_some_and(|(pv, labels)| pv_admits(&pv, labels));
+                if !admits {
+                    let pv = volume_name(&claim).unwrap_or_default();
+                    return Volumes::Failed(format!(
+                        "pv {pv:?} node affinity doesn't match node {node:?}"
+                    ));
+                }
+                continue;
+            }
+            all_bound = false;
+            // Our own write not seen yet counts as done.
+            let unchanged = |over: &Option<String>, current: &ObjectMeta| {
+                over.is_some() && *over == current.resource_version
+            };
+            let pinned = selected_node(&claim) == Some(node)
+                || unchanged(&wait.selected_over, &claim.metadata);
+            if pinned {
+                continue;
+            }
+            let prebound = volume_name(&claim).is_some()
+                || wait.prebound_over.as_ref().is_some_and(|(pv, over)| {
+                    self.cache
+                        .pv(pv)
+                        .is_some_and(|pv| unchanged(&Some(over.clone()), &pv.metadata))
+                })
+                || self
+                    .cache
+                    .pvs
+                    .state()
+                    .iter()
+                    .any(|pv| volumes::pv_claims(pv, &claim));
+            if !prebound {
+                return Volumes::Failed(format!("provisioning failed for PVC {claim_name:?}"));
+            }
+        }
+        if all_bound {
+            Volumes::Bound
+        } else {
+            Volumes::Waiting
+        }
+    }
 
     /// FailedScheduling: remember it, emit an Event when the message changes, and set
     /// `PodScheduled=False` with reason `Unschedulable`.
-    async fn record_failure(&mut self, pod: &Pod, message: &str) {
+    async fn record_failure(&self, pod: &Pod, message: &str) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = name_of(&pod.metadata);
         let emit = {
@@ -841,7 +1048,7 @@ impl Runner {
     }
 
     /// `pods/binding`, then a `Scheduled` Event.
-    async fn bind(&mut self, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+    async fn bind(&self, pod: &Pod, node: &str) -> Result<(), kube::Error> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = name_of(&pod.metadata);
         let binding = serde_json::json!({

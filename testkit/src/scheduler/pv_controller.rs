@@ -1,22 +1,43 @@
 //! The PV-controller emulation (kube-controller-manager's `persistentvolume` controller, the parts
 //! stowage depends on): provisioner annotations, claim ↔ volume binding, Released and Lost.
 //!
-//! Each pass works on one consistent snapshot and makes every write conditional on the
-//! snapshot's resourceVersion; a conflict just means the next pass tries again.
+//! It runs as its own task beside the scheduler, as the real one is a separate controller:
+//! every change of a claim, volume or class (from the shared stores) starts a pass over the
+//! claims and volumes at once. Writes are conditional on the cached resourceVersion; an
+//! object it wrote is skipped until the store shows a newer version of it, so a pass never
+//! repeats a write the watch has not delivered yet. A failed write is retried by the next
+//! pass, at the latest after [`RETRY`]. A claim or volume missing from the cache is checked
+//! with the API server before a volume is called Released or a claim Lost, as the real
+//! controller does.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeStatus,
 };
 use kube::{Api, Client, api::PostParams};
+use tokio::sync::watch;
 
 use super::{
     Snapshot,
+    cache::Cache,
     volumes::{
         BETA_STORAGE_PROVISIONER, BIND_COMPLETED, BOUND_BY_CONTROLLER, STORAGE_PROVISIONER,
-        claim_class, dynamic_provisioner, is_wait_for_first_consumer, pv_bindable_to,
-        selected_node, volume_name,
+        dynamic_provisioner, is_wait_for_first_consumer, pv_bindable_to, selected_node,
+        volume_name,
     },
 };
+
+/// The longest wait before a failed write is tried again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Claims (and volumes) worked on at the same time within a pass.
+const CONCURRENCY: usize = 16;
 
 fn set_annotation(
     meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -28,26 +49,138 @@ fn set_annotation(
         .insert(k.to_string(), v.to_string());
 }
 
-/// One pass over the snapshot.
-pub(super) async fn sync(client: &Client, snap: &Snapshot) {
-    for claim in snap.claims.values() {
-        if claim.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        if let Err(e) = sync_claim(client, snap, claim).await {
-            tracing::debug!(error = %e, claim = ?claim.metadata.name, "pv controller: claim step failed");
+/// Objects (by uid) written over a resourceVersion the store still shows.
+#[derive(Default)]
+struct Written(Mutex<HashMap<String, String>>);
+
+impl Written {
+    fn key(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Option<(String, String)> {
+        Some((meta.uid.clone()?, meta.resource_version.clone()?))
+    }
+
+    /// Whether this version of the object was already written over.
+    fn pending(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+        let Some((uid, rv)) = Self::key(meta) else {
+            return false;
+        };
+        let written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(&uid) == Some(&rv)
+    }
+
+    fn mark(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        if let Some((uid, rv)) = Self::key(meta) {
+            let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            written.insert(uid, rv);
         }
     }
-    for pv in snap.pvs.values() {
-        if let Err(e) = sync_volume(client, snap, pv).await {
-            tracing::debug!(error = %e, pv = ?pv.metadata.name, "pv controller: volume step failed");
+
+    /// Forgets objects whose store version moved on (or that are gone).
+    fn prune(&self, snap: &Snapshot) {
+        let mut current: HashMap<&str, &str> = HashMap::new();
+        for meta in snap
+            .claims
+            .values()
+            .map(|c| &c.metadata)
+            .chain(snap.pvs.values().map(|v| &v.metadata))
+        {
+            if let (Some(uid), Some(rv)) = (meta.uid.as_deref(), meta.resource_version.as_deref()) {
+                current.insert(uid, rv);
+            }
+        }
+        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|uid, rv| current.get(uid.as_str()) == Some(&rv.as_str()));
+    }
+}
+
+/// Runs passes on every change until `stopped`.
+pub(super) async fn run(client: Client, cache: Arc<Cache>, mut stopped: watch::Receiver<bool>) {
+    tokio::select! {
+        ready = cache.ready() => if !ready { return },
+        _ = stopped.wait_for(|s| *s) => return,
+    }
+    let mut changed = cache.subscribe();
+    let written = Written::default();
+    loop {
+        changed.borrow_and_update();
+        let snap = Snapshot::of(&cache);
+        written.prune(&snap);
+        let failed = sync(&client, &snap, &written).await;
+        tokio::select! {
+            _ = changed.changed() => {}
+            () = tokio::time::sleep(RETRY), if failed => {}
+            _ = stopped.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// One pass over the snapshot; `true` if a step failed (and needs another pass).
+async fn sync(client: &Client, snap: &Snapshot, written: &Written) -> bool {
+    let claims: Vec<&PersistentVolumeClaim> = snap
+        .claims
+        .values()
+        .map(Arc::as_ref)
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && !written.pending(&c.metadata))
+        .collect();
+    // The futures are made before the stream, so no closure is held across an await.
+    let steps: Vec<_> = claims
+        .into_iter()
+        .map(|claim| claim_step(client, snap, written, claim))
+        .collect();
+    let claims_failed = futures::stream::iter(steps)
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<bool>>()
+        .await;
+    let volumes: Vec<&PersistentVolume> = snap
+        .pvs
+        .values()
+        .map(Arc::as_ref)
+        .filter(|v| !written.pending(&v.metadata))
+        .collect();
+    let steps: Vec<_> = volumes
+        .into_iter()
+        .map(|pv| volume_step(client, snap, written, pv))
+        .collect();
+    let volumes_failed = futures::stream::iter(steps)
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<bool>>()
+        .await;
+    claims_failed.contains(&true) || volumes_failed.contains(&true)
+}
+
+/// [`sync_claim`], logged; `true` if it failed.
+async fn claim_step(
+    client: &Client,
+    snap: &Snapshot,
+    written: &Written,
+    claim: &PersistentVolumeClaim,
+) -> bool {
+    let result = sync_claim(client, snap, written, claim).await;
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, claim = ?claim.metadata.name, "pv controller: claim step failed");
+    }
+    result.is_err()
+}
+
+/// [`sync_volume`], logged; `true` if it failed.
+async fn volume_step(
+    client: &Client,
+    snap: &Snapshot,
+    written: &Written,
+    pv: &PersistentVolume,
+) -> bool {
+    let result = sync_volume(client, snap, written, pv).await;
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, pv = ?pv.metadata.name, "pv controller: volume step failed");
+    }
+    result.is_err()
 }
 
 async fn sync_claim(
     client: &Client,
     snap: &Snapshot,
+    written: &Written,
     claim: &PersistentVolumeClaim,
 ) -> Result<(), kube::Error> {
     let ns = claim.metadata.namespace.as_deref().unwrap_or_default();
@@ -60,11 +193,21 @@ async fn sync_claim(
         let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
         match snap.pvs.get(volume) {
             None if phase == Some("Bound") => {
+                // Not in the cache: ask the API server before calling the claim Lost.
+                if Api::<PersistentVolume>::all(client.clone())
+                    .get_opt(volume)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(());
+                }
                 let mut lost = claim.clone();
                 lost.status.get_or_insert_with(Default::default).phase = Some("Lost".to_string());
                 claims.replace_status(name, &pp, &lost).await?;
+                written.mark(&claim.metadata);
             }
             Some(pv) if phase != Some("Bound") && phase != Some("Lost") => {
+                let original = claim;
                 let mut claim = claim.clone();
                 if claim
                     .metadata
@@ -74,8 +217,10 @@ async fn sync_claim(
                 {
                     set_annotation(&mut claim.metadata, BIND_COMPLETED, "yes");
                     claim = claims.replace(name, &pp, &claim).await?;
+                    written.mark(&original.metadata);
                 }
                 set_claim_bound(&claims, claim, pv).await?;
+                written.mark(&original.metadata);
             }
             _ => {}
         }
@@ -83,9 +228,10 @@ async fn sync_claim(
     }
 
     // Unbound: announce the provisioner when it is this class's turn.
-    let class = claim_class(claim).and_then(|c| snap.classes.get(c));
+    let class = snap.class_of(claim);
     let provisioner = class.and_then(dynamic_provisioner);
     let due = !is_wait_for_first_consumer(class) || selected_node(claim).is_some();
+    let original = claim;
     let mut claim = claim.clone();
     if let Some(provisioner) = provisioner
         && due
@@ -100,6 +246,7 @@ async fn sync_claim(
             set_annotation(&mut claim.metadata, STORAGE_PROVISIONER, provisioner);
             set_annotation(&mut claim.metadata, BETA_STORAGE_PROVISIONER, provisioner);
             claim = claims.replace(name, &pp, &claim).await?;
+            written.mark(&original.metadata);
         }
     }
 
@@ -113,7 +260,8 @@ async fn sync_claim(
     };
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let pv_name = pv.metadata.name.clone().unwrap_or_default();
-    let mut pv = pv.clone();
+    let original_pv = pv;
+    let mut pv = PersistentVolume::clone(pv);
     if let Some(r) = pv.spec.as_mut().and_then(|s| s.claim_ref.as_mut())
         && r.uid.as_deref().is_none_or(str::is_empty)
     {
@@ -124,6 +272,7 @@ async fn sync_claim(
         r.resource_version = claim.metadata.resource_version.clone();
         set_annotation(&mut pv.metadata, BOUND_BY_CONTROLLER, "yes");
         pv = pvs.replace(&pv_name, &pp, &pv).await?;
+        written.mark(&original_pv.metadata);
     }
     if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
         pv.status = Some(PersistentVolumeStatus {
@@ -131,6 +280,7 @@ async fn sync_claim(
             ..PersistentVolumeStatus::default()
         });
         pv = pvs.replace_status(&pv_name, &pp, &pv).await?;
+        written.mark(&original_pv.metadata);
     }
     if let Some(spec) = claim.spec.as_mut() {
         spec.volume_name = Some(pv_name);
@@ -138,6 +288,7 @@ async fn sync_claim(
     set_annotation(&mut claim.metadata, BIND_COMPLETED, "yes");
     set_annotation(&mut claim.metadata, BOUND_BY_CONTROLLER, "yes");
     let claim = claims.replace(name, &pp, &claim).await?;
+    written.mark(&original.metadata);
     set_claim_bound(&claims, claim, &pv).await
 }
 
@@ -160,39 +311,59 @@ async fn set_claim_bound(
     Ok(())
 }
 
-/// New volumes become Available (pre-bound ones too, until bound); a bound volume whose
-/// claim is gone becomes Released.
+/// New volumes become Available (pre-bound ones too, until bound); a volume bound to a
+/// claim that is gone becomes Released: a Bound one, and also one pre-bound to a claim's uid
+/// (a provisioner's volume for a claim deleted while it was being provisioned), as the real
+/// controller's `syncVolume` does.
 async fn sync_volume(
     client: &Client,
     snap: &Snapshot,
+    written: &Written,
     pv: &PersistentVolume,
 ) -> Result<(), kube::Error> {
     let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Released" | "Failed")) {
+        return Ok(());
+    }
     let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-    let wanted = match (phase, claim_ref) {
-        (None | Some("Pending"), _) => "Available",
-        (Some("Bound"), Some(r)) => {
+    let uid = claim_ref
+        .and_then(|r| r.uid.as_deref())
+        .filter(|u| !u.is_empty());
+    let wanted = match claim_ref {
+        Some(r) if phase == Some("Bound") || uid.is_some() => {
             let key = (
                 r.namespace.clone().unwrap_or_default(),
                 r.name.clone().unwrap_or_default(),
             );
-            let claim_gone = snap.claims.get(&key).is_none_or(|c| {
-                r.uid
-                    .as_deref()
-                    .is_some_and(|u| !u.is_empty() && Some(u) != c.metadata.uid.as_deref())
-            });
-            if !claim_gone {
-                return Ok(());
+            let gone = |c: Option<&PersistentVolumeClaim>| {
+                c.is_none_or(|c| uid.is_some_and(|u| Some(u) != c.metadata.uid.as_deref()))
+            };
+            if !gone(snap.claims.get(&key).map(Arc::as_ref)) {
+                if phase.is_some_and(|p| p != "Pending") {
+                    return Ok(());
+                }
+                "Available"
+            } else {
+                // Not in the cache (or another uid): ask the API server before releasing.
+                let live = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &key.0)
+                    .get_opt(&key.1)
+                    .await?;
+                if !gone(live.as_ref()) {
+                    return Ok(());
+                }
+                "Released"
             }
-            "Released"
         }
+        _ if matches!(phase, None | Some("Pending")) => "Available",
         _ => return Ok(()),
     };
+    let original = pv;
     let mut pv = pv.clone();
     pv.status.get_or_insert_with(Default::default).phase = Some(wanted.to_string());
     let name = pv.metadata.name.clone().unwrap_or_default();
     Api::<PersistentVolume>::all(client.clone())
         .replace_status(&name, &PostParams::default(), &pv)
         .await?;
+    written.mark(&original.metadata);
     Ok(())
 }

@@ -251,7 +251,6 @@ async fn cluster() -> Cluster {
 }
 
 fn fast(mut config: SchedulerConfig) -> SchedulerConfig {
-    config.tick = Duration::from_millis(20);
     config.retry_interval = Duration::from_millis(100);
     config
 }
@@ -381,14 +380,17 @@ async fn pod_stays_pending_with_the_extenders_reasons_when_no_node_passes() {
     }
     policy.reject("node-c", "local-volume: node has no storage pool");
     let ext = FakeExtender::start(policy).await;
+    // The claim and the pod exist before the stand-in starts, so its first cycle runs on an
+    // initial list holding both. Started first, its claim and pod watches (independent, like
+    // kube-scheduler's informers) could deliver the pod before the claim, and that cycle would
+    // rightly fail with "persistentvolumeclaim not found": another message, another Event.
+    c.pod_with_claim("db-0", "local").await;
     let scheduler = Scheduler::start(
         c.client.clone(),
         fast(SchedulerConfig::with_extender(ExtenderConfig::new(
             &ext.url_prefix,
         ))),
     );
-
-    c.pod_with_claim("db-0", "local").await;
 
     let expected = "0/3 nodes are available: 2 local-volume: 1Gi free, 2Gi requested, \
                     1 local-volume: node has no storage pool.";
@@ -668,4 +670,110 @@ async fn failing_filter_blocks_the_pod_unless_the_extender_is_ignorable() {
     let _ = c.node_of("p").await;
     lenient.shutdown().await;
     drop(c.server);
+}
+
+#[tokio::test]
+async fn a_pod_waiting_for_its_volumes_does_not_hold_up_the_next_pod() {
+    let c = cluster().await;
+    // A WFFC class whose provisioner never runs: its claims wait in the binding cycle.
+    Api::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &storage_class("manual")
+                .provisioner("example.com/nobody")
+                .wait_for_first_consumer()
+                .build(),
+        )
+        .await
+        .unwrap();
+    let _provisioner = start_provisioner(c.client.clone(), |_| false);
+    let scheduler = Scheduler::start(c.client.clone(), fast(SchedulerConfig::default()));
+
+    c.pod_with_claim("slow", "manual").await;
+    let node = wait_until(WAIT, "the slow pod's claim has a node", || async {
+        let claim = c.claims().get("data-slow").await.ok()?;
+        claim.metadata.annotations?.get(SELECTED_NODE).cloned()
+    })
+    .await
+    .unwrap();
+
+    // Scheduled and bound while the first pod still waits for its volume.
+    c.pod_with_claim("quick", "local").await;
+    c.node_of("quick").await;
+    let slow = c.pods().get("slow").await.unwrap();
+    assert_eq!(slow.spec.unwrap().node_name, None);
+    assert_eq!(scheduler.last_failure(NS, "slow"), None);
+    assert_eq!(scheduler.attempts(NS, "slow"), 1, "one cycle, then binding");
+
+    // Its volume appears: the waiting binding cycle finishes on that node.
+    let claim = c.claims().get("data-slow").await.unwrap();
+    let mut volume = pv("slow-volume")
+        .size("2Gi")
+        .class("manual")
+        .local(&node, "/pool/slow")
+        .claim(NS, "data-slow")
+        .build();
+    volume
+        .spec
+        .as_mut()
+        .unwrap()
+        .claim_ref
+        .as_mut()
+        .unwrap()
+        .uid = claim.metadata.uid;
+    c.pvs()
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+    assert_eq!(c.node_of("slow").await, node);
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_volume_provisioned_for_a_claim_deleted_meanwhile_is_released() {
+    let c = cluster().await;
+    let scheduler = Scheduler::start(c.client.clone(), fast(SchedulerConfig::default()));
+    let claim = c
+        .claims()
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "gone").size("1Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    c.claims()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The provisioner's volume arrives after the claim is gone, pre-bound to its uid.
+    let mut volume = pv("pvc-late")
+        .size("1Gi")
+        .class("local")
+        .local("node-a", "/pool/late")
+        .claim(NS, "gone")
+        .build();
+    volume
+        .spec
+        .as_mut()
+        .unwrap()
+        .claim_ref
+        .as_mut()
+        .unwrap()
+        .uid = claim.metadata.uid;
+    c.pvs()
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+    wait_for(WAIT, "the volume is Released", || async {
+        c.pvs()
+            .get("pvc-late")
+            .await
+            .ok()
+            .and_then(|v| v.status?.phase)
+            .as_deref()
+            == Some("Released")
+    })
+    .await
+    .unwrap();
+    scheduler.shutdown().await;
 }
