@@ -167,11 +167,15 @@ impl ControllerArgs {
                 let flush_for = drain_timeout
                     .saturating_sub(drain_started.elapsed())
                     .max(EVENT_FLUSH_MIN);
-                if !running.recorder.flush(flush_for).await {
-                    tracing::warn!(
-                        timeout_ms = flush_for.as_millis(),
-                        "events still queued at the end of the drain are dropped"
-                    );
+                let deadline = tokio::time::Instant::now() + flush_for;
+                for recorder in &running.recorders {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if !recorder.flush(left).await {
+                        tracing::warn!(
+                            timeout_ms = flush_for.as_millis(),
+                            "events still queued at the end of the drain are dropped"
+                        );
+                    }
                 }
                 // Only now give the Lease up: nothing of ours writes any more.
                 leader.shutdown().await;
@@ -248,7 +252,8 @@ impl ControllerArgs {
         ctx.recorder
             .register(&registry)
             .context("registering the event recorder's metrics")?;
-        let recorder = ctx.recorder.clone();
+        let mut recorders = vec![ctx.recorder.clone()];
+        recorders.extend(ctx.nfs.as_ref().map(|nfs| nfs.recorder().clone()));
         let ctx = Arc::new(ctx);
         let app = extra_routes
             .merge(crate::serve::health_routes(ready.clone()))
@@ -273,7 +278,7 @@ impl ControllerArgs {
         let (stop, stop_rx) = watch::channel(false);
         let controllers = tokio::spawn(super::run_until(ctx, stop_rx));
         Ok(Running {
-            recorder,
+            recorders,
             stop,
             controllers,
             watchers,
@@ -299,8 +304,9 @@ enum Stop {
 
 /// The tasks of a running controller.
 struct Running {
-    /// The reconcilers' Event recorder, flushed by the drain.
-    recorder: super::Recorder,
+    /// The reconcilers' Event recorders (the provisioner's, and NFS mode's), flushed by the
+    /// drain.
+    recorders: Vec<super::Recorder>,
     /// Set to true to make the reconcilers drain.
     stop: watch::Sender<bool>,
     /// The reconcilers; ends once drained.

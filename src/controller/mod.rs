@@ -145,7 +145,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context over `client` and `index`; Events are recorded as the provisioner name.
-    /// Changes of the index queue their objects on this context's queues from now on.
+    /// [`run_until`] connects the index's changes to the context's queues.
     pub fn new(
         client: Client,
         index: Arc<RwLock<ClusterIndex>>,
@@ -162,15 +162,6 @@ impl Context {
         let claims: Arc<Queue<(String, String)>> = Arc::default();
         let pvs: Arc<Queue<String>> = Arc::default();
         let volumes: Arc<Queue<String>> = Arc::default();
-        {
-            let (claims, pvs, volumes) = (claims.clone(), pvs.clone(), volumes.clone());
-            let mut index = index.write().unwrap_or_else(|e| e.into_inner());
-            index.set_trigger(Arc::new(move |trigger| match trigger {
-                Trigger::Claim(ns, name) => claims.add((ns, name)),
-                Trigger::Pv(name) => pvs.add(name),
-                Trigger::Volume(name) => volumes.add(name),
-            }));
-        }
         Self {
             client,
             index,
@@ -209,8 +200,22 @@ impl Context {
             .node_hostname(name)
     }
 
-    /// Queues every object the index holds on its reconciler's queue.
-    pub fn queue_all(&self) {
+    /// From now on, a change in the index queues the objects it concerns on this
+    /// context's queues (a claim, PV or LocalVolume change; see `ClusterIndex::set_trigger`).
+    pub fn queue_changes(&self) {
+        let (claims, pvs, volumes) = (self.claims.clone(), self.pvs.clone(), self.volumes.clone());
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        index.set_trigger(Arc::new(move |trigger| match trigger {
+            Trigger::Claim(ns, name) => claims.add((ns, name)),
+            Trigger::Pv(name) => pvs.add(name),
+            Trigger::Volume(name) => volumes.add(name),
+        }));
+    }
+
+    /// Queues every object the index holds on its reconciler's queue, a batch at a time:
+    /// a queue is fed more only once fewer than [`QUEUE_ALL_BATCH`] keys wait in it, so
+    /// looking at 150,000 objects again never holds 150,000 keys at once.
+    pub async fn queue_all(&self) {
         let (claims, pvs, volumes) = {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             (
@@ -219,9 +224,11 @@ impl Context {
                 index.local_volume_names(),
             )
         };
-        claims.into_iter().for_each(|k| self.claims.add(k));
-        pvs.into_iter().for_each(|k| self.pvs.add(k));
-        volumes.into_iter().for_each(|k| self.volumes.add(k));
+        futures::join!(
+            feed(&self.claims, claims),
+            feed(&self.pvs, pvs),
+            feed(&self.volumes, volumes)
+        );
     }
 
     /// Whether this replica may write.
@@ -326,13 +333,31 @@ impl Context {
     }
 }
 
+/// Keys [`Context::queue_all`] adds to a queue at a time.
+pub const QUEUE_ALL_BATCH: usize = 512;
+
+async fn feed<K>(queue: &Queue<K>, keys: Vec<K>)
+where
+    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+{
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        while queue.waiting() >= QUEUE_ALL_BATCH {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        keys.by_ref()
+            .take(QUEUE_ALL_BATCH)
+            .for_each(|k| queue.add(k));
+    }
+}
+
 /// Queues every object each time `leader` turns true: nothing was written while another
 /// replica led, so everything is looked at again. Returns when `leader`'s sender is gone.
 async fn on_becoming_leader(ctx: Arc<Context>) {
     let mut rx = ctx.leader.clone();
     while rx.changed().await.is_ok() {
         if *rx.borrow_and_update() {
-            ctx.queue_all();
+            ctx.queue_all().await;
         }
     }
 }
@@ -418,7 +443,14 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         () = ctx.ready.wait() => {}
         () = stopped(stop.clone()) => return,
     }
-    ctx.queue_all();
+    // Changes from now on queue their objects; everything there now is queued once.
+    ctx.queue_changes();
+    let everything = async {
+        tokio::select! {
+            () = ctx.queue_all() => {}
+            () = stopped(stop.clone()) => {}
+        }
+    };
 
     let claims = ctx.claims.clone().run(workers, stop.clone(), {
         let ctx = ctx.clone();
@@ -486,7 +518,7 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
             () = stopped(stop.clone()) => {}
         }
     };
-    futures::join!(claims, pvs, volumes, nfs_refresh, leader);
+    futures::join!(claims, pvs, volumes, nfs_refresh, leader, everything);
 }
 
 /// Resolves once `stop` turns true; never if its sender is dropped first.

@@ -103,6 +103,11 @@ impl Nfs {
         })
     }
 
+    /// The recorder of NFS mode's Events (they name the NFS provisioner).
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
     /// The provisioner name of NFS classes.
     pub fn provisioner(&self) -> String {
         self.snapshot().config().provisioner_name.clone()

@@ -161,6 +161,11 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
         state.queued.len() + state.running.len() + state.deadline.len()
     }
 
+    /// Keys queued and not yet running.
+    pub fn waiting(&self) -> usize {
+        self.lock().ready.len()
+    }
+
     /// Whether nothing is queued, running or delayed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
