@@ -25,6 +25,7 @@ pub mod extender_role;
 pub mod fsutil;
 pub mod leader;
 pub mod ledger;
+pub mod memory;
 pub mod nfs;
 pub mod serve;
 pub mod simulate;

@@ -83,6 +83,9 @@ impl Readiness {
     }
 }
 
+/// Objects in a list after which the freed decode buffers are given back to the system.
+const TRIM_AFTER: usize = 1_000;
+
 /// How one kind is written into the index.
 struct Sink<K> {
     slot: usize,
@@ -215,6 +218,7 @@ async fn watch_kind<K>(
         .modify(super::slim::strip::<K>);
     let mut stream = std::pin::pin!(stream);
     let mut buffer: Vec<K> = Vec::new();
+    let mut staged = 0usize;
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -232,16 +236,29 @@ async fn watch_kind<K>(
                 reset(&mut write(&index), listed);
                 ready.mark(sink.slot);
                 tracing::debug!(kind, count, "listed");
+                if count >= TRIM_AFTER {
+                    crate::memory::release_free_memory();
+                }
             }
             // A list cut short (the watcher starts over with `Init`) leaves nothing behind.
-            (watcher::Event::Init, Relist::Stage { begin, .. }) => begin(&mut write(&index)),
+            (watcher::Event::Init, Relist::Stage { begin, .. }) => {
+                staged = 0;
+                begin(&mut write(&index));
+            }
             (watcher::Event::InitApply(obj), Relist::Stage { stage, .. }) => {
+                staged += 1;
                 stage(&mut write(&index), obj);
             }
             (watcher::Event::InitDone, Relist::Stage { commit, .. }) => {
                 commit(&mut write(&index));
                 ready.mark(sink.slot);
-                tracing::debug!(kind, "listed");
+                tracing::debug!(kind, count = staged, "listed");
+                // The pages decoded on the way are free now; a large list's are worth
+                // giving back (see `crate::memory`).
+                if staged >= TRIM_AFTER {
+                    crate::memory::release_free_memory();
+                }
+                staged = 0;
             }
             (watcher::Event::Apply(obj), _) => (sink.apply)(&mut write(&index), obj),
             (watcher::Event::Delete(obj), _) => (sink.delete)(&mut write(&index), &obj),
