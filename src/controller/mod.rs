@@ -231,6 +231,19 @@ impl Context {
         );
     }
 
+    /// [`Context::queue_all`], then, once the queues have drained, gives the memory the
+    /// pass freed back to the system (`crate::memory`): the first pass over every object
+    /// materialises each of them once.
+    async fn queue_all_then_trim(&self) {
+        self.queue_all().await;
+        while self.claims.waiting() + self.pvs.waiting() + self.volumes.waiting() > 0
+            || self.claims.running() + self.pvs.running() + self.volumes.running() > 0
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        crate::memory::release_free_memory();
+    }
+
     /// Whether this replica may write.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()
@@ -447,7 +460,7 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     ctx.queue_changes();
     let everything = async {
         tokio::select! {
-            () = ctx.queue_all() => {}
+            () = ctx.queue_all_then_trim() => {}
             () = stopped(stop.clone()) => {}
         }
     };

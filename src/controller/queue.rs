@@ -166,6 +166,11 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
         self.lock().ready.len()
     }
 
+    /// Keys being reconciled now.
+    pub fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
     /// Whether nothing is queued, running or delayed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
