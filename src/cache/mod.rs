@@ -391,6 +391,31 @@ impl ClusterIndex {
         self.fire(triggers.into_iter().flatten());
     }
 
+    /// Records a LocalVolume this process has just written (the answer to its create or
+    /// patch), so the next fit check counts it before the watch delivers it. Unlike
+    /// [`ClusterIndex::apply_local_volume`] (the watch, always in order) it never replaces a
+    /// newer version: the watch may already have delivered a later change (an agent marks a
+    /// volume Ready within milliseconds of its creation), which this older answer must not
+    /// undo. It is kept when the index has no version of it, or an older one where resource
+    /// versions compare as numbers (etcd's); otherwise the index's own is kept.
+    pub fn note_local_volume(&mut self, volume: LocalVolume) {
+        let name = Name::new(volume.metadata.name.as_deref().unwrap_or_default());
+        let newer = match (
+            self.volumes.get(&name),
+            volume.metadata.resource_version.as_deref(),
+        ) {
+            (None, _) => true,
+            (Some(old), Some(rv)) => match (&old.rv, rows::Rv::new(rv)) {
+                (rows::Rv::Num(old), rows::Rv::Num(new)) => new > *old,
+                _ => false,
+            },
+            (Some(_), None) => false,
+        };
+        if newer {
+            self.apply_local_volume(volume);
+        }
+    }
+
     /// Removes a LocalVolume.
     pub fn delete_local_volume(&mut self, name: &str) {
         let name = Name::new(name);

@@ -1142,3 +1142,39 @@ fn lists_and_paths_round_trip_through_their_compact_forms() {
         assert_eq!(back.status.unwrap().path.as_deref(), Some(path.as_str()));
     }
 }
+
+#[test]
+fn a_write_answer_never_undoes_a_newer_version_the_watch_delivered() {
+    let mut index = ClusterIndex::new();
+    let uid = "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718";
+    let name = format!("pvc-{uid}");
+    let mut created = lv(uid, "n1", "fast", Bytes(1 << 30));
+    created.metadata.resource_version = Some("10".into());
+    // The agent made it Ready, and the watch delivered that, before the create's answer
+    // was written back.
+    let mut ready = created.clone();
+    ready.metadata.resource_version = Some("11".into());
+    ready.status = Some(crate::api::local_volume::LocalVolumeStatus {
+        phase: crate::api::local_volume::LocalVolumePhase::Ready,
+        path: Some("/p".into()),
+        ..Default::default()
+    });
+    index.apply_local_volume(ready.clone());
+    index.note_local_volume(created.clone());
+    assert_eq!(index.local_volume(&name).unwrap().status, ready.status);
+    // Absent, the answer is recorded; a newer answer replaces an older version.
+    let mut fresh = ClusterIndex::new();
+    fresh.note_local_volume(created.clone());
+    assert!(fresh.local_volume(&name).is_some());
+    let mut grown = created.clone();
+    grown.metadata.resource_version = Some("12".into());
+    grown.spec.size_bytes = 2 << 30;
+    index.note_local_volume(grown);
+    assert_eq!(index.local_volume(&name).unwrap().spec.size_bytes, 2 << 30);
+    // Resource versions that are not numbers are not compared: the index's stays.
+    let mut odd = created;
+    odd.metadata.resource_version = Some("x".into());
+    odd.spec.size_bytes = 3 << 30;
+    index.note_local_volume(odd);
+    assert_eq!(index.local_volume(&name).unwrap().spec.size_bytes, 2 << 30);
+}

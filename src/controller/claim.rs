@@ -410,7 +410,7 @@ async fn place(
     ctx.index
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .apply_local_volume(created);
+        .note_local_volume(created);
     // The node's next claim may be decided now: the Event below is not part of the decision
     // and costs an API round trip, which under the lock would serialise a burst per node.
     drop(guard);

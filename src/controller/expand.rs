@@ -229,7 +229,7 @@ async fn grow(
     ctx.index
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .apply_local_volume(grown);
+        .note_local_volume(grown);
     drop(_guard);
     crash::hit(crash::CONTROLLER_EXPAND_VOLUME_GROWN);
     tracing::info!(volume = %name, node, from = lv.spec.size_bytes, to = to.0, "local volume grown");
