@@ -400,19 +400,34 @@ impl ClusterIndex {
     /// versions compare as numbers (etcd's); otherwise the index's own is kept.
     pub fn note_local_volume(&mut self, volume: LocalVolume) {
         let name = Name::new(volume.metadata.name.as_deref().unwrap_or_default());
-        let newer = match (
-            self.volumes.get(&name),
-            volume.metadata.resource_version.as_deref(),
-        ) {
-            (None, _) => true,
-            (Some(old), Some(rv)) => match (&old.rv, rows::Rv::new(rv)) {
-                (rows::Rv::Num(old), rows::Rv::Num(new)) => new > *old,
-                _ => false,
-            },
-            (Some(_), None) => false,
-        };
-        if newer {
+        let old = self.volumes.get(&name).map(|row| &row.rv);
+        if newer(old, volume.metadata.resource_version.as_deref()) {
             self.apply_local_volume(volume);
+        }
+    }
+
+    /// [`ClusterIndex::note_local_volume`] for a claim this process has just written.
+    pub fn note_claim(&mut self, claim: PersistentVolumeClaim) {
+        let old = self
+            .syms
+            .lookup(claim.metadata.namespace.as_deref().unwrap_or_default())
+            .and_then(|ns| {
+                let name = claim.metadata.name.as_deref().unwrap_or_default();
+                self.claims.get(&(ns, Box::from(name)))
+            })
+            .map(|row| &row.rv);
+        if newer(old, claim.metadata.resource_version.as_deref()) {
+            self.apply_claim(claim);
+        }
+    }
+
+    /// [`ClusterIndex::note_local_volume`] for a PersistentVolume this process has just
+    /// written.
+    pub fn note_persistent_volume(&mut self, pv: PersistentVolume) {
+        let name = Name::new(pv.metadata.name.as_deref().unwrap_or_default());
+        let old = self.pvs.get(&name).map(|row| &row.rv);
+        if newer(old, pv.metadata.resource_version.as_deref()) {
+            self.apply_persistent_volume(pv);
         }
     }
 
@@ -450,17 +465,9 @@ impl ClusterIndex {
     pub fn commit_local_volumes(&mut self) {
         let fresh = std::mem::take(&mut self.staging.volumes);
         let old = std::mem::replace(&mut self.volumes, fresh);
-        let mut triggers = Vec::new();
-        for (name, row) in &self.volumes {
-            if old.get(name).is_none_or(|o| o.rv != row.rv) {
-                triggers.extend(self.volume_triggers(name, row));
-            }
-        }
-        for (name, row) in &old {
-            if !self.volumes.contains_key(name) {
-                triggers.extend(self.volume_triggers(name, row));
-            }
-        }
+        let triggers = relisted(&old, &self.volumes, |row| &row.rv)
+            .flat_map(|(name, row)| self.volume_triggers(name, row))
+            .collect::<Vec<_>>();
         self.changed();
         self.fire(triggers);
     }
@@ -538,17 +545,9 @@ impl ClusterIndex {
     pub fn commit_claims(&mut self) {
         let fresh = std::mem::take(&mut self.staging.claims);
         let old = std::mem::replace(&mut self.claims, fresh);
-        let mut triggers = Vec::new();
-        for (key, row) in &self.claims {
-            if old.get(key).is_none_or(|o| o.rv != row.rv) {
-                triggers.extend(self.claim_triggers(key, row));
-            }
-        }
-        for (key, row) in &old {
-            if !self.claims.contains_key(key) {
-                triggers.extend(self.claim_triggers(key, row));
-            }
-        }
+        let triggers = relisted(&old, &self.claims, |row| &row.rv)
+            .flat_map(|(key, row)| self.claim_triggers(key, row))
+            .collect::<Vec<_>>();
         self.changed();
         self.fire(triggers);
     }
@@ -652,17 +651,9 @@ impl ClusterIndex {
     pub fn commit_persistent_volumes(&mut self) {
         let fresh = std::mem::take(&mut self.staging.pvs);
         let old = std::mem::replace(&mut self.pvs, fresh);
-        let mut triggers = Vec::new();
-        for (name, row) in &self.pvs {
-            if old.get(name).is_none_or(|o| o.rv != row.rv) {
-                triggers.extend(self.pv_triggers(name, row));
-            }
-        }
-        for (name, row) in &old {
-            if !self.pvs.contains_key(name) {
-                triggers.extend(self.pv_triggers(name, row));
-            }
-        }
+        let triggers = relisted(&old, &self.pvs, |row| &row.rv)
+            .flat_map(|(name, row)| self.pv_triggers(name, row))
+            .collect::<Vec<_>>();
         self.fire(triggers);
     }
 
@@ -1192,6 +1183,32 @@ fn get(map: &PerPool, node: &str, pool: &str) -> Bytes {
         .and_then(|p| p.get(pool))
         .copied()
         .unwrap_or_default()
+}
+
+/// Whether a write's answer of version `new` may replace the index's version `old`: when
+/// the index has none, or both are numbers (etcd's) and `new` is the larger.
+fn newer(old: Option<&rows::Rv>, new: Option<&str>) -> bool {
+    match (old, new) {
+        (None, _) => true,
+        (Some(rows::Rv::Num(old)), Some(new)) => {
+            matches!(rows::Rv::new(new), rows::Rv::Num(new) if new > *old)
+        }
+        _ => false,
+    }
+}
+
+/// What a re-list changed: the rows of `new` that are new or of another version than in
+/// `old`, then the rows of `old` that `new` lacks.
+fn relisted<'a, K: Eq + std::hash::Hash, R>(
+    old: &'a HashMap<K, R>,
+    new: &'a HashMap<K, R>,
+    rv: impl Fn(&R) -> &rows::Rv + Copy + 'a,
+) -> impl Iterator<Item = (&'a K, &'a R)> + 'a {
+    let changed = new
+        .iter()
+        .filter(move |(k, row)| old.get(*k).is_none_or(|o| rv(o) != rv(row)));
+    let gone = old.iter().filter(move |(k, _)| !new.contains_key(*k));
+    changed.chain(gone)
 }
 
 /// Each class's parsed parameters (`None`: not a node-local class), within one pass.

@@ -253,9 +253,16 @@ async fn finish(
 ) -> Result<Action> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let patch = json!({"spec": {"capacity": {"storage": quantity(size)}}});
-    pvs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    let grown = pvs
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(Error::api("patch", "PersistentVolume", name))?;
+    // The claim's status update below wakes the claim again; the index must already show
+    // the PV's new capacity then, or that run would take the growth for unfinished.
+    ctx.index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .note_persistent_volume(grown);
     crash::hit(crash::CONTROLLER_EXPAND_PV_GROWN);
     set_resizing(claim, false, Some(size), ctx).await?;
     ctx.metrics
@@ -321,13 +328,20 @@ pub(crate) async fn set_resizing(
             allocated.insert("storage".to_string(), quantity(size));
         }
     }
-    api.replace_status(&claim.name_any(), &PostParams::default(), &fresh)
+    let written = api
+        .replace_status(&claim.name_any(), &PostParams::default(), &fresh)
         .await
         .map_err(Error::api(
             "update status of",
             "PersistentVolumeClaim",
             &key,
         ))?;
+    // Seen by the claim's next run even before the watch delivers it (see
+    // `ClusterIndex::note_claim`).
+    ctx.index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .note_claim(written);
     Ok(())
 }
 

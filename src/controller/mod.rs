@@ -449,6 +449,12 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
             }
         }
     };
+    let reconcilers = run_reconcilers(ctx.clone(), stop.clone());
+    futures::join!(reconcilers, nfs_refresh);
+}
+
+/// The three reconcilers of [`run_until`], once every kind has been listed.
+async fn run_reconcilers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let workers = usize::from(ctx.config.concurrency);
     // Nothing is decided on a partial view, and a reconcile started now would only be
     // put back: wait for every kind's first list (whose changes queue every object).
@@ -465,73 +471,94 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         }
     };
 
-    let claims = ctx.claims.clone().run(workers, stop.clone(), {
-        let ctx = ctx.clone();
-        move |(ns, name): (String, String)| {
-            let ctx = ctx.clone();
-            async move {
-                let key = format!("PersistentVolumeClaim {ns}/{name}");
-                let claim = ctx
-                    .index
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .claim(&ns, &name);
-                let Some(claim) = claim else {
-                    return Action::await_change();
-                };
-                let result = guarded(&key, claim, ctx.clone(), claim::reconcile).await;
-                settle(&key, result, &ctx)
-            }
-        }
-    });
-    let pvs = ctx.pvs.clone().run(workers, stop.clone(), {
-        let ctx = ctx.clone();
-        move |name: String| {
-            let ctx = ctx.clone();
-            async move {
-                let key = format!("PersistentVolume {name}");
-                let pv = ctx
-                    .index
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .persistent_volume(&name);
-                let Some(pv) = pv else {
-                    ctx.node_present(&name);
-                    return Action::await_change();
-                };
-                let result = guarded(&key, pv, ctx.clone(), release::reconcile_volume).await;
-                settle(&key, result, &ctx)
-            }
-        }
-    });
+    let claims = serve(
+        &ctx,
+        ctx.claims.clone(),
+        Reconciler {
+            describe: |(ns, name)| format!("PersistentVolumeClaim {ns}/{name}"),
+            read: |index, (ns, name)| index.claim(ns, name),
+            gone: |_, _| {},
+            reconcile: claim::reconcile,
+        },
+        workers,
+        stop.clone(),
+    );
+    let pvs = serve(
+        &ctx,
+        ctx.pvs.clone(),
+        Reconciler {
+            describe: |name| format!("PersistentVolume {name}"),
+            read: |index, name| index.persistent_volume(name),
+            // A PV gone needs no "node gone" report any more.
+            gone: |ctx, name| ctx.node_present(name),
+            reconcile: release::reconcile_volume,
+        },
+        workers,
+        stop.clone(),
+    );
     // A claim deleted before its PV existed leaves a LocalVolume nothing else points to:
     // claim changes (deletions above all) queue the LocalVolume named after the claim's uid.
-    let volumes = ctx.volumes.clone().run(workers, stop.clone(), {
-        let ctx = ctx.clone();
-        move |name: String| {
-            let ctx = ctx.clone();
-            async move {
-                let key = format!("LocalVolume {name}");
-                let lv = ctx
-                    .index
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .local_volume(&name);
-                let Some(lv) = lv else {
-                    return Action::await_change();
-                };
-                let result = guarded(&key, lv, ctx.clone(), release::reconcile_local_volume).await;
-                settle(&key, result, &ctx)
-            }
-        }
-    });
+    let volumes = serve(
+        &ctx,
+        ctx.volumes.clone(),
+        Reconciler {
+            describe: |name| format!("LocalVolume {name}"),
+            read: |index, name| index.local_volume(name),
+            gone: |_, _| {},
+            reconcile: release::reconcile_local_volume,
+        },
+        workers,
+        stop.clone(),
+    );
     let leader = async {
         tokio::select! {
             () = on_becoming_leader(ctx.clone()) => std::future::pending::<()>().await,
             () = stopped(stop.clone()) => {}
         }
     };
-    futures::join!(claims, pvs, volumes, nfs_refresh, leader, everything);
+    futures::join!(claims, pvs, volumes, leader, everything);
+}
+
+/// One reconciler: how its keys name objects, how a key's object is read from the index,
+/// what to do when it is gone, and the reconcile.
+struct Reconciler<K, T, R> {
+    describe: fn(&K) -> String,
+    read: fn(&ClusterIndex, &K) -> Option<T>,
+    gone: fn(&Context, &K),
+    reconcile: R,
+}
+
+/// Runs `reconciler` on `queue` (see [`Queue::run`]): each key's object is read from the
+/// index when its turn comes, reconciled through [`guarded`], and the outcome [`settle`]d.
+async fn serve<K, T, R, Fut>(
+    ctx: &Arc<Context>,
+    queue: Arc<Queue<K>>,
+    reconciler: Reconciler<K, T, R>,
+    workers: usize,
+    stop: watch::Receiver<bool>,
+) where
+    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+    T: Send + Sync + 'static,
+    R: Fn(Arc<T>, Arc<Context>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Action>> + Send,
+{
+    let ctx = ctx.clone();
+    queue
+        .run(workers, stop, move |key: K| {
+            let ctx = ctx.clone();
+            async move {
+                let object =
+                    (reconciler.read)(&ctx.index.read().unwrap_or_else(|e| e.into_inner()), &key);
+                let Some(object) = object else {
+                    (reconciler.gone)(&ctx, &key);
+                    return Action::await_change();
+                };
+                let name = (reconciler.describe)(&key);
+                let result = guarded(&name, object, ctx.clone(), reconciler.reconcile).await;
+                settle(&name, result, &ctx)
+            }
+        })
+        .await;
 }
 
 /// Resolves once `stop` turns true; never if its sender is dropped first.

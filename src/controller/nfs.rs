@@ -690,9 +690,14 @@ async fn expand_claim(
                 field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
                 ..kube::api::PatchParams::default()
             };
-            pvs.patch(&name, &pp, &kube::api::Patch::Merge(&patch))
+            let grown = pvs
+                .patch(&name, &pp, &kube::api::Patch::Merge(&patch))
                 .await
                 .map_err(Error::api("patch", "PersistentVolume", &name))?;
+            ctx.index
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .note_persistent_volume(grown);
             if let Some(server) = server {
                 nfs.update(|c| {
                     c.note_grown(server, extra);
