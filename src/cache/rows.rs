@@ -116,7 +116,7 @@ pub enum Id {
 }
 
 impl Id {
-    /// `text` as an id; [`Id::to_string`] gives `text` back exactly.
+    /// `text` as an id; its `Display` gives `text` back exactly.
     pub fn new(text: &str) -> Self {
         parse_uuid(text).map_or_else(|| Id::Text(text.into()), Id::Uuid)
     }
@@ -156,7 +156,7 @@ pub enum Name {
 }
 
 impl Name {
-    /// `text` as a name; [`Name::to_string`] gives `text` back exactly.
+    /// `text` as a name; its `Display` gives `text` back exactly.
     pub fn new(text: &str) -> Self {
         text.strip_prefix(crate::cache::LOCAL_VOLUME_PREFIX)
             .and_then(parse_uuid)
@@ -201,7 +201,7 @@ pub enum Rv {
 }
 
 impl Rv {
-    /// `text` as a resource version; [`Rv::to_string`] gives `text` back exactly.
+    /// `text` as a resource version; its `Display` gives `text` back exactly.
     pub fn new(text: &str) -> Self {
         match text.parse::<u64>() {
             Ok(n) if n.to_string() == text => Rv::Num(n),
