@@ -17,13 +17,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use prometheus::Registry;
 use serde_json::json;
 use stowage::api::local_volume::{LocalVolume, LocalVolumePhase, OnDelete};
-use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
 use stowage::cache::ClusterIndex;
 use stowage::cache::policy::StowagePolicy;
@@ -35,6 +34,10 @@ use stowage_testkit::scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 use stowage_testkit::{ApiServer, wait_for, wait_until};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+mod support;
+
+use support::cluster::report_storage_node;
 
 const WAIT: Duration = Duration::from_secs(20);
 const GI: u64 = 1 << 30;
@@ -86,39 +89,9 @@ impl Cluster {
             .create(&PostParams::default(), &n)
             .await
             .unwrap();
-        let sns: Api<StorageNode> = Api::all(self.client.clone());
-        sns.create(
-            &PostParams::default(),
-            &StorageNode::new(name, StorageNodeSpec {}),
-        )
-        .await
-        .unwrap();
-        let mut status = StorageNodeStatus {
-            pools: vec![PoolStatus {
-                name: "default".into(),
-                driver: "btrfs".into(),
-                path: "/pools/default".into(),
-                capacity_bytes: capacity,
-                allocatable_bytes: capacity,
-                allocated_bytes: 0,
-                available_bytes: capacity,
-                volumes: 0,
-                orphans: 0,
-                ready: true,
-                message: None,
-            }],
-            heartbeat_time: Some(Timestamp::now().to_string()),
-            agent_version: Some("test".into()),
-            ..Default::default()
-        };
-        status.refresh_totals();
-        sns.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .unwrap();
+        report_storage_node(&self.client, name, capacity)
+            .await
+            .unwrap();
     }
 
     async fn class(&self, name: &str, reclaim: &str, expand: bool, params: &[(&str, &str)]) {

@@ -20,6 +20,16 @@ pub async fn reporting_node(
     nodes
         .create(&PostParams::default(), &node(name).build())
         .await?;
+    report_storage_node(client, name, capacity).await
+}
+
+/// The StorageNode `name` with the status [`reporting_node`] describes, for a Node the
+/// caller made (e.g. one whose hostname label differs from its name).
+pub async fn report_storage_node(
+    client: &kube::Client,
+    name: &str,
+    capacity: u64,
+) -> anyhow::Result<()> {
     let storage_nodes: Api<StorageNode> = Api::all(client.clone());
     storage_nodes
         .create(
