@@ -88,32 +88,57 @@ fn first(slot: &mut Option<Instant>, now: Instant) {
     slot.get_or_insert(now);
 }
 
-/// Watches claims, LocalVolumes and PVs into `timeline`; returns once every watch has listed.
-async fn watch(env: &Env, timeline: Shared) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let mut ready = Vec::new();
-
+/// A task watching `api` that hands every object it sees, with the time it was seen, to
+/// `note` under the timeline's lock; the receiver fires once the watch has listed.
+fn record<K>(
+    api: Api<K>,
+    timeline: Shared,
+    note: impl Fn(&mut Timeline, &K, Instant) + Send + 'static,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<()>,
+)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
-    ready.push(rx);
-    let t = timeline.clone();
-    let claims: Api<PersistentVolumeClaim> = env.claims();
-    tasks.push(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut tx = Some(tx);
-        let mut stream = std::pin::pin!(watcher(claims, watcher::Config::default()));
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
         while let Some(event) = stream.next().await {
             let now = Instant::now();
-            let claim = match event {
+            let object = match event {
                 Ok(watcher::Event::InitDone) => {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(());
                     }
                     continue;
                 }
-                Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => c,
+                Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
                 _ => continue,
             };
+            note(&mut timeline.lock().unwrap(), &object, now);
+        }
+    });
+    (task, rx)
+}
+
+/// Watches claims, LocalVolumes and PVs into `timeline`; returns once every watch has listed.
+async fn watch(env: &Env, timeline: Shared) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let mut ready = Vec::new();
+    let mut spawn = |task: (
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )| {
+        tasks.push(task.0);
+        ready.push(task.1);
+    };
+    spawn(record(
+        env.claims(),
+        timeline.clone(),
+        |t, claim: &PersistentVolumeClaim, now| {
             let name = claim.name_any();
-            let mut t = t.lock().unwrap();
             if let Some(uid) = claim.uid() {
                 t.learn_uid(&name, &uid);
             }
@@ -127,60 +152,26 @@ async fn watch(env: &Env, timeline: Shared) -> Vec<tokio::task::JoinHandle<()>> 
             if claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
                 first(&mut s.bound, now);
             }
-        }
-    }));
-
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    ready.push(rx);
-    let t = timeline.clone();
-    let lvs: Api<LocalVolume> = env.lvs();
-    tasks.push(tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut stream = std::pin::pin!(watcher(lvs, watcher::Config::default()));
-        while let Some(event) = stream.next().await {
-            let now = Instant::now();
-            let lv = match event {
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                    continue;
-                }
-                Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
-                _ => continue,
-            };
-            let mut t = t.lock().unwrap();
+        },
+    ));
+    spawn(record(
+        env.lvs(),
+        timeline.clone(),
+        |t, lv: &LocalVolume, now| {
             let s = t.volume(&lv.name_any());
             first(&mut s.lv_created, now);
             if lv.status.as_ref().map(|s| s.phase) == Some(LocalVolumePhase::Ready) {
                 first(&mut s.lv_ready, now);
             }
-        }
-    }));
-
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    ready.push(rx);
-    let t = timeline.clone();
-    let pvs: Api<PersistentVolume> = env.pvs();
-    tasks.push(tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut stream = std::pin::pin!(watcher(pvs, watcher::Config::default()));
-        while let Some(event) = stream.next().await {
-            let now = Instant::now();
-            let pv = match event {
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                    continue;
-                }
-                Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
-                _ => continue,
-            };
-            let mut t = t.lock().unwrap();
+        },
+    ));
+    spawn(record(
+        env.pvs(),
+        timeline.clone(),
+        |t, pv: &PersistentVolume, now| {
             first(&mut t.volume(&pv.name_any()).pv_created, now);
-        }
-    }));
+        },
+    ));
 
     for rx in ready {
         rx.await.unwrap();
