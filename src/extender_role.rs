@@ -105,10 +105,18 @@ impl ExtenderArgs {
         tracing::info!(addr = %addr, prefix = %url_prefix, "listening");
 
         let watchers = tokio::spawn(run_watchers(client, index, ready));
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(crate::serve::shutdown_signal())
-            .await
-            .context("serving the extender");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut server = crate::serve::serve_on_own_thread("http", listener, app, stopped)?;
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = crate::serve::shutdown_signal() => {
+                stop.send_replace(true);
+                server.await
+            }
+        };
+        let served = served
+            .context("the HTTP server task")
+            .and_then(|served| served.context("serving the extender"));
         watchers.abort();
         tracing::info!("stopped");
         served

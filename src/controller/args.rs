@@ -264,14 +264,8 @@ impl ControllerArgs {
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(addr = %addr, provisioner = %ctx.config.provisioner, "listening");
 
-        let (http_stop, mut http_stopped) = watch::channel(false);
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|s| *s).await;
-                })
-                .into_future(),
-        );
+        let (http_stop, http_stopped) = watch::channel(false);
+        let server = crate::serve::serve_on_own_thread("http", listener, app, http_stopped)?;
         // After `Context::new` (which tells the index where to queue changes), so the
         // first lists queue every object.
         let watchers = tokio::spawn(run_controller_watchers(client, index, ready));
