@@ -64,6 +64,11 @@ pub struct ClusterIndex {
     /// StorageNodes by name: their status is all the index reads of them.
     nodes: HashMap<Box<str>, Option<StorageNodeStatus>>,
     volumes: HashMap<Name, VolumeRow>,
+    /// LocalVolumes this process decided to create and has not had answered yet, by name:
+    /// counted as allocated on their node, so the node's next decision need not wait for
+    /// the create (kube-scheduler's assume cache). Apart from `volumes`, so a re-list never
+    /// drops one; see [`ClusterIndex::assume_local_volume`].
+    assumed: HashMap<Name, Assumed>,
     /// By `(namespace, name)`.
     claims: HashMap<(Sym, Box<str>), ClaimRow>,
     /// PersistentVolumes whose `provisioned-by` is one of `pv_provisioners`.
@@ -93,6 +98,7 @@ impl std::fmt::Debug for ClusterIndex {
         f.debug_struct("ClusterIndex")
             .field("storage_nodes", &self.nodes.len())
             .field("local_volumes", &self.volumes.len())
+            .field("assumed_local_volumes", &self.assumed.len())
             .field("claims", &self.claims.len())
             .field("persistent_volumes", &self.pvs.len())
             .field("nodes", &self.k8s_nodes.len())
@@ -100,6 +106,14 @@ impl std::fmt::Debug for ClusterIndex {
             .field("provisioner", &self.provisioner.0)
             .finish_non_exhaustive()
     }
+}
+
+/// Where an assumed LocalVolume takes its bytes.
+#[derive(Clone, Copy, Debug)]
+struct Assumed {
+    node: Sym,
+    pool: Sym,
+    size: u64,
 }
 
 /// The rows of re-lists in progress: a watch's list is turned into rows page by page, so
@@ -403,6 +417,30 @@ impl ClusterIndex {
         let old = self.volumes.get(&name).map(|row| &row.rv);
         if newer(old, volume.metadata.resource_version.as_deref()) {
             self.apply_local_volume(volume);
+        }
+    }
+
+    /// Counts `volume` as allocated on its node until [`ClusterIndex::forget_assumed`],
+    /// before it is created: the decision that it fits and this entry are made under the
+    /// node's lock, and the create happens after it is released. Once the watch or the
+    /// create's answer has put the LocalVolume itself in the index, that is counted instead
+    /// (never both).
+    pub fn assume_local_volume(&mut self, volume: &LocalVolume) {
+        let name = Name::new(volume.metadata.name.as_deref().unwrap_or_default());
+        let assumed = Assumed {
+            node: self.syms.intern(&volume.spec.node_name),
+            pool: self.syms.intern(&volume.spec.pool),
+            size: volume.spec.size_bytes,
+        };
+        self.assumed.insert(name, assumed);
+        self.changed();
+    }
+
+    /// Ends [`ClusterIndex::assume_local_volume`] for the LocalVolume `name`, whether its
+    /// create succeeded (then its row counts) or failed.
+    pub fn forget_assumed(&mut self, name: &str) {
+        if self.assumed.remove(&Name::new(name)).is_some() {
+            self.changed();
         }
     }
 
@@ -869,6 +907,16 @@ impl ClusterIndex {
                 Bytes(lv.size),
             );
         }
+        for (name, a) in &self.assumed {
+            if !self.volumes.contains_key(name) {
+                add(
+                    &mut allocated,
+                    self.syms.text(a.node),
+                    self.syms.text(a.pool),
+                    Bytes(a.size),
+                );
+            }
+        }
         let mut reserved = PerPool::default();
         let mut params = ParamsCache::default();
         for claim in self.claims.values() {
@@ -959,11 +1007,18 @@ impl ClusterIndex {
 
     fn held_for_local(&self, local: &LocalClaim<'_>) -> Option<OwnHold> {
         let claim = local.claim;
-        if let Some(lv) = self.volumes.get(&Name::for_uid(&claim.uid)) {
+        let name = Name::for_uid(&claim.uid);
+        let volume = self
+            .volumes
+            .get(&name)
+            .map(|lv| (lv.node, lv.pool, lv.size));
+        if let Some((node, pool, size)) =
+            volume.or_else(|| self.assumed.get(&name).map(|a| (a.node, a.pool, a.size)))
+        {
             return Some(OwnHold {
-                node: NodeName(self.syms.string(lv.node)),
-                pool: PoolName(self.syms.string(lv.pool)),
-                bytes: Bytes(lv.size),
+                node: NodeName(self.syms.string(node)),
+                pool: PoolName(self.syms.string(pool)),
+                bytes: Bytes(size),
                 held: Held::Allocated,
             });
         }

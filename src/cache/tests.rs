@@ -1178,3 +1178,44 @@ fn a_write_answer_never_undoes_a_newer_version_the_watch_delivered() {
     index.note_local_volume(odd);
     assert_eq!(index.local_volume(&name).unwrap().spec.size_bytes, 2 << 30);
 }
+
+#[test]
+fn an_assumed_volume_counts_once_until_forgotten_and_outlives_a_relist() {
+    let mut idx = cluster();
+    idx.apply_claim(pvc("a", "local", "10Gi", Some("n1"), None));
+    assert_eq!(
+        pool_of(&idx, "n1", "default"),
+        (Bytes::ZERO, Bytes::gib(10)),
+        "before the decision the selected node holds a reservation"
+    );
+    let volume = lv("a", "n1", "default", Bytes::gib(10));
+    idx.assume_local_volume(&volume);
+    assert_eq!(
+        pool_of(&idx, "n1", "default"),
+        (Bytes::gib(10), Bytes::ZERO),
+        "assumed: allocated, and the claim's reservation is not counted beside it"
+    );
+    assert!(
+        idx.reservations_on("n1").is_empty(),
+        "no claim decision counts it as a reservation any more"
+    );
+
+    // A re-list that does not have it yet keeps it.
+    idx.reset_local_volumes([]);
+    assert_eq!(pool_of(&idx, "n1", "default").0, Bytes::gib(10));
+
+    // The watch delivers it before the create answers: counted once.
+    idx.apply_local_volume(volume);
+    assert_eq!(pool_of(&idx, "n1", "default").0, Bytes::gib(10));
+    idx.forget_assumed("pvc-a");
+    assert_eq!(pool_of(&idx, "n1", "default").0, Bytes::gib(10));
+
+    // A create that failed: forgetting gives the bytes back to the reservation.
+    idx.delete_local_volume("pvc-a");
+    idx.assume_local_volume(&lv("a", "n1", "default", Bytes::gib(10)));
+    idx.forget_assumed("pvc-a");
+    assert_eq!(
+        pool_of(&idx, "n1", "default"),
+        (Bytes::ZERO, Bytes::gib(10))
+    );
+}

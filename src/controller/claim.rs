@@ -11,7 +11,7 @@
 //!                fits (re-checked under the node's lock) ─▶ create the LocalVolume
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -26,7 +26,7 @@ use super::volume::{self, Unsupported};
 use super::{Action, Context, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
-use crate::cache::{ClassParams, Reservation};
+use crate::cache::{ClassParams, ClusterIndex, Reservation};
 use crate::crash;
 use crate::ledger::{
     Bytes, ClaimKey, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, check,
@@ -405,15 +405,22 @@ async fn place(
         return reschedule(claim, node, unfit.kind(), &message, ctx).await;
     }
     let name = volume.name_any();
-    let created = create_local_volume(&volume, ctx).await?;
-    crash::hit(crash::CONTROLLER_PROVISION_VOLUME_CREATED);
-    ctx.index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .note_local_volume(created);
-    // The node's next claim may be decided now: the Event below is not part of the decision
-    // and costs an API round trip, which under the lock would serialise a burst per node.
+    // Counted as allocated from here on, so the node's next claim may be decided while this
+    // create is on its way: holding the lock across the API round trip would serialise a
+    // burst per node.
+    let assumed = Assumed::new(ctx, &volume);
     drop(guard);
+    let created = create_local_volume(&volume, ctx).await;
+    {
+        let mut index = ctx.index.write().unwrap_or_else(|e| e.into_inner());
+        assumed.forget(&mut index);
+        // In the same write as the forgetting: the bytes are counted throughout.
+        match created {
+            Ok(created) => index.note_local_volume(created),
+            Err(e) => return Err(e),
+        }
+    }
+    crash::hit(crash::CONTROLLER_PROVISION_VOLUME_CREATED);
     tracing::info!(claim = %claim_key(claim), volume = %name, node, size = volume.spec.size_bytes, "local volume created");
     ctx.recorder
         .record(
@@ -429,6 +436,47 @@ async fn place(
         )
         .await;
     Ok(Action::requeue(RESYNC))
+}
+
+/// A LocalVolume counted as allocated in the index until it is created or its create has
+/// failed ([`ClusterIndex::assume_local_volume`]); also forgotten if the reconcile is
+/// dropped half-way, so no phantom allocation outlives it.
+///
+/// [`ClusterIndex::assume_local_volume`]: crate::cache::ClusterIndex::assume_local_volume
+struct Assumed {
+    index: Arc<RwLock<ClusterIndex>>,
+    name: Option<String>,
+}
+
+impl Assumed {
+    fn new(ctx: &Context, volume: &LocalVolume) -> Assumed {
+        ctx.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .assume_local_volume(volume);
+        Assumed {
+            index: ctx.index.clone(),
+            name: Some(volume.name_any()),
+        }
+    }
+
+    /// Ends the assumption under a write lock the caller already holds.
+    fn forget(mut self, index: &mut ClusterIndex) {
+        if let Some(name) = self.name.take() {
+            index.forget_assumed(&name);
+        }
+    }
+}
+
+impl Drop for Assumed {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.index
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget_assumed(&name);
+        }
+    }
 }
 
 /// Creates `volume`, adopting an existing one made for the same claim uid.
