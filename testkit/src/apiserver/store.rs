@@ -35,6 +35,32 @@ pub(crate) struct Change {
     pub object: Value,
     /// The object before the write (`None` for a create).
     pub prev: Option<Value>,
+    /// `object` as served, encoded once per API version and representation and shared by
+    /// every watcher that sends it (see [`Change::served`]).
+    pub served: std::sync::Mutex<Vec<(String, super::watch::Repr, axum::body::Bytes)>>,
+}
+
+impl Change {
+    /// `object` encoded as `encode` makes it for `api_version` and `repr`: made by the first
+    /// watcher that needs it, then shared, as the real server's watch cache shares one
+    /// serialization among its watchers.
+    pub(crate) fn served(
+        &self,
+        api_version: &str,
+        repr: super::watch::Repr,
+        encode: impl FnOnce(&Value) -> Vec<u8>,
+    ) -> axum::body::Bytes {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, bytes)) = served
+            .iter()
+            .find(|(v, r, _)| v == api_version && *r == repr)
+        {
+            return bytes.clone();
+        }
+        let bytes = axum::body::Bytes::from(encode(&self.object));
+        served.push((api_version.to_string(), repr, bytes.clone()));
+        bytes
+    }
 }
 
 /// All objects of all kinds.
@@ -210,6 +236,7 @@ impl Store {
             key,
             object: obj.clone(),
             prev,
+            served: Default::default(),
         });
         obj
     }
@@ -230,6 +257,7 @@ impl Store {
             key: key.clone(),
             object: last.clone(),
             prev: Some(prev),
+            served: Default::default(),
         });
         Some(last)
     }

@@ -84,10 +84,17 @@ impl WatchRequest {
             },
             ChangeType::Deleted => now.then_some("DELETED"),
         }?;
-        Some(self.line(
-            event_type,
-            represent(to_served(&self.ep, &change.object), self.repr),
-        ))
+        let object = change.served(&self.ep.api_version(), self.repr, |object| {
+            serde_json::to_vec(&represent(to_served(&self.ep, object), self.repr))
+                .unwrap_or_default()
+        });
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(event_type.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&object);
+        line.extend_from_slice(b"}\n");
+        Some(Bytes::from(line))
     }
 
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
