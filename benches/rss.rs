@@ -391,6 +391,19 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// `(RssAnon, RssFile)` of `pid` in KiB: the heap and stacks, and the mapped files (the
+/// binary's code and read-only data that were touched).
+fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -439,6 +452,13 @@ async fn measure(label: &str, role: &Role, port: u16, settle: u64) -> (u64, u64)
         mib(last.1),
         settle
     );
+    if let Some((anon, file)) = rss_split(pid) {
+        println!(
+            "  {label}: anonymous (heap, stacks) {}, file-backed (code, read-only data) {}",
+            mib(anon),
+            mib(file)
+        );
+    }
     last
 }
 

@@ -6,6 +6,8 @@ use clap::Parser;
 use stowage::cli::{Cli, Command, EXIT_USAGE};
 
 fn main() -> ExitCode {
+    // Before any thread exists (see the function).
+    let _ = stowage::memory::one_heap();
     let cli = Cli::parse();
     cli.log.init();
     let result = match cli.command {
