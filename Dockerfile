@@ -1,10 +1,11 @@
 # One image for every role: `stowage agent`, `stowage controller`, `stowage extender`.
 #   docker build -t stowage:0.1.0 .
-FROM rust:1.85-bookworm AS build
+# The toolchain CI builds and tests with; Cargo.toml's rust-version (1.89) is the floor.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin stowage \
- && cp target/release/stowage /stowage
+RUN cargo build --profile dist --locked --bin stowage \
+ && cp target/dist/stowage /stowage
 
 # distroless/cc has glibc and libgcc, nothing else: no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12

@@ -63,16 +63,16 @@ pub const LOCAL_VOLUME_PREFIX: &str = "pvc-";
 pub struct ClusterIndex {
     /// StorageNodes by name: their status is all the index reads of them.
     nodes: HashMap<Box<str>, Option<StorageNodeStatus>>,
-    volumes: HashMap<Name, VolumeRow>,
+    volumes: Rows<Name, VolumeRow>,
     /// LocalVolumes this process decided to create and has not had answered yet, by name:
     /// counted as allocated on their node, so the node's next decision need not wait for
     /// the create (kube-scheduler's assume cache). Apart from `volumes`, so a re-list never
     /// drops one; see [`ClusterIndex::assume_local_volume`].
     assumed: HashMap<Name, Assumed>,
     /// By `(namespace, name)`.
-    claims: HashMap<(Sym, Box<str>), ClaimRow>,
+    claims: Rows<(Sym, Box<str>), ClaimRow>,
     /// PersistentVolumes whose `provisioned-by` is one of `pv_provisioners`.
-    pvs: HashMap<Name, PvRow>,
+    pvs: Rows<Name, PvRow>,
     /// Node name → its `kubernetes.io/hostname` label (only fed in the controller).
     k8s_nodes: HashMap<Box<str>, Option<Sym>>,
     classes: HashMap<String, StorageClass>,
@@ -120,9 +120,9 @@ struct Assumed {
 /// 50,000 whole objects are never held at once; `commit_*` then replaces the kind.
 #[derive(Default)]
 struct Staging {
-    volumes: HashMap<Name, VolumeRow>,
-    claims: HashMap<(Sym, Box<str>), ClaimRow>,
-    pvs: HashMap<Name, PvRow>,
+    volumes: Rows<Name, VolumeRow>,
+    claims: Rows<(Sym, Box<str>), ClaimRow>,
+    pvs: Rows<Name, PvRow>,
 }
 
 /// An object whose reconciler should look at it again (see [`ClusterIndex::set_trigger`]).
@@ -333,7 +333,7 @@ impl ClusterIndex {
     /// re-derive the whole cluster after every heartbeat.
     pub fn apply_storage_node(&mut self, node: StorageNode) {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let status = node.status;
+        let status = compact_status(node.status);
         let heartbeat_only = self
             .nodes
             .get(name.as_str())
@@ -366,7 +366,7 @@ impl ClusterIndex {
             .map(|n| {
                 (
                     n.metadata.name.as_deref().unwrap_or_default().into(),
-                    n.status,
+                    compact_status(n.status),
                 )
             })
             .collect();
@@ -472,7 +472,7 @@ impl ClusterIndex {
     /// Removes a LocalVolume.
     pub fn delete_local_volume(&mut self, name: &str) {
         let name = Name::new(name);
-        if let Some(row) = self.volumes.remove(&name) {
+        if let Some(row) = self.volumes.swap_remove(&name) {
             let triggers = self.volume_triggers(&name, &row);
             self.fire(triggers);
         }
@@ -501,7 +501,8 @@ impl ClusterIndex {
 
     /// Replaces every LocalVolume with those staged; queues those that changed.
     pub fn commit_local_volumes(&mut self) {
-        let fresh = std::mem::take(&mut self.staging.volumes);
+        let mut fresh = std::mem::take(&mut self.staging.volumes);
+        fresh.shrink_to_fit();
         let old = std::mem::replace(&mut self.volumes, fresh);
         let triggers = relisted(&old, &self.volumes, |row| &row.rv)
             .flat_map(|(name, row)| self.volume_triggers(name, row))
@@ -553,7 +554,7 @@ impl ClusterIndex {
             return;
         };
         let key = (ns, Box::<str>::from(name));
-        if let Some(row) = self.claims.remove(&key) {
+        if let Some(row) = self.claims.swap_remove(&key) {
             let triggers = self.claim_triggers(&key, &row);
             self.fire(triggers);
         }
@@ -581,7 +582,8 @@ impl ClusterIndex {
 
     /// Replaces every claim with those staged; queues those that changed.
     pub fn commit_claims(&mut self) {
-        let fresh = std::mem::take(&mut self.staging.claims);
+        let mut fresh = std::mem::take(&mut self.staging.claims);
+        fresh.shrink_to_fit();
         let old = std::mem::replace(&mut self.claims, fresh);
         let triggers = relisted(&old, &self.claims, |row| &row.rv)
             .flat_map(|(key, row)| self.claim_triggers(key, row))
@@ -655,7 +657,7 @@ impl ClusterIndex {
     /// Removes a PersistentVolume.
     pub fn delete_persistent_volume(&mut self, name: &str) {
         let name = Name::new(name);
-        if let Some(row) = self.pvs.remove(&name) {
+        if let Some(row) = self.pvs.swap_remove(&name) {
             let triggers = self.pv_triggers(&name, &row);
             self.fire(triggers);
         }
@@ -687,7 +689,8 @@ impl ClusterIndex {
 
     /// Replaces every PersistentVolume with those staged; queues those that changed.
     pub fn commit_persistent_volumes(&mut self) {
-        let fresh = std::mem::take(&mut self.staging.pvs);
+        let mut fresh = std::mem::take(&mut self.staging.pvs);
+        fresh.shrink_to_fit();
         let old = std::mem::replace(&mut self.pvs, fresh);
         let triggers = relisted(&old, &self.pvs, |row| &row.rv)
             .flat_map(|(name, row)| self.pv_triggers(name, row))
@@ -1255,8 +1258,8 @@ fn newer(old: Option<&rows::Rv>, new: Option<&str>) -> bool {
 /// What a re-list changed: the rows of `new` that are new or of another version than in
 /// `old`, then the rows of `old` that `new` lacks.
 fn relisted<'a, K: Eq + std::hash::Hash, R>(
-    old: &'a HashMap<K, R>,
-    new: &'a HashMap<K, R>,
+    old: &'a Rows<K, R>,
+    new: &'a Rows<K, R>,
     rv: impl Fn(&R) -> &rows::Rv + Copy + 'a,
 ) -> impl Iterator<Item = (&'a K, &'a R)> + 'a {
     let changed = new
@@ -1265,6 +1268,21 @@ fn relisted<'a, K: Eq + std::hash::Hash, R>(
     let gone = old.iter().filter(move |(k, _)| !new.contains_key(*k));
     changed.chain(gone)
 }
+
+/// `status` without the spare capacity decoding left in its pool list (room for four
+/// pools where one or two are reported: 2 MiB over 5,000 nodes).
+fn compact_status(mut status: Option<StorageNodeStatus>) -> Option<StorageNodeStatus> {
+    if let Some(status) = &mut status {
+        status.pools.shrink_to_fit();
+    }
+    status
+}
+
+/// A table of rows: the rows packed in one vector (a removal moves the last row into the
+/// gap), a hash index of their positions beside it. At 50,000 rows it holds 50,000 rows,
+/// where a hash map holds 65,536 row-sized slots (its capacity is a power of two, at most
+/// 7/8 full): 4.8 MiB less for the three tables of a 50,000-volume cluster.
+type Rows<K, V> = indexmap::IndexMap<K, V>;
 
 /// Each class's parsed parameters (`None`: not a node-local class), within one pass.
 type ParamsCache = HashMap<Sym, Option<Result<ClassParams, ClassError>>>;

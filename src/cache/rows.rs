@@ -541,7 +541,7 @@ pub struct VolumeRow {
     /// `spec.onDelete`.
     pub on_delete: OnDelete,
     /// The status, if any.
-    pub status: Option<Box<VolumeStatusRow>>,
+    pub status: Option<VolumeStatusRow>,
 }
 
 /// A LocalVolume's `status.path`: the agents put a volume at `<pool directory>/<its name>`,
@@ -620,14 +620,12 @@ impl VolumeRow {
             claim_name: spec.claim.name.as_str().into(),
             claim_uid: Id::new(&spec.claim.uid),
             on_delete: spec.on_delete,
-            status: volume.status.as_ref().map(|s| {
-                Box::new(VolumeStatusRow {
-                    phase: s.phase,
-                    path: s.path.as_deref().map(|p| VolumePath::new(p, name, syms)),
-                    size: s.size_bytes,
-                    message: s.message.as_deref().map(Into::into),
-                    observed_generation: s.observed_generation,
-                })
+            status: volume.status.as_ref().map(|s| VolumeStatusRow {
+                phase: s.phase,
+                path: s.path.as_deref().map(|p| VolumePath::new(p, name, syms)),
+                size: s.size_bytes,
+                message: s.message.as_deref().map(Into::into),
+                observed_generation: s.observed_generation,
             }),
         }
     }
@@ -686,7 +684,7 @@ pub struct PvRow {
     /// The `stowage.io/node` label.
     pub node: Option<Sym>,
     /// `spec.claimRef` (namespace, name, uid).
-    pub claim: Option<Box<PvClaim>>,
+    pub claim: Option<PvClaim>,
     /// `spec.capacity.storage`.
     pub capacity: Option<Sym>,
     /// `spec.persistentVolumeReclaimPolicy`.
@@ -754,12 +752,10 @@ impl PvRow {
             nfs_on_delete: syms.intern_opt(annotation(meta, names::ANNOTATION_NFS_ON_DELETE)),
             nfs_server: syms.intern_opt(annotation(meta, names::ANNOTATION_NFS_SERVER)),
             node: syms.intern_opt(label(meta, names::LABEL_NODE)),
-            claim: spec.and_then(|s| s.claim_ref.as_ref()).map(|r| {
-                Box::new(PvClaim {
-                    namespace: syms.intern_opt(r.namespace.as_deref()),
-                    name: r.name.as_deref().map(Into::into),
-                    uid: r.uid.as_deref().map(Id::new),
-                })
+            claim: spec.and_then(|s| s.claim_ref.as_ref()).map(|r| PvClaim {
+                namespace: syms.intern_opt(r.namespace.as_deref()),
+                name: r.name.as_deref().map(Into::into),
+                uid: r.uid.as_deref().map(Id::new),
             }),
             capacity: syms.intern_opt(quantity_of(spec.and_then(|s| s.capacity.as_ref()))),
             reclaim_policy: syms
@@ -827,7 +823,7 @@ impl PvRow {
 
     /// The namespace and name of the claim the PV is bound to (or meant for).
     pub fn claim_key(&self, syms: &Syms) -> Option<(String, String)> {
-        let c = self.claim.as_deref()?;
+        let c = self.claim.as_ref()?;
         Some((syms.string(c.namespace?), c.name.as_deref()?.to_string()))
     }
 }

@@ -353,14 +353,19 @@ async fn feed<K>(queue: &Queue<K>, keys: Vec<K>)
 where
     K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
 {
-    let mut keys = keys.into_iter().peekable();
-    while keys.peek().is_some() {
+    // Taken from the end and shrunk as it empties, so the list of 50,000 keys is not held
+    // whole until its last batch is queued.
+    let mut keys = keys;
+    keys.reverse();
+    while !keys.is_empty() {
         while queue.waiting() >= QUEUE_ALL_BATCH {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        keys.by_ref()
-            .take(QUEUE_ALL_BATCH)
-            .for_each(|k| queue.add(k));
+        let rest = keys.len().saturating_sub(QUEUE_ALL_BATCH);
+        keys.drain(rest..).rev().for_each(|k| queue.add(k));
+        if keys.len() < keys.capacity() / 2 {
+            keys.shrink_to_fit();
+        }
     }
 }
 
@@ -565,5 +570,54 @@ async fn serve<K, T, R, Fut>(
 async fn stopped(mut stop: watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn feed_queues_every_key_once_in_order_and_never_more_than_two_batches() {
+        let queue = Arc::new(Queue::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let most_waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(queue.clone().run(4, stop, {
+            let (queue, seen, most_waiting) = (queue.clone(), seen.clone(), most_waiting.clone());
+            move |k: u32| {
+                let (queue, seen, most_waiting) =
+                    (queue.clone(), seen.clone(), most_waiting.clone());
+                async move {
+                    most_waiting.fetch_max(queue.waiting(), std::sync::atomic::Ordering::SeqCst);
+                    seen.lock().unwrap().push(k);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    queue::Action::await_change()
+                }
+            }
+        }));
+        let keys: Vec<u32> = (0..u32::try_from(QUEUE_ALL_BATCH * 3 + 7).unwrap()).collect();
+        feed(&queue, keys.clone()).await;
+        while queue.waiting() + queue.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop_tx.send_replace(true);
+        task.await.unwrap();
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), keys.len(), "every key ran exactly once");
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, keys);
+        assert_eq!(
+            seen[..QUEUE_ALL_BATCH],
+            keys[..QUEUE_ALL_BATCH],
+            "the first batch is queued in the list's order"
+        );
+        let most = most_waiting.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            most < 2 * QUEUE_ALL_BATCH,
+            "{most} keys waited at once; a batch is added only below {QUEUE_ALL_BATCH}"
+        );
     }
 }
