@@ -27,8 +27,10 @@
 //! destructive step, what the index says.
 //!
 //! The fit decision reads the shared [`ClusterIndex`] (the same ledger the extender uses).
-//! Decisions on one node are serialised by a per-node lock, and a LocalVolume just created
-//! is written into the index at once, so two claims can never both take the last bytes.
+//! Decisions on one node are serialised by a per-node lock, and a LocalVolume decided on is
+//! counted in the index before the lock is released (assumed, until its create answers and
+//! the LocalVolume itself is recorded), so two claims can never both take the last bytes,
+//! and a node's creates do not wait for each other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

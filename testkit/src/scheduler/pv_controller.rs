@@ -36,8 +36,10 @@ use super::{
 /// The longest wait before a failed write is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// Claims (and volumes) worked on at the same time within a pass.
-const CONCURRENCY: usize = 16;
+/// Claims (and volumes) worked on at the same time within a pass. A pass ends when its
+/// slowest write does, and a change waits for it: with 16, a 200-claim burst's PVs waited
+/// up to 200 ms to be bound, with 64 about 100 ms.
+const CONCURRENCY: usize = 64;
 
 fn set_annotation(
     meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
