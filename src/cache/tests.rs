@@ -912,6 +912,27 @@ fn a_local_volume_and_a_pv_come_back_from_their_rows() {
     assert_eq!(back.metadata.generation, volume.metadata.generation);
     assert_eq!(back.metadata.finalizers, volume.metadata.finalizers);
 
+    // A claim uid other than the one in the name, and a status with only some numbers.
+    let mut odd = volume.clone();
+    odd.metadata.name = Some("pvc-11111111-2222-3333-4444-555555555555".into());
+    let mut text_named = volume.clone();
+    text_named.metadata.name = Some("made-by-hand".into());
+    for mut v in [odd, text_named] {
+        v.status = Some(crate::api::local_volume::LocalVolumeStatus {
+            phase: crate::api::local_volume::LocalVolumePhase::Pending,
+            path: None,
+            size_bytes: None,
+            message: None,
+            observed_generation: Some(0),
+        });
+        index.apply_local_volume(v.clone());
+        let back = index
+            .local_volume(v.metadata.name.as_deref().unwrap())
+            .unwrap();
+        assert_eq!(back.spec, v.spec, "{:?}", v.metadata.name);
+        assert_eq!(back.status, v.status, "{:?}", v.metadata.name);
+    }
+
     let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {
