@@ -464,12 +464,11 @@ impl LeaderHandle {
     /// after the work that needed leadership has stopped. Waits until the elector ended.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
-        if let Some(task) = self.task.take() {
-            if let Err(error) = task.await {
-                if error.is_panic() {
-                    tracing::error!(error = %error, "leader elector panicked");
-                }
-            }
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+            && error.is_panic()
+        {
+            tracing::error!(error = %error, "leader elector panicked");
         }
     }
 }

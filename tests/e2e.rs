@@ -425,10 +425,12 @@ async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_lea
     };
 
     // Crash 1 early in the burst; crash 2 once the restarted controller (which first waits
-    // out its dead predecessor's Lease) has made 10 more PVs, so it too dies mid-work.
-    let (bound, pvs) = kill_mid_burst(&mut env, "crash", (10, 1), TOTAL).await;
+    // out its dead predecessor's Lease) has made 5 more PVs, so it too dies mid-work. The
+    // second trigger counts PVs only: binding is the PV controller's, and the restarted
+    // controller makes the remaining PVs well before 10 more claims are Bound.
+    let (bound, pvs) = kill_mid_burst(&mut env, "crash", (1, 20), TOTAL).await;
     env.restart_controller().await;
-    kill_mid_burst(&mut env, "crash", (bound + 10, pvs + 10), TOTAL).await;
+    kill_mid_burst(&mut env, "crash", (bound, pvs + 5), TOTAL).await;
     env.restart_controller().await;
     creating.await.unwrap();
 

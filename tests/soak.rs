@@ -229,7 +229,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
 /// Fails 5 % of writes, with 500 and 429 in turn by `step`, so both kinds hit every
 /// component.
 fn fail_writes(env: &Env, step: usize) {
-    let kind = if step % 2 == 0 {
+    let kind = if step.is_multiple_of(2) {
         WriteFailure::InternalError
     } else {
         WriteFailure::TooManyRequests

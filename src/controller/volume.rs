@@ -140,7 +140,7 @@ pub fn round_up(bytes: Bytes) -> Option<Bytes> {
 pub fn quantity(size: Bytes) -> Quantity {
     let text = [("Ti", Bytes::TI), ("Gi", Bytes::GI), ("Mi", Bytes::MI)]
         .iter()
-        .find(|(_, unit)| size.0 >= *unit && size.0 % unit == 0)
+        .find(|(_, unit)| size.0 >= *unit && size.0.is_multiple_of(*unit))
         .map_or_else(
             || size.0.to_string(),
             |(s, unit)| format!("{}{s}", size.0 / unit),

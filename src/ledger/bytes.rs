@@ -100,7 +100,7 @@ impl fmt::Display for Bytes {
         ];
         for (suffix, unit) in UNITS {
             if self.0 >= unit {
-                if self.0 % unit == 0 {
+                if self.0.is_multiple_of(unit) {
                     return write!(f, "{}{suffix}", self.0 / unit);
                 }
                 let tenths = (self.0 as f64 / unit as f64 * 10.0).round() / 10.0;

@@ -439,10 +439,10 @@ pub fn locate(servers: &[ServerSpec], address: &str, path: &str) -> Result<Locat
             path.strip_prefix(s.export.as_str())
                 .and_then(|r| r.strip_prefix('/'))
         };
-        if let Some(rest) = rest {
-            if best.is_none_or(|(b, _)| servers[b].export.len() < s.export.len()) {
-                best = Some((idx, rest));
-            }
+        if let Some(rest) = rest
+            && best.is_none_or(|(b, _)| servers[b].export.len() < s.export.len())
+        {
+            best = Some((idx, rest));
         }
     }
     let Some((server, rest)) = best else {
