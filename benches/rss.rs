@@ -379,8 +379,8 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
     class
 }
 
-/// `(VmRSS, VmHWM)` of `pid` in KiB.
-fn rss(pid: u32) -> Option<(u64, u64)> {
+/// The `names` fields of `/proc/<pid>/status`, in KiB.
+fn status_kib<const N: usize>(pid: u32, names: [&str; N]) -> Option<[u64; N]> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -388,20 +388,24 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let mut out = [0; N];
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = field(name)?;
+    }
+    Some(out)
+}
+
+/// `(VmRSS, VmHWM)` of `pid` in KiB.
+fn rss(pid: u32) -> Option<(u64, u64)> {
+    let [rss, hwm] = status_kib(pid, ["VmRSS:", "VmHWM:"])?;
+    Some((rss, hwm))
 }
 
 /// `(RssAnon, RssFile)` of `pid` in KiB: the heap and stacks, and the mapped files (the
 /// binary's code and read-only data that were touched).
 fn rss_split(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    };
-    Some((field("RssAnon:")?, field("RssFile:")?))
+    let [anon, file] = status_kib(pid, ["RssAnon:", "RssFile:"])?;
+    Some((anon, file))
 }
 
 fn mib(kib: u64) -> String {
