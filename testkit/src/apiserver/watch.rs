@@ -40,6 +40,18 @@ pub(crate) fn represent(obj: Value, repr: Repr) -> Value {
     }
 }
 
+/// One line of a watch stream: `{"type":…,"object":…}` and a newline, around an object
+/// already encoded as JSON.
+fn line(event_type: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(event_type.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 /// A parsed watch request.
 #[derive(Debug, Clone)]
 pub(crate) struct WatchRequest {
@@ -55,10 +67,7 @@ pub(crate) struct WatchRequest {
 
 impl WatchRequest {
     fn line(&self, event_type: &str, object: Value) -> Bytes {
-        let mut v =
-            serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
-        v.push(b'\n');
-        Bytes::from(v)
+        line(event_type, &serde_json::to_vec(&object).unwrap_or_default())
     }
 
     /// The event (if any) this watcher sees for a change, honouring selector transitions:
@@ -88,13 +97,7 @@ impl WatchRequest {
             serde_json::to_vec(&represent(to_served(&self.ep, object), self.repr))
                 .unwrap_or_default()
         });
-        let mut line = Vec::with_capacity(object.len() + 32);
-        line.extend_from_slice(b"{\"type\":\"");
-        line.extend_from_slice(event_type.as_bytes());
-        line.extend_from_slice(b"\",\"object\":");
-        line.extend_from_slice(&object);
-        line.extend_from_slice(b"}\n");
-        Some(Bytes::from(line))
+        Some(line(event_type, &object))
     }
 
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
