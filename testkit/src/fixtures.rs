@@ -495,6 +495,13 @@ impl PvBuilder {
         self
     }
 
+    /// `spec.claimRef.uid` (after [`PvBuilder::claim`]): pre-bound to exactly that claim, as
+    /// a provisioner binds the volume it made for it.
+    pub fn claim_uid(mut self, uid: Option<&str>) -> Self {
+        self.spec.claim_ref.get_or_insert_with(Default::default).uid = uid.map(str::to_string);
+        self
+    }
+
     /// `spec.persistentVolumeReclaimPolicy`.
     pub fn reclaim(mut self, policy: &str) -> Self {
         self.spec.persistent_volume_reclaim_policy = Some(policy.to_string());

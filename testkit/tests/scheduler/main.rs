@@ -195,21 +195,14 @@ fn start_provisioner(
                 let size = spec.resources.unwrap().requests.unwrap()["storage"]
                     .0
                     .clone();
-                let mut volume = pv(&pv_name)
+                let volume = pv(&pv_name)
                     .size(&size)
                     .class(spec.storage_class_name.as_deref().unwrap())
                     .local(node, &format!("/pool/{pv_name}"))
                     .claim(&ns, &name)
                     .annotation("pv.kubernetes.io/provisioned-by", PROVISIONER)
+                    .claim_uid(claim.metadata.uid.as_deref())
                     .build();
-                volume
-                    .spec
-                    .as_mut()
-                    .unwrap()
-                    .claim_ref
-                    .as_mut()
-                    .unwrap()
-                    .uid = claim.metadata.uid.clone();
                 let _ = pvs.create(&PostParams::default(), &volume).await;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -617,20 +610,13 @@ async fn unbound_immediate_claim_keeps_the_pod_pending_and_gets_the_provisioner_
 
     // A volume pre-bound to the claim is bound to it; then the pod is placed on its node.
     let claim = c.claims().get("data-db-0").await.unwrap();
-    let mut volume = pv("manual")
+    let volume = pv("manual")
         .size("5Gi")
         .class("fast")
         .local("node-b", "/pool/manual")
         .claim(NS, "data-db-0")
+        .claim_uid(claim.metadata.uid.as_deref())
         .build();
-    volume
-        .spec
-        .as_mut()
-        .unwrap()
-        .claim_ref
-        .as_mut()
-        .unwrap()
-        .uid = claim.metadata.uid;
     c.pvs()
         .create(&PostParams::default(), &volume)
         .await
@@ -707,20 +693,13 @@ async fn a_pod_waiting_for_its_volumes_does_not_hold_up_the_next_pod() {
 
     // Its volume appears: the waiting binding cycle finishes on that node.
     let claim = c.claims().get("data-slow").await.unwrap();
-    let mut volume = pv("slow-volume")
+    let volume = pv("slow-volume")
         .size("2Gi")
         .class("manual")
         .local(&node, "/pool/slow")
         .claim(NS, "data-slow")
+        .claim_uid(claim.metadata.uid.as_deref())
         .build();
-    volume
-        .spec
-        .as_mut()
-        .unwrap()
-        .claim_ref
-        .as_mut()
-        .unwrap()
-        .uid = claim.metadata.uid;
     c.pvs()
         .create(&PostParams::default(), &volume)
         .await
@@ -746,20 +725,13 @@ async fn a_volume_provisioned_for_a_claim_deleted_meanwhile_is_released() {
         .await
         .unwrap();
     // The provisioner's volume arrives after the claim is gone, pre-bound to its uid.
-    let mut volume = pv("pvc-late")
+    let volume = pv("pvc-late")
         .size("1Gi")
         .class("local")
         .local("node-a", "/pool/late")
         .claim(NS, "gone")
+        .claim_uid(claim.metadata.uid.as_deref())
         .build();
-    volume
-        .spec
-        .as_mut()
-        .unwrap()
-        .claim_ref
-        .as_mut()
-        .unwrap()
-        .uid = claim.metadata.uid;
     c.pvs()
         .create(&PostParams::default(), &volume)
         .await
