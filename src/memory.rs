@@ -32,6 +32,7 @@ mod glibc {
 /// memory is not: the controller at 5,000 nodes and 50,000 volumes held 88 MiB with the
 /// default and 75 MiB with one arena (benches/rss.rs). It takes precedence over
 /// `MALLOC_ARENA_MAX` in the environment, which glibc reads before `main`.
+///
 /// Says whether the allocator took it (never on other C libraries).
 pub fn one_heap() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
