@@ -85,6 +85,10 @@ impl LogArgs {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
             .with_writer(std::io::stderr);
         // A second init (in tests) fails harmlessly: keep the first subscriber.
         let _ = match self.log_format {
@@ -94,11 +98,27 @@ impl LogArgs {
     }
 }
 
+/// Whether text logs get ANSI colours: only on a terminal, and not when `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>). Logs collected from a file or a pod's stderr
+/// stay plain.
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(!colour(false, None), "a file or pipe gets no ANSI codes");
+        assert!(colour(true, None));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(colour(true, Some(OsStr::new(""))), "NO_COLOR= (empty) is unset");
+    }
 
     #[test]
     fn the_command_line_definition_is_consistent() {

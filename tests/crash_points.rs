@@ -30,7 +30,7 @@ use stowage_testkit::e2e::Role;
 use stowage_testkit::fixtures::{pod, pvc};
 use stowage_testkit::{wait_for, wait_until};
 use support::invariants::{self, Deleted, entries, volume_of};
-use support::stack::{Env, GI, MI, NS, Options, WAIT};
+use support::stack::{Env, GI, MI, NS, Options, wait};
 
 /// `std::process::abort()` ends the process with SIGABRT.
 const SIGABRT: i32 = 6;
@@ -440,7 +440,7 @@ async fn disarm_controller(env: &mut Env) {
 /// The process dies at `point`: SIGABRT, and its log names the point.
 async fn expect_abort(role: &mut Role, point: &str) {
     let status = role
-        .wait_exit(WAIT)
+        .wait_exit(wait())
         .await
         .unwrap_or_else(|e| panic!("{point}: the process did not abort at the point: {e:#}"));
     assert_eq!(status.signal(), Some(SIGABRT), "{point}: {status:?}");

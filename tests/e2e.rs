@@ -31,7 +31,7 @@ use stowage::api::storage_node::StorageNode;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{wait_for, wait_until};
-use support::stack::{Env, GI, MI, NS, Options, WAIT, mix, mix_claims};
+use support::stack::{Env, GI, MI, NS, Options, wait, mix, mix_claims};
 
 // === tests ===
 
@@ -185,9 +185,9 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
     // ("persistentvolumeclaim not found"), as with a real kube-scheduler; the retries must
     // settle on the capacity reason.
     let expected = "storage pool \"default\" has 8Gi free, the pod's claims need 9Gi";
-    let failure = wait_until(WAIT, "the pod's scheduling fails for capacity", || async {
-        env.scheduler
-            .last_failure(NS, "huge")
+    let failure = wait_until(wait(), "the pod's scheduling fails for capacity", || async {
+        env.last_failure(NS, "huge")
+            .await
             .filter(|f| f.contains("free, the pod's claims need"))
     })
     .await
@@ -198,12 +198,7 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
         "the reason names the largest free space: {failure}"
     );
     // It stays that way: retried, still unscheduled, the claim Pending without a PV.
-    let attempts = env.scheduler.attempts(NS, "huge");
-    wait_for(WAIT, "the scheduler retried", || async {
-        env.scheduler.attempts(NS, "huge") > attempts + 2
-    })
-    .await
-    .unwrap();
+    env.retried(NS, "huge", 2).await;
     let pod = env.pods().get("huge").await.unwrap();
     assert_eq!(
         pod.spec.unwrap().node_name,
@@ -278,7 +273,7 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
     }
     let pvs = env.pvs();
     let lvs = env.lvs();
-    wait_for(WAIT, "every PV and LocalVolume is gone", || async {
+    wait_for(wait(), "every PV and LocalVolume is gone", || async {
         pvs.list(&ListParams::default())
             .await
             .unwrap()
@@ -534,7 +529,7 @@ async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_lea
     }
     let sns: kube::Api<StorageNode> = kube::Api::all(env.client.clone());
     wait_for(
-        WAIT,
+        wait(),
         "every StorageNode reports all volumes and 0 orphans",
         || async {
             let Ok(list) = sns.list(&ListParams::default()).await else {
@@ -676,7 +671,7 @@ async fn expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit() {
         m.and_then(|m| m.get("storage")).map(|q| q.0.clone())
     };
     wait_for(
-        WAIT,
+        wait(),
         "the claim's and the PV's capacity show 96Mi",
         || async {
             let claim = env.claims().get("grow-0").await.unwrap();
@@ -714,7 +709,7 @@ async fn expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit() {
     // Clean up: the agent deletes the subvolume once the claim is gone.
     env.delete_all("grow").await;
     wait_for(
-        WAIT,
+        wait(),
         "the PV, the LocalVolume and the subvolume are gone",
         || async {
             env.pvs().get_opt(&pv_name).await.unwrap().is_none()

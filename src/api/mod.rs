@@ -27,7 +27,9 @@
 //! assert_eq!(lv.spec.claim.key().to_string(), "apps/data");
 //! ```
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 pub mod local_volume;
@@ -37,11 +39,55 @@ pub mod storage_node;
 
 /// The CustomResourceDefinitions of stowage's objects, in a fixed order: StorageNode, then
 /// LocalVolume.
+///
+/// Two things the generated schemas would carry are left out, because Kubernetes 1.19 and
+/// 1.20 (checked on a real 1.19 apiserver) fail on them:
+/// * `default` under `status`: a `default: ''` is read as null and the CRD is rejected
+///   ("default: Invalid value: \"null\": in body must be of type string"). Only the agent
+///   writes status, always whole, so nothing needs those defaults.
+/// * `minimum` (schemars puts `minimum: 0` on unsigned integers): every later
+///   `kubectl apply` of a changed CRD then fails on the server with "cannot convert int64 to
+///   float64", so an upgrade could not change the CRDs. Unsigned fields stay `uint64`-typed
+///   in Rust, which refuses a negative value on read.
 pub fn crds() -> [CustomResourceDefinition; 2] {
     [
         storage_node::StorageNode::crd(),
         local_volume::LocalVolume::crd(),
     ]
+    .map(compatible)
+}
+
+fn compatible(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        walk(root, &mut |s| s.minimum = None);
+        if let Some(status) = root.properties.as_mut().and_then(|p| p.get_mut("status")) {
+            walk(status, &mut |s| s.default = None);
+        }
+    }
+    crd
+}
+
+/// Calls `f` on `schema` and every schema nested in it.
+fn walk(schema: &mut JSONSchemaProps, f: &mut impl FnMut(&mut JSONSchemaProps)) {
+    f(schema);
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        walk(child, f);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(items)) => walk(items, f),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(|s| walk(s, f)),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        walk(extra, f);
+    }
 }
 
 /// [`crds`] as one multi-document YAML stream, `---` between documents: what
@@ -146,13 +192,49 @@ mod tests {
             serde_json::json!(["delete", "archive", "retain"])
         );
         assert_eq!(spec["onDelete"]["default"], "delete");
-        assert_eq!(spec["sizeBytes"]["minimum"], 0.0);
+        assert_eq!(spec["sizeBytes"]["format"], "uint64");
+        assert!(
+            !yaml.contains("minimum"),
+            "no `minimum`: 1.19 fails every later apply of the CRD on it"
+        );
         assert_eq!(
             schema["status"]["properties"]["phase"]["enum"],
             serde_json::json!(["Pending", "Ready", "Failed", "Deleting"])
         );
         let required = &docs[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["required"];
         assert_eq!(required, &serde_json::json!(["spec"]));
+    }
+
+    #[test]
+    fn status_schemas_carry_no_default_that_kubernetes_1_19_rejects() {
+        fn defaults(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, child) in m {
+                        if k == "default" {
+                            out.push(path.to_string());
+                        }
+                        defaults(child, &format!("{path}.{k}"), out);
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    a.iter().for_each(|c| defaults(c, &format!("{path}[]"), out));
+                }
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        let mut spec_defaults = Vec::new();
+        for crd in crds() {
+            let json = serde_json::to_value(&crd).unwrap();
+            let props = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+            assert!(props["status"].is_object());
+            defaults(&props["status"], "status", &mut found);
+            defaults(&props["spec"], "spec", &mut spec_defaults);
+        }
+        assert_eq!(found, Vec::<String>::new(), "defaults under status");
+        // Spec defaults stay: they are what a person who writes a spec gets.
+        assert_eq!(spec_defaults, ["spec.properties.onDelete"]);
     }
 
     #[test]

@@ -64,6 +64,10 @@ impl Error {
     /// The Event reason and metric label for this error.
     pub fn reason(&self) -> &'static str {
         match self {
+            // A failed step of deleting a volume is reported as Kubernetes reports it.
+            Error::Api { verb, .. } if matches!(*verb, "delete" | "remove the finalizer of") => {
+                reasons::VOLUME_FAILED_DELETE
+            }
             Error::Api { .. } | Error::NotSynced(_) | Error::Stale { .. } => {
                 reasons::PROVISIONING_FAILED
             }
@@ -98,7 +102,47 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether this is an optimistic-concurrency conflict (409) of the API server: another
+    /// writer got there first, the next attempt reads the new version. Not a failure.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if is_status(source, 409))
+    }
+}
+
 /// Whether `e` is an API error with this HTTP status.
 pub fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(verb: &'static str, code: u16) -> Error {
+        let status = kube::core::Status::failure("boom", "Conflict").with_code(code);
+        Error::api(verb, "PersistentVolume", "pvc-1")(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn deletion_steps_report_volume_failed_delete_and_conflicts_are_not_failures() {
+        assert_eq!(
+            api_error("delete", 500).reason(),
+            reasons::VOLUME_FAILED_DELETE
+        );
+        assert_eq!(
+            api_error("remove the finalizer of", 500).reason(),
+            reasons::VOLUME_FAILED_DELETE
+        );
+        assert_eq!(
+            api_error("create", 500).reason(),
+            reasons::PROVISIONING_FAILED
+        );
+        assert!(api_error("patch", 409).is_conflict());
+        assert!(!api_error("patch", 500).is_conflict());
+        assert!(
+            !Error::NotSynced("x".into()).is_conflict(),
+            "only API conflicts"
+        );
+    }
 }

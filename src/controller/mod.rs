@@ -394,6 +394,11 @@ fn settle(key: &str, result: Result<Action>, ctx: &Context) -> Action {
         tracing::debug!(object = %key, "waiting for the cluster index");
         return Action::requeue(FIRST_RETRY);
     }
+    if error.is_conflict() {
+        // Another writer changed the object first: read it again, quietly and soon.
+        tracing::debug!(object = %key, error = %error_chain(&error), "conflict; retrying");
+        return Action::requeue(FIRST_RETRY);
+    }
     let delay = ctx.backoff(key, error.is_transient());
     tracing::warn!(
         object = %key,

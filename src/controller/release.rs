@@ -221,35 +221,59 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
     }
 }
 
-/// Removes our finalizer with a patch conditional on the version read, so no other
-/// finalizer added meanwhile is dropped (a conflict is retried).
-/// Removes our finalizer from `pv` (conditional on its resourceVersion); `true` if this call
-/// removed it, `false` if it was not there or the PV is gone.
+/// Removes our finalizer from `pv`, and only it; `true` if this call removed it, `false` if
+/// it was not there or the PV is gone.
+///
+/// A JSON patch tests the entry at its index before removing it, so it needs no
+/// resourceVersion: kube-controller-manager updating the PV's phase meanwhile does not
+/// conflict (a version-conditional merge patch did, on most deletions on a real cluster).
+/// A finalizer list changed meanwhile fails the `test` (422); the PV is read again and the
+/// patch retried with the entry's new index.
 pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<bool> {
     let name = pv.name_any();
-    let rest: Vec<&String> = pv
-        .finalizers()
-        .iter()
-        .filter(|f| *f != names::FINALIZER_PV_CLEANUP)
-        .collect();
-    if rest.len() == pv.finalizers().len() {
-        return Ok(false);
-    }
-    let patch = json!({
-        "metadata": {"resourceVersion": pv.resource_version(), "finalizers": rest}
-    });
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if is_status(&e, 404) => Ok(false),
-        Err(e) => Err(Error::api(
-            "remove the finalizer of",
-            "PersistentVolume",
-            name,
-        )(e)),
+    let mut finalizers = pv.finalizers().to_vec();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(index) = finalizers
+            .iter()
+            .position(|f| f == names::FINALIZER_PV_CLEANUP)
+        else {
+            return Ok(false);
+        };
+        let pointer = format!("/metadata/finalizers/{index}");
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": pointer, "value": names::FINALIZER_PV_CLEANUP},
+            {"op": "remove", "path": pointer},
+        ]))
+        .map_err(|e| {
+            Error::api("remove the finalizer of", "PersistentVolume", &name)(
+                kube::Error::SerdeError(e),
+            )
+        })?;
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(e) if is_status(&e, 404) => return Ok(false),
+            Err(e) if is_status(&e, 422) && attempt < 4 => {
+                tracing::debug!(volume = %name, "finalizer list changed; reading the PV again");
+                match api.get_opt(&name).await {
+                    Ok(Some(fresh)) => finalizers = fresh.finalizers().to_vec(),
+                    Ok(None) => return Ok(false),
+                    Err(e) => return Err(Error::api("get", "PersistentVolume", &name)(e)),
+                }
+            }
+            Err(e) => {
+                return Err(Error::api(
+                    "remove the finalizer of",
+                    "PersistentVolume",
+                    name,
+                )(e));
+            }
+        }
     }
 }
 

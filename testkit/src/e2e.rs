@@ -2,8 +2,8 @@
 //! processes that can be killed and restarted.
 //!
 //! ```text
-//!   Cluster::start()   STOWAGE_E2E_KUBECONFIG unset: an in-memory ApiServer + its kubeconfig
-//!                      STOWAGE_E2E_KUBECONFIG=FILE: the real cluster FILE points at
+//!   Cluster::start()   STOWAGE_E2E unset: an in-memory ApiServer + its kubeconfig
+//!                      STOWAGE_E2E=real: a real control plane of its own (crate::real)
 //!   cluster.role(bin, "agent-n1").arg(..).env(..).spawn()
 //!        │   stdout + stderr appended to <tempdir>/agent-n1.log, printed if the test panics
 //!        ├── kill()      SIGKILL, as a node crash or OOM kill does
@@ -12,9 +12,10 @@
 //! ```
 //!
 //! The binary's path comes from the test (`env!("CARGO_BIN_EXE_stowage")` exists only in
-//! the stowage package's integration tests and benches). Against a real cluster only the
-//! stowage processes run here; tests must then use names that cannot collide with what
-//! the cluster already holds ([`Cluster::unique`]) and clean up what they create.
+//! the stowage package's integration tests and benches). On the real lane each test gets a
+//! fresh etcd, kube-apiserver and kube-controller-manager, and kube-scheduler once the test
+//! knows where its extender listens ([`Cluster::start_scheduler`]); Nodes go through
+//! [`Cluster::add_node`], which does what a kubelet and the node lifecycle controller would.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -25,62 +26,147 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 
 use crate::ApiServer;
-
-/// The environment variable that switches the e2e tests to a real cluster: the path of a
-/// kubeconfig.
-pub const REAL_CLUSTER_ENV: &str = "STOWAGE_E2E_KUBECONFIG";
+use crate::real::{self, ControlPlane, UpOptions};
 
 /// The API server the e2e tests run against, with a scratch directory for kubeconfig,
-/// logs and test files. Dropping it stops the in-memory server and removes the directory.
+/// logs and test files. Dropping it stops the in-memory server or the real control plane,
+/// and removes the directory.
 pub struct Cluster {
     server: Option<ApiServer>,
     client: kube::Client,
     kubeconfig: PathBuf,
+    plane: Option<ControlPlane>,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// The cluster named by [`REAL_CLUSTER_ENV`], or else a fresh in-memory [`ApiServer`].
+    /// On the real lane ([`real::lane_is_real`]) a control plane of its own, else a fresh
+    /// in-memory [`ApiServer`].
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&UpOptions::default()).await
+    }
+
+    /// [`Cluster::start`] with options for a real control plane (ignored in memory).
+    pub async fn start_with(options: &UpOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("stowage-e2e-").tempdir()?;
-        match std::env::var_os(REAL_CLUSTER_ENV).filter(|v| !v.is_empty()) {
-            Some(path) => {
-                let kubeconfig = PathBuf::from(path);
-                let config =
-                    kube::config::Kubeconfig::read_from(&kubeconfig).with_context(|| {
-                        format!("reading {REAL_CLUSTER_ENV}={}", kubeconfig.display())
-                    })?;
-                let config = kube::Config::from_custom_kubeconfig(
-                    config,
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await
-                .with_context(|| format!("loading {}", kubeconfig.display()))?;
-                let client = kube::Client::try_from(config)?;
-                Ok(Cluster {
-                    server: None,
-                    client,
-                    kubeconfig,
-                    dir,
-                })
-            }
-            None => {
-                let server = ApiServer::start().await?;
-                let kubeconfig = dir.path().join("kubeconfig");
-                server.write_kubeconfig(&kubeconfig)?;
-                Ok(Cluster {
-                    client: server.client(),
-                    server: Some(server),
-                    kubeconfig,
-                    dir,
-                })
-            }
+        if real::lane_is_real() {
+            let plane = ControlPlane::up(&dir.path().join("k8s"), options).await?;
+            let kubeconfig = plane.kubeconfig();
+            let config = kube::config::Kubeconfig::read_from(&kubeconfig)
+                .with_context(|| format!("reading {}", kubeconfig.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                config,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("loading {}", kubeconfig.display()))?;
+            let client = kube::Client::try_from(config)?;
+            return Ok(Cluster {
+                server: None,
+                client,
+                kubeconfig,
+                plane: Some(plane),
+                dir,
+            });
         }
+        let server = ApiServer::start().await?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig)?;
+        Ok(Cluster {
+            client: server.client(),
+            server: Some(server),
+            kubeconfig,
+            plane: None,
+            dir,
+        })
+    }
+
+    /// The real control plane, on the real lane.
+    pub fn plane(&self) -> Option<&ControlPlane> {
+        self.plane.as_ref()
+    }
+
+    /// Starts kube-scheduler (real lane only) with the shipped configuration, its extender
+    /// at `extender_url`.
+    pub async fn start_scheduler(&self, extender_url: &str) -> anyhow::Result<()> {
+        let plane = self
+            .plane
+            .as_ref()
+            .context("kube-scheduler runs on the real lane only")?;
+        plane.scheduler(extender_url).await
+    }
+
+    /// Creates `node` as a kubelet registers it. On a real cluster the `not-ready` taint the
+    /// TaintNodesByCondition admission plugin puts on a new Node is then taken off, as the
+    /// node lifecycle controller does for a Ready node (it does not run here).
+    pub async fn add_node(&self, node: &Node) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let name = node.metadata.name.clone().unwrap_or_default();
+        api.create(&PostParams::default(), node)
+            .await
+            .with_context(|| format!("creating Node {name}"))?;
+        if self.is_real() {
+            let taints = node.spec.as_ref().and_then(|s| s.taints.clone());
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"taints": taints}})),
+            )
+            .await
+            .with_context(|| format!("untainting Node {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The message of the latest `FailedScheduling` Event of pod `ns/name` (what a real
+    /// kube-scheduler reports), if any.
+    pub async fn scheduling_failure(&self, ns: &str, name: &str) -> Option<String> {
+        let events = self.scheduling_failures(ns, name).await;
+        events.into_iter().max_by_key(|(t, _, _)| *t).map(|(_, m, _)| m)
+    }
+
+    /// How many times pod `ns/name` failed to schedule, by its `FailedScheduling` Events
+    /// (their counts and series counts).
+    pub async fn scheduling_failure_count(&self, ns: &str, name: &str) -> u64 {
+        self.scheduling_failures(ns, name)
+            .await
+            .iter()
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
+    /// (time, message, count) of each `FailedScheduling` Event of pod `ns/name`.
+    async fn scheduling_failures(&self, ns: &str, name: &str) -> Vec<(Option<Timestamp>, String, u64)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        let params = ListParams::default().fields(&format!(
+            "involvedObject.kind=Pod,involvedObject.name={name},reason=FailedScheduling"
+        ));
+        let Ok(list) = api.list(&params).await else {
+            return Vec::new();
+        };
+        list.items
+            .into_iter()
+            .map(|e| {
+                let series = e.series.as_ref();
+                let time = series
+                    .and_then(|s| s.last_observed_time.as_ref())
+                    .map(|t| t.0)
+                    .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
+                    .or_else(|| e.event_time.as_ref().map(|t| t.0));
+                let count = series
+                    .and_then(|s| s.count)
+                    .or(e.count)
+                    .map_or(1, |c| u64::try_from(c).unwrap_or(1).max(1));
+                (time, e.message.unwrap_or_default(), count)
+            })
+            .collect()
     }
 
     /// A client for the test itself.

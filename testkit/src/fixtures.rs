@@ -293,6 +293,10 @@ impl NodeBuilder {
                 ),
                 ..NodeCondition::default()
             }]),
+            // Room for pods, as a kubelet reports it: kube-scheduler's NodeResourcesFit
+            // rejects a node without allocatable `pods`.
+            capacity: Some(node_resources()),
+            allocatable: Some(node_resources()),
             ..NodeStatus::default()
         };
         Node {
@@ -301,6 +305,13 @@ impl NodeBuilder {
             status: Some(status),
         }
     }
+}
+
+fn node_resources() -> BTreeMap<String, Quantity> {
+    [("cpu", "64"), ("memory", "256Gi"), ("pods", "1000")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
 }
 
 // === StorageClass ===

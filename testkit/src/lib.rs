@@ -129,7 +129,8 @@
 //! # Real processes
 //!
 //! [`e2e`] starts the real `stowage` binary in any role against a [`e2e::Cluster`]: this
-//! in-memory server, or a real cluster when `STOWAGE_E2E_KUBECONFIG` names a kubeconfig.
+//! in-memory server, or with `STOWAGE_E2E=real` a real Kubernetes control plane of the
+//! test's own ([`real`]: etcd, kube-apiserver, kube-controller-manager, kube-scheduler).
 //! Processes log to files (printed when the test panics), can be SIGKILLed and restarted,
 //! and are killed when dropped.
 //!
@@ -159,6 +160,7 @@ mod apiserver;
 pub mod e2e;
 pub mod fixtures;
 pub mod net;
+pub mod real;
 pub mod scheduler;
 mod wait;
 

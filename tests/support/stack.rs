@@ -1,7 +1,9 @@
 //! The whole system with real processes, for the e2e tests: `stowage agent` per node on a
 //! pool in a temp dir (hostpath) or on the scratch btrfs (btrfs), `stowage controller`
-//! (leader election on, the extender served on its --listen), and testkit's kube-scheduler
-//! + PV-controller stand-in calling that extender over HTTP.
+//! (leader election on, the extender served on its --listen), and a kube-scheduler calling
+//! that extender over HTTP: the real one with the shipped configuration on the real lane
+//! (`STOWAGE_E2E=real`, with kube-controller-manager's PV controller binding), testkit's
+//! kube-scheduler + PV-controller stand-in against the in-memory API server.
 //!
 //! ```text
 //!   Env::start(&[("n1", 4 * GI), ..], Options { .. })
@@ -9,7 +11,7 @@
 //!     │     local · local-binpack · local-archive · local-keep (· nfs · local-btrfs)
 //!     ├── agent-<node>   --heartbeat 1, pool `default` (capacity as given)
 //!     ├── controller     + Options::controller_args
-//!     └── Scheduler stand-in → http://127.0.0.1:<controller port>
+//!     └── kube-scheduler (real lane) or the stand-in → http://127.0.0.1:<controller port>
 //!   env.controller.kill() / env.restart_controller()   crash and recover the controller
 //! ```
 
@@ -17,9 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use stowage::api::local_volume::LocalVolume;
 use stowage::api::storage_node::StorageNode;
@@ -30,8 +32,16 @@ use stowage_testkit::net::{free_port, get};
 use stowage_testkit::scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 use stowage_testkit::{wait_for, wait_until};
 
-/// How long any single wait of the harness may take.
-pub const WAIT: Duration = Duration::from_secs(30);
+/// How long any single wait of the harness may take: 30 s against the in-memory server, 180 s
+/// on the real lane, where kube-controller-manager's PV controller binds claims at its
+/// default 20 requests/s and kube-scheduler polls each binding every second.
+pub fn wait() -> Duration {
+    if stowage_testkit::real::lane_is_real() {
+        Duration::from_secs(180)
+    } else {
+        Duration::from_secs(30)
+    }
+}
 /// One mebibyte.
 pub const MI: u64 = 1 << 20;
 /// One gibibyte.
@@ -70,8 +80,8 @@ pub struct Options {
 /// The running system. Field order is drop order: the scheduler and processes stop before
 /// the cluster (and its scratch dir with their logs) goes.
 pub struct Env {
-    /// The kube-scheduler stand-in.
-    pub scheduler: Scheduler,
+    /// The kube-scheduler stand-in; `None` on the real lane, where kube-scheduler runs.
+    pub scheduler: Option<Scheduler>,
     /// One agent per node.
     pub agents: Vec<NodeAgent>,
     /// The controller process.
@@ -85,16 +95,11 @@ pub struct Env {
 }
 
 impl Env {
-    /// `None` (after printing SKIP) on a real cluster; else nodes `(name, pool capacity)`,
-    /// each with an agent, the storage classes, the controller and the scheduler stand-in.
+    /// Nodes `(name, pool capacity)`, each with an agent, the storage classes, the
+    /// controller and a scheduler. Always `Some`: the `Option` lets a test body read the
+    /// same on every lane.
     pub async fn start(nodes: &[(&str, u64)], options: Options) -> Option<Env> {
         let cluster = Cluster::start().await.unwrap();
-        if cluster.is_real() {
-            eprintln!(
-                "SKIP: the e2e tests drive testkit's scheduler stand-in, which would race a real cluster's scheduler"
-            );
-            return None;
-        }
         cluster.install_crds(crds()).await.unwrap();
         let client = cluster.client();
         for ns in [NS, "stowage-system"] {
@@ -142,10 +147,7 @@ impl Env {
                 .labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(names::LABEL_HOSTNAME.into(), name.to_string());
-            Api::<Node>::all(client.clone())
-                .create(&PostParams::default(), &n)
-                .await
-                .unwrap();
+            cluster.add_node(&n).await.unwrap();
             let (pool_dir, driver) = if options.btrfs_nodes.contains(name) {
                 let root = options
                     .btrfs
@@ -223,7 +225,7 @@ impl Env {
 
         for a in &agents {
             let port = a.port;
-            wait_for(WAIT, &format!("agent {}'s /readyz is 200", a.name), || {
+            wait_for(wait(), &format!("agent {}'s /readyz is 200", a.name), || {
                 let path = "/readyz".to_string();
                 async move { matches!(get(port, path).await, Some((200, _))) }
             })
@@ -233,7 +235,7 @@ impl Env {
         wait_controller_ready(controller_port).await;
         // Every agent's report is in: the extender knows every node's pool.
         let sns: Api<StorageNode> = Api::all(client.clone());
-        wait_for(WAIT, "every StorageNode reports a ready pool", || async {
+        wait_for(wait(), "every StorageNode reports a ready pool", || async {
             let Ok(list) = sns.list(&ListParams::default()).await else {
                 return false;
             };
@@ -251,12 +253,16 @@ impl Env {
         .await
         .unwrap();
 
-        let scheduler = Scheduler::start(
-            client.clone(),
-            SchedulerConfig::with_extender(ExtenderConfig::new(format!(
-                "http://127.0.0.1:{controller_port}"
-            ))),
-        );
+        let extender = format!("http://127.0.0.1:{controller_port}");
+        let scheduler = if cluster.is_real() {
+            cluster.start_scheduler(&extender).await.unwrap();
+            None
+        } else {
+            Some(Scheduler::start(
+                client.clone(),
+                SchedulerConfig::with_extender(ExtenderConfig::new(extender)),
+            ))
+        };
         Some(Env {
             scheduler,
             agents,
@@ -280,7 +286,7 @@ impl Env {
         let agent = self.agents.iter_mut().find(|a| a.name == node).unwrap();
         agent.process.restart().unwrap();
         let port = agent.port;
-        wait_for(WAIT, &format!("agent {node}'s /readyz is 200"), || async {
+        wait_for(wait(), &format!("agent {node}'s /readyz is 200"), || async {
             matches!(get(port, "/readyz").await, Some((200, _)))
         })
         .await
@@ -320,6 +326,48 @@ impl Env {
         Api::all(self.client.clone())
     }
 
+    /// The latest reason pod `ns/name` could not be scheduled: the stand-in's record, or
+    /// the real kube-scheduler's `FailedScheduling` Event.
+    pub async fn last_failure(&self, ns: &str, name: &str) -> Option<String> {
+        match &self.scheduler {
+            Some(s) => s.last_failure(ns, name),
+            None => self.cluster.scheduling_failure(ns, name).await,
+        }
+    }
+
+    /// Waits until the scheduler has tried pod `ns/name` again, and failed, at least
+    /// `times` more times. kube-scheduler retries an unschedulable pod when something it
+    /// watches changes (or after a minute), so on the real lane each retry is prompted by
+    /// touching the pod's first claim, as any writer of claims would.
+    pub async fn retried(&self, ns: &str, name: &str, times: u64) {
+        match &self.scheduler {
+            Some(s) => {
+                let before = s.attempts(ns, name) as u64;
+                wait_for(wait(), "the scheduler retried", || async {
+                    s.attempts(ns, name) as u64 >= before + times
+                })
+                .await
+                .unwrap();
+            }
+            None => {
+                let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+                for i in 0..times {
+                    let before = self.cluster.scheduling_failure_count(ns, name).await;
+                    let patch = serde_json::json!({"metadata": {"labels": {"retry": i.to_string()}}});
+                    claims
+                        .patch(&format!("{name}-0"), &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .unwrap();
+                    wait_for(wait(), "kube-scheduler retried", || async {
+                        self.cluster.scheduling_failure_count(ns, name).await > before
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+        }
+    }
+
     pub fn agent(&self, node: &str) -> &NodeAgent {
         self.agents.iter().find(|a| a.name == node).unwrap()
     }
@@ -353,7 +401,7 @@ impl Env {
     /// Waits until every pod in `names` is bound to a node; returns pod → node.
     pub async fn scheduled(&self, names: &[String]) -> HashMap<String, String> {
         let pods = self.pods();
-        wait_until(WAIT, &format!("{} pods are bound", names.len()), || async {
+        wait_until(wait(), &format!("{} pods are bound", names.len()), || async {
             let list = pods.list(&ListParams::default()).await.ok()?;
             let bound: HashMap<String, String> = list
                 .items
@@ -375,7 +423,7 @@ impl Env {
     pub async fn all_bound(&self, prefix: &str, expected: usize) -> HashMap<String, String> {
         let claims = self.claims();
         wait_until(
-            WAIT,
+            wait(),
             &format!("{expected} claims {prefix}* are Bound"),
             || async {
                 let list = claims.list(&ListParams::default()).await.ok()?;
@@ -432,8 +480,9 @@ impl Env {
             .items
         {
             if p.name_any().starts_with(prefix) {
+                // No kubelet confirms a graceful deletion on the real lane: delete at once.
                 self.pods()
-                    .delete(&p.name_any(), &DeleteParams::default())
+                    .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
                     .await
                     .unwrap();
             }
@@ -456,7 +505,7 @@ impl Env {
 }
 
 async fn wait_controller_ready(port: u16) {
-    wait_for(WAIT, "the controller's /readyz is 200", || async {
+    wait_for(wait(), "the controller's /readyz is 200", || async {
         matches!(get(port, "/readyz").await, Some((200, _)))
     })
     .await
