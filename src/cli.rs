@@ -117,7 +117,10 @@ mod tests {
         assert!(!colour(false, None), "a file or pipe gets no ANSI codes");
         assert!(colour(true, None));
         assert!(!colour(true, Some(OsStr::new("1"))));
-        assert!(colour(true, Some(OsStr::new(""))), "NO_COLOR= (empty) is unset");
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "NO_COLOR= (empty) is unset"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use stowage::api::storage_node::StorageNode;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{wait_for, wait_until};
-use support::stack::{Env, GI, MI, NS, Options, wait, mix, mix_claims};
+use support::stack::{Env, GI, MI, NS, Options, mix, mix_claims, wait};
 
 // === tests ===
 
@@ -185,11 +185,15 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
     // ("persistentvolumeclaim not found"), as with a real kube-scheduler; the retries must
     // settle on the capacity reason.
     let expected = "storage pool \"default\" has 8Gi free, the pod's claims need 9Gi";
-    let failure = wait_until(wait(), "the pod's scheduling fails for capacity", || async {
-        env.last_failure(NS, "huge")
-            .await
-            .filter(|f| f.contains("free, the pod's claims need"))
-    })
+    let failure = wait_until(
+        wait(),
+        "the pod's scheduling fails for capacity",
+        || async {
+            env.last_failure(NS, "huge")
+                .await
+                .filter(|f| f.contains("free, the pod's claims need"))
+        },
+    )
     .await
     .unwrap();
     assert!(failure.starts_with("0/3 nodes are available"), "{failure}");

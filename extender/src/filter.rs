@@ -150,7 +150,11 @@ struct NodesOut<'a> {
 /// The input list's metadata echoed back, or `{}` when it had none.
 struct ListMetaOut<'a>(Option<&'a RawValue>);
 
-struct FailedMap<'a>(&'a [(&'a str, Cow<'static, str>)]);
+/// Rejected nodes with their reasons: the entries of the first list, then of the second.
+struct FailedMap<'a>(
+    &'a [(&'a str, Cow<'static, str>)],
+    &'a [(&'a str, Cow<'static, str>)],
+);
 
 // === impl Reply ===
 
@@ -174,8 +178,12 @@ impl<'a> Reply<'a> {
         Reply {
             nodes,
             node_names,
-            failed_nodes: FailedMap(&decision.failed),
-            failed_and_unresolvable_nodes: FailedMap(&decision.unresolvable),
+            // Unresolvable nodes go in both maps. kube-scheduler up to 1.20 knows only
+            // `FailedNodes`: a node only in the other map would be filtered out without a
+            // reason ("0/3 nodes are available: ."). Later versions take the unresolvable
+            // entry of a node that is in both and skip its `FailedNodes` one.
+            failed_nodes: FailedMap(&decision.failed, &decision.unresolvable),
+            failed_and_unresolvable_nodes: FailedMap(&decision.unresolvable, &[]),
             error: "",
         }
     }
@@ -184,8 +192,8 @@ impl<'a> Reply<'a> {
         Reply {
             nodes: None,
             node_names: None,
-            failed_nodes: FailedMap(&[]),
-            failed_and_unresolvable_nodes: FailedMap(&[]),
+            failed_nodes: FailedMap(&[], &[]),
+            failed_and_unresolvable_nodes: FailedMap(&[], &[]),
             error: message,
         }
     }
@@ -204,13 +212,18 @@ impl Serialize for ListMetaOut<'_> {
 
 impl FailedMap<'_> {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
     }
 }
 
 impl Serialize for FailedMap<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(node, reason)| (node, reason)))
+        serializer.collect_map(
+            self.0
+                .iter()
+                .chain(self.1)
+                .map(|(node, reason)| (node, reason)),
+        )
     }
 }
 

@@ -70,8 +70,9 @@
 //!   with neither is refused with 400. Answering in the wrong mode would make the scheduler
 //!   drop every node silently.
 //! * Nodes the policy does not reject pass. Every rejected node is reported with its reason in
-//!   `FailedNodes` or `FailedAndUnresolvableNodes`, as [`Failure`] says, so the pod's
-//!   `FailedScheduling` event explains it.
+//!   `FailedNodes`, and an unresolvable one ([`Failure`]) in `FailedAndUnresolvableNodes` as
+//!   well, so the pod's `FailedScheduling` event explains it on every version: kube-scheduler
+//!   1.19 and 1.20 read `FailedNodes` only, later versions let the unresolvable entry win.
 //! * Scores are clamped to [`MIN_EXTENDER_PRIORITY`]`..=`[`MAX_EXTENDER_PRIORITY`]: the scheduler
 //!   multiplies them by `weight × 10` and does not clamp.
 //! * Requests are refused with `{"Error": "<reason>"}` and 400 (malformed JSON, wrong types,

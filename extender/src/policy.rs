@@ -66,8 +66,9 @@ pub struct Rejection<'n> {
 pub enum Failure {
     /// Evicting lower-priority pods might make the node fit: reported in `FailedNodes`.
     Unschedulable,
-    /// Evicting pods cannot help: reported in `FailedAndUnresolvableNodes`, so preemption does
-    /// not consider the node. Capacity held by persistent volumes is of this kind, because
+    /// Evicting pods cannot help: reported in `FailedAndUnresolvableNodes` (and, for schedulers
+    /// before 1.21 that know no such map, in `FailedNodes`), so preemption does not consider
+    /// the node. Capacity held by persistent volumes is of this kind, because
     /// evicting a pod does not free its volume.
     UnschedulableAndUnresolvable,
 }

@@ -146,7 +146,7 @@ async fn cache_capable_request_is_answered_with_node_names_and_reasons() {
         json!({
             "Nodes": null,
             "NodeNames": ["node-a"],
-            "FailedNodes": {"node-b": "12Gi free, 20Gi requested"},
+            "FailedNodes": {"node-b": "12Gi free, 20Gi requested", "node-c": "node has no storage pool"},
             "FailedAndUnresolvableNodes": {"node-c": "node has no storage pool"},
             "Error": ""
         })
@@ -167,9 +167,11 @@ async fn full_node_request_is_answered_with_the_passing_input_objects_verbatim()
         body["Nodes"],
         json!({"metadata": {"resourceVersion": "7"}, "items": [node("node-a"), node("node-d")]})
     );
+    // Unresolvable nodes are in FailedNodes too: kube-scheduler 1.19 and 1.20 read no
+    // other map, later versions let FailedAndUnresolvableNodes take precedence.
     assert_eq!(
         body["FailedNodes"],
-        json!({"node-b": "12Gi free, 20Gi requested"})
+        json!({"node-b": "12Gi free, 20Gi requested", "node-c": "node has no storage pool"})
     );
     assert_eq!(
         body["FailedAndUnresolvableNodes"],
@@ -266,7 +268,11 @@ async fn public_wire_types_round_trip_through_the_router() {
     assert_eq!(status, StatusCode::OK);
     let result: ExtenderFilterResult = serde_json::from_slice(&body).unwrap();
     assert_eq!(result.node_names, Some(vec!["node-a".to_owned()]));
-    assert_eq!(result.failed_nodes.len(), 1);
+    assert_eq!(
+        result.failed_nodes.len(),
+        2,
+        "both rejected nodes, with reasons"
+    );
     assert_eq!(result.failed_and_unresolvable_nodes.len(), 1);
     // Byte-identical to what the public type encodes.
     assert_eq!(body, serde_json::to_vec(&result).unwrap());

@@ -45,10 +45,13 @@ pub mod storage_node;
 /// * `default` under `status`: a `default: ''` is read as null and the CRD is rejected
 ///   ("default: Invalid value: \"null\": in body must be of type string"). Only the agent
 ///   writes status, always whole, so nothing needs those defaults.
-/// * `minimum` (schemars puts `minimum: 0` on unsigned integers): every later
-///   `kubectl apply` of a changed CRD then fails on the server with "cannot convert int64 to
-///   float64", so an upgrade could not change the CRDs. Unsigned fields stay `uint64`-typed
-///   in Rust, which refuses a negative value on read.
+/// * `minimum: 0` (schemars puts it on unsigned integers): every later `kubectl apply` of a
+///   changed CRD fails on the server with "cannot convert int64 to float64" (the bound is
+///   stored as a float and comes back from JSON as an integer), so an upgrade could not
+///   change the CRDs. `minimum: -0.5` takes its place: no integer lies between it and 0, so
+///   negative sizes are still refused by the API server (a negative value would otherwise
+///   break every watch of the kind, whose items are read as unsigned), and as a fraction
+///   it stays a float through the server's round trip.
 pub fn crds() -> [CustomResourceDefinition; 2] {
     [
         storage_node::StorageNode::crd(),
@@ -66,7 +69,11 @@ fn compatible(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
         else {
             continue;
         };
-        walk(root, &mut |s| s.minimum = None);
+        walk(root, &mut |s| {
+            if s.minimum == Some(0.0) {
+                s.minimum = Some(-0.5);
+            }
+        });
         if let Some(status) = root.properties.as_mut().and_then(|p| p.get_mut("status")) {
             walk(status, &mut |s| s.default = None);
         }
@@ -193,10 +200,9 @@ mod tests {
         );
         assert_eq!(spec["onDelete"]["default"], "delete");
         assert_eq!(spec["sizeBytes"]["format"], "uint64");
-        assert!(
-            !yaml.contains("minimum"),
-            "no `minimum`: 1.19 fails every later apply of the CRD on it"
-        );
+        // Not 0: Kubernetes 1.19 fails every later apply of a CRD with an integral bound.
+        assert_eq!(spec["sizeBytes"]["minimum"], -0.5);
+        assert!(!yaml.contains("minimum: 0"), "no integral bound anywhere");
         assert_eq!(
             schema["status"]["properties"]["phase"]["enum"],
             serde_json::json!(["Pending", "Ready", "Failed", "Deleting"])
@@ -218,7 +224,8 @@ mod tests {
                     }
                 }
                 serde_json::Value::Array(a) => {
-                    a.iter().for_each(|c| defaults(c, &format!("{path}[]"), out));
+                    a.iter()
+                        .for_each(|c| defaults(c, &format!("{path}[]"), out));
                 }
                 _ => {}
             }

@@ -39,6 +39,7 @@ use crate::ledger::{
 };
 
 pub mod class;
+pub mod inflight;
 pub mod metrics;
 pub mod policy;
 pub mod rows;
@@ -1034,6 +1035,64 @@ impl ClusterIndex {
         })
     }
 
+    /// The pod's local claims that nothing holds yet: no selected node, no volume, no
+    /// LocalVolume. What an in-flight guess of the extender stands in for until the
+    /// scheduler's `selected-node` arrives ([`inflight`]).
+    pub fn pod_unplaced(&self, pod: &Pod) -> Vec<inflight::GuessedClaim> {
+        let Some(spec) = &pod.spec else {
+            return Vec::new();
+        };
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        let mut params = ParamsCache::default();
+        let mut out = Vec::new();
+        for volume in spec.volumes.iter().flatten() {
+            let claim_name = if let Some(pvc) = &volume.persistent_volume_claim {
+                pvc.claim_name.clone()
+            } else if volume.ephemeral.is_some() {
+                format!("{pod_name}-{}", volume.name)
+            } else {
+                continue;
+            };
+            let Some(claim) = self
+                .syms
+                .lookup(namespace)
+                .and_then(|ns| self.claims.get(&(ns, claim_name.as_str().into())))
+            else {
+                continue;
+            };
+            let Ok(Some(local)) = self.local_claim((namespace, &claim_name), claim, &mut params)
+            else {
+                continue;
+            };
+            if self.held_for_local(&local).is_none() {
+                out.push(inflight::GuessedClaim {
+                    namespace: namespace.to_string(),
+                    name: claim_name,
+                    pool: local.params.pool.clone(),
+                    bytes: local.bytes,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether claim `namespace/name` exists and nothing holds it yet (see
+    /// [`ClusterIndex::pod_unplaced`]).
+    pub fn claim_unplaced(&self, namespace: &str, name: &str) -> bool {
+        let Some(claim) = self
+            .syms
+            .lookup(namespace)
+            .and_then(|ns| self.claims.get(&(ns, name.into())))
+        else {
+            return false;
+        };
+        claim.volume_name.is_none()
+            && claim.selected_node.is_none()
+            && !self.volumes.contains_key(&Name::for_uid(&claim.uid))
+            && !self.assumed.contains_key(&Name::for_uid(&claim.uid))
+    }
+
     /// What `pod` asks of stowage; see [`PodDemand`].
     pub fn pod_demand(&self, pod: &Pod) -> Result<PodDemand, DemandError> {
         let Some(spec) = &pod.spec else {
@@ -1183,20 +1242,25 @@ impl<'a> PlannedNode<'a> {
 
     /// The node's score for the demand: the same as [`crate::ledger::score`] on its entry.
     pub fn score(&self, placement: Placement) -> u8 {
+        match self.room() {
+            Some((left, whole)) => score_share(left, whole, placement),
+            None => 0,
+        }
+    }
+
+    /// The demanded pools' room after placement, `(left, whole)`: the same as
+    /// [`crate::ledger::room_after`] on its entry.
+    pub fn room(&self) -> Option<(u128, u128)> {
         let pools = self.pools();
         let mut left: u128 = 0;
         let mut whole: u128 = 0;
         for &(id, needed) in &self.plan.wanted {
-            let Some(pool) = id.and_then(|id| pools.iter().find(|p| p.pool == id)) else {
-                return 0;
-            };
-            let Some(after) = pool.free.checked_sub(needed) else {
-                return 0;
-            };
+            let pool = id.and_then(|id| pools.iter().find(|p| p.pool == id))?;
+            let after = pool.free.checked_sub(needed)?;
             left += u128::from(after.0);
             whole += u128::from(pool.allocatable.0);
         }
-        score_share(left, whole, placement)
+        (whole > 0).then_some((left, whole))
     }
 
     fn summary(&self) -> Option<&'a NodeSummary> {

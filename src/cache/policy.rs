@@ -2,17 +2,24 @@
 //!
 //! Filter rejects nodes whose pools cannot take the pod's unbound local claims, as
 //! unresolvable (evicting pods frees no storage). Prioritize scores by the class's
-//! placement. Pods without local claims, or whose claims are not cached yet, pass through.
+//! placement, normalized over the candidates, and counts the pods it has just scored on the
+//! nodes it put first until their `selected-node` arrives ([`super::inflight`]). Pods
+//! without local claims, or whose claims are not cached yet, pass through.
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use foldhash::fast::FixedState;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
+use super::inflight::Inflight;
 use super::{ClusterIndex, FitPlan, OwnHold, PodDemand, credit};
-use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check_aged, score};
+use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check_aged, normalize, room_after};
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -26,6 +33,8 @@ pub struct StowagePolicy {
     pub opts: FitOptions,
     /// The current time.
     pub clock: Clock,
+    /// Where the pods just scored are expected to go (shared by clones of the policy).
+    pub inflight: Arc<Mutex<Inflight>>,
 }
 
 impl fmt::Debug for StowagePolicy {
@@ -43,6 +52,7 @@ impl StowagePolicy {
             index,
             opts,
             clock: Arc::new(Timestamp::now),
+            inflight: Arc::default(),
         }
     }
 
@@ -103,6 +113,18 @@ impl StowagePolicy {
     }
 }
 
+/// The key a pod's guess is kept under: its uid, or `namespace/name` for a pod without one.
+fn pod_key(pod: &Pod) -> String {
+    match &pod.metadata.uid {
+        Some(uid) if !uid.is_empty() => uid.clone(),
+        _ => format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
 impl Policy for StowagePolicy {
     fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n> {
         let Ok(index) = self.index.read() else {
@@ -134,6 +156,10 @@ impl Policy for StowagePolicy {
         }
     }
 
+    /// Scores normalized over the candidates ([`normalize`]): exactly one gets 10. The pod is
+    /// then guessed onto that node ([`inflight`](super::inflight)), so the next pods of a
+    /// burst, scored before the scheduler's `selected-node` for this one arrives, see that
+    /// node's space as taken.
     fn prioritize<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> Vec<NodeScore<'n>> {
         let Ok(index) = self.index.read() else {
             return Vec::new();
@@ -147,22 +173,46 @@ impl Policy for StowagePolicy {
             return Vec::new();
         };
         let now = (self.clock)();
+        let key = pod_key(pod);
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let guessed = inflight.load(&index, &key, Instant::now());
         let plan = index.fit_plan(&demand);
         let holds = &exclude_own_reservations;
-        nodes
+        let rooms: Vec<Option<(u128, u128)>> = nodes
             .iter()
             .map(|&node| {
-                let points = if holds.iter().any(|h| h.node.as_str() == node) {
+                let extra = guessed.get(node);
+                if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
                     Self::with_node(&index, node, now, holds, |n, _| {
-                        score(n, &demand, placement)
+                        let mut n = n.clone();
+                        for (pool, bytes) in extra.into_iter().flatten() {
+                            if let Some(p) = n.pool_mut(pool.as_str()) {
+                                p.reserved = p.reserved.saturating_add(*bytes);
+                            }
+                        }
+                        room_after(&n, &demand)
                     })
+                    .flatten()
                 } else {
-                    plan.node(node).map(|n| n.score(placement))
-                };
-                NodeScore {
-                    node,
-                    score: i64::from(points.unwrap_or(0)),
+                    plan.node(node).and_then(|n| n.room())
                 }
+            })
+            .collect();
+        let ties = FixedState::with_seed(0);
+        let ties: Vec<u64> = nodes
+            .iter()
+            .map(|node| ties.hash_one((key.as_str(), *node)))
+            .collect();
+        let (scores, top) = normalize(&rooms, placement, &ties);
+        if let Some(top) = top {
+            inflight.record(&key, nodes[top], index.pod_unplaced(pod), Instant::now());
+        }
+        nodes
+            .iter()
+            .zip(scores)
+            .map(|(&node, score)| NodeScore {
+                node,
+                score: i64::from(score),
             })
             .collect()
     }

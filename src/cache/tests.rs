@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
@@ -518,6 +519,123 @@ fn prioritize_scores_by_the_class_placement() {
     assert!(p.prioritize(&pod(&["missing"]), &["n1"]).is_empty());
 }
 
+/// Pod `name` (uid `uid-<name>`) in `apps` mounting `claims`.
+fn named_pod(name: &str, claims: &[&str]) -> Pod {
+    let mut p = pod(claims);
+    p.metadata.name = Some(name.into());
+    p.metadata.uid = Some(format!("uid-{name}"));
+    p
+}
+
+/// What kube-scheduler does with the extender's scores when nothing else tells the nodes
+/// apart: the highest wins, ties at random (here: the last of the tied, any would do).
+fn scheduler_pick(p: &StowagePolicy, pod: &Pod, nodes: &[&str]) -> String {
+    let scores = p.prioritize(pod, nodes);
+    let best = scores.iter().map(|s| s.score).max().unwrap();
+    let ten = scores.iter().filter(|s| s.score == 10).count();
+    assert_eq!(ten, 1, "exactly one candidate gets 10: {scores:?}");
+    assert!(scores.iter().all(|s| (0..=10).contains(&s.score)));
+    scores
+        .iter()
+        .rfind(|s| s.score == best)
+        .unwrap()
+        .node
+        .to_string()
+}
+
+#[test]
+fn a_burst_of_identical_pods_scored_before_any_selected_node_spreads_evenly() {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
+    let nodes = ["a", "b", "c", "d"];
+    idx.reset_storage_nodes(
+        nodes.map(|n| sn(n, Some(NOW), &[("default", Bytes::gib(100), Bytes::ZERO)])),
+    );
+    let claims: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    idx.reset_claims(claims.iter().map(|c| pvc(c, "local", "1Gi", None, None)));
+    let p = policy(idx);
+    let mut placed: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, c) in claims.iter().enumerate() {
+        // No selected-node is written between the pods: the binding cycle is behind.
+        let node = scheduler_pick(&p, &named_pod(&format!("p{i}"), &[c]), &nodes);
+        *placed.entry(node).or_default() += 1;
+    }
+    assert_eq!(placed.len(), 4, "every node got pods: {placed:?}");
+    assert!(
+        placed.values().all(|&n| n == 10),
+        "a burst of identical pods must not herd: {placed:?}"
+    );
+}
+
+#[test]
+fn a_guess_stops_counting_once_the_claim_is_placed_and_never_counts_for_its_own_pod() {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
+    idx.reset_storage_nodes(
+        ["a", "b"].map(|n| sn(n, Some(NOW), &[("default", Bytes::gib(100), Bytes::ZERO)])),
+    );
+    idx.reset_claims([
+        pvc("big", "local", "60Gi", None, None),
+        pvc("next", "local", "1Gi", None, None),
+    ]);
+    let p = policy(idx);
+    let big = named_pod("big", &["big"]);
+    let first = scheduler_pick(&p, &big, &["a", "b"]);
+    let other = if first == "a" { "b" } else { "a" };
+    // Scored again (a retry), the pod is not pushed off its own guessed node...
+    assert_eq!(scheduler_pick(&p, &big, &["a", "b"]), first);
+    // ...while another pod sees that node's 60Gi as taken.
+    let next = named_pod("next", &["next"]);
+    assert_eq!(scheduler_pick(&p, &next, &["a", "b"]), other);
+    assert_eq!(p.inflight.lock().unwrap().len(), 2);
+    // The scheduler put `big` on the other node after all: selected-node replaces the
+    // guess, and the reservation counts where it really is.
+    p.index
+        .write()
+        .unwrap()
+        .apply_claim(pvc("big", "local", "60Gi", Some(other), None));
+    assert_eq!(scheduler_pick(&p, &next, &["a", "b"]), first);
+    // The pod `next` was guessed on `first` and still is; `big`'s guess is gone.
+    assert_eq!(p.inflight.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn guesses_expire_and_never_make_a_node_fail_the_filter() {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
+    idx.reset_storage_nodes([sn(
+        "a",
+        Some(NOW),
+        &[("default", Bytes::gib(100), Bytes::ZERO)],
+    )]);
+    idx.reset_claims([
+        pvc("x", "local", "80Gi", None, None),
+        pvc("y", "local", "80Gi", None, None),
+    ]);
+    let p = policy(idx);
+    scheduler_pick(&p, &named_pod("x", &["x"]), &["a"]);
+    // `y` does not fit beside the guess for `x`, but guesses are soft: filter passes it
+    // (the controller's fit check decides), and its score is the lowest there is.
+    let y = named_pod("y", &["y"]);
+    assert!(matches!(p.filter(&y, &["a"]), FilterVerdict::PassAll));
+    let index = p.index.read().unwrap();
+    let mut inflight = p.inflight.lock().unwrap();
+    let start = Instant::now();
+    let load = inflight.load(&index, "uid-y", start);
+    assert_eq!(
+        load["a"],
+        [(PoolName::from("default"), Bytes::gib(80))],
+        "x's guess counts for others"
+    );
+    assert!(
+        !inflight.load(&index, "uid-x", start).contains_key("a"),
+        "a pod's own guess never counts against it"
+    );
+    let later = start + inflight::GUESS_TTL + Duration::from_millis(1);
+    assert!(inflight.load(&index, "uid-y", later).is_empty());
+    assert!(inflight.is_empty(), "expired guesses are dropped");
+}
+
 #[test]
 fn reset_removes_objects_missing_from_a_re_list() {
     let mut idx = cluster();
@@ -575,7 +693,8 @@ async fn the_router_rejects_a_full_node_in_a_scheduler_shaped_request() {
     assert_eq!(out["NodeNames"], serde_json::json!(["n2"]));
     let reason = out["FailedAndUnresolvableNodes"]["n1"].as_str().unwrap();
     assert!(reason.contains("has 5Gi free"), "{reason}");
-    assert_eq!(out["FailedNodes"], serde_json::json!({}));
+    // In FailedNodes too, for kube-scheduler 1.19 and 1.20, which read no other map.
+    assert_eq!(out["FailedNodes"], serde_json::json!({"n1": reason}));
 }
 
 mod fit_plan {

@@ -68,7 +68,7 @@ impl FromStr for Placement {
 
 /// The share of the demanded pools left free after placement, as `(left, whole)` in bytes.
 /// `None` when the demand does not fit or asks for no pool.
-fn room_after(node: &NodeState, demand: &Demand) -> Option<(u128, u128)> {
+pub fn room_after(node: &NodeState, demand: &Demand) -> Option<(u128, u128)> {
     let mut left: u128 = 0;
     let mut whole: u128 = 0;
     for (pool_name, needed) in demand.pools() {
@@ -108,6 +108,70 @@ pub fn score_share(left: u128, whole: u128, placement: Placement) -> u8 {
         Placement::Spread => spread,
         Placement::Binpack => MAX_SCORE - spread,
     }
+}
+
+/// Scores for the candidates of one request, normalized as kube-scheduler normalizes its own
+/// plugins' scores: the best candidate gets [`MAX_SCORE`], the worst 0, the rest in
+/// proportion (`0..=9`), so that a difference between the candidates shows however small
+/// it is in absolute terms.
+///
+/// `rooms[i]` is candidate `i`'s [`room_after`] (`None`: the demand does not fit there; it
+/// scores 0). Returns the scores and the index of the one candidate that got
+/// [`MAX_SCORE`]: exactly one does, so the extender knows where the scheduler will most
+/// likely put the pod.
+///
+/// Candidates that are equally good (the same share, e.g. identical empty nodes) are ordered
+/// by `tiebreak[i]`, lowest first. The caller passes a hash of the pod and the node: ties go
+/// to a different node for each pod, like kube-scheduler's own random pick among equal
+/// scores, yet the extender knows which one it put first.
+pub fn normalize(
+    rooms: &[Option<(u128, u128)>],
+    placement: Placement,
+    tiebreak: &[u64],
+) -> (Vec<u8>, Option<usize>) {
+    // Each fitting candidate's preference as a fixed-point fraction in 0..=2^32: the share
+    // left for spread, the share used for binpack. left <= whole <= 2^70 for any real pool
+    // set, so the shift cannot overflow.
+    let value = |room: &Option<(u128, u128)>| -> Option<u128> {
+        let &(left, whole) = room.as_ref()?;
+        if whole == 0 {
+            return None;
+        }
+        let share = (left.min(whole) << 32) / whole;
+        Some(match placement {
+            Placement::Spread => share,
+            Placement::Binpack => (1u128 << 32) - share,
+        })
+    };
+    let values: Vec<Option<u128>> = rooms.iter().map(value).collect();
+    let top = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| (i, v)))
+        .max_by(|(a, va), (b, vb)| {
+            va.cmp(vb).then_with(|| {
+                let ta = tiebreak.get(*a).copied().unwrap_or(u64::MAX);
+                let tb = tiebreak.get(*b).copied().unwrap_or(u64::MAX);
+                tb.cmp(&ta).then(b.cmp(a))
+            })
+        })
+        .map(|(i, _)| i);
+    let best = values.iter().flatten().max().copied();
+    let worst = values.iter().flatten().min().copied();
+    let below = u128::from(MAX_SCORE - 1);
+    let scores = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match (v, best, worst) {
+            _ if Some(i) == top => MAX_SCORE,
+            (Some(v), Some(best), Some(worst)) if best > worst => {
+                u8::try_from(below * (v - worst) / (best - worst)).unwrap_or(MAX_SCORE - 1)
+            }
+            (Some(_), _, _) => MAX_SCORE - 1,
+            (None, _, _) => 0,
+        })
+        .collect();
+    (scores, top)
 }
 
 #[cfg(test)]
@@ -153,6 +217,97 @@ mod tests {
         assert_eq!(score(&node(100, 95), &demand(10), Placement::Spread), 0);
         assert_eq!(score(&node(100, 95), &demand(10), Placement::Binpack), 0);
         assert_eq!(score(&node(100, 0), &Demand::new(), Placement::Spread), 0);
+    }
+
+    fn rooms(free_gib: &[Option<u128>]) -> Vec<Option<(u128, u128)>> {
+        free_gib.iter().map(|f| f.map(|f| (f, 100))).collect()
+    }
+
+    #[test]
+    fn normalized_scores_span_the_whole_range_with_one_best() {
+        // Shares 50 %, 55 %, 60 % left: absolute scores would be 5, 6, 6 (a tie).
+        let r = rooms(&[Some(50), Some(55), Some(60)]);
+        let (spread, top) = normalize(&r, Placement::Spread, &[0, 0, 0]);
+        assert_eq!(spread, [0, 4, 10]);
+        assert_eq!(top, Some(2));
+        let (binpack, top) = normalize(&r, Placement::Binpack, &[0, 0, 0]);
+        assert_eq!(binpack, [10, 4, 0]);
+        assert_eq!(top, Some(0));
+    }
+
+    #[test]
+    fn equal_candidates_go_to_the_lowest_tiebreak_and_the_rest_stay_just_below() {
+        let r = rooms(&[Some(70), Some(70), Some(70)]);
+        let (scores, top) = normalize(&r, Placement::Spread, &[9, 3, 5]);
+        assert_eq!(scores, [9, 10, 9]);
+        assert_eq!(top, Some(1));
+        // Two share the best value; the third is worse and scores 0.
+        let r = rooms(&[Some(70), Some(40), Some(70)]);
+        let (scores, top) = normalize(&r, Placement::Spread, &[8, 0, 2]);
+        assert_eq!(scores, [9, 0, 10]);
+        assert_eq!(top, Some(2));
+    }
+
+    #[test]
+    fn candidates_that_do_not_fit_score_zero_and_are_never_best() {
+        let r = rooms(&[None, Some(10), None]);
+        let (scores, top) = normalize(&r, Placement::Spread, &[0, 1, 2]);
+        assert_eq!(scores, [0, 10, 0]);
+        assert_eq!(top, Some(1));
+        let (scores, top) = normalize(&rooms(&[None, None]), Placement::Binpack, &[0, 1]);
+        assert_eq!(scores, [0, 0]);
+        assert_eq!(top, None);
+        assert_eq!(normalize(&[], Placement::Spread, &[]), (vec![], None));
+    }
+
+    #[test]
+    fn normalized_scores_never_leave_0_to_10_and_keep_the_order_of_the_shares() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let n = 1 + (next() % 12) as usize;
+            let r: Vec<Option<(u128, u128)>> = (0..n)
+                .map(|_| {
+                    let whole = u128::from(next() % (1 << 40)) + 1;
+                    (next() % 5 != 0).then(|| (u128::from(next()) % (whole + 1), whole))
+                })
+                .collect();
+            let ties: Vec<u64> = (0..n).map(|_| next()).collect();
+            for placement in [Placement::Spread, Placement::Binpack] {
+                let (scores, top) = normalize(&r, placement, &ties);
+                assert!(scores.iter().all(|&s| s <= MAX_SCORE));
+                assert_eq!(
+                    scores.iter().filter(|&&s| s == MAX_SCORE).count(),
+                    usize::from(top.is_some())
+                );
+                // A node with strictly more room (spread) or less (binpack) never scores
+                // lower; compared by cross-multiplication, independently of the fixed point.
+                for i in 0..n {
+                    for j in 0..n {
+                        let (Some((li, wi)), Some((lj, wj))) = (r[i], r[j]) else {
+                            continue;
+                        };
+                        let i_better = match placement {
+                            Placement::Spread => li * wj > lj * wi,
+                            Placement::Binpack => li * wj < lj * wi,
+                        };
+                        if i_better {
+                            assert!(scores[i] >= scores[j], "{r:?} {scores:?}");
+                        }
+                    }
+                }
+                for (i, room) in r.iter().enumerate() {
+                    if room.is_none() {
+                        assert_eq!(scores[i], 0);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -129,21 +129,13 @@ impl Cluster {
     /// kube-scheduler reports), if any.
     pub async fn scheduling_failure(&self, ns: &str, name: &str) -> Option<String> {
         let events = self.scheduling_failures(ns, name).await;
-        events.into_iter().max_by_key(|(t, _, _)| *t).map(|(_, m, _)| m)
+        events.into_iter().max_by_key(|(t, _)| *t).map(|(_, m)| m)
     }
 
-    /// How many times pod `ns/name` failed to schedule, by its `FailedScheduling` Events
-    /// (their counts and series counts).
-    pub async fn scheduling_failure_count(&self, ns: &str, name: &str) -> u64 {
-        self.scheduling_failures(ns, name)
-            .await
-            .iter()
-            .map(|(_, _, n)| n)
-            .sum()
-    }
-
-    /// (time, message, count) of each `FailedScheduling` Event of pod `ns/name`.
-    async fn scheduling_failures(&self, ns: &str, name: &str) -> Vec<(Option<Timestamp>, String, u64)> {
+    /// (time, message) of each `FailedScheduling` Event of pod `ns/name`. (Their counts
+    /// are no measure of attempts: kube-scheduler's events client aggregates repeats into a
+    /// series it writes back only every 30 minutes.)
+    async fn scheduling_failures(&self, ns: &str, name: &str) -> Vec<(Option<Timestamp>, String)> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let params = ListParams::default().fields(&format!(
             "involvedObject.kind=Pod,involvedObject.name={name},reason=FailedScheduling"
@@ -160,11 +152,7 @@ impl Cluster {
                     .map(|t| t.0)
                     .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
                     .or_else(|| e.event_time.as_ref().map(|t| t.0));
-                let count = series
-                    .and_then(|s| s.count)
-                    .or(e.count)
-                    .map_or(1, |c| u64::try_from(c).unwrap_or(1).max(1));
-                (time, e.message.unwrap_or_default(), count)
+                (time, e.message.unwrap_or_default())
             })
             .collect()
     }

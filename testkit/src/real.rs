@@ -106,6 +106,28 @@ impl ControlPlane {
         .await
     }
 
+    /// How many scheduling attempts of kube-scheduler ended with `result` (`scheduled`,
+    /// `unschedulable`, `error`), from its `scheduler_schedule_attempts_total` metric; `None`
+    /// while no scheduler runs.
+    pub async fn schedule_attempts(&self, result: &str) -> Option<u64> {
+        let port: u16 = std::fs::read_to_string(self.dir.join("scheduler-port"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let (status, body) = crate::net::get(port, "/metrics").await?;
+        if status != 200 {
+            return None;
+        }
+        let label = format!("result=\"{result}\"");
+        let total: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("scheduler_schedule_attempts_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Some(total as u64)
+    }
+
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")

@@ -225,10 +225,14 @@ impl Env {
 
         for a in &agents {
             let port = a.port;
-            wait_for(wait(), &format!("agent {}'s /readyz is 200", a.name), || {
-                let path = "/readyz".to_string();
-                async move { matches!(get(port, path).await, Some((200, _))) }
-            })
+            wait_for(
+                wait(),
+                &format!("agent {}'s /readyz is 200", a.name),
+                || {
+                    let path = "/readyz".to_string();
+                    async move { matches!(get(port, path).await, Some((200, _))) }
+                },
+            )
             .await
             .unwrap();
         }
@@ -286,9 +290,11 @@ impl Env {
         let agent = self.agents.iter_mut().find(|a| a.name == node).unwrap();
         agent.process.restart().unwrap();
         let port = agent.port;
-        wait_for(wait(), &format!("agent {node}'s /readyz is 200"), || async {
-            matches!(get(port, "/readyz").await, Some((200, _)))
-        })
+        wait_for(
+            wait(),
+            &format!("agent {node}'s /readyz is 200"),
+            || async { matches!(get(port, "/readyz").await, Some((200, _))) },
+        )
         .await
         .unwrap();
     }
@@ -338,7 +344,8 @@ impl Env {
     /// Waits until the scheduler has tried pod `ns/name` again, and failed, at least
     /// `times` more times. kube-scheduler retries an unschedulable pod when something it
     /// watches changes (or after a minute), so on the real lane each retry is prompted by
-    /// touching the pod's first claim, as any writer of claims would.
+    /// touching the pod's first claim, as any writer of claims would, and counted by
+    /// kube-scheduler's metric (the only unschedulable pod of the test is this one).
     pub async fn retried(&self, ns: &str, name: &str, times: u64) {
         match &self.scheduler {
             Some(s) => {
@@ -350,16 +357,24 @@ impl Env {
                 .unwrap();
             }
             None => {
+                // kube-scheduler's own count of unschedulable attempts (its Events are
+                // aggregated into a series that reaches the API server only every 30 min).
+                let plane = self.cluster.plane().unwrap();
                 let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
                 for i in 0..times {
-                    let before = self.cluster.scheduling_failure_count(ns, name).await;
-                    let patch = serde_json::json!({"metadata": {"labels": {"retry": i.to_string()}}});
+                    let before = plane.schedule_attempts("unschedulable").await.unwrap();
+                    let patch =
+                        serde_json::json!({"metadata": {"labels": {"retry": i.to_string()}}});
                     claims
-                        .patch(&format!("{name}-0"), &PatchParams::default(), &Patch::Merge(&patch))
+                        .patch(
+                            &format!("{name}-0"),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
                         .await
                         .unwrap();
                     wait_for(wait(), "kube-scheduler retried", || async {
-                        self.cluster.scheduling_failure_count(ns, name).await > before
+                        plane.schedule_attempts("unschedulable").await > Some(before)
                     })
                     .await
                     .unwrap();
@@ -401,19 +416,23 @@ impl Env {
     /// Waits until every pod in `names` is bound to a node; returns pod → node.
     pub async fn scheduled(&self, names: &[String]) -> HashMap<String, String> {
         let pods = self.pods();
-        wait_until(wait(), &format!("{} pods are bound", names.len()), || async {
-            let list = pods.list(&ListParams::default()).await.ok()?;
-            let bound: HashMap<String, String> = list
-                .items
-                .into_iter()
-                .filter_map(|p| {
-                    let node = p.spec.as_ref()?.node_name.clone()?;
-                    Some((p.name_any(), node))
-                })
-                .filter(|(n, _)| names.contains(n))
-                .collect();
-            (bound.len() == names.len()).then_some(bound)
-        })
+        wait_until(
+            wait(),
+            &format!("{} pods are bound", names.len()),
+            || async {
+                let list = pods.list(&ListParams::default()).await.ok()?;
+                let bound: HashMap<String, String> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|p| {
+                        let node = p.spec.as_ref()?.node_name.clone()?;
+                        Some((p.name_any(), node))
+                    })
+                    .filter(|(n, _)| names.contains(n))
+                    .collect();
+                (bound.len() == names.len()).then_some(bound)
+            },
+        )
         .await
         .unwrap()
     }

@@ -147,6 +147,14 @@ pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Validates one value against a schema (a `default`, say); the causes' fields are relative
+/// to the value.
+pub(crate) fn validate_value(schema: &Value, v: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    check(schema, v, "", &mut causes);
+    causes
+}
+
 fn type_matches(ty: &str, v: &Value) -> bool {
     match ty {
         "object" => v.is_object(),

@@ -111,9 +111,13 @@ impl HttpExtender {
         } else {
             Vec::new()
         };
-        let mut failed = result.failed_nodes;
-        failed.extend(result.failed_and_unresolvable_nodes);
-        Ok(Some(Filtered { passed, failed }))
+        // Reasons come from `FailedNodes` only, as kube-scheduler 1.19 and 1.20 read them
+        // (they know no `FailedAndUnresolvableNodes`): an extender that names a node only
+        // in the newer map leaves the pod's failure without its reason there.
+        Ok(Some(Filtered {
+            passed,
+            failed: result.failed_nodes,
+        }))
     }
 
     /// Calls the prioritize verb: node → raw extender score. Empty when no verb is configured.

@@ -247,3 +247,62 @@ async fn deleting_a_crd_removes_its_objects_and_then_the_endpoints() {
     .unwrap();
     assert_api_error(lvs.list(&Default::default()).await, 404, "NotFound");
 }
+
+#[tokio::test]
+async fn a_crd_whose_defaults_break_their_own_schema_is_refused_as_kubernetes_1_19_does() {
+    let server = ApiServer::start().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    let crd = |name: &str, driver: serde_json::Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{name}.example.com")},
+            "spec": {
+                "group": "example.com",
+                "names": {"plural": name, "kind": "Widget"},
+                "scope": "Cluster",
+                "versions": [{
+                    "name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "status": {"type": "object", "properties": {
+                            "pools": {"type": "array", "items": {"type": "object", "properties": {
+                                "driver": driver
+                            }}}
+                        }}
+                    }}}
+                }]
+            }
+        }))
+        .unwrap()
+    };
+    // `default: ''` on a string is read as null by 1.19 and 1.20, and refused.
+    let empty = crds
+        .create(
+            &PostParams::default(),
+            &crd("empties", json!({"type": "string", "default": ""})),
+        )
+        .await;
+    let status = assert_api_error(empty, 422, "Invalid");
+    assert!(
+        status.message.contains(
+            "spec.versions[0].schema.openAPIV3Schema.properties[status].properties[pools].items.properties[driver].default: Invalid value: \"null\": in body must be of type string"
+        ),
+        "{}",
+        status.message
+    );
+    // A default of the wrong type is refused on every version.
+    let wrong = crds
+        .create(
+            &PostParams::default(),
+            &crd("wrongs", json!({"type": "string", "default": 3})),
+        )
+        .await;
+    assert_api_error(wrong, 422, "Invalid");
+    // A valid non-empty default is fine.
+    crds.create(
+        &PostParams::default(),
+        &crd("goods", json!({"type": "string", "default": "hostpath"})),
+    )
+    .await
+    .unwrap();
+}
