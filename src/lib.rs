@@ -21,6 +21,7 @@ pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod crash;
+pub mod events;
 pub mod extender_role;
 pub mod fsutil;
 pub mod leader;

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::events::{EventType, Recorder};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -48,9 +48,6 @@ pub const BACKOFF_CAP_TRANSIENT: Duration = Duration::from_secs(10);
 /// Longest retry delay after failures a person has to fix (unknown pool, hostile paths).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
-/// Events carry at most this many bytes of note, as the Events API allows.
-const NOTE_LIMIT: usize = 1024;
-
 /// What the reconciler shares between reconciles.
 pub struct Context {
     client: Client,
@@ -72,13 +69,7 @@ impl Context {
         metrics: Metrics,
         changed: Arc<Notify>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER_AGENT.to_string(),
-                instance: Some(node.clone()),
-            },
-        );
+        let recorder = Recorder::new(client.clone(), FIELD_MANAGER_AGENT, node.clone());
         Context {
             client,
             node,
@@ -228,17 +219,11 @@ impl Context {
         }
     }
 
-    async fn warn(&self, lv: &LocalVolume, reason: &str, action: &str, note: String) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_string(),
-            note: Some(truncate(note, NOTE_LIMIT)),
-            action: action.to_string(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &lv.object_ref(&())).await {
-            tracing::warn!(volume = %lv.name_any(), error = %error, "cannot record an Event");
-        }
+    async fn warn(&self, lv: &LocalVolume, reason: &'static str, note: String) {
+        // The recorder writes in the background and cuts the note to the API's limit.
+        self.recorder
+            .record(&lv.object_ref(&()), EventType::Warning, reason, &note)
+            .await;
     }
 
     /// Reports a failed reconcile: status Failed (Deleting while being deleted) with the
@@ -258,7 +243,7 @@ impl Context {
             ..old
         };
         match self.write_status(lv, status).await {
-            Ok(true) => self.warn(lv, error.reason(), error.action(), message).await,
+            Ok(true) => self.warn(lv, error.reason(), message).await,
             Ok(false) => {}
             Err(write) => {
                 tracing::warn!(volume = %lv.name_any(), error = %chain(&write), "cannot report the failure");
@@ -497,7 +482,7 @@ async fn execute(lv: &LocalVolume, plan: Plan, ctx: &Context) -> Result<Action, 
                 ..old
             };
             if ctx.write_status(lv, status).await? {
-                ctx.warn(lv, "ShrinkRefused", "Grow", message).await;
+                ctx.warn(lv, "ShrinkRefused", message).await;
             }
             Ok(Action::requeue(RESYNC))
         }
@@ -743,13 +728,6 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Kube { .. } | Error::Join { .. })
     }
-
-    fn action(&self) -> &'static str {
-        match self {
-            Error::Volume { op, .. } | Error::Join { op, .. } => op,
-            _ => "Reconcile",
-        }
-    }
 }
 
 /// The error and its sources joined with ": ", as status messages and Events show it.
@@ -760,18 +738,6 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
-    }
-    text
-}
-
-fn truncate(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut cut = limit.saturating_sub(3);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
     }
     text
 }
@@ -976,14 +942,5 @@ mod tests {
             "{text}"
         );
         assert_eq!(e.reason(), "CreateFailed");
-    }
-
-    #[test]
-    fn notes_are_cut_at_a_character_boundary() {
-        let long = "é".repeat(1000);
-        let cut = truncate(long, NOTE_LIMIT);
-        assert!(cut.len() <= NOTE_LIMIT);
-        assert!(cut.ends_with("..."));
-        assert_eq!(truncate("short".into(), NOTE_LIMIT), "short");
     }
 }

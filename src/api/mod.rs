@@ -40,18 +40,18 @@ pub mod storage_node;
 /// The CustomResourceDefinitions of stowage's objects, in a fixed order: StorageNode, then
 /// LocalVolume.
 ///
-/// Two things the generated schemas would carry are left out, because Kubernetes 1.19 and
-/// 1.20 (checked on a real 1.19 apiserver) fail on them:
-/// * `default` under `status`: a `default: ''` is read as null and the CRD is rejected
-///   ("default: Invalid value: \"null\": in body must be of type string"). Only the agent
-///   writes status, always whole, so nothing needs those defaults.
-/// * `minimum: 0` (schemars puts it on unsigned integers): every later `kubectl apply` of a
-///   changed CRD fails on the server with "cannot convert int64 to float64" (the bound is
-///   stored as a float and comes back from JSON as an integer), so an upgrade could not
-///   change the CRDs. `minimum: -0.5` takes its place: no integer lies between it and 0, so
-///   negative sizes are still refused by the API server (a negative value would otherwise
-///   break every watch of the kind, whose items are read as unsigned), and as a fraction
-///   it stays a float through the server's round trip.
+/// Two things of the generated schemas are changed:
+/// * no `default` under `status`: only the agent writes status, always whole, so nothing
+///   needs them, and a `default: ''` is refused by any API server built with Go 1.16 or
+///   later before the go-openapi fix (it reads the empty string as null: "default: Invalid
+///   value: \"null\": in body must be of type string").
+/// * `minimum: 0` (schemars puts it on unsigned integers) becomes `minimum: -0.5`. With an
+///   integral bound, every later `kubectl apply` of a changed CRD fails on Kubernetes 1.19
+///   and 1.20 with "cannot convert int64 to float64" (the bound is stored as a float and
+///   comes back from JSON as an integer), so an upgrade could not change the CRDs. No
+///   integer lies between -0.5 and 0, so negative sizes are still refused by the API server
+///   (a negative value would otherwise break every watch of the kind, whose items are read
+///   as unsigned), and as a fraction the bound stays a float through the round trip.
 pub fn crds() -> [CustomResourceDefinition; 2] {
     [
         storage_node::StorageNode::crd(),
@@ -212,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn status_schemas_carry_no_default_that_kubernetes_1_19_rejects() {
+    fn status_schemas_carry_no_default() {
         fn defaults(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
             match v {
                 serde_json::Value::Object(m) => {

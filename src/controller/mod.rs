@@ -46,7 +46,7 @@ use crate::ledger::FitOptions;
 pub mod args;
 pub mod claim;
 pub mod error;
-pub mod events;
+pub use crate::events;
 pub mod expand;
 pub mod metrics;
 pub mod nfs;

@@ -75,7 +75,7 @@
 //!   deadlines, and `spec.nodeName` is set through `pods/binding` (`409` when already bound);
 //!   `events.k8s.io/v1` Events need `reportingController`, `reportingInstance`, `action`,
 //!   `reason`, `eventTime` and a note of at most 1 KiB, and Events about cluster-scoped
-//!   objects live in `default` or `kube-system`.
+//!   objects live in `kube-system` (as on Kubernetes 1.19; core/v1 ones in `default`).
 //! * **Custom resources**: the CRD's structural schema prunes unknown fields (reported as
 //!   `Warning` headers, or `400` with `fieldValidation=Strict`), applies defaults and checks
 //!   types, `required`, `enum`, bounds, lengths, list sizes, `x-kubernetes-list-type`

@@ -442,8 +442,9 @@ fn validate_kind(ep: &Endpoint, obj: &Value, causes: &mut Vec<Cause>) {
         ("", "events") => {
             // legacyValidateEvent: old-style events (no eventTime) live in their object's
             // namespace, or "default" for cluster-scoped objects; new-style events about
-            // cluster-scoped objects live in "default" or "kube-system" and must say who
-            // reported them.
+            // cluster-scoped objects live in "kube-system" (Kubernetes 1.19 and 1.20 refuse
+            // "default", which later versions allow: the oldest supported rule is kept) and
+            // must say who reported them.
             let ns = str_at(obj, &["metadata", "namespace"]).unwrap_or_default();
             let involved = str_at(obj, &["involvedObject", "namespace"]).unwrap_or_default();
             let mismatch = || {
@@ -460,7 +461,7 @@ fn validate_kind(ep: &Endpoint, obj: &Value, causes: &mut Vec<Cause>) {
                     causes.push(mismatch());
                 }
             } else {
-                if involved.is_empty() && ns != "default" && ns != "kube-system" {
+                if involved.is_empty() && ns != "kube-system" {
                     causes.push(mismatch());
                 }
                 for (field, max) in [
@@ -561,28 +562,17 @@ fn validate_crd(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// Every `default` must be valid against its own schema. As Kubernetes 1.19 and 1.20 do, a
-/// `default: ""` is read as null, so an empty-string default of a string is refused there
-/// (`... default: Invalid value: "null": in body must be of type string`): the emulation
-/// refuses it too, so nothing that a supported cluster rejects passes here.
+/// Every `default` must be valid against its own schema, as the API server checks since
+/// structural schemas (1.16).
 fn check_defaults(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
-    if let Some(default) = schema.get("default") {
-        let value = if default.as_str() == Some("") {
-            &Value::Null
-        } else {
-            default
-        };
-        if value.is_null() && schema["nullable"].as_bool() != Some(true) {
-            if let Some(t) = schema["type"].as_str() {
-                causes.push(Cause::invalid(
-                    format!("{path}.default"),
-                    &json!("null"),
-                    &format!("in body must be of type {t}"),
-                ));
-            }
-        } else if let Some(c) = super::schema::validate_value(schema, value).first() {
-            causes.push(Cause::invalid(format!("{path}.default"), value, &c.message));
-        }
+    if let Some(default) = schema.get("default")
+        && let Some(c) = super::schema::validate_value(schema, default).first()
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.default"),
+            default,
+            &c.message,
+        ));
     }
     if let Some(props) = schema["properties"].as_object() {
         for (name, child) in props {

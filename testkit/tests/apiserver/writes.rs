@@ -937,6 +937,30 @@ async fn events_are_recorded_through_events_v1_and_visible_as_core_events() {
         action: "Reschedule".into(),
         secondary: None,
     };
+    // kube-runtime's recorder puts Events about cluster-scoped objects in "default", which
+    // Kubernetes 1.19 and 1.20 refuse for new-style Events (later versions accept it).
+    let s = assert_api_error(recorder.publish(&event, &reference).await, 422, "Invalid");
+    assert!(
+        s.message.contains(
+            "involvedObject.namespace: Invalid value: \"\": does not match event.namespace"
+        ),
+        "{}",
+        s.message
+    );
+    // About a namespaced object they live in its namespace.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm1 = cms
+        .create(&PostParams::default(), &cm("cm1"))
+        .await
+        .unwrap();
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        name: Some("cm1".into()),
+        namespace: Some("default".into()),
+        uid: cm1.metadata.uid.clone(),
+        ..Default::default()
+    };
     recorder.publish(&event, &reference).await.unwrap();
     recorder.publish(&event, &reference).await.unwrap();
 
@@ -946,7 +970,7 @@ async fn events_are_recorded_through_events_v1_and_visible_as_core_events() {
     assert_eq!(listed.items[0].series.as_ref().map(|s| s.count), Some(2));
     let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
     let core_events = core
-        .list(&ListParams::default().fields("involvedObject.name=n1,reason=PoolFull"))
+        .list(&ListParams::default().fields("involvedObject.name=cm1,reason=PoolFull"))
         .await
         .unwrap();
     assert_eq!(core_events.items[0].message.as_deref(), Some("no space"));
@@ -962,9 +986,16 @@ async fn events_are_recorded_through_events_v1_and_visible_as_core_events() {
         "Invalid",
     );
     assert!(s.message.contains("note"), "{}", s.message);
-    // Events about cluster-scoped objects live in "default" or "kube-system".
+    // New-style Events about cluster-scoped objects live in "kube-system" only.
     let mut misplaced = listed.items[0].clone();
     misplaced.series = None;
+    misplaced.regarding = Some(ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some("n1".into()),
+        uid: n1.metadata.uid.clone(),
+        ..Default::default()
+    });
     misplaced.metadata = kube::api::ObjectMeta {
         name: Some("misplaced".into()),
         namespace: Some("kube-public".into()),
@@ -973,6 +1004,12 @@ async fn events_are_recorded_through_events_v1_and_visible_as_core_events() {
     let public: Api<Event> = Api::namespaced(client.clone(), "kube-public");
     assert_api_error(
         public.create(&PostParams::default(), &misplaced).await,
+        422,
+        "Invalid",
+    );
+    misplaced.metadata.namespace = Some("default".into());
+    assert_api_error(
+        v1.create(&PostParams::default(), &misplaced).await,
         422,
         "Invalid",
     );

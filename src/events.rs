@@ -1,5 +1,11 @@
 //! core/v1 Events, written the way client-go's recorder writes them, so `kubectl describe`
-//! shows stowage's Events next to the PV controller's and the scheduler's.
+//! shows stowage's Events next to the PV controller's and the scheduler's. The controller
+//! and the agents both record through [`Recorder`].
+//!
+//! core/v1, not `events.k8s.io/v1`: Kubernetes 1.19 and 1.20 accept a new-style Event about
+//! a cluster-scoped object (a LocalVolume, a PV) only in `kube-system`, where neither the
+//! people who look at the object nor a least-privilege role would find or write it; an
+//! old-style one goes to `default`, as client-go puts it, on every version.
 //!
 //! ```text
 //!  reconcile ── record() ──try_send──▶ bounded queue (QUEUE_CAPACITY) ──▶ writer task

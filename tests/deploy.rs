@@ -1,0 +1,152 @@
+//! The shipped manifests on a real API server: `kubectl apply -k deploy/` is accepted whole,
+//! a second apply changes nothing, and a changed CRD applies over the installed one (what
+//! an upgrade does). The in-memory server cannot stand in here: it accepted a CRD and a
+//! PodDisruptionBudget version that Kubernetes 1.19 refuses.
+//!
+//! Real lane only (`STOWAGE_E2E=real`, see TESTING.md): ignored otherwise, so the runner
+//! reports it as skipped rather than passing it.
+
+// Helpers in a test crate panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use stowage_testkit::e2e::Cluster;
+use stowage_testkit::real;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("kubectl is installed (Debian/Ubuntu: the kubectl package)")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+#[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
+async fn deploy_applies_whole_on_a_real_apiserver_and_again_after_a_crd_change() {
+    assert!(
+        real::lane_is_real(),
+        "this test needs STOWAGE_E2E=real (run it through scripts/test-real)"
+    );
+    let cluster = Cluster::start().await.unwrap();
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+
+    let first = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
+    let first_text = text(&first);
+    assert!(
+        first.status.success(),
+        "kubectl apply -k deploy/:\n{first_text}"
+    );
+    // Every object kustomize renders was created.
+    let rendered = Command::new("kubectl")
+        .args(["kustomize", "deploy/"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let objects = String::from_utf8_lossy(&rendered.stdout)
+        .lines()
+        .filter(|l| l.starts_with("kind: "))
+        .count();
+    let created = first_text
+        .lines()
+        .filter(|l| l.ends_with(" created"))
+        .count();
+    assert!(objects >= 20, "deploy/ renders {objects} objects");
+    assert_eq!(created, objects, "every object created:\n{first_text}");
+    let listed = kubectl(&kubeconfig, &["get", "-k", "deploy/", "-o", "name"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        objects,
+        "the API server holds every object"
+    );
+
+    // Applying again changes nothing.
+    let again = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
+    let again_text = text(&again);
+    assert!(again.status.success(), "{again_text}");
+    assert!(
+        again_text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("Warning"))
+            .all(|l| l.ends_with(" unchanged")),
+        "a second apply is a no-op:\n{again_text}"
+    );
+
+    // An upgrade that changes the CRDs applies over them (Kubernetes 1.19 refused this while
+    // the schemas had an integral `minimum`).
+    let changed = cluster.dir().join("crds-changed.yaml");
+    let crds = std::fs::read_to_string(repo().join("deploy/crds.yaml")).unwrap();
+    let edited = crds.replace(
+        "description: Where the pool lives on the node.",
+        "description: Where the pool lives on the node (changed).",
+    );
+    assert_ne!(edited, crds, "the edit applies to deploy/crds.yaml");
+    std::fs::write(&changed, edited).unwrap();
+    let upgrade = kubectl(&kubeconfig, &["apply", "-f", changed.to_str().unwrap()]);
+    let upgrade_text = text(&upgrade);
+    assert!(upgrade.status.success(), "{upgrade_text}");
+    assert!(
+        upgrade_text.contains("storagenodes.stowage.io configured"),
+        "{upgrade_text}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
+async fn the_optional_pdb_applies_as_its_header_says_for_the_server_version() {
+    assert!(
+        real::lane_is_real(),
+        "this test needs STOWAGE_E2E=real (run it through scripts/test-real)"
+    );
+    let cluster = Cluster::start().await.unwrap();
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let ns = kubectl(&kubeconfig, &["apply", "-f", "deploy/namespace.yaml"]);
+    assert!(ns.status.success(), "{}", text(&ns));
+    let version = kubectl(&kubeconfig, &["version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    let minor: u32 = version["serverVersion"]["minor"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('+')
+        .parse()
+        .unwrap();
+    let pdb = std::fs::read_to_string(repo().join("deploy/optional-pdb.yaml")).unwrap();
+    let file = cluster.dir().join("pdb.yaml");
+    if minor >= 21 {
+        std::fs::write(&file, &pdb).unwrap();
+    } else {
+        // What the file's header tells users of 1.19 and 1.20 to do.
+        assert!(pdb.contains("On 1.19 and 1.20, change apiVersion to policy/v1beta1"));
+        let plain = kubectl(&kubeconfig, &["apply", "-f", "deploy/optional-pdb.yaml"]);
+        assert!(
+            !plain.status.success(),
+            "policy/v1 is not served before 1.21"
+        );
+        std::fs::write(
+            &file,
+            pdb.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n"),
+        )
+        .unwrap();
+    }
+    let applied = kubectl(&kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(text(&applied).contains("poddisruptionbudget.policy/stowage-controller created"));
+}
