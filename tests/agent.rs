@@ -1,5 +1,5 @@
 //! `stowage agent` end to end: the real binary on hostpath pools in temp dirs, against
-//! testkit's API server (or a real cluster with STOWAGE_E2E_KUBECONFIG).
+//! testkit's API server, or a real control plane on the real lane (`STOWAGE_E2E=real`).
 
 // Helpers in a test crate panic on failure like the tests themselves; clippy allows unwrap
 // only inside #[test] functions.

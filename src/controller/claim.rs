@@ -217,6 +217,30 @@ pub fn names_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bo
         .is_some_and(|p| p == provisioner)
 }
 
+/// Whether the controller may provision this claim of one of its classes now: the
+/// provisioner annotation names it (the GA key if present, else the beta one), or there is
+/// none yet and the scheduler has selected a node.
+///
+/// Not waiting for kube-controller-manager to write the annotation is safe: with
+/// WaitForFirstConsumer, kube-scheduler sets `selected-node` only once it has decided that
+/// the claim is to be provisioned dynamically (it binds a matching static PV instead where
+/// one exists), and the class already names this provisioner. The annotation arrives at
+/// kube-controller-manager's pace (20 requests/s by default: seconds into a burst). A claim
+/// whose annotation names another provisioner is left alone. Should a static PV appear
+/// after the scheduler's decision and the PV controller bind the claim to it, the PV made
+/// here is never bound and is released like any other.
+pub fn may_provision(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
+    let annotations = claim.metadata.annotations.as_ref();
+    let named = annotations.and_then(|a| {
+        a.get(names::ANNOTATION_STORAGE_PROVISIONER)
+            .or_else(|| a.get(names::ANNOTATION_BETA_STORAGE_PROVISIONER))
+    });
+    match named {
+        Some(p) => p == provisioner,
+        None => selected_node(claim).is_some(),
+    }
+}
+
 /// The claim's `selected-node`, if set and non-empty.
 pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
     claim
@@ -253,7 +277,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
         return super::expand::reconcile(&claim, &class, &ctx).await;
     }
     if claim.metadata.deletion_timestamp.is_some()
-        || !names_provisioner(&claim, &ctx.config.provisioner)
+        || !may_provision(&claim, &ctx.config.provisioner)
     {
         return Ok(Action::await_change());
     }

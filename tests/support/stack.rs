@@ -383,6 +383,31 @@ impl Env {
         }
     }
 
+    /// Checks what the processes logged to their files: no ANSI colour codes (stderr is a
+    /// file, not a terminal), and no optimistic-concurrency conflict reported as a failed
+    /// reconcile (a conflict is another writer being first: retried quietly).
+    pub fn assert_clean_logs(&self) {
+        let mut logs = vec![("controller".to_string(), self.controller.logs())];
+        for a in &self.agents {
+            logs.push((format!("agent {}", a.name), a.process.logs()));
+        }
+        for (who, log) in &logs {
+            assert!(
+                !log.contains('\u{1b}'),
+                "{who}'s log has ANSI codes:\n{log}"
+            );
+            let conflicts: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") && (l.contains("409") || l.contains("Conflict")))
+                .collect();
+            assert!(
+                conflicts.is_empty(),
+                "{who} logged conflicts as failures:\n{}",
+                conflicts.join("\n")
+            );
+        }
+    }
+
     pub fn agent(&self, node: &str) -> &NodeAgent {
         self.agents.iter().find(|a| a.name == node).unwrap()
     }

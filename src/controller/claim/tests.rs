@@ -196,6 +196,35 @@ fn either_provisioner_annotation_names_us_and_the_ga_key_wins() {
     }
 }
 
+#[test]
+fn a_selected_node_is_enough_to_start_until_an_annotation_names_another_provisioner() {
+    let ga = names::ANNOTATION_STORAGE_PROVISIONER;
+    let beta = names::ANNOTATION_BETA_STORAGE_PROVISIONER;
+    let sel = names::ANNOTATION_SELECTED_NODE;
+    let us = "local.stowage.io";
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        // The scheduler chose; kube-controller-manager has not annotated yet.
+        (&[(sel, "n1")], true),
+        (&[(sel, "n1"), (ga, us)], true),
+        (&[(sel, "n1"), (beta, us)], true),
+        // Annotated for someone else: never ours, whatever the node.
+        (&[(sel, "n1"), (ga, "other.io")], false),
+        (&[(sel, "n1"), (ga, "other.io"), (beta, us)], false),
+        (&[(sel, "n1"), (beta, "other.io")], false),
+        // No node selected and nothing said.
+        (&[], false),
+        (&[(sel, "")], false),
+        (&[(ga, us)], true),
+    ];
+    for (annotations, want) in cases {
+        assert_eq!(
+            may_provision(&claim("u", annotations), us),
+            *want,
+            "{annotations:?}"
+        );
+    }
+}
+
 fn node(allocatable: u64, allocated: u64, reserved: u64) -> NodeState {
     let mut pool = PoolState::new("default", Driver::Btrfs, Bytes::gib(allocatable));
     pool.allocated = Bytes::gib(allocated);
