@@ -8,7 +8,8 @@
 //! cargo bench --bench burst -- --claims 200 --runs 5 --workers 16   # controller --workers
 //! ```
 //!
-//! `STOWAGE_E2E=real` runs it on a real control plane (TESTING.md) instead: the real
+//! `STOWAGE_BENCH_BINARY=PATH` runs another build of `stowage` (an earlier commit's, say)
+//! in the same harness. `STOWAGE_E2E=real` runs it on a real control plane (TESTING.md): the real
 //! kube-scheduler calling the extender and kube-controller-manager binding.
 //! `STOWAGE_BENCH_REQUESTS=1` prints the in-memory API server's request counts of each run;
 //! `STOWAGE_BENCH_LOGS=DIR` keeps the controller's and agents' logs of each run in DIR.

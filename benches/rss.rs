@@ -23,6 +23,9 @@
 //! realistic share) and on `node-00000`; both have their volumes' directories in a
 //! hostpath pool under a temporary directory, as after a restart of the agent.
 //!
+//! `STOWAGE_E2E=real` fills a real control plane of its own instead (TESTING.md), over HTTP,
+//! 32 volumes at a time, while its kube-controller-manager syncs them.
+//!
 //! `STOWAGE_BIN=<path>` runs another build of `stowage` (e.g. a copy of an earlier one, to
 //! compare before and after a change) instead of the bench's own.
 //!
@@ -34,6 +37,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde_json::{Value, json};
@@ -104,21 +108,43 @@ fn node_of(i: usize, opts: &Options) -> usize {
     }
 }
 
-/// One in-process request that must succeed.
-async fn call(server: &ApiServer, method: &str, uri: &str, ct: &str, body: &Value) -> Value {
-    let (status, answer) = server
-        .call(method, uri, ct, serde_json::to_vec(body).unwrap())
-        .await
-        .unwrap();
-    assert!(
-        (200..300).contains(&status),
-        "{method} {uri}: {status} {answer}"
-    );
-    answer
+/// Where the objects are written: the in-memory server in process, or a real API server.
+enum Target<'a> {
+    Memory(&'a ApiServer),
+    Real(kube::Client),
+}
+
+/// One request that must succeed: in process (no HTTP) or to the real API server.
+async fn call(server: &Target<'_>, method: &str, uri: &str, ct: &str, body: &Value) -> Value {
+    match server {
+        Target::Memory(server) => {
+            let (status, answer) = server
+                .call(method, uri, ct, serde_json::to_vec(body).unwrap())
+                .await
+                .unwrap();
+            assert!(
+                (200..300).contains(&status),
+                "{method} {uri}: {status} {answer}"
+            );
+            answer
+        }
+        Target::Real(client) => {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("Content-Type", ct)
+                .body(serde_json::to_vec(body).unwrap())
+                .unwrap();
+            client
+                .request::<Value>(request)
+                .await
+                .unwrap_or_else(|e| panic!("{method} {uri}: {e}"))
+        }
+    }
 }
 
 /// Server-side apply of `object` (with `apiVersion` and `kind`) as `manager`.
-async fn apply(server: &ApiServer, path: &str, manager: &str, object: &Value) -> Value {
+async fn apply(server: &Target<'_>, path: &str, manager: &str, object: &Value) -> Value {
     let uri = format!("{path}?fieldManager={manager}&force=true");
     call(
         server,
@@ -142,7 +168,7 @@ fn pool_dir(scratch: &Path, node: usize) -> PathBuf {
     scratch.join(node_name(node))
 }
 
-async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> StorageClass {
+async fn populate(server: &Target<'_>, opts: &Options, scratch: &Path) -> StorageClass {
     let started = Instant::now();
     let class = storage_class("local")
         .provisioner(names::PROVISIONER_LOCAL)
@@ -224,124 +250,137 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
         opts.nodes,
         started.elapsed().as_secs_f64()
     );
-    for i in 0..opts.volumes {
-        let node_index = node_of(i, opts);
-        let node = node_name(node_index);
-        let measured = node_index <= 1;
-        let ns = format!("app-{:03}", i % NAMESPACES);
-        let claim_name = format!("data-db-{i}");
-        // Volumes of the measured agents' nodes are small, so that their hostpath pool
-        // (a temporary directory) is not over-committed; the rest 1-100 GiB.
-        let size = if measured {
-            "64Mi".to_string()
-        } else {
-            format!("{}Gi", 1 + (i * 37) % 100)
-        };
-        // The StatefulSet controller creates the claim; the scheduler selects the node.
-        let claim: PersistentVolumeClaim = pvc(&ns, &claim_name)
-            .size(&size)
-            .class("local")
-            .label("app.kubernetes.io/name", "db")
-            .label("app.kubernetes.io/instance", &format!("db-{}", i % 1000))
-            .build();
-        let claims_path = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}");
-        let created = apply(
-            server,
-            &claims_path,
-            "kube-controller-manager",
-            &typed(&claim, "v1", "PersistentVolumeClaim"),
-        )
-        .await;
-        let mut claim: PersistentVolumeClaim = serde_json::from_value(created).unwrap();
-        let annotations = claim
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default);
-        annotations.insert(names::ANNOTATION_SELECTED_NODE.into(), node.clone());
-        annotations.insert(
-            names::ANNOTATION_STORAGE_PROVISIONER.into(),
-            names::PROVISIONER_LOCAL.into(),
-        );
-        annotations.insert(
-            names::ANNOTATION_BETA_STORAGE_PROVISIONER.into(),
-            names::PROVISIONER_LOCAL.into(),
-        );
-        let uid = claim.metadata.uid.clone().unwrap();
-        let pv_name = volume::volume_name(&uid);
-        let bytes = volume::requested_size(&claim).unwrap();
+    // Many at a time: a real API server takes each request over HTTP.
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let class = &class;
+    let params = &params;
+    let done = &done;
+    futures::stream::iter(0..opts.volumes)
+        .for_each_concurrent(32, |i| async move {
+            let node_index = node_of(i, opts);
+            let node = node_name(node_index);
+            let measured = node_index <= 1;
+            let ns = format!("app-{:03}", i % NAMESPACES);
+            let claim_name = format!("data-db-{i}");
+            // Volumes of the measured agents' nodes are small, so that their hostpath pool
+            // (a temporary directory) is not over-committed; the rest 1-100 GiB.
+            let size = if measured {
+                "64Mi".to_string()
+            } else {
+                format!("{}Gi", 1 + (i * 37) % 100)
+            };
+            // The StatefulSet controller creates the claim; the scheduler selects the node.
+            let claim: PersistentVolumeClaim = pvc(&ns, &claim_name)
+                .size(&size)
+                .class("local")
+                .label("app.kubernetes.io/name", "db")
+                .label("app.kubernetes.io/instance", &format!("db-{}", i % 1000))
+                .build();
+            let claims_path =
+                format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}");
+            let created = apply(
+                server,
+                &claims_path,
+                "kube-controller-manager",
+                &typed(&claim, "v1", "PersistentVolumeClaim"),
+            )
+            .await;
+            let mut claim: PersistentVolumeClaim = serde_json::from_value(created).unwrap();
+            let annotations = claim
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            annotations.insert(names::ANNOTATION_SELECTED_NODE.into(), node.clone());
+            annotations.insert(
+                names::ANNOTATION_STORAGE_PROVISIONER.into(),
+                names::PROVISIONER_LOCAL.into(),
+            );
+            annotations.insert(
+                names::ANNOTATION_BETA_STORAGE_PROVISIONER.into(),
+                names::PROVISIONER_LOCAL.into(),
+            );
+            let uid = claim.metadata.uid.clone().unwrap();
+            let pv_name = volume::volume_name(&uid);
+            let bytes = volume::requested_size(&claim).unwrap();
 
-        // The controller's LocalVolume, made Ready by the agent.
-        let mut lv: LocalVolume = volume::local_volume(&claim, &node, &params, bytes);
-        let lv_path = format!("/apis/{}/localvolumes/{pv_name}", names::API_VERSION);
-        apply(
-            server,
-            &lv_path,
-            names::FIELD_MANAGER_CONTROLLER,
-            &typed(&lv, names::API_VERSION, "LocalVolume"),
-        )
-        .await;
-        let dir = if measured {
-            let dir = pool_dir(scratch, node_index).join(&pv_name);
-            std::fs::create_dir_all(&dir).unwrap();
-            dir.display().to_string()
-        } else {
-            format!("/var/lib/stowage/default/{pv_name}")
-        };
-        lv.status = Some(LocalVolumeStatus {
-            phase: LocalVolumePhase::Ready,
-            path: Some(dir.clone()),
-            size_bytes: Some(bytes.0),
-            message: None,
-            observed_generation: Some(1),
-        });
-        let lv_status = json!({
-            "apiVersion": names::API_VERSION, "kind": "LocalVolume",
-            "metadata": {"name": pv_name},
-            "status": lv.status,
-        });
-        apply(
-            server,
-            &format!("{lv_path}/status"),
-            names::FIELD_MANAGER_AGENT,
-            &lv_status,
-        )
-        .await;
+            // The controller's LocalVolume, made Ready by the agent.
+            let mut lv: LocalVolume = volume::local_volume(&claim, &node, params, bytes);
+            let lv_path = format!("/apis/{}/localvolumes/{pv_name}", names::API_VERSION);
+            apply(
+                server,
+                &lv_path,
+                names::FIELD_MANAGER_CONTROLLER,
+                &typed(&lv, names::API_VERSION, "LocalVolume"),
+            )
+            .await;
+            let dir = if measured {
+                let dir = pool_dir(scratch, node_index).join(&pv_name);
+                std::fs::create_dir_all(&dir).unwrap();
+                dir.display().to_string()
+            } else {
+                format!("/var/lib/stowage/default/{pv_name}")
+            };
+            lv.status = Some(LocalVolumeStatus {
+                phase: LocalVolumePhase::Ready,
+                path: Some(dir.clone()),
+                size_bytes: Some(bytes.0),
+                message: None,
+                observed_generation: Some(1),
+            });
+            let lv_status = json!({
+                "apiVersion": names::API_VERSION, "kind": "LocalVolume",
+                "metadata": {"name": pv_name},
+                "status": lv.status,
+            });
+            apply(
+                server,
+                &format!("{lv_path}/status"),
+                names::FIELD_MANAGER_AGENT,
+                &lv_status,
+            )
+            .await;
 
-        // The controller's PV, bound by the PV controller.
-        let pv =
-            volume::persistent_volume(&claim, &class, &lv, &dir, &node, names::PROVISIONER_LOCAL);
-        let pv_path = format!("/api/v1/persistentvolumes/{pv_name}");
-        apply(
-            server,
-            &pv_path,
-            names::FIELD_MANAGER_CONTROLLER,
-            &typed(&pv, "v1", "PersistentVolume"),
-        )
-        .await;
-        apply(
-            server,
-            &format!("{pv_path}/status"),
-            "kube-controller-manager",
-            &json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            // The controller's PV, bound by the PV controller.
+            let pv = volume::persistent_volume(
+                &claim,
+                class,
+                &lv,
+                &dir,
+                &node,
+                names::PROVISIONER_LOCAL,
+            );
+            let pv_path = format!("/api/v1/persistentvolumes/{pv_name}");
+            apply(
+                server,
+                &pv_path,
+                names::FIELD_MANAGER_CONTROLLER,
+                &typed(&pv, "v1", "PersistentVolume"),
+            )
+            .await;
+            apply(
+                server,
+                &format!("{pv_path}/status"),
+                "kube-controller-manager",
+                &json!({"apiVersion": "v1", "kind": "PersistentVolume",
                     "metadata": {"name": pv_name}, "status": {"phase": "Bound"}}),
-        )
-        .await;
+            )
+            .await;
 
-        // The scheduler's selected-node, then the PV controller's binding.
-        apply(
-            server,
-            &claims_path,
-            "kube-scheduler",
-            &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            // The scheduler's selected-node, then the PV controller's binding.
+            apply(
+                server,
+                &claims_path,
+                "kube-scheduler",
+                &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                     "metadata": {"name": claim_name, "namespace": ns, "annotations": {
                         names::ANNOTATION_SELECTED_NODE: node}}}),
-        )
-        .await;
-        apply(
-            server,
-            &claims_path,
-            "kube-controller-manager",
-            &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            )
+            .await;
+            apply(
+                server,
+                &claims_path,
+                "kube-controller-manager",
+                &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                     "metadata": {"name": claim_name, "namespace": ns, "annotations": {
                         names::ANNOTATION_STORAGE_PROVISIONER: names::PROVISIONER_LOCAL,
                         names::ANNOTATION_BETA_STORAGE_PROVISIONER: names::PROVISIONER_LOCAL,
@@ -351,32 +390,29 @@ async fn populate(server: &ApiServer, opts: &Options, scratch: &Path) -> Storage
                     "spec": {"volumeName": pv_name, "accessModes": ["ReadWriteOnce"],
                              "resources": {"requests": {"storage": size}},
                              "storageClassName": "local", "volumeMode": "Filesystem"}}),
-        )
-        .await;
-        apply(
-            server,
-            &format!("{claims_path}/status"),
-            "kube-controller-manager",
-            &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            )
+            .await;
+            apply(
+                server,
+                &format!("{claims_path}/status"),
+                "kube-controller-manager",
+                &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                     "metadata": {"name": claim_name, "namespace": ns},
                     "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"],
                                "capacity": {"storage": volume::quantity(bytes)}}}),
-        )
+            )
+            .await;
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_multiple_of(10_000) {
+                println!(
+                    "populate: {n} volumes in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
         .await;
-        if (i + 1) % 10_000 == 0 {
-            println!(
-                "populate: {} volumes in {:.1} s",
-                i + 1,
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    println!(
-        "populate: done in {:.1} s, resourceVersion {}",
-        started.elapsed().as_secs_f64(),
-        server.resource_version()
-    );
-    class
+    println!("populate: done in {:.1} s", started.elapsed().as_secs_f64(),);
+    class.clone()
 }
 
 /// The `names` fields of `/proc/<pid>/status`, in KiB.
@@ -473,21 +509,31 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")))
 }
 
-fn requests(server: &ApiServer) -> u64 {
-    server.request_counts().values().sum()
+/// Requests the in-memory server has served (`None` on a real one).
+fn requests(cluster: &Cluster) -> Option<u64> {
+    cluster
+        .server()
+        .map(|server| server.request_counts().values().sum())
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    anyhow::ensure!(
-        !cluster.is_real(),
-        "the rss bench needs the in-memory API server"
-    );
     cluster.install_crds(crds()).await?;
-    let server = cluster.server().expect("in-memory");
-    println!("binary: {}", binary().display());
+    let target = match cluster.server() {
+        Some(server) => Target::Memory(server),
+        None => Target::Real(cluster.client()),
+    };
+    println!(
+        "binary: {}; API server: {}",
+        binary().display(),
+        if cluster.is_real() {
+            "real (STOWAGE_E2E=real), kube-controller-manager running"
+        } else {
+            "in memory"
+        }
+    );
     let scratch = cluster.dir().join("pools");
-    populate(server, &opts, &scratch).await;
+    populate(&target, &opts, &scratch).await;
     let per_node = (opts.volumes - opts.heavy) / (opts.nodes - 1);
     println!(
         "cluster: {} StorageNodes and Nodes, {} LocalVolumes, claims and PVs; node-00000 holds {}, the others about {per_node} each",
@@ -496,7 +542,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 
     if opts.roles.iter().any(|r| r == "controller") {
         let port = free_port();
-        let before = requests(server);
+        let before = requests(&cluster);
         let controller = cluster
             .role(binary(), "controller")
             .arg("controller")
@@ -507,10 +553,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             .env("RUST_LOG", "warn")
             .spawn()?;
         measure("controller", &controller, port, opts.settle).await;
-        println!(
-            "controller: {} API requests during the run",
-            requests(server) - before
-        );
+        if let (Some(before), Some(after)) = (before, requests(&cluster)) {
+            println!("controller: {} API requests during the run", after - before);
+        }
         drop(controller);
     }
     if opts.roles.iter().any(|r| r == "agent") {

@@ -172,7 +172,7 @@ impl Env {
             .unwrap();
             let port = free_port();
             let process = cluster
-                .role(env!("CARGO_BIN_EXE_stowage"), &format!("agent-{name}"))
+                .role(stowage_binary(), &format!("agent-{name}"))
                 .arg("agent")
                 .arg("--node-name")
                 .arg(name)
@@ -198,7 +198,7 @@ impl Env {
 
         let controller_port = free_port();
         let mut controller = cluster
-            .role(env!("CARGO_BIN_EXE_stowage"), "controller")
+            .role(stowage_binary(), "controller")
             .arg("controller")
             .arg("--listen")
             .arg(format!("127.0.0.1:{controller_port}"))
@@ -554,6 +554,14 @@ async fn wait_controller_ready(port: u16) {
     })
     .await
     .unwrap();
+}
+
+/// The `stowage` binary the harness runs: this build's, or the one `STOWAGE_BENCH_BINARY`
+/// names (to compare another build, e.g. an earlier commit's, on the same harness).
+pub fn stowage_binary() -> PathBuf {
+    std::env::var_os("STOWAGE_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")))
 }
 
 /// A deterministic mix of 1–3 claims per pod of 32, 64 or 128 MiB.
