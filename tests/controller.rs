@@ -537,6 +537,52 @@ async fn the_ga_and_the_beta_provisioner_annotation_are_each_enough() {
 }
 
 #[tokio::test]
+async fn provisioning_starts_on_the_selected_node_before_any_provisioner_annotation() {
+    // kube-controller-manager writes the annotation at its own pace (seconds into a burst
+    // on a real cluster); here it never does: the scheduler's choice is enough.
+    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
+    cluster.class("local", "Delete", false, &[]).await;
+    let _running = start_controller(&cluster.client, Duration::from_secs(300));
+    let (_agent, _task) = Agent::start(&cluster.client);
+    let early = selected_claim(&cluster, "early", "1Gi", "n1", &[]).await;
+    let pv = wait_pv(&cluster, &pv_name(&early)).await;
+    let r = pv.spec.unwrap().claim_ref.unwrap();
+    assert_eq!(r.uid, early.metadata.uid);
+    assert!(
+        cluster
+            .claims()
+            .get("early")
+            .await
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap()
+            .keys()
+            .all(|k| k != names::ANNOTATION_STORAGE_PROVISIONER
+                && k != names::ANNOTATION_BETA_STORAGE_PROVISIONER),
+        "no annotation was needed"
+    );
+    // Without a selected node nothing starts.
+    let unscheduled = cluster
+        .claims()
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "unscheduled").size("1Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        cluster
+            .lvs()
+            .get_opt(&pv_name(&unscheduled))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn a_claim_that_does_not_fit_its_node_is_sent_back_with_the_numbers() {
     let cluster = Cluster::start(&[("n1", "n1", 10)]).await;
     cluster.class("local", "Delete", false, &[]).await;

@@ -155,8 +155,27 @@ pub(crate) fn apply_defaults(ep: &Endpoint, obj: &mut Value) {
     }
 }
 
-/// Mutating admission on create: the `DefaultStorageClass` plugin.
+/// Mutating admission on create: the `StorageObjectInUseProtection` and
+/// `DefaultStorageClass` plugins.
 pub(crate) fn admit_create(ep: &Endpoint, obj: &mut Value, lookup: &dyn Lookup) {
+    let protection = match (ep.group.as_str(), ep.resource.as_str()) {
+        ("", "persistentvolumeclaims") => Some(super::ops::PVC_PROTECTION),
+        ("", "persistentvolumes") => Some(super::ops::PV_PROTECTION),
+        _ => None,
+    };
+    if let Some(finalizer) = protection
+        && let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        let fins = meta.entry("finalizers").or_insert_with(|| json!([]));
+        if fins.is_null() {
+            *fins = json!([]);
+        }
+        if let Some(list) = fins.as_array_mut()
+            && !list.iter().any(|f| f == finalizer)
+        {
+            list.push(json!(finalizer));
+        }
+    }
     if ep.group.is_empty()
         && ep.resource == "persistentvolumeclaims"
         && obj["spec"].get("storageClassName").is_none()

@@ -109,7 +109,9 @@ async fn reflector_sees_every_change_in_order() {
 
     // After the initial list, events arrive in resourceVersion order, one per change. The
     // reflector updates its store before yielding an event, so keep reading until all came.
-    let expected_changes = 30 + 10 + 6 + 1;
+    // A deleted claim changes twice: deletionTimestamp set (its pvc-protection finalizer
+    // holds it), then gone once the protection controller sees no pod using it.
+    let expected_changes = 30 + 10 + 2 * (6 + 1);
     let mut last = 0;
     let mut changes = 0;
     while changes < expected_changes {

@@ -189,7 +189,7 @@ async fn finalizers_hold_deletion_until_the_last_is_removed() {
     assert!(pvcs.get_opt("data").await.unwrap().is_none());
 
     let seen: Vec<&str> = events
-        .take(3)
+        .take(4)
         .map_ok(|e| match e {
             WatchEvent::Modified(_) => "MODIFIED",
             WatchEvent::Deleted(_) => "DELETED",
@@ -199,7 +199,9 @@ async fn finalizers_hold_deletion_until_the_last_is_removed() {
         .try_collect::<Vec<_>>()
         .await
         .unwrap();
-    assert_eq!(seen, vec!["MODIFIED", "MODIFIED", "DELETED"]);
+    // Marked deleting; the pvc-protection finalizer (set at admission) released, no pod
+    // using the claim; the last finalizer removed; gone.
+    assert_eq!(seen, vec!["MODIFIED", "MODIFIED", "MODIFIED", "DELETED"]);
 }
 
 #[tokio::test]
@@ -240,7 +242,8 @@ async fn kube_runtime_finalizer_helper_adds_and_removes_its_finalizer() {
     run(pvcs.get("data").await.unwrap()).await.unwrap();
     assert_eq!(
         pvcs.get("data").await.unwrap().finalizers(),
-        ["stowage.io/agent-cleanup"]
+        ["kubernetes.io/pvc-protection", "stowage.io/agent-cleanup"],
+        "the admission plugin's protection first, then the helper's"
     );
     run(pvcs.get("data").await.unwrap()).await.unwrap();
 
@@ -1063,4 +1066,72 @@ async fn kubeconfig_lets_another_client_connect() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn claims_in_use_and_bound_volumes_are_protected_from_deletion_as_on_a_real_cluster() {
+    let server = ApiServer::start().await.unwrap();
+    let client = server.client();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    // StorageObjectInUseProtection admission adds the finalizers.
+    let claim = pvcs
+        .create(&PostParams::default(), &pvc("default", "data").build())
+        .await
+        .unwrap();
+    assert_eq!(claim.finalizers(), ["kubernetes.io/pvc-protection"]);
+    let volume = pvs
+        .create(&PostParams::default(), &pv("vol").local("n1", "/d").build())
+        .await
+        .unwrap();
+    assert_eq!(volume.finalizers(), ["kubernetes.io/pv-protection"]);
+
+    // A claim a pod mounts stays, deleting, until the pod is gone.
+    pods.create(
+        &PostParams::default(),
+        &pod("default", "app").claims(["data"]).build(),
+    )
+    .await
+    .unwrap();
+    pvcs.delete("data", &DeleteParams::default()).await.unwrap();
+    let held = pvcs.get("data").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(held.finalizers(), ["kubernetes.io/pvc-protection"]);
+    pods.delete("app", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pvcs.get_opt("data").await.unwrap().is_none(),
+        "released with the pod"
+    );
+
+    // A Bound PV stays, deleting, until it is not Bound any more.
+    let mut bound = pvs.get("vol").await.unwrap();
+    bound.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+        phase: Some("Bound".into()),
+        ..Default::default()
+    });
+    pvs.replace_status("vol", &PostParams::default(), &bound)
+        .await
+        .unwrap();
+    pvs.delete("vol", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pvs.get("vol")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    let mut released = pvs.get("vol").await.unwrap();
+    released.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+        phase: Some("Released".into()),
+        ..Default::default()
+    });
+    pvs.replace_status("vol", &PostParams::default(), &released)
+        .await
+        .unwrap();
+    assert!(
+        pvs.get_opt("vol").await.unwrap().is_none(),
+        "released once not Bound"
+    );
 }

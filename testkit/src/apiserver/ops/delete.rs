@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    CRD_FINALIZER, DeleteOptions, State, Written, crds, finalizers, meta_str, namespaces, ok,
-    to_served,
+    CRD_FINALIZER, DeleteOptions, PV_PROTECTION, PVC_PROTECTION, State, Written, crds, finalizers,
+    meta_str, namespaces, ok, pods, pvcs, pvs, to_served,
 };
 use crate::apiserver::{
     kinds::{Endpoint, GroupResource},
@@ -147,11 +147,67 @@ impl State {
             }
             self.maybe_finish_crd(&key.1);
         }
+        self.release_protection(gr, key);
         let latest = self.store.get(gr, &key.0, &key.1).cloned();
         Some(match latest {
             Some(o) => (o, false),
             None => (stored, true),
         })
+    }
+
+    /// The pvc-protection and pv-protection controllers, run at once: a deleting claim that
+    /// no pod uses, or a deleting PV that is not Bound, loses its protection finalizer (set
+    /// at admission, [`PVC_PROTECTION`], [`PV_PROTECTION`]), and goes when no other is left.
+    pub(super) fn release_protection(&mut self, gr: &GroupResource, key: &Key) {
+        let Some(obj) = self.store.get(gr, &key.0, &key.1) else {
+            return;
+        };
+        if obj["metadata"].get("deletionTimestamp").is_none() {
+            return;
+        }
+        let finalizer = if *gr == pvcs() {
+            if self.claim_in_use(&key.0, &key.1) {
+                return;
+            }
+            PVC_PROTECTION
+        } else if *gr == pvs() {
+            if obj["status"]["phase"].as_str() == Some("Bound") {
+                return;
+            }
+            PV_PROTECTION
+        } else {
+            return;
+        };
+        let fins = finalizers(obj);
+        if !fins.iter().any(|f| f == finalizer) {
+            return;
+        }
+        let left: Vec<String> = fins.into_iter().filter(|f| f != finalizer).collect();
+        if left.is_empty() {
+            // The update that removes a deleting object's last finalizer deletes it: one
+            // DELETED event, as the real server sends.
+            if let Some(last) = self.store.remove(gr, key) {
+                self.after_removed(gr, &last);
+            }
+        } else {
+            let mut obj = obj.clone();
+            obj["metadata"]["finalizers"] = json!(left);
+            self.store.put(gr, obj);
+        }
+    }
+
+    /// Whether a pod of `ns` that has not finished mounts claim `name` (directly or as a
+    /// generic ephemeral volume).
+    fn claim_in_use(&self, ns: &str, name: &str) -> bool {
+        self.store
+            .list(&pods(), Some(ns))
+            .into_iter()
+            .any(|(_, pod)| {
+                !matches!(
+                    pod["status"]["phase"].as_str(),
+                    Some("Succeeded" | "Failed")
+                ) && pod_claims(pod).iter().any(|c| c == name)
+            })
     }
 
     /// The namespace controller: once a terminating namespace is empty, its `kubernetes`
@@ -229,6 +285,13 @@ impl State {
     /// Cascades after an object is gone: endpoint table, garbage collection of dependents,
     /// and the containers (namespace, CRD) that may have been waiting for it.
     pub(super) fn after_removed(&mut self, gr: &GroupResource, obj: &Value) {
+        if *gr == pods() {
+            // The pvc-protection controller: a deleting claim this pod used may now go.
+            let ns = meta_str(obj, "namespace").unwrap_or_default().to_string();
+            for claim in pod_claims(obj) {
+                self.release_protection(&pvcs(), &(ns.clone(), claim));
+            }
+        }
         if *gr == crds() {
             self.refresh_endpoints();
             let storage = GroupResource::new(
@@ -311,4 +374,27 @@ impl State {
             self.store.put(&gr, obj);
         }
     }
+}
+
+/// The claims a pod mounts: `persistentVolumeClaim` volumes, and generic ephemeral volumes
+/// (their claim is `<pod>-<volume>`).
+fn pod_claims(pod: &Value) -> Vec<String> {
+    let pod_name = meta_str(pod, "name").unwrap_or_default();
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                Some(claim.to_string())
+            } else if v.get("ephemeral").is_some() {
+                Some(format!(
+                    "{pod_name}-{}",
+                    v["name"].as_str().unwrap_or_default()
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
 }

@@ -93,9 +93,27 @@ fn ok(code: u16, body: Value) -> Written {
 }
 
 const CRD_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+/// Set on every claim at admission (StorageObjectInUseProtection); removed by the
+/// pvc-protection controller once no pod uses the deleting claim.
+pub(crate) const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// Set on every PV at admission; removed by the pv-protection controller once the deleting
+/// PV is not Bound.
+pub(crate) const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
 
 fn namespaces() -> GroupResource {
     GroupResource::new("", "namespaces")
+}
+
+fn pods() -> GroupResource {
+    GroupResource::new("", "pods")
+}
+
+fn pvcs() -> GroupResource {
+    GroupResource::new("", "persistentvolumeclaims")
+}
+
+fn pvs() -> GroupResource {
+    GroupResource::new("", "persistentvolumes")
 }
 
 fn crds() -> GroupResource {

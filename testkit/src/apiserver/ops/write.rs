@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::{
     CRD_FINALIZER, FieldValidation, State, WriteOptions, Written, check_type, crds, finalizers,
-    meta_mut, meta_str, namespaces, ok, to_served, to_stored,
+    meta_mut, meta_str, namespaces, ok, pvs, to_served, to_stored,
 };
 use crate::apiserver::{
     events,
@@ -491,6 +491,17 @@ impl State {
             self.refresh_endpoints();
         }
         let key = key_of(&stored);
+        if ep.storage == pvs() {
+            // A deleting PV that stops being Bound loses its protection.
+            self.release_protection(&ep.storage, &key);
+            if self.store.get(&ep.storage, &key.0, &key.1).is_none() {
+                return Ok(Written {
+                    code: 200,
+                    body: to_served(ep, &stored),
+                    warnings,
+                });
+            }
+        }
         if stored["metadata"].get("deletionTimestamp").is_some() && finalizers(&stored).is_empty() {
             if ep.storage == namespaces() {
                 self.maybe_finish_namespace(&key.1);
