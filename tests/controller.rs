@@ -537,31 +537,43 @@ async fn the_ga_and_the_beta_provisioner_annotation_are_each_enough() {
 }
 
 #[tokio::test]
-async fn provisioning_starts_on_the_selected_node_before_any_provisioner_annotation() {
-    // kube-controller-manager writes the annotation at its own pace (seconds into a burst
-    // on a real cluster); here it never does: the scheduler's choice is enough.
+async fn the_volume_is_made_at_the_selected_node_and_the_pv_waits_for_the_pv_controller() {
+    // kube-controller-manager writes the provisioner annotation at its own pace (seconds
+    // into a burst on a real cluster). The scheduler's choice is enough to make the volume;
+    // the PV waits until the annotation shows that the PV controller knows the claim.
     let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
     cluster.class("local", "Delete", false, &[]).await;
     let _running = start_controller(&cluster.client, Duration::from_secs(300));
     let (_agent, _task) = Agent::start(&cluster.client);
     let early = selected_claim(&cluster, "early", "1Gi", "n1", &[]).await;
-    let pv = wait_pv(&cluster, &pv_name(&early)).await;
-    let r = pv.spec.unwrap().claim_ref.unwrap();
-    assert_eq!(r.uid, early.metadata.uid);
+    let name = pv_name(&early);
+    let lvs = cluster.lvs();
+    wait_for(WAIT, "the LocalVolume is Ready", || async {
+        lvs.get_opt(&name).await.ok().flatten().is_some_and(|lv| {
+            lv.status
+                .is_some_and(|s| s.phase == stowage::api::local_volume::LocalVolumePhase::Ready)
+        })
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        cluster
-            .claims()
-            .get("early")
-            .await
-            .unwrap()
-            .metadata
-            .annotations
-            .unwrap()
-            .keys()
-            .all(|k| k != names::ANNOTATION_STORAGE_PROVISIONER
-                && k != names::ANNOTATION_BETA_STORAGE_PROVISIONER),
-        "no annotation was needed"
+        cluster.pvs().get_opt(&name).await.unwrap().is_none(),
+        "no PV before the PV controller has seen the claim"
     );
+    // kube-controller-manager gets to the claim.
+    cluster
+        .claims()
+        .patch(
+            "early",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                names::ANNOTATION_STORAGE_PROVISIONER: names::PROVISIONER_LOCAL}}})),
+        )
+        .await
+        .unwrap();
+    let pv = wait_pv(&cluster, &name).await;
+    assert_eq!(pv.spec.unwrap().claim_ref.unwrap().uid, early.metadata.uid);
     // Without a selected node nothing starts.
     let unscheduled = cluster
         .claims()

@@ -134,7 +134,7 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
     lvs.patch_status(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Ready", "path": "/pools/default/x", "sizeBytes": 2u64 << 30}})),
+        &Patch::Merge(json!({"status": {"phase": "Ready", "path": format!("/pools/default/{name}"), "sizeBytes": 2u64 << 30}})),
     )
     .await
     .unwrap();
@@ -144,7 +144,10 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
     })
     .await
     .unwrap();
-    assert_eq!(pv.spec.unwrap().local.unwrap().path, "/pools/default/x");
+    assert_eq!(
+        pv.spec.unwrap().local.unwrap().path,
+        format!("/pools/default/{name}")
+    );
 
     let (code, metrics) = get(port, "/metrics").await.unwrap();
     assert_eq!(code, 200);

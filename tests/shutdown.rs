@@ -135,7 +135,7 @@ async fn claim_with_ready_volume(cluster: &Cluster, claim: &str) -> String {
     lvs.patch_status(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Ready", "path": "/pools/default/x", "sizeBytes": 2u64 << 30}})),
+        &Patch::Merge(json!({"status": {"phase": "Ready", "path": format!("/pools/default/{name}"), "sizeBytes": 2u64 << 30}})),
     )
     .await
     .unwrap();
@@ -198,7 +198,10 @@ async fn sigterm_lets_the_controller_finish_its_pv_then_release_the_lease_and_ex
         .get(&name)
         .await
         .unwrap();
-    assert_eq!(pv.spec.unwrap().local.unwrap().path, "/pools/default/x");
+    assert_eq!(
+        pv.spec.unwrap().local.unwrap().path,
+        format!("/pools/default/{name}")
+    );
     assert_eq!(events(&cluster, "data", "ProvisioningSucceeded").await, 1);
     let logs = first.logs();
     assert!(

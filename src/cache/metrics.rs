@@ -102,7 +102,7 @@ impl ExtenderMetrics {
             requests.with_label_values(&[verb, StatusCode::OK.as_str()]);
             errors.with_label_values(&[verb]);
         }
-        for reason in Unfit::KINDS {
+        for reason in Unfit::KINDS.iter().chain([&super::policy::NOT_SEEN_YET]) {
             filtered.with_label_values(&[reason]);
         }
         Ok(Self {
@@ -153,7 +153,10 @@ mod tests {
         let registry = Registry::new();
         ExtenderMetrics::register(&registry).unwrap();
         let text = render(&registry).unwrap();
-        for reason in Unfit::KINDS {
+        for reason in Unfit::KINDS
+            .iter()
+            .chain([&super::super::policy::NOT_SEEN_YET])
+        {
             let series = format!("stowage_extender_nodes_filtered_total{{reason=\"{reason}\"}}");
             assert_eq!(value(&text, &series), Some(0.0), "{series}\n{text}");
         }

@@ -205,10 +205,14 @@ pub struct PlannedNode<'a> {
 /// What a pod asks of stowage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodDemand {
-    /// The pod has no unbound claim of a `local.stowage.io` class, or one of its claims or
-    /// their classes is not in the cache yet: the extender lets every node pass and leaves
-    /// the pod to the scheduler's own volume checks.
+    /// The pod has no unbound claim of a `local.stowage.io` class: the extender lets every
+    /// node pass and leaves the pod to the scheduler's own volume checks.
     NotOurs,
+    /// One of the pod's claims, or its class, is not in the index yet: the watch is behind
+    /// the scheduler (a pod is often scheduled milliseconds after its claims are created).
+    /// The extender turns every node down for now, as unschedulable, and the scheduler
+    /// tries again after its back-off; letting the pod pass would place it capacity-blind.
+    Unseen(String),
     /// The pod's unbound local claims, summed per pool.
     Demand {
         /// Bytes needed per pool.
@@ -821,6 +825,17 @@ impl ClusterIndex {
         self.classes.get(name)
     }
 
+    /// The path of pool `pool` on node `node`, as its StorageNode's status reports it.
+    pub fn pool_path(&self, node: &str, pool: &str) -> Option<String> {
+        self.nodes
+            .get(node)?
+            .as_ref()?
+            .pools
+            .iter()
+            .find(|p| p.name == pool)
+            .map(|p| p.path.clone())
+    }
+
     /// Whether a StorageNode called `name` is cached.
     pub fn has_storage_node(&self, name: &str) -> bool {
         self.nodes.contains_key(name)
@@ -1117,13 +1132,19 @@ impl ClusterIndex {
                 .lookup(namespace)
                 .and_then(|ns| self.claims.get(&(ns, claim_name.as_str().into())))
             else {
-                return Ok(PodDemand::NotOurs);
+                return Ok(PodDemand::Unseen(format!(
+                    "claim {namespace}/{claim_name} is not in stowage's view yet"
+                )));
             };
             // A claim without a class (static binding) is not ours; one whose class is not
-            // cached yet might be, so the whole pod passes through until it is.
+            // cached yet might be.
             match claim.class.map(|c| self.syms.text(c)) {
                 None | Some("") => continue,
-                Some(c) if !self.classes.contains_key(c) => return Ok(PodDemand::NotOurs),
+                Some(c) if !self.classes.contains_key(c) => {
+                    return Ok(PodDemand::Unseen(format!(
+                        "StorageClass {c} of claim {namespace}/{claim_name} is not in stowage's view yet"
+                    )));
+                }
                 Some(_) => {}
             }
             let Some(local) = self.local_claim((namespace, &claim_name), claim, &mut params)?

@@ -4,7 +4,9 @@
 //! unresolvable (evicting pods frees no storage). Prioritize scores by the class's
 //! placement, normalized over the candidates, and counts the pods it has just scored on the
 //! nodes it put first until their `selected-node` arrives ([`super::inflight`]). Pods
-//! without local claims, or whose claims are not cached yet, pass through.
+//! without local claims pass through; a pod whose claims (or their classes) the index has
+//! not seen yet is turned down on every node for now, so that the scheduler retries it
+//! rather than placing it capacity-blind.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -113,6 +115,9 @@ impl StowagePolicy {
     }
 }
 
+/// The metrics label of nodes turned down because the pod's claims are not in the index yet.
+pub const NOT_SEEN_YET: &str = "not_seen_yet";
+
 /// The key a pod's guess is kept under: its uid, or `namespace/name` for a pod without one.
 fn pod_key(pod: &Pod) -> String {
     match &pod.metadata.uid {
@@ -133,6 +138,15 @@ impl Policy for StowagePolicy {
         let (demand, holds) = match index.pod_demand(pod) {
             Err(e) => return FilterVerdict::Error(e.to_string().into()),
             Ok(PodDemand::NotOurs) => return FilterVerdict::PassThrough,
+            Ok(PodDemand::Unseen(what)) => {
+                let reason = format!("{what}; the scheduler will try again");
+                return FilterVerdict::Reject(
+                    nodes
+                        .iter()
+                        .map(|&node| Rejection::unschedulable(node, NOT_SEEN_YET, reason.clone()))
+                        .collect(),
+                );
+            }
             Ok(PodDemand::Demand {
                 demand,
                 exclude_own_reservations,

@@ -55,6 +55,11 @@ pub enum Plan {
     },
     /// The agent has not made the volume yet.
     WaitForVolume,
+    /// The agent reported the volume at a path its pool does not give: no PV, and tell.
+    BadPath {
+        /// Why, for the Event.
+        message: String,
+    },
     /// The agent failed to make the volume (it retries); tell the user.
     VolumeFailed {
         /// The agent's message.
@@ -79,6 +84,9 @@ pub struct View<'a> {
     pub volume: Option<LocalVolume>,
     /// The PersistentVolume `pvc-<uid>`, if any.
     pub pv: Option<PersistentVolume>,
+    /// The path of the LocalVolume's pool on its node, as that node's StorageNode reports
+    /// it; a Ready LocalVolume's path must be this joined with its name.
+    pub pool_path: Option<String>,
 }
 
 /// PURE: the next provisioning step for an unbound claim of ours with a selected node.
@@ -105,10 +113,15 @@ pub fn plan(view: View<'_>) -> Plan {
         }
         let status = lv.status.clone().unwrap_or_default();
         return match (status.phase, status.path) {
-            (LocalVolumePhase::Ready, Some(path)) if !path.is_empty() => Plan::CreatePv {
-                volume: Box::new(lv),
-                path,
-            },
+            (LocalVolumePhase::Ready, Some(path)) if !path.is_empty() => {
+                match volume::check_path(&path, view.pool_path.as_deref(), &lv.name_any()) {
+                    Ok(()) => Plan::CreatePv {
+                        volume: Box::new(lv),
+                        path,
+                    },
+                    Err(message) => Plan::BadPath { message },
+                }
+            }
             (LocalVolumePhase::Failed, _) => Plan::VolumeFailed {
                 message: status
                     .message
@@ -217,18 +230,20 @@ pub fn names_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bo
         .is_some_and(|p| p == provisioner)
 }
 
-/// Whether the controller may provision this claim of one of its classes now: the
-/// provisioner annotation names it (the GA key if present, else the beta one), or there is
-/// none yet and the scheduler has selected a node.
+/// Whether the controller may start on this claim of one of its classes: the provisioner
+/// annotation names it (the GA key if present, else the beta one), or there is none yet and
+/// the scheduler has selected a node.
 ///
-/// Not waiting for kube-controller-manager to write the annotation is safe: with
-/// WaitForFirstConsumer, kube-scheduler sets `selected-node` only once it has decided that
-/// the claim is to be provisioned dynamically (it binds a matching static PV instead where
-/// one exists), and the class already names this provisioner. The annotation arrives at
-/// kube-controller-manager's pace (20 requests/s by default: seconds into a burst). A claim
-/// whose annotation names another provisioner is left alone. Should a static PV appear
-/// after the scheduler's decision and the PV controller bind the claim to it, the PV made
-/// here is never bound and is released like any other.
+/// Starting before kube-controller-manager writes the annotation (at its pace: 20
+/// requests/s by default, seconds into a burst) is safe for the LocalVolume, which only
+/// makes the agent prepare the directory: with WaitForFirstConsumer, kube-scheduler sets
+/// `selected-node` only once it has decided that the claim is to be provisioned
+/// dynamically, and the class names this provisioner. A claim whose annotation names
+/// another provisioner is left alone. The PV waits for the annotation
+/// ([`names_provisioner`]): the PV controller marks a PV `Released` when the claim it is
+/// pre-bound to is not in its own cache yet, which is filled only as its throttled worker
+/// gets to each claim, and the annotation is the sign that it has (seen on a real 1.19
+/// cluster: PVs made early were released, and their data deleted, within a second).
 pub fn may_provision(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
     let annotations = claim.metadata.annotations.as_ref();
     let named = annotations.and_then(|a| {
@@ -290,7 +305,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     // From the index: a PV or LocalVolume created a moment ago and not seen yet makes the
     // create below find it (409) and adopt it, so a stale view costs a request, not a
     // duplicate.
-    let (pv, lv) = {
+    let (pv, lv, pool_path) = {
         let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
         let pv = index.persistent_volume(&name);
         let lv = if pv.is_some() {
@@ -298,7 +313,10 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
         } else {
             index.local_volume(&name)
         };
-        (pv, lv)
+        let pool_path = lv
+            .as_ref()
+            .and_then(|lv| index.pool_path(&lv.spec.node_name, &lv.spec.pool));
+        (pv, lv, pool_path)
     };
     let params = ClassParams::from_class(&class).map_err(|e| e.to_string());
     let plan = plan(View {
@@ -307,6 +325,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
         node,
         volume: lv,
         pv,
+        pool_path,
     });
     tracing::debug!(claim = %claim_key(&claim), ?plan, "provisioning plan");
     execute(plan, &claim, &class, &ctx).await
@@ -369,6 +388,19 @@ async fn execute(
                 .await;
             Ok(Action::requeue(USER_ERROR_RETRY))
         }
+        Plan::BadPath { message } => {
+            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            tracing::error!(claim = %claim_key(claim), error = %message, "refused a volume path");
+            ctx.recorder
+                .record(
+                    &object,
+                    EventType::Warning,
+                    reasons::PROVISIONING_FAILED,
+                    &message,
+                )
+                .await;
+            Ok(Action::requeue(USER_ERROR_RETRY))
+        }
         Plan::VolumeFailed { message } => {
             ctx.metrics.provisions.with_label_values(&["failed"]).inc();
             let text = format!(
@@ -386,7 +418,15 @@ async fn execute(
             Ok(Action::requeue(RESYNC))
         }
         Plan::Place { node, volume } => place(claim, &node, *volume, ctx).await,
-        Plan::CreatePv { volume, path } => create_pv(claim, class, &volume, &path, ctx).await,
+        Plan::CreatePv { volume, path } => {
+            if !names_provisioner(claim, &ctx.config.provisioner) {
+                // The volume is ready; the PV waits until the PV controller has seen the
+                // claim (see `may_provision`). The annotation's arrival wakes this claim.
+                tracing::debug!(claim = %claim_key(claim), "volume ready; waiting for the provisioner annotation");
+                return Ok(Action::await_change());
+            }
+            create_pv(claim, class, &volume, &path, ctx).await
+        }
     }
 }
 

@@ -145,6 +145,27 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
     match plan {
         Plan::Nothing | Plan::WaitForVolume => Ok(()),
         Plan::DeleteVolume => {
+            // The step that deletes data: the PV controller's `Released` is checked against
+            // the claim itself first. It can be wrong: the PV controller calls a PV Released
+            // when the claim it is pre-bound to is missing from its own cache, which is filled
+            // only as its throttled worker reaches each claim.
+            if let Some(claim) = claim_still_wants(pv, ctx).await? {
+                tracing::warn!(volume = %name, claim, "PV is Released but its claim still exists and is not bound elsewhere; its data is kept");
+                ctx.recorder
+                    .record(
+                        &pv.object_ref(&()),
+                        EventType::Warning,
+                        reasons::VOLUME_FAILED_DELETE,
+                        &format!(
+                            "the PV controller marked volume {name} Released, but its claim {claim} \
+                             still exists with the same uid and is bound to no other volume: the data \
+                             is kept. Delete the claim to release it, or set the PV's status.phase \
+                             back to Available so that the claim binds"
+                        ),
+                    )
+                    .await;
+                return Ok(());
+            }
             let api: Api<LocalVolume> = Api::all(ctx.client.clone());
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
@@ -275,6 +296,36 @@ pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Re
             }
         }
     }
+}
+
+/// The claim (`namespace/name`) `pv` was made for, if it still exists on the API server
+/// with the uid of the PV's claim reference and is not bound to another volume: then the
+/// PV is still that claim's, whatever its phase says.
+async fn claim_still_wants(pv: &PersistentVolume, ctx: &Context) -> Result<Option<String>> {
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return Ok(None);
+    };
+    let (Some(ns), Some(claim_name), Some(uid)) = (&r.namespace, &r.name, &r.uid) else {
+        return Ok(None);
+    };
+    let key = format!("{ns}/{claim_name}");
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let claim =
+        api.get_opt(claim_name)
+            .await
+            .map_err(Error::api("get", "PersistentVolumeClaim", &key))?;
+    let Some(claim) = claim else {
+        return Ok(None);
+    };
+    let same = claim.metadata.uid.as_deref() == Some(uid.as_str());
+    let bound_to = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|v| !v.is_empty());
+    let elsewhere = bound_to.is_some_and(|v| v != pv.name_any());
+    let deleting = claim.metadata.deletion_timestamp.is_some();
+    Ok((same && !elsewhere && !deleting).then_some(key))
 }
 
 /// Reports a PV whose node has no Node object for longer than the grace; returns when to

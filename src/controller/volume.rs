@@ -57,6 +57,45 @@ pub fn volume_name(uid: &str) -> String {
     format!("{LOCAL_VOLUME_PREFIX}{uid}")
 }
 
+/// Where the volume `name` must be on a node whose pool is at `pool_path`: the pool path
+/// joined with the name. `None` when the pool path is not an absolute, normalised path
+/// (`.`, `..` or empty components), which no agent reports for a real pool.
+pub fn expected_path(pool_path: &str, name: &str) -> Option<String> {
+    let pool = pool_path.strip_suffix('/').unwrap_or(pool_path);
+    let normal = pool.starts_with('/')
+        && pool
+            .split('/')
+            .skip(1)
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    (normal || pool.is_empty() && pool_path == "/").then(|| format!("{pool}/{name}"))
+}
+
+/// Checks the path an agent reported for volume `name` against the one the pool it is in
+/// must give ([`expected_path`]). The PV stowage makes mounts that path read-write into the
+/// claim's pods, and LocalVolume status is written by agents, so it is never taken on trust:
+/// an agent (or whoever holds its token) could otherwise aim a volume at `/` or at another
+/// tenant's data. The error is the Event message.
+pub fn check_path(reported: &str, pool_path: Option<&str>, name: &str) -> Result<(), String> {
+    let Some(pool_path) = pool_path else {
+        return Err(format!(
+            "volume {name} is reported at {reported}, but its node's StorageNode reports no \
+             such pool; no PV is made until the node's agent reports the pool"
+        ));
+    };
+    match expected_path(pool_path, name) {
+        Some(expected) if expected == reported => Ok(()),
+        Some(expected) => Err(format!(
+            "volume {name} is reported at {reported:?}, but a volume of pool {pool_path:?} \
+             must be at {expected:?}; no PV is made for a path stowage did not choose \
+             (see SECURITY.md)"
+        )),
+        None => Err(format!(
+            "volume {name}: the node's pool path {pool_path:?} is not an absolute, \
+             normalised path; no PV is made"
+        )),
+    }
+}
+
 /// Validates what `claim` asks for; see the module docs for what is supported.
 pub fn request(claim: &PersistentVolumeClaim) -> Result<Request, Unsupported> {
     let spec = claim.spec.clone().unwrap_or_default();

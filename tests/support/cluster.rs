@@ -41,7 +41,8 @@ pub async fn report_storage_node(
         pools: vec![PoolStatus {
             name: "default".into(),
             driver: "btrfs".into(),
-            path: "/var/lib/stowage".into(),
+            // Where the in-test agents put volumes: `/pools/<pool>/<name>`.
+            path: "/pools/default".into(),
             capacity_bytes: capacity,
             allocatable_bytes: capacity,
             allocated_bytes: 0,

@@ -60,6 +60,7 @@ fn view<'a>(
         node: "n1",
         volume: lv,
         pv,
+        pool_path: Some("/p".into()),
     }
 }
 
@@ -159,6 +160,60 @@ fn objects_made_for_another_uid_are_conflicts_not_adopted() {
         plan(view(&c, Some(lv), None)),
         Plan::Conflict("LocalVolume")
     );
+}
+
+#[test]
+fn a_ready_volume_must_be_where_its_pool_puts_it_or_no_pv_is_made() {
+    let c = claim("u1", &[]);
+    let name = volume::volume_name("u1");
+    let ready_at = |path: &str| Some(lv_for(&c, LocalVolumePhase::Ready, Some(path)));
+    assert!(matches!(
+        plan(view(&c, ready_at(&format!("/p/{name}")), None)),
+        Plan::CreatePv { .. }
+    ));
+    // What another node's agent (or its stolen token) could write into the status.
+    for hostile in [
+        "/".to_string(),
+        "/p".to_string(),
+        "/p/pvc-someone-else".to_string(),
+        format!("/p/../etc/{name}"),
+        format!("/p/./{name}"),
+        format!("/p//{name}"),
+        format!("/q/{name}"),
+        format!("p/{name}"),
+        format!("/p/{name}/.."),
+    ] {
+        match plan(view(&c, ready_at(&hostile), None)) {
+            Plan::BadPath { message } => {
+                assert!(message.contains(&name), "{message}");
+                assert!(message.contains("no PV is made"), "{message}");
+            }
+            other => panic!("{hostile}: {other:?}"),
+        }
+    }
+    // The node's StorageNode does not report the pool: no PV either.
+    let unknown = View {
+        pool_path: None,
+        ..view(&c, ready_at(&format!("/p/{name}")), None)
+    };
+    let verdict = plan(unknown);
+    assert!(
+        matches!(&verdict, Plan::BadPath { message } if message.contains("no such pool")),
+        "{verdict:?}"
+    );
+    // A pool path that is not normalised gives no valid volume path at all.
+    for pool in ["relative", "/a/../b", "/a/./b", "", "/a//b"] {
+        let odd = View {
+            pool_path: Some(pool.into()),
+            ..view(&c, ready_at(&format!("{pool}/{name}")), None)
+        };
+        assert!(matches!(plan(odd), Plan::BadPath { .. }), "{pool:?}");
+    }
+    assert_eq!(
+        volume::expected_path("/var/lib/stowage/pools/default/", &name),
+        Some(format!("/var/lib/stowage/pools/default/{name}"))
+    );
+    assert_eq!(volume::expected_path("/", &name), Some(format!("/{name}")));
 }
 
 #[test]
