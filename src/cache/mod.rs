@@ -1054,21 +1054,10 @@ impl ClusterIndex {
     /// LocalVolume. What an in-flight guess of the extender stands in for until the
     /// scheduler's `selected-node` arrives ([`inflight`]).
     pub fn pod_unplaced(&self, pod: &Pod) -> Vec<inflight::GuessedClaim> {
-        let Some(spec) = &pod.spec else {
-            return Vec::new();
-        };
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        let (namespace, claims) = pod_claims(pod);
         let mut params = ParamsCache::default();
         let mut out = Vec::new();
-        for volume in spec.volumes.iter().flatten() {
-            let claim_name = if let Some(pvc) = &volume.persistent_volume_claim {
-                pvc.claim_name.clone()
-            } else if volume.ephemeral.is_some() {
-                format!("{pod_name}-{}", volume.name)
-            } else {
-                continue;
-            };
+        for claim_name in claims {
             let Some(claim) = self
                 .syms
                 .lookup(namespace)
@@ -1110,23 +1099,12 @@ impl ClusterIndex {
 
     /// What `pod` asks of stowage; see [`PodDemand`].
     pub fn pod_demand(&self, pod: &Pod) -> Result<PodDemand, DemandError> {
-        let Some(spec) = &pod.spec else {
-            return Ok(PodDemand::NotOurs);
-        };
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        let (namespace, claims) = pod_claims(pod);
         let mut demand = Demand::new();
         let mut placement = None;
         let mut holds = Vec::new();
         let mut params = ParamsCache::default();
-        for volume in spec.volumes.iter().flatten() {
-            let claim_name = if let Some(pvc) = &volume.persistent_volume_claim {
-                pvc.claim_name.clone()
-            } else if volume.ephemeral.is_some() {
-                format!("{pod_name}-{}", volume.name)
-            } else {
-                continue;
-            };
+        for claim_name in claims {
             let Some(claim) = self
                 .syms
                 .lookup(namespace)
@@ -1307,6 +1285,29 @@ pub fn credit(node: &mut NodeState, holds: &[OwnHold]) {
             *slot = slot.saturating_sub(h.bytes);
         }
     }
+}
+
+/// The pod's namespace and the names of the claims it mounts, in `spec.volumes` order:
+/// `persistentVolumeClaim` volumes, and generic ephemeral volumes (`<pod>-<volume>`).
+fn pod_claims(pod: &Pod) -> (&str, Vec<String>) {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let claims = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|volume| {
+            if let Some(pvc) = &volume.persistent_volume_claim {
+                Some(pvc.claim_name.clone())
+            } else {
+                volume
+                    .ephemeral
+                    .is_some()
+                    .then(|| format!("{pod_name}-{}", volume.name))
+            }
+        })
+        .collect();
+    (namespace, claims)
 }
 
 /// Bytes per node, then per pool.

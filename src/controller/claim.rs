@@ -375,22 +375,10 @@ async fn execute(
                 .await;
             Err(error)
         }
-        Plan::Refuse(message) => {
+        // A person has to act: counted as failed, told on the claim, looked at again slowly.
+        Plan::Refuse(message) | Plan::BadPath { message } => {
             ctx.metrics.provisions.with_label_values(&["failed"]).inc();
-            tracing::info!(claim = %claim_key(claim), %message, "claim refused");
-            ctx.recorder
-                .record(
-                    &object,
-                    EventType::Warning,
-                    reasons::PROVISIONING_FAILED,
-                    &message,
-                )
-                .await;
-            Ok(Action::requeue(USER_ERROR_RETRY))
-        }
-        Plan::BadPath { message } => {
-            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
-            tracing::error!(claim = %claim_key(claim), error = %message, "refused a volume path");
+            tracing::warn!(claim = %claim_key(claim), %message, "claim refused");
             ctx.recorder
                 .record(
                     &object,
