@@ -207,8 +207,7 @@ async fn run(
             ..Options::default()
         },
     )
-    .await
-    .expect("the harness starts");
+    .await;
     let timeline: Shared = Arc::default();
     let watches = watch(&env, timeline.clone()).await;
 

@@ -19,6 +19,15 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A real control plane of the test's own; these tests mean nothing on the in-memory server.
+async fn real_cluster() -> Cluster {
+    assert!(
+        real::lane_is_real(),
+        "this test needs STOWAGE_E2E=real (run it through scripts/test-real)"
+    );
+    Cluster::start().await.unwrap()
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new("kubectl")
         .arg("--kubeconfig")
@@ -40,11 +49,7 @@ fn text(out: &Output) -> String {
 #[tokio::test]
 #[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
 async fn deploy_applies_whole_on_a_real_apiserver_and_again_after_a_crd_change() {
-    assert!(
-        real::lane_is_real(),
-        "this test needs STOWAGE_E2E=real (run it through scripts/test-real)"
-    );
-    let cluster = Cluster::start().await.unwrap();
+    let cluster = real_cluster().await;
     let kubeconfig = cluster.kubeconfig().to_path_buf();
 
     let first = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
@@ -112,11 +117,7 @@ async fn deploy_applies_whole_on_a_real_apiserver_and_again_after_a_crd_change()
 #[tokio::test]
 #[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
 async fn the_optional_pdb_applies_as_its_header_says_for_the_server_version() {
-    assert!(
-        real::lane_is_real(),
-        "this test needs STOWAGE_E2E=real (run it through scripts/test-real)"
-    );
-    let cluster = Cluster::start().await.unwrap();
+    let cluster = real_cluster().await;
     let kubeconfig = cluster.kubeconfig().to_path_buf();
     let ns = kubectl(&kubeconfig, &["apply", "-f", "deploy/namespace.yaml"]);
     assert!(ns.status.success(), "{}", text(&ns));

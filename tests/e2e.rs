@@ -36,14 +36,11 @@ use support::stack::{Env, GI, MI, NS, Options, mix, mix_claims, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directories() {
-    let Some(env) = Env::start(
+    let env = Env::start(
         &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
         Options::default(),
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     let plan = mix(60, 7);
     let total_claims: usize = plan.iter().map(Vec::len).sum();
     let names: Vec<String> = (0..plan.len()).map(|i| format!("burst{i:02}")).collect();
@@ -114,14 +111,11 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binpack_fills_the_fullest_node_that_fits_first() {
-    let Some(env) = Env::start(
+    let env = Env::start(
         &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
         Options::default(),
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     // Pre-fill: n2 half full, n1 a quarter (pinned with a node selector).
     for (name, node, mib) in [("fill-n2", "n2", 3072), ("fill-n1", "n1", 1024)] {
         env.claims()
@@ -172,14 +166,11 @@ async fn binpack_fills_the_fullest_node_that_fits_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
-    let Some(env) = Env::start(
+    let env = Env::start(
         &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
         Options::default(),
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     env.pod("huge", "local", &[9 * 1024]).await;
     // The first attempts may fail for a claim the extender's cache has not seen yet
     // ("persistentvolumeclaim not found"), as with a real kube-scheduler; the retries must
@@ -242,9 +233,7 @@ async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
-    let Some(env) = Env::start(&[("n1", 4 * GI), ("n2", 6 * GI)], Options::default()).await else {
-        return;
-    };
+    let env = Env::start(&[("n1", 4 * GI), ("n2", 6 * GI)], Options::default()).await;
     let cases = [
         ("del", "local"),
         ("arc", "local-archive"),
@@ -377,14 +366,11 @@ async fn kill_mid_burst(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_leaks_nothing() {
-    let Some(mut env) = Env::start(
+    let mut env = Env::start(
         &[("n1", 8 * GI), ("n2", 10 * GI), ("n3", 12 * GI)],
         Options::default(),
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     const TOTAL: usize = 200;
     let plan = mix_claims(TOTAL, 11);
     assert_eq!(plan.iter().map(Vec::len).sum::<usize>(), TOTAL);
@@ -623,7 +609,7 @@ async fn expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit() {
     else {
         return;
     };
-    let Some(env) = Env::start(
+    let env = Env::start(
         &[("n1", 512 * MI)],
         Options {
             btrfs_nodes: vec!["n1"],
@@ -631,10 +617,7 @@ async fn expanding_a_bound_claim_on_btrfs_raises_its_qgroup_limit() {
             ..Options::default()
         },
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     let pool_dir = env.agent("n1").pool_dir.clone();
     kube::Api::<StorageClass>::all(env.client.clone())
         .create(
@@ -808,17 +791,14 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
     let Some((prometheus, promtool)) = prometheus_tools() else {
         return;
     };
-    let Some(env) = Env::start(
+    let env = Env::start(
         &[("n1", 4 * GI), ("n2", 6 * GI)],
         Options {
             nfs: vec!["10.0.0.11", "10.0.0.12"],
             ..Options::default()
         },
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     // A small run so counters and histograms have samples: local volumes provisioned and
     // deleted, an NFS volume, and a pod nothing fits.
     let names: Vec<String> = (0..4).map(|i| format!("p{i}")).collect();

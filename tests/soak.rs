@@ -44,7 +44,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_CLAIMS);
     let started = Instant::now();
-    let Some(mut env) = Env::start(
+    let mut env = Env::start(
         &[
             ("n1", 3 * GI),
             ("n2", 3 * GI),
@@ -65,10 +65,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
             ..Options::default()
         },
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     let seed: u64 = std::env::var("STOWAGE_SOAK_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

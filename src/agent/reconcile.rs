@@ -183,23 +183,10 @@ impl Context {
     /// instead of dropping someone else's finalizer; the retry sees the new list.
     async fn release(&self, lv: &LocalVolume) -> Result<(), Error> {
         let name = lv.name_any();
-        let Some(index) = lv
-            .finalizers()
-            .iter()
-            .position(|f| f == FINALIZER_AGENT_CLEANUP)
+        let Some(patch) = crate::api::remove_finalizer(lv.finalizers(), FINALIZER_AGENT_CLEANUP)
         else {
             return Ok(());
         };
-        let pointer = format!("/metadata/finalizers/{index}");
-        let patch: json_patch::Patch = serde_json::from_value(json!([
-            { "op": "test", "path": pointer, "value": FINALIZER_AGENT_CLEANUP },
-            { "op": "remove", "path": pointer },
-        ]))
-        .map_err(|e| Error::Kube {
-            volume: name.clone(),
-            what: "build the finalizer patch",
-            source: kube::Error::SerdeError(e),
-        })?;
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER_AGENT.to_string()),
             ..PatchParams::default()

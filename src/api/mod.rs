@@ -108,6 +108,33 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     Ok(docs.join("---\n"))
 }
 
+/// A JSON patch that removes the value at `tokens` (`["metadata", "annotations", key]`, say)
+/// only if it still is `expected`: a concurrent change fails the patch with 422 instead of
+/// being undone or dropping someone else's entry. Needs no resourceVersion, so writers of
+/// other fields do not make it conflict. The tokens are escaped as JSON pointers need.
+pub fn remove_if(tokens: &[&str], expected: &str) -> json_patch::Patch {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{PatchOperation, RemoveOperation, TestOperation};
+    let path = PointerBuf::from_tokens(tokens.iter().copied());
+    json_patch::Patch(vec![
+        PatchOperation::Test(TestOperation {
+            path: path.clone(),
+            value: serde_json::Value::from(expected),
+        }),
+        PatchOperation::Remove(RemoveOperation { path }),
+    ])
+}
+
+/// [`remove_if`] for `finalizer` in `finalizers` (an object's `metadata.finalizers`): the
+/// entry at its index, tested; `None` when the list does not hold it.
+pub fn remove_finalizer(finalizers: &[String], finalizer: &str) -> Option<json_patch::Patch> {
+    let index = finalizers.iter().position(|f| f == finalizer)?;
+    Some(remove_if(
+        &["metadata", "finalizers", &index.to_string()],
+        finalizer,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +269,30 @@ mod tests {
         assert_eq!(found, Vec::<String>::new(), "defaults under status");
         // Spec defaults stay: they are what a person who writes a spec gets.
         assert_eq!(spec_defaults, ["spec.properties.onDelete"]);
+    }
+
+    #[test]
+    fn removals_test_the_entry_first_and_escape_keys() {
+        let patch = remove_if(
+            &["metadata", "annotations", names::ANNOTATION_SELECTED_NODE],
+            "n1",
+        );
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/annotations/volume.kubernetes.io~1selected-node", "value": "n1"},
+                {"op": "remove", "path": "/metadata/annotations/volume.kubernetes.io~1selected-node"},
+            ])
+        );
+        let fins = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            serde_json::to_value(remove_finalizer(&fins, "b").unwrap()).unwrap(),
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": "b"},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ])
+        );
+        assert!(remove_finalizer(&fins, "c").is_none());
     }
 
     #[test]

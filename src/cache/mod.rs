@@ -452,12 +452,10 @@ impl ClusterIndex {
     /// [`ClusterIndex::note_local_volume`] for a claim this process has just written.
     pub fn note_claim(&mut self, claim: PersistentVolumeClaim) {
         let old = self
-            .syms
-            .lookup(claim.metadata.namespace.as_deref().unwrap_or_default())
-            .and_then(|ns| {
-                let name = claim.metadata.name.as_deref().unwrap_or_default();
-                self.claims.get(&(ns, Box::from(name)))
-            })
+            .claim_row(
+                claim.metadata.namespace.as_deref().unwrap_or_default(),
+                claim.metadata.name.as_deref().unwrap_or_default(),
+            )
             .map(|row| &row.rv);
         if newer(old, claim.metadata.resource_version.as_deref()) {
             self.apply_claim(claim);
@@ -618,10 +616,14 @@ impl ClusterIndex {
 
     /// The claim `namespace/name` ([`ClaimRow::FIELDS`]).
     pub fn claim(&self, namespace: &str, name: &str) -> Option<PersistentVolumeClaim> {
-        let ns = self.syms.lookup(namespace)?;
-        self.claims
-            .get(&(ns, Box::from(name)))
+        self.claim_row(namespace, name)
             .map(|row| row.to_object(namespace, name, &self.syms))
+    }
+
+    /// The row of claim `namespace/name`.
+    fn claim_row(&self, namespace: &str, name: &str) -> Option<&ClaimRow> {
+        let ns = self.syms.lookup(namespace)?;
+        self.claims.get(&(ns, Box::from(name)))
     }
 
     /// The namespace and name of every claim.
@@ -1058,11 +1060,7 @@ impl ClusterIndex {
         let mut params = ParamsCache::default();
         let mut out = Vec::new();
         for claim_name in claims {
-            let Some(claim) = self
-                .syms
-                .lookup(namespace)
-                .and_then(|ns| self.claims.get(&(ns, claim_name.as_str().into())))
-            else {
+            let Some(claim) = self.claim_row(namespace, &claim_name) else {
                 continue;
             };
             let Ok(Some(local)) = self.local_claim((namespace, &claim_name), claim, &mut params)
@@ -1084,17 +1082,14 @@ impl ClusterIndex {
     /// Whether claim `namespace/name` exists and nothing holds it yet (see
     /// [`ClusterIndex::pod_unplaced`]).
     pub fn claim_unplaced(&self, namespace: &str, name: &str) -> bool {
-        let Some(claim) = self
-            .syms
-            .lookup(namespace)
-            .and_then(|ns| self.claims.get(&(ns, name.into())))
-        else {
+        let Some(claim) = self.claim_row(namespace, name) else {
             return false;
         };
+        let volume = Name::for_uid(&claim.uid);
         claim.volume_name.is_none()
             && claim.selected_node.is_none()
-            && !self.volumes.contains_key(&Name::for_uid(&claim.uid))
-            && !self.assumed.contains_key(&Name::for_uid(&claim.uid))
+            && !self.volumes.contains_key(&volume)
+            && !self.assumed.contains_key(&volume)
     }
 
     /// What `pod` asks of stowage; see [`PodDemand`].
@@ -1105,11 +1100,7 @@ impl ClusterIndex {
         let mut holds = Vec::new();
         let mut params = ParamsCache::default();
         for claim_name in claims {
-            let Some(claim) = self
-                .syms
-                .lookup(namespace)
-                .and_then(|ns| self.claims.get(&(ns, claim_name.as_str().into())))
-            else {
+            let Some(claim) = self.claim_row(namespace, &claim_name) else {
                 return Ok(PodDemand::Unseen(format!(
                     "claim {namespace}/{claim_name} is not in stowage's view yet"
                 )));

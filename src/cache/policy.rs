@@ -74,17 +74,30 @@ impl StowagePolicy {
         holds: &[OwnHold],
         f: impl FnOnce(&NodeState, Option<std::time::Duration>) -> R,
     ) -> Option<R> {
-        let (node, age) = index.node_view(name, now)?;
         if holds.iter().any(|h| h.node.as_str() == name) {
-            let mut node = NodeState {
-                heartbeat_age: age,
-                ..node.clone()
-            };
-            credit(&mut node, holds);
-            Some(f(&node, age))
+            let node = Self::node_copy(index, name, now, holds)?;
+            Some(f(&node, node.heartbeat_age))
         } else {
+            let (node, age) = index.node_view(name, now)?;
             Some(f(node, age))
         }
+    }
+
+    /// A copy of the node as this pod sees it: its heartbeat age set, and what the cluster
+    /// holds for the pod's own claims taken back.
+    fn node_copy(
+        index: &ClusterIndex,
+        name: &str,
+        now: Timestamp,
+        holds: &[OwnHold],
+    ) -> Option<NodeState> {
+        let (node, age) = index.node_view(name, now)?;
+        let mut node = NodeState {
+            heartbeat_age: age,
+            ..node.clone()
+        };
+        credit(&mut node, holds);
+        Some(node)
     }
 
     /// Checks one node. Nodes holding some of the pod's own claims are copied and credited
@@ -189,7 +202,8 @@ impl Policy for StowagePolicy {
         let now = (self.clock)();
         let key = pod_key(pod);
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        let guessed = inflight.load(&index, &key, Instant::now());
+        let started = Instant::now();
+        let guessed = inflight.load(&index, &key, started);
         let plan = index.fit_plan(&demand);
         let holds = &exclude_own_reservations;
         let rooms: Vec<Option<(u128, u128)>> = nodes
@@ -197,16 +211,13 @@ impl Policy for StowagePolicy {
             .map(|&node| {
                 let extra = guessed.get(node);
                 if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
-                    Self::with_node(&index, node, now, holds, |n, _| {
-                        let mut n = n.clone();
-                        for (pool, bytes) in extra.into_iter().flatten() {
-                            if let Some(p) = n.pool_mut(pool.as_str()) {
-                                p.reserved = p.reserved.saturating_add(*bytes);
-                            }
+                    let mut n = Self::node_copy(&index, node, now, holds)?;
+                    for (pool, bytes) in extra.into_iter().flatten() {
+                        if let Some(p) = n.pool_mut(pool.as_str()) {
+                            p.reserved = p.reserved.saturating_add(*bytes);
                         }
-                        room_after(&n, &demand)
-                    })
-                    .flatten()
+                    }
+                    room_after(&n, &demand)
                 } else {
                     plan.node(node).and_then(|n| n.room())
                 }
@@ -219,7 +230,7 @@ impl Policy for StowagePolicy {
             .collect();
         let (scores, top) = normalize(&rooms, placement, &ties);
         if let Some(top) = top {
-            inflight.record(&key, nodes[top], index.pod_unplaced(pod), Instant::now());
+            inflight.record(&key, nodes[top], index.pod_unplaced(pod), started);
         }
         nodes
             .iter()

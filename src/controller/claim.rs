@@ -18,7 +18,6 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
@@ -222,12 +221,7 @@ pub fn unfit_message(node: &str, unfit: &Unfit) -> String {
 /// Whether this claim names `provisioner`: the GA annotation if present, else the beta
 /// one (as sig-storage-lib-external-provisioner reads them).
 pub fn names_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
-    let Some(a) = claim.metadata.annotations.as_ref() else {
-        return false;
-    };
-    a.get(names::ANNOTATION_STORAGE_PROVISIONER)
-        .or_else(|| a.get(names::ANNOTATION_BETA_STORAGE_PROVISIONER))
-        .is_some_and(|p| p == provisioner)
+    provisioner_annotation(claim) == Some(provisioner)
 }
 
 /// Whether the controller may start on this claim of one of its classes: the provisioner
@@ -245,15 +239,19 @@ pub fn names_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bo
 /// gets to each claim, and the annotation is the sign that it has (seen on a real 1.19
 /// cluster: PVs made early were released, and their data deleted, within a second).
 pub fn may_provision(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
-    let annotations = claim.metadata.annotations.as_ref();
-    let named = annotations.and_then(|a| {
-        a.get(names::ANNOTATION_STORAGE_PROVISIONER)
-            .or_else(|| a.get(names::ANNOTATION_BETA_STORAGE_PROVISIONER))
-    });
-    match named {
+    match provisioner_annotation(claim) {
         Some(p) => p == provisioner,
         None => selected_node(claim).is_some(),
     }
+}
+
+/// The provisioner the claim's annotation names: the GA key if present, else the beta one
+/// (as sig-storage-lib-external-provisioner reads them).
+fn provisioner_annotation(claim: &PersistentVolumeClaim) -> Option<&str> {
+    let a = claim.metadata.annotations.as_ref()?;
+    a.get(names::ANNOTATION_STORAGE_PROVISIONER)
+        .or_else(|| a.get(names::ANNOTATION_BETA_STORAGE_PROVISIONER))
+        .map(String::as_str)
 }
 
 /// The claim's `selected-node`, if set and non-empty.
@@ -573,17 +571,10 @@ async fn reschedule(
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
     // A JSON patch whose `test` makes it conditional: if the scheduler has meanwhile picked
     // another node, that choice is not undone.
-    let path = format!(
-        "/metadata/annotations/{}",
-        names::ANNOTATION_SELECTED_NODE
-            .replace('~', "~0")
-            .replace('/', "~1")
+    let patch = crate::api::remove_if(
+        &["metadata", "annotations", names::ANNOTATION_SELECTED_NODE],
+        node,
     );
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": node},
-        {"op": "remove", "path": path},
-    ]))
-    .map_err(|e| Error::api("patch", "PersistentVolumeClaim", &key)(kube::Error::SerdeError(e)))?;
     match api
         .patch(
             &claim.name_any(),

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
@@ -257,22 +256,10 @@ pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Re
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let Some(index) = finalizers
-            .iter()
-            .position(|f| f == names::FINALIZER_PV_CLEANUP)
+        let Some(patch) = crate::api::remove_finalizer(&finalizers, names::FINALIZER_PV_CLEANUP)
         else {
             return Ok(false);
         };
-        let pointer = format!("/metadata/finalizers/{index}");
-        let patch: json_patch::Patch = serde_json::from_value(json!([
-            {"op": "test", "path": pointer, "value": names::FINALIZER_PV_CLEANUP},
-            {"op": "remove", "path": pointer},
-        ]))
-        .map_err(|e| {
-            Error::api("remove the finalizer of", "PersistentVolume", &name)(
-                kube::Error::SerdeError(e),
-            )
-        })?;
         match api
             .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await

@@ -96,9 +96,8 @@ pub struct Env {
 
 impl Env {
     /// Nodes `(name, pool capacity)`, each with an agent, the storage classes, the
-    /// controller and a scheduler. Always `Some`: the `Option` lets a test body read the
-    /// same on every lane.
-    pub async fn start(nodes: &[(&str, u64)], options: Options) -> Option<Env> {
+    /// controller and a scheduler.
+    pub async fn start(nodes: &[(&str, u64)], options: Options) -> Env {
         let cluster = Cluster::start().await.unwrap();
         cluster.install_crds(crds()).await.unwrap();
         let client = cluster.client();
@@ -224,19 +223,9 @@ impl Env {
         let controller = controller.spawn().unwrap();
 
         for a in &agents {
-            let port = a.port;
-            wait_for(
-                wait(),
-                &format!("agent {}'s /readyz is 200", a.name),
-                || {
-                    let path = "/readyz".to_string();
-                    async move { matches!(get(port, path).await, Some((200, _))) }
-                },
-            )
-            .await
-            .unwrap();
+            wait_ready(a.port, &format!("agent {}", a.name)).await;
         }
-        wait_controller_ready(controller_port).await;
+        wait_ready(controller_port, "the controller").await;
         // Every agent's report is in: the extender knows every node's pool.
         let sns: Api<StorageNode> = Api::all(client.clone());
         wait_for(wait(), "every StorageNode reports a ready pool", || async {
@@ -267,21 +256,21 @@ impl Env {
                 SchedulerConfig::with_extender(ExtenderConfig::new(extender)),
             ))
         };
-        Some(Env {
+        Env {
             scheduler,
             agents,
             controller,
             controller_port,
             cluster,
             client,
-        })
+        }
     }
 
     /// Restarts the controller (same arguments) after a [`Role::kill`] and waits until it
     /// is ready again.
     pub async fn restart_controller(&mut self) {
         self.controller.restart().unwrap();
-        wait_controller_ready(self.controller_port).await;
+        wait_ready(self.controller_port, "the controller").await;
     }
 
     /// Restarts the agent of `node` (same arguments; the environment as its [`Role`] now
@@ -289,14 +278,7 @@ impl Env {
     pub async fn restart_agent(&mut self, node: &str) {
         let agent = self.agents.iter_mut().find(|a| a.name == node).unwrap();
         agent.process.restart().unwrap();
-        let port = agent.port;
-        wait_for(
-            wait(),
-            &format!("agent {node}'s /readyz is 200"),
-            || async { matches!(get(port, "/readyz").await, Some((200, _))) },
-        )
-        .await
-        .unwrap();
+        wait_ready(agent.port, &format!("agent {node}")).await;
     }
 
     /// Creates a StorageClass of the local provisioner (WaitForFirstConsumer, reclaim
@@ -548,8 +530,9 @@ impl Env {
     }
 }
 
-async fn wait_controller_ready(port: u16) {
-    wait_for(wait(), "the controller's /readyz is 200", || async {
+/// Waits until the process listening on `port` (`who`) answers `/readyz` with 200.
+async fn wait_ready(port: u16, who: &str) {
+    wait_for(wait(), &format!("{who}'s /readyz is 200"), || async {
         matches!(get(port, "/readyz").await, Some((200, _)))
     })
     .await

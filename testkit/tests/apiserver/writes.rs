@@ -1105,14 +1105,20 @@ async fn claims_in_use_and_bound_volumes_are_protected_from_deletion_as_on_a_rea
     );
 
     // A Bound PV stays, deleting, until it is not Bound any more.
-    let mut bound = pvs.get("vol").await.unwrap();
-    bound.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
-        phase: Some("Bound".into()),
-        ..Default::default()
-    });
-    pvs.replace_status("vol", &PostParams::default(), &bound)
-        .await
-        .unwrap();
+    let set_phase = |phase: &'static str| {
+        let pvs = pvs.clone();
+        async move {
+            let mut pv = pvs.get("vol").await.unwrap();
+            pv.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            pvs.replace_status("vol", &PostParams::default(), &pv)
+                .await
+                .unwrap();
+        }
+    };
+    set_phase("Bound").await;
     pvs.delete("vol", &DeleteParams::default()).await.unwrap();
     assert!(
         pvs.get("vol")
@@ -1122,14 +1128,7 @@ async fn claims_in_use_and_bound_volumes_are_protected_from_deletion_as_on_a_rea
             .deletion_timestamp
             .is_some()
     );
-    let mut released = pvs.get("vol").await.unwrap();
-    released.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
-        phase: Some("Released".into()),
-        ..Default::default()
-    });
-    pvs.replace_status("vol", &PostParams::default(), &released)
-        .await
-        .unwrap();
+    set_phase("Released").await;
     assert!(
         pvs.get_opt("vol").await.unwrap().is_none(),
         "released once not Bound"
