@@ -229,6 +229,11 @@ impl AgentArgs {
                     match result {
                         Ok((obj, _)) => tracing::trace!(volume = %obj.name, "reconciled"),
                         Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                        // The object was deleted between being queued and being
+                        // reconciled: nothing is left to do, and nothing went wrong.
+                        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                            tracing::debug!(volume = %obj.name, "gone before its reconcile")
+                        }
                         Err(error) => tracing::warn!(error = %chain(&error), "controller"),
                     }
                 }),
