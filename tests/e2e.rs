@@ -25,6 +25,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete};
 use stowage::api::names;
 use stowage::api::storage_node::StorageNode;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
@@ -306,6 +307,139 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
     }
     // Removing the PVs' finalizers raced kube-controller-manager's writes on a real cluster
     // (409 on most deletions, each logged as a failure): no longer.
+    env.assert_clean_logs();
+}
+
+/// The Retain routine (delete the claim, then `kubectl delete pv`) keeps the data and its
+/// LocalVolume across a controller restart: for a class whose reclaim policy is Retain
+/// (whatever its `onDelete`), and for a PV an admin switched to Retain after it was bound.
+/// A LocalVolume orphaned by an interrupted provisioning is still collected: it is the
+/// sign that the restarted controller has looked at every LocalVolume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_retain_routine_keeps_data_and_record_across_a_controller_restart() {
+    let mut env = Env::start(&[("n1", 4 * GI)], Options::default()).await;
+    env.local_class_reclaim("local-retain", &[("onDelete", "archive")], "Retain", false)
+        .await;
+    env.pod("ret", "local-retain", &[32]).await;
+    env.pod("flip", "local", &[32]).await;
+    env.scheduled(&["ret".to_string(), "flip".to_string()])
+        .await;
+    let mut kept = Vec::new();
+    for prefix in ["ret", "flip"] {
+        let bound = env.all_bound(prefix, 1).await;
+        let pv = env.pvs().get(&bound[&format!("{prefix}-0")]).await.unwrap();
+        let (_, path) = Env::pv_node_and_path(&pv);
+        let file = PathBuf::from(&path).join("precious");
+        std::fs::write(&file, prefix).unwrap();
+        kept.push((pv.name_any(), file));
+    }
+    let lvs = env.lvs();
+    let (ret_pv, flip_pv) = (kept[0].0.clone(), kept[1].0.clone());
+    assert_eq!(
+        lvs.get(&ret_pv).await.unwrap().spec.on_delete,
+        OnDelete::Retain,
+        "a Retain class's volume retains, whatever its onDelete parameter"
+    );
+    // The admin switches the other PV to Retain; its LocalVolume follows.
+    env.pvs()
+        .patch(
+            &flip_pv,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": { "persistentVolumeReclaimPolicy": "Retain" }
+            })),
+        )
+        .await
+        .unwrap();
+    wait_for(wait(), "the switched PV's LocalVolume retains", || async {
+        lvs.get(&flip_pv).await.unwrap().spec.on_delete == OnDelete::Retain
+    })
+    .await
+    .unwrap();
+
+    env.delete_all("ret").await;
+    env.delete_all("flip").await;
+    let pvs = env.pvs();
+    wait_for(
+        wait(),
+        "both PVs are Released without our finalizer",
+        || async {
+            let mut done = true;
+            for (name, _) in &kept {
+                let pv = pvs.get(name).await.unwrap();
+                done &= pv.status.and_then(|s| s.phase).as_deref() == Some("Released")
+                    && !pv
+                        .metadata
+                        .finalizers
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|f| f == names::FINALIZER_PV_CLEANUP);
+            }
+            done
+        },
+    )
+    .await
+    .unwrap();
+    for (name, _) in &kept {
+        pvs.delete(name, &Default::default()).await.unwrap();
+    }
+    wait_for(wait(), "both PVs are gone", || async {
+        let mut gone = true;
+        for (name, _) in &kept {
+            gone &= pvs.get_opt(name).await.unwrap().is_none();
+        }
+        gone
+    })
+    .await
+    .unwrap();
+
+    // A new leader: the controller starts again and looks at every LocalVolume, among them
+    // one orphaned while it was down (its claim never existed, it has no PV).
+    env.controller.kill();
+    let mut orphan = LocalVolume::new(
+        "pvc-00000000-0000-0000-0000-00000000dead",
+        LocalVolumeSpec {
+            node_name: "n1".into(),
+            pool: "default".into(),
+            size_bytes: 32 * MI,
+            claim: ClaimRef {
+                namespace: NS.into(),
+                name: "never".into(),
+                uid: "00000000-0000-0000-0000-00000000dead".into(),
+            },
+            on_delete: OnDelete::Delete,
+        },
+    );
+    orphan.metadata.labels = Some(
+        [
+            (names::LABEL_NODE.to_string(), "n1".to_string()),
+            (names::LABEL_POOL.to_string(), "default".to_string()),
+        ]
+        .into(),
+    );
+    orphan.metadata.finalizers = Some(vec![names::FINALIZER_AGENT_CLEANUP.to_string()]);
+    lvs.create(&PostParams::default(), &orphan).await.unwrap();
+    env.restart_controller().await;
+    wait_for(wait(), "the orphaned LocalVolume is collected", || async {
+        lvs.get_opt(&orphan.name_any()).await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    // The collection runs over the initial list; give its other items a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, file) in &kept {
+        let lv = lvs.get_opt(name).await.unwrap();
+        assert!(
+            lv.as_ref()
+                .is_some_and(|l| l.metadata.deletion_timestamp.is_none()),
+            "{name}: the LocalVolume of retained data stays: {lv:?}"
+        );
+        assert!(
+            file.is_file(),
+            "{name}: the retained data stays at {}",
+            file.display()
+        );
+    }
     env.assert_clean_logs();
 }
 

@@ -9,6 +9,10 @@
 //! ```
 //!
 //! Any other key is refused: a misspelt `ondelete: retain` must not silently delete data.
+//!
+//! A class with `reclaimPolicy: Retain` gets `onDelete: retain` whatever its parameter
+//! says: its PVs are never released by stowage, so the only way their LocalVolume goes is
+//! an admin deleting it, and that must not take the data an admin chose to keep.
 
 use k8s_openapi::api::storage::v1::StorageClass;
 
@@ -31,7 +35,8 @@ pub struct ClassParams {
     pub pool: PoolName,
     /// How the class's volumes are placed.
     pub placement: Placement,
-    /// What the agent does with a volume's data once its PersistentVolume is deleted.
+    /// What the agent does with a volume's data once its PersistentVolume is deleted:
+    /// always [`OnDelete::Retain`] for a class whose reclaim policy is Retain.
     pub on_delete: OnDelete,
 }
 
@@ -104,10 +109,15 @@ impl ClassParams {
                 ));
             }
         };
+        let retain_class = class.reclaim_policy.as_deref() == Some("Retain");
         Ok(Self {
             pool: PoolName(pool),
             placement,
-            on_delete,
+            on_delete: if retain_class {
+                OnDelete::Retain
+            } else {
+                on_delete
+            },
         })
     }
 }
@@ -149,6 +159,27 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_retain_class_always_retains_the_data() {
+        for param in [
+            &[][..],
+            &[("onDelete", "delete")],
+            &[("onDelete", "archive")],
+        ] {
+            let mut c = class(param);
+            c.reclaim_policy = Some("Retain".into());
+            let p = ClassParams::from_class(&c).unwrap();
+            assert_eq!(p.on_delete, OnDelete::Retain, "{param:?}");
+            c.reclaim_policy = Some("Delete".into());
+            let p = ClassParams::from_class(&c).unwrap();
+            assert_ne!(p.on_delete, OnDelete::Retain, "{param:?}");
+        }
+        // A bad parameter is still refused in a Retain class.
+        let mut c = class(&[("onDelete", "shred")]);
+        c.reclaim_policy = Some("Retain".into());
+        assert!(ClassParams::from_class(&c).is_err());
     }
 
     #[test]

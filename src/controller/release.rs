@@ -5,10 +5,19 @@
 //!     LocalVolume present ──▶ delete it (the agent deletes/archives/retains per onDelete)
 //!     LocalVolume deleting ─▶ wait (its watch wakes us once the agent removed its finalizer)
 //!     LocalVolume gone ─────▶ delete the PV, remove our finalizer
-//!   PV of ours, reclaim Retain ──▶ drop our finalizer; the LocalVolume and data stay
+//!   PV of ours, reclaim Retain ──▶ LocalVolume onDelete := retain; drop our finalizer;
+//!                                   the LocalVolume and data stay
 //!   PV whose node has no Node object for longer than the grace ──▶ Warning Event + gauge
-//!   LocalVolume without PV whose claim is gone (or re-created) ──▶ delete it
+//!   LocalVolume without PV whose claim is gone (or re-created) ──▶ delete it,
+//!                                   unless its onDelete is retain
 //! ```
+//!
+//! Retain is sticky: a LocalVolume is made with `onDelete: retain` when its class is Retain,
+//! and given it when an admin switches its PV to Retain later. Nothing here ever deletes a
+//! LocalVolume that says retain, so the usual Retain routine (delete the claim, then the
+//! PV) leaves the LocalVolume as the record of the data and of the space it holds. An admin
+//! deletes it to forget the data (the agent leaves the directory on the node), or sets its
+//! `spec.onDelete` to `delete` first to have the agent remove it.
 
 use std::sync::Arc;
 
@@ -20,7 +29,7 @@ use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::volume::{self, pv_node};
 use super::{Action, Context, RESYNC, error_chain};
-use crate::api::local_volume::{ClaimRef, LocalVolume};
+use crate::api::local_volume::{ClaimRef, LocalVolume, OnDelete};
 use crate::api::{names, reasons};
 use crate::crash;
 
@@ -106,11 +115,19 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
         requeue = check_node(&pv, &node, &ctx).await?;
     }
     let spec = pv.spec.clone().unwrap_or_default();
+    let policy = spec
+        .persistent_volume_reclaim_policy
+        .as_deref()
+        .unwrap_or("Retain");
+    if let Some(lv) = &lv
+        && policy != "Delete"
+        && lv.spec.on_delete != OnDelete::Retain
+        && lv.metadata.deletion_timestamp.is_none()
+    {
+        retain_volume(lv, &ctx).await?;
+    }
     let plan = plan(View {
-        policy: spec
-            .persistent_volume_reclaim_policy
-            .as_deref()
-            .unwrap_or("Retain"),
+        policy,
         phase: pv.status.as_ref().and_then(|s| s.phase.as_deref()),
         deleting: pv.metadata.deletion_timestamp.is_some(),
         finalizer: pv
@@ -241,6 +258,28 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
     }
 }
 
+/// Sets the LocalVolume's `onDelete` to retain: its PV is Retain (an admin switched it, or
+/// it predates Retain classes getting `onDelete: retain`), so its data must outlive both
+/// the PV and the LocalVolume.
+async fn retain_volume(lv: &LocalVolume, ctx: &Context) -> Result<()> {
+    let name = lv.name_any();
+    let api: Api<LocalVolume> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({ "spec": { "onDelete": OnDelete::Retain } });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(volume = %name, was = ?lv.spec.on_delete, "the PV is Retain: its LocalVolume now retains the data when deleted");
+            Ok(())
+        }
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(Error::api("set onDelete: retain on", "LocalVolume", name)(
+            e,
+        )),
+    }
+}
+
 /// Removes our finalizer from `pv`, and only it; `true` if this call removed it, `false` if
 /// it was not there or the PV is gone.
 ///
@@ -366,6 +405,12 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         return Ok(Action::await_change());
     }
     let name = lv.name_any();
+    if lv.spec.on_delete == OnDelete::Retain {
+        // Its class or its PV said Retain: the LocalVolume is the record of data an admin
+        // chose to keep, and of the space it holds. Only an admin deletes it.
+        tracing::debug!(volume = %name, "local volume retains its data; never collected");
+        return Ok(Action::await_change());
+    }
     let claim_ref = &lv.spec.claim;
     // The index answers the common case (the claim is there) without a request.
     let (pv, claim) = {

@@ -284,10 +284,22 @@ impl Env {
     /// Creates a StorageClass of the local provisioner (WaitForFirstConsumer, reclaim
     /// Delete) with `params`, allowing expansion when `expand`.
     pub async fn local_class(&self, name: &str, params: &[(&str, &str)], expand: bool) {
+        self.local_class_reclaim(name, params, "Delete", expand)
+            .await;
+    }
+
+    /// [`Env::local_class`] with the reclaim policy `reclaim`.
+    pub async fn local_class_reclaim(
+        &self,
+        name: &str,
+        params: &[(&str, &str)],
+        reclaim: &str,
+        expand: bool,
+    ) {
         let mut b = storage_class(name)
             .provisioner(names::PROVISIONER_LOCAL)
             .wait_for_first_consumer()
-            .reclaim("Delete")
+            .reclaim(reclaim)
             .allow_expansion(expand);
         for (k, v) in params {
             b = b.param(k, v);
