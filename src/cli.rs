@@ -39,9 +39,20 @@ pub enum Command {
     /// cluster needed.
     Simulate(Box<SimulateArgs>),
     /// Print the CustomResourceDefinitions of StorageNode and LocalVolume as YAML.
-    Crds,
+    Crds(CrdsArgs),
     /// Print the version.
     Version,
+}
+
+/// Flags of `stowage crds`.
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Print the CRDs with the transition rules Kubernetes 1.25 and later enforce
+    /// (x-kubernetes-validations: a LocalVolume's node, pool and claim are fixed, its size
+    /// only grows), as deploy/optional-crds-cel.yaml holds them. Without it, the CRDs every
+    /// Kubernetes from 1.19 accepts (deploy/crds.yaml).
+    #[arg(long)]
+    pub cel: bool,
 }
 
 /// Log output format.
@@ -126,6 +137,17 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn crds_takes_cel() {
+        let cli = Cli::try_parse_from(["stowage", "crds", "--cel"]).unwrap();
+        assert!(matches!(cli.command, Command::Crds(CrdsArgs { cel: true })));
+        let cli = Cli::try_parse_from(["stowage", "crds"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Crds(CrdsArgs { cel: false })
+        ));
     }
 
     #[test]

@@ -19,9 +19,13 @@ fn main() -> ExitCode {
         Command::Controller(args) => block_on(args.run()),
         Command::Agent(args) => block_on(args.run()),
         Command::Extender(args) => block_on(args.run()),
-        Command::Crds => stowage::api::crds_yaml()
-            .map(|yaml| print!("{yaml}"))
-            .map_err(anyhow::Error::from),
+        Command::Crds(args) => if args.cel {
+            stowage::api::crds_cel_yaml()
+        } else {
+            stowage::api::crds_yaml()
+        }
+        .map(|yaml| print!("{yaml}"))
+        .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -112,6 +112,39 @@ async fn deploy_applies_whole_on_a_real_apiserver_and_again_after_a_crd_change()
         upgrade_text.contains("storagenodes.stowage.io configured"),
         "{upgrade_text}"
     );
+
+    // The btrfs variant applies over the base install and changes only the agent's
+    // DaemonSet (its capabilities), including the hardening fields (seccompProfile,
+    // mountPropagation) the base has since 1.19.
+    let btrfs = kubectl(&kubeconfig, &["apply", "-k", "variants/btrfs"]);
+    let btrfs_text = text(&btrfs);
+    assert!(btrfs.status.success(), "{btrfs_text}");
+    // (The StorageNode CRD goes back from the edited one applied above.)
+    let configured: Vec<&str> = btrfs_text
+        .lines()
+        .filter(|l| l.ends_with(" configured") && !l.contains("storagenodes.stowage.io"))
+        .collect();
+    assert_eq!(
+        configured,
+        ["daemonset.apps/stowage-agent configured"],
+        "{btrfs_text}"
+    );
+    let ds = kubectl(
+        &kubeconfig,
+        &[
+            "-n",
+            "stowage-system",
+            "get",
+            "daemonset",
+            "stowage-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].securityContext.capabilities.add}             {.spec.template.spec.containers[0].securityContext.seccompProfile.type}             {.spec.template.spec.containers[0].volumeMounts[1].mountPropagation}",
+        ],
+    );
+    let fields = text(&ds);
+    for want in ["SYS_ADMIN", "RuntimeDefault", "HostToContainer"] {
+        assert!(fields.contains(want), "{want} in {fields}");
+    }
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    ValidationRule,
 };
 use kube::CustomResourceExt;
 
@@ -101,12 +102,84 @@ fn walk(schema: &mut JSONSchemaProps, f: &mut impl FnMut(&mut JSONSchemaProps)) 
 /// `stowage crds` prints and `deploy/crds.yaml` holds. The output is deterministic (object
 /// fields in declaration order, schema properties sorted), so it can be drift-checked.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
-    let docs = crds()
+    to_yaml(&crds())
+}
+
+fn to_yaml(crds: &[CustomResourceDefinition]) -> Result<String, serde_yaml::Error> {
+    let docs = crds
         .iter()
         .map(serde_yaml::to_string)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(docs.join("---\n"))
 }
+
+/// [`crds`] with the rules Kubernetes 1.25 and later enforce (`x-kubernetes-validations`,
+/// CEL transition rules): a LocalVolume's node, pool and claim never change, and its size
+/// may only grow. What `stowage crds --cel` prints and `deploy/optional-crds-cel.yaml` holds.
+///
+/// Kept apart from [`crds`]: kubectl before 1.25 refuses the unknown field on apply, and the
+/// API servers before 1.25 drop it, so the base install stays the 1.19 one. With these
+/// rules a compromised node agent, which may patch every LocalVolume, cannot move another
+/// node's volume to itself, point it at another claim or shrink it; `onDelete` stays
+/// writable, because it is how an admin decides what happens to kept data.
+pub fn crds_cel() -> [CustomResourceDefinition; 2] {
+    let mut crds = crds();
+    for version in &mut crds[1].spec.versions {
+        // Every version has a spec (the test below checks the rules are there).
+        if let Some(spec) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|root| root.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+        {
+            spec.x_kubernetes_validations = Some(local_volume_rules());
+        }
+    }
+    crds
+}
+
+/// The transition rules on a LocalVolume's `spec` (see [`crds_cel`]).
+fn local_volume_rules() -> Vec<ValidationRule> {
+    let rule = |rule: &str, message: &str| ValidationRule {
+        rule: rule.to_string(),
+        message: Some(message.to_string()),
+        ..ValidationRule::default()
+    };
+    vec![
+        rule(
+            "self.nodeName == oldSelf.nodeName",
+            "spec.nodeName is fixed: the volume's data lives on that node",
+        ),
+        rule(
+            "self.pool == oldSelf.pool",
+            "spec.pool is fixed: the volume's data lives in that pool",
+        ),
+        rule(
+            "self.claim == oldSelf.claim",
+            "spec.claim is fixed: the volume belongs to that claim",
+        ),
+        rule(
+            "self.sizeBytes >= oldSelf.sizeBytes",
+            "spec.sizeBytes may only grow: volumes are expanded, never shrunk",
+        ),
+    ]
+}
+
+/// [`crds_cel`] as YAML, for `deploy/optional-crds-cel.yaml`.
+pub fn crds_cel_yaml() -> Result<String, serde_yaml::Error> {
+    Ok(format!("{CEL_HEADER}{}", to_yaml(&crds_cel())?))
+}
+
+/// The head of `deploy/optional-crds-cel.yaml`: what it is, and the oldest Kubernetes it is
+/// for (read by `scripts/validate-manifests`).
+const CEL_HEADER: &str = "\
+# Optional, Kubernetes 1.25 and later: the CRDs of deploy/crds.yaml with transition rules
+# (x-kubernetes-validations) that keep a LocalVolume's node, pool and claim fixed and let its
+# size only grow. Apply it after the base install: kubectl apply -f deploy/optional-crds-cel.yaml
+# Generated: stowage crds --cel > deploy/optional-crds-cel.yaml
+# kubernetes: >= 1.25
+";
 
 /// A JSON patch that removes the value at `tokens` (`["metadata", "annotations", key]`, say)
 /// only if it still is `expected`: a concurrent change fails the patch with 422 instead of
@@ -301,6 +374,42 @@ mod tests {
         assert_eq!(a, crds_yaml().unwrap());
         assert_eq!(a.matches("\n---\n").count(), 1);
         assert!(a.starts_with("apiVersion: apiextensions.k8s.io/v1\n"));
+    }
+
+    #[test]
+    fn the_cel_crds_differ_only_by_the_local_volume_spec_rules() {
+        let (base, cel) = (crds(), crds_cel());
+        assert_eq!(base[0], cel[0], "StorageNode is unchanged");
+        let mut stripped = cel[1].clone();
+        for version in &mut stripped.spec.versions {
+            let spec = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|r| r.properties.as_mut())
+                .and_then(|p| p.get_mut("spec"))
+                .unwrap();
+            let rules = spec.x_kubernetes_validations.take().unwrap();
+            let fields: Vec<&str> = rules
+                .iter()
+                .map(|r| r.rule.split(['.', ' ']).nth(1).unwrap())
+                .collect();
+            assert_eq!(fields, ["nodeName", "pool", "claim", "sizeBytes"]);
+            assert!(rules.iter().all(|r| r.rule.contains("oldSelf.")));
+            assert!(rules.iter().all(|r| r.message.is_some()));
+        }
+        assert_eq!(base[1], stripped);
+    }
+
+    /// Regenerate with `cargo run -q -- crds --cel > deploy/optional-crds-cel.yaml`.
+    #[test]
+    fn checked_in_cel_crds_match_the_generated_ones() {
+        assert_eq!(
+            crds_cel_yaml().unwrap(),
+            include_str!("../../deploy/optional-crds-cel.yaml"),
+            "deploy/optional-crds-cel.yaml is stale: run \
+             `cargo run -q -- crds --cel > deploy/optional-crds-cel.yaml`"
+        );
     }
 
     /// Regenerate with `cargo run -q -- crds > deploy/crds.yaml`.

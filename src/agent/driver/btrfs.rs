@@ -406,7 +406,8 @@ fn fs_type(fd: &OwnedFd) -> io::Result<u64> {
 fn btrfs_err(op: &'static str, path: &Path, errno: Errno) -> VolumeError {
     let hint = match errno {
         Errno::PERM | Errno::ACCESS => {
-            "; the agent needs CAP_SYS_ADMIN for btrfs subvolumes and quotas (run it privileged)"
+            "; the agent needs CAP_SYS_ADMIN for btrfs subvolumes and quotas: install with \
+             variants/btrfs (kubectl apply -k variants/btrfs), which adds it"
         }
         _ => "",
     };
