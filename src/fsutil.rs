@@ -15,18 +15,22 @@
 //!                   mkdirat(parent, .staging) ─ openat NOFOLLOW ─ fchmod ─ renameat NOREPLACE
 //!                   ─ the entry now at `name` is the inode given the mode, or refused
 //!   remove_tree_at  openat NOFOLLOW ─ each level: unlinkat files and links,
-//!                   openat NOFOLLOW subdirectories ─ unlinkat(REMOVEDIR) bottom-up
+//!                   openat NOFOLLOW subdirectories ─ unlinkat(REMOVEDIR) bottom-up;
+//!                   at the 64th level open: renameat NOREPLACE the subdirectory up into
+//!                   the top as .remove-tree-<n>, removed from there
 //! ```
 //!
 //! Paths passed alongside descriptors are used for error messages only.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
+use rustix::path::Arg;
 
 /// Why a directory operation relative to descriptors failed. Every variant names the entry.
 #[derive(Debug, thiserror::Error)]
@@ -138,9 +142,9 @@ fn same_inode(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
 /// directory renamed onto anything else fails), so no data is lost and nothing is followed.
 pub fn rename_noreplace(
     from_dir: impl AsFd,
-    from: &str,
+    from: impl Arg + Copy,
     to_dir: impl AsFd,
-    to: &str,
+    to: impl Arg + Copy,
 ) -> Result<(), Errno> {
     let (from_dir, to_dir) = (from_dir.as_fd(), to_dir.as_fd());
     let flagged = if rename_flags_unsupported() {
@@ -249,6 +253,16 @@ pub fn make_dir_at(
     }
 }
 
+/// The most directories of one tree [`remove_tree_at`] holds open at once, its top
+/// included. A subdirectory met below that many levels is moved up rather than entered
+/// ([`move_up`]), so neither the descriptors held nor the stack of levels grows with the
+/// depth of the tree.
+const MAX_OPEN_LEVELS: usize = 64;
+
+/// The prefix of the names [`move_up`] gives the deep subdirectories it moves into the top
+/// of the tree being removed: `.remove-tree-<n>`, the first `n` that is free.
+const MOVED_PREFIX: &str = ".remove-tree-";
+
 /// Removes the directory `name` of the open directory `parent` (found at `parent_path`) and
 /// everything in it. `Ok(false)` if nothing is there; a symlink or a file at `name` is
 /// refused and left alone.
@@ -261,9 +275,16 @@ pub fn make_dir_at(
 /// opened is emptied, the final `unlinkat` finds the symlink and the call fails with
 /// [`FsError::Replaced`], leaving the link and its target alone.
 ///
-/// Every level of the tree holds one descriptor while its subdirectories are removed, so a
-/// tree deeper than the open-file limit fails with `EMFILE`, partly removed (a retry goes
-/// on from there).
+/// However deep the tree, the call holds at most [`MAX_OPEN_LEVELS`] (64) descriptors of
+/// the tree's directories, and one more while it reads a directory's listing, and its call
+/// depth is fixed: the tree is walked with a stack of at most 64 levels, not recursion. A
+/// subdirectory met at the 64th level is not entered: it is renamed (relative to the two
+/// descriptors, replacing nothing) to `.remove-tree-<n>` in the top directory, where it is
+/// removed later like any other entry, 63 levels nearer the top. What is moved stays inside
+/// the tree being removed, so a call that fails or is killed part-way leaves a smaller
+/// tree at `name`, and a retry goes on from there. (The recursive `std::fs::remove_dir_all`
+/// overflows a 2 MiB thread stack on a chain about 15,000 directories deep, and a remover
+/// holding one descriptor per level fails with `EMFILE` at the same depth on every retry.)
 pub fn remove_tree_at(
     parent: &OwnedFd,
     parent_path: &Path,
@@ -286,51 +307,57 @@ pub fn remove_tree_at(
 /// One directory of the tree [`empty_dir`] is emptying.
 struct Level {
     fd: OwnedFd,
-    path: PathBuf,
-    /// Its name in the level below; `None` for the top, which the caller removes.
+    /// Its name in the level above; `None` for the top, which the caller removes.
     name: Option<CString>,
-    /// Entries still to remove, from one listing.
+    /// Entries still to remove, from one listing (and, in the top, the subdirectories
+    /// [`move_up`] moved there since).
     pending: Vec<(CString, bool)>,
 }
 
 /// Removes every entry of the open directory `top` (found at `path`), depth first, with a
-/// stack of levels rather than recursion so a deep tree cannot overflow the stack.
+/// stack of at most [`MAX_OPEN_LEVELS`] levels rather than recursion, so a deep tree can
+/// neither overflow the call stack nor run out of descriptors.
 fn empty_dir(top: OwnedFd, path: &Path) -> Result<(), FsError> {
-    let first = list(&top, path)?;
-    let mut stack = vec![Level {
+    let first = list(&top).map_err(|e| FsError::io(path.to_path_buf(), e))?;
+    let mut stack = Vec::with_capacity(MAX_OPEN_LEVELS);
+    stack.push(Level {
         fd: top,
-        path: path.to_path_buf(),
         name: None,
         pending: first,
-    }];
+    });
+    let mut moved = 0;
     while let Some(level) = stack.last_mut() {
         let Some((name, is_dir)) = level.pending.pop() else {
             let Some(done) = stack.pop() else { break };
-            if let (Some(name), Some(below)) = (done.name, stack.last()) {
+            if let (Some(name), Some(above)) = (done.name, stack.last()) {
                 drop(done.fd);
-                match rustix::fs::unlinkat(&below.fd, name.as_c_str(), AtFlags::REMOVEDIR) {
+                match rustix::fs::unlinkat(&above.fd, name.as_c_str(), AtFlags::REMOVEDIR) {
                     Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(FsError::io(done.path, e)),
+                    Err(e) => return Err(FsError::io(entry_path(path, &stack, &name), e)),
                 }
             }
             continue;
         };
-        let entry_path = level.path.join(name.to_string_lossy().as_ref());
+        let here = stack.len() - 1;
         if !is_dir {
-            match rustix::fs::unlinkat(&level.fd, name.as_c_str(), AtFlags::empty()) {
+            match rustix::fs::unlinkat(&stack[here].fd, name.as_c_str(), AtFlags::empty()) {
                 Ok(()) | Err(Errno::NOENT) => continue,
                 // Swapped for a directory since the listing: handled as one below.
                 Err(Errno::ISDIR | Errno::PERM) => {}
-                Err(e) => return Err(FsError::io(entry_path, e)),
+                Err(e) => return Err(FsError::io(entry_path(path, &stack, &name), e)),
             }
         }
+        if stack.len() == MAX_OPEN_LEVELS {
+            move_up(&mut stack, &name, &mut moved, path)?;
+            continue;
+        }
         race_point("tree.enter");
-        match rustix::fs::openat(&level.fd, name.as_c_str(), dir_flags(), Mode::empty()) {
+        match rustix::fs::openat(&stack[here].fd, name.as_c_str(), dir_flags(), Mode::empty()) {
             Ok(fd) => {
-                let pending = list(&fd, &entry_path)?;
+                let pending =
+                    list(&fd).map_err(|e| FsError::io(entry_path(path, &stack, &name), e))?;
                 stack.push(Level {
                     fd,
-                    path: entry_path,
                     name: Some(name),
                     pending,
                 });
@@ -338,26 +365,74 @@ fn empty_dir(top: OwnedFd, path: &Path) -> Result<(), FsError> {
             Err(Errno::NOENT) => {}
             // A symlink or a file (swapped in since the listing): removed, not followed.
             Err(Errno::LOOP | Errno::NOTDIR) => {
-                match rustix::fs::unlinkat(&level.fd, name.as_c_str(), AtFlags::empty()) {
+                match rustix::fs::unlinkat(&stack[here].fd, name.as_c_str(), AtFlags::empty()) {
                     Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(FsError::io(entry_path, e)),
+                    Err(e) => return Err(FsError::io(entry_path(path, &stack, &name), e)),
                 }
             }
-            Err(e) => return Err(FsError::io(entry_path, e)),
+            Err(e) => return Err(FsError::io(entry_path(path, &stack, &name), e)),
         }
     }
     Ok(())
 }
 
+/// Moves the subdirectory `name` of the deepest level of `stack` (which is full) up into
+/// the top level under the first free `.remove-tree-<n>` name, counting from `*next`, and
+/// adds it to the top's entries still to remove: it is entered again from there, with the
+/// levels in between closed by then.
+///
+/// The rename is relative to the two descriptors and replaces nothing, so what is moved
+/// stays inside the tree, and a symlink swapped in for `name` since the listing is moved
+/// as a link (and removed as one from the top). If the top is on another filesystem than
+/// `name` (a mount inside the tree: `EXDEV`), the levels below it are tried in turn, down
+/// to the one above the deepest: any of them still brings `name` at least a level up.
+fn move_up(stack: &mut [Level], name: &CStr, next: &mut u64, path: &Path) -> Result<(), FsError> {
+    let deepest = stack.len() - 1;
+    race_point("tree.move");
+    for target in 0..deepest {
+        loop {
+            let to = format!("{MOVED_PREFIX}{next}");
+            *next += 1;
+            match rename_noreplace(&stack[deepest].fd, name, &stack[target].fd, to.as_str()) {
+                Ok(()) => {
+                    // Made of a prefix and digits: never holds a NUL byte.
+                    if let Ok(to) = CString::new(to) {
+                        stack[target].pending.push((to, true));
+                    }
+                    return Ok(());
+                }
+                Err(Errno::EXIST) => {}
+                // Gone since the listing: nothing left to remove.
+                Err(Errno::NOENT) => return Ok(()),
+                Err(Errno::XDEV) => break,
+                Err(e) => return Err(FsError::io(entry_path(path, stack, name), e)),
+            }
+        }
+    }
+    Err(FsError::io(entry_path(path, stack, name), Errno::XDEV))
+}
+
+/// Where the entry `name` of the deepest level of `stack` (whose top is at `top`) is now,
+/// for error messages: below a `.remove-tree-<n>` if it was moved up.
+fn entry_path(top: &Path, stack: &[Level], name: &CStr) -> PathBuf {
+    let mut path = top.to_path_buf();
+    for level in stack {
+        if let Some(name) = &level.name {
+            path.push(OsStr::from_bytes(name.to_bytes()));
+        }
+    }
+    path.push(OsStr::from_bytes(name.to_bytes()));
+    path
+}
+
 /// The entries of the open directory `dir` but `.` and `..`, each with whether it is a
 /// directory (from `d_type`, or `fstatat` without following where the filesystem does not
 /// fill it in).
-fn list(dir: &OwnedFd, path: &Path) -> Result<Vec<(CString, bool)>, FsError> {
-    let err = |e| FsError::io(path.to_path_buf(), e);
+fn list(dir: &OwnedFd) -> Result<Vec<(CString, bool)>, Errno> {
     let mut entries = Vec::new();
-    let mut reader = rustix::fs::Dir::read_from(dir).map_err(err)?;
+    let mut reader = rustix::fs::Dir::read_from(dir)?;
     while let Some(entry) = reader.read() {
-        let entry = entry.map_err(err)?;
+        let entry = entry?;
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
@@ -466,6 +541,28 @@ pub(crate) mod race {
     }
 }
 
+/// Makes the directory `name` in `parent` holding a chain of `levels` directories named
+/// `d`, one inside the other, with a file `f` and a symlink `out` to `outside` at four
+/// depths (the top, a third and two thirds of the way down, the bottom). Made with
+/// `mkdirat` relative to the previous level's descriptor, one descriptor at a time: the
+/// chain's path is far longer than `PATH_MAX`.
+#[cfg(test)]
+pub(crate) fn deep_chain(parent: &Path, name: &str, levels: usize, outside: &Path) {
+    let mut dir = open_dir(parent).unwrap();
+    let mut next = name;
+    let marked = [0, levels / 3, 2 * levels / 3, levels];
+    for depth in 0..=levels {
+        rustix::fs::mkdirat(&dir, next, Mode::from_raw_mode(0o755)).unwrap();
+        dir = rustix::fs::openat(&dir, next, dir_flags(), Mode::empty()).unwrap();
+        next = "d";
+        if marked.contains(&depth) {
+            let file = OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC;
+            drop(rustix::fs::openat(&dir, "f", file, Mode::from_raw_mode(0o644)).unwrap());
+            rustix::fs::symlinkat(outside, &dir, "out").unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,5 +642,140 @@ mod tests {
         let fd = dir_fd(d.path());
         assert!(remove_tree_at(&fd, d.path(), "vol", "test").unwrap());
         assert!(!d.path().join("vol").exists());
+    }
+
+    /// The directories at and below `dir`, counted without recursion.
+    fn dirs_in(dir: &Path) -> usize {
+        let (mut count, mut todo) = (0, vec![dir.to_path_buf()]);
+        while let Some(dir) = todo.pop() {
+            count += 1;
+            for entry in fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    todo.push(entry.path());
+                }
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn a_removal_stopped_part_way_leaves_a_smaller_tree_that_a_retry_removes() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("keep"), b"keep").unwrap();
+        deep_chain(d.path(), "vol", 300, &out);
+        let vol = d.path().join("vol");
+        assert_eq!(dirs_in(&vol), 301);
+        let fd = dir_fd(d.path());
+        // Killed after a few moves up: what was moved is still inside the tree.
+        let mut entered = 0;
+        let race = race::set(move |at| {
+            entered += usize::from(at == "tree.enter");
+            assert!(entered < 200, "stopped");
+        });
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            remove_tree_at(&fd, d.path(), "vol", "test")
+        }));
+        drop(race);
+        assert!(stopped.is_err());
+        let left = dirs_in(&vol);
+        assert!(left < 301, "{left}");
+        let names: Vec<_> = fs::read_dir(&vol)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with(MOVED_PREFIX)),
+            "{names:?}"
+        );
+        assert!(remove_tree_at(&fd, d.path(), "vol", "test").unwrap());
+        assert!(!vol.exists());
+        assert_eq!(fs::read(out.join("keep")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_deep_subdirectory_swapped_for_a_symlink_is_moved_up_as_a_link_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("keep"), b"keep").unwrap();
+        deep_chain(d.path(), "vol", 100, &out);
+        let mut victim = d.path().join("vol");
+        for _ in 0..MAX_OPEN_LEVELS {
+            victim.push("d");
+        }
+        let fd = dir_fd(d.path());
+        let race = race::swap_at("tree.move", victim.clone(), out.clone());
+        // The real subdirectory was moved aside after its parent's listing, so that parent
+        // is not empty at the end: refused, retried.
+        let first = remove_tree_at(&fd, d.path(), "vol", "test").unwrap_err();
+        drop(race);
+        assert!(matches!(first, FsError::Io { .. }), "{first}");
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 1, "not entered");
+        assert!(fs::symlink_metadata(&victim).is_err(), "moved up");
+        assert!(remove_tree_at(&fd, d.path(), "vol", "test").unwrap());
+        assert!(!d.path().join("vol").exists());
+        assert_eq!(fs::read(out.join("keep")).unwrap(), b"keep");
+    }
+
+    /// The directory whose `vol` chain [`deep_tree_child`] removes, set by its parent test.
+    const DEEP_TREE_DIR: &str = "STOWAGE_TEST_DEEP_TREE_DIR";
+
+    #[test]
+    fn a_20000_deep_tree_is_removed_with_256_descriptors_on_a_small_stack() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("keep"), b"keep").unwrap();
+        deep_chain(d.path(), "vol", 20_000, &out);
+        // The open-file limit is lowered for a child process running the test below, not
+        // for this one, whose other tests may run on threads beside this one.
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
+            .arg(std::env::current_exe().unwrap())
+            .args(["fsutil::tests::deep_tree_child", "--exact", "--ignored"])
+            .args(["--test-threads=1", "--nocapture"])
+            .env(DEEP_TREE_DIR, d.path())
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        assert!(!d.path().join("vol").exists());
+        assert_eq!(
+            fs::read(out.join("keep")).unwrap(),
+            b"keep",
+            "a link's target"
+        );
+    }
+
+    #[test]
+    #[ignore = "run by a_20000_deep_tree_is_removed_with_256_descriptors_on_a_small_stack"]
+    fn deep_tree_child() {
+        let Some(dir) = std::env::var_os(DEEP_TREE_DIR).map(PathBuf::from) else {
+            eprintln!("{DEEP_TREE_DIR} is not set: nothing to remove outside the parent test");
+            return;
+        };
+        let limits = fs::read_to_string("/proc/self/limits").unwrap();
+        assert!(
+            limits
+                .lines()
+                .any(|l| l.starts_with("Max open files")
+                    && l.split_whitespace().nth(3) == Some("256")),
+            "{limits}"
+        );
+        let removed = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || remove_tree_at(&dir_fd(&dir), &dir, "vol", "test"))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(removed.unwrap());
     }
 }

@@ -4,17 +4,17 @@
 //! by capping a hostpath pool's free space with the filesystem's real free space.
 
 use std::fs;
-use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, FileType};
+use rustix::io::Errno;
 
 use super::VolumeError;
 use crate::agent::path::{PathError, PoolRoot, VolumeName, race_point};
 use crate::agent::pool::VolumeMode;
 use crate::crash;
-use crate::fsutil::{self, NewDir};
+use crate::fsutil::{self, FsError, NewDir};
 use crate::ledger::Bytes;
 
 /// The prefix of a volume directory being set up, before it is renamed to its volume name.
@@ -90,7 +90,7 @@ impl Hostpath {
     /// crashed create). Absent is success; a symlink or a file in its place is refused and
     /// left alone.
     pub fn delete(&self, name: &VolumeName) -> Result<(), VolumeError> {
-        self.remove(self.root.volume_path(name))?;
+        self.remove(name.as_str())?;
         self.discard_staging(name)
     }
 
@@ -99,22 +99,43 @@ impl Hostpath {
     /// success. Archive and retain call this, so such a leftover does not outlive its
     /// LocalVolume.
     pub fn discard_staging(&self, name: &VolumeName) -> Result<(), VolumeError> {
-        self.remove(self.root.path().join(staging_name(name)))
+        self.remove(&staging_name(name))
     }
 
-    fn remove(&self, path: PathBuf) -> Result<(), VolumeError> {
+    /// Removes the entry `entry` of the root (a volume or a staging leftover) and everything
+    /// in it. Absent is success; a symlink or a file is refused and left alone.
+    ///
+    /// The tree is removed by [`fsutil::remove_tree_at`] from the root's descriptor, which
+    /// follows no symlink inside the volume and holds a bounded number of descriptors on a
+    /// bounded stack however deep the tree: `std::fs::remove_dir_all` recurses once per
+    /// level, and a tenant's chain of ~15,000 directories overflowed the blocking thread's
+    /// stack and aborted the agent.
+    fn remove(&self, entry: &str) -> Result<(), VolumeError> {
+        let path = self.root.path().join(entry);
         match self.root.check_inside(&path)? {
             None => return Ok(()),
             Some(meta) if !meta.is_dir() => return Err(VolumeError::NotADirectory { path }),
             Some(_) => {}
         }
-        // `remove_dir_all` follows no symlink, neither inside the volume nor one swapped in
-        // for the volume itself after the check (it removes the link, not its target).
+        let root = self.root.open_fd()?;
+        // A symlink swapped in for the directory after the check is removed as a link and
+        // its target left alone (as `remove_dir_all` did). One swapped in after the
+        // directory was opened (`hostpath.delete.empty`) is left, once the directory opened
+        // is emptied, and refused: `Replaced`.
         race_point("hostpath.delete.remove");
-        match fs::remove_dir_all(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(PathError::Io { path, source }.into()),
+        match fsutil::remove_tree_at(&root, self.root.path(), entry, "hostpath.delete.empty") {
+            Ok(_) => Ok(()),
+            Err(FsError::Symlink { .. }) => {
+                match rustix::fs::unlinkat(&root, entry, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => Ok(()),
+                    Err(e) => Err(PathError::Io {
+                        path,
+                        source: e.into(),
+                    }
+                    .into()),
+                }
+            }
+            Err(e) => Err(PathError::from(e).into()),
         }
     }
 
@@ -353,6 +374,25 @@ mod tests {
     }
 
     #[test]
+    fn delete_removes_a_20000_deep_tree_on_a_small_stack() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        fsutil::deep_chain(&p, "d", 20_000, &outside);
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || d.delete(&name(A)))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(!p.exists());
+        untouched(&outside, mode);
+    }
+
+    #[test]
     fn delete_refuses_a_file_where_the_directory_should_be() {
         let (_dir, d) = pool();
         let p = d.root().volume_path(&name(A));
@@ -498,6 +538,30 @@ mod tests {
         assert!(
             fs::symlink_metadata(&vol).is_err(),
             "the link itself is gone"
+        );
+    }
+
+    #[test]
+    fn delete_refuses_a_symlink_swapped_in_after_the_volume_was_opened() {
+        let (dir, d) = pool();
+        let (outside, mode) = precious(dir.path());
+        let p = d
+            .create(&name(A), Bytes::gib(1), VolumeMode::default())
+            .unwrap();
+        fs::write(p.join("data"), b"tenant").unwrap();
+        let _race = swap_at("hostpath.delete.empty", p.clone(), outside.clone());
+        let err = d.delete(&name(A)).unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Path(PathError::Replaced { .. })),
+            "{err}"
+        );
+        untouched(&outside, mode);
+        assert!(fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+        let emptied = p.with_extension("moved");
+        assert_eq!(
+            fs::read_dir(&emptied).unwrap().count(),
+            0,
+            "the volume opened"
         );
     }
 
