@@ -443,6 +443,59 @@ async fn the_retain_routine_keeps_data_and_record_across_a_controller_restart() 
     env.assert_clean_logs();
 }
 
+/// A tenant's 20,000-deep directory chain does not stop its volume's deletion: the agent
+/// (which aborted with a stack overflow in `remove_dir_all` before) removes the tree with
+/// a bounded number of descriptors, the PV and LocalVolume go, and a symlink at the bottom
+/// of the chain is removed as a link, its target untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_holding_a_20000_deep_tree_is_deleted() {
+    let env = Env::start(&[("n1", 4 * GI)], Options::default()).await;
+    env.pod("deep", "local", &[32]).await;
+    env.scheduled(&["deep".to_string()]).await;
+    let bound = env.all_bound("deep", 1).await;
+    let pv = env.pvs().get(&bound["deep-0"]).await.unwrap();
+    let (_, path) = Env::pv_node_and_path(&pv);
+    let outside = env.cluster.dir().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep"), "not the tenant's").unwrap();
+    deep_chain(Path::new(&path), 20_000, &outside);
+
+    env.delete_all("deep").await;
+    let (pvs, lvs) = (env.pvs(), env.lvs());
+    wait_for(wait(), "the PV and the LocalVolume are gone", || async {
+        pvs.get_opt(&pv.name_any()).await.unwrap().is_none()
+            && lvs.get_opt(&pv.name_any()).await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    assert!(!Path::new(&path).exists(), "{path} was removed");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep")).unwrap(),
+        "not the tenant's",
+        "the symlink's target is untouched"
+    );
+    let log = env.agent("n1").process.logs();
+    assert!(
+        !log.contains("stack overflow") && log.matches("=== start").count() == 1,
+        "the agent ran once, without crashing:\n{log}"
+    );
+    env.assert_clean_logs();
+}
+
+/// Makes `levels` nested directories `d/d/…` under `parent`, each made relative to the
+/// descriptor of the one above it (the path is far longer than PATH_MAX), with a symlink to
+/// `outside` at the bottom.
+fn deep_chain(parent: &Path, levels: usize, outside: &Path) {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat, symlinkat};
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    let mut dir = openat(CWD, parent, flags, Mode::empty()).unwrap();
+    for _ in 0..levels {
+        mkdirat(&dir, "d", Mode::from_raw_mode(0o755)).unwrap();
+        dir = openat(&dir, "d", flags, Mode::empty()).unwrap();
+    }
+    symlinkat(outside, &dir, "out").unwrap();
+}
+
 /// How many claims named `prefix*` are Bound, and how many PVs exist.
 async fn progress(env: &Env, prefix: &str) -> (usize, usize) {
     let claims = env.claims().list(&ListParams::default()).await.unwrap();
