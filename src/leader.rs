@@ -12,8 +12,8 @@
 //!   shutdown(): leader ──▶ flag false ──▶ release (holderIdentity cleared, leaseDurationSeconds 1)
 //! ```
 //!
-//! Rules, all from client-go (`tools/leaderelection/leaderelection.go`) and shared/PROTOCOL.md
-//! section 6.2:
+//! Rules, all from client-go (`tools/leaderelection/leaderelection.go`) and its
+//! defaults:
 //!
 //! * A candidate takes the Lease over only when `holderIdentity` is empty or the Lease's spec
 //!   has not **changed** for `leaseDurationSeconds` as measured on the candidate's own
@@ -26,7 +26,7 @@
 //!   land, which is later than when it was sent, so the old leader has stopped
 //!   (`lease_duration - renew_deadline` earlier) before a new one starts.
 //! * Losing leadership is final for an elector, as in client-go where `Run` returns: the
-//!   controller exits (shared/PROTOCOL.md 4.7) and a fresh process campaigns again with a
+//!   controller exits (as a client-go controller does) and a fresh process campaigns again with a
 //!   fresh identity. After an involuntary loss the Lease is *not* released, so the margin
 //!   above is kept even if the controller takes a moment to stop.
 //! * On graceful shutdown ([`LeaderHandle::shutdown`]) the leader clears `holderIdentity`
@@ -52,7 +52,7 @@ use tokio::time::Instant;
 pub const DEFAULT_NAMESPACE: &str = "stowage-system";
 /// Default name of the Lease.
 pub const DEFAULT_NAME: &str = "stowage-controller";
-/// client-go's default lease duration (shared/PROTOCOL.md 4.7).
+/// client-go's default lease duration.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// client-go's default renew deadline.
 pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::core::v1::{Event, PersistentVolume};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -494,6 +494,105 @@ fn deep_chain(parent: &Path, levels: usize, outside: &Path) {
         dir = openat(&dir, "d", flags, Mode::empty()).unwrap();
     }
     symlinkat(outside, &dir, "out").unwrap();
+}
+
+/// A pod's claims are provisioned together or not at all, also where kube-scheduler places
+/// capacity-blind (no extender, as on clusters whose scheduler cannot be reconfigured).
+///
+/// A pod pinned to a node that can hold each of its two claims alone but not both gets no
+/// volume there (before, the first claim's volume was made, pinning the pod to a node where
+/// its second claim could never fit: stuck for good). A pod free to move lands, after
+/// being sent back as a whole as often as the scheduler picks the small node, with both
+/// claims on the node that holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pods_claims_are_provisioned_together_or_not_at_all() {
+    let options = Options {
+        without_extender: true,
+        ..Options::default()
+    };
+    let env = Env::start(&[("n1", 256 * MI), ("n2", 4 * GI)], options).await;
+    for c in 0..2 {
+        env.claims()
+            .create(
+                &PostParams::default(),
+                &pvc(NS, &format!("pinned-{c}"))
+                    .size("192Mi")
+                    .class("local")
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+    env.pods()
+        .create(
+            &PostParams::default(),
+            &pod(NS, "pinned")
+                .claims(["pinned-0", "pinned-1"])
+                .node_selector(names::LABEL_HOSTNAME, "n1")
+                .build(),
+        )
+        .await
+        .unwrap();
+    env.pod("free", "local", &[192, 192]).await;
+
+    // The pinned pod's claims go back to the scheduler together, again and again.
+    let events: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), NS);
+    let message = wait_until(
+        wait(),
+        "the pinned pod's claims are sent back together",
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some("pinned-0"))
+                .filter_map(|e| e.message)
+                .find(|m| m.contains("together"))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        message.contains("node n1 cannot hold the volumes")
+            && message.contains("has 256Mi free, together they request 384Mi")
+            && message.contains("pinned-0")
+            && message.contains("pinned-1")
+            && message.contains("removed the selected node from all of them"),
+        "{message}"
+    );
+    // The free pod ends with both claims on n2.
+    let placed = env.scheduled(&["free".to_string()]).await;
+    assert_eq!(placed["free"], "n2", "the only node that holds both");
+    let bound = env.all_bound("free", 2).await;
+    for claim in ["free-0", "free-1"] {
+        let pv = env.pvs().get(&bound[claim]).await.unwrap();
+        assert_eq!(
+            Env::pv_node_and_path(&pv).0,
+            "n2",
+            "{claim} is on its pod's node"
+        );
+    }
+    // And the pinned pod never got a volume on n1, however often it was tried there.
+    let lvs = env.lvs();
+    for _ in 0..20 {
+        let pinned: Vec<String> = lvs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|lv| lv.spec.claim.name.starts_with("pinned"))
+            .map(|lv| format!("{} on {}", lv.spec.claim.name, lv.spec.node_name))
+            .collect();
+        assert!(
+            pinned.is_empty(),
+            "no volume of the pinned pod was made: {pinned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.assert_clean_logs();
 }
 
 /// How many claims named `prefix*` are Bound, and how many PVs exist.

@@ -1,9 +1,8 @@
 //! Event and condition reasons stowage writes, PascalCase, in one place.
 //!
 //! The provisioning and resize reasons are the ones users already know from
-//! sig-storage-lib-external-provisioner and the CSI external-resizer (shared/PROTOCOL.md
-//! §4.5), so `kubectl describe pvc` reads the same as with any other provisioner. The same
-//! strings label the error counters of the metrics, which keeps their cardinality bounded.
+//! sig-storage-lib-external-provisioner and the CSI external-resizer, so `kubectl describe
+//! pvc` reads the same as with any other provisioner. The same strings label the error counters of the metrics, which keeps their cardinality bounded.
 
 /// Normal, on a claim: provisioning of its volume has started.
 pub const PROVISIONING: &str = "Provisioning";
@@ -14,6 +13,10 @@ pub const PROVISIONING_SUCCEEDED: &str = "ProvisioningSucceeded";
 /// the scheduler picks again, as the external-provisioner library reports a reschedule);
 /// the message says why.
 pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
+/// Warning, on a claim: its volume cannot be made on its selected node yet, and it is not
+/// sent back to the scheduler because another claim of its pod has its volume on that node
+/// already (the pod can run nowhere else); the message says what is missing and where.
+pub const PROVISIONING_WAITING: &str = "ProvisioningWaiting";
 /// Normal, on a claim: growing its volume has started.
 pub const RESIZING: &str = "Resizing";
 /// Normal, on a claim: its volume was grown.

@@ -76,6 +76,11 @@ pub struct ClusterIndex {
     pvs: Rows<Name, PvRow>,
     /// Node name → its `kubernetes.io/hostname` label (only fed in the controller).
     k8s_nodes: HashMap<Box<str>, Option<Sym>>,
+    /// Pods not bound to a node yet that use claims, by `(namespace, name)`: the names of
+    /// their claims (only fed in the controller, which provisions a pod's claims as one).
+    pods: HashMap<(Sym, Box<str>), ClaimNames>,
+    /// `(namespace, claim)` → the unbound pods in `pods` that use it.
+    claim_pods: HashMap<(Sym, Box<str>), Vec<Box<str>>>,
     classes: HashMap<String, StorageClass>,
     syms: Syms,
     /// The node-local provisioner name: claims of classes naming it are placed.
@@ -103,11 +108,15 @@ impl std::fmt::Debug for ClusterIndex {
             .field("claims", &self.claims.len())
             .field("persistent_volumes", &self.pvs.len())
             .field("nodes", &self.k8s_nodes.len())
+            .field("unbound_pods", &self.pods.len())
             .field("classes", &self.classes.len())
             .field("provisioner", &self.provisioner.0)
             .finish_non_exhaustive()
     }
 }
+
+/// The names of the claims an unbound pod uses.
+type ClaimNames = Box<[Box<str>]>;
 
 /// Where an assumed LocalVolume takes its bytes.
 #[derive(Clone, Copy, Debug)]
@@ -785,6 +794,118 @@ impl ClusterIndex {
             .map(|(name, _)| Trigger::Pv(name.to_string()))
             .collect();
         self.fire(triggers);
+    }
+
+    // --- Pods (unbound only) ---
+
+    /// Adds or replaces a pod not bound to a node yet (the controller watches those only,
+    /// with the field selector `spec.nodeName=`); only the claims it uses are kept. Their
+    /// claims are queued: a claim waiting for its pod's other claims looks again.
+    pub fn apply_pod(&mut self, pod: Pod) {
+        let (namespace, claims) = pod_claims(&pod);
+        let ns = self.syms.intern(namespace);
+        let name: Box<str> = pod.metadata.name.as_deref().unwrap_or_default().into();
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        self.delete_pod(namespace, &name);
+        if bound || claims.is_empty() {
+            return;
+        }
+        let claims: ClaimNames = claims.into_iter().map(Box::from).collect();
+        for claim in claims.iter() {
+            let users = self.claim_pods.entry((ns, claim.clone())).or_default();
+            if !users.contains(&name) {
+                users.push(name.clone());
+            }
+        }
+        let triggers: Vec<Trigger> = claims
+            .iter()
+            .map(|c| Trigger::Claim(namespace.to_string(), c.to_string()))
+            .collect();
+        self.pods.insert((ns, name), claims);
+        self.fire(triggers);
+    }
+
+    /// Removes a pod (deleted, or bound to a node).
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        let Some(ns) = self.syms.lookup(namespace) else {
+            return;
+        };
+        let Some(claims) = self.pods.remove(&(ns, name.into())) else {
+            return;
+        };
+        for claim in claims.iter() {
+            let key = (ns, claim.clone());
+            if let Some(users) = self.claim_pods.get_mut(&key) {
+                users.retain(|u| &**u != name);
+                if users.is_empty() {
+                    self.claim_pods.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Replaces every unbound pod with a re-list.
+    pub fn reset_pods(&mut self, pods: impl IntoIterator<Item = Pod>) {
+        self.pods.clear();
+        self.claim_pods.clear();
+        for pod in pods {
+            self.apply_pod(pod);
+        }
+    }
+
+    /// The other claims of the unbound pods that use claim `namespace/name`, sorted, without
+    /// duplicates; empty when no such pod is known (a single-claim pod, a pod bound
+    /// already, or a controller that has not seen it yet).
+    pub fn sibling_claims(&self, namespace: &str, name: &str) -> Vec<String> {
+        let Some(ns) = self.syms.lookup(namespace) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = self
+            .claim_pods
+            .get(&(ns, name.into()))
+            .into_iter()
+            .flatten()
+            .filter_map(|pod| self.pods.get(&(ns, pod.clone())))
+            .flat_map(|claims| claims.iter())
+            .filter(|c| &***c != name)
+            .map(|c| c.to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The unbound pods known to use claim `namespace/name`, sorted.
+    pub fn pods_using(&self, namespace: &str, name: &str) -> Vec<String> {
+        let Some(ns) = self.syms.lookup(namespace) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = self
+            .claim_pods
+            .get(&(ns, name.into()))
+            .into_iter()
+            .flatten()
+            .map(|p| p.to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Whether this process is creating the LocalVolume `name` right now (see
+    /// [`ClusterIndex::assume_local_volume`]).
+    pub fn is_assumed(&self, name: &str) -> bool {
+        self.assumed.contains_key(&Name::new(name))
+    }
+
+    /// The node of the LocalVolume `name` this process is creating right now, if it is.
+    pub fn assumed_node(&self, name: &str) -> Option<String> {
+        self.assumed
+            .get(&Name::new(name))
+            .map(|a| self.syms.string(a.node))
     }
 
     /// `None` when no Node called `name` is cached; otherwise its `kubernetes.io/hostname`

@@ -1370,3 +1370,39 @@ fn an_assumed_volume_counts_once_until_forgotten_and_outlives_a_relist() {
         (Bytes::ZERO, Bytes::gib(10))
     );
 }
+
+#[test]
+fn unbound_pods_tell_each_claim_its_siblings_until_they_are_bound_or_gone() {
+    let mut idx = ClusterIndex::new();
+    let named = |name: &str, claims: &[&str]| {
+        let mut p = pod(claims);
+        p.metadata.name = Some(name.into());
+        p
+    };
+    idx.apply_pod(named("db-0", &["data", "wal"]));
+    idx.apply_pod(named("db-1", &["data", "logs"]));
+    idx.apply_pod(named("web", &[]));
+    assert_eq!(idx.sibling_claims("apps", "data"), ["logs", "wal"]);
+    assert_eq!(idx.sibling_claims("apps", "wal"), ["data"]);
+    assert_eq!(idx.pods_using("apps", "data"), ["db-0", "db-1"]);
+    assert!(idx.sibling_claims("other", "data").is_empty());
+    assert!(idx.pods_using("apps", "none").is_empty());
+    // A pod bound to a node is no longer waiting for its volumes: dropped, as a watch
+    // with spec.nodeName= reports it deleted.
+    let mut bound = named("db-1", &["data", "logs"]);
+    bound.spec.as_mut().unwrap().node_name = Some("n1".into());
+    idx.apply_pod(bound);
+    assert_eq!(idx.sibling_claims("apps", "data"), ["wal"]);
+    assert!(idx.sibling_claims("apps", "logs").is_empty());
+    // A changed pod replaces its old claims.
+    idx.apply_pod(named("db-0", &["data", "wal2"]));
+    assert_eq!(idx.sibling_claims("apps", "data"), ["wal2"]);
+    assert!(idx.pods_using("apps", "wal").is_empty());
+    idx.delete_pod("apps", "db-0");
+    assert!(idx.sibling_claims("apps", "data").is_empty());
+    // A re-list replaces everything.
+    idx.apply_pod(named("x", &["a", "b"]));
+    idx.reset_pods([named("y", &["c", "d"])]);
+    assert!(idx.sibling_claims("apps", "a").is_empty());
+    assert_eq!(idx.sibling_claims("apps", "c"), ["d"]);
+}

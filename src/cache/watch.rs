@@ -1,6 +1,6 @@
 //! Reflectors feeding the [`ClusterIndex`]: one watcher per kind, cluster-wide. The
-//! extender watches four kinds ([`run_watchers`]); the controller two more, PVs and Nodes
-//! ([`run_controller_watchers`]), so that its reconcilers read every object from the index
+//! extender watches four kinds ([`run_watchers`]); the controller three more, PVs, Nodes
+//! and the pods not bound to a node yet ([`run_controller_watchers`]), so that its reconcilers read every object from the index
 //! and each kind is watched (listed, decoded, held) exactly once.
 //!
 //! Each watcher buffers a (re-)list between `Init` and `InitDone` and then replaces the
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,19 +24,20 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::storage_node::StorageNode;
 
 /// The kinds watched, in the order of [`Readiness`]'s flags.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "StorageNode",
     "LocalVolume",
     "PersistentVolumeClaim",
     "StorageClass",
     "PersistentVolume",
     "Node",
+    "Pod",
 ];
 
 /// Whether every watcher has completed its first list. Cheap to clone; clones share state.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
-    synced: Arc<[AtomicBool; 6]>,
+    synced: Arc<[AtomicBool; 7]>,
 }
 
 impl Readiness {
@@ -45,10 +46,11 @@ impl Readiness {
         let ready = Self::default();
         ready.mark(4);
         ready.mark(5);
+        ready.mark(6);
         ready
     }
 
-    /// A handle for the controller's six kinds ([`run_controller_watchers`]), none synced
+    /// A handle for the controller's seven kinds ([`run_controller_watchers`]), none synced
     /// yet.
     pub fn for_controller() -> Self {
         Self::default()
@@ -108,8 +110,8 @@ enum Relist<K> {
     },
 }
 
-/// Runs the controller's six watchers (the four of [`run_watchers`], PersistentVolumes and
-/// Nodes) until they all end (they retry with backoff, so: forever). `ready` should come
+/// Runs the controller's seven watchers (the four of [`run_watchers`], PersistentVolumes,
+/// Nodes and unbound pods) until they all end (they retry with backoff, so: forever). `ready` should come
 /// from [`Readiness::for_controller`].
 pub async fn run_controller_watchers(
     client: Client,
@@ -144,7 +146,23 @@ pub async fn run_controller_watchers(
             relist: Relist::Buffer(|i, l| i.reset_nodes(l)),
         },
     );
-    futures::join!(run_watchers(client, index, ready), pvs, nodes);
+    // Pods only while they wait for a node: a pod's claims are provisioned together
+    // (`controller::claim`), which needs to know which claims a pod uses while they are
+    // being provisioned, that is before the pod is bound. Once bound, a pod leaves the
+    // selector and the watch reports it deleted. Of a pod only its claim names are kept.
+    let pods = watch_kind_with(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields("spec.nodeName="),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 6,
+            apply: ClusterIndex::apply_pod,
+            delete: |i, o| i.delete_pod(&o.namespace().unwrap_or_default(), &o.name_any()),
+            relist: Relist::Buffer(|i, l| i.reset_pods(l)),
+        },
+    );
+    futures::join!(run_watchers(client, index, ready), pvs, nodes, pods);
 }
 
 /// Runs the four watchers until they all end (they retry with backoff, so: forever).
@@ -212,8 +230,20 @@ async fn watch_kind<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    watch_kind_with(api, watcher::Config::default(), index, ready, sink).await;
+}
+
+async fn watch_kind_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    index: Arc<RwLock<ClusterIndex>>,
+    ready: Readiness,
+    sink: Sink<K>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
     let kind = KINDS.get(sink.slot).copied().unwrap_or("unknown");
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, config)
         .default_backoff()
         .modify(super::slim::strip::<K>);
     let mut stream = std::pin::pin!(stream);

@@ -12,6 +12,7 @@
 //! ```
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -177,45 +178,79 @@ pub fn fits(
     size: Bytes,
     opts: &FitOptions,
 ) -> std::result::Result<(), Unfit> {
+    fits_all(
+        node,
+        reservations,
+        std::slice::from_ref(me),
+        &[(pool.clone(), size)],
+        opts,
+    )
+}
+
+/// PURE: whether the volumes `wanted` (pool, size) fit `node` together, for the claims
+/// `members` (a pod's claims provisioned as one): [`fits`] for a set. The set takes the
+/// place of its oldest member in the oldest-first order, and none of the members'
+/// reservations is counted against it, since they are what is being placed.
+pub fn fits_all(
+    node: Option<NodeState>,
+    reservations: &[Reservation],
+    members: &[Candidate<'_>],
+    wanted: &[(PoolName, Bytes)],
+    opts: &FitOptions,
+) -> std::result::Result<(), Unfit> {
     let Some(mut node) = node else {
         return Err(Unfit::NoReport);
     };
-    let mine = (me.created, &me.key);
+    let Some(first) = members.iter().map(|m| (m.created, &m.key)).min() else {
+        return Ok(());
+    };
     for r in reservations {
-        let before = (r.created, &r.claim) < mine && r.uid != me.uid;
+        let member = members.iter().any(|m| m.uid == r.uid);
+        let before = (r.created, &r.claim) < first && !member;
         if !before && let Some(p) = node.pool_mut(r.pool.as_str()) {
             p.reserved = p.reserved.saturating_sub(r.bytes);
         }
     }
-    let demand = Demand::from_claims([(pool.clone(), size)]).map_err(|_| {
-        Unfit::Pools(vec![Shortfall::Insufficient {
-            pool: pool.clone(),
-            needed: size,
-            free: Bytes::ZERO,
-        }])
+    let demand = Demand::from_claims(wanted.iter().cloned()).map_err(|_| {
+        Unfit::Pools(
+            wanted
+                .iter()
+                .map(|(pool, needed)| Shortfall::Insufficient {
+                    pool: pool.clone(),
+                    needed: *needed,
+                    free: Bytes::ZERO,
+                })
+                .collect(),
+        )
     })?;
     check(&node, &demand, opts)
 }
 
 /// A sentence for the claim's Event on why `node` cannot hold it.
 pub fn unfit_message(node: &str, unfit: &Unfit) -> String {
-    let why = match unfit {
+    format!(
+        "node {node} cannot hold the volume: {}; removed the selected node so that the \
+         scheduler picks another",
+        unfit_reason(unfit, "the claim requests")
+    )
+}
+
+/// Why a node cannot hold a claim's (or a pod's claims') volumes, for an Event; `asking`
+/// names who asks for the bytes ("the claim requests").
+fn unfit_reason(unfit: &Unfit, asking: &str) -> String {
+    match unfit {
         Unfit::Pools(shortfalls) => shortfalls
             .iter()
             .map(|s| match s {
                 Shortfall::Insufficient { pool, needed, free } => {
-                    format!("storage pool \"{pool}\" has {free} free, the claim requests {needed}")
+                    format!("storage pool \"{pool}\" has {free} free, {asking} {needed}")
                 }
                 other => other.to_string(),
             })
             .collect::<Vec<_>>()
             .join("; "),
         other => other.to_string(),
-    };
-    format!(
-        "node {node} cannot hold the volume: {why}; removed the selected node so that the \
-         scheduler picks another"
-    )
+    }
 }
 
 /// Whether this claim names `provisioner`: the GA annotation if present, else the beta
@@ -416,8 +451,205 @@ async fn execute(
     }
 }
 
-/// Re-checks the node under its lock, then creates the LocalVolume or sends the claim back
-/// to the scheduler.
+/// How long a claim waits for the other claims of its pod to get the same `selected-node`
+/// before it is provisioned without them. kube-scheduler writes the annotation to a pod's
+/// claims one after another in its binding cycle (milliseconds apart; longer when its API
+/// client is throttled).
+pub const SIBLING_WAIT: Duration = Duration::from_secs(5);
+/// How soon a claim waiting for its siblings' `selected-node` looks again.
+const SIBLING_RETRY: Duration = Duration::from_millis(200);
+/// How soon a claim held on its node (see [`GroupStep::Stay`]) looks again.
+const STAY_RETRY: Duration = Duration::from_secs(30);
+
+/// Where the other claims of a claim's pod stand, as [`group_step`] reads it. Only claims
+/// of this provisioner count; "pod" means every unbound pod known to use the claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Siblings {
+    /// The pod(s), `namespace/name`, for messages.
+    pub pods: Vec<String>,
+    /// Claims provisioned together with this one: the same selected node, nothing made yet.
+    pub members: Vec<String>,
+    /// Claims whose volume is made, or being made, on the selected node.
+    pub here: Vec<String>,
+    /// Claims whose volume is on another node: (claim, node).
+    pub elsewhere: Vec<(String, String)>,
+    /// Claims the scheduler has not (yet) sent to this node.
+    pub unselected: Vec<String>,
+}
+
+/// What to do with a claim and its [`Siblings::members`] on the selected node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupStep {
+    /// Make the LocalVolumes of the claim and of every member, all of them now.
+    Create,
+    /// Some siblings have no `selected-node` yet: look again shortly.
+    AwaitSiblings,
+    /// They do not fit, but a sibling's volume is on this node already, so the pod can run
+    /// nowhere else: the claims stay, and the user is told what is missing and where.
+    Stay {
+        /// The Event's message.
+        message: String,
+    },
+    /// They do not fit: every member goes back to the scheduler, so the pod is placed
+    /// again as a whole.
+    Reschedule {
+        /// The reschedule metric's reason.
+        reason: &'static str,
+        /// The Event's message.
+        message: String,
+    },
+    /// A sibling's volume is on another node: the pod can only run there, so this claim
+    /// goes back to the scheduler.
+    Elsewhere {
+        /// The Event's message.
+        message: String,
+    },
+}
+
+/// PURE: the provisioning step for `claim` (and its members) on `node`, given its
+/// siblings, whether they all fit together, and how long the claim has had its node.
+///
+/// A pod's claims are one unit: they are checked with one fit check of their sum and made
+/// all or none, so no pod ends up with claims split across nodes, or pinned by one claim's
+/// volume to a node where its others cannot fit.
+pub fn group_step(
+    node: &str,
+    claim: &str,
+    siblings: &Siblings,
+    verdict: std::result::Result<(), Unfit>,
+    waited: Duration,
+) -> GroupStep {
+    let pod = match siblings.pods.as_slice() {
+        [] => format!("the pod of claim {claim}"),
+        [one] => format!("pod {one}"),
+        many => format!("pods {}", many.join(", ")),
+    };
+    if let Some((other, there)) = siblings.elsewhere.first() {
+        return GroupStep::Elsewhere {
+            message: format!(
+                "claim {other} of {pod} has its volume on node {there}, so the pod can only \
+                 run there; removed the selected node {node} of claim {claim} so that the \
+                 scheduler places the pod again"
+            ),
+        };
+    }
+    if !siblings.unselected.is_empty() && waited < SIBLING_WAIT {
+        return GroupStep::AwaitSiblings;
+    }
+    let Err(unfit) = verdict else {
+        return GroupStep::Create;
+    };
+    let mut claims = vec![claim.to_string()];
+    claims.extend(siblings.members.iter().cloned());
+    let claims = claims.join(", ");
+    let why = if siblings.members.is_empty() {
+        unfit_reason(&unfit, "the claim requests")
+    } else {
+        unfit_reason(&unfit, "together they request")
+    };
+    if let Some(anchor) = siblings.here.first() {
+        return GroupStep::Stay {
+            message: format!(
+                "node {node} cannot hold the volumes of claims {claims} yet: {why}. They stay \
+                 on {node}: claim {anchor} of {pod} has its volume there already, so the pod \
+                 can run nowhere else. Free space in the pool on {node}, or delete the pod and \
+                 its claims to start again on another node"
+            ),
+        };
+    }
+    let message = if siblings.members.is_empty() {
+        unfit_message(node, &unfit)
+    } else {
+        format!(
+            "node {node} cannot hold the volumes of {pod}'s claims {claims} together: {why}; \
+             removed the selected node from all of them so that the scheduler places the pod \
+             on another node"
+        )
+    };
+    GroupStep::Reschedule {
+        reason: unfit.kind(),
+        message,
+    }
+}
+
+/// Reads where the other claims of `claim`'s pod stand for provisioning on `node`, and the
+/// members (claim, class) to be provisioned with it.
+fn siblings(
+    index: &ClusterIndex,
+    claim: &PersistentVolumeClaim,
+    node: &str,
+    provisioner: &str,
+) -> (Siblings, Vec<(PersistentVolumeClaim, StorageClass)>) {
+    let namespace = claim.namespace().unwrap_or_default();
+    let mut out = Siblings {
+        pods: index
+            .pods_using(&namespace, &claim.name_any())
+            .into_iter()
+            .map(|p| format!("{namespace}/{p}"))
+            .collect(),
+        ..Siblings::default()
+    };
+    let mut members = Vec::new();
+    for name in index.sibling_claims(&namespace, &claim.name_any()) {
+        let key = format!("{namespace}/{name}");
+        // Not seen yet: the watch is behind the pod's.
+        let Some(sibling) = index.claim(&namespace, &name) else {
+            out.unselected.push(key);
+            continue;
+        };
+        let Some(class) = sibling
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            .and_then(|c| index.storage_class(c))
+            .filter(|c| c.provisioner == provisioner)
+            .cloned()
+        else {
+            continue;
+        };
+        if sibling.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let volume = volume::volume_name(sibling.metadata.uid.as_deref().unwrap_or_default());
+        let bound = sibling
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .filter(|v| !v.is_empty());
+        let made_on = index
+            .persistent_volume(bound.as_deref().unwrap_or(&volume))
+            .and_then(|pv| volume::pv_node(&pv).map(str::to_string))
+            .or_else(|| index.local_volume(&volume).map(|lv| lv.spec.node_name))
+            .or_else(|| index.assumed_node(&volume));
+        match made_on {
+            Some(n) if n == node => out.here.push(key),
+            Some(n) => out.elsewhere.push((key, n)),
+            // Bound to a PV that is not ours, or not in the index: nothing to place.
+            None if bound.is_some() => {}
+            None if selected_node(&sibling) == Some(node)
+                && may_provision(&sibling, provisioner) =>
+            {
+                out.members.push(key);
+                members.push((sibling, class));
+            }
+            None => out.unselected.push(key),
+        }
+    }
+    (out, members)
+}
+
+/// The claim as the oldest-first order of [`fits`] sees it.
+fn candidate(claim: &PersistentVolumeClaim) -> Candidate<'_> {
+    Candidate {
+        uid: claim.metadata.uid.as_deref().unwrap_or_default(),
+        key: ClaimKey::new(claim.namespace().unwrap_or_default(), claim.name_any()),
+        created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    }
+}
+
+/// Re-checks the node under its lock with the claim's pod's other claims (see
+/// [`group_step`]), then creates the LocalVolumes of all of them, holds them on the node,
+/// or sends them back to the scheduler.
 async fn place(
     claim: &PersistentVolumeClaim,
     node: &str,
@@ -431,35 +663,106 @@ async fn place(
         );
         return reschedule(claim, node, "node_gone", &message, ctx).await;
     }
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let waited = ctx.waiting_for(&uid);
     let lock = ctx.node_lock(node);
     let guard = lock.lock().await;
-    let verdict = {
+    let (step, group) = {
         let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
-        let me = Candidate {
-            uid: claim.metadata.uid.as_deref().unwrap_or_default(),
-            key: ClaimKey::new(claim.namespace().unwrap_or_default(), claim.name_any()),
-            created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        };
-        fits(
+        let name = volume.name_any();
+        if index.is_assumed(&name) || index.local_volume(&name).is_some() {
+            // A sibling's reconcile made (or is making) this claim's volume with its own.
+            // The LocalVolume's watch brings this claim back; if that create fails, the
+            // sibling's retry does not come back here (its own volume exists), so look
+            // again soon.
+            return Ok(Action::requeue(SIBLING_RETRY));
+        }
+        let (siblings, others) = siblings(&index, claim, node, &ctx.config.provisioner);
+        let mut group = vec![(claim.clone(), volume)];
+        for (sibling, class) in others {
+            let Ok(params) = ClassParams::from_class(&class) else {
+                continue;
+            };
+            // A sibling that cannot be served is refused by its own reconcile.
+            let Ok(request) = volume::request(&sibling) else {
+                continue;
+            };
+            let lv = volume::local_volume(&sibling, node, &params, request.size);
+            group.push((sibling, lv));
+        }
+        let candidates: Vec<Candidate<'_>> = group.iter().map(|(c, _)| candidate(c)).collect();
+        let wanted: Vec<(PoolName, Bytes)> = group
+            .iter()
+            .map(|(_, lv)| (lv.spec.pool_name(), lv.spec.size()))
+            .collect();
+        let verdict = fits_all(
             index.node_state(node, Timestamp::now()),
             &index.reservations_on(node),
-            &me,
-            &volume.spec.pool_name(),
-            volume.spec.size(),
+            &candidates,
+            &wanted,
             &ctx.config.fit,
-        )
+        );
+        let step = group_step(node, &claim_key(claim), &siblings, verdict, waited);
+        (step, group)
     };
-    if let Err(unfit) = verdict {
-        drop(guard);
-        let message = unfit_message(node, &unfit);
-        return reschedule(claim, node, unfit.kind(), &message, ctx).await;
+    match step {
+        GroupStep::AwaitSiblings => {
+            drop(guard);
+            tracing::debug!(claim = %claim_key(claim), node, "waiting for the pod's other claims to be sent to the node");
+            Ok(Action::requeue(SIBLING_RETRY))
+        }
+        GroupStep::Elsewhere { message } => {
+            drop(guard);
+            reschedule(claim, node, "sibling_elsewhere", &message, ctx).await
+        }
+        GroupStep::Stay { message } => {
+            drop(guard);
+            tracing::warn!(claim = %claim_key(claim), node, %message, "claim held on its node");
+            for (member, _) in &group {
+                ctx.recorder
+                    .record(
+                        &claim_ref(member),
+                        EventType::Warning,
+                        reasons::PROVISIONING_WAITING,
+                        &message,
+                    )
+                    .await;
+            }
+            Ok(Action::requeue(STAY_RETRY))
+        }
+        GroupStep::Reschedule { reason, message } => {
+            drop(guard);
+            let mut first = None;
+            for (member, _) in &group {
+                let action = reschedule(member, node, reason, &message, ctx).await?;
+                first.get_or_insert(action);
+            }
+            Ok(first.unwrap_or_else(Action::await_change))
+        }
+        GroupStep::Create => {
+            // Counted as allocated from here on, so the node's next claim may be decided
+            // while these creates are on their way: holding the lock across the API round
+            // trips would serialise a burst per node.
+            let assumed: Vec<Assumed> = group.iter().map(|(_, lv)| Assumed::new(ctx, lv)).collect();
+            drop(guard);
+            for ((member, lv), assumed) in group.into_iter().zip(assumed) {
+                create_assumed(&member, node, lv, assumed, ctx).await?;
+            }
+            Ok(Action::requeue(RESYNC))
+        }
     }
+}
+
+/// Creates the LocalVolume `volume` of `claim` on `node`, which `assumed` counts as
+/// allocated until the index holds it.
+async fn create_assumed(
+    claim: &PersistentVolumeClaim,
+    node: &str,
+    volume: LocalVolume,
+    assumed: Assumed,
+    ctx: &Context,
+) -> Result<()> {
     let name = volume.name_any();
-    // Counted as allocated from here on, so the node's next claim may be decided while this
-    // create is on its way: holding the lock across the API round trip would serialise a
-    // burst per node.
-    let assumed = Assumed::new(ctx, &volume);
-    drop(guard);
     let created = create_local_volume(&volume, ctx).await;
     {
         let mut index = ctx.index.write().unwrap_or_else(|e| e.into_inner());
@@ -485,7 +788,7 @@ async fn place(
             ),
         )
         .await;
-    Ok(Action::requeue(RESYNC))
+    Ok(())
 }
 
 /// A LocalVolume counted as allocated in the index until it is created or its create has

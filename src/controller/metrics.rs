@@ -18,7 +18,7 @@ pub const RESULTS: [&str; 2] = ["succeeded", "failed"];
 
 /// Reason label values of `stowage_reschedules_total`: the ledger's unfit kinds plus
 /// `node_gone` (no Node object).
-pub const RESCHEDULE_REASONS: [&str; 7] = [
+pub const RESCHEDULE_REASONS: [&str; 8] = [
     "no_report",
     "stale",
     "node_not_ready",
@@ -26,6 +26,7 @@ pub const RESCHEDULE_REASONS: [&str; 7] = [
     "pool_not_ready",
     "insufficient_capacity",
     "node_gone",
+    "sibling_elsewhere",
 ];
 
 /// Provisioning takes milliseconds to a minute (an agent may be slow to make a subvolume).

@@ -276,6 +276,12 @@ impl Context {
         seen.entry(uid.to_string()).or_insert_with(Instant::now);
     }
 
+    /// How long ago this process first saw the claim with a node (zero if it has not).
+    pub(crate) fn waiting_for(&self, uid: &str) -> Duration {
+        let seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(uid).map_or(Duration::ZERO, Instant::elapsed)
+    }
+
     /// Ends the provisioning latency of a claim; `None` if its start was not seen.
     pub(crate) fn provisioned(&self, uid: &str) -> Option<Duration> {
         let mut seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -75,6 +75,9 @@ pub struct Options {
     pub btrfs: Option<PathBuf>,
     /// More arguments for `stowage controller`.
     pub controller_args: Vec<String>,
+    /// Schedule without the extender (capacity-blind, as where kube-scheduler cannot be
+    /// reconfigured): the controller is then the only capacity check.
+    pub without_extender: bool,
 }
 
 /// The running system. Field order is drop order: the scheduler and processes stop before
@@ -246,10 +249,16 @@ impl Env {
         .await
         .unwrap();
 
-        let extender = format!("http://127.0.0.1:{controller_port}");
+        let extender = if options.without_extender {
+            "none".to_string()
+        } else {
+            format!("http://127.0.0.1:{controller_port}")
+        };
         let scheduler = if cluster.is_real() {
             cluster.start_scheduler(&extender).await.unwrap();
             None
+        } else if options.without_extender {
+            Some(Scheduler::start(client.clone(), SchedulerConfig::default()))
         } else {
             Some(Scheduler::start(
                 client.clone(),

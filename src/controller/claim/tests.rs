@@ -416,3 +416,153 @@ fn unknown_and_stale_nodes_do_not_fit() {
         Err(Unfit::Pools(_))
     ));
 }
+
+#[test]
+fn a_pods_claims_fit_as_a_sum_and_their_own_reservations_are_not_counted() {
+    // 100Gi pool, 40Gi allocated; the pod's two claims (30Gi + 20Gi) are both reserved on
+    // the node. Each fits alone; together they need 50 of the 60 free: they fit, because
+    // their own reservations are what is being placed.
+    let reservations = [reservation("a", "a", 10, 30), reservation("b", "b", 11, 20)];
+    let opts = FitOptions::default();
+    let pool = PoolName::from("default");
+    let members = [me("a", "a", 10), me("b", "b", 11)];
+    let both = [
+        (pool.clone(), Bytes::gib(30)),
+        (pool.clone(), Bytes::gib(20)),
+    ];
+    assert_eq!(
+        fits_all(
+            Some(node(100, 40, 50)),
+            &reservations,
+            &members,
+            &both,
+            &opts
+        ),
+        Ok(())
+    );
+    // 65Gi allocated: 35 free. Each claim fits alone (30, 20), the pod's sum (50) does not.
+    assert_eq!(
+        fits(
+            Some(node(100, 65, 50)),
+            &reservations,
+            &me("a", "a", 10),
+            &pool,
+            Bytes::gib(30),
+            &opts
+        ),
+        Ok(())
+    );
+    let Err(unfit) = fits_all(
+        Some(node(100, 65, 50)),
+        &reservations,
+        &members,
+        &both,
+        &opts,
+    ) else {
+        panic!("50Gi cannot fit 35Gi")
+    };
+    assert_eq!(unfit.kind(), "insufficient_capacity");
+    // An older claim of another pod reserved on the node counts against the pod; a newer
+    // one does not (the pod takes the place of its oldest member).
+    let with_older = [
+        reservation("a", "a", 10, 30),
+        reservation("b", "b", 11, 20),
+        reservation("o", "other", 5, 20),
+    ];
+    assert!(fits_all(Some(node(100, 40, 70)), &with_older, &members, &both, &opts).is_err());
+    let with_newer = [
+        reservation("a", "a", 10, 30),
+        reservation("b", "b", 11, 20),
+        reservation("n", "other", 50, 20),
+    ];
+    assert_eq!(
+        fits_all(Some(node(100, 40, 70)), &with_newer, &members, &both, &opts),
+        Ok(())
+    );
+}
+
+fn unfit() -> std::result::Result<(), Unfit> {
+    Err(Unfit::Pools(vec![Shortfall::Insufficient {
+        pool: PoolName::from("default"),
+        needed: Bytes::gib(50),
+        free: Bytes::gib(35),
+    }]))
+}
+
+#[test]
+fn group_steps_keep_a_pods_claims_together() {
+    let alone = Siblings::default();
+    let pod = |s: Siblings| Siblings {
+        pods: vec!["apps/db-0".into()],
+        ..s
+    };
+    let members = pod(Siblings {
+        members: vec!["apps/wal".into()],
+        ..Siblings::default()
+    });
+    let anchored = pod(Siblings {
+        here: vec!["apps/wal".into()],
+        ..Siblings::default()
+    });
+    let elsewhere = pod(Siblings {
+        elsewhere: vec![("apps/wal".into(), "n2".into())],
+        ..Siblings::default()
+    });
+    let unselected = pod(Siblings {
+        unselected: vec!["apps/wal".into()],
+        ..Siblings::default()
+    });
+    let now = Duration::ZERO;
+    let late = SIBLING_WAIT + Duration::from_secs(1);
+    let step = |s: &Siblings, v, w| group_step("n1", "apps/data", s, v, w);
+
+    // A claim alone: as before, created or sent back.
+    assert_eq!(step(&alone, Ok(()), now), GroupStep::Create);
+    let GroupStep::Reschedule { reason, message } = step(&alone, unfit(), now) else {
+        panic!("an unfit lone claim goes back to the scheduler")
+    };
+    assert_eq!(reason, "insufficient_capacity");
+    assert!(
+        message.contains("has 35Gi free, the claim requests 50Gi"),
+        "{message}"
+    );
+
+    // With members: all of them together, or all of them back.
+    assert_eq!(step(&members, Ok(()), now), GroupStep::Create);
+    let GroupStep::Reschedule { message, .. } = step(&members, unfit(), now) else {
+        panic!("an unfit pod goes back to the scheduler as a whole")
+    };
+    assert!(
+        message.contains("apps/data, apps/wal together") && message.contains("all of them"),
+        "{message}"
+    );
+
+    // A sibling's volume is already here: never sent away, whatever the fit says.
+    assert_eq!(step(&anchored, Ok(()), now), GroupStep::Create);
+    let GroupStep::Stay { message } = step(&anchored, unfit(), late) else {
+        panic!("a claim whose sibling is on the node stays")
+    };
+    assert!(
+        message.contains("claim apps/wal of pod apps/db-0 has its volume there")
+            && message.contains("has 35Gi free")
+            && message.contains("Free space in the pool on n1"),
+        "{message}"
+    );
+
+    // A sibling's volume is on another node: this claim goes back, whatever the fit says.
+    for verdict in [Ok(()), unfit()] {
+        let GroupStep::Elsewhere { message } = step(&elsewhere, verdict, now) else {
+            panic!("a claim whose sibling is elsewhere is sent back")
+        };
+        assert!(message.contains("on node n2"), "{message}");
+    }
+
+    // A sibling without selected-node yet: wait for it a while, then go on without it.
+    assert_eq!(step(&unselected, Ok(()), now), GroupStep::AwaitSiblings);
+    assert_eq!(step(&unselected, unfit(), now), GroupStep::AwaitSiblings);
+    assert_eq!(step(&unselected, Ok(()), late), GroupStep::Create);
+    assert!(matches!(
+        step(&unselected, unfit(), late),
+        GroupStep::Reschedule { .. }
+    ));
+}

@@ -24,7 +24,7 @@
 //! ```
 //!
 //! The extender is called over HTTP exactly as kube-scheduler's `HTTPExtender` does
-//! (shared/PROTOCOL.md §1): `POST <urlPrefix>/<verb>`, PascalCase `ExtenderArgs` with
+//! (pkg/scheduler/core/extender.go): `POST <urlPrefix>/<verb>`, PascalCase `ExtenderArgs` with
 //! `NodeNames` when `nodeCacheCapable` and a full `Nodes` list otherwise, only a 200 counts.
 //! A filter error fails the attempt unless the extender is `ignorable`; prioritize errors are
 //! ignored; prioritize is skipped when one node is left; a node's score is the extender's
