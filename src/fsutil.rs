@@ -18,6 +18,9 @@
 //!                   openat NOFOLLOW subdirectories ─ unlinkat(REMOVEDIR) bottom-up;
 //!                   at the 64th level open: renameat NOREPLACE the subdirectory up into
 //!                   the top as .remove-tree-<n>, removed from there
+//!   read_file_at    openat NOFOLLOW | NONBLOCK ─ fstat: a regular file ─ read at most N bytes
+//!   write_file_at   openat CREAT | EXCL | NOFOLLOW under a staging name ─ write ─ fsync
+//!                   ─ renameat NOREPLACE into place (never over an existing file or link)
 //! ```
 //!
 //! Paths passed alongside descriptors are used for error messages only.
@@ -166,6 +169,114 @@ pub fn rename_noreplace(
             }
         }
         other => other,
+    }
+}
+
+/// What [`read_file_at`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileAt {
+    /// Nothing by that name.
+    Absent,
+    /// A regular file holding these bytes.
+    Contents(Vec<u8>),
+    /// A symlink (not followed).
+    Symlink,
+    /// Something else that is not a regular file (a directory, a FIFO, a socket, a device).
+    NotAFile,
+    /// A regular file longer than the limit.
+    TooLong,
+}
+
+/// Reads the regular file `name` of the open directory `dir` (found at `dir_path`), at most
+/// `max` bytes, without following a symlink: the file is opened `O_NOFOLLOW | O_NONBLOCK`
+/// (a FIFO planted there cannot block the read) and must be a regular file by `fstat` of
+/// that descriptor.
+pub fn read_file_at(
+    dir: impl AsFd,
+    dir_path: &Path,
+    name: &str,
+    max: usize,
+) -> Result<FileAt, FsError> {
+    use std::io::Read;
+    let path = dir_path.join(name);
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir.as_fd(), name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(FileAt::Absent),
+        Err(Errno::LOOP) => return Ok(FileAt::Symlink),
+        Err(Errno::NXIO) => return Ok(FileAt::NotAFile),
+        Err(e) => return Err(FsError::io(path, e)),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io(path.clone(), e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Ok(FileAt::NotAFile);
+    }
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    std::fs::File::from(fd)
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|source| FsError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    if bytes.len() > max {
+        return Ok(FileAt::TooLong);
+    }
+    Ok(FileAt::Contents(bytes))
+}
+
+/// Writes a new regular file `name` (mode `0644`) holding `contents` into the open directory
+/// `dir` (found at `dir_path`), all at once or not at all: the file is made under `staging`
+/// with `openat(O_CREAT | O_EXCL | O_NOFOLLOW)` (which never follows or opens an existing
+/// entry; a leftover file or link of a crashed attempt is unlinked first, as a link), written
+/// and `fsync`ed, then renamed into place without replacing anything. Returns `false`, and
+/// removes the staging file, if something already is at `name` (the caller reads it).
+/// `point` is a race point before the rename. Where `renameat2` flags are unsupported (NFS),
+/// [`rename_noreplace`] checks and renames in two steps: a file that appears at `name` in
+/// between is replaced (a file, never a directory, and nothing is followed).
+pub fn write_file_at(
+    dir: impl AsFd,
+    dir_path: &Path,
+    name: &str,
+    staging: &str,
+    contents: &[u8],
+    point: &'static str,
+) -> Result<bool, FsError> {
+    use std::io::Write;
+    let dir = dir.as_fd();
+    let staging_path = dir_path.join(staging);
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o644);
+    let fd = match rustix::fs::openat(dir, staging, flags, mode) {
+        Ok(fd) => fd,
+        Err(Errno::EXIST) => {
+            // A leftover of a crashed attempt (or anything planted there): unlinked as an
+            // entry, never followed. A directory there is an error, not ours to remove.
+            rustix::fs::unlinkat(dir, staging, AtFlags::empty())
+                .map_err(|e| FsError::io(staging_path.clone(), e))?;
+            rustix::fs::openat(dir, staging, flags, mode)
+                .map_err(|e| FsError::io(staging_path.clone(), e))?
+        }
+        Err(e) => return Err(FsError::io(staging_path, e)),
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| FsError::Io {
+            path: staging_path.clone(),
+            source,
+        })?;
+    drop(file);
+    race_point(point);
+    match rename_noreplace(dir, staging, dir, name) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => {
+            let _ = rustix::fs::unlinkat(dir, staging, AtFlags::empty());
+            Ok(false)
+        }
+        Err(e) => Err(FsError::io(staging_path, e)),
     }
 }
 

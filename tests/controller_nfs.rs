@@ -144,8 +144,12 @@ impl Cluster {
     }
 
     async fn bound(&self, claim: &str) -> PersistentVolume {
-        let claims = self.claims();
-        let c = wait_until(WAIT, &format!("claim {claim} is Bound"), || async {
+        self.bound_in(NS, claim).await
+    }
+
+    async fn bound_in(&self, ns: &str, claim: &str) -> PersistentVolume {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        let c = wait_until(WAIT, &format!("claim {ns}/{claim} is Bound"), || async {
             claims
                 .get(claim)
                 .await
@@ -177,7 +181,12 @@ impl Cluster {
     /// Messages of `reason` Events about claim `object`, checking they come from the NFS
     /// provisioner.
     async fn events(&self, object: &str, reason: &str) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        self.events_in(NS, object, reason).await
+    }
+
+    /// [`Cluster::events`] about claim `object` of namespace `ns`.
+    async fn events_in(&self, ns: &str, object: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), ns);
         events
             .list(&ListParams::default())
             .await
@@ -676,7 +685,7 @@ async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
         cluster.gone(pv).await;
     }
     let ns_dir = cluster.mount("a").join(NS);
-    assert_eq!(entries(&ns_dir), vec!["keep"]);
+    assert_eq!(entries(&ns_dir), vec![".stowage-owner", "keep"]);
     assert_eq!(std::fs::read(ns_dir.join("keep/file")).unwrap(), b"keep");
     let archived: Vec<String> = entries(&cluster.mount("a"))
         .into_iter()
@@ -687,6 +696,221 @@ async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
     assert_eq!(
         std::fs::read(cluster.mount("a").join(&archived[0]).join("file")).unwrap(),
         b"arch"
+    );
+    scheduler.shutdown().await;
+}
+
+// === flat and nested layouts on the same servers ===
+
+/// Makes namespace `ns` and claim `ns/name` of `class` (1Gi, ReadWriteMany).
+async fn claim_in(cluster: &Cluster, ns: &str, name: &str, class: &str) {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    if namespaces.get_opt(ns).await.unwrap().is_none() {
+        namespaces
+            .create(&PostParams::default(), &namespace(ns).build())
+            .await
+            .unwrap();
+    }
+    Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &pvc(ns, name)
+                .size("1Gi")
+                .class(class)
+                .access_modes(["ReadWriteMany"])
+                .build(),
+        )
+        .await
+        .unwrap();
+}
+
+/// The claim `ns/name` either binds (`Ok(its PV)`) or is refused (`Err(the Event's message)`).
+async fn bound_or_refused(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+) -> Result<PersistentVolume, String> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), ns);
+    wait_until(
+        WAIT,
+        &format!("claim {ns}/{name} is bound or refused"),
+        || async {
+            if let Some(message) = cluster
+                .events_in(ns, name, "ProvisioningFailed")
+                .await
+                .into_iter()
+                .next()
+            {
+                return Some(Err(message));
+            }
+            let c = claims.get(name).await.ok()?;
+            if c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
+                return None;
+            }
+            let pv = format!("pvc-{}", c.metadata.uid.unwrap());
+            Some(Ok(cluster.pvs().get(&pv).await.unwrap()))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The collision of the security finding: claim `db` of namespace `team` in a flat class
+/// has the directory `<export>/team-db`, which is namespace `team-db`'s directory in the
+/// nested layout. The flat claim must neither get that directory nor, when released,
+/// delete it with namespace `team-db`'s volumes.
+#[tokio::test]
+async fn a_flat_claim_never_takes_or_removes_a_nested_namespace_of_the_same_name() {
+    let cluster = Cluster::start().await;
+    cluster
+        .class("nfs", false, "Delete", &[("deleteFile", "true")])
+        .await;
+    cluster
+        .class(
+            "nfs-flat",
+            false,
+            "Delete",
+            &[("layout", "flat"), ("deleteFile", "true")],
+        )
+        .await;
+    // Both layouts allowed: the ownership markers and the in-use check are what protect.
+    let mut config = cluster.config(false);
+    config.allow_mixed_layouts = true;
+    let _running = start_controller(&cluster.client, config);
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+
+    claim_in(&cluster, "team-db", "x", "nfs").await;
+    let nested = cluster.bound_in("team-db", "x").await;
+    let orders = cluster.mount("a").join("team-db/x/orders");
+    std::fs::write(&orders, b"team-db's data").unwrap();
+
+    claim_in(&cluster, "team", "db", "nfs-flat").await;
+    let outcome = bound_or_refused(&cluster, "team", "db").await;
+    Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), "team")
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    if let Ok(flat) = &outcome {
+        // What the old code did: the flat claim got <export>/team-db; its release follows.
+        eprintln!("team/db was bound to {:?}", nfs_source(flat));
+        cluster.gone(&flat.name_any()).await;
+    }
+    assert!(
+        orders.exists(),
+        "namespace team-db's data was removed by the release of the flat claim team/db"
+    );
+    assert!(
+        cluster
+            .pvs()
+            .get_opt(&nested.name_any())
+            .await
+            .unwrap()
+            .is_some(),
+        "team-db/x's PV is still there"
+    );
+    let message = outcome.expect_err("the flat claim team/db must be refused");
+    eprintln!("team/db: {message}");
+    for part in ["team-db", "team/db"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    scheduler.shutdown().await;
+}
+
+/// A flat PV an older version made across the collision (`<export>/team-db` for claim
+/// `team/db`, which is namespace `team-db`'s directory) is released: the directory holds
+/// another PV's directory (and has a namespace marker), so it is kept, the PV goes, and a
+/// Warning on the PV says why.
+#[tokio::test]
+async fn a_released_flat_pv_of_an_older_version_keeps_the_nested_namespace_it_points_at() {
+    let cluster = Cluster::start().await;
+    cluster
+        .class("nfs", false, "Delete", &[("deleteFile", "true")])
+        .await;
+    let _running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    claim_in(&cluster, "team-db", "x", "nfs").await;
+    let nested = cluster.bound_in("team-db", "x").await;
+    let orders = cluster.mount("a").join("team-db/x/orders");
+    std::fs::write(&orders, b"team-db's data").unwrap();
+
+    // What an older version left: a PV of ours for claim team/db (gone) at <export>/team-db.
+    let legacy = stowage_testkit::fixtures::pv("pvc-legacy")
+        .annotation(names::ANNOTATION_PROVISIONED_BY, names::PROVISIONER_NFS)
+        .annotation(names::ANNOTATION_NFS_ON_DELETE, "delete")
+        .finalizer(names::FINALIZER_PV_CLEANUP)
+        .nfs("10.0.0.1", "/exports/a/team-db")
+        .claim("team", "db")
+        .claim_uid(Some("00000000-0000-4000-8000-00000000dead"))
+        .reclaim("Delete")
+        .build();
+    cluster
+        .pvs()
+        .create(&PostParams::default(), &legacy)
+        .await
+        .unwrap();
+    cluster.gone("pvc-legacy").await;
+    assert_eq!(std::fs::read(&orders).unwrap(), b"team-db's data");
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let warning = wait_until(WAIT, "a VolumeFailedDelete Event on pvc-legacy", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.involved_object.name.as_deref() == Some("pvc-legacy")
+                    && e.reason.as_deref() == Some("VolumeFailedDelete")
+            })
+            .and_then(|e| e.message)
+    })
+    .await
+    .unwrap();
+    eprintln!("pvc-legacy: {warning}");
+    for part in ["/exports/a/team-db", "team-db/x", "left as it is"] {
+        assert!(warning.contains(part), "{part}: {warning}");
+    }
+    assert!(
+        cluster
+            .pvs()
+            .get_opt(&nested.name_any())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    scheduler.shutdown().await;
+}
+
+/// Without `--nfs-allow-mixed-layouts`, a flat class beside a nested one (or the other way
+/// round) provisions nothing, and the Event names both classes and the flag.
+#[tokio::test]
+async fn flat_and_nested_classes_on_the_same_servers_are_refused_unless_allowed() {
+    let cluster = Cluster::start().await;
+    cluster.class("nfs", false, "Delete", &[]).await;
+    cluster
+        .class("nfs-flat", false, "Delete", &[("layout", "flat")])
+        .await;
+    let _running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    cluster.claim("old", "nfs-flat", &["ReadWriteMany"]).await;
+    cluster.claim("new", "nfs", &["ReadWriteMany"]).await;
+    for claim in ["old", "new"] {
+        let message = bound_or_refused(&cluster, NS, claim)
+            .await
+            .expect_err("mixed layouts must be refused");
+        eprintln!("{claim}: {message}");
+        for part in ["nfs-flat", "nested", "--nfs-allow-mixed-layouts"] {
+            assert!(message.contains(part), "{claim}: {part}: {message}");
+        }
+    }
+    assert!(
+        cluster
+            .pvs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
     scheduler.shutdown().await;
 }

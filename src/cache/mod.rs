@@ -948,6 +948,11 @@ impl ClusterIndex {
         self.classes.get(name)
     }
 
+    /// Every StorageClass, in no particular order.
+    pub fn storage_classes(&self) -> impl Iterator<Item = &StorageClass> {
+        self.classes.values()
+    }
+
     /// The path of pool `pool` on node `node`, as its StorageNode's status reports it.
     pub fn pool_path(&self, node: &str, pool: &str) -> Option<String> {
         self.nodes

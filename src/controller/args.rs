@@ -69,6 +69,23 @@ pub struct ControllerArgs {
     #[arg(long, default_value = crate::nfs::config::DEFAULT_MOUNT_BASE, env = "STOWAGE_NFS_MOUNT_BASE")]
     pub nfs_mount_base: PathBuf,
 
+    /// NFS cluster mode: let StorageClasses of the flat layout (`layout: flat`) and of the
+    /// nested layout provision on the same NFS servers. Without it a claim of either layout
+    /// is refused while a class of the other exists, because a flat `<namespace>-<claim>`
+    /// can be a nested namespace's directory (claim `db` of namespace `team` and namespace
+    /// `team-db`). Turn it on only when no namespace name can collide that way; ownership
+    /// markers still refuse any directory that is another claim's or a namespace's.
+    #[arg(
+        long,
+        env = "STOWAGE_NFS_ALLOW_MIXED_LAYOUTS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub nfs_allow_mixed_layouts: bool,
+
     /// Leader election among the replicas: only the Lease holder provisions; every replica
     /// serves the extender and metrics.
     #[command(flatten)]
@@ -224,6 +241,7 @@ impl ControllerArgs {
             drain_timeout: _,
             nfs_config: _,
             nfs_mount_base: _,
+            nfs_allow_mixed_layouts: _,
             leader: _,
         } = self;
         let ready = Readiness::for_controller();
@@ -347,10 +365,11 @@ impl ControllerArgs {
             None => NfsConfig::from_process_env(&self.nfs_mount_base)
                 .context("reading the NFS environment (NFS_SERVER, NFS_PATH, PROVISIONER_NAME)")?,
         };
-        let Some(config) = config else {
+        let Some(mut config) = config else {
             tracing::info!("NFS provisioning off: no --nfs-config and no NFS_SERVER");
             return Ok(None);
         };
+        config.allow_mixed_layouts = self.nfs_allow_mixed_layouts;
         config.check_mounts().context("checking the NFS mounts")?;
         if config.provisioner_name == self.provisioner_name {
             anyhow::bail!(
@@ -370,6 +389,7 @@ impl ControllerArgs {
         tracing::info!(
             provisioner = %config.provisioner_name,
             servers = %servers.join(", "),
+            allow_mixed_layouts = config.allow_mixed_layouts,
             "NFS provisioning on"
         );
         Ok(Some(config))

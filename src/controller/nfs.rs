@@ -8,7 +8,13 @@
 //!     unsupported request / bad class ──▶ ProvisioningFailed, no hot retry
 //!     otherwise ────────────────────────▶ NfsCluster::provision (blocking, serialised)
 //!                                         ─▶ PV pvc-<uid> (nfs, pre-bound, finalizer)
-//!   PV of ours, Delete, Released ───────▶ NfsCluster::delete per stowage.io/nfs-on-delete
+//!   flat and nested classes side by side ▶ ProvisioningFailed, unless
+//!                                         --nfs-allow-mixed-layouts
+//!   directory of another claim/namespace ▶ ProvisioningFailed naming it (owner marker)
+//!   PV of ours, Delete, Released ───────▶ another PV at, inside or above its directory:
+//!                                         keep it; a directory not its claim's: keep it,
+//!                                         Warning; otherwise NfsCluster::delete per
+//!                                         stowage.io/nfs-on-delete
 //!                                         ─▶ delete the PV, remove our finalizer
 //!   PV of ours, Retain ─────────────────▶ drop our finalizer; the directory stays
 //!   every 30 s and after a provision ───▶ tally PVs, statvfs each mount (timeout),
@@ -45,8 +51,8 @@ use crate::api::{names, reasons};
 use crate::crash;
 use crate::ledger::Bytes;
 use crate::nfs::{
-    Allocation, ClaimName, NfsClassParams, NfsCluster, NfsConfig, NfsError, NfsMetrics,
-    NfsServerState, Placement, capacity,
+    Allocation, ClaimName, ClaimUid, Layout, NfsClassParams, NfsCluster, NfsConfig, NfsError,
+    NfsMetrics, NfsServerState, Overlap, Placement, UsedDir, capacity, overlap,
 };
 
 /// How often server capacity is measured and the ring rebuilt.
@@ -371,6 +377,40 @@ pub fn persistent_volume(
     }
 }
 
+/// PURE: why a claim of class `class` (of `layout`) may not be provisioned while another
+/// class of the NFS provisioner `provisioner` among `classes` uses the other layout, naming
+/// the first such class (by name) and the fix; `None` if every NFS class uses `layout`.
+///
+/// Every NFS class places onto the same servers, where a flat `<namespace>-<claim>` can be
+/// a nested namespace's directory (claim `db` of namespace `team`, namespace `team-db`).
+/// Classes whose parameters do not parse are passed over: they provision nothing.
+pub fn mixed_layouts<'a>(
+    class: &str,
+    layout: Layout,
+    provisioner: &str,
+    classes: impl IntoIterator<Item = &'a StorageClass>,
+) -> Option<String> {
+    let (other, other_layout) = classes
+        .into_iter()
+        .filter(|c| c.provisioner == provisioner)
+        .filter_map(|c| {
+            let name = c.name_any();
+            let params = NfsClassParams::parse(&name, c.parameters.as_ref()).ok()?;
+            (params.layout != layout).then_some((name, params.layout))
+        })
+        .min_by(|a, b| a.0.cmp(&b.0))?;
+    Some(format!(
+        "StorageClass {class} uses the {layout} NFS layout but StorageClass {other} uses the \
+         {other_layout} layout on the same NFS servers: a flat directory <namespace>-<claim> \
+         can be the directory of a nested namespace (claim db of namespace team and namespace \
+         team-db both use team-db), so the two layouts could take or delete each other's data; \
+         use one layout for every {provisioner} class, or, if no namespace name can collide \
+         that way, start the controller with --nfs-allow-mixed-layouts (directories whose \
+         ownership marker names another claim or a namespace are refused either way); nothing \
+         was provisioned"
+    ))
+}
+
 fn claim_key(claim: &PersistentVolumeClaim) -> String {
     format!(
         "{}/{}",
@@ -442,12 +482,37 @@ pub async fn reconcile_claim(
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()).await,
     };
+    let claim_uid = match ClaimUid::parse(&uid) {
+        Ok(u) => u,
+        Err(e) => return refuse(e.to_string()).await,
+    };
+    if !nfs.snapshot().config().allow_mixed_layouts {
+        let conflict = {
+            let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+            mixed_layouts(
+                &class_name,
+                params.layout,
+                &provisioner,
+                index.storage_classes(),
+            )
+        };
+        if let Some(message) = conflict {
+            return refuse(message).await;
+        }
+    }
 
     let placing = nfs.placing.lock().await;
     let cluster = nfs.snapshot();
+    let used = {
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        used_dirs(&index.persistent_volumes_of(&provisioner))
+    };
     let placed = {
         let claim_name = claim_name.clone();
-        tokio::task::spawn_blocking(move || cluster.provision(&claim_name, size, &params)).await
+        tokio::task::spawn_blocking(move || {
+            cluster.provision(&claim_name, &claim_uid, size, &params, &used)
+        })
+        .await
     };
     let placement = match placed {
         Ok(Ok(p)) => p,
@@ -833,9 +898,10 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
         OnDelete::Retain
     });
     // A claim re-created under the same name gets its old directory back; never remove a
-    // directory another live PV of ours still points at. The placement lock makes the
-    // check and the removal atomic with respect to a placement (which holds it from the
-    // directory lookup until its PV exists).
+    // directory another PV of ours still points at, or one that holds or lies inside
+    // another PV's directory (`in_use_by`). The placement lock makes the check and the
+    // removal atomic with respect to a placement (which holds it from the directory lookup
+    // until its PV exists).
     let placing = nfs.placing.lock().await;
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
@@ -843,33 +909,74 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
         "PersistentVolume",
         "(all)",
     ))?;
-    let shared = list.items.iter().find(|other| {
-        other.metadata.uid != pv.metadata.uid
-            && other.metadata.deletion_timestamp.is_none()
-            && provisioned_by(other) == Some(provisioner.as_str())
-            && other
-                .spec
-                .as_ref()
-                .and_then(|s| s.nfs.as_ref())
-                .is_some_and(|n| n.server == source.server && n.path == source.path)
-            && other.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released")
-    });
+    let shared = in_use_by(pv, &list.items, &provisioner);
     if let Some(other) = shared {
+        let theirs = other
+            .spec
+            .as_ref()
+            .and_then(|s| s.nfs.as_ref())
+            .map(|n| n.path.clone())
+            .unwrap_or_default();
         tracing::info!(
             volume = %name,
             other = %other.name_any(),
             path = %source.path,
             "directory is in use by another PV; keeping it"
         );
+        // The same directory is a re-created claim's, as designed; one directory inside
+        // the other is a collision (an older version's flat volume that is a nested
+        // namespace's directory), which a person should look at.
+        if overlap(&source.path, &theirs) != Overlap::Same {
+            let text = format!(
+                "PersistentVolume {name}: its directory {}:{} and the directory {theirs} of PersistentVolume {} (claim {}) lie one inside the other, so it was neither deleted nor archived; the PV is deleted and the directory left as it is; remove what is not the other volume's by hand once you have checked it",
+                source.server,
+                source.path,
+                other.name_any(),
+                other
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .map(|r| format!(
+                        "{}/{}",
+                        r.namespace.as_deref().unwrap_or_default(),
+                        r.name.as_deref().unwrap_or_default()
+                    ))
+                    .unwrap_or_else(|| "unknown".to_string()),
+            );
+            tracing::warn!(volume = %name, error = %text, "NFS directory overlaps another PV's; keeping it");
+            nfs.recorder
+                .record(
+                    &pv.object_ref(&()),
+                    EventType::Warning,
+                    reasons::VOLUME_FAILED_DELETE,
+                    &text,
+                )
+                .await;
+        }
     } else if on_delete != OnDelete::Retain {
         let cluster = nfs.snapshot();
         let (server, path) = (source.server.clone(), source.path.clone());
+        let claim = pv_claim(pv);
         let removed = tokio::task::spawn_blocking(move || {
-            cluster.delete(&server, &path, on_delete, SystemTime::now())
+            cluster.delete(&server, &path, claim.as_ref(), on_delete, SystemTime::now())
         })
         .await;
         match removed {
             Ok(Ok(done)) => tracing::info!(volume = %name, ?done, "NFS directory dealt with"),
+            // Not this PV's claim's directory (an older version provisioned it across the
+            // flat/nested collision): kept, like a directory another PV uses, and said so.
+            Ok(Err(source)) if source.not_ours().is_some() => {
+                let text = format!("PersistentVolume {name}: {}", error_chain(&source));
+                tracing::warn!(volume = %name, reason = source.reason(), error = %text, "NFS directory is not the claim's; keeping it");
+                nfs.recorder
+                    .record(
+                        &pv.object_ref(&()),
+                        EventType::Warning,
+                        reasons::VOLUME_FAILED_DELETE,
+                        &text,
+                    )
+                    .await;
+            }
             Ok(Err(source)) => {
                 return Err(Error::Nfs {
                     object: format!("PersistentVolume {name}"),
@@ -889,6 +996,74 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
     delete_pv(pv, ctx).await?;
     nfs.refresh_now.notify_one();
     Ok(())
+}
+
+/// PURE: another PV of `provisioner` among `pvs` that uses the directory of `pv` (same
+/// `nfs.server`), so releasing `pv` must leave the directory alone:
+///
+/// - one at the same path that is live (not being deleted, not Released): a claim re-created
+///   under the same name took the directory back. A Released one at the same path does not
+///   count (it is the old claim's, and a Retain PV would otherwise keep it forever).
+/// - one whose directory lies inside `pv`'s, or holds it, in any phase: another claim's data
+///   is in there (a flat `<namespace>-<claim>` that is a nested namespace's directory, or
+///   exports of one server that nest), and it is kept even when that PV is Released,
+///   since a Retain PV's data is meant to stay.
+pub fn in_use_by<'a>(
+    pv: &PersistentVolume,
+    pvs: &'a [PersistentVolume],
+    provisioner: &str,
+) -> Option<&'a PersistentVolume> {
+    let source = pv.spec.as_ref()?.nfs.as_ref()?;
+    pvs.iter().find(|other| {
+        let Some(theirs) = other.spec.as_ref().and_then(|s| s.nfs.as_ref()) else {
+            return false;
+        };
+        if other.metadata.uid == pv.metadata.uid
+            || provisioned_by(other) != Some(provisioner)
+            || theirs.server != source.server
+        {
+            return false;
+        }
+        match overlap(&source.path, &theirs.path) {
+            Overlap::Same => {
+                other.metadata.deletion_timestamp.is_none()
+                    && other.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released")
+            }
+            Overlap::Inside | Overlap::Holds => true,
+            Overlap::Apart => false,
+        }
+    })
+}
+
+/// The directories `pvs` use, for [`NfsCluster::provision`]'s overlap check. From the
+/// index: a PV made a moment ago may not be there yet, which is why placements also check
+/// ownership markers on disk.
+fn used_dirs(pvs: &[PersistentVolume]) -> Vec<UsedDir> {
+    pvs.iter()
+        .filter_map(|pv| {
+            let spec = pv.spec.as_ref()?;
+            let nfs = spec.nfs.as_ref()?;
+            let claim = spec.claim_ref.as_ref().and_then(|r| {
+                Some(format!(
+                    "{}/{}",
+                    r.namespace.as_deref()?,
+                    r.name.as_deref()?
+                ))
+            });
+            Some(UsedDir {
+                pv: pv.name_any(),
+                claim,
+                address: nfs.server.clone(),
+                path: nfs.path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The claim a PV was made for, from its `claimRef`; `None` if it names none that is valid.
+fn pv_claim(pv: &PersistentVolume) -> Option<ClaimName> {
+    let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+    ClaimName::new(r.namespace.as_deref()?, r.name.as_deref()?).ok()
 }
 
 async fn delete_pv(pv: &PersistentVolume, ctx: &Context) -> Result<()> {
@@ -990,6 +1165,148 @@ mod tests {
                 "requested {requested} pv {pv} claim {claim:?} free {free:?}"
             );
         }
+    }
+
+    /// A PV of the NFS provisioner at `address:path`, in `phase`.
+    fn nfs_pv(uid: &str, address: &str, path: &str, phase: &str) -> PersistentVolume {
+        PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some(format!("pvc-{uid}")),
+                uid: Some(uid.into()),
+                annotations: Some(BTreeMap::from([(
+                    names::ANNOTATION_PROVISIONED_BY.to_string(),
+                    names::PROVISIONER_NFS.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                nfs: Some(NFSVolumeSource {
+                    server: address.into(),
+                    path: path.into(),
+                    read_only: None,
+                }),
+                ..PersistentVolumeSpec::default()
+            }),
+            status: Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_directory_is_in_use_while_a_pv_is_at_inside_or_above_it_by_path_components() {
+        let flat = nfs_pv("flat", "10.0.0.1", "/exports/a/team-db", "Released");
+        let in_use =
+            |other: PersistentVolume| in_use_by(&flat, &[other], names::PROVISIONER_NFS).is_some();
+        // Inside: namespace team-db's claim x under the flat claim team/db's directory.
+        assert!(in_use(nfs_pv(
+            "x",
+            "10.0.0.1",
+            "/exports/a/team-db/x",
+            "Bound"
+        )));
+        // Inside and Released (kept by Retain, or not yet cleaned up): still data inside.
+        assert!(in_use(nfs_pv(
+            "x",
+            "10.0.0.1",
+            "/exports/a/team-db/x",
+            "Released"
+        )));
+        // Above: a volume whose directory holds this one.
+        assert!(in_use(nfs_pv("up", "10.0.0.1", "/exports/a", "Bound")));
+        // The same directory: a re-created claim's live PV, not a Released one.
+        assert!(in_use(nfs_pv(
+            "again",
+            "10.0.0.1",
+            "/exports/a/team-db",
+            "Bound"
+        )));
+        assert!(!in_use(nfs_pv(
+            "old",
+            "10.0.0.1",
+            "/exports/a/team-db",
+            "Released"
+        )));
+        // Component-wise, not string prefixes; another server; the PV itself.
+        assert!(!in_use(nfs_pv("t", "10.0.0.1", "/exports/a/team", "Bound")));
+        assert!(!in_use(nfs_pv(
+            "t",
+            "10.0.0.1",
+            "/exports/a/team-db-x",
+            "Bound"
+        )));
+        assert!(!in_use(nfs_pv(
+            "t",
+            "10.0.0.1",
+            "/exports/a/team-dbx/y",
+            "Bound"
+        )));
+        assert!(!in_use(nfs_pv(
+            "x",
+            "10.0.0.2",
+            "/exports/a/team-db/x",
+            "Bound"
+        )));
+        assert!(!in_use(nfs_pv(
+            "flat",
+            "10.0.0.1",
+            "/exports/a/team-db/x",
+            "Bound"
+        )));
+    }
+
+    fn nfs_class(name: &str, provisioner: &str, params: &[(&str, &str)]) -> StorageClass {
+        StorageClass {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            provisioner: provisioner.into(),
+            parameters: Some(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flat_and_nested_classes_of_one_provisioner_conflict_naming_the_other_class() {
+        let nfs = names::PROVISIONER_NFS;
+        let classes = [
+            nfs_class("nfs", nfs, &[]),
+            nfs_class("nfs-archive", nfs, &[("archiveOnDelete", "true")]),
+            nfs_class("zz-flat", nfs, &[("layout", "flat")]),
+            nfs_class("b-flat", nfs, &[("layout", "flat")]),
+            // Not ours, or not usable: no conflict from them.
+            nfs_class("local", names::PROVISIONER_LOCAL, &[("layout", "flat")]),
+            nfs_class("broken", nfs, &[("layout", "spiral")]),
+        ];
+        let message = mixed_layouts("nfs", Layout::Nested, nfs, &classes).unwrap();
+        for part in [
+            "StorageClass nfs uses the nested NFS layout but StorageClass b-flat uses the flat layout",
+            "--nfs-allow-mixed-layouts",
+            "team-db",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        let message = mixed_layouts("b-flat", Layout::Flat, nfs, &classes).unwrap();
+        assert!(
+            message.contains("StorageClass nfs uses the nested"),
+            "{message}"
+        );
+        // One layout everywhere: nothing to say.
+        assert_eq!(
+            mixed_layouts("nfs", Layout::Nested, nfs, &classes[..2]),
+            None
+        );
+        assert_eq!(
+            mixed_layouts("b-flat", Layout::Flat, nfs, &classes[2..]),
+            None
+        );
     }
 
     #[test]

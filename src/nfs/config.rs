@@ -119,6 +119,11 @@ pub struct NfsConfig {
     pub epsilon: Epsilon,
     /// Verbose logging asked for (`LOG=true`).
     pub verbose: bool,
+    /// Classes of the flat and of the nested layout may provision side by side on these
+    /// servers. Off by default: a flat `<namespace>-<claim>` can be a nested namespace's
+    /// directory. Not read from the file or the environment: set from the controller's
+    /// `--nfs-allow-mixed-layouts`.
+    pub allow_mixed_layouts: bool,
     /// The servers, in config order.
     pub servers: Vec<ServerSpec>,
 }
@@ -312,6 +317,7 @@ impl NfsConfig {
             provisioner_name,
             epsilon,
             verbose: false,
+            allow_mixed_layouts: false,
             servers,
         })
     }
@@ -402,6 +408,7 @@ impl NfsConfig {
             provisioner_name,
             epsilon: Epsilon::default(),
             verbose,
+            allow_mixed_layouts: false,
             servers,
         }))
     }

@@ -23,6 +23,25 @@
 //!   archive  renameat from the namespace directory's descriptor to the mount's
 //! ```
 //!
+//! Every claim directory, and every namespace directory of the nested layout, carries an
+//! ownership marker `.stowage-owner` ([`super::owner`]: format, rules). It is written when
+//! the directory is made or first adopted, as a file of its own descriptor's directory
+//! ([`fsutil::write_file_at`]: `O_CREAT | O_EXCL | O_NOFOLLOW` under a staging name, then a
+//! rename that replaces nothing) and read the same way ([`fsutil::read_file_at`]:
+//! `O_NOFOLLOW`, a regular file, at most 4 KiB). Look-up, create and remove refuse a
+//! directory whose marker names another claim or a namespace, or that has no marker but
+//! holds a marked nested claim `<it>/<x>` (a namespace directory of an older version seen
+//! through the flat layout):
+//!
+//! ```text
+//!   holds    <ns>: namespace marker of <ns>, or none ─ <claim>: its claim's marker, or
+//!            none (flat: and no marked nested claim inside)
+//!   create   the same checks on the directories made or adopted, then a missing marker is
+//!            written
+//!   remove   the claim directory's marker names the PV's claim, or none (flat: and no
+//!            marked nested claim inside); otherwise nothing is removed or moved
+//! ```
+//!
 //! Staging names start with a dot (`.staging-<claim>` beside the claim's directory,
 //! `.parent-<namespace>.<claim>` beside the namespace's), which no claim directory, namespace
 //! directory or archive name does. A leftover of a crashed create is reused by the retry,
@@ -45,12 +64,13 @@ use std::time::SystemTime;
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
-use super::place::RelDir;
+use super::owner::{self, Marker, NotOurs, OWNER_FILE, Owner, Purpose, Refusal};
+use super::place::{ClaimName, Layout, RelDir};
 use super::ring::stable_hash;
 use crate::agent::path::utc_stamp;
 use crate::agent::pool::VolumeMode;
 use crate::api::local_volume::OnDelete;
-use crate::fsutil::{self, FsError, NewDir, race_point};
+use crate::fsutil::{self, FileAt, FsError, NewDir, race_point};
 
 /// The prefix of archived volume directories.
 pub const ARCHIVE_PREFIX: &str = "archived-";
@@ -77,6 +97,9 @@ const STAGING_PREFIX: &str = ".staging-";
 
 /// The prefix of a namespace directory being set up for a claim, at the top of the mount.
 const PARENT_STAGING_PREFIX: &str = ".parent-";
+
+/// Where an ownership marker is written before it is renamed to [`OWNER_FILE`].
+const OWNER_STAGING: &str = ".stowage-owner.new";
 
 /// Why a directory operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +137,10 @@ pub enum DirError {
         /// The directory.
         path: PathBuf,
     },
+    /// The directory is not the claim's: its ownership marker names another claim or a
+    /// namespace, or it is a nested namespace's directory ([`super::owner`]).
+    #[error(transparent)]
+    NotOurs(Box<NotOurs>),
 }
 
 impl From<FsError> for DirError {
@@ -142,6 +169,7 @@ impl DirError {
             DirError::NotADirectory { .. } => "NfsNotADirectory",
             DirError::Symlink { .. } => "NfsSymlinkRefused",
             DirError::Replaced { .. } => "NfsDirectoryReplaced",
+            DirError::NotOurs(n) => n.reason(),
         }
     }
 }
@@ -231,19 +259,42 @@ impl ServerRoot {
         Ok(Some(dir))
     }
 
-    /// Whether the claim directory `rel` exists here as a real directory. A symlink or a
-    /// file on the way is an error, not a "no".
-    pub fn holds(&self, rel: &RelDir) -> Result<bool, DirError> {
-        let (last, _) = split(rel)?;
+    /// Whether the directory of `owner`'s claim exists here as a real directory that is the
+    /// claim's. A symlink or a file on the way is an error, not a "no"; so is a directory
+    /// that is not the claim's ([`DirError::NotOurs`]): a namespace directory whose marker
+    /// is not that namespace's, a claim directory whose marker names another claim, or an
+    /// unmarked flat directory holding a marked nested claim. Reads only; markers are
+    /// written by [`ServerRoot::create`].
+    pub fn holds(&self, owner: &Owner) -> Result<bool, DirError> {
+        let rel = owner.rel();
+        let (last, parents) = split(&rel)?;
         let root = self.open_root()?;
-        let Some(parent) = self.open_parent(&root, rel)? else {
+        let Some(parent) = self.open_parent(&root, &rel)? else {
             return Ok(false);
         };
-        Ok(fsutil::open_dir_at(&parent.fd, &parent.path, last)?.is_some())
+        if let Some(ns) = parents.first() {
+            namespace_marked(&parent, ns, &owner.claim)?;
+        }
+        let Some(fd) = fsutil::open_dir_at(&parent.fd, &parent.path, last)? else {
+            return Ok(false);
+        };
+        let dir = Opened {
+            fd,
+            path: parent.path.join(last),
+        };
+        claim_marked(
+            &dir,
+            last,
+            Some(&owner.claim),
+            owner.layout,
+            Purpose::Volume,
+        )?;
+        Ok(true)
     }
 
-    /// Makes the claim directory `rel` (and its namespace directory, mode [`PARENT_MODE`])
-    /// with exactly `mode`, whatever the process umask, and returns its path.
+    /// Makes the directory of `owner`'s claim (and, nested, its namespace directory, mode
+    /// [`PARENT_MODE`]) with exactly `mode`, whatever the process umask, and returns its
+    /// path. Each directory gets its ownership marker ([`super::owner`]).
     ///
     /// Each level is made under a staging name, given its mode on its own descriptor and
     /// renamed into place without replacing anything ([`fsutil::make_dir_at`]), all relative
@@ -251,10 +302,14 @@ impl ServerRoot {
     /// the claim's path never holds a directory without its mode.
     ///
     /// Idempotent: an existing directory is adopted and keeps its mode and contents (a
-    /// re-created claim finds its data), a staging leftover of a crashed create is reused;
-    /// a file or symlink in the way is an error.
-    pub fn create(&self, rel: &RelDir, mode: VolumeMode) -> Result<PathBuf, DirError> {
-        let (last, parents) = split(rel)?;
+    /// re-created claim finds its data, whatever its new uid), a staging leftover of a
+    /// crashed create is reused; a file or symlink in the way is an error, and so is a
+    /// directory that is not the claim's ([`ServerRoot::holds`]), before anything is
+    /// written into it. An adopted directory without a marker (made by an older version or
+    /// the source design) gets one.
+    pub fn create(&self, owner: &Owner, mode: VolumeMode) -> Result<PathBuf, DirError> {
+        let rel = owner.rel();
+        let (last, parents) = split(&rel)?;
         let mut dir = self.open_root()?;
         for part in parents {
             let staging = parent_staging_name(part, last);
@@ -270,6 +325,13 @@ impl ServerRoot {
                 fd: made.fd,
                 path: dir.path.join(part),
             };
+            if !namespace_marked(&dir, part, &owner.claim)? {
+                let marker = Marker::for_namespace(part);
+                if !write_marker(&dir, &marker)? {
+                    // Someone else's marker appeared meanwhile: it has to pass too.
+                    namespace_marked(&dir, part, &owner.claim)?;
+                }
+            }
         }
         let staging = staging_name(last);
         let new = NewDir {
@@ -279,8 +341,18 @@ impl ServerRoot {
             chmod_point: "nfs.create.chmod",
             rename_point: "nfs.create.rename",
         };
-        fsutil::make_dir_at(&dir.fd, &dir.path, &new, || {})?;
-        Ok(dir.path.join(last))
+        let made = fsutil::make_dir_at(&dir.fd, &dir.path, &new, || {})?;
+        let claim_dir = Opened {
+            fd: made.fd,
+            path: dir.path.join(last),
+        };
+        let purpose = Purpose::Volume;
+        if !claim_marked(&claim_dir, last, Some(&owner.claim), owner.layout, purpose)?
+            && !write_marker(&claim_dir, &Marker::for_claim(owner))?
+        {
+            claim_marked(&claim_dir, last, Some(&owner.claim), owner.layout, purpose)?;
+        }
+        Ok(claim_dir.path)
     }
 
     /// Deals with the claim directory `rel` as `on_delete` says: remove it, rename it to a
@@ -293,9 +365,16 @@ impl ServerRoot {
     /// descriptor and enters subdirectories only with `O_NOFOLLOW`
     /// ([`fsutil::remove_tree_at`]); the archive is a `renameat` between the descriptors
     /// of the claim's parent and of the mount.
+    ///
+    /// Nothing is removed or moved that is not `claim`'s (the claim the released PV was
+    /// made for; `None` if it names none): a directory whose marker names another claim
+    /// or a namespace, or an unmarked flat directory holding a marked nested claim, is
+    /// [`DirError::NotOurs`] and left as it is. This catches what an older version
+    /// provisioned across the flat/nested collision.
     pub fn remove(
         &self,
         rel: &RelDir,
+        claim: Option<&ClaimName>,
         on_delete: OnDelete,
         now: SystemTime,
     ) -> Result<Removed, DirError> {
@@ -314,6 +393,13 @@ impl ServerRoot {
         };
         let staging = staging_name(last);
         fsutil::remove_tree_at(&parent.fd, &parent.path, &staging, "nfs.delete.staging")?;
+        if let Some(fd) = fsutil::open_dir_at(&parent.fd, &parent.path, last)? {
+            let dir = Opened {
+                fd,
+                path: parent.path.join(last),
+            };
+            claim_marked(&dir, last, claim, rel.layout(), Purpose::Release)?;
+        }
         match on_delete {
             OnDelete::Retain => Ok(Removed::Retained(path)),
             OnDelete::Delete => {
@@ -385,6 +471,141 @@ impl ServerRoot {
             io::Error::other("no free archive name"),
         ))
     }
+}
+
+/// What the ownership marker of the open directory `dir` says: `Ok(None)` if it has none,
+/// a refusal (for `claim`, `purpose`) if it cannot be read.
+fn read_marker(
+    dir: &Opened,
+    claim: Option<&ClaimName>,
+    purpose: Purpose,
+) -> Result<Option<Marker>, DirError> {
+    let invalid = |why: String| refuse(dir, claim, purpose, Refusal::InvalidMarker { why });
+    match fsutil::read_file_at(&dir.fd, &dir.path, OWNER_FILE, owner::MAX_MARKER_LEN)? {
+        FileAt::Absent => Ok(None),
+        FileAt::Contents(bytes) => {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| invalid("it is not UTF-8 text".to_string()))?;
+            Marker::parse(&text).map(Some).map_err(invalid)
+        }
+        FileAt::Symlink => Err(invalid("it is a symlink (not followed)".to_string())),
+        FileAt::NotAFile => Err(invalid("it is not a regular file".to_string())),
+        FileAt::TooLong => Err(invalid(format!(
+            "it is longer than {} bytes",
+            owner::MAX_MARKER_LEN
+        ))),
+    }
+}
+
+/// The refusal of the open directory `dir` to `claim` for `purpose`.
+fn refuse(dir: &Opened, claim: Option<&ClaimName>, purpose: Purpose, refusal: Refusal) -> DirError {
+    DirError::NotOurs(Box::new(NotOurs {
+        path: dir.path.clone(),
+        claim: claim.map_or_else(|| "an unknown claim".to_string(), ToString::to_string),
+        purpose,
+        refusal,
+    }))
+}
+
+/// Checks the open claim directory `dir` (named `name` in its parent) for `claim` in
+/// `layout`: `Ok(true)` if its marker says it is the claim's, `Ok(false)` if it has no
+/// marker and may be adopted, [`DirError::NotOurs`] otherwise. An unmarked flat directory
+/// is refused if it holds a marked nested claim `<name>/<x>` ([`nested_claim_inside`]).
+fn claim_marked(
+    dir: &Opened,
+    name: &str,
+    claim: Option<&ClaimName>,
+    layout: Layout,
+    purpose: Purpose,
+) -> Result<bool, DirError> {
+    match read_marker(dir, claim, purpose)? {
+        Some(marker) => owner::check_claim_dir(&marker, claim, layout)
+            .map(|()| true)
+            .map_err(|r| refuse(dir, claim, purpose, r)),
+        None if layout == Layout::Flat => match nested_claim_inside(dir, name)? {
+            Some(inside) => Err(refuse(
+                dir,
+                claim,
+                purpose,
+                Refusal::HoldsNestedClaim { inside },
+            )),
+            None => Ok(false),
+        },
+        None => Ok(false),
+    }
+}
+
+/// Checks the open namespace directory `dir` of `namespace` for the nested `claim`:
+/// `Ok(true)` if its marker says it is that namespace's, `Ok(false)` if it has no marker
+/// (an older version's, adopted), [`DirError::NotOurs`] if it is a claim's volume or
+/// another namespace's directory.
+fn namespace_marked(dir: &Opened, namespace: &str, claim: &ClaimName) -> Result<bool, DirError> {
+    let purpose = Purpose::NamespaceOf;
+    match read_marker(dir, Some(claim), purpose)? {
+        Some(marker) => owner::check_namespace_dir(&marker, namespace)
+            .map(|()| true)
+            .map_err(|r| refuse(dir, Some(claim), purpose, r)),
+        None => Ok(false),
+    }
+}
+
+/// Writes `marker` into the open directory `dir`; `false` if a marker appeared there
+/// meanwhile (the caller checks that one instead).
+fn write_marker(dir: &Opened, marker: &Marker) -> Result<bool, DirError> {
+    Ok(fsutil::write_file_at(
+        &dir.fd,
+        &dir.path,
+        OWNER_FILE,
+        OWNER_STAGING,
+        marker.render().as_bytes(),
+        "nfs.marker.rename",
+    )?)
+}
+
+/// The first subdirectory `x` of the open, unmarked top-level directory `dir` (named `name`)
+/// whose marker says it is the nested claim `<name>/<x>`: then `dir` is namespace
+/// `<name>`'s directory of the nested layout, not a flat claim's volume. `None` when
+/// `name` cannot be a namespace (not a DNS label) or nothing inside says so.
+///
+/// Reads one directory listing and, for each entry named like a claim that is a
+/// directory, one marker, all relative to descriptors, without following a symlink;
+/// entries that cannot be opened or read are passed over (this looks for evidence, and
+/// finds none there). It runs only for unmarked flat directories, which get a marker when
+/// adopted, so it stops costing anything once a legacy directory has been adopted.
+fn nested_claim_inside(dir: &Opened, name: &str) -> Result<Option<String>, DirError> {
+    if crate::nfs::place::check_label(name).is_err() {
+        return Ok(None);
+    }
+    let err = |e: Errno| DirError::io(&dir.path, e.into());
+    let mut reader = rustix::fs::Dir::read_from(&dir.fd).map_err(err)?;
+    while let Some(entry) = reader.read() {
+        let entry = entry.map_err(err)?;
+        let Ok(sub) = entry.file_name().to_str() else {
+            continue;
+        };
+        if sub.starts_with('.') || ClaimName::new(name, sub).is_err() {
+            continue;
+        }
+        if !matches!(
+            entry.file_type(),
+            rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown
+        ) {
+            continue;
+        }
+        let Ok(Some(fd)) = fsutil::open_dir_at(&dir.fd, &dir.path, sub) else {
+            continue;
+        };
+        let inner = Opened {
+            fd,
+            path: dir.path.join(sub),
+        };
+        if let Ok(Some(marker)) = read_marker(&inner, None, Purpose::Release)
+            && owner::marks_nested_claim(&marker, name, sub)
+        {
+            return Ok(Some(format!("{name}/{sub}")));
+        }
+    }
+    Ok(None)
 }
 
 /// The claim's own component and the ones above it. A [`RelDir`] always has one or two.

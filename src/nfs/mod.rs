@@ -7,6 +7,7 @@
 //!   ring      PURE: stable hash, weighted virtual nodes, bounded loads, skip reasons
 //!   place     claim key <ns>/<claim>, layouts, reuse of existing data, PV -> server lookup
 //!   dirs      create / delete / archive / keep, inside the mount only, no symlinks followed
+//!   owner     PURE: ownership markers (.stowage-owner) and who may use a directory
 //!   class     StorageClass parameters (archiveOnDelete, deleteFile, layout, directoryMode)
 //!   capacity  statvfs + PV sums -> NfsServerState -> ring weights, loads, metrics
 //! ```
@@ -16,9 +17,10 @@
 //! ```text
 //!   start:      NfsConfig::load_file / from_process_env → check_mounts → NfsCluster::new
 //!   every ~30s: capacity::tally(PVs) → NfsCluster::probe (blocking) → refresh → NfsMetrics::update
-//!   provision:  NfsClassParams::parse → ClaimName::new → NfsCluster::provision → PV with
+//!   provision:  NfsClassParams::parse → ClaimName::new, ClaimUid::parse
+//!               → NfsCluster::provision → PV with
 //!               nfs { server: placement.address, path: placement.export_path }
-//!   delete:     NfsCluster::delete(pv.nfs.server, pv.nfs.path, on_delete)
+//!   delete:     NfsCluster::delete(pv.nfs.server, pv.nfs.path, pv's claim, on_delete)
 //! ```
 //!
 //! No Kubernetes client and no async here: everything but the directory and statvfs calls
@@ -40,6 +42,7 @@ pub mod capacity;
 pub mod class;
 pub mod config;
 pub mod dirs;
+pub mod owner;
 pub mod place;
 pub mod ring;
 
@@ -52,7 +55,10 @@ pub use capacity::{Allocation, NfsMetrics, NfsServerState};
 pub use class::{NfsClassError, NfsClassParams};
 pub use config::{ConfigError, NfsConfig, ServerName, ServerSpec};
 pub use dirs::{DirError, Removed, ServerRoot};
-pub use place::{ClaimName, Layout, LocateError, PlaceError, Placement, RelDir};
+pub use owner::{ClaimUid, Marker, NotOurs, Owner};
+pub use place::{
+    ClaimName, Layout, LocateError, Overlap, PlaceError, Placement, RelDir, UsedDir, overlap,
+};
 pub use ring::{Epsilon, Ring, RingError, Skip};
 
 /// Why an NFS provisioning or deletion step failed.
@@ -97,11 +103,30 @@ impl NfsError {
         }
     }
 
+    /// The directory refused as not the claim's, if that is the error.
+    pub fn not_ours(&self) -> Option<&NotOurs> {
+        match self {
+            NfsError::Place {
+                source: PlaceError::NotOurs { refused, .. },
+                ..
+            }
+            | NfsError::Dir {
+                source: DirError::NotOurs(refused),
+                ..
+            } => Some(refused.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Whether retrying later can help (an outage, a full server) rather than a change by an
-    /// operator (a symlink in the way, a PV of a removed server, data on two servers).
+    /// operator (a symlink in the way, a PV of a removed server, data on two servers, a
+    /// directory that is another claim's).
     pub fn is_transient(&self) -> bool {
         match self {
-            NfsError::Place { source, .. } => !matches!(source, PlaceError::Ambiguous { .. }),
+            NfsError::Place { source, .. } => !matches!(
+                source,
+                PlaceError::Ambiguous { .. } | PlaceError::NotOurs { .. } | PlaceError::Overlaps(_)
+            ),
             NfsError::Dir { source, .. } => matches!(source, DirError::Io { .. }),
             NfsError::Locate(_) | NfsError::Ring(_) => false,
         }
@@ -197,19 +222,30 @@ impl NfsCluster {
         }
     }
 
-    /// Places `claim` (reusing a directory that already exists on some server, otherwise
-    /// asking the ring) and makes its directory. Idempotent: calling it again for the same
-    /// claim finds the directory and returns the same server.
+    /// Places `claim` (reusing a directory that already exists on some server and is the
+    /// claim's, otherwise asking the ring) and makes its directory, marked as the claim's
+    /// (uid `uid`). Idempotent: calling it again for the same claim, or for a re-created
+    /// claim of the same namespace and name, finds the directory and returns the same
+    /// server. A directory of the claim's name that another claim's or a namespace's marker
+    /// claims is refused ([`PlaceError::NotOurs`], [`DirError::NotOurs`]), and so is one
+    /// that is, holds or lies inside a directory in `used` (the other PVs of the
+    /// provisioner, [`place::clash`]; [`PlaceError::Overlaps`]), before anything is made.
     ///
     /// Blocking filesystem I/O (see [`place::lookup`]).
     pub fn provision(
         &self,
         claim: &ClaimName,
+        uid: &ClaimUid,
         size: Bytes,
         params: &NfsClassParams,
+        used: &[UsedDir],
     ) -> Result<Placement, NfsError> {
-        let rel = params.layout.rel_dir(claim);
-        let found = place::lookup(&self.config.servers, &rel);
+        let owner = Owner {
+            claim: claim.clone(),
+            uid: uid.clone(),
+            layout: params.layout,
+        };
+        let found = place::lookup(&self.config.servers, &owner);
         let loads = capacity::loads(&self.states);
         let req = place::PlaceRequest {
             claim,
@@ -222,6 +258,19 @@ impl NfsCluster {
                 claim: claim.to_string(),
                 source,
             })?;
+        if let Some((other, how)) = place::clash(&placement, claim, used) {
+            return Err(NfsError::Place {
+                claim: claim.to_string(),
+                source: PlaceError::Overlaps(Box::new(place::Overlapping {
+                    claim: claim.to_string(),
+                    server: placement.server_name.to_string(),
+                    address: placement.address.clone(),
+                    path: placement.export_path.clone(),
+                    other: other.clone(),
+                    how,
+                })),
+            });
+        }
         let dir_err = |source| NfsError::Dir {
             server: placement.server_name.to_string(),
             rel: placement.rel.clone(),
@@ -229,13 +278,15 @@ impl NfsCluster {
         };
         let root =
             ServerRoot::open(&self.config.servers[placement.server].mount).map_err(dir_err)?;
-        root.create(&placement.rel, params.directory_mode)
+        root.create(&owner, params.directory_mode)
             .map_err(dir_err)?;
         Ok(placement)
     }
 
     /// Deletes, archives or keeps the directory of the PV with `nfs.server = address` and
-    /// `nfs.path = path`, as `on_delete` says. Idempotent.
+    /// `nfs.path = path`, made for `claim` (its `claimRef`; `None` if it names none), as
+    /// `on_delete` says. Idempotent. A directory that is not `claim`'s (see
+    /// [`ServerRoot::remove`]) is left alone with [`DirError::NotOurs`].
     ///
     /// `on_delete` is best recorded on the PV when it is made (from
     /// [`NfsClassParams::on_delete`]), since the class may change or go before the PV does.
@@ -243,6 +294,7 @@ impl NfsCluster {
         &self,
         address: &str,
         path: &str,
+        claim: Option<&ClaimName>,
         on_delete: OnDelete,
         now: SystemTime,
     ) -> Result<Removed, NfsError> {
@@ -254,7 +306,8 @@ impl NfsCluster {
             source,
         };
         let root = ServerRoot::open(&spec.mount).map_err(dir_err)?;
-        root.remove(&located.rel, on_delete, now).map_err(dir_err)
+        root.remove(&located.rel, claim, on_delete, now)
+            .map_err(dir_err)
     }
 }
 

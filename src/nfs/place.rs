@@ -7,21 +7,29 @@
 //!        ├─ layout nested (default): <mount>/ns/data        PV path <export>/ns/data
 //!        └─ layout flat (takeover):  <mount>/ns-data        PV path <export>/ns-data
 //!        │
+//!        ├─ some server holds that directory, and it is not the claim's (its marker names
+//!        │      another claim or a namespace, see super::owner) ──▶ refused
 //!        ├─ some server already holds that directory? ──▶ that server (data survives
 //!        │      re-creation of the claim, even after servers were added)
-//!        └─ otherwise the ring (weighted, bounded loads) picks a server for key "ns/data"
+//!        ├─ otherwise the ring (weighted, bounded loads) picks a server for key "ns/data"
+//!        └─ the chosen directory is, holds or lies inside another PV's (clash) ──▶ refused
 //! ```
 //!
 //! The flat layout is the source design's. It is ambiguous: `a-b`/`c` and `a`/`b-c` both map
 //! to `a-b-c`, so two tenants' claims would share one directory (reuse-if-present makes that
-//! silent). Select it (`layout: flat`) only for a class that takes over data the source
-//! design wrote, in namespaces whose names cannot collide that way.
+//! silent). Worse, `team`/`db` flat and namespace `team-db` nested share `team-db`: the flat
+//! claim would get the whole namespace's directory. Select it (`layout: flat`) only for a
+//! class that takes over data the source design wrote, in namespaces whose names cannot
+//! collide that way. Ownership markers ([`super::owner`]) make every such collision a
+//! refusal naming both sides, and the controller refuses flat and nested classes side by
+//! side unless told they cannot collide (`--nfs-allow-mixed-layouts`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::config::{ServerName, ServerSpec};
-use super::dirs::ServerRoot;
+use super::dirs::{DirError, ServerRoot};
+use super::owner::{NotOurs, Owner};
 use super::ring::{Epsilon, NoServer, Ring, ServerLoad, Skip};
 use crate::ledger::Bytes;
 
@@ -89,7 +97,7 @@ impl fmt::Display for ClaimName {
 }
 
 /// A DNS-1123 label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
-fn check_label(s: &str) -> Result<(), String> {
+pub(crate) fn check_label(s: &str) -> Result<(), String> {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     if s.is_empty() || s.len() > 63 {
         return Err("it must be 1-63 characters long".to_string());
@@ -198,6 +206,15 @@ impl RelDir {
         self.0.iter().collect()
     }
 
+    /// The layout that makes a directory of this shape: one component is flat, two nested.
+    pub fn layout(&self) -> Layout {
+        if self.0.len() == 1 {
+            Layout::Flat
+        } else {
+            Layout::Nested
+        }
+    }
+
     /// The components joined with `-`: the readable part of an archive name.
     pub fn label(&self) -> String {
         self.0.join("-")
@@ -228,18 +245,24 @@ pub struct Lookup {
     /// them; placement goes on without them (an outage must not stop all provisioning),
     /// and the reason is reported with the placement.
     pub unchecked: Vec<(usize, String)>,
+    /// Servers on which the directory exists but is not the claim's (its ownership marker
+    /// names another claim or a namespace, see [`super::owner`]). Any of these refuses the
+    /// claim: its name collides with someone else's directory.
+    pub refused: Vec<(usize, NotOurs)>,
 }
 
-/// Looks for `rel` under every server's mount (real directories only, no symlinks
-/// followed). I/O; may block on a hung NFS mount, so the controller calls it off the async
-/// runtime (e.g. `spawn_blocking`) with a time limit.
-pub fn lookup(servers: &[ServerSpec], rel: &RelDir) -> Lookup {
+/// Looks for the directory of `owner`'s claim under every server's mount (real directories
+/// only, no symlinks followed), and checks that a directory found is the claim's
+/// ([`ServerRoot::holds`]). I/O; may block on a hung NFS mount, so the controller calls it
+/// off the async runtime (e.g. `spawn_blocking`) with a time limit.
+pub fn lookup(servers: &[ServerSpec], owner: &Owner) -> Lookup {
     let mut found = Lookup::default();
     for (idx, s) in servers.iter().enumerate() {
-        let held = ServerRoot::open(&s.mount).and_then(|root| root.holds(rel));
+        let held = ServerRoot::open(&s.mount).and_then(|root| root.holds(owner));
         match held {
             Ok(true) => found.holders.push(idx),
             Ok(false) => {}
+            Err(DirError::NotOurs(refused)) => found.refused.push((idx, *refused)),
             Err(e) => found.unchecked.push((idx, e.to_string())),
         }
     }
@@ -285,6 +308,18 @@ pub enum PlaceError {
         /// The servers holding it.
         servers: Vec<String>,
     },
+    /// The claim's directory exists on a server but belongs to another claim or is a
+    /// namespace's directory.
+    #[error("NFS server {server}: {refused}")]
+    NotOurs {
+        /// The server.
+        server: String,
+        /// The directory and why it is not the claim's.
+        refused: Box<NotOurs>,
+    },
+    /// The claim's directory would be, hold or lie inside another PV's directory.
+    #[error(transparent)]
+    Overlaps(Box<Overlapping>),
     /// Every server was skipped.
     #[error(transparent)]
     NoServer(#[from] NoServer),
@@ -305,10 +340,36 @@ impl PlaceError {
     pub fn reason(&self) -> &'static str {
         match self {
             PlaceError::Ambiguous { .. } => "NfsDataOnSeveralServers",
+            PlaceError::NotOurs { refused, .. } => refused.reason(),
+            PlaceError::Overlaps(_) => "NfsDirectoryOfAnotherVolume",
             PlaceError::NoServer(_) => "NfsNoServerFits",
             PlaceError::RingOutOfDate { .. } => "NfsRingOutOfDate",
         }
     }
+}
+
+/// A claim's directory that would be, hold or lie inside another PV's ([`clash`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the directory {address}:{path} of claim {claim} on NFS server {server} {} the directory {} of PersistentVolume {} (claim {}); refusing it so that neither volume reaches the other's data; nothing was changed; the flat layout's <namespace>-<claim> names collide here: give claim {claim} another name, or use one layout for every class on these NFS servers (mixing them needs --nfs-allow-mixed-layouts and namespace names that cannot collide)",
+    match .how { Overlap::Same => "is", Overlap::Inside => "lies inside", _ => "holds" },
+    .other.path,
+    .other.pv,
+    .other.claim.as_deref().unwrap_or("none")
+)]
+pub struct Overlapping {
+    /// The claim.
+    pub claim: String,
+    /// The server.
+    pub server: String,
+    /// Its address.
+    pub address: String,
+    /// The claim's export path.
+    pub path: String,
+    /// The other PV's directory.
+    pub other: UsedDir,
+    /// How the two lie.
+    pub how: Overlap,
 }
 
 /// What a placement decision needs.
@@ -328,7 +389,8 @@ pub struct PlaceRequest<'a> {
 /// their loads (same order) and which servers already hold the claim's directory.
 ///
 /// An existing directory wins on any server, even a draining or full one: the claim's data
-/// is there, and drain only stops *new* volumes.
+/// is there, and drain only stops *new* volumes. A directory of the claim's name that is
+/// not the claim's (`found.refused`) refuses the claim, wherever else it could go.
 pub fn plan(
     servers: &[ServerSpec],
     ring: &Ring,
@@ -344,6 +406,12 @@ pub fn plan(
     }
     let rel = req.layout.rel_dir(req.claim);
     let name_of = |idx: usize| servers[idx].name.clone();
+    if let Some((idx, refused)) = found.refused.iter().find(|(idx, _)| *idx < servers.len()) {
+        return Err(PlaceError::NotOurs {
+            server: name_of(*idx).to_string(),
+            refused: Box::new(refused.clone()),
+        });
+    }
     let unchecked: Vec<(ServerName, String)> = found
         .unchecked
         .iter()
@@ -387,6 +455,70 @@ pub fn plan(
         skipped,
         unchecked,
     })
+}
+
+/// How two export paths of one server lie, compared component by component (`/x/team` and
+/// `/x/team-db` are apart; empty components, as of `//` or a trailing `/`, do not count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlap {
+    /// The same directory.
+    Same,
+    /// The first lies inside the second.
+    Inside,
+    /// The first holds the second.
+    Holds,
+    /// Neither holds the other.
+    Apart,
+}
+
+/// PURE: how export path `a` lies relative to export path `b`.
+pub fn overlap(a: &str, b: &str) -> Overlap {
+    let a: Vec<&str> = a.split('/').filter(|c| !c.is_empty()).collect();
+    let b: Vec<&str> = b.split('/').filter(|c| !c.is_empty()).collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    match (common == a.len(), common == b.len()) {
+        (true, true) => Overlap::Same,
+        (false, true) => Overlap::Inside,
+        (true, false) => Overlap::Holds,
+        (false, false) => Overlap::Apart,
+    }
+}
+
+/// A directory a PV of the provisioner already uses, as the controller knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsedDir {
+    /// The PV's name.
+    pub pv: String,
+    /// Its claim (`claimRef`), `<namespace>/<name>`, if it names one.
+    pub claim: Option<String>,
+    /// `nfs.server`.
+    pub address: String,
+    /// `nfs.path`.
+    pub path: String,
+}
+
+/// PURE: a directory in `used` that `placement`'s directory for `claim` must not be: one of
+/// the same server that holds it or lies inside it (a flat `<namespace>-<claim>` that is a
+/// nested namespace's directory), or the same directory used for another claim (the flat
+/// `a-b`/`c` and `a`/`b-c`). The same directory of a claim of the same namespace and name
+/// is a re-created claim's data and passes.
+///
+/// This does not depend on ownership markers, which sit in tenants' volumes and which
+/// directories made by older versions lack; it sees only PVs that still exist.
+pub fn clash<'a>(
+    placement: &Placement,
+    claim: &ClaimName,
+    used: &'a [UsedDir],
+) -> Option<(&'a UsedDir, Overlap)> {
+    let me = claim.to_string();
+    used.iter()
+        .filter(|u| u.address == placement.address)
+        .map(|u| (u, overlap(&placement.export_path, &u.path)))
+        .find(|(u, how)| match how {
+            Overlap::Same => u.claim.as_deref() != Some(me.as_str()),
+            Overlap::Inside | Overlap::Holds => true,
+            Overlap::Apart => false,
+        })
 }
 
 /// A PV's volume found again: its server and directory.

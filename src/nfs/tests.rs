@@ -34,6 +34,11 @@ fn cluster(cfg: NfsConfig) -> NfsCluster {
     c
 }
 
+/// A claim uid; tests re-provisioning a claim use the same one unless they say otherwise.
+fn uid() -> ClaimUid {
+    ClaimUid::parse("6f0c2d1e-0000-4000-8000-000000000001").unwrap()
+}
+
 fn params(pairs: &[(&str, &str)]) -> NfsClassParams {
     let map: BTreeMap<String, String> = pairs
         .iter()
@@ -49,8 +54,10 @@ fn before_the_first_probe_nothing_is_placed() {
     let e = c
         .provision(
             &ClaimName::new("ns", "x").unwrap(),
+            &uid(),
             Bytes::gib(1),
             &params(&[]),
+            &[],
         )
         .unwrap_err();
     assert!(e.to_string().contains("cannot place claim ns/x"), "{e}");
@@ -64,7 +71,13 @@ fn provision_makes_the_directory_and_the_pv_leads_back_for_delete() {
     let c = cluster(config_for(dir.path(), &["a", "b", "c"]));
     let claim = ClaimName::new("shop", "data").unwrap();
     let p = c
-        .provision(&claim, Bytes::gib(1), &params(&[("deleteFile", "true")]))
+        .provision(
+            &claim,
+            &uid(),
+            Bytes::gib(1),
+            &params(&[("deleteFile", "true")]),
+            &[],
+        )
         .unwrap();
     assert!(p.dir.is_dir());
     assert_eq!(
@@ -78,13 +91,15 @@ fn provision_makes_the_directory_and_the_pv_leads_back_for_delete() {
     assert_eq!(p.address, format!("10.0.0.{}", p.server));
     assert!(!p.reused);
     // Idempotent: again, the same server, now as a reuse.
-    let again = c.provision(&claim, Bytes::gib(1), &params(&[])).unwrap();
+    let again = c
+        .provision(&claim, &uid(), Bytes::gib(1), &params(&[]), &[])
+        .unwrap();
     assert_eq!(again.server, p.server);
     assert!(again.reused);
 
     let now = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
     let gone = c
-        .delete(&p.address, &p.export_path, OnDelete::Delete, now)
+        .delete(&p.address, &p.export_path, None, OnDelete::Delete, now)
         .unwrap();
     assert_eq!(
         gone,
@@ -97,7 +112,7 @@ fn provision_makes_the_directory_and_the_pv_leads_back_for_delete() {
     );
     assert!(!p.dir.exists());
     let e = c
-        .delete("10.9.9.9", &p.export_path, OnDelete::Delete, now)
+        .delete("10.9.9.9", &p.export_path, None, OnDelete::Delete, now)
         .unwrap_err();
     assert_eq!(e.reason(), "NfsUnknownVolume");
     assert!(!e.is_transient());
@@ -113,7 +128,9 @@ fn a_recreated_claim_finds_its_data_after_servers_were_added() {
         .collect();
     let mut first = Vec::new();
     for c in &claims {
-        let p = small.provision(c, Bytes::gib(1), &params(&[])).unwrap();
+        let p = small
+            .provision(c, &uid(), Bytes::gib(1), &params(&[]), &[])
+            .unwrap();
         fs::write(p.dir.join("marker"), c.name()).unwrap();
         first.push(p.server_name);
     }
@@ -124,7 +141,9 @@ fn a_recreated_claim_finds_its_data_after_servers_were_added() {
     ));
     let mut fresh_home_moved = 0;
     for (c, was) in claims.iter().zip(&first) {
-        let p = big.provision(c, Bytes::gib(1), &params(&[])).unwrap();
+        let p = big
+            .provision(c, &uid(), Bytes::gib(1), &params(&[]), &[])
+            .unwrap();
         assert_eq!(&p.server_name, was, "{c} moved");
         assert!(p.reused);
         assert_eq!(fs::read_to_string(p.dir.join("marker")).unwrap(), c.name());
@@ -149,7 +168,11 @@ fn a_draining_server_gets_no_new_volumes_but_keeps_its_old_ones() {
         .collect();
     let before: Vec<usize> = claims
         .iter()
-        .map(|cl| c.provision(cl, Bytes::gib(1), &params(&[])).unwrap().server)
+        .map(|cl| {
+            c.provision(cl, &uid(), Bytes::gib(1), &params(&[]), &[])
+                .unwrap()
+                .server
+        })
         .collect();
     assert!(before.contains(&0), "the test needs volumes on a");
     let mut drained = cfg;
@@ -158,13 +181,17 @@ fn a_draining_server_gets_no_new_volumes_but_keeps_its_old_ones() {
     assert_eq!(d.states()[0].status, Status::Draining);
     for (cl, was) in claims.iter().zip(&before) {
         assert_eq!(
-            d.provision(cl, Bytes::gib(1), &params(&[])).unwrap().server,
+            d.provision(cl, &uid(), Bytes::gib(1), &params(&[]), &[])
+                .unwrap()
+                .server,
             *was
         );
     }
     for i in 0..30 {
         let fresh = ClaimName::new("new", &format!("c{i}")).unwrap();
-        let p = d.provision(&fresh, Bytes::gib(1), &params(&[])).unwrap();
+        let p = d
+            .provision(&fresh, &uid(), Bytes::gib(1), &params(&[]), &[])
+            .unwrap();
         assert_eq!(p.server, 1, "{fresh}");
     }
 }
@@ -178,14 +205,20 @@ fn flat_layout_takes_over_the_source_designs_directories() {
     fs::write(dir.path().join("b/legacy-data/f"), b"old").unwrap();
     let claim = ClaimName::new("legacy", "data").unwrap();
     let p = c
-        .provision(&claim, Bytes::gib(1), &params(&[("layout", "flat")]))
+        .provision(
+            &claim,
+            &uid(),
+            Bytes::gib(1),
+            &params(&[("layout", "flat")]),
+            &[],
+        )
         .unwrap();
     assert_eq!(p.server_name.as_str(), "b");
     assert!(p.reused);
     assert_eq!(p.export_path, "/exports/b/legacy-data");
     let now = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
     let Removed::Archived { to, .. } = c
-        .delete(&p.address, &p.export_path, OnDelete::Archive, now)
+        .delete(&p.address, &p.export_path, None, OnDelete::Archive, now)
         .unwrap()
     else {
         panic!("not archived");
@@ -216,7 +249,9 @@ fn allocations_feed_bounded_loads_and_refresh_rebuilds_only_on_weight_changes() 
     // not decide this test.
     for i in 0..20 {
         let cl = ClaimName::new("ns", &format!("c{i}")).unwrap();
-        let p = c.provision(&cl, Bytes::mib(1), &params(&[])).unwrap();
+        let p = c
+            .provision(&cl, &uid(), Bytes::mib(1), &params(&[]), &[])
+            .unwrap();
         assert_eq!(p.server_name.as_str(), "a", "{cl}");
         c.note_provisioned(p.server, Bytes::mib(1));
     }
@@ -241,4 +276,175 @@ fn a_grown_volume_counts_its_extra_bytes_without_counting_a_new_volume() {
     assert_eq!(a.volumes, 1);
     assert_eq!(a.available, Some(free.saturating_sub(Bytes::gib(2))));
     assert_eq!(c.states()[1].allocated, Bytes::ZERO);
+}
+
+/// The error and every source, joined: what the Event on the claim says.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+// === flat and nested layouts on one server (security finding "layouts can collide") ===
+
+#[test]
+fn a_flat_claim_never_adopts_a_nested_namespace_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let nested = c
+        .provision(
+            &ClaimName::new("team-db", "x").unwrap(),
+            &uid(),
+            Bytes::gib(1),
+            &params(&[("deleteFile", "true")]),
+            &[],
+        )
+        .unwrap();
+    fs::write(nested.dir.join("orders"), b"team-db's data").unwrap();
+    // Claim db of namespace team, flat layout: <mount>/team-db, namespace team-db's directory.
+    let flat = c.provision(
+        &ClaimName::new("team", "db").unwrap(),
+        &uid(),
+        Bytes::gib(1),
+        &params(&[("layout", "flat"), ("deleteFile", "true")]),
+        &[],
+    );
+    let e = flat.expect_err("the flat claim team/db must not get namespace team-db's directory");
+    let text = chain(&e);
+    assert!(text.contains("team-db"), "{text}");
+    assert!(text.contains("team/db"), "{text}");
+    assert!(!e.is_transient());
+    assert_eq!(
+        fs::read(nested.dir.join("orders")).unwrap(),
+        b"team-db's data"
+    );
+}
+
+#[test]
+fn a_flat_pv_of_an_older_version_never_deletes_a_nested_namespace_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let nested = c
+        .provision(
+            &ClaimName::new("team-db", "x").unwrap(),
+            &uid(),
+            Bytes::gib(1),
+            &params(&[]),
+            &[],
+        )
+        .unwrap();
+    fs::write(nested.dir.join("orders"), b"team-db's data").unwrap();
+    // A PV an older version made for the flat claim team/db points at <export>/team-db.
+    let team_db = ClaimName::new("team", "db").unwrap();
+    let now = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
+    for mode in [OnDelete::Delete, OnDelete::Archive] {
+        let e = c
+            .delete(
+                &nested.address,
+                "/exports/a/team-db",
+                Some(&team_db),
+                mode,
+                now,
+            )
+            .expect_err("namespace team-db's directory must not be deleted or archived");
+        assert!(!e.is_transient(), "{e}");
+    }
+    assert_eq!(
+        fs::read(nested.dir.join("orders")).unwrap(),
+        b"team-db's data"
+    );
+}
+
+#[test]
+fn a_flat_claim_refuses_the_directory_of_another_flat_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let flat = params(&[("layout", "flat")]);
+    // a-b/c and a/b-c both map to <mount>/a-b-c.
+    let first = c
+        .provision(
+            &ClaimName::new("a-b", "c").unwrap(),
+            &uid(),
+            Bytes::gib(1),
+            &flat,
+            &[],
+        )
+        .unwrap();
+    fs::write(first.dir.join("f"), b"a-b/c").unwrap();
+    let e = c
+        .provision(
+            &ClaimName::new("a", "b-c").unwrap(),
+            &uid(),
+            Bytes::gib(1),
+            &flat,
+            &[],
+        )
+        .expect_err("a/b-c must not get a-b/c's directory");
+    let text = chain(&e);
+    assert!(text.contains("a-b/c") && text.contains("a/b-c"), "{text}");
+}
+
+#[test]
+fn pvs_still_using_a_directory_refuse_it_even_without_markers_or_with_forged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let flat = params(&[("layout", "flat")]);
+    // An older version's nested claim team-db/x: no markers anywhere, its PV still there.
+    fs::create_dir_all(dir.path().join("a/team-db/x")).unwrap();
+    fs::write(dir.path().join("a/team-db/x/orders"), b"team-db's data").unwrap();
+    let used = |claim: &str, path: &str| UsedDir {
+        pv: format!("pvc-{}", claim.replace('/', "-")),
+        claim: Some(claim.to_string()),
+        address: "10.0.0.0".to_string(),
+        path: path.to_string(),
+    };
+    let x = [used("team-db/x", "/exports/a/team-db/x")];
+    let team_db = ClaimName::new("team", "db").unwrap();
+    let e = c
+        .provision(&team_db, &uid(), Bytes::gib(1), &flat, &x)
+        .unwrap_err();
+    assert_eq!(e.reason(), "NfsDirectoryOfAnotherVolume");
+    let text = chain(&e);
+    for part in [
+        "10.0.0.0:/exports/a/team-db of claim team/db",
+        "holds the directory /exports/a/team-db/x of PersistentVolume pvc-team-db-x (claim team-db/x)",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    assert!(
+        !dir.path().join("a/team-db/.stowage-owner").exists(),
+        "nothing written"
+    );
+
+    // The flat volume team-db of claim team/db, whose tenant rewrote its marker to lure
+    // namespace team-db's new claims into it.
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let p = c
+        .provision(&team_db, &uid(), Bytes::gib(1), &flat, &[])
+        .unwrap();
+    fs::write(
+        p.dir.join(".stowage-owner"),
+        Marker::for_namespace("team-db").render(),
+    )
+    .unwrap();
+    let e = c
+        .provision(
+            &ClaimName::new("team-db", "y").unwrap(),
+            &uid(),
+            Bytes::gib(1),
+            &params(&[]),
+            &[used("team/db", "/exports/a/team-db")],
+        )
+        .unwrap_err();
+    assert!(
+        chain(&e).contains("lies inside the directory /exports/a/team-db"),
+        "{e}"
+    );
+    assert!(!p.dir.join("y").exists());
 }

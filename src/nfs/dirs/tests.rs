@@ -6,6 +6,23 @@ fn rel(s: &str) -> RelDir {
     RelDir::parse(s).unwrap()
 }
 
+/// The owner of a test claim directory: `ns/claim` is claim `claim` of namespace `ns` in
+/// the nested layout, `ns-claim` the flat one (split at the first `-`).
+fn own(s: &str) -> Owner {
+    let (claim, layout) = match s.split_once('/') {
+        Some((ns, name)) => (ClaimName::new(ns, name).unwrap(), Layout::Nested),
+        None => {
+            let (ns, name) = s.split_once('-').unwrap();
+            (ClaimName::new(ns, name).unwrap(), Layout::Flat)
+        }
+    };
+    Owner {
+        claim,
+        uid: crate::nfs::ClaimUid::parse("6f0c2d1e-0000-4000-8000-000000000001").unwrap(),
+        layout,
+    }
+}
+
 fn mount() -> (tempfile::TempDir, ServerRoot) {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("mount")).unwrap();
@@ -22,13 +39,13 @@ const AT: u64 = 1_709_214_307; // 2024-02-29T13:45:07Z
 #[test]
 fn create_makes_nested_directories_with_exact_modes_and_is_idempotent() {
     let (_d, root) = mount();
-    let p = root.create(&rel("shop/data"), DEFAULT_DIR_MODE).unwrap();
+    let p = root.create(&own("shop/data"), DEFAULT_DIR_MODE).unwrap();
     assert_eq!(p, root.path().join("shop/data"));
     assert_eq!(mode_of(&p), 0o777, "the umask does not narrow the mode");
     assert_eq!(mode_of(&root.path().join("shop")), 0o755);
     fs::write(p.join("f"), b"keep").unwrap();
     assert_eq!(
-        root.create(&rel("shop/data"), VolumeMode(0o700)).unwrap(),
+        root.create(&own("shop/data"), VolumeMode(0o700)).unwrap(),
         p
     );
     assert_eq!(
@@ -37,23 +54,24 @@ fn create_makes_nested_directories_with_exact_modes_and_is_idempotent() {
         "re-create keeps data"
     );
     assert_eq!(mode_of(&p), 0o777, "an existing directory keeps its mode");
-    assert!(root.holds(&rel("shop/data")).unwrap());
-    assert!(!root.holds(&rel("shop/other")).unwrap());
-    assert!(!root.holds(&rel("nowhere/x")).unwrap());
-    let flat = root.create(&rel("shop-data"), VolumeMode(0o770)).unwrap();
+    assert!(root.holds(&own("shop/data")).unwrap());
+    assert!(!root.holds(&own("shop/other")).unwrap());
+    assert!(!root.holds(&own("nowhere/x")).unwrap());
+    let flat = root.create(&own("shop-data"), VolumeMode(0o770)).unwrap();
     assert_eq!(mode_of(&flat), 0o770);
 }
 
 #[test]
 fn delete_removes_only_the_claims_directory() {
     let (_d, root) = mount();
-    let p = root.create(&rel("ns/a"), DEFAULT_DIR_MODE).unwrap();
-    root.create(&rel("ns/b"), DEFAULT_DIR_MODE).unwrap();
+    let p = root.create(&own("ns/a"), DEFAULT_DIR_MODE).unwrap();
+    root.create(&own("ns/b"), DEFAULT_DIR_MODE).unwrap();
     fs::create_dir(p.join("sub")).unwrap();
     fs::write(p.join("sub/f"), b"x").unwrap();
     let now = UNIX_EPOCH + Duration::from_secs(AT);
     assert_eq!(
-        root.remove(&rel("ns/a"), OnDelete::Delete, now).unwrap(),
+        root.remove(&rel("ns/a"), None, OnDelete::Delete, now)
+            .unwrap(),
         Removed::Deleted(p.clone())
     );
     assert!(!p.exists());
@@ -63,7 +81,8 @@ fn delete_removes_only_the_claims_directory() {
         "the namespace directory stays"
     );
     assert_eq!(
-        root.remove(&rel("ns/a"), OnDelete::Delete, now).unwrap(),
+        root.remove(&rel("ns/a"), None, OnDelete::Delete, now)
+            .unwrap(),
         Removed::AlreadyGone(p)
     );
 }
@@ -74,10 +93,10 @@ fn archive_renames_to_names_that_never_collide() {
     let now = UNIX_EPOCH + Duration::from_secs(AT);
     let mut archived = Vec::new();
     for round in 0..3 {
-        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+        let p = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap();
         fs::write(p.join("round"), format!("{round}")).unwrap();
         match root
-            .remove(&rel("ns/data"), OnDelete::Archive, now)
+            .remove(&rel("ns/data"), None, OnDelete::Archive, now)
             .unwrap()
         {
             Removed::Archived { from, to } => {
@@ -110,7 +129,7 @@ fn archive_renames_to_names_that_never_collide() {
     // An archive name is never a valid claim directory (capital T and Z).
     assert!(RelDir::parse(&names[0]).is_err());
     assert_eq!(
-        root.remove(&rel("ns/data"), OnDelete::Archive, now)
+        root.remove(&rel("ns/data"), None, OnDelete::Archive, now)
             .unwrap(),
         Removed::AlreadyGone(root.path().join("ns/data"))
     );
@@ -120,9 +139,11 @@ fn archive_renames_to_names_that_never_collide() {
 fn archive_names_of_long_claims_stay_under_the_name_limit() {
     let (_d, root) = mount();
     let long = format!("{}/{}", "n".repeat(63), "c".repeat(253));
-    root.create(&rel(&long), DEFAULT_DIR_MODE).unwrap();
+    root.create(&own(&long), DEFAULT_DIR_MODE).unwrap();
     let now = UNIX_EPOCH + Duration::from_secs(AT);
-    let Removed::Archived { to, .. } = root.remove(&rel(&long), OnDelete::Archive, now).unwrap()
+    let Removed::Archived { to, .. } = root
+        .remove(&rel(&long), None, OnDelete::Archive, now)
+        .unwrap()
     else {
         panic!("not archived");
     };
@@ -133,9 +154,9 @@ fn archive_names_of_long_claims_stay_under_the_name_limit() {
 #[test]
 fn retain_touches_nothing() {
     let (_d, root) = mount();
-    let p = root.create(&rel("ns/keep"), DEFAULT_DIR_MODE).unwrap();
+    let p = root.create(&own("ns/keep"), DEFAULT_DIR_MODE).unwrap();
     assert_eq!(
-        root.remove(&rel("ns/keep"), OnDelete::Retain, SystemTime::now())
+        root.remove(&rel("ns/keep"), None, OnDelete::Retain, SystemTime::now())
             .unwrap(),
         Removed::Retained(p.clone())
     );
@@ -173,10 +194,12 @@ fn a_symlinked_namespace_directory_is_refused_and_nothing_outside_is_touched() {
 fn every_operation_is_refused_as_a_symlink(root: &ServerRoot, claim: &str) {
     let now = SystemTime::now();
     for result in [
-        root.create(&rel(claim), DEFAULT_DIR_MODE).map(|_| ()),
-        root.holds(&rel(claim)).map(|_| ()),
-        root.remove(&rel(claim), OnDelete::Delete, now).map(|_| ()),
-        root.remove(&rel(claim), OnDelete::Archive, now).map(|_| ()),
+        root.create(&own(claim), DEFAULT_DIR_MODE).map(|_| ()),
+        root.holds(&own(claim)).map(|_| ()),
+        root.remove(&rel(claim), None, OnDelete::Delete, now)
+            .map(|_| ()),
+        root.remove(&rel(claim), None, OnDelete::Archive, now)
+            .map(|_| ()),
     ] {
         assert!(
             matches!(result, Err(DirError::Symlink { .. })),
@@ -194,12 +217,14 @@ fn a_symlinked_claim_directory_is_refused_and_its_target_survives() {
     symlink(out.join("data"), root.path().join("ns-data")).unwrap();
     let now = SystemTime::now();
     for r in ["ns/data", "ns-data"] {
-        let e = root.remove(&rel(r), OnDelete::Delete, now).unwrap_err();
+        let e = root
+            .remove(&rel(r), None, OnDelete::Delete, now)
+            .unwrap_err();
         assert!(e.to_string().contains("is a symlink"), "{e}");
         assert_eq!(e.reason(), "NfsSymlinkRefused");
-        assert!(root.remove(&rel(r), OnDelete::Archive, now).is_err());
-        assert!(root.create(&rel(r), DEFAULT_DIR_MODE).is_err());
-        assert!(root.holds(&rel(r)).is_err());
+        assert!(root.remove(&rel(r), None, OnDelete::Archive, now).is_err());
+        assert!(root.create(&own(r), DEFAULT_DIR_MODE).is_err());
+        assert!(root.holds(&own(r)).is_err());
     }
     assert_untouched(&out);
 }
@@ -208,10 +233,10 @@ fn a_symlinked_claim_directory_is_refused_and_its_target_survives() {
 fn symlinks_inside_a_volume_are_removed_not_followed() {
     let (d, root) = mount();
     let out = outside(d.path());
-    let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+    let p = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap();
     symlink(&out, p.join("escape")).unwrap();
     symlink(out.join("data/secret"), p.join("file-link")).unwrap();
-    root.remove(&rel("ns/data"), OnDelete::Delete, SystemTime::now())
+    root.remove(&rel("ns/data"), None, OnDelete::Delete, SystemTime::now())
         .unwrap();
     assert!(!p.exists());
     assert_untouched(&out);
@@ -221,9 +246,9 @@ fn symlinks_inside_a_volume_are_removed_not_followed() {
 fn a_file_where_a_directory_belongs_is_refused() {
     let (_d, root) = mount();
     fs::write(root.path().join("ns"), b"x").unwrap();
-    let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+    let e = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
     assert!(matches!(e, DirError::NotADirectory { .. }), "{e}");
-    assert!(root.holds(&rel("ns/data")).is_err());
+    assert!(root.holds(&own("ns/data")).is_err());
     assert_eq!(fs::read(root.path().join("ns")).unwrap(), b"x");
 }
 
@@ -237,7 +262,7 @@ fn a_mount_reached_through_a_symlink_is_canonical() {
         root.path(),
         fs::canonicalize(d.path().join("real")).unwrap()
     );
-    let p = root.create(&rel("ns/x"), DEFAULT_DIR_MODE).unwrap();
+    let p = root.create(&own("ns/x"), DEFAULT_DIR_MODE).unwrap();
     assert!(d.path().join("real/ns/x").is_dir());
     assert!(p.starts_with(root.path()));
 }
@@ -297,7 +322,7 @@ fn intact(out: &Path) {
 /// [`setup`] with the claim `ns/data` made and holding a tenant's file `f`.
 fn with_claim(base: &Path) -> (ServerRoot, PathBuf, PathBuf) {
     let (root, out) = setup(base);
-    let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+    let p = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap();
     fs::write(p.join("f"), b"tenant").unwrap();
     (root, out, p)
 }
@@ -315,7 +340,7 @@ fn create_refuses_a_staging_directory_swapped_for_a_symlink_before_its_chmod() {
             ("nfs.create.chmod", "ns/.staging-data", out.join("data")),
         ] {
             let _race = swap_at(point, root.path().join(victim), target);
-            let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+            let e = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
             assert!(matches!(e, DirError::Symlink { .. }), "{point}: {e}");
             assert!(e.to_string().contains(victim), "{point}: {e}");
             intact(&out);
@@ -341,16 +366,16 @@ fn create_refuses_what_was_renamed_into_place_when_it_is_not_the_directory_it_se
             root.path().join("ns/.staging-data"),
             out.join("data"),
         );
-        let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+        let e = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
         assert!(matches!(e, DirError::Replaced { .. }), "{e}");
         assert_eq!(e.reason(), "NfsDirectoryReplaced");
         intact(&out);
         drop(_race);
         // The link was moved, not followed; a retry refuses it rather than adopting it.
         assert!(is_symlink(&claim));
-        let e = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
+        let e = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap_err();
         assert!(matches!(e, DirError::Symlink { .. }), "{e}");
-        assert!(root.holds(&rel("ns/data")).is_err());
+        assert!(root.holds(&own("ns/data")).is_err());
         intact(&out);
     }
 }
@@ -361,7 +386,7 @@ fn create_under_a_namespace_swapped_for_a_symlink_stays_in_the_real_namespace_di
         let (root, out) = setup(base.path());
         let ns = root.path().join("ns");
         let _race = swap_at("nfs.create.chmod", ns.clone(), out.clone());
-        root.create(&rel("ns/data"), VolumeMode(0o770)).unwrap();
+        root.create(&own("ns/data"), VolumeMode(0o770)).unwrap();
         intact(&out);
         let real = ns.with_extension("moved").join("data");
         assert!(real.is_dir(), "made through the namespace's descriptor");
@@ -379,15 +404,16 @@ fn a_claim_swapped_for_a_symlink_after_it_was_opened_is_neither_deleted_nor_arch
             let (root, out, p) = with_claim(base.path());
             let _race = swap_at(point, p.clone(), out.join("data"));
             let e = root
-                .remove(&rel("ns/data"), on_delete, SystemTime::now())
+                .remove(&rel("ns/data"), None, on_delete, SystemTime::now())
                 .unwrap_err();
             assert!(matches!(e, DirError::Replaced { .. }), "{point}: {e}");
             intact(&out);
             let moved = p.with_extension("moved");
-            let left: Vec<_> = fs::read_dir(&moved)
+            let mut left: Vec<_> = fs::read_dir(&moved)
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
                 .collect();
+            left.sort();
             if on_delete == OnDelete::Delete {
                 // What was emptied through its descriptor is the claim's own directory;
                 // the final unlinkat met the link and left it for a person to look at.
@@ -395,7 +421,7 @@ fn a_claim_swapped_for_a_symlink_after_it_was_opened_is_neither_deleted_nor_arch
                 assert!(is_symlink(&p));
             } else {
                 // The link was moved to the archive name, not followed.
-                assert_eq!(left, ["f"]);
+                assert_eq!(left, [".stowage-owner", "f"]);
                 assert!(!is_symlink(&p));
             }
             fs::remove_dir_all(base.path()).unwrap();
@@ -412,7 +438,7 @@ fn delete_under_a_namespace_swapped_for_a_symlink_removes_only_the_real_claim_di
         let ns = root.path().join("ns");
         let _race = swap_at("nfs.delete.remove", ns.clone(), out.clone());
         assert_eq!(
-            root.remove(&rel("ns/data"), OnDelete::Delete, SystemTime::now())
+            root.remove(&rel("ns/data"), None, OnDelete::Delete, SystemTime::now())
                 .unwrap(),
             Removed::Deleted(p)
         );
@@ -425,7 +451,7 @@ fn delete_under_a_namespace_swapped_for_a_symlink_removes_only_the_real_claim_di
 fn delete_does_not_descend_into_a_subdirectory_swapped_for_a_symlink() {
     for base in bases("nfs-delete-tree") {
         let (root, out) = setup(base.path());
-        let p = root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+        let p = root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap();
         fs::create_dir_all(p.join("sub/deeper")).unwrap();
         fs::write(p.join("sub/deeper/f"), b"x").unwrap();
         fs::write(p.join("top"), b"x").unwrap();
@@ -442,13 +468,14 @@ fn delete_does_not_descend_into_a_subdirectory_swapped_for_a_symlink() {
         // The link is removed, not entered; the moved-aside directory appeared after the
         // listing, so the claim directory is not empty at the end: refused, retried.
         let now = SystemTime::now();
-        let first = root.remove(&rel("ns/data"), OnDelete::Delete, now);
+        let first = root.remove(&rel("ns/data"), None, OnDelete::Delete, now);
         intact(&out);
         assert!(!is_symlink(&p.join("sub")), "the link itself is removed");
         let e = first.unwrap_err();
         assert!(matches!(e, DirError::Io { .. }), "{e}");
         assert_eq!(
-            root.remove(&rel("ns/data"), OnDelete::Delete, now).unwrap(),
+            root.remove(&rel("ns/data"), None, OnDelete::Delete, now)
+                .unwrap(),
             Removed::Deleted(p.clone())
         );
         assert!(!p.exists());
@@ -463,7 +490,7 @@ fn archive_under_a_namespace_swapped_for_a_symlink_moves_the_real_claim_director
         let _race = swap_at("nfs.archive.rename", root.path().join("ns"), out.clone());
         let now = UNIX_EPOCH + Duration::from_secs(AT);
         let Removed::Archived { to, .. } = root
-            .remove(&rel("ns/data"), OnDelete::Archive, now)
+            .remove(&rel("ns/data"), None, OnDelete::Archive, now)
             .unwrap()
         else {
             panic!("not archived");
@@ -478,7 +505,7 @@ fn archive_under_a_namespace_swapped_for_a_symlink_moves_the_real_claim_director
 fn a_mount_swapped_for_a_symlink_is_refused() {
     for base in bases("nfs-mount-swap") {
         let (root, out) = setup(base.path());
-        root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap();
+        root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap();
         fs::rename(root.path(), base.path().join("mount.moved")).unwrap();
         symlink(&out, root.path()).unwrap();
         fs::create_dir(out.join("ns")).unwrap();
@@ -498,7 +525,7 @@ fn staging_leftovers_of_a_crashed_create_are_reused_and_discarded() {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
     };
     leftover(root.path().join(".parent-ns.data"));
-    let p = root.create(&rel("ns/data"), VolumeMode(0o770)).unwrap();
+    let p = root.create(&own("ns/data"), VolumeMode(0o770)).unwrap();
     assert_eq!(
         mode_of(&root.path().join("ns")),
         0o755,
@@ -510,7 +537,7 @@ fn staging_leftovers_of_a_crashed_create_are_reused_and_discarded() {
         "renamed into place"
     );
     leftover(root.path().join("ns/.staging-other"));
-    let q = root.create(&rel("ns/other"), VolumeMode(0o777)).unwrap();
+    let q = root.create(&own("ns/other"), VolumeMode(0o777)).unwrap();
     assert_eq!(mode_of(&q), 0o777);
     assert!(!root.path().join("ns/.staging-other").exists());
     // Leftovers beside a claim being deleted or archived go with it; others stay.
@@ -518,18 +545,19 @@ fn staging_leftovers_of_a_crashed_create_are_reused_and_discarded() {
     leftover(root.path().join(".parent-ns.data"));
     leftover(root.path().join("ns/.staging-keep"));
     let now = UNIX_EPOCH + Duration::from_secs(AT);
-    root.remove(&rel("ns/data"), OnDelete::Archive, now)
+    root.remove(&rel("ns/data"), None, OnDelete::Archive, now)
         .unwrap();
     assert!(!root.path().join("ns/.staging-data").exists());
     assert!(!root.path().join(".parent-ns.data").exists());
     assert!(root.path().join("ns/.staging-keep").is_dir());
     // A claim never made but with a leftover: gone, and the leftover with it.
     assert_eq!(
-        root.remove(&rel("ns/keep"), OnDelete::Delete, now).unwrap(),
+        root.remove(&rel("ns/keep"), None, OnDelete::Delete, now)
+            .unwrap(),
         Removed::AlreadyGone(root.path().join("ns/keep"))
     );
     assert!(!root.path().join("ns/.staging-keep").exists());
-    assert!(q.is_dir() && root.holds(&rel("ns/other")).unwrap());
+    assert!(q.is_dir() && root.holds(&own("ns/other")).unwrap());
 }
 
 #[test]
@@ -538,8 +566,8 @@ fn staging_names_of_long_claims_fit_and_stay_distinct() {
     let ns = "n".repeat(63);
     let a = format!("{ns}/{}a", "c".repeat(252));
     let b = format!("{ns}/{}b", "c".repeat(252));
-    let pa = root.create(&rel(&a), DEFAULT_DIR_MODE).unwrap();
-    let pb = root.create(&rel(&b), DEFAULT_DIR_MODE).unwrap();
+    let pa = root.create(&own(&a), DEFAULT_DIR_MODE).unwrap();
+    let pb = root.create(&own(&b), DEFAULT_DIR_MODE).unwrap();
     assert!(pa.is_dir() && pb.is_dir() && pa != pb);
     assert_ne!(
         staging_name(&"c".repeat(253)),
@@ -553,10 +581,10 @@ fn staging_names_of_long_claims_fit_and_stay_distinct() {
 fn without_renameat2_flags_as_on_nfs_create_and_archive_still_never_replace_anything() {
     let (_d, root) = mount();
     let _nfs = race::without_rename_flags();
-    let p = root.create(&rel("ns/data"), VolumeMode(0o770)).unwrap();
+    let p = root.create(&own("ns/data"), VolumeMode(0o770)).unwrap();
     assert_eq!(mode_of(&p), 0o770);
     fs::write(p.join("f"), b"1").unwrap();
-    assert_eq!(root.create(&rel("ns/data"), DEFAULT_DIR_MODE).unwrap(), p);
+    assert_eq!(root.create(&own("ns/data"), DEFAULT_DIR_MODE).unwrap(), p);
     assert_eq!(
         fs::read(p.join("f")).unwrap(),
         b"1",
@@ -573,7 +601,7 @@ fn without_renameat2_flags_as_on_nfs_create_and_archive_still_never_replace_anyt
     )
     .unwrap();
     let Removed::Archived { to, .. } = root
-        .remove(&rel("ns/data"), OnDelete::Archive, now)
+        .remove(&rel("ns/data"), None, OnDelete::Archive, now)
         .unwrap()
     else {
         panic!("not archived");
@@ -581,4 +609,280 @@ fn without_renameat2_flags_as_on_nfs_create_and_archive_still_never_replace_anyt
     assert!(to.to_string_lossy().ends_with("Z-2"), "{to:?}");
     assert_eq!(fs::read(to.join("f")).unwrap(), b"1");
     assert_eq!(fs::read(taken.join("old")).unwrap(), b"old");
+}
+
+// === ownership markers (security finding "flat and nested layouts can collide") ===
+
+#[test]
+fn create_writes_an_owner_marker_into_the_claim_and_namespace_directories() {
+    let (_d, root) = mount();
+    let p = root.create(&own("team/db"), DEFAULT_DIR_MODE).unwrap();
+    let marker = fs::read_to_string(p.join(".stowage-owner")).unwrap();
+    assert!(marker.contains("kind=claim"), "{marker}");
+    let ns = fs::read_to_string(root.path().join("team/.stowage-owner")).unwrap();
+    assert!(ns.contains("kind=namespace"), "{ns}");
+}
+
+#[test]
+fn a_nested_claim_refuses_a_namespace_directory_that_is_a_flat_claims_volume() {
+    let (_d, root) = mount();
+    // The flat claim team/db's volume, with its tenant's subdirectory x.
+    let flat = root.create(&own("team-db"), DEFAULT_DIR_MODE).unwrap();
+    fs::create_dir(flat.join("x")).unwrap();
+    fs::write(flat.join("x/secret"), b"team's data").unwrap();
+    assert!(
+        root.holds(&own("team-db/x")).is_err(),
+        "team/db's subdirectory x is not claim team-db/x's data"
+    );
+    assert!(root.create(&own("team-db/y"), DEFAULT_DIR_MODE).is_err());
+    assert!(!flat.join("y").exists());
+}
+
+#[test]
+fn deleting_a_flat_directory_that_holds_nested_claims_is_refused() {
+    let (_d, root) = mount();
+    let x = root.create(&own("team-db/x"), DEFAULT_DIR_MODE).unwrap();
+    fs::write(x.join("orders"), b"team-db's data").unwrap();
+    let now = UNIX_EPOCH + Duration::from_secs(AT);
+    // Namespace team-db's directory seen as the flat claim team/db's volume.
+    assert!(root.holds(&own("team-db")).is_err());
+    for mode in [OnDelete::Delete, OnDelete::Archive] {
+        assert!(
+            root.remove(&rel("team-db"), None, mode, now).is_err(),
+            "{mode:?}"
+        );
+    }
+    assert_eq!(fs::read(x.join("orders")).unwrap(), b"team-db's data");
+}
+
+fn owner_of(ns: &str, name: &str, uid: &str, layout: Layout) -> Owner {
+    Owner {
+        claim: ClaimName::new(ns, name).unwrap(),
+        uid: crate::nfs::ClaimUid::parse(uid).unwrap(),
+        layout,
+    }
+}
+
+fn marker_at(dir: &Path) -> Marker {
+    Marker::parse(&fs::read_to_string(dir.join(".stowage-owner")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_recreated_claim_readopts_its_directory_and_a_colliding_flat_claim_is_refused() {
+    let (_d, root) = mount();
+    let first = owner_of("a-b", "c", "uid-1", Layout::Flat);
+    let p = root.create(&first, DEFAULT_DIR_MODE).unwrap();
+    fs::write(p.join("f"), b"a-b/c").unwrap();
+    // Re-created under the same namespace and name: a new uid, the same data.
+    let again = owner_of("a-b", "c", "uid-2", Layout::Flat);
+    assert!(root.holds(&again).unwrap());
+    assert_eq!(root.create(&again, DEFAULT_DIR_MODE).unwrap(), p);
+    assert_eq!(
+        marker_at(&p),
+        Marker::for_claim(&first),
+        "the marker is kept"
+    );
+    // a/b-c has the same flat directory a-b-c: refused by look-up, create and release.
+    let other = owner_of("a", "b-c", "uid-3", Layout::Flat);
+    assert_eq!(other.rel(), first.rel());
+    for e in [
+        root.holds(&other).unwrap_err(),
+        root.create(&other, DEFAULT_DIR_MODE).unwrap_err(),
+        root.remove(
+            &other.rel(),
+            Some(&other.claim),
+            OnDelete::Delete,
+            SystemTime::now(),
+        )
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.reason(), "NfsDirectoryOfAnotherClaim", "{e}");
+        let text = e.to_string();
+        for part in [
+            p.to_str().unwrap(),
+            "belongs to claim a-b/c (uid uid-1, flat layout)",
+            "claim a/b-c",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+    }
+    assert_eq!(fs::read(p.join("f")).unwrap(), b"a-b/c");
+    // The claim it belongs to releases it as before.
+    assert_eq!(
+        root.remove(
+            &first.rel(),
+            Some(&first.claim),
+            OnDelete::Delete,
+            SystemTime::now()
+        )
+        .unwrap(),
+        Removed::Deleted(p)
+    );
+}
+
+#[test]
+fn unmarked_directories_of_older_versions_are_adopted_and_marked() {
+    let (_d, root) = mount();
+    // The source design's flat volume and an older version's nested claim, no markers.
+    fs::create_dir(root.path().join("legacy-data")).unwrap();
+    fs::write(root.path().join("legacy-data/f"), b"old").unwrap();
+    fs::create_dir_all(root.path().join("shop/cart")).unwrap();
+    fs::write(root.path().join("shop/cart/f"), b"old").unwrap();
+    let flat = owner_of("legacy", "data", "u-1", Layout::Flat);
+    let nested = owner_of("shop", "cart", "u-2", Layout::Nested);
+    for owner in [&flat, &nested] {
+        assert!(root.holds(owner).unwrap());
+        let p = root.create(owner, DEFAULT_DIR_MODE).unwrap();
+        assert_eq!(fs::read(p.join("f")).unwrap(), b"old");
+        assert_eq!(marker_at(&p), Marker::for_claim(owner));
+    }
+    assert_eq!(
+        marker_at(&root.path().join("shop")),
+        Marker::for_namespace("shop")
+    );
+    // Another claim of the now marked namespace directory goes beside it.
+    let x = owner_of("shop", "x", "u-3", Layout::Nested);
+    let p = root.create(&x, DEFAULT_DIR_MODE).unwrap();
+    assert_eq!(marker_at(&p), Marker::for_claim(&x));
+}
+
+#[test]
+fn a_flat_claim_is_refused_a_namespace_directory_marked_or_evidently_one() {
+    let (_d, root) = mount();
+    let team_db = owner_of("team", "db", "u-1", Layout::Flat);
+    // Marked by this version: team-db/.stowage-owner says namespace team-db.
+    root.create(&own("team-db/x"), DEFAULT_DIR_MODE).unwrap();
+    let e = root.create(&team_db, DEFAULT_DIR_MODE).unwrap_err();
+    assert_eq!(e.reason(), "NfsNamespaceDirectoryRefused", "{e}");
+    assert!(
+        e.to_string()
+            .contains("is the directory of namespace team-db in the nested layout"),
+        "{e}"
+    );
+    // An older version's namespace directory has no marker, but a claim made since has one.
+    fs::remove_file(root.path().join("team-db/.stowage-owner")).unwrap();
+    let e = root.create(&team_db, DEFAULT_DIR_MODE).unwrap_err();
+    assert!(e.to_string().contains("holds team-db/x"), "{e}");
+    assert!(!root.path().join("team-db/.stowage-owner").exists());
+    // A tenant's own copy of a marker elsewhere is no evidence: only <it>/<x> saying <it>/<x>.
+    let (_d, root) = mount();
+    let p = root.create(&own("ns/x"), DEFAULT_DIR_MODE).unwrap();
+    fs::create_dir(root.path().join("team-db")).unwrap();
+    fs::create_dir(root.path().join("team-db/backup")).unwrap();
+    fs::copy(
+        p.join(".stowage-owner"),
+        root.path().join("team-db/backup/.stowage-owner"),
+    )
+    .unwrap();
+    assert!(root.holds(&team_db).unwrap());
+}
+
+#[test]
+fn a_marker_that_is_a_symlink_or_garbage_is_refused_and_nothing_is_followed() {
+    let (d, root) = mount();
+    let out = outside(d.path());
+    for (name, plant) in [
+        ("link", "symlink"),
+        ("junk", "garbage"),
+        ("dir", "directory"),
+        ("newer", "version"),
+    ] {
+        let owner = owner_of("ns", name, "u-1", Layout::Nested);
+        let p = root.create(&owner, DEFAULT_DIR_MODE).unwrap();
+        let marker = p.join(".stowage-owner");
+        fs::remove_file(&marker).unwrap();
+        match plant {
+            "symlink" => symlink(out.join("data/secret"), &marker).unwrap(),
+            "garbage" => fs::write(&marker, b"\xff\xfe not a marker").unwrap(),
+            "directory" => fs::create_dir(&marker).unwrap(),
+            _ => fs::write(&marker, "version=9\nkind=namespace\nnamespace=ns\n").unwrap(),
+        }
+        for e in [
+            root.holds(&owner).unwrap_err(),
+            root.create(&owner, DEFAULT_DIR_MODE).unwrap_err(),
+            root.remove(
+                &owner.rel(),
+                Some(&owner.claim),
+                OnDelete::Delete,
+                SystemTime::now(),
+            )
+            .unwrap_err(),
+            root.remove(
+                &owner.rel(),
+                Some(&owner.claim),
+                OnDelete::Archive,
+                SystemTime::now(),
+            )
+            .unwrap_err(),
+        ] {
+            assert_eq!(e.reason(), "NfsOwnerMarkerInvalid", "{plant}: {e}");
+            assert!(e.to_string().contains("remove it"), "{plant}: {e}");
+        }
+        assert!(p.is_dir(), "{plant}: kept");
+    }
+    assert_untouched(&out);
+}
+
+#[test]
+fn a_marker_is_written_without_following_a_planted_staging_link() {
+    let (d, root) = mount();
+    let out = outside(d.path());
+    // An unmarked legacy directory whose tenant planted links at the marker's staging name.
+    let p = root.path().join("legacy-data");
+    fs::create_dir(&p).unwrap();
+    symlink(out.join("data/secret"), p.join(".stowage-owner.new")).unwrap();
+    let owner = owner_of("legacy", "data", "u-1", Layout::Flat);
+    root.create(&owner, DEFAULT_DIR_MODE).unwrap();
+    assert_eq!(marker_at(&p), Marker::for_claim(&owner));
+    assert!(!p.join(".stowage-owner.new").exists());
+    assert_untouched(&out);
+}
+
+#[test]
+fn a_marker_that_appears_before_ours_is_renamed_in_is_checked_not_replaced() {
+    for flags in [true, false] {
+        let (_d, root) = mount();
+        let _nfs = (!flags).then(race::without_rename_flags);
+        let p = root.path().join("a-b-c");
+        fs::create_dir(&p).unwrap();
+        let theirs = owner_of("a-b", "c", "u-1", Layout::Flat);
+        let planted = p.join(".stowage-owner");
+        let text = Marker::for_claim(&theirs).render();
+        let _race = race::set(move |at| {
+            if at == "nfs.marker.rename" && !planted.exists() {
+                fs::write(&planted, &text).unwrap();
+            }
+        });
+        let e = root
+            .create(&owner_of("a", "b-c", "u-2", Layout::Flat), DEFAULT_DIR_MODE)
+            .unwrap_err();
+        assert_eq!(e.reason(), "NfsDirectoryOfAnotherClaim", "{e}");
+        assert_eq!(marker_at(&p), Marker::for_claim(&theirs));
+        assert!(!p.join(".stowage-owner.new").exists());
+    }
+}
+
+#[test]
+fn a_nested_namespace_directory_with_a_claims_marker_is_refused_before_anything_is_made() {
+    let (_d, root) = mount();
+    let flat = root.create(&own("team-db"), DEFAULT_DIR_MODE).unwrap();
+    let e = root
+        .create(&own("team-db/y"), DEFAULT_DIR_MODE)
+        .unwrap_err();
+    assert_eq!(e.reason(), "NfsDirectoryOfAnotherClaim", "{e}");
+    assert!(
+        e.to_string()
+            .contains("refusing it as the namespace directory of claim team-db/y"),
+        "{e}"
+    );
+    let mut inside: Vec<_> = fs::read_dir(&flat)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    inside.sort();
+    assert_eq!(
+        inside,
+        [".stowage-owner"],
+        "nothing was made in team/db's volume"
+    );
 }

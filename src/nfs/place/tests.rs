@@ -145,6 +145,7 @@ fn existing_data_wins_even_on_a_draining_or_full_server() {
     let found = Lookup {
         holders: vec![holder],
         unchecked: vec![(home, "timed out".to_string())],
+        ..Lookup::default()
     };
     let p = plan(&servers, &ring, &loads, req(&c, Layout::Nested), &found).unwrap();
     assert_eq!(p.server, holder);
@@ -157,13 +158,38 @@ fn existing_data_wins_even_on_a_draining_or_full_server() {
 
     let two = Lookup {
         holders: vec![0, 2],
-        unchecked: vec![],
+        ..Lookup::default()
     };
     let e = plan(&servers, &ring, &loads, req(&c, Layout::Nested), &two).unwrap_err();
     assert_eq!(e.reason(), "NfsDataOnSeveralServers");
     assert!(
         e.to_string()
             .contains("exists on several NFS servers (a, c)"),
+        "{e}"
+    );
+
+    // A directory of the claim's name that is not the claim's refuses the claim, even
+    // when another server holds one that is.
+    let refused = Lookup {
+        holders: vec![0],
+        refused: vec![(
+            2,
+            crate::nfs::NotOurs {
+                path: "/m/c/db".into(),
+                claim: c.to_string(),
+                purpose: crate::nfs::owner::Purpose::Volume,
+                refusal: crate::nfs::owner::Refusal::NamespaceDirectory {
+                    namespace: "db".into(),
+                },
+            },
+        )],
+        ..Lookup::default()
+    };
+    let e = plan(&servers, &ring, &loads, req(&c, Layout::Nested), &refused).unwrap_err();
+    assert_eq!(e.reason(), "NfsNamespaceDirectoryRefused");
+    assert!(
+        e.to_string()
+            .starts_with("NFS server c: /m/c/db is the directory of namespace db"),
         "{e}"
     );
 }
@@ -275,17 +301,78 @@ fn lookup_finds_real_directories_and_reports_unreadable_mounts() {
         spec("b", "b", "/e", &b),
         spec("gone", "g", "/e", &dir.path().join("missing")),
     ];
-    let rel = Layout::Nested.rel_dir(&claim("ns", "c"));
-    let found = lookup(&servers, &rel);
+    let owner = Owner {
+        claim: claim("ns", "c"),
+        uid: crate::nfs::ClaimUid::parse("u-1").unwrap(),
+        layout: Layout::Nested,
+    };
+    let found = lookup(&servers, &owner);
     assert_eq!(found.holders, vec![0]);
     assert_eq!(found.unchecked.len(), 1);
     assert_eq!(found.unchecked[0].0, 2);
     // A symlink named like the claim's directory is not the claim's data.
     std::os::unix::fs::symlink(a.join("ns/c"), b.join("ns/c")).unwrap();
-    let found = lookup(&servers, &rel);
+    let found = lookup(&servers, &owner);
     assert_eq!(found.holders, vec![0]);
     assert_eq!(
         found.unchecked.iter().map(|u| u.0).collect::<Vec<_>>(),
         [1, 2]
     );
+}
+
+#[test]
+fn export_paths_overlap_by_whole_components() {
+    for (a, b, want) in [
+        ("/x/team", "/x/team", Overlap::Same),
+        ("/x/team/", "//x//team", Overlap::Same),
+        ("/x/team-db/x", "/x/team-db", Overlap::Inside),
+        ("/x/team-db", "/x/team-db/x", Overlap::Holds),
+        ("/x/team", "/x/team-db", Overlap::Apart),
+        ("/x/team-db", "/x/team", Overlap::Apart),
+        ("/", "/x", Overlap::Holds),
+    ] {
+        assert_eq!(overlap(a, b), want, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn a_directory_may_not_be_hold_or_lie_inside_another_pvs_unless_it_is_the_claims_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = vec![spec("a", "10.0.0.1", "/e", dir.path())];
+    let ring = ring_of(&servers);
+    let loads = vec![ServerLoad::ready(Bytes::ZERO)];
+    let team_db = claim("team", "db");
+    let p = plan(
+        &servers,
+        &ring,
+        &loads,
+        req(&team_db, Layout::Flat),
+        &Lookup::default(),
+    )
+    .unwrap();
+    assert_eq!(p.export_path, "/e/team-db");
+    let used = |claim: &str, address: &str, path: &str| UsedDir {
+        pv: format!("pv-{claim}"),
+        claim: Some(claim.to_string()),
+        address: address.to_string(),
+        path: path.to_string(),
+    };
+    for (u, want) in [
+        (
+            used("team-db/x", "10.0.0.1", "/e/team-db/x"),
+            Some(Overlap::Holds),
+        ),
+        (used("up/up", "10.0.0.1", "/e"), Some(Overlap::Inside)),
+        (
+            used("team-d/b", "10.0.0.1", "/e/team-db"),
+            Some(Overlap::Same),
+        ),
+        // A re-created claim finds its own old directory.
+        (used("team/db", "10.0.0.1", "/e/team-db"), None),
+        (used("team/x", "10.0.0.1", "/e/team"), None),
+        (used("team-db/x", "10.0.0.2", "/e/team-db/x"), None),
+    ] {
+        let got = clash(&p, &team_db, std::slice::from_ref(&u)).map(|(_, how)| how);
+        assert_eq!(got, want, "{u:?}");
+    }
 }
