@@ -6,7 +6,14 @@
 //! ```sh
 //! cargo bench --bench burst                          # release; 200 claims, 3 runs
 //! cargo bench --bench burst -- --claims 200 --runs 5 --workers 16   # controller --workers
+//! cargo bench --bench burst -- --fill 95           # nodes sized so the claims fill 95 %
+//! cargo bench --bench burst -- --no-extender       # kube-scheduler without the extender
 //! ```
+//!
+//! With `--fill`, not every pod may fit (the nodes' space comes in three pieces); the run
+//! ends once nothing has moved for a while, and each pod is counted as placed whole, not
+//! placed at all, or split: some of its claims have volumes and the others none, or its
+//! volumes are on different nodes (a pod that can never start). Split pods must be zero.
 //!
 //! `STOWAGE_BENCH_BINARY=PATH` runs another build of `stowage` (an earlier commit's, say)
 //! in the same harness. `STOWAGE_E2E=real` runs it on a real control plane (TESTING.md): the real
@@ -40,7 +47,7 @@ use kube::{Api, ResourceExt};
 use stowage::api::local_volume::{LocalVolume, LocalVolumePhase};
 use stowage::api::names;
 use stowage_testkit::fixtures::{pod, pvc};
-use support::stack::{Env, GI, NS, Options, mix_claims};
+use support::stack::{Env, GI, MI, NS, Options, mix_claims};
 
 /// The instants one claim passed each stage at.
 #[derive(Clone, Debug, Default)]
@@ -197,13 +204,25 @@ async fn run(
     claims: usize,
     seed: u64,
     workers: Option<usize>,
-) -> (f64, Vec<Duration>, Vec<Stages>, f64) {
+    fill: usize,
+    extender: bool,
+) -> (f64, Vec<Duration>, Vec<Stages>, f64, Outcome) {
+    let plan = mix_claims(claims, seed);
+    // The nodes: 2:3:4, either fixed and roomy or sized so that the claims fill `fill` %.
+    let sizes = if fill == 0 {
+        [16 * GI, 24 * GI, 32 * GI]
+    } else {
+        let demand: u64 = plan.iter().flatten().sum::<u64>() * MI;
+        let total = demand * 100 / fill as u64;
+        [2, 3, 4].map(|part| (total * part / 9).div_ceil(MI) * MI)
+    };
     let env = Env::start(
-        &[("n1", 16 * GI), ("n2", 24 * GI), ("n3", 32 * GI)],
+        &[("n1", sizes[0]), ("n2", sizes[1]), ("n3", sizes[2])],
         Options {
             controller_args: workers
                 .map(|w| vec!["--workers".to_string(), w.to_string()])
                 .unwrap_or_default(),
+            without_extender: !extender,
             ..Options::default()
         },
     )
@@ -211,7 +230,6 @@ async fn run(
     let timeline: Shared = Arc::default();
     let watches = watch(&env, timeline.clone()).await;
 
-    let plan = mix_claims(claims, seed);
     let start = Instant::now();
     let start_wall = std::time::SystemTime::now();
     let creates = plan.iter().enumerate().map(|(i, sizes)| {
@@ -259,15 +277,27 @@ async fn run(
     // kube-controller-manager binds at its default 20 requests/s on the real lane.
     let patience = if env.cluster.is_real() { 600 } else { 120 };
     let deadline = Instant::now() + Duration::from_secs(patience);
+    // With --fill some pods may never fit: then the burst is over once nothing moved for
+    // this long.
+    let quiet = Duration::from_secs(if env.cluster.is_real() { 40 } else { 15 });
+    let mut last_move = (0, Instant::now());
     loop {
-        let done = timeline
-            .lock()
-            .unwrap()
-            .claims
-            .values()
-            .filter(|s| s.created.is_some() && s.bound.is_some())
-            .count();
+        let (done, moved) = {
+            let t = timeline.lock().unwrap();
+            let done = t
+                .claims
+                .values()
+                .filter(|s| s.created.is_some() && s.bound.is_some())
+                .count();
+            let moved = t.claims.values().filter(|s| s.lv_created.is_some()).count() + done;
+            (done, moved)
+        };
         if done == claims {
+            break;
+        }
+        if moved != last_move.0 {
+            last_move = (moved, Instant::now());
+        } else if fill > 0 && last_move.1.elapsed() > quiet {
             break;
         }
         assert!(
@@ -277,6 +307,7 @@ async fn run(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let outcome = outcome(&env, &plan).await;
     for w in watches {
         w.abort();
     }
@@ -334,9 +365,16 @@ async fn run(
         }
         std::fs::write(dir.join(format!("stages-{seed}.csv")), csv).unwrap();
     }
-    let stages: Vec<Stages> = timeline.lock().unwrap().claims.values().cloned().collect();
+    let stages: Vec<Stages> = timeline
+        .lock()
+        .unwrap()
+        .claims
+        .values()
+        .filter(|s| s.bound.is_some())
+        .cloned()
+        .collect();
     let last = stages.iter().filter_map(|s| s.bound).max().unwrap();
-    let rate = claims as f64 / last.duration_since(start).as_secs_f64();
+    let rate = stages.len() as f64 / last.duration_since(start).as_secs_f64();
     let mut latencies: Vec<Duration> = stages
         .iter()
         .map(|s| s.bound.unwrap().duration_since(s.created.unwrap()))
@@ -351,7 +389,47 @@ async fn run(
         .collect();
     let mean = used.iter().sum::<f64>() / used.len() as f64;
     let var = used.iter().map(|u| (u - mean).powi(2)).sum::<f64>() / used.len() as f64;
-    (rate, latencies, stages, var.sqrt() / mean)
+    (rate, latencies, stages, var.sqrt() / mean, outcome)
+}
+
+/// How the pods of a burst ended.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Every claim has a volume, all on one node.
+    whole: usize,
+    /// No claim has a volume.
+    unplaced: usize,
+    /// Some claims have volumes and others none, or the volumes are on different nodes:
+    /// the pod can never start.
+    split: Vec<String>,
+}
+
+/// Counts each pod of `plan` (`burst<i>` with claims `burst<i>-<c>`) by where its claims'
+/// LocalVolumes are.
+async fn outcome(env: &Env, plan: &[Vec<u64>]) -> Outcome {
+    let lvs: HashMap<String, String> = env
+        .lvs()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|lv| (lv.spec.claim.name.clone(), lv.spec.node_name.clone()))
+        .collect();
+    let mut out = Outcome::default();
+    for (i, sizes) in plan.iter().enumerate() {
+        let nodes: Vec<Option<&String>> = (0..sizes.len())
+            .map(|c| lvs.get(&format!("burst{i:03}-{c}")))
+            .collect();
+        let mut placed: Vec<&String> = nodes.iter().flatten().copied().collect();
+        placed.dedup();
+        match (placed.len(), nodes.iter().all(Option::is_some)) {
+            (0, _) => out.unplaced += 1,
+            (1, true) => out.whole += 1,
+            _ => out.split.push(format!("burst{i:03}: {nodes:?}")),
+        }
+    }
+    out
 }
 
 fn arg(args: &[String], flag: &str, default: usize) -> usize {
@@ -375,6 +453,10 @@ fn main() {
         .iter()
         .any(|a| a == "--workers")
         .then(|| arg(&args, "--workers", 8));
+    // Size the nodes so that the claims fill this many percent (0: roomy fixed nodes).
+    let fill = arg(&args, "--fill", 0);
+    assert!(fill <= 100, "--fill is a percentage");
+    let extender = !args.iter().any(|a| a == "--no-extender");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -390,20 +472,40 @@ fn main() {
     } else {
         "in-memory API server and stand-ins"
     };
+    let fill_text = if fill == 0 {
+        "roomy nodes".to_string()
+    } else {
+        format!("nodes sized for {fill} % fill")
+    };
+    let scheduler = if extender {
+        "with the extender"
+    } else {
+        "WITHOUT the extender"
+    };
     println!(
-        "burst: {claims} claims in pods of 1-3, 3 nodes, {runs} runs, {profile} build, {lane}"
+        "burst: {claims} claims in pods of 1-3, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}, {profile} build, {lane}"
     );
+    let mut split_pods = 0;
     let mut all = Vec::new();
     let mut all_stages = Vec::new();
     for r in 0..runs {
-        let (rate, latencies, stages, cov) = runtime.block_on(run(claims, 7 + r as u64, workers));
+        let (rate, latencies, stages, cov, outcome) =
+            runtime.block_on(run(claims, 7 + r as u64, workers, fill, extender));
         println!(
-            "run {}: {rate:.0} claims/s; created -> Bound p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; utilization CoV {cov:.3}",
+            "run {}: {} claims Bound, {rate:.0} claims/s; created -> Bound p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; utilization CoV {cov:.3}; pods whole {}, unplaced {}, split {}",
             r + 1,
+            latencies.len(),
             ms(pct(&latencies, 50.0)),
             ms(pct(&latencies, 99.0)),
             ms(*latencies.last().unwrap()),
+            outcome.whole,
+            outcome.unplaced,
+            outcome.split.len(),
         );
+        for pod in &outcome.split {
+            println!("  split: {pod}");
+        }
+        split_pods += outcome.split.len();
         all.extend(latencies);
         all_stages.extend(stages);
     }
@@ -450,4 +552,6 @@ fn main() {
             d.len()
         );
     }
+    println!("split pods over all runs: {split_pods}");
+    assert_eq!(split_pods, 0, "a pod's claims must be placed whole or not at all");
 }
