@@ -25,6 +25,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
+use super::driver::Scan;
 use super::metrics::Metrics;
 use super::path::VolumeName;
 use super::pool::{PoolConfig, PoolReport};
@@ -33,8 +34,10 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::names::FIELD_MANAGER_AGENT;
 use crate::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 
-/// What the scan found on one pool's disk: the volume names, or why the pool was not read.
-pub type OnDisk = BTreeMap<String, Vec<VolumeName>>;
+/// What the scan found on each pool's disk (by pool name): the volume names and, for
+/// btrfs, what they and the pool's other subvolumes hold. A pool that could not be read
+/// has no entry.
+pub type OnDisk = BTreeMap<String, Scan>;
 
 /// The pools' status lines from their probes, this node's LocalVolumes and the volumes on
 /// disk. Pure.
@@ -63,8 +66,11 @@ pub fn pool_statuses<'a>(
         .iter()
         .map(|r| {
             let (bytes, count) = allocated.get(r.name.as_str()).copied().unwrap_or_default();
-            let orphans = on_disk.get(r.name.as_str()).map_or(0, |names| {
-                names.iter().filter(|n| !known.contains(n.as_str())).count()
+            let orphans = on_disk.get(r.name.as_str()).map_or(0, |scan| {
+                scan.names
+                    .iter()
+                    .filter(|n| !known.contains(n.as_str()))
+                    .count()
             });
             PoolStatus {
                 name: r.name.to_string(),
@@ -215,8 +221,8 @@ impl Reporter {
             for (mut report, driver) in pools {
                 if let Some(driver) = driver {
                     match driver.scan() {
-                        Ok(names) => {
-                            on_disk.insert(report.name.to_string(), names);
+                        Ok(scan) => {
+                            on_disk.insert(report.name.to_string(), scan);
                         }
                         Err(error) => {
                             report.ready = false;
@@ -279,8 +285,8 @@ impl Reporter {
     fn log_orphans(&self, memory: &mut Memory, volumes: &[Arc<LocalVolume>], on_disk: &OnDisk) {
         let known: BTreeSet<String> = volumes.iter().map(|v| v.name_any()).collect();
         let mut seen = BTreeSet::new();
-        for (pool, names) in on_disk {
-            for name in names.iter().filter(|n| !known.contains(n.as_str())) {
+        for (pool, scan) in on_disk {
+            for name in scan.names.iter().filter(|n| !known.contains(n.as_str())) {
                 let key = (pool.clone(), name.clone());
                 if !memory.orphans_logged.contains(&key) {
                     tracing::warn!(node = %self.node, pool = %pool, volume = %name, "orphaned volume: on disk with no LocalVolume; left in place, remove it by hand if it is not needed");
@@ -380,7 +386,7 @@ mod tests {
         let mut on_disk = OnDisk::new();
         on_disk.insert(
             "fast".into(),
-            vec![VolumeName::parse(A).unwrap(), VolumeName::parse(C).unwrap()],
+            vec![VolumeName::parse(A).unwrap(), VolumeName::parse(C).unwrap()].into(),
         );
         let got = pool_statuses(
             &[report("fast", true), report("slow", false)],
@@ -414,7 +420,7 @@ mod tests {
     fn a_volume_is_not_an_orphan_whichever_pool_its_object_names() {
         let volumes = [lv(A, "n1", "slow", 1)];
         let mut on_disk = OnDisk::new();
-        on_disk.insert("fast".into(), vec![VolumeName::parse(A).unwrap()]);
+        on_disk.insert("fast".into(), vec![VolumeName::parse(A).unwrap()].into());
         let got = pool_statuses(&[report("fast", true)], volumes.iter(), "n1", &on_disk);
         assert_eq!(got[0].orphans, 0);
         assert_eq!(got[0].volumes, 0);
