@@ -650,6 +650,80 @@ fn delete_destroys_nested_subvolumes_two_levels_deep_and_leaves_no_qgroup_behind
 }
 
 #[test]
+fn a_btrfs_pools_free_space_is_capped_by_the_filesystem_and_counts_kept_data_as_used() {
+    use crate::agent::report::{OnDisk, pool_statuses};
+    use crate::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete};
+    let Some((dir, d)) = pool("free-space") else {
+        return;
+    };
+    let size = Bytes::mib(64);
+    // A live volume holding a quarter of its size, an archived one and a retained one (no
+    // LocalVolume: an orphan), each holding 24 MiB that no live volume owns.
+    let live = d.create(&name(A), size, VolumeMode::default()).unwrap();
+    assert_eq!(fill(&live.join("f"), Bytes::mib(16).0).0, Bytes::mib(16).0);
+    let archived = d.create(&name(B), size, VolumeMode::default()).unwrap();
+    assert_eq!(
+        fill(&archived.join("f"), Bytes::mib(24).0).0,
+        Bytes::mib(24).0
+    );
+    d.archive(&name(B), SystemTime::now()).unwrap().unwrap();
+    let orphan = d.create(&name(C), size, VolumeMode::default()).unwrap();
+    assert_eq!(
+        fill(&orphan.join("f"), Bytes::mib(24).0).0,
+        Bytes::mib(24).0
+    );
+    rustix::fs::sync();
+    let lv = LocalVolume::new(
+        A,
+        LocalVolumeSpec {
+            node_name: "n1".into(),
+            pool: "fast".into(),
+            size_bytes: size.0,
+            claim: ClaimRef::default(),
+            on_delete: OnDelete::Delete,
+        },
+    );
+    let unwritten = size.0 - Bytes::mib(16).0;
+    let kept = Bytes::mib(48).0;
+    // Without a configured capacity the filesystem's free space is what binds; with one
+    // well below it, the capacity less the kept data.
+    let mut wrong = Vec::new();
+    for capacity in [None, Some(Bytes::mib(256))] {
+        let spec = PoolSpec {
+            name: PoolName::from("fast"),
+            path: dir.path().join("pool"),
+            driver: Driver::Btrfs,
+            reserve: Reserve::None,
+            capacity,
+            volume_mode: VolumeMode::default(),
+        };
+        let report = spec.probe();
+        assert!(report.ready, "{:?}", report.reason);
+        let mut on_disk = OnDisk::new();
+        on_disk.insert("fast".into(), d.survey().unwrap());
+        let status = pool_statuses(&[report], [&lv], "n1", &on_disk).remove(0);
+        let free = status.to_pool_state().free().0;
+        let room = status.available_bytes.saturating_sub(unwritten);
+        if free > room + SLACK {
+            wrong.push(format!(
+                "capacity {capacity:?}: a new claim may take {free} bytes, but the filesystem has {} free of which the live volume may still write {unwritten}",
+                status.available_bytes
+            ));
+        }
+        if let Some(capacity) = capacity {
+            let left = capacity.0 - kept - size.0;
+            if free > left + SLACK {
+                wrong.push(format!(
+                    "capacity {capacity:?}: a new claim may take {free} bytes, but archived and orphaned data hold {kept} of it and the live volume {}",
+                    size.0
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
 fn a_volume_made_before_level_one_qgroups_gets_one_on_the_next_scan() {
     let Some((_dir, d)) = pool("migrate") else {
         return;
