@@ -5,7 +5,8 @@
 //!   every --heartbeat, or woken after a reconcile:
 //!     reload the pool config if the file changed
 //!     probe the pools, scan them for volumes     (blocking, off the async threads)
-//!     status = pool_statuses(reports, this node's LocalVolumes, volumes on disk)
+//!     status = pool_statuses(reports, this node's LocalVolumes, volumes on disk and what
+//!                            they hold)
 //!     write it when it changed, or always on a heartbeat; set the gauges
 //! ```
 //!
@@ -25,6 +26,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
+use super::driver::Scan;
 use super::metrics::Metrics;
 use super::path::VolumeName;
 use super::pool::{PoolConfig, PoolReport};
@@ -32,9 +34,12 @@ use super::pool_set::PoolSet;
 use crate::api::local_volume::LocalVolume;
 use crate::api::names::FIELD_MANAGER_AGENT;
 use crate::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use crate::ledger::{Bytes, Driver};
 
-/// What the scan found on one pool's disk: the volume names, or why the pool was not read.
-pub type OnDisk = BTreeMap<String, Vec<VolumeName>>;
+/// What the scan found on each pool's disk (by pool name): the volume names and, for
+/// btrfs, what they and the pool's other subvolumes hold. A pool that could not be read
+/// has no entry.
+pub type OnDisk = BTreeMap<String, Scan>;
 
 /// The pools' status lines from their probes, this node's LocalVolumes and the volumes on
 /// disk. Pure.
@@ -42,6 +47,8 @@ pub type OnDisk = BTreeMap<String, Vec<VolumeName>>;
 /// `allocated` and `volumes` count every LocalVolume of the pool, also those not made yet
 /// or being deleted: their space is promised. A volume on disk is an orphan when no
 /// LocalVolume of this node has its name, whichever pool that LocalVolume names.
+/// `allocatable` is the capacity less the reserve, and for a btrfs pool also no more than
+/// [`btrfs_allocatable`] allows.
 pub fn pool_statuses<'a>(
     reports: &[PoolReport],
     volumes: impl IntoIterator<Item = &'a LocalVolume>,
@@ -49,12 +56,13 @@ pub fn pool_statuses<'a>(
     on_disk: &OnDisk,
 ) -> Vec<PoolStatus> {
     let mut allocated: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let mut known: BTreeSet<String> = BTreeSet::new();
+    // Each LocalVolume of this node: its pool and size.
+    let mut known: BTreeMap<String, (&str, u64)> = BTreeMap::new();
     for lv in volumes {
         if lv.spec.node_name != node {
             continue;
         }
-        known.insert(lv.name_any());
+        known.insert(lv.name_any(), (lv.spec.pool.as_str(), lv.spec.size_bytes));
         let entry = allocated.entry(lv.spec.pool.as_str()).or_default();
         entry.0 = entry.0.saturating_add(lv.spec.size_bytes);
         entry.1 = entry.1.saturating_add(1);
@@ -63,15 +71,26 @@ pub fn pool_statuses<'a>(
         .iter()
         .map(|r| {
             let (bytes, count) = allocated.get(r.name.as_str()).copied().unwrap_or_default();
-            let orphans = on_disk.get(r.name.as_str()).map_or(0, |names| {
-                names.iter().filter(|n| !known.contains(n.as_str())).count()
+            let disk = on_disk.get(r.name.as_str());
+            let orphans = disk.map_or(0, |scan| {
+                scan.names
+                    .iter()
+                    .filter(|n| !known.contains_key(n.as_str()))
+                    .count()
             });
+            let mut allocatable = r.capacity.saturating_sub(r.reserve);
+            if let (Driver::Btrfs, Some(available)) = (r.driver, r.available) {
+                let (live, kept) = disk.map_or((Bytes::ZERO, Bytes::ZERO), |scan| {
+                    held_by_live_volumes(scan, r.name.as_str(), &known)
+                });
+                allocatable = btrfs_allocatable(r.capacity, r.reserve, available, live, kept);
+            }
             PoolStatus {
                 name: r.name.to_string(),
                 driver: r.driver.to_string(),
                 path: r.path.display().to_string(),
                 capacity_bytes: r.capacity.0,
-                allocatable_bytes: r.capacity.saturating_sub(r.reserve).0,
+                allocatable_bytes: allocatable.0,
                 allocated_bytes: bytes,
                 available_bytes: r.available.map_or(0, |b| b.0),
                 volumes: count,
@@ -81,6 +100,62 @@ pub fn pool_statuses<'a>(
             }
         })
         .collect()
+}
+
+/// What a btrfs pool can promise to volumes, in all (`allocatable`; a new claim may take
+/// it less what the pool's LocalVolumes are promised already):
+///
+/// ```text
+///   allocatable = min(capacity − kept, available + live) − reserve
+/// ```
+///
+/// - `available` is the filesystem's free space (statvfs `f_bavail`), `live` what the
+///   pool's live volumes (on disk, with a LocalVolume of this pool) hold, each counted up
+///   to its size. Their data is inside their own allocation, so `available + live` is the
+///   room there is for the volumes' sizes: what a new claim may take is then at most the
+///   free space less what the live volumes may still write, so nothing is promised twice,
+///   and data outside the pool's live volumes on the same filesystem counts as used.
+/// - `kept` is what the pool holds outside its live volumes: archives (`.archive/`),
+///   volumes retained or orphaned (on disk without a LocalVolume), staging leftovers,
+///   other subvolumes, and what a live volume holds beyond its size. It counts against a
+///   configured `capacity` below the filesystem's size too (without one, `available`
+///   already leaves it out).
+///
+/// Only a cap: it never raises the capacity less the reserve.
+pub fn btrfs_allocatable(
+    capacity: Bytes,
+    reserve: Bytes,
+    available: Bytes,
+    live: Bytes,
+    kept: Bytes,
+) -> Bytes {
+    capacity
+        .saturating_sub(kept)
+        .min(available.saturating_add(live))
+        .saturating_sub(reserve)
+}
+
+/// What the volumes in `scan` (a pool named `pool`) that are live (`known` names them,
+/// with this pool) hold up to their sizes, and what everything else in the pool holds:
+/// `(live, kept)` for [`btrfs_allocatable`].
+fn held_by_live_volumes(
+    scan: &Scan,
+    pool: &str,
+    known: &BTreeMap<String, (&str, u64)>,
+) -> (Bytes, Bytes) {
+    let mut live = Bytes::ZERO;
+    let mut kept = scan.other;
+    for (name, held) in &scan.held {
+        match known.get(name.as_str()) {
+            Some(&(lv_pool, size)) if lv_pool == pool => {
+                let inside = (*held).min(Bytes(size));
+                live = live.saturating_add(inside);
+                kept = kept.saturating_add(held.saturating_sub(inside));
+            }
+            _ => kept = kept.saturating_add(*held),
+        }
+    }
+    (live, kept)
 }
 
 /// The reporter's wiring.
@@ -215,8 +290,8 @@ impl Reporter {
             for (mut report, driver) in pools {
                 if let Some(driver) = driver {
                     match driver.scan() {
-                        Ok(names) => {
-                            on_disk.insert(report.name.to_string(), names);
+                        Ok(scan) => {
+                            on_disk.insert(report.name.to_string(), scan);
                         }
                         Err(error) => {
                             report.ready = false;
@@ -279,8 +354,8 @@ impl Reporter {
     fn log_orphans(&self, memory: &mut Memory, volumes: &[Arc<LocalVolume>], on_disk: &OnDisk) {
         let known: BTreeSet<String> = volumes.iter().map(|v| v.name_any()).collect();
         let mut seen = BTreeSet::new();
-        for (pool, names) in on_disk {
-            for name in names.iter().filter(|n| !known.contains(n.as_str())) {
+        for (pool, scan) in on_disk {
+            for name in scan.names.iter().filter(|n| !known.contains(n.as_str())) {
                 let key = (pool.clone(), name.clone());
                 if !memory.orphans_logged.contains(&key) {
                     tracing::warn!(node = %self.node, pool = %pool, volume = %name, "orphaned volume: on disk with no LocalVolume; left in place, remove it by hand if it is not needed");
@@ -338,11 +413,12 @@ impl Reporter {
 mod tests {
     use super::*;
     use crate::api::local_volume::{ClaimRef, LocalVolumeSpec, OnDelete};
-    use crate::ledger::{Bytes, Driver, PoolName};
+    use crate::ledger::PoolName;
 
     const A: &str = "pvc-0f8e4c1a-3b2d-4e5f-8a9b-0c1d2e3f4a5b";
     const B: &str = "pvc-11111111-2222-4333-8444-555555555555";
     const C: &str = "pvc-22222222-2222-4333-8444-555555555555";
+    const D: &str = "pvc-33333333-2222-4333-8444-555555555555";
 
     fn report(name: &str, ready: bool) -> PoolReport {
         PoolReport {
@@ -380,7 +456,7 @@ mod tests {
         let mut on_disk = OnDisk::new();
         on_disk.insert(
             "fast".into(),
-            vec![VolumeName::parse(A).unwrap(), VolumeName::parse(C).unwrap()],
+            vec![VolumeName::parse(A).unwrap(), VolumeName::parse(C).unwrap()].into(),
         );
         let got = pool_statuses(
             &[report("fast", true), report("slow", false)],
@@ -411,10 +487,75 @@ mod tests {
     }
 
     #[test]
+    fn a_btrfs_pool_promises_no_more_than_free_space_plus_what_its_live_volumes_hold() {
+        let mib = |n: u64| n << 20;
+        let btrfs = |capacity, available| PoolReport {
+            name: PoolName::from("fast"),
+            driver: Driver::Btrfs,
+            path: "/pools/fast".into(),
+            ready: true,
+            reason: None,
+            capacity: Bytes(capacity),
+            available: Some(Bytes(available)),
+            reserve: Bytes(mib(10)),
+        };
+        // A holds 30 of its 100; B holds 150 of its 100 (its limit was lowered); C is on
+        // disk without a LocalVolume (retained or orphaned); D names another pool.
+        let volumes = [
+            lv(A, "n1", "fast", mib(100)),
+            lv(B, "n1", "fast", mib(100)),
+            lv(D, "n1", "slow", mib(100)),
+        ];
+        let mut scan = Scan::from([A, B, C, D].map(|n| VolumeName::parse(n).unwrap()).to_vec());
+        for (n, held) in [(A, 30), (B, 150), (C, 40), (D, 5)] {
+            scan.held
+                .insert(VolumeName::parse(n).unwrap(), Bytes(mib(held)));
+        }
+        // Archives and staging leftovers.
+        scan.other = Bytes(mib(60));
+        let mut on_disk = OnDisk::new();
+        on_disk.insert("fast".into(), scan);
+        let live = mib(30 + 100);
+        let kept = mib(60 + 40 + 5 + 50);
+
+        // The filesystem's free space binds: 500 free + 130 held by live volumes.
+        let got = pool_statuses(
+            &[btrfs(mib(4096), mib(500))],
+            volumes.iter(),
+            "n1",
+            &on_disk,
+        );
+        assert_eq!(got[0].allocatable_bytes, mib(500) + live - mib(10));
+        let free = got[0].to_pool_state().free();
+        assert_eq!(
+            free,
+            Bytes(mib(500) - mib(70) - mib(10)),
+            "free space less what A may still write (B may write nothing) less the reserve"
+        );
+        // A capacity below the filesystem's binds: kept data counts against it.
+        let got = pool_statuses(
+            &[btrfs(mib(1000), mib(900))],
+            volumes.iter(),
+            "n1",
+            &on_disk,
+        );
+        assert_eq!(got[0].allocatable_bytes, mib(1000) - kept - mib(10));
+        // Never more than the capacity less the reserve.
+        let empty = OnDisk::new();
+        let got = pool_statuses(&[btrfs(mib(1000), mib(1000))], [], "n1", &empty);
+        assert_eq!(got[0].allocatable_bytes, mib(990));
+        // Hostpath is left as it was: the ledger caps it by the free space itself.
+        let mut hostpath = btrfs(mib(1000), mib(100));
+        hostpath.driver = Driver::Hostpath;
+        let got = pool_statuses(&[hostpath], volumes.iter(), "n1", &on_disk);
+        assert_eq!(got[0].allocatable_bytes, mib(990));
+    }
+
+    #[test]
     fn a_volume_is_not_an_orphan_whichever_pool_its_object_names() {
         let volumes = [lv(A, "n1", "slow", 1)];
         let mut on_disk = OnDisk::new();
-        on_disk.insert("fast".into(), vec![VolumeName::parse(A).unwrap()]);
+        on_disk.insert("fast".into(), vec![VolumeName::parse(A).unwrap()].into());
         let got = pool_statuses(&[report("fast", true)], volumes.iter(), "n1", &on_disk);
         assert_eq!(got[0].orphans, 0);
         assert_eq!(got[0].volumes, 0);

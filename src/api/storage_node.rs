@@ -144,7 +144,9 @@ pub struct PoolStatus {
     /// Size of the pool's filesystem (after any configured cap).
     #[serde(default)]
     pub capacity_bytes: u64,
-    /// Capacity less the configured reserve.
+    /// Capacity less the configured reserve; for a btrfs pool also no more than its free
+    /// space plus what its live volumes hold, less what it keeps outside them (archives,
+    /// orphans).
     #[serde(default)]
     pub allocatable_bytes: u64,
     /// Sum of the sizes of the pool's LocalVolumes.

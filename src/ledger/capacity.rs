@@ -9,7 +9,10 @@
 //! ```
 //!
 //! For a driver that cannot enforce sizes (`hostpath`), volumes may write past their claim,
-//! so `free` is also capped by the filesystem's real free space less the reserve.
+//! so `free` is also capped by the filesystem's real free space less the reserve. For
+//! `btrfs` the agent caps the `allocatable` it reports instead, by the free space plus what
+//! the pool's live volumes hold, less the data the pool keeps outside them
+//! (`agent::report::btrfs_allocatable`), so this ledger leaves it as reported.
 
 use std::fmt;
 use std::str::FromStr;
@@ -263,7 +266,7 @@ mod tests {
         assert_eq!(
             p.free(),
             Bytes::gib(25),
-            "btrfs enforces sizes, disk usage does not cap"
+            "btrfs enforces sizes; the agent caps its allocatable by the disk, not the ledger"
         );
     }
 

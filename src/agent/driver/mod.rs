@@ -9,6 +9,7 @@ pub mod hostpath;
 pub use btrfs::Btrfs;
 pub use hostpath::Hostpath;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -101,11 +102,34 @@ impl PoolDriver {
         }
     }
 
-    /// See [`Hostpath::scan`].
-    pub fn scan(&self) -> Result<Vec<VolumeName>, VolumeError> {
+    /// See [`Hostpath::scan`]; btrfs also says what each volume and the pool's other
+    /// subvolumes hold ([`Btrfs::survey`]).
+    pub fn scan(&self) -> Result<Scan, VolumeError> {
         match self {
-            PoolDriver::Hostpath(d) => d.scan(),
-            PoolDriver::Btrfs(d) => d.scan(),
+            PoolDriver::Hostpath(d) => d.scan().map(Scan::from),
+            PoolDriver::Btrfs(d) => d.survey(),
+        }
+    }
+}
+
+/// What a scan found in a pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// The volumes, sorted.
+    pub names: Vec<VolumeName>,
+    /// What each volume holds, where the driver can tell: btrfs reads its qgroups'
+    /// referenced bytes (subvolumes nested in a volume included); hostpath cannot tell.
+    pub held: BTreeMap<VolumeName, Bytes>,
+    /// What the pool's subvolumes that are not volumes hold (btrfs: archives, staging
+    /// leftovers, other names); zero for hostpath.
+    pub other: Bytes,
+}
+
+impl From<Vec<VolumeName>> for Scan {
+    fn from(names: Vec<VolumeName>) -> Self {
+        Scan {
+            names,
+            ..Scan::default()
         }
     }
 }
@@ -141,12 +165,13 @@ pub enum VolumeError {
         /// The pool root.
         path: PathBuf,
     },
-    /// The volume holds subvolumes made inside it, which btrfs will not destroy with it.
+    /// Subvolumes kept being made inside the volume while the ones found were destroyed
+    /// (btrfs destroys a subvolume only once none is linked in it).
     #[error(
-        "volume {path} holds btrfs subvolumes made inside it and cannot be destroyed with them; delete those by hand (btrfs subvolume delete) or archive the volume instead"
+        "{path} still holds btrfs subvolumes made inside it after those found were destroyed: something is still making them there; the delete is retried (stop the workload, or delete them by hand with btrfs subvolume delete)"
     )]
     NestedSubvolume {
-        /// The volume.
+        /// The volume, or the nested subvolume in which one appeared.
         path: PathBuf,
     },
     /// A btrfs ioctl failed.

@@ -275,28 +275,21 @@ fn delete_destroys_the_subvolume_with_its_data_and_twice_is_success() {
 }
 
 #[test]
-fn delete_refuses_a_volume_with_a_nested_subvolume_and_leaves_it_whole() {
+fn delete_destroys_a_nested_subvolume_no_scan_has_seen_yet() {
     let Some((_dir, d)) = pool("nested") else {
         return;
     };
     let p = d
         .create(&name(A), Bytes::mib(64), VolumeMode::default())
         .unwrap();
-    fs::write(p.join("data"), b"keep").unwrap();
+    fs::write(p.join("data"), b"gone").unwrap();
     let vol = open_dir(&p).unwrap();
     ioctl::subvol_create(&vol, "inner").unwrap();
-    let err = d.delete(&name(A)).unwrap_err();
-    assert!(
-        matches!(err, VolumeError::NestedSubvolume { .. }),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("btrfs subvolume delete"), "{err}");
-    assert_eq!(fs::read(p.join("data")).unwrap(), b"keep");
-    assert!(is_subvolume_at(&p.join("inner")));
-    // Once the user's subvolume is gone, the delete goes through.
-    ioctl::snap_destroy(&vol, "inner").unwrap();
+    fs::write(p.join("inner/data"), b"gone too").unwrap();
+    drop(vol);
     d.delete(&name(A)).unwrap();
     assert!(!p.exists());
+    assert_eq!(listed_below(&d), Vec::<String>::new());
 }
 
 #[test]
@@ -467,7 +460,7 @@ fn the_pool_driver_dispatches_to_btrfs_and_the_probe_is_ready() {
         .create(&name(A), Bytes::mib(8), VolumeMode::default())
         .unwrap();
     assert!(is_subvolume_at(&p));
-    assert_eq!(driver.scan().unwrap(), vec![name(A)]);
+    assert_eq!(driver.scan().unwrap().names, vec![name(A)]);
     driver.grow(&name(A), Bytes::mib(16)).unwrap();
     assert_eq!(limit_of(&p), Some(Bytes::mib(16).0));
     driver.delete(&name(A)).unwrap();
@@ -570,4 +563,272 @@ fn archive_renames_into_the_real_archive_folder_even_if_it_is_swapped_meanwhile(
     assert!(is_subvolume_at(&real));
     assert_eq!(fs::read(real.join("data")).unwrap(), b"tenant");
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+/// Room for the subvolumes' own tree blocks in the qgroup numbers.
+const SLACK: u64 = 1 << 20;
+
+#[test]
+fn a_nested_subvolume_cannot_write_past_the_volume_size_once_scanned() {
+    let Some((_dir, d)) = pool("nested-quota") else {
+        return;
+    };
+    let size = Bytes::mib(32);
+    let p = d.create(&name(A), size, VolumeMode::default()).unwrap();
+    // The tenant: write access to a directory inside its volume is all it takes.
+    fs::create_dir(p.join("dir")).unwrap();
+    ioctl::subvol_create(open_dir(&p.join("dir")).unwrap(), "inner").unwrap();
+    assert_eq!(d.scan().unwrap(), vec![name(A)]);
+    let (written, err) = fill(&p.join("dir/inner/big"), 4 * size.0);
+    let err = err.unwrap_or_else(|| {
+        panic!("wrote {written} bytes through a nested subvolume into a {size:?} volume")
+    });
+    assert_eq!(err.raw_os_error(), Some(edquot()), "{err}");
+    assert!(
+        written <= size.0 + SLACK,
+        "wrote {written} through a nested subvolume into {size:?}"
+    );
+}
+
+/// Every subvolume `btrfs subvolume list` shows below the pool of `d`, at any depth.
+fn listed_below(d: &Btrfs) -> Vec<String> {
+    let root = d.root().path();
+    let tail = root
+        .strip_prefix(root.parent().unwrap().parent().unwrap())
+        .unwrap();
+    let tail = format!("{}/", tail.to_str().unwrap());
+    btrfs_cli(&["subvolume", "list", root.to_str().unwrap()])
+        .lines()
+        .filter_map(|l| l.split_once(" path ").map(|(_, p)| p.to_string()))
+        .filter_map(|p| p.split_once(&tail).map(|(_, rest)| rest.to_string()))
+        .collect()
+}
+
+#[test]
+fn delete_destroys_nested_subvolumes_two_levels_deep_and_leaves_no_qgroup_behind() {
+    let Some((_dir, d)) = pool("nested-delete") else {
+        return;
+    };
+    let size = Bytes::mib(16);
+    let p = d.create(&name(A), size, VolumeMode::default()).unwrap();
+    fs::write(p.join("data"), b"tenant").unwrap();
+    fs::create_dir_all(p.join("x/y")).unwrap();
+    ioctl::subvol_create(open_dir(&p.join("x/y")).unwrap(), "inner").unwrap();
+    let inner = p.join("x/y/inner");
+    fs::create_dir(inner.join("z")).unwrap();
+    ioctl::subvol_create(open_dir(&inner.join("z")).unwrap(), "deeper").unwrap();
+    let deeper = inner.join("z/deeper");
+    fs::write(deeper.join("f"), b"deep").unwrap();
+    ioctl::subvol_create(open_dir(&p).unwrap(), "sibling").unwrap();
+    fs::write(p.join("sibling/f"), b"beside").unwrap();
+    let vol = qgroup_of(&p);
+    let qgroups = [
+        vol.clone(),
+        vol.replacen("0/", "1/", 1),
+        qgroup_of(&inner),
+        qgroup_of(&deeper),
+        qgroup_of(&p.join("sibling")),
+    ];
+    d.scan().unwrap();
+    // The volume is full: removing anything inside it needs room its limit no longer has.
+    fill(&inner.join("big"), 4 * size.0);
+    assert_eq!(
+        ioctl::snap_destroy(open_dir(&inner.join("z")).unwrap(), "deeper"),
+        Err(Errno::DQUOT),
+        "a full volume's limit refuses destroying what is inside it"
+    );
+    d.delete(&name(A)).unwrap();
+    assert!(!p.exists());
+    assert_eq!(listed_below(&d), Vec::<String>::new());
+    let pool = d.root().path().to_str().unwrap();
+    btrfs_cli(&["filesystem", "sync", pool]);
+    btrfs_cli(&["subvolume", "sync", pool]);
+    d.scan().unwrap();
+    for q in &qgroups {
+        assert!(!qgroup_listed(d.root().path(), q), "{q} is left behind");
+    }
+}
+
+#[test]
+fn a_btrfs_pools_free_space_is_capped_by_the_filesystem_and_counts_kept_data_as_used() {
+    use crate::agent::report::{OnDisk, pool_statuses};
+    use crate::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete};
+    let Some((dir, d)) = pool("free-space") else {
+        return;
+    };
+    let size = Bytes::mib(64);
+    // A live volume holding a quarter of its size, an archived one and a retained one (no
+    // LocalVolume: an orphan), each holding 24 MiB that no live volume owns.
+    let live = d.create(&name(A), size, VolumeMode::default()).unwrap();
+    assert_eq!(fill(&live.join("f"), Bytes::mib(16).0).0, Bytes::mib(16).0);
+    let archived = d.create(&name(B), size, VolumeMode::default()).unwrap();
+    assert_eq!(
+        fill(&archived.join("f"), Bytes::mib(24).0).0,
+        Bytes::mib(24).0
+    );
+    d.archive(&name(B), SystemTime::now()).unwrap().unwrap();
+    let orphan = d.create(&name(C), size, VolumeMode::default()).unwrap();
+    assert_eq!(
+        fill(&orphan.join("f"), Bytes::mib(24).0).0,
+        Bytes::mib(24).0
+    );
+    rustix::fs::sync();
+    let lv = LocalVolume::new(
+        A,
+        LocalVolumeSpec {
+            node_name: "n1".into(),
+            pool: "fast".into(),
+            size_bytes: size.0,
+            claim: ClaimRef::default(),
+            on_delete: OnDelete::Delete,
+        },
+    );
+    let unwritten = size.0 - Bytes::mib(16).0;
+    let kept = Bytes::mib(48).0;
+    // Without a configured capacity the filesystem's free space is what binds; with one
+    // well below it, the capacity less the kept data.
+    let mut wrong = Vec::new();
+    for capacity in [None, Some(Bytes::mib(256))] {
+        let spec = PoolSpec {
+            name: PoolName::from("fast"),
+            path: dir.path().join("pool"),
+            driver: Driver::Btrfs,
+            reserve: Reserve::None,
+            capacity,
+            volume_mode: VolumeMode::default(),
+        };
+        let report = spec.probe();
+        assert!(report.ready, "{:?}", report.reason);
+        let mut on_disk = OnDisk::new();
+        on_disk.insert("fast".into(), d.survey().unwrap());
+        let status = pool_statuses(&[report], [&lv], "n1", &on_disk).remove(0);
+        let free = status.to_pool_state().free().0;
+        let room = status.available_bytes.saturating_sub(unwritten);
+        if free > room + SLACK {
+            wrong.push(format!(
+                "capacity {capacity:?}: a new claim may take {free} bytes, but the filesystem has {} free of which the live volume may still write {unwritten}",
+                status.available_bytes
+            ));
+        }
+        if let Some(capacity) = capacity {
+            let left = capacity.0 - kept - size.0;
+            if free > left + SLACK {
+                wrong.push(format!(
+                    "capacity {capacity:?}: a new claim may take {free} bytes, but archived and orphaned data hold {kept} of it and the live volume {}",
+                    size.0
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_volume_made_before_level_one_qgroups_gets_one_on_the_next_scan() {
+    let Some((_dir, d)) = pool("migrate") else {
+        return;
+    };
+    let size = Bytes::mib(24);
+    let p = d.create(&name(A), size, VolumeMode::default()).unwrap();
+    let root = open_dir(d.root().path()).unwrap();
+    let id = ioctl::subvolume_id(open_dir(&p).unwrap()).unwrap();
+    let group = tree::qgroup(1, id);
+    // As an earlier version left it: only `0/<id>`, limited.
+    assert_eq!(ioctl::qgroup_assign(&root, id, group, false), Ok(false));
+    ioctl::qgroup_create(&root, group, false).unwrap();
+    ioctl::subvol_create(open_dir(&p).unwrap(), "inner").unwrap();
+    let nested = ioctl::subvolume_id(open_dir(&p.join("inner")).unwrap()).unwrap();
+    let before = tree::qgroups(&root).unwrap().unwrap();
+    assert!(!before.exists(group));
+    assert_eq!(before.limit.get(&id), Some(&size.0));
+
+    assert_eq!(d.scan().unwrap(), vec![name(A)]);
+    let after = tree::qgroups(&root).unwrap().unwrap();
+    assert_eq!(
+        after.limit.get(&group),
+        Some(&size.0),
+        "1/<id> carries the limit"
+    );
+    assert!(after.related(id, group), "the volume is a member of 1/<id>");
+    assert!(after.related(nested, group), "so is the nested subvolume");
+    assert!(!after.needs_rescan());
+    let (written, err) = fill(&p.join("inner/big"), 4 * size.0);
+    assert_eq!(err.map(|e| e.raw_os_error()), Some(Some(edquot())));
+    assert!(written <= size.0 + SLACK, "wrote {written} into {size:?}");
+    // What it holds is reported from 1/<id>: the nested subvolume's data included.
+    rustix::fs::sync();
+    let held = d.survey().unwrap().held[&name(A)];
+    assert!(
+        held.0 >= written && held.0 <= size.0 + SLACK,
+        "holds {held:?} after {written} were written"
+    );
+}
+
+/// Makes a chain of `levels` directories named `n` (20 bytes each) below `top`, one
+/// descriptor at a time (its path is longer than `PATH_MAX`), and returns the bottom one.
+fn deep_dirs(top: &Path, levels: usize) -> OwnedFd {
+    let n = "d".repeat(20);
+    let mut dir = open_dir(top).unwrap();
+    for _ in 0..levels {
+        rustix::fs::mkdirat(&dir, n.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        dir = open_entry(&dir, &n).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn delete_finds_a_nested_subvolume_below_a_path_longer_than_path_max() {
+    let Some((_dir, d)) = pool("nested-deep") else {
+        return;
+    };
+    let p = d
+        .create(&name(A), Bytes::mib(16), VolumeMode::default())
+        .unwrap();
+    // 300 levels of 21 bytes: more than INO_LOOKUP's 4080-byte path and PATH_MAX.
+    let bottom = deep_dirs(&p, 300);
+    ioctl::subvol_create(&bottom, "hidden").unwrap();
+    let hidden = open_entry(&bottom, "hidden").unwrap();
+    ioctl::subvol_create(&hidden, "deeper").unwrap();
+    let file = OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC;
+    drop(rustix::fs::openat(&hidden, "f", file, Mode::from_raw_mode(0o644)).unwrap());
+    drop((bottom, hidden));
+    d.scan().unwrap();
+    d.delete(&name(A)).unwrap();
+    assert!(!p.exists());
+    assert_eq!(listed_below(&d), Vec::<String>::new());
+}
+
+#[test]
+fn a_symlink_swapped_in_on_the_way_to_a_nested_subvolume_is_not_followed() {
+    let Some((dir, d)) = pool("race-nested") else {
+        return;
+    };
+    // Outside the pool, a subvolume where the walk would land if it followed the link.
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    ioctl::subvol_create(open_dir(&outside).unwrap(), "inner").unwrap();
+    fs::write(outside.join("inner/data"), b"not the tenant's").unwrap();
+    let p = d
+        .create(&name(A), Bytes::mib(16), VolumeMode::default())
+        .unwrap();
+    fs::create_dir(p.join("x")).unwrap();
+    ioctl::subvol_create(open_dir(&p.join("x")).unwrap(), "inner").unwrap();
+    {
+        let _race = swap_at("btrfs.delete.nested", p.join("x"), outside.clone());
+        let err = d.delete(&name(A)).unwrap_err();
+        assert!(
+            matches!(err, VolumeError::Path(PathError::Symlink { .. })),
+            "{err:?}"
+        );
+    }
+    assert!(is_subvolume_at(&outside.join("inner")));
+    assert_eq!(
+        fs::read(outside.join("inner/data")).unwrap(),
+        b"not the tenant's"
+    );
+    // The next try finds the nested subvolume where it was moved, and the link is only
+    // an entry of the volume.
+    d.delete(&name(A)).unwrap();
+    assert!(!p.exists());
+    assert!(is_subvolume_at(&outside.join("inner")));
 }
