@@ -386,7 +386,7 @@ const MOVED_PREFIX: &str = ".remove-tree-";
 /// opened is emptied, the final `unlinkat` finds the symlink and the call fails with
 /// [`FsError::Replaced`], leaving the link and its target alone.
 ///
-/// However deep the tree, the call holds at most [`MAX_OPEN_LEVELS`] (64) descriptors of
+/// However deep the tree, the call holds at most `MAX_OPEN_LEVELS` (64) descriptors of
 /// the tree's directories, and one more while it reads a directory's listing, and its call
 /// depth is fixed: the tree is walked with a stack of at most 64 levels, not recursion. A
 /// subdirectory met at the 64th level is not entered: it is renamed (relative to the two
