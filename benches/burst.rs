@@ -553,5 +553,8 @@ fn main() {
         );
     }
     println!("split pods over all runs: {split_pods}");
-    assert_eq!(split_pods, 0, "a pod's claims must be placed whole or not at all");
+    assert_eq!(
+        split_pods, 0,
+        "a pod's claims must be placed whole or not at all"
+    );
 }

@@ -452,9 +452,9 @@ async fn execute(
 }
 
 /// How long a claim waits for the other claims of its pod to get the same `selected-node`
-/// before it is provisioned without them. kube-scheduler writes the annotation to a pod's
-/// claims one after another in its binding cycle (milliseconds apart; longer when its API
-/// client is throttled).
+/// (or for its pod to be seen at all) before it is provisioned without them.
+/// kube-scheduler writes the annotation to a pod's claims one after another in its binding
+/// cycle (milliseconds apart; longer when its API client is throttled).
 pub const SIBLING_WAIT: Duration = Duration::from_secs(5);
 /// How soon a claim waiting for its siblings' `selected-node` looks again.
 const SIBLING_RETRY: Duration = Duration::from_millis(200);
@@ -533,7 +533,11 @@ pub fn group_step(
             ),
         };
     }
-    if !siblings.unselected.is_empty() && waited < SIBLING_WAIT {
+    // No pod known to use the claim: the pod watch is behind the claim's (the scheduler
+    // sets `selected-node` only for a pod it is placing, and a pod stays unbound until its
+    // claims are). Its siblings are unknown, so wait for it as for a sibling.
+    let pod_unknown = siblings.pods.is_empty();
+    if (pod_unknown || !siblings.unselected.is_empty()) && waited < SIBLING_WAIT {
         return GroupStep::AwaitSiblings;
     }
     let Err(unfit) = verdict else {

@@ -491,7 +491,10 @@ fn unfit() -> std::result::Result<(), Unfit> {
 
 #[test]
 fn group_steps_keep_a_pods_claims_together() {
-    let alone = Siblings::default();
+    let alone = Siblings {
+        pods: vec!["apps/web".into()],
+        ..Siblings::default()
+    };
     let pod = |s: Siblings| Siblings {
         pods: vec!["apps/db-0".into()],
         ..s
@@ -556,6 +559,11 @@ fn group_steps_keep_a_pods_claims_together() {
         };
         assert!(message.contains("on node n2"), "{message}");
     }
+
+    // The pod not seen yet: its siblings are unknown; wait for it a while, then go on.
+    let unseen = Siblings::default();
+    assert_eq!(step(&unseen, Ok(()), now), GroupStep::AwaitSiblings);
+    assert_eq!(step(&unseen, Ok(()), late), GroupStep::Create);
 
     // A sibling without selected-node yet: wait for it a while, then go on without it.
     assert_eq!(step(&unselected, Ok(()), now), GroupStep::AwaitSiblings);
