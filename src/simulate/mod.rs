@@ -113,14 +113,23 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub pool: Option<String>,
 
-    /// Policies to compare, comma-separated: spread, binpack (stowage's placements), random
-    /// (a capacity-blind scheduler), first-fit (first node by name that fits).
+    /// Policies to compare, comma-separated: spread, binpack (stowage's placements),
+    /// spread-absolute (the first extender's absolute scores, without in-flight guesses, to
+    /// compare against), random (a capacity-blind scheduler), first-fit (first node by name
+    /// that fits).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "spread,binpack,random,first-fit"
+        default_value = "spread,binpack,spread-absolute,random,first-fit"
     )]
     pub policy: Vec<String>,
+
+    /// How many of the latest placements the extender has not seen when it scores the next
+    /// pod. kube-scheduler writes `selected-node` in its asynchronous binding cycle, so in a
+    /// burst it scores pods before the extender sees where the previous ones went. 0 models
+    /// pods arriving one at a time.
+    #[arg(long, default_value_t = 10)]
+    pub lag: usize,
 
     /// Seed of every random choice; the same seed gives the same run.
     #[arg(long, default_value_t = 1)]
@@ -141,6 +150,7 @@ struct Plan {
     pods: Vec<PodSpec>,
     policies: Vec<Policy>,
     seed: u64,
+    lag: usize,
 }
 
 impl SimulateArgs {
@@ -171,9 +181,15 @@ impl SimulateArgs {
             claims_per_pod,
             pool,
             policy,
+            lag,
             seed,
             format: _,
         } = self;
+        if lag > 100_000 {
+            return Err(flag("lag")(format!(
+                "{lag} pods is not a scheduler's lag; use 0 to 100000"
+            )));
+        }
         let mut policies = Vec::new();
         for name in &policy {
             let p: Policy = name.trim().parse().map_err(flag("policy"))?;
@@ -261,6 +277,7 @@ impl SimulateArgs {
             pods,
             policies,
             seed,
+            lag,
         })
     }
 }
@@ -288,7 +305,7 @@ fn execute(plan: &Plan) -> (Report, Vec<(Policy, place::Outcome)>) {
         // Each policy gets its own generator from the seed, so adding a policy to the
         // comparison does not change another's result.
         let mut rng = Rng::new(plan.seed ^ (policy as u64 + 1).wrapping_mul(0x9E37_79B9));
-        let outcome = place::run(policy, &plan.ledger, &plan.pods, &mut rng);
+        let outcome = place::run(policy, &plan.ledger, &plan.pods, plan.lag, &mut rng);
         policies.insert(policy.as_str(), PolicyReport::new(&outcome));
         outcomes.push((policy, outcome));
     }
@@ -382,7 +399,16 @@ mod tests {
         let binpack = &r.policies["binpack"];
         assert!(binpack.utilization.cov > spread.utilization.cov);
         assert!(binpack.jain < spread.jain);
-        assert_eq!(r.order, ["spread", "binpack", "random", "first-fit"]);
+        assert_eq!(
+            r.order,
+            [
+                "spread",
+                "binpack",
+                "spread-absolute",
+                "random",
+                "first-fit"
+            ]
+        );
         for p in r.policies.values() {
             assert_eq!(p.placed + p.rejected, r.stream.claims);
             for n in &p.nodes {

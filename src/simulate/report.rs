@@ -66,6 +66,9 @@ pub struct PolicyReport {
     pub pods_placed: u64,
     /// Pods rejected.
     pub pods_rejected: u64,
+    /// Pods placed from a stale view where they no longer fitted, sent back by the
+    /// provisioner and placed again.
+    pub rescheduled: u64,
     /// Rejected claims by reason kind.
     pub rejected_reasons: std::collections::BTreeMap<&'static str, u64>,
     /// Per-node utilization statistics.
@@ -112,6 +115,7 @@ impl PolicyReport {
             rejected: outcome.rejected,
             pods_placed: outcome.pods_placed,
             pods_rejected: outcome.pods_rejected,
+            rescheduled: outcome.rescheduled,
             rejected_reasons: outcome.rejected_by_reason.clone(),
             utilization: utilization(&utils),
             jain: jain(&utils),
