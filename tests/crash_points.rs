@@ -432,7 +432,7 @@ async fn the_controller_converges_after_aborting_at_each_of_its_crash_points() {
 fn scratch_btrfs(test: &str) -> Option<PathBuf> {
     match std::env::var_os("STOWAGE_TEST_BTRFS").filter(|v| !v.is_empty()) {
         Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
+        None if stowage_testkit::in_ci() => {
             panic!("STOWAGE_TEST_BTRFS is unset in CI; .ci/run must export it")
         }
         None => {

@@ -841,7 +841,7 @@ fn scratch_btrfs(test: &str) -> Option<PathBuf> {
         Some(mount) => Some(PathBuf::from(mount)),
         None => {
             assert!(
-                std::env::var_os("CI").is_none(),
+                !stowage_testkit::in_ci(),
                 "STOWAGE_TEST_BTRFS is unset in CI; .ci/run must mount a scratch btrfs (scripts/btrfs-scratch) and export it"
             );
             eprintln!(
@@ -1012,7 +1012,7 @@ fn prometheus_tools() -> Option<(PathBuf, PathBuf)> {
     };
     match (find("prometheus"), find("promtool")) {
         (Some(p), Some(t)) => Some((p, t)),
-        _ if std::env::var_os("CI").is_some() => {
+        _ if stowage_testkit::in_ci() => {
             panic!("prometheus/promtool are not installed (apt-get install -y prometheus)")
         }
         _ => {

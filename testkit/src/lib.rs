@@ -167,3 +167,34 @@ mod wait;
 pub use apiserver::{ApiServer, ApiServerBuilder, FaultCounts, Faults, WriteFailure};
 pub use scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 pub use wait::{wait_for, wait_until};
+
+/// Whether the tests run under CI: `CI` set to anything but empty, `0` or `false` (most CI
+/// systems set `CI=true`, some `CI=1`). Under CI a test whose environment is missing (the
+/// scratch btrfs, Prometheus) fails instead of printing SKIP and passing.
+pub fn in_ci() -> bool {
+    ci_value(std::env::var("CI").ok().as_deref())
+}
+
+fn ci_value(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+}
+
+#[cfg(test)]
+mod ci_tests {
+    #[test]
+    fn ci_is_on_for_true_and_1_and_off_when_unset_empty_0_or_false() {
+        for (value, on) in [
+            (Some("true"), true),
+            (Some("1"), true),
+            (Some("yes"), true),
+            (Some("TRUE"), true),
+            (None, false),
+            (Some(""), false),
+            (Some("0"), false),
+            (Some("false"), false),
+            (Some("False"), false),
+        ] {
+            assert_eq!(super::ci_value(value), on, "CI={value:?}");
+        }
+    }
+}

@@ -282,7 +282,13 @@ fn bases(test: &str) -> Vec<tempfile::TempDir> {
                 .tempdir_in(mnt)
                 .unwrap(),
         ),
-        None => eprintln!("{test}: STOWAGE_TEST_BTRFS is unset; running on the temp dir only"),
+        None => {
+            assert!(
+                !stowage_testkit::in_ci(),
+                "STOWAGE_TEST_BTRFS is unset in CI; .ci/run must mount a scratch btrfs (scripts/btrfs-scratch) and export it"
+            );
+            eprintln!("{test}: STOWAGE_TEST_BTRFS is unset; running on the temp dir only")
+        }
     }
     bases
 }

@@ -25,7 +25,7 @@ fn name(s: &str) -> VolumeName {
 fn pool(test: &str) -> Option<(tempfile::TempDir, Btrfs)> {
     let Some(mount) = std::env::var_os("STOWAGE_TEST_BTRFS") else {
         assert!(
-            std::env::var_os("CI").is_none(),
+            !stowage_testkit::in_ci(),
             "STOWAGE_TEST_BTRFS is unset in CI; .ci/run must mount a scratch btrfs (scripts/btrfs-scratch) and export it"
         );
         eprintln!(
