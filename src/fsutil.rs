@@ -27,7 +27,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -244,8 +244,52 @@ pub fn write_file_at(
     contents: &[u8],
     point: &'static str,
 ) -> Result<bool, FsError> {
-    use std::io::Write;
     let dir = dir.as_fd();
+    write_staging(dir, dir_path, staging, contents)?;
+    race_point(point);
+    match rename_noreplace(dir, staging, dir, name) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => {
+            let _ = rustix::fs::unlinkat(dir, staging, AtFlags::empty());
+            Ok(false)
+        }
+        Err(e) => Err(FsError::io(dir_path.join(staging), e)),
+    }
+}
+
+/// Replaces the regular file `name` of the open directory `dir` (found at `dir_path`) with
+/// one holding `contents`, all at once: the new file is made under `staging` exactly as
+/// [`write_file_at`] makes it, then renamed over `name` with a plain `renameat`, which
+/// replaces the entry itself (a symlink there is replaced, never followed; a directory there
+/// makes it fail and the staging file is removed). For a file the caller has just read and
+/// means to update.
+pub fn replace_file_at(
+    dir: impl AsFd,
+    dir_path: &Path,
+    name: &str,
+    staging: &str,
+    contents: &[u8],
+    point: &'static str,
+) -> Result<(), FsError> {
+    let dir = dir.as_fd();
+    write_staging(dir, dir_path, staging, contents)?;
+    race_point(point);
+    rustix::fs::renameat(dir, staging, dir, name).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir, staging, AtFlags::empty());
+        FsError::io(dir_path.join(name), e)
+    })
+}
+
+/// Makes the regular file `staging` (mode `0644`) holding `contents` in the open directory
+/// `dir`, with `openat(O_CREAT | O_EXCL | O_NOFOLLOW)` (a leftover file or link of a
+/// crashed attempt is unlinked first, as a link), written and `fsync`ed.
+fn write_staging(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    staging: &str,
+    contents: &[u8],
+) -> Result<(), FsError> {
+    use std::io::Write;
     let staging_path = dir_path.join(staging);
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mode = Mode::from_raw_mode(0o644);
@@ -265,19 +309,9 @@ pub fn write_file_at(
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(|source| FsError::Io {
-            path: staging_path.clone(),
+            path: staging_path,
             source,
-        })?;
-    drop(file);
-    race_point(point);
-    match rename_noreplace(dir, staging, dir, name) {
-        Ok(()) => Ok(true),
-        Err(Errno::EXIST) => {
-            let _ = rustix::fs::unlinkat(dir, staging, AtFlags::empty());
-            Ok(false)
-        }
-        Err(e) => Err(FsError::io(staging_path, e)),
-    }
+        })
 }
 
 /// A directory for [`make_dir_at`] to make.

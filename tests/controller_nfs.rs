@@ -915,6 +915,107 @@ async fn flat_and_nested_classes_on_the_same_servers_are_refused_unless_allowed(
     scheduler.shutdown().await;
 }
 
+/// The security finding about re-created namespaces: namespace `team` is deleted with its
+/// claim's data kept (a class with neither `archiveOnDelete` nor `deleteFile`) and created
+/// again, perhaps by another tenant. A claim of the same name there must not get the old
+/// namespace's data: the directory's marker records the old namespace's uid, and the claim
+/// is refused with a ProvisioningFailed Event naming the directory, both uids and the fix.
+/// A class with `adoptFromRecreatedNamespace: "true"` adopts it and records the new uid.
+#[tokio::test]
+async fn a_recreated_namespace_gets_the_old_namespaces_data_only_when_its_class_says_so() {
+    let cluster = Cluster::start().await;
+    cluster.class("nfs", false, "Delete", &[]).await;
+    cluster
+        .class(
+            "nfs-adopt",
+            false,
+            "Delete",
+            &[("adoptFromRecreatedNamespace", "true")],
+        )
+        .await;
+    let _running = start_controller(&cluster.client, cluster.config(false));
+    let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+
+    claim_in(&cluster, "team", "db", "nfs").await;
+    let first = cluster.bound_in("team", "db").await;
+    let old_uid = namespaces.get("team").await.unwrap().uid().unwrap();
+    let dir = cluster.mount("a").join("team/db");
+    std::fs::write(dir.join("orders"), b"the old team's data").unwrap();
+
+    // The namespace goes (its claim with it; the data is kept) and comes back.
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(WAIT, "namespace team is gone", || async {
+        namespaces.get_opt("team").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    cluster.gone(&first.name_any()).await;
+    assert_eq!(
+        std::fs::read(dir.join("orders")).unwrap(),
+        b"the old team's data"
+    );
+    claim_in(&cluster, "team", "db", "nfs").await;
+    let new_uid = namespaces.get("team").await.unwrap().uid().unwrap();
+    assert_ne!(new_uid, old_uid);
+    let outcome = bound_or_refused(&cluster, "team", "db").await;
+    if let Ok(pv) = &outcome {
+        eprintln!(
+            "the re-created namespace's team/db was bound to {:?}",
+            nfs_source(pv)
+        );
+    }
+    let message = outcome.expect_err("the re-created namespace's claim team/db must be refused");
+    eprintln!("team/db: {message}");
+    for part in [
+        dir.to_str().unwrap(),
+        old_uid.as_str(),
+        new_uid.as_str(),
+        "adoptFromRecreatedNamespace",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert!(
+        cluster
+            .pvs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no PV for the refused claim"
+    );
+
+    // With the class parameter the claim adopts the data, and the marker records the new
+    // namespace's uid (so the same claim is not refused again).
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), "team");
+    claims.delete("db", &DeleteParams::default()).await.unwrap();
+    wait_for(WAIT, "claim team/db is gone", || async {
+        claims.get_opt("db").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    claim_in(&cluster, "team", "db", "nfs-adopt").await;
+    let adopted = cluster.bound_in("team", "db").await;
+    assert_eq!(
+        nfs_source(&adopted),
+        ("10.0.0.1".to_string(), "/exports/a/team/db".to_string())
+    );
+    assert_eq!(
+        std::fs::read(dir.join("orders")).unwrap(),
+        b"the old team's data"
+    );
+    let marker = std::fs::read_to_string(dir.join(".stowage-owner")).unwrap();
+    assert!(
+        marker.contains(&format!("namespace-uid={new_uid}\n")),
+        "{marker}"
+    );
+    scheduler.shutdown().await;
+}
+
 // === the real binary ===
 
 /// Kills the controller process when the test ends, however it ends.

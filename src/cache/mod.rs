@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
@@ -81,6 +81,9 @@ pub struct ClusterIndex {
     pods: HashMap<(Sym, Box<str>), ClaimNames>,
     /// `(namespace, claim)` → the unbound pods in `pods` that use it.
     claim_pods: HashMap<(Sym, Box<str>), Vec<Box<str>>>,
+    /// Namespace name → its uid, `None` while it is being deleted (only fed in the
+    /// controller: NFS ownership markers record it, to tell a re-created namespace).
+    namespaces: HashMap<Box<str>, Option<Box<str>>>,
     classes: HashMap<String, StorageClass>,
     syms: Syms,
     /// The node-local provisioner name: claims of classes naming it are placed.
@@ -109,6 +112,7 @@ impl std::fmt::Debug for ClusterIndex {
             .field("persistent_volumes", &self.pvs.len())
             .field("nodes", &self.k8s_nodes.len())
             .field("unbound_pods", &self.pods.len())
+            .field("namespaces", &self.namespaces.len())
             .field("classes", &self.classes.len())
             .field("provisioner", &self.provisioner.0)
             .finish_non_exhaustive()
@@ -794,6 +798,43 @@ impl ClusterIndex {
             .map(|(name, _)| Trigger::Pv(name.to_string()))
             .collect();
         self.fire(triggers);
+    }
+
+    // --- Namespaces ---
+
+    /// Adds or replaces a Namespace: its uid is kept, or, once it is being deleted, that it
+    /// is going (a claim there is the old namespace's, or the watch has not seen the new
+    /// namespace of that name yet).
+    pub fn apply_namespace(&mut self, namespace: PartialObjectMeta<Namespace>) {
+        let meta = namespace.metadata;
+        let uid = meta
+            .uid
+            .filter(|_| meta.deletion_timestamp.is_none())
+            .map(Box::from);
+        let name: Box<str> = meta.name.as_deref().unwrap_or_default().into();
+        self.namespaces.insert(name, uid);
+    }
+
+    /// Removes a Namespace.
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// Replaces every Namespace with a re-list.
+    pub fn reset_namespaces(
+        &mut self,
+        namespaces: impl IntoIterator<Item = PartialObjectMeta<Namespace>>,
+    ) {
+        self.namespaces.clear();
+        for namespace in namespaces {
+            self.apply_namespace(namespace);
+        }
+    }
+
+    /// The uid of the Namespace `name`; `None` when it is not cached (the watch is behind,
+    /// or this process does not watch Namespaces) or is being deleted.
+    pub fn namespace_uid(&self, name: &str) -> Option<String> {
+        self.namespaces.get(name)?.as_deref().map(str::to_string)
     }
 
     // --- Pods (unbound only) ---

@@ -1406,3 +1406,36 @@ fn unbound_pods_tell_each_claim_its_siblings_until_they_are_bound_or_gone() {
     assert!(idx.sibling_claims("apps", "a").is_empty());
     assert_eq!(idx.sibling_claims("apps", "c"), ["d"]);
 }
+
+#[test]
+fn namespaces_are_kept_as_their_uid_until_they_are_being_deleted() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::core::PartialObjectMetaExt;
+    let namespace = |name: &str, uid: &str, deleting: bool| {
+        ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            deletion_timestamp: deleting.then_some(Time(Timestamp::UNIX_EPOCH)),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial::<k8s_openapi::api::core::v1::Namespace>()
+    };
+    let mut index = ClusterIndex::new();
+    index.reset_namespaces([
+        namespace("team", "u-1", false),
+        namespace("shop", "u-2", false),
+    ]);
+    assert_eq!(index.namespace_uid("team").as_deref(), Some("u-1"));
+    assert_eq!(index.namespace_uid("other"), None);
+    // Being deleted: the uid is no longer given out (a claim there is the old namespace's,
+    // or the watch has not seen the new one yet).
+    index.apply_namespace(namespace("team", "u-1", true));
+    assert_eq!(index.namespace_uid("team"), None);
+    index.delete_namespace("team");
+    index.apply_namespace(namespace("team", "u-3", false));
+    assert_eq!(index.namespace_uid("team").as_deref(), Some("u-3"));
+    // A re-list replaces everything.
+    index.reset_namespaces([namespace("team", "u-4", false)]);
+    assert_eq!(index.namespace_uid("team").as_deref(), Some("u-4"));
+    assert_eq!(index.namespace_uid("shop"), None);
+}

@@ -1,7 +1,8 @@
 //! Reflectors feeding the [`ClusterIndex`]: one watcher per kind, cluster-wide. The
-//! extender watches four kinds ([`run_watchers`]); the controller three more, PVs, Nodes
-//! and the pods not bound to a node yet ([`run_controller_watchers`]), so that its reconcilers read every object from the index
-//! and each kind is watched (listed, decoded, held) exactly once.
+//! extender watches four kinds ([`run_watchers`]); the controller four more, PVs, Nodes,
+//! the pods not bound to a node yet and Namespaces ([`run_controller_watchers`]), so that
+//! its reconcilers read every object from the index and each kind is watched (listed,
+//! decoded, held) exactly once.
 //!
 //! Each watcher buffers a (re-)list between `Init` and `InitDone` and then replaces the
 //! whole kind with `reset_*`, so objects deleted while the watch was down disappear.
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,7 +25,7 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::storage_node::StorageNode;
 
 /// The kinds watched, in the order of [`Readiness`]'s flags.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "StorageNode",
     "LocalVolume",
     "PersistentVolumeClaim",
@@ -32,12 +33,13 @@ pub const KINDS: [&str; 7] = [
     "PersistentVolume",
     "Node",
     "Pod",
+    "Namespace",
 ];
 
 /// Whether every watcher has completed its first list. Cheap to clone; clones share state.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
-    synced: Arc<[AtomicBool; 7]>,
+    synced: Arc<[AtomicBool; 8]>,
 }
 
 impl Readiness {
@@ -47,10 +49,11 @@ impl Readiness {
         ready.mark(4);
         ready.mark(5);
         ready.mark(6);
+        ready.mark(7);
         ready
     }
 
-    /// A handle for the controller's seven kinds ([`run_controller_watchers`]), none synced
+    /// A handle for the controller's eight kinds ([`run_controller_watchers`]), none synced
     /// yet.
     pub fn for_controller() -> Self {
         Self::default()
@@ -110,9 +113,9 @@ enum Relist<K> {
     },
 }
 
-/// Runs the controller's seven watchers (the four of [`run_watchers`], PersistentVolumes,
-/// Nodes and unbound pods) until they all end (they retry with backoff, so: forever). `ready` should come
-/// from [`Readiness::for_controller`].
+/// Runs the controller's eight watchers (the four of [`run_watchers`], PersistentVolumes,
+/// Nodes, unbound pods and Namespaces) until they all end (they retry with backoff, so:
+/// forever). `ready` should come from [`Readiness::for_controller`].
 pub async fn run_controller_watchers(
     client: Client,
     index: Arc<RwLock<ClusterIndex>>,
@@ -162,7 +165,27 @@ pub async fn run_controller_watchers(
             relist: Relist::Buffer(|i, l| i.reset_pods(l)),
         },
     );
-    futures::join!(run_watchers(client, index, ready), pvs, nodes, pods);
+    // Of a Namespace only the name and uid are read (NFS ownership markers record the uid,
+    // so that a namespace deleted and re-created under the same name is told apart):
+    // metadata only, like Nodes.
+    let namespaces = watch_kind(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        index.clone(),
+        ready.clone(),
+        Sink {
+            slot: 7,
+            apply: ClusterIndex::apply_namespace,
+            delete: |i, o| i.delete_namespace(&o.name_any()),
+            relist: Relist::Buffer(|i, l| i.reset_namespaces(l)),
+        },
+    );
+    futures::join!(
+        run_watchers(client, index, ready),
+        pvs,
+        nodes,
+        pods,
+        namespaces
+    );
 }
 
 /// Runs the four watchers until they all end (they retry with backoff, so: forever).

@@ -11,6 +11,10 @@
 //!   flat and nested classes side by side ▶ ProvisioningFailed, unless
 //!                                         --nfs-allow-mixed-layouts
 //!   directory of another claim/namespace ▶ ProvisioningFailed naming it (owner marker)
+//!   claim's namespace not in the index ─▶ wait for the Namespace watch (up to 5 s), then
+//!                                         provision without checking its uid
+//!   directory of a deleted namespace of ▶ ProvisioningFailed naming both uids, unless the
+//!   the same name (marker's uid)          class has adoptFromRecreatedNamespace: "true"
 //!   PV of ours, Delete, Released ───────▶ another PV at, inside or above its directory:
 //!                                         keep it; a directory not its claim's: keep it,
 //!                                         Warning; otherwise NfsCluster::delete per
@@ -51,8 +55,8 @@ use crate::api::{names, reasons};
 use crate::crash;
 use crate::ledger::Bytes;
 use crate::nfs::{
-    Allocation, ClaimName, ClaimUid, Layout, NfsClassParams, NfsCluster, NfsConfig, NfsError,
-    NfsMetrics, NfsServerState, Overlap, Placement, UsedDir, capacity, overlap,
+    Allocation, ClaimName, ClaimUid, Layout, NamespaceUid, NfsClassParams, NfsCluster, NfsConfig,
+    NfsError, NfsMetrics, NfsServerState, Overlap, Placement, UsedDir, capacity, overlap,
 };
 
 /// How often server capacity is measured and the ring rebuilt.
@@ -60,6 +64,13 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How long one server's statvfs may take before it counts as unreachable (a hung NFS
 /// mount blocks in the kernel; the blocking thread is left behind, the loop goes on).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a claim waits for its namespace to be in the index (the Namespace watch may be
+/// behind the claim's) before it is provisioned without its namespace's uid: markers then
+/// neither check nor record it, as before the uid was recorded.
+pub const NAMESPACE_WAIT: Duration = Duration::from_secs(5);
+/// How soon a claim waiting for its namespace looks again.
+const NAMESPACE_RETRY: Duration = Duration::from_millis(200);
 
 /// Access modes an NFS volume supports: every one, since every node can mount it.
 pub const NFS_ACCESS_MODES: [&str; 4] = [
@@ -486,6 +497,32 @@ pub async fn reconcile_claim(
         Ok(u) => u,
         Err(e) => return refuse(e.to_string()).await,
     };
+    // The namespace's uid, so that a directory of a deleted namespace of the same name is
+    // not handed to this claim (`crate::nfs::owner`). A claim's namespace exists, so one
+    // missing from the index (or still shown as being deleted) means the watch is behind:
+    // wait a little for it, and then go on without the check rather than block the claim.
+    let namespace_uid = {
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        index.namespace_uid(claim_name.namespace())
+    };
+    let namespace_uid = match namespace_uid {
+        Some(ns_uid) => match NamespaceUid::parse(&ns_uid) {
+            Ok(u) => Some(u),
+            Err(e) => return refuse(e.to_string()).await,
+        },
+        None if ctx.waiting_for(&uid) < NAMESPACE_WAIT => {
+            tracing::debug!(claim = %claim_name, "namespace not in the index yet; waiting for it");
+            return Ok(Action::requeue(NAMESPACE_RETRY));
+        }
+        None => {
+            tracing::info!(
+                claim = %claim_name,
+                waited_s = NAMESPACE_WAIT.as_secs(),
+                "namespace uid not known; provisioning without checking the NFS directory's namespace uid"
+            );
+            None
+        }
+    };
     if !nfs.snapshot().config().allow_mixed_layouts {
         let conflict = {
             let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
@@ -510,7 +547,14 @@ pub async fn reconcile_claim(
     let placed = {
         let claim_name = claim_name.clone();
         tokio::task::spawn_blocking(move || {
-            cluster.provision(&claim_name, &claim_uid, size, &params, &used)
+            cluster.provision(
+                &claim_name,
+                &claim_uid,
+                namespace_uid.as_ref(),
+                size,
+                &params,
+                &used,
+            )
         })
         .await
     };

@@ -7,6 +7,8 @@
 //!   deleteFile: "true"        # on delete, remove the directory (archiveOnDelete wins if both)
 //!   layout: nested            # nested (<ns>/<claim>, default) | flat (<ns>-<claim>, takeover only)
 //!   directoryMode: "0777"     # mode of new claim directories, quoted octal; default "0777"
+//!   adoptFromRecreatedNamespace: "false"  # "true": a claim may adopt the directory of a
+//!                             # deleted namespace of the same name (see super::owner)
 //! ```
 //!
 //! With neither `archiveOnDelete` nor `deleteFile` true the data is kept. The booleans take
@@ -30,13 +32,17 @@ pub const PARAM_DELETE_FILE: &str = "deleteFile";
 pub const PARAM_LAYOUT: &str = "layout";
 /// Parameter: mode of new claim directories.
 pub const PARAM_DIRECTORY_MODE: &str = "directoryMode";
+/// Parameter: a claim may adopt a directory whose marker records another uid for its
+/// namespace (one deleted and re-created under the same name).
+pub const PARAM_ADOPT_FROM_RECREATED_NAMESPACE: &str = "adoptFromRecreatedNamespace";
 
 /// Every parameter an NFS class may carry.
-pub const KNOWN_PARAMS: [&str; 4] = [
+pub const KNOWN_PARAMS: [&str; 5] = [
     PARAM_ARCHIVE_ON_DELETE,
     PARAM_DELETE_FILE,
     PARAM_LAYOUT,
     PARAM_DIRECTORY_MODE,
+    PARAM_ADOPT_FROM_RECREATED_NAMESPACE,
 ];
 
 /// What an `nfs.stowage.io` StorageClass asks for.
@@ -48,6 +54,10 @@ pub struct NfsClassParams {
     pub layout: Layout,
     /// The mode of new claim directories.
     pub directory_mode: VolumeMode,
+    /// Whether a claim may adopt the retained directory of a deleted namespace of the same
+    /// name (its marker records another namespace uid); off by default, since the namespace
+    /// may have been re-created by someone else.
+    pub adopt_from_recreated_namespace: bool,
 }
 
 impl Default for NfsClassParams {
@@ -56,6 +66,7 @@ impl Default for NfsClassParams {
             on_delete: OnDelete::Retain,
             layout: Layout::Nested,
             directory_mode: DEFAULT_DIR_MODE,
+            adopt_from_recreated_namespace: false,
         }
     }
 }
@@ -152,6 +163,7 @@ impl NfsClassParams {
             on_delete,
             layout,
             directory_mode,
+            adopt_from_recreated_namespace: boolean(PARAM_ADOPT_FROM_RECREATED_NAMESPACE)?,
         })
     }
 }
@@ -210,6 +222,29 @@ mod tests {
             parse(&[("layout", "nested")]).unwrap().layout,
             Layout::Nested
         );
+    }
+
+    #[test]
+    fn adopting_a_recreated_namespaces_directories_is_off_unless_a_boolean_says_so() {
+        assert!(!parse(&[]).unwrap().adopt_from_recreated_namespace);
+        for (value, want) in [
+            ("true", true),
+            ("True", true),
+            ("false", false),
+            ("0", false),
+        ] {
+            let p = parse(&[("adoptFromRecreatedNamespace", value)]).unwrap();
+            assert_eq!(p.adopt_from_recreated_namespace, want, "{value}");
+        }
+        for value in ["yes", "", "on"] {
+            let e = parse(&[("adoptFromRecreatedNamespace", value)]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("parameter \"adoptFromRecreatedNamespace\" is invalid")
+                    && e.to_string().contains("not a boolean"),
+                "{value:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -35,9 +35,12 @@
 //!
 //! ```text
 //!   holds    <ns>: namespace marker of <ns>, or none ─ <claim>: its claim's marker, or
-//!            none (flat: and no marked nested claim inside)
+//!            none (flat: and no marked nested claim inside); a claim marker recording
+//!            another uid for the namespace only if the class lets a re-created namespace
+//!            adopt it
 //!   create   the same checks on the directories made or adopted, then a missing marker is
-//!            written
+//!            written, and one that does not record the namespace's current uid rewritten
+//!            (a plain renameat of a fresh staging file over it)
 //!   remove   the claim directory's marker names the PV's claim, or none (flat: and no
 //!            marked nested claim inside); otherwise nothing is removed or moved
 //! ```
@@ -64,7 +67,9 @@ use std::time::SystemTime;
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
-use super::owner::{self, Marker, NotOurs, OWNER_FILE, Owner, Purpose, Refusal};
+use super::owner::{
+    self, Adopt, Marker, NamespaceNow, NotOurs, OWNER_FILE, Owner, Purpose, Refusal,
+};
 use super::place::{ClaimName, Layout, RelDir};
 use super::ring::stable_hash;
 use crate::agent::path::utc_stamp;
@@ -262,9 +267,10 @@ impl ServerRoot {
     /// Whether the directory of `owner`'s claim exists here as a real directory that is the
     /// claim's. A symlink or a file on the way is an error, not a "no"; so is a directory
     /// that is not the claim's ([`DirError::NotOurs`]): a namespace directory whose marker
-    /// is not that namespace's, a claim directory whose marker names another claim, or an
-    /// unmarked flat directory holding a marked nested claim. Reads only; markers are
-    /// written by [`ServerRoot::create`].
+    /// is not that namespace's, a claim directory whose marker names another claim or
+    /// records another uid for the claim's namespace (unless `owner` may adopt that,
+    /// [`owner::check_namespace_uid`]), or an unmarked flat directory holding a marked
+    /// nested claim. Reads only; markers are written by [`ServerRoot::create`].
     pub fn holds(&self, owner: &Owner) -> Result<bool, DirError> {
         let rel = owner.rel();
         let (last, parents) = split(&rel)?;
@@ -273,7 +279,7 @@ impl ServerRoot {
             return Ok(false);
         };
         if let Some(ns) = parents.first() {
-            namespace_marked(&parent, ns, &owner.claim)?;
+            namespace_marked(&parent, ns, &owner.claim, &owner.namespace)?;
         }
         let Some(fd) = fsutil::open_dir_at(&parent.fd, &parent.path, last)? else {
             return Ok(false);
@@ -288,6 +294,7 @@ impl ServerRoot {
             Some(&owner.claim),
             owner.layout,
             Purpose::Volume,
+            Some(&owner.namespace),
         )?;
         Ok(true)
     }
@@ -306,7 +313,8 @@ impl ServerRoot {
     /// crashed create is reused; a file or symlink in the way is an error, and so is a
     /// directory that is not the claim's ([`ServerRoot::holds`]), before anything is
     /// written into it. An adopted directory without a marker (made by an older version or
-    /// the source design) gets one.
+    /// the source design) gets one; an adopted marker that does not record the namespace's
+    /// current uid is rewritten to record it, keeping the rest ([`owner::Adopt`]).
     pub fn create(&self, owner: &Owner, mode: VolumeMode) -> Result<PathBuf, DirError> {
         let rel = owner.rel();
         let (last, parents) = split(&rel)?;
@@ -325,13 +333,10 @@ impl ServerRoot {
                 fd: made.fd,
                 path: dir.path.join(part),
             };
-            if !namespace_marked(&dir, part, &owner.claim)? {
-                let marker = Marker::for_namespace(part);
-                if !write_marker(&dir, &marker)? {
-                    // Someone else's marker appeared meanwhile: it has to pass too.
-                    namespace_marked(&dir, part, &owner.claim)?;
-                }
-            }
+            let fresh = Marker::for_namespace(part, owner.namespace.uid.as_ref());
+            settle_marker(&dir, &fresh, || {
+                namespace_marked(&dir, part, &owner.claim, &owner.namespace)
+            })?;
         }
         let staging = staging_name(last);
         let new = NewDir {
@@ -346,12 +351,16 @@ impl ServerRoot {
             fd: made.fd,
             path: dir.path.join(last),
         };
-        let purpose = Purpose::Volume;
-        if !claim_marked(&claim_dir, last, Some(&owner.claim), owner.layout, purpose)?
-            && !write_marker(&claim_dir, &Marker::for_claim(owner))?
-        {
-            claim_marked(&claim_dir, last, Some(&owner.claim), owner.layout, purpose)?;
-        }
+        settle_marker(&claim_dir, &Marker::for_claim(owner), || {
+            claim_marked(
+                &claim_dir,
+                last,
+                Some(&owner.claim),
+                owner.layout,
+                Purpose::Volume,
+                Some(&owner.namespace),
+            )
+        })?;
         Ok(claim_dir.path)
     }
 
@@ -398,7 +407,7 @@ impl ServerRoot {
                 fd,
                 path: parent.path.join(last),
             };
-            claim_marked(&dir, last, claim, rel.layout(), Purpose::Release)?;
+            claim_marked(&dir, last, claim, rel.layout(), Purpose::Release, None)?;
         }
         match on_delete {
             OnDelete::Retain => Ok(Removed::Retained(path)),
@@ -507,20 +516,35 @@ fn refuse(dir: &Opened, claim: Option<&ClaimName>, purpose: Purpose, refusal: Re
     }))
 }
 
+/// What the marker of a directory that may be used says.
+enum Marked {
+    /// There is none: the directory is adopted and gets one.
+    Unmarked,
+    /// It says the directory is the claim's (or the namespace's) as it stands.
+    Ours(Adopt),
+}
+
 /// Checks the open claim directory `dir` (named `name` in its parent) for `claim` in
-/// `layout`: `Ok(true)` if its marker says it is the claim's, `Ok(false)` if it has no
-/// marker and may be adopted, [`DirError::NotOurs`] otherwise. An unmarked flat directory
-/// is refused if it holds a marked nested claim `<name>/<x>` ([`nested_claim_inside`]).
+/// `layout`, of the namespace known as `namespace` (`None` for a release, where the
+/// namespace's uid plays no part): [`Marked::Ours`] if its marker says it is the claim's,
+/// [`Marked::Unmarked`] if it has no marker and may be adopted, [`DirError::NotOurs`]
+/// otherwise. An unmarked flat directory is refused if it holds a marked nested claim
+/// `<name>/<x>` ([`nested_claim_inside`]).
 fn claim_marked(
     dir: &Opened,
     name: &str,
     claim: Option<&ClaimName>,
     layout: Layout,
     purpose: Purpose,
-) -> Result<bool, DirError> {
+    namespace: Option<&NamespaceNow>,
+) -> Result<Marked, DirError> {
     match read_marker(dir, claim, purpose)? {
         Some(marker) => owner::check_claim_dir(&marker, claim, layout)
-            .map(|()| true)
+            .and_then(|()| match namespace {
+                Some(now) => owner::check_namespace_uid(&marker, now),
+                None => Ok(Adopt::AsIs),
+            })
+            .map(Marked::Ours)
             .map_err(|r| refuse(dir, claim, purpose, r)),
         None if layout == Layout::Flat => match nested_claim_inside(dir, name)? {
             Some(inside) => Err(refuse(
@@ -529,23 +553,50 @@ fn claim_marked(
                 purpose,
                 Refusal::HoldsNestedClaim { inside },
             )),
-            None => Ok(false),
+            None => Ok(Marked::Unmarked),
         },
-        None => Ok(false),
+        None => Ok(Marked::Unmarked),
     }
 }
 
-/// Checks the open namespace directory `dir` of `namespace` for the nested `claim`:
-/// `Ok(true)` if its marker says it is that namespace's, `Ok(false)` if it has no marker
-/// (an older version's, adopted), [`DirError::NotOurs`] if it is a claim's volume or
-/// another namespace's directory.
-fn namespace_marked(dir: &Opened, namespace: &str, claim: &ClaimName) -> Result<bool, DirError> {
+/// Checks the open namespace directory `dir` of `namespace` (known as `now`) for the
+/// nested `claim`: [`Marked::Ours`] if its marker says it is that namespace's,
+/// [`Marked::Unmarked`] if it has no marker (an older version's, adopted),
+/// [`DirError::NotOurs`] if it is a claim's volume or another namespace's directory.
+fn namespace_marked(
+    dir: &Opened,
+    namespace: &str,
+    claim: &ClaimName,
+    now: &NamespaceNow,
+) -> Result<Marked, DirError> {
     let purpose = Purpose::NamespaceOf;
     match read_marker(dir, Some(claim), purpose)? {
         Some(marker) => owner::check_namespace_dir(&marker, namespace)
-            .map(|()| true)
+            .and_then(|()| owner::check_namespace_uid(&marker, now))
+            .map(Marked::Ours)
             .map_err(|r| refuse(dir, Some(claim), purpose, r)),
-        None => Ok(false),
+        None => Ok(Marked::Unmarked),
+    }
+}
+
+/// Leaves the open directory `dir`, which `check` finds usable, with the right marker:
+/// `fresh` written if it has none, its own rewritten if `check` says so
+/// ([`Adopt::Rewrite`]). A marker that appears while `fresh` is being written (someone
+/// else's) is checked too, and rewritten if need be, never replaced unchecked.
+fn settle_marker(
+    dir: &Opened,
+    fresh: &Marker,
+    check: impl Fn() -> Result<Marked, DirError>,
+) -> Result<(), DirError> {
+    let found = match check()? {
+        Marked::Unmarked if write_marker(dir, fresh)? => return Ok(()),
+        // Someone else's marker appeared meanwhile: it has to pass too.
+        Marked::Unmarked => check()?,
+        ours => ours,
+    };
+    match found {
+        Marked::Ours(Adopt::Rewrite(marker)) => rewrite_marker(dir, &marker),
+        Marked::Ours(Adopt::AsIs) | Marked::Unmarked => Ok(()),
     }
 }
 
@@ -559,6 +610,18 @@ fn write_marker(dir: &Opened, marker: &Marker) -> Result<bool, DirError> {
         OWNER_STAGING,
         marker.render().as_bytes(),
         "nfs.marker.rename",
+    )?)
+}
+
+/// Replaces the marker of the open directory `dir` (just read and checked) with `marker`.
+fn rewrite_marker(dir: &Opened, marker: &Marker) -> Result<(), DirError> {
+    Ok(fsutil::replace_file_at(
+        &dir.fd,
+        &dir.path,
+        OWNER_FILE,
+        OWNER_STAGING,
+        marker.render().as_bytes(),
+        "nfs.marker.rewrite",
     )?)
 }
 

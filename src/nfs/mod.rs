@@ -8,7 +8,8 @@
 //!   place     claim key <ns>/<claim>, layouts, reuse of existing data, PV -> server lookup
 //!   dirs      create / delete / archive / keep, inside the mount only, no symlinks followed
 //!   owner     PURE: ownership markers (.stowage-owner) and who may use a directory
-//!   class     StorageClass parameters (archiveOnDelete, deleteFile, layout, directoryMode)
+//!   class     StorageClass parameters (archiveOnDelete, deleteFile, layout, directoryMode,
+//!             adoptFromRecreatedNamespace)
 //!   capacity  statvfs + PV sums -> NfsServerState -> ring weights, loads, metrics
 //! ```
 //!
@@ -17,7 +18,8 @@
 //! ```text
 //!   start:      NfsConfig::load_file / from_process_env → check_mounts → NfsCluster::new
 //!   every ~30s: capacity::tally(PVs) → NfsCluster::probe (blocking) → refresh → NfsMetrics::update
-//!   provision:  NfsClassParams::parse → ClaimName::new, ClaimUid::parse
+//!   provision:  NfsClassParams::parse → ClaimName::new, ClaimUid::parse,
+//!               NamespaceUid::parse (from the index, if known)
 //!               → NfsCluster::provision → PV with
 //!               nfs { server: placement.address, path: placement.export_path }
 //!   delete:     NfsCluster::delete(pv.nfs.server, pv.nfs.path, pv's claim, on_delete)
@@ -55,7 +57,7 @@ pub use capacity::{Allocation, NfsMetrics, NfsServerState};
 pub use class::{NfsClassError, NfsClassParams};
 pub use config::{ConfigError, NfsConfig, ServerName, ServerSpec};
 pub use dirs::{DirError, Removed, ServerRoot};
-pub use owner::{ClaimUid, Marker, NotOurs, Owner};
+pub use owner::{ClaimUid, Marker, NamespaceNow, NamespaceUid, NotOurs, Owner};
 pub use place::{
     ClaimName, Layout, LocateError, Overlap, PlaceError, Placement, RelDir, UsedDir, overlap,
 };
@@ -224,11 +226,13 @@ impl NfsCluster {
 
     /// Places `claim` (reusing a directory that already exists on some server and is the
     /// claim's, otherwise asking the ring) and makes its directory, marked as the claim's
-    /// (uid `uid`). Idempotent: calling it again for the same claim, or for a re-created
-    /// claim of the same namespace and name, finds the directory and returns the same
-    /// server. A directory of the claim's name that another claim's or a namespace's marker
-    /// claims is refused ([`PlaceError::NotOurs`], [`DirError::NotOurs`]), and so is one
-    /// that is, holds or lies inside a directory in `used` (the other PVs of the
+    /// (uid `uid`, namespace uid `namespace_uid` when known). Idempotent: calling it again
+    /// for the same claim, or for a re-created claim of the same namespace and name, finds
+    /// the directory and returns the same server. A directory of the claim's name that
+    /// another claim's or a namespace's marker claims is refused ([`PlaceError::NotOurs`],
+    /// [`DirError::NotOurs`]), and so is one whose marker records another uid for the
+    /// claim's namespace (a namespace deleted and re-created) unless `params` allows it, and
+    /// one that is, holds or lies inside a directory in `used` (the other PVs of the
     /// provisioner, [`place::clash`]; [`PlaceError::Overlaps`]), before anything is made.
     ///
     /// Blocking filesystem I/O (see [`place::lookup`]).
@@ -236,6 +240,7 @@ impl NfsCluster {
         &self,
         claim: &ClaimName,
         uid: &ClaimUid,
+        namespace_uid: Option<&NamespaceUid>,
         size: Bytes,
         params: &NfsClassParams,
         used: &[UsedDir],
@@ -244,6 +249,10 @@ impl NfsCluster {
             claim: claim.clone(),
             uid: uid.clone(),
             layout: params.layout,
+            namespace: NamespaceNow {
+                uid: namespace_uid.cloned(),
+                adopt_recreated: params.adopt_from_recreated_namespace,
+            },
         };
         let found = place::lookup(&self.config.servers, &owner);
         let loads = capacity::loads(&self.states);

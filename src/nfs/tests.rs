@@ -6,6 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::nfs::owner::OWNER_FILE;
 use crate::nfs::ring::Status;
 
 fn config_for(base: &Path, names: &[&str]) -> NfsConfig {
@@ -55,6 +56,7 @@ fn before_the_first_probe_nothing_is_placed() {
         .provision(
             &ClaimName::new("ns", "x").unwrap(),
             &uid(),
+            None,
             Bytes::gib(1),
             &params(&[]),
             &[],
@@ -74,6 +76,7 @@ fn provision_makes_the_directory_and_the_pv_leads_back_for_delete() {
         .provision(
             &claim,
             &uid(),
+            None,
             Bytes::gib(1),
             &params(&[("deleteFile", "true")]),
             &[],
@@ -92,7 +95,7 @@ fn provision_makes_the_directory_and_the_pv_leads_back_for_delete() {
     assert!(!p.reused);
     // Idempotent: again, the same server, now as a reuse.
     let again = c
-        .provision(&claim, &uid(), Bytes::gib(1), &params(&[]), &[])
+        .provision(&claim, &uid(), None, Bytes::gib(1), &params(&[]), &[])
         .unwrap();
     assert_eq!(again.server, p.server);
     assert!(again.reused);
@@ -129,7 +132,7 @@ fn a_recreated_claim_finds_its_data_after_servers_were_added() {
     let mut first = Vec::new();
     for c in &claims {
         let p = small
-            .provision(c, &uid(), Bytes::gib(1), &params(&[]), &[])
+            .provision(c, &uid(), None, Bytes::gib(1), &params(&[]), &[])
             .unwrap();
         fs::write(p.dir.join("marker"), c.name()).unwrap();
         first.push(p.server_name);
@@ -142,7 +145,7 @@ fn a_recreated_claim_finds_its_data_after_servers_were_added() {
     let mut fresh_home_moved = 0;
     for (c, was) in claims.iter().zip(&first) {
         let p = big
-            .provision(c, &uid(), Bytes::gib(1), &params(&[]), &[])
+            .provision(c, &uid(), None, Bytes::gib(1), &params(&[]), &[])
             .unwrap();
         assert_eq!(&p.server_name, was, "{c} moved");
         assert!(p.reused);
@@ -169,7 +172,7 @@ fn a_draining_server_gets_no_new_volumes_but_keeps_its_old_ones() {
     let before: Vec<usize> = claims
         .iter()
         .map(|cl| {
-            c.provision(cl, &uid(), Bytes::gib(1), &params(&[]), &[])
+            c.provision(cl, &uid(), None, Bytes::gib(1), &params(&[]), &[])
                 .unwrap()
                 .server
         })
@@ -181,7 +184,7 @@ fn a_draining_server_gets_no_new_volumes_but_keeps_its_old_ones() {
     assert_eq!(d.states()[0].status, Status::Draining);
     for (cl, was) in claims.iter().zip(&before) {
         assert_eq!(
-            d.provision(cl, &uid(), Bytes::gib(1), &params(&[]), &[])
+            d.provision(cl, &uid(), None, Bytes::gib(1), &params(&[]), &[])
                 .unwrap()
                 .server,
             *was
@@ -190,7 +193,7 @@ fn a_draining_server_gets_no_new_volumes_but_keeps_its_old_ones() {
     for i in 0..30 {
         let fresh = ClaimName::new("new", &format!("c{i}")).unwrap();
         let p = d
-            .provision(&fresh, &uid(), Bytes::gib(1), &params(&[]), &[])
+            .provision(&fresh, &uid(), None, Bytes::gib(1), &params(&[]), &[])
             .unwrap();
         assert_eq!(p.server, 1, "{fresh}");
     }
@@ -208,6 +211,7 @@ fn flat_layout_takes_over_the_source_designs_directories() {
         .provision(
             &claim,
             &uid(),
+            None,
             Bytes::gib(1),
             &params(&[("layout", "flat")]),
             &[],
@@ -250,7 +254,7 @@ fn allocations_feed_bounded_loads_and_refresh_rebuilds_only_on_weight_changes() 
     for i in 0..20 {
         let cl = ClaimName::new("ns", &format!("c{i}")).unwrap();
         let p = c
-            .provision(&cl, &uid(), Bytes::mib(1), &params(&[]), &[])
+            .provision(&cl, &uid(), None, Bytes::mib(1), &params(&[]), &[])
             .unwrap();
         assert_eq!(p.server_name.as_str(), "a", "{cl}");
         c.note_provisioned(p.server, Bytes::mib(1));
@@ -300,6 +304,7 @@ fn a_flat_claim_never_adopts_a_nested_namespace_directory() {
         .provision(
             &ClaimName::new("team-db", "x").unwrap(),
             &uid(),
+            None,
             Bytes::gib(1),
             &params(&[("deleteFile", "true")]),
             &[],
@@ -310,6 +315,7 @@ fn a_flat_claim_never_adopts_a_nested_namespace_directory() {
     let flat = c.provision(
         &ClaimName::new("team", "db").unwrap(),
         &uid(),
+        None,
         Bytes::gib(1),
         &params(&[("layout", "flat"), ("deleteFile", "true")]),
         &[],
@@ -333,6 +339,7 @@ fn a_flat_pv_of_an_older_version_never_deletes_a_nested_namespace_directory() {
         .provision(
             &ClaimName::new("team-db", "x").unwrap(),
             &uid(),
+            None,
             Bytes::gib(1),
             &params(&[]),
             &[],
@@ -370,6 +377,7 @@ fn a_flat_claim_refuses_the_directory_of_another_flat_claim() {
         .provision(
             &ClaimName::new("a-b", "c").unwrap(),
             &uid(),
+            None,
             Bytes::gib(1),
             &flat,
             &[],
@@ -380,6 +388,7 @@ fn a_flat_claim_refuses_the_directory_of_another_flat_claim() {
         .provision(
             &ClaimName::new("a", "b-c").unwrap(),
             &uid(),
+            None,
             Bytes::gib(1),
             &flat,
             &[],
@@ -406,7 +415,7 @@ fn pvs_still_using_a_directory_refuse_it_even_without_markers_or_with_forged_one
     let x = [used("team-db/x", "/exports/a/team-db/x")];
     let team_db = ClaimName::new("team", "db").unwrap();
     let e = c
-        .provision(&team_db, &uid(), Bytes::gib(1), &flat, &x)
+        .provision(&team_db, &uid(), None, Bytes::gib(1), &flat, &x)
         .unwrap_err();
     assert_eq!(e.reason(), "NfsDirectoryOfAnotherVolume");
     let text = chain(&e);
@@ -426,17 +435,18 @@ fn pvs_still_using_a_directory_refuse_it_even_without_markers_or_with_forged_one
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(config_for(dir.path(), &["a"]));
     let p = c
-        .provision(&team_db, &uid(), Bytes::gib(1), &flat, &[])
+        .provision(&team_db, &uid(), None, Bytes::gib(1), &flat, &[])
         .unwrap();
     fs::write(
         p.dir.join(".stowage-owner"),
-        Marker::for_namespace("team-db").render(),
+        Marker::for_namespace("team-db", None).render(),
     )
     .unwrap();
     let e = c
         .provision(
             &ClaimName::new("team-db", "y").unwrap(),
             &uid(),
+            None,
             Bytes::gib(1),
             &params(&[]),
             &[used("team/db", "/exports/a/team-db")],
@@ -447,4 +457,147 @@ fn pvs_still_using_a_directory_refuse_it_even_without_markers_or_with_forged_one
         "{e}"
     );
     assert!(!p.dir.join("y").exists());
+}
+
+// === a namespace deleted and re-created (security finding "namespace uid") ===
+
+/// A namespace uid for the tests below.
+fn ns_uid(s: &str) -> NamespaceUid {
+    NamespaceUid::parse(s).unwrap()
+}
+
+#[test]
+fn a_recreated_namespace_adopts_the_old_namespaces_directory_only_when_the_class_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let claim = ClaimName::new("team", "db").unwrap();
+    let (old, new) = (ns_uid("ns-uid-old"), ns_uid("ns-uid-new"));
+    let first = c
+        .provision(&claim, &uid(), Some(&old), Bytes::gib(1), &params(&[]), &[])
+        .unwrap();
+    fs::write(first.dir.join("orders"), b"the old team's data").unwrap();
+    let marker_of = |p: &Path| Marker::parse(&fs::read_to_string(p.join(OWNER_FILE)).unwrap());
+    assert_eq!(marker_of(&first.dir).unwrap().namespace_uid(), Some(&old));
+    let ns_dir = dir.path().join("a/team");
+    assert_eq!(marker_of(&ns_dir).unwrap().namespace_uid(), Some(&old));
+    // The same namespace, a re-created claim: its data, as before.
+    let again = c
+        .provision(&claim, &uid(), Some(&old), Bytes::gib(1), &params(&[]), &[])
+        .unwrap();
+    assert!(again.reused);
+
+    // The namespace was deleted and created again: refused, nothing written.
+    let recreated = ClaimUid::parse("6f0c2d1e-0000-4000-8000-000000000002").unwrap();
+    let e = c
+        .provision(
+            &claim,
+            &recreated,
+            Some(&new),
+            Bytes::gib(1),
+            &params(&[]),
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(e.reason(), "NfsDirectoryOfDeletedNamespace");
+    assert!(!e.is_transient());
+    let text = chain(&e);
+    for part in [
+        "was made for namespace team with uid ns-uid-old",
+        "now has uid ns-uid-new",
+        "adoptFromRecreatedNamespace",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    assert_eq!(marker_of(&first.dir).unwrap().namespace_uid(), Some(&old));
+
+    // The class adopts it: the data, and the marker records the new uid (claim uid kept).
+    let adopt = params(&[("adoptFromRecreatedNamespace", "true")]);
+    let p = c
+        .provision(&claim, &recreated, Some(&new), Bytes::gib(1), &adopt, &[])
+        .unwrap();
+    assert!(p.reused);
+    assert_eq!(
+        fs::read(p.dir.join("orders")).unwrap(),
+        b"the old team's data"
+    );
+    let marker = marker_of(&p.dir).unwrap();
+    assert_eq!(marker.namespace_uid(), Some(&new));
+    assert!(
+        matches!(&marker, Marker::Claim { uid: u, .. } if *u == uid()),
+        "{marker:?}"
+    );
+    assert_eq!(marker_of(&ns_dir).unwrap().namespace_uid(), Some(&new));
+    // From then on the claim is the new namespace's, without the parameter too.
+    c.provision(
+        &claim,
+        &recreated,
+        Some(&new),
+        Bytes::gib(1),
+        &params(&[]),
+        &[],
+    )
+    .unwrap();
+    assert!(!dir.path().join("a/team/db/.stowage-owner.new").exists());
+}
+
+#[test]
+fn a_fresh_claim_of_a_recreated_namespace_is_not_held_up_by_its_namespace_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let old = ns_uid("ns-uid-old");
+    c.provision(
+        &ClaimName::new("team", "db").unwrap(),
+        &uid(),
+        Some(&old),
+        Bytes::gib(1),
+        &params(&[]),
+        &[],
+    )
+    .unwrap();
+    let new = ns_uid("ns-uid-new");
+    let p = c
+        .provision(
+            &ClaimName::new("team", "web").unwrap(),
+            &uid(),
+            Some(&new),
+            Bytes::gib(1),
+            &params(&[]),
+            &[],
+        )
+        .unwrap();
+    assert!(!p.reused);
+    let read = |rel: &str| {
+        Marker::parse(&fs::read_to_string(dir.path().join(rel).join(OWNER_FILE)).unwrap()).unwrap()
+    };
+    assert_eq!(read("a/team").namespace_uid(), Some(&new));
+    assert_eq!(read("a/team/web").namespace_uid(), Some(&new));
+    // The old claim's directory still records the old namespace.
+    assert_eq!(read("a/team/db").namespace_uid(), Some(&old));
+}
+
+#[test]
+fn a_marker_without_a_namespace_uid_or_a_namespace_not_known_adopts_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(config_for(dir.path(), &["a"]));
+    let claim = ClaimName::new("team", "db").unwrap();
+    // Made while the uid was not known (or by an older version): no uid recorded.
+    let p = c
+        .provision(&claim, &uid(), None, Bytes::gib(1), &params(&[]), &[])
+        .unwrap();
+    let read = || Marker::parse(&fs::read_to_string(p.dir.join(OWNER_FILE)).unwrap()).unwrap();
+    assert_eq!(read().namespace_uid(), None);
+    assert!(
+        !fs::read_to_string(p.dir.join(OWNER_FILE))
+            .unwrap()
+            .contains("namespace-uid")
+    );
+    // Adopted with the uid known: it is added.
+    let now = ns_uid("ns-uid-now");
+    c.provision(&claim, &uid(), Some(&now), Bytes::gib(1), &params(&[]), &[])
+        .unwrap();
+    assert_eq!(read().namespace_uid(), Some(&now));
+    // The uid not known (the watch behind): adopted, the marker left as it is.
+    c.provision(&claim, &uid(), None, Bytes::gib(1), &params(&[]), &[])
+        .unwrap();
+    assert_eq!(read().namespace_uid(), Some(&now));
 }

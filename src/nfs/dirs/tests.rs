@@ -20,6 +20,7 @@ fn own(s: &str) -> Owner {
         claim,
         uid: crate::nfs::ClaimUid::parse("6f0c2d1e-0000-4000-8000-000000000001").unwrap(),
         layout,
+        namespace: crate::nfs::NamespaceNow::default(),
     }
 }
 
@@ -666,6 +667,7 @@ fn owner_of(ns: &str, name: &str, uid: &str, layout: Layout) -> Owner {
         claim: ClaimName::new(ns, name).unwrap(),
         uid: crate::nfs::ClaimUid::parse(uid).unwrap(),
         layout,
+        namespace: crate::nfs::NamespaceNow::default(),
     }
 }
 
@@ -744,7 +746,7 @@ fn unmarked_directories_of_older_versions_are_adopted_and_marked() {
     }
     assert_eq!(
         marker_at(&root.path().join("shop")),
-        Marker::for_namespace("shop")
+        Marker::for_namespace("shop", None)
     );
     // Another claim of the now marked namespace directory goes beside it.
     let x = owner_of("shop", "x", "u-3", Layout::Nested);

@@ -305,6 +305,7 @@ fn lookup_finds_real_directories_and_reports_unreadable_mounts() {
         claim: claim("ns", "c"),
         uid: crate::nfs::ClaimUid::parse("u-1").unwrap(),
         layout: Layout::Nested,
+        namespace: crate::nfs::NamespaceNow::default(),
     };
     let found = lookup(&servers, &owner);
     assert_eq!(found.holders, vec![0]);
