@@ -9,7 +9,15 @@
 //!     reserve: 5%             # bytes (10Gi) or percent; default none
 //!     capacity: 500Gi         # optional cap below the filesystem's size
 //!     volumeMode: "0770"      # optional, quoted octal; default "0770"
+//!     create: true            # make the path if it is missing; default false
 //! ```
+//!
+//! `create` is for a pool that is a plain directory on the node's own filesystem, such as
+//! the shipped default under the agent's hostPath: a fresh node then needs no manual step.
+//! It makes only the last component, and never for a path whose parent is missing. Leave it
+//! off for a pool that is a disk's mount point: if the disk is not mounted, creating the
+//! directory would put volumes on the root disk underneath it; the pool is then reported
+//! not ready instead, until the disk is mounted.
 
 use std::fmt;
 use std::fs;
@@ -79,6 +87,8 @@ pub struct PoolSpec {
     pub capacity: Option<Bytes>,
     /// The mode of new volume directories.
     pub volume_mode: VolumeMode,
+    /// Make the pool's directory when it is missing (see the module docs).
+    pub create: bool,
 }
 
 /// The pool config file: its only job is [`PoolConfig::parse`].
@@ -140,6 +150,8 @@ struct RawPool {
     capacity: Option<Scalar>,
     #[serde(default)]
     volume_mode: Option<Scalar>,
+    #[serde(default)]
+    create: bool,
 }
 
 /// A YAML scalar that may be written as a number or a string (`1073741824` or `10Gi`).
@@ -286,6 +298,7 @@ fn validate(index: usize, raw: RawPool) -> Result<PoolSpec, ConfigError> {
         reserve,
         capacity,
         volume_mode,
+        create: raw.create,
     })
 }
 
@@ -384,9 +397,13 @@ impl PoolSpec {
         match fs::metadata(&self.path) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Err(format!("{path} is not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.create => {
+                self.make_path()?;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(format!(
-                    "{path} does not exist; create it or mount the pool's disk there"
+                    "{path} does not exist; create it or mount the pool's disk there \
+                     (or set create: true for a directory on the node's own filesystem)"
                 ));
             }
             Err(e) => return Err(format!("cannot read {path}: {e}")),
@@ -401,6 +418,33 @@ impl PoolSpec {
             }
         }
         Ok(())
+    }
+}
+
+impl PoolSpec {
+    /// Makes the missing pool directory (`create: true`), mode 0755: only its last
+    /// component, so a pool under a missing parent (an unmounted disk's tree) stays missing.
+    /// A symlink made there meanwhile is found by the check after it, not followed here.
+    fn make_path(&self) -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = self.path.display();
+        match fs::DirBuilder::new().mode(0o755).create(&self.path) {
+            Ok(()) => {
+                tracing::info!(pool = %self.name, %path, "made the missing pool directory (create: true)");
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+                "{path} does not exist and its parent is missing too; create: true makes only \
+                 the pool's own directory, so create the parent or mount the pool's disk"
+            )),
+            Err(e) => Err(format!("cannot create {path} (create: true): {e}")),
+        }?;
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(format!("{path} is not a directory")),
+            Err(e) => Err(format!("cannot read {path}: {e}")),
+        }
     }
 }
 
@@ -560,7 +604,37 @@ mod tests {
             reserve: Reserve::BasisPoints(1000),
             capacity: None,
             volume_mode: VolumeMode::default(),
+            create: false,
         }
+    }
+
+    #[test]
+    fn create_makes_a_missing_pool_directory_but_never_its_missing_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(&dir.path().join("default"), Driver::Hostpath);
+        s.create = true;
+        let r = s.probe();
+        assert!(r.ready, "{:?}", r.reason);
+        assert!(dir.path().join("default").is_dir());
+        // Again: it exists now, nothing changes.
+        assert!(s.probe().ready);
+        // An unmounted disk's tree: the parent is missing, nothing is made.
+        let mut deep = spec(&dir.path().join("disk/pool"), Driver::Hostpath);
+        deep.create = true;
+        let r = deep.probe();
+        assert!(!r.ready);
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("its parent is missing too"),
+            "{:?}",
+            r.reason
+        );
+        assert!(!dir.path().join("disk").exists());
+        // Parsed from the config, off by default.
+        assert!(!one("pools:\n  - name: a\n    path: /a\n").create);
+        assert!(one("pools:\n  - name: a\n    path: /a\n    create: true\n").create);
     }
 
     #[test]
@@ -619,5 +693,47 @@ mod tests {
         assert!(!r.ready);
         let reason = r.reason.unwrap();
         assert!(reason.contains("needs a btrfs filesystem"), "{reason}");
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The pools of `deploy/agent.yaml`'s ConfigMap parse, lie under the DaemonSet's pools
+    /// hostPath (a pool elsewhere is not mounted into the agent), and the default one is
+    /// made on a fresh node (`create: true`): a first install binds claims without a manual
+    /// step.
+    #[test]
+    fn the_shipped_pools_parse_lie_under_the_mounted_host_path_and_are_made_on_a_fresh_node() {
+        let docs: Vec<serde_yaml::Value> =
+            serde_yaml::Deserializer::from_str(include_str!("../../deploy/agent.yaml"))
+                .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+                .collect();
+        let kind = |k: &str| {
+            docs.iter()
+                .find(|d| d["kind"].as_str() == Some(k))
+                .unwrap_or_else(|| panic!("no {k} in deploy/agent.yaml"))
+        };
+        let text = kind("ConfigMap")["data"]["pools.yaml"].as_str().unwrap();
+        let pools = PoolConfig::parse(text).unwrap();
+        let volumes = kind("DaemonSet")["spec"]["template"]["spec"]["volumes"]
+            .as_sequence()
+            .unwrap();
+        let mount = volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some("pools"))
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap();
+        for pool in &pools {
+            assert!(
+                pool.path.starts_with(mount),
+                "pool {} at {} is not under the agent's hostPath {mount}",
+                pool.name,
+                pool.path.display()
+            );
+        }
+        let default = pools.iter().find(|p| p.name.as_str() == "default").unwrap();
+        assert!(default.create, "the default pool is made on a fresh node");
     }
 }
