@@ -324,6 +324,7 @@ async fn populate(server: &Target<'_>, opts: &Options, scratch: &Path) -> Storag
                 phase: LocalVolumePhase::Ready,
                 path: Some(dir.clone()),
                 size_bytes: Some(bytes.0),
+                size: Some(bytes.to_string()),
                 message: None,
                 observed_generation: Some(1),
             });

@@ -416,6 +416,7 @@ fn ready(
         phase: LocalVolumePhase::Ready,
         path: Some(path),
         size_bytes: Some(size.0),
+        size: Some(size.to_string()),
         message,
         observed_generation: lv.metadata.generation,
     }
@@ -758,6 +759,7 @@ mod tests {
             phase: LocalVolumePhase::Ready,
             path: Some(format!("/p/{}", lv.name_any())),
             size_bytes: Some(size),
+            size: None,
             message: None,
             observed_generation: Some(1),
         });

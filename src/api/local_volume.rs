@@ -46,9 +46,16 @@ use crate::ledger::{Bytes, ClaimKey, NodeName, PoolName};
     ),
     printcolumn(
         name = "Size",
+        type_ = "string",
+        json_path = ".status.size",
+        description = "The size the agent made it with (10Gi, 1.5Ti)"
+    ),
+    printcolumn(
+        name = "SizeBytes",
         type_ = "integer",
         json_path = ".spec.sizeBytes",
-        description = "Requested size in bytes"
+        description = "Requested size in bytes",
+        priority = 1
     ),
     printcolumn(
         name = "Phase",
@@ -128,6 +135,9 @@ pub struct LocalVolumeStatus {
     /// the requested size, which then only bounds placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// `sizeBytes` for people (`10Gi`, `1.5Ti`), for the printer columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// Why the volume is in its phase, for people (e.g. the error behind `Failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -204,6 +214,7 @@ mod tests {
             phase: LocalVolumePhase::Ready,
             path: Some("/var/lib/stowage/default/pvc-1234".into()),
             size_bytes: Some(1 << 30),
+            size: None,
             message: None,
             observed_generation: Some(1),
         });

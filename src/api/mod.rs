@@ -212,13 +212,22 @@ pub fn remove_finalizer(finalizers: &[String], finalizer: &str) -> Option<json_p
 mod tests {
     use super::*;
 
+    /// (name, type, path) of the printer columns; those shown only with `-o wide`
+    /// (priority > 0) get a `wide:` prefix on the name.
     fn columns(crd: &CustomResourceDefinition) -> Vec<(String, String, String)> {
         crd.spec.versions[0]
             .additional_printer_columns
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .map(|c| (c.name, c.type_, c.json_path))
+            .map(|c| {
+                let name = if c.priority.unwrap_or(0) > 0 {
+                    format!("wide:{}", c.name)
+                } else {
+                    c.name
+                };
+                (name, c.type_, c.json_path)
+            })
             .collect()
     }
 
@@ -248,10 +257,20 @@ mod tests {
             ("Ready", "boolean", ".status.ready"),
             ("Pools", "integer", ".status.poolCount"),
             ("Volumes", "integer", ".status.volumes"),
-            ("Capacity", "integer", ".status.capacityBytes"),
-            ("Allocatable", "integer", ".status.allocatableBytes"),
-            ("Allocated", "integer", ".status.allocatedBytes"),
-            ("Available", "integer", ".status.availableBytes"),
+            // For people: sizes as quantities, and the share used.
+            ("Capacity", "string", ".status.capacity"),
+            ("Allocated", "string", ".status.allocated"),
+            ("Used%", "integer", ".status.usedPercent"),
+            ("Free", "string", ".status.free"),
+            // Exact bytes with -o wide.
+            ("wide:CapacityBytes", "integer", ".status.capacityBytes"),
+            (
+                "wide:AllocatableBytes",
+                "integer",
+                ".status.allocatableBytes",
+            ),
+            ("wide:AllocatedBytes", "integer", ".status.allocatedBytes"),
+            ("wide:AvailableBytes", "integer", ".status.availableBytes"),
             ("Heartbeat", "date", ".status.heartbeatTime"),
             ("Age", "date", ".metadata.creationTimestamp"),
         ];
@@ -275,6 +294,7 @@ mod tests {
             [
                 ".spec.nodeName",
                 ".spec.pool",
+                ".status.size",
                 ".spec.sizeBytes",
                 ".status.phase",
                 ".spec.claim.namespace",
@@ -282,7 +302,11 @@ mod tests {
                 ".metadata.creationTimestamp",
             ]
         );
-        assert_eq!(cols[2].1, "integer");
+        assert_eq!(cols[2].1, "string");
+        assert_eq!(
+            (cols[3].0.as_str(), cols[3].1.as_str()),
+            ("wide:SizeBytes", "integer")
+        );
     }
 
     #[test]

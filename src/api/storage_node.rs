@@ -53,27 +53,55 @@ use crate::ledger::{Bytes, Driver, NodeState, PoolState};
     ),
     printcolumn(
         name = "Capacity",
-        type_ = "integer",
-        json_path = ".status.capacityBytes",
-        description = "Bytes of capacity over all pools"
-    ),
-    printcolumn(
-        name = "Allocatable",
-        type_ = "integer",
-        json_path = ".status.allocatableBytes",
-        description = "Capacity less the reserves, in bytes"
+        type_ = "string",
+        json_path = ".status.capacity",
+        description = "Allocatable capacity over all pools (capacity less the reserves)"
     ),
     printcolumn(
         name = "Allocated",
-        type_ = "integer",
-        json_path = ".status.allocatedBytes",
-        description = "Bytes promised to LocalVolumes"
+        type_ = "string",
+        json_path = ".status.allocated",
+        description = "Promised to LocalVolumes"
     ),
     printcolumn(
-        name = "Available",
+        name = "Used%",
+        type_ = "integer",
+        json_path = ".status.usedPercent",
+        description = "Allocated as a percentage of allocatable"
+    ),
+    printcolumn(
+        name = "Free",
+        type_ = "string",
+        json_path = ".status.free",
+        description = "Free on the filesystems"
+    ),
+    printcolumn(
+        name = "CapacityBytes",
+        type_ = "integer",
+        json_path = ".status.capacityBytes",
+        description = "Bytes of capacity over all pools",
+        priority = 1
+    ),
+    printcolumn(
+        name = "AllocatableBytes",
+        type_ = "integer",
+        json_path = ".status.allocatableBytes",
+        description = "Capacity less the reserves, in bytes",
+        priority = 1
+    ),
+    printcolumn(
+        name = "AllocatedBytes",
+        type_ = "integer",
+        json_path = ".status.allocatedBytes",
+        description = "Bytes promised to LocalVolumes",
+        priority = 1
+    ),
+    printcolumn(
+        name = "AvailableBytes",
         type_ = "integer",
         json_path = ".status.availableBytes",
-        description = "Bytes free on the filesystems"
+        description = "Bytes free on the filesystems",
+        priority = 1
     ),
     printcolumn(
         name = "Heartbeat",
@@ -127,6 +155,20 @@ pub struct StorageNodeStatus {
     /// The node has at least one pool and every pool is ready.
     #[serde(default)]
     pub ready: bool,
+    /// `allocatableBytes` for people (`250Gi`, `1.5Ti`): the printer columns show these,
+    /// `kubectl get sn -o wide` the exact bytes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// `allocatedBytes` for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<String>,
+    /// `availableBytes` for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<String>,
+    /// `allocatedBytes` as a whole percentage of `allocatableBytes` (0 when nothing is
+    /// allocatable).
+    #[serde(default)]
+    pub used_percent: u64,
 }
 
 /// One pool in a StorageNode's status.
@@ -209,6 +251,15 @@ impl StorageNodeStatus {
         self.available_bytes = available_bytes;
         self.volumes = volumes;
         self.ready = ready;
+        self.capacity = Some(Bytes(allocatable_bytes).to_string());
+        self.allocated = Some(Bytes(allocated_bytes).to_string());
+        self.free = Some(Bytes(available_bytes).to_string());
+        self.used_percent = if allocatable_bytes == 0 {
+            0
+        } else {
+            let pct = u128::from(allocated_bytes) * 100 / u128::from(allocatable_bytes);
+            u64::try_from(pct).unwrap_or(u64::MAX)
+        };
     }
 
     /// The node as the ledger sees it, given how long ago the agent reported.
@@ -351,5 +402,31 @@ mod tests {
         .unwrap();
         assert_eq!(s.capacity_bytes, 0);
         assert_eq!(s.pools[0].name, "default");
+    }
+
+    #[test]
+    fn totals_carry_sizes_for_people_and_the_share_used() {
+        let pool = |allocatable: u64, allocated: u64, available: u64| PoolStatus {
+            allocatable_bytes: allocatable,
+            allocated_bytes: allocated,
+            available_bytes: available,
+            ..PoolStatus::default()
+        };
+        let mut status = StorageNodeStatus {
+            pools: vec![
+                pool(250 << 30, 100 << 30, 200 << 30),
+                pool(270_553_174_016, 0, 1 << 40),
+            ],
+            ..StorageNodeStatus::default()
+        };
+        status.refresh_totals();
+        assert_eq!(status.capacity.as_deref(), Some("502Gi"));
+        assert_eq!(status.allocated.as_deref(), Some("100Gi"));
+        assert_eq!(status.free.as_deref(), Some("1.2Ti"));
+        assert_eq!(status.used_percent, 19);
+        let mut empty = StorageNodeStatus::default();
+        empty.refresh_totals();
+        assert_eq!(empty.used_percent, 0);
+        assert_eq!(empty.capacity.as_deref(), Some("0"));
     }
 }

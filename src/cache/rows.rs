@@ -719,6 +719,7 @@ impl VolumeRow {
                 phase: s.phase,
                 path: s.path.as_ref().map(|p| p.text(name, syms)),
                 size_bytes: s.size(),
+                size: s.size().map(|b| crate::ledger::Bytes(b).to_string()),
                 message: s.message.as_deref().map(str::to_string),
                 observed_generation: s.observed_generation(),
             }),

@@ -1026,6 +1026,8 @@ fn a_local_volume_and_a_pv_come_back_from_their_rows() {
         phase: crate::api::local_volume::LocalVolumePhase::Ready,
         path: Some("/pools/fast/pvc-3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718".into()),
         size_bytes: Some(1 << 30),
+        // What the agent writes beside the bytes; the row derives it back from them.
+        size: Some("1Gi".into()),
         message: Some("made".into()),
         observed_generation: Some(3),
     });
@@ -1052,6 +1054,7 @@ fn a_local_volume_and_a_pv_come_back_from_their_rows() {
             phase: crate::api::local_volume::LocalVolumePhase::Pending,
             path: None,
             size_bytes: None,
+            size: None,
             message: None,
             observed_generation: Some(0),
         });
