@@ -131,6 +131,9 @@ pub enum QuantityError {
     /// Larger than stowage handles.
     #[error("quantity {0:?} is larger than 8Ei, the largest size stowage accepts")]
     TooLarge(String),
+    /// A percentage above 100.
+    #[error("{0:?} is more than 100%; a reserve is a share of the pool, at most 100%")]
+    PercentTooLarge(String),
 }
 
 impl FromStr for Bytes {

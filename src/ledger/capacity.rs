@@ -126,7 +126,7 @@ impl FromStr for Reserve {
         match bp {
             Some(0) => Ok(Reserve::None),
             Some(bp) if bp <= 10_000 => Ok(Reserve::BasisPoints(bp)),
-            _ => Err(QuantityError::TooLarge(s.to_string())),
+            _ => Err(QuantityError::PercentTooLarge(s.to_string())),
         }
     }
 }

@@ -71,7 +71,12 @@ Examples:
   kubectl get storagenodes -o json > nodes.json && stowage simulate --cluster nodes.json --claims 100")]
 pub struct SimulateArgs {
     /// Number of generated nodes (ignored with --cluster).
-    #[arg(long, default_value_t = 20, conflicts_with = "cluster")]
+    #[arg(
+        long,
+        default_value_t = 20,
+        conflicts_with = "cluster",
+        allow_negative_numbers = true
+    )]
     pub nodes: u32,
 
     /// Pool size distribution of generated nodes: one pool per node.
@@ -92,12 +97,12 @@ pub struct SimulateArgs {
     pub cluster: Option<PathBuf>,
 
     /// Stop after this many claims (default 2000 when --fill is not given).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub claims: Option<u64>,
 
     /// Stop before total demand would exceed this fraction of the cluster's free allocatable
-    /// space, e.g. 0.85. With --claims too, whichever comes first.
-    #[arg(long)]
+    /// space, above 0 and at most 1, e.g. 0.85. With --claims too, whichever comes first.
+    #[arg(long, allow_negative_numbers = true)]
     pub fill: Option<f64>,
 
     /// Claim size distribution.
@@ -201,10 +206,10 @@ impl SimulateArgs {
             return Err(flag("policy")("name at least one policy".into()));
         }
         if let Some(f) = fill
-            && !(f > 0.0 && f <= 10.0)
+            && !(f > 0.0 && f <= 1.0)
         {
             return Err(flag("fill")(format!(
-                "{f} is not a fraction of the cluster; use a number above 0 and at most 10, e.g. 0.85"
+                "{f} is not a fraction of the cluster's free space; use a number above 0 and at most 1, e.g. 0.85"
             )));
         }
         if claims == Some(0) {
@@ -241,6 +246,13 @@ impl SimulateArgs {
             .flat_map(|n| n.pools.iter())
             .filter(|p| p.name.as_str() == pool)
             .fold(Bytes::ZERO, |a, p| a.saturating_add(p.free()));
+        if free == Bytes::ZERO {
+            // Nothing could be placed: balance figures of an empty run would read as perfect.
+            return Err(flag("pool")(format!(
+                "pool {pool:?} has no free allocatable space on any node; give the nodes capacity \
+                 (or a smaller reserve, or less already allocated) before simulating"
+            )));
+        }
         let claim_limit = claims.unwrap_or(if fill.is_some() { u64::MAX } else { 2000 });
         #[allow(
             clippy::cast_precision_loss,
@@ -457,6 +469,28 @@ mod tests {
         for (argv, want) in cases {
             let err = plan_err(argv);
             assert!(err.starts_with(want), "{argv:?}: {err}");
+        }
+        // A fill above the whole free space is refused, not clamped; a reserve over 100 %
+        // is reported as such, not as a size.
+        assert!(plan_err(&["--fill", "1.5"]).starts_with("--fill: 1.5 is not a fraction"));
+        let reserve = plan_err(&["--reserve", "110%"]);
+        assert!(reserve.contains("more than 100%"), "{reserve}");
+        // A cluster with nowhere to place anything is an error, not a perfect balance.
+        let zero = plan_err(&["--nodes", "3", "--reserve", "100%"]);
+        assert!(
+            zero.starts_with("--pool:") && zero.contains("no free allocatable space"),
+            "{zero}"
+        );
+    }
+
+    #[test]
+    fn a_negative_count_is_refused_naming_its_flag() {
+        for (flag, value) in [("--nodes", "-1"), ("--claims", "-3")] {
+            let err = T::try_parse_from(["simulate", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} was accepted"))
+                .to_string();
+            assert!(err.contains(flag) && err.contains(value), "{err}");
         }
     }
 }
