@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, PersistentVolume};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -594,6 +594,55 @@ async fn a_pods_claims_are_provisioned_together_or_not_at_all() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     env.assert_clean_logs();
+}
+
+/// A StorageNode is owned by its Node, so a node removed from the cluster leaves no
+/// capacity row behind: on the real control plane the garbage collector deletes it with the
+/// Node (the in-memory server has no garbage collector; there the owner is checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_node_is_owned_by_its_node_and_goes_with_it() {
+    let mut env = Env::start(&[("n1", GI), ("n2", GI)], Options::default()).await;
+    let sns: kube::Api<StorageNode> = kube::Api::all(env.client.clone());
+    let nodes: kube::Api<Node> = kube::Api::all(env.client.clone());
+    for name in ["n1", "n2"] {
+        let uid = nodes.get(name).await.unwrap().metadata.uid.unwrap();
+        wait_for(
+            wait(),
+            &format!("{name}'s StorageNode is owned by Node {name}"),
+            || async {
+                sns.get(name)
+                    .await
+                    .ok()
+                    .and_then(|sn| sn.metadata.owner_references)
+                    .is_some_and(|owners| {
+                        owners
+                            .iter()
+                            .any(|o| o.kind == "Node" && o.name == name && o.uid == uid)
+                    })
+            },
+        )
+        .await
+        .unwrap();
+    }
+    if env.cluster.is_real() {
+        // The node goes: its agent first (on a real cluster its pod goes with the node),
+        // then the Node object.
+        env.agents
+            .iter_mut()
+            .find(|a| a.name == "n2")
+            .unwrap()
+            .process
+            .kill();
+        nodes.delete("n2", &Default::default()).await.unwrap();
+        wait_for(
+            wait(),
+            "n2's StorageNode is deleted with its Node",
+            || async { sns.get_opt("n2").await.unwrap().is_none() },
+        )
+        .await
+        .unwrap();
+        assert!(sns.get_opt("n1").await.unwrap().is_some(), "n1's stays");
+    }
 }
 
 /// How many claims named `prefix*` are Bound, and how many PVs exist.

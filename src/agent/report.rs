@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use futures::FutureExt as _;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
@@ -191,6 +194,8 @@ struct Memory {
     last: Option<StorageNodeStatus>,
     orphans_logged: BTreeSet<(String, VolumeName)>,
     bad_config: Option<String>,
+    /// Whether the StorageNode's owner (the Node) was set, or cannot be.
+    owner_done: bool,
 }
 
 impl Reporter {
@@ -343,6 +348,15 @@ impl Reporter {
                 self.metrics.heartbeat(&self.node, secs);
                 memory.last = Some(status);
                 self.written.send_replace(true);
+                if !memory.owner_done {
+                    memory.owner_done = match self.own().await {
+                        Ok(done) => done,
+                        Err(error) => {
+                            tracing::warn!(node = %self.node, error = %format!("{error:#}"), "cannot make the Node the owner of its StorageNode; it will not be deleted with the Node (the agent needs get on nodes)");
+                            true
+                        }
+                    };
+                }
             }
             Err(error) => {
                 tracing::warn!(node = %self.node, error = %format!("{error:#}"), "cannot write the StorageNode status; retrying on the next heartbeat");
@@ -366,6 +380,44 @@ impl Reporter {
         memory.orphans_logged = seen;
     }
 
+    /// Makes this node's Node object the owner of its StorageNode, so that the garbage
+    /// collector deletes the StorageNode when the Node is deleted (a node removed from the
+    /// cluster leaves no capacity row behind; a node that registers again gets a new one at
+    /// its agent's next heartbeat). `Ok(false)` while there is no Node of that name.
+    /// Idempotent: the merge patch sets the one owner whatever was there.
+    async fn own(&self) -> anyhow::Result<bool> {
+        let Some(owner) = self.owner().await? else {
+            return Ok(false);
+        };
+        let api: Api<StorageNode> = Api::all(self.client.clone());
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER_AGENT.to_string()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(json!({ "metadata": { "ownerReferences": [owner] } }));
+        api.patch(&self.node, &params, &patch)
+            .await
+            .with_context(|| format!("setting the owner of StorageNode {}", self.node))?;
+        tracing::debug!(node = %self.node, "StorageNode owned by its Node");
+        Ok(true)
+    }
+
+    /// The owner reference to this node's Node object; `None` while there is none.
+    async fn owner(&self) -> anyhow::Result<Option<OwnerReference>> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes
+            .get_metadata_opt(&self.node)
+            .await
+            .with_context(|| format!("reading Node {}", self.node))?;
+        Ok(node.and_then(|n| n.metadata.uid).map(|uid| OwnerReference {
+            api_version: "v1".to_string(),
+            kind: "Node".to_string(),
+            name: self.node.clone(),
+            uid,
+            ..OwnerReference::default()
+        }))
+    }
+
     /// Creates the StorageNode if it is missing, then merge-patches its status. Only this
     /// agent writes the status, so a merge patch cannot clobber anyone.
     async fn write(&self, status: &StorageNodeStatus) -> anyhow::Result<()> {
@@ -387,10 +439,16 @@ impl Reporter {
             field_manager: Some(FIELD_MANAGER_AGENT.to_string()),
             ..PostParams::default()
         };
-        match api
-            .create(&post, &StorageNode::new(&self.node, StorageNodeSpec {}))
-            .await
-        {
+        // Made owned by the Node (when it can be read), also when the Node registered
+        // again after its old StorageNode went with the old Node.
+        let mut sn = StorageNode::new(&self.node, StorageNodeSpec {});
+        match self.owner().await {
+            Ok(owner) => sn.metadata.owner_references = owner.map(|o| vec![o]),
+            Err(error) => {
+                tracing::debug!(node = %self.node, error = %format!("{error:#}"), "StorageNode made without an owner")
+            }
+        }
+        match api.create(&post, &sn).await {
             Ok(_) => tracing::info!(node = %self.node, "created the StorageNode"),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => {
