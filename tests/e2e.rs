@@ -1076,6 +1076,140 @@ fn prometheus_tools() -> Option<(PathBuf, PathBuf)> {
 
 /// Every PromQL expression of the dashboard (with `$pool` as `.*`) and the metric of each
 /// `label_values(metric, label)` variable query.
+/// The alert rules of `deploy/monitoring/prometheusrule.yaml` as a plain Prometheus rule
+/// file (its `spec.groups`), and the file's text.
+fn alert_rules() -> (serde_yaml::Value, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring/prometheusrule.yaml");
+    let rule: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let groups = serde_yaml::Value::Mapping(
+        [("groups".into(), rule["spec"]["groups"].clone())]
+            .into_iter()
+            .collect(),
+    );
+    let text = serde_yaml::to_string(&groups).unwrap();
+    (groups, text)
+}
+
+/// The `description` annotation of alert `name`, as the rule file has it.
+fn alert_description(groups: &serde_yaml::Value, name: &str) -> String {
+    groups["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"].as_str() == Some(name))
+        .and_then(|r| r["annotations"]["description"].as_str())
+        .unwrap_or_else(|| panic!("no alert {name}"))
+        .to_string()
+}
+
+/// The alerts fire when they should and stay quiet otherwise, with their annotations
+/// rendered: promtool's rule unit tests on synthetic series. (That each expression works on
+/// what stowage really exports is checked on a live Prometheus in the dashboard test.)
+#[test]
+fn the_alert_rules_fire_when_they_should() {
+    let Some((_, promtool)) = prometheus_tools() else {
+        return;
+    };
+    let (groups, text) = alert_rules();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yml"), &text).unwrap();
+    let d = |name: &str| serde_json::to_string(&alert_description(&groups, name)).unwrap();
+    let test = format!(
+        r#"rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'stowage_pool_allocated_bytes{{node="n1",pool="default"}}'
+        values: '95x20'
+      - series: 'stowage_pool_allocatable_bytes{{node="n1",pool="default"}}'
+        values: '100x20'
+      - series: 'stowage_pool_allocated_bytes{{node="n2",pool="default"}}'
+        values: '50x20'
+      - series: 'stowage_pool_allocatable_bytes{{node="n2",pool="default"}}'
+        values: '100x20'
+      - series: 'stowage_pool_allocated_bytes{{node="n3",pool="default"}}'
+        values: '0x20'
+      - series: 'stowage_pool_allocatable_bytes{{node="n3",pool="default"}}'
+        values: '0x20'
+      - series: 'stowage_leader{{instance="a"}}'
+        values: '1 1 1 0 0 0 0 0 0 0'
+      - series: 'stowage_leader{{instance="b"}}'
+        values: '0 0 0 0 0 0 0 0 0 0'
+      - series: 'stowage_node_heartbeat_age_seconds{{node="n1",instance="a"}}'
+        values: '5x20'
+      - series: 'stowage_node_heartbeat_age_seconds{{node="n1",instance="b"}}'
+        values: '5x20'
+      - series: 'stowage_node_heartbeat_age_seconds{{node="n2",instance="a"}}'
+        values: '120x20'
+      - series: 'stowage_node_heartbeat_age_seconds{{node="n2",instance="b"}}'
+        values: '120x20'
+      - series: 'stowage_volumes_node_gone{{node="n4",instance="a"}}'
+        values: '3x20'
+      - series: 'stowage_volumes_node_gone{{node="n4",instance="b"}}'
+        values: '3x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: StowagePoolNearlyFull
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: StowagePoolNearlyFull
+        exp_alerts:
+          - exp_labels: {{severity: warning, node: n1, pool: default}}
+            exp_annotations:
+              summary: Pool default on node n1 is 95% allocated
+              description: {full}
+      - eval_time: 1m
+        alertname: StowageNoLeader
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: StowageNoLeader
+        exp_alerts:
+          - exp_labels: {{severity: critical}}
+            exp_annotations:
+              summary: No stowage controller replica holds the Lease
+              description: {leader}
+      - eval_time: 6m
+        alertname: StowageAgentHeartbeatStale
+        exp_alerts:
+          - exp_labels: {{severity: warning, node: n2}}
+            exp_annotations:
+              summary: The stowage agent of node n2 last reported 2m 0s ago
+              description: {stale}
+      - eval_time: 1m
+        alertname: StowageNodeGone
+        exp_alerts:
+          - exp_labels: {{severity: critical, node: n4}}
+            exp_annotations:
+              summary: 3 volumes are on node n4, which has no Node object
+              description: {gone}
+"#,
+        full = d("StowagePoolNearlyFull"),
+        leader = d("StowageNoLeader"),
+        stale = d("StowageAgentHeartbeatStale"),
+        gone = d("StowageNodeGone"),
+    );
+    std::fs::write(dir.path().join("test.yml"), test).unwrap();
+    for args in [
+        &["check", "rules", "rules.yml"][..],
+        &["test", "rules", "test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn dashboard_queries() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/stowage.json");
     let dashboard: serde_json::Value =
@@ -1187,10 +1321,14 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let config = dir.join("prometheus.yml");
     let quoted: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    // The shipped alerts, loaded as a rule file: each must evaluate without error on what
+    // stowage really exports.
+    std::fs::write(dir.join("rules.yml"), alert_rules().1).unwrap();
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: stowage\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: stowage\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+            dir.join("rules.yml").display(),
             quoted.join(", ")
         ),
     )
@@ -1255,4 +1393,44 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
         "dashboard expressions without a series or not parsing:\n  {}",
         failures.join("\n  ")
     );
+    // Every alert rule has been evaluated, without error.
+    let rules = wait_until(
+        Duration::from_secs(30),
+        "every alert rule has been evaluated",
+        || async {
+            let (_, v, _) = query_path(port, "/api/v1/rules?type=alert").await?;
+            let rules: Vec<serde_json::Value> = v["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            let evaluated = rules.iter().all(|r| {
+                r["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001-"))
+            });
+            (!rules.is_empty() && evaluated).then_some(rules)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(rules.len(), 7, "the shipped alerts: {rules:?}");
+    for rule in &rules {
+        assert_eq!(
+            rule["health"], "ok",
+            "alert {} does not evaluate: {}",
+            rule["name"], rule["lastError"]
+        );
+    }
+}
+
+/// GET `path` on Prometheus at `port`, decoded.
+async fn query_path(port: u16, path: &str) -> Option<(u16, serde_json::Value, String)> {
+    get(port, path).await.map(|(code, body)| {
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+            body,
+        )
+    })
 }
