@@ -736,12 +736,13 @@ async fn place(
         }
         GroupStep::Reschedule { reason, message } => {
             drop(guard);
-            let mut first = None;
-            for (member, _) in &group {
-                let action = reschedule(member, node, reason, &message, ctx).await?;
-                first.get_or_insert(action);
+            // The siblings first, this claim last, and this one only once all of them went:
+            // while it keeps its node, a failure is retried for the whole group; were it
+            // sent back first, a sibling left on the node could later go on alone.
+            for (member, _) in group.iter().skip(1) {
+                reschedule(member, node, reason, &message, ctx).await?;
             }
-            Ok(first.unwrap_or_else(Action::await_change))
+            reschedule(claim, node, reason, &message, ctx).await
         }
         GroupStep::Create => {
             // Counted as allocated from here on, so the node's next claim may be decided
