@@ -292,21 +292,9 @@ impl Btrfs {
             };
             let name = link.name.as_slice();
             let sub_path = dir_path.join(OsStr::from_bytes(name));
-            match rustix::fs::openat(&dir, name, crate::fsutil::dir_flags(), Mode::empty()) {
-                Ok(fd) => {
-                    let found = is_subvolume(&fd)
-                        .and_then(|sub| Ok(sub && ioctl::subvolume_id(&fd)? == link.id))
-                        .map_err(|source| PathError::Io {
-                            path: sub_path.clone(),
-                            source,
-                        })?;
-                    if !found {
-                        return Err(PathError::Replaced { path: sub_path }.into());
-                    }
-                }
-                // Destroyed by the workload meanwhile.
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(walk_err(&dir, name, sub_path, e)),
+            // Gone: destroyed by the workload meanwhile.
+            if open_nested(&dir, name, &sub_path, link.id)?.is_none() {
+                continue;
             }
             tracing::info!(volume = %path.display(), nested = %sub_path.display(), nested_id = link.id, "destroying a subvolume made inside the volume");
             loop {
@@ -357,25 +345,9 @@ impl Btrfs {
                 return Ok(None);
             };
             let sub_path = dir_path.join(OsStr::from_bytes(&hop.name));
-            let sub = match rustix::fs::openat(
-                &dir,
-                hop.name.as_slice(),
-                crate::fsutil::dir_flags(),
-                Mode::empty(),
-            ) {
-                Ok(sub) => sub,
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(walk_err(&dir, &hop.name, sub_path, e)),
+            let Some(sub) = open_nested(&dir, &hop.name, &sub_path, hop.id)? else {
+                return Ok(None);
             };
-            let found = is_subvolume(&sub)
-                .and_then(|is| Ok(is && ioctl::subvolume_id(&sub)? == hop.id))
-                .map_err(|source| PathError::Io {
-                    path: sub_path.clone(),
-                    source,
-                })?;
-            if !found {
-                return Err(PathError::Replaced { path: sub_path }.into());
-            }
             (fd, here, subvol) = (sub, sub_path, hop.id);
         }
         walk_to(fd, here, subvol, link.dir)
@@ -874,6 +846,35 @@ fn walk_to(
 /// The error for a failed `O_NOFOLLOW | O_DIRECTORY` open of the entry `name` of `dir`
 /// (at `path`) inside a volume: such an open gives `ELOOP` or `ENOTDIR` for a symlink, so
 /// the entry is looked at (not followed) to say which.
+/// Opens `name` in `dir` (at `path`) without following a symlink and checks that it is the
+/// root of the subvolume `id`: `None` if nothing is there, [`PathError::Replaced`] if
+/// something else is.
+fn open_nested(
+    dir: &OwnedFd,
+    name: &[u8],
+    path: &Path,
+    id: u64,
+) -> Result<Option<OwnedFd>, VolumeError> {
+    let fd = match rustix::fs::openat(dir, name, crate::fsutil::dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(walk_err(dir, name, path.to_path_buf(), e)),
+    };
+    let found = is_subvolume(&fd)
+        .and_then(|sub| Ok(sub && ioctl::subvolume_id(&fd)? == id))
+        .map_err(|source| PathError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if !found {
+        return Err(PathError::Replaced {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(Some(fd))
+}
+
 fn walk_err(dir: &OwnedFd, name: &[u8], path: PathBuf, errno: Errno) -> VolumeError {
     match errno {
         Errno::LOOP | Errno::NOTDIR => {
