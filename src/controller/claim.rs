@@ -366,10 +366,19 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
 
 /// The claim's class when it is ours (provisioner = our name).
 fn our_class(claim: &PersistentVolumeClaim, ctx: &Context) -> Option<StorageClass> {
-    let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
     let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    class_of(&index, claim, &ctx.config.provisioner)
+}
+
+/// The claim's class from the index when its provisioner is `provisioner`.
+fn class_of(
+    index: &ClusterIndex,
+    claim: &PersistentVolumeClaim,
+    provisioner: &str,
+) -> Option<StorageClass> {
+    let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
     let class = index.storage_class(class_name)?;
-    (class.provisioner == ctx.config.provisioner).then(|| class.clone())
+    (class.provisioner == provisioner).then(|| class.clone())
 }
 
 fn claim_key(claim: &PersistentVolumeClaim) -> String {
@@ -601,14 +610,7 @@ fn siblings(
             out.unselected.push(key);
             continue;
         };
-        let Some(class) = sibling
-            .spec
-            .as_ref()
-            .and_then(|s| s.storage_class_name.as_deref())
-            .and_then(|c| index.storage_class(c))
-            .filter(|c| c.provisioner == provisioner)
-            .cloned()
-        else {
+        let Some(class) = class_of(index, &sibling, provisioner) else {
             continue;
         };
         if sibling.metadata.deletion_timestamp.is_some() {
