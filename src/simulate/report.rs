@@ -219,7 +219,7 @@ pub fn text(report: &Report, examples: &[(Policy, &Outcome)]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
+        "{:<15} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
         "policy", "placed", "rejected", "min", "mean", "max", "CoV", "max-min", "Jain"
     );
     for name in &report.order {
@@ -227,7 +227,7 @@ pub fn text(report: &Report, examples: &[(Policy, &Outcome)]) -> String {
             let u = &p.utilization;
             let _ = writeln!(
                 out,
-                "{:<10} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>7.3} {:>8} {:>6.3}",
+                "{:<15} {:>7} {:>8}  {:>7} {:>7} {:>7} {:>7.3} {:>8} {:>6.3}",
                 name,
                 p.placed,
                 p.rejected,
