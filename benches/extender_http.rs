@@ -14,6 +14,13 @@
 //! a failed connection, a status other than 200, or a 200 whose body is not a successful
 //! answer (filter: `"Error":""` at the end; prioritize: a JSON array).
 //!
+//! Churn: `--volumes 50000 --churn 1000` (with load mode) fills the index with that many
+//! LocalVolumes and a bound claim for each, and while the clients run a thread of its own
+//! changes it `--churn` times a second under the write lock, as the reflectors do during a
+//! burst: each claim it makes goes unbound with a selected node (a reservation), gets its
+//! LocalVolume, is bound, and is deleted with its volume (5 changes). It prints the changes
+//! it managed per second, so a slow index shows as a rate below the one asked for.
+//!
 //! The router is the one `stowage extender` serves (`extender_app`, metrics included), on
 //! 127.0.0.1 in this process; the client is a minimal HTTP/1.1 client over a tokio
 //! `TcpStream`, so its own cost stays small next to the server's.
@@ -22,7 +29,7 @@
 
 use std::io::ErrorKind;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +57,10 @@ struct Options {
     clients: usize,
     /// Load mode: seconds the clients run.
     duration: u64,
+    /// LocalVolumes in the index, each with a bound claim (0: 4 per node, no claims).
+    volumes: usize,
+    /// Load mode: index changes per second while the clients run.
+    churn: u32,
 }
 
 fn options() -> Options {
@@ -59,6 +70,8 @@ fn options() -> Options {
         seconds: 5,
         clients: 0,
         duration: 30,
+        volumes: 0,
+        churn: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -78,6 +91,8 @@ fn options() -> Options {
             "--duration" => {
                 opts.duration = args.next().expect("--duration SECONDS").parse().unwrap()
             }
+            "--volumes" => opts.volumes = args.next().expect("--volumes N").parse().unwrap(),
+            "--churn" => opts.churn = args.next().expect("--churn RATE").parse().unwrap(),
             // `cargo bench` passes `--bench`; filters are not used here.
             _ => {}
         }
@@ -86,9 +101,11 @@ fn options() -> Options {
 }
 
 /// A cluster of `n` nodes: pool `default` (btrfs, 500Gi-4Ti, 0-95 % allocated) on every node,
-/// pool `fast` (hostpath, 200Gi) on every other one, 4 LocalVolumes per node, every 50th
-/// node's agent silent for 5 minutes, and the pod's two claims (50Gi and 20Gi, class `local`).
-fn cluster(n: usize, now: Timestamp) -> ClusterIndex {
+/// pool `fast` (hostpath, 200Gi) on every other one, 4 LocalVolumes per node (or `volumes`
+/// spread over the nodes, each with its bound claim), every 50th node's agent silent for 5
+/// minutes, and the pod's two claims (50Gi and 20Gi, class `local`).
+fn cluster(n: usize, volumes: usize, now: Timestamp) -> ClusterIndex {
+    let per_node = if volumes == 0 { 4 } else { volumes.div_ceil(n) };
     let mut index = ClusterIndex::new();
     index.apply_storage_class(
         storage_class("local")
@@ -110,7 +127,7 @@ fn cluster(n: usize, now: Timestamp) -> ClusterIndex {
             allocatable_bytes: capacity - capacity / 20,
             allocated_bytes: allocated,
             available_bytes: capacity - allocated,
-            volumes: 4,
+            volumes: per_node as u64,
             ready: true,
             ..Default::default()
         }];
@@ -140,22 +157,26 @@ fn cluster(n: usize, now: Timestamp) -> ClusterIndex {
         status.refresh_totals();
         sn.status = Some(status);
         index.apply_storage_node(sn);
-        for v in 0..4 {
+        for v in 0..per_node {
             let uid = format!("{i:05}-{v}");
-            index.apply_local_volume(LocalVolume::new(
-                &format!("pvc-{uid}"),
-                LocalVolumeSpec {
-                    node_name: name.clone(),
-                    pool: "default".into(),
-                    size_bytes: allocated / 4,
-                    claim: ClaimRef {
-                        namespace: "apps".into(),
-                        name: format!("data-{uid}"),
-                        uid,
-                    },
-                    on_delete: OnDelete::Delete,
-                },
+            let claim = format!("data-{uid}");
+            index.apply_local_volume(local_volume(
+                &uid,
+                &claim,
+                &name,
+                allocated / per_node as u64,
             ));
+            if volumes > 0 {
+                let mut pvc: PersistentVolumeClaim = pvc("apps", &claim)
+                    .size("1Gi")
+                    .class("local")
+                    .selected_node(&name)
+                    .volume_name(&format!("pvc-{uid}"))
+                    .phase("Bound")
+                    .build();
+                pvc.metadata.uid = Some(uid);
+                index.apply_claim(pvc);
+            }
         }
     }
     for (claim, size) in [("data-db-0", "50Gi"), ("wal-db-0", "20Gi")] {
@@ -163,6 +184,70 @@ fn cluster(n: usize, now: Timestamp) -> ClusterIndex {
         index.apply_claim(claim);
     }
     index
+}
+
+fn local_volume(uid: &str, claim: &str, node: &str, size: u64) -> LocalVolume {
+    LocalVolume::new(
+        &format!("pvc-{uid}"),
+        LocalVolumeSpec {
+            node_name: node.to_string(),
+            pool: "default".into(),
+            size_bytes: size,
+            claim: ClaimRef {
+                namespace: "apps".into(),
+                name: claim.to_string(),
+                uid: uid.to_string(),
+            },
+            on_delete: OnDelete::Delete,
+        },
+    )
+}
+
+/// Changes `index` `rate` times a second until `stop`, each under the write lock: claims
+/// made, given a selected node, their LocalVolume, bound, and deleted with the volume. The
+/// changes made and the seconds taken.
+fn churn(
+    index: Arc<RwLock<ClusterIndex>>,
+    n: usize,
+    rate: u32,
+    stop: Arc<AtomicBool>,
+) -> (u64, f64) {
+    let started = Instant::now();
+    let mut done: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let due = started + Duration::from_secs_f64(done as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let cycle = done / 5;
+        let uid = format!("churn-{cycle:010}");
+        let claim = format!("churn-{cycle}");
+        let node = node_name((cycle as usize * 7_919) % n);
+        let unbound = || {
+            let mut pvc: PersistentVolumeClaim = pvc("churn", &claim)
+                .size("10Gi")
+                .class("local")
+                .selected_node(&node)
+                .build();
+            pvc.metadata.uid = Some(uid.clone());
+            pvc
+        };
+        let mut index = index.write().unwrap();
+        match done % 5 {
+            0 => index.apply_claim(unbound()),
+            1 => index.apply_local_volume(local_volume(&uid, &claim, &node, 10 * GI)),
+            2 => {
+                let mut bound = unbound();
+                bound.spec.as_mut().unwrap().volume_name = Some(format!("pvc-{uid}"));
+                index.apply_claim(bound);
+            }
+            3 => index.delete_claim("churn", &claim),
+            _ => index.delete_local_volume(&format!("pvc-{uid}")),
+        }
+        drop(index);
+        done += 1;
+    }
+    (done, started.elapsed().as_secs_f64())
 }
 
 fn node_name(i: usize) -> String {
@@ -493,9 +578,9 @@ async fn run(opts: Options) {
     }
     for &n in &opts.nodes {
         let now = Timestamp::now();
-        let index = Arc::new(RwLock::new(cluster(n, now)));
+        let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
         let registry = prometheus::Registry::new();
-        let app = extender_app(index, FitOptions::default(), "", &registry).unwrap();
+        let app = extender_app(index.clone(), FitOptions::default(), "", &registry).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -527,6 +612,11 @@ async fn run(opts: Options) {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
 
         if opts.clients > 0 {
+            let stop = Arc::new(AtomicBool::new(false));
+            let churner = (opts.churn > 0).then(|| {
+                let (index, stop, rate) = (index.clone(), stop.clone(), opts.churn);
+                std::thread::spawn(move || churn(index, n, rate, stop))
+            });
             load(
                 addr,
                 n,
@@ -535,6 +625,16 @@ async fn run(opts: Options) {
                 opts.duration,
             )
             .await;
+            stop.store(true, Ordering::Relaxed);
+            if let Some(churner) = churner {
+                let (changes, seconds) = churner.join().unwrap();
+                println!(
+                    "churn: {changes} changes in {seconds:.1} s = {:.0}/s (asked {}), {} volumes",
+                    changes as f64 / seconds,
+                    opts.churn,
+                    opts.volumes,
+                );
+            }
             server.abort();
             continue;
         }
