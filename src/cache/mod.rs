@@ -13,16 +13,19 @@
 //!   pod's own claims         ──► Demand, minus what the cluster already holds for them
 //! ```
 //!
-//! The time-independent part of the ledger is derived on demand and cached until the next
-//! change; heartbeat ages are filled in per query from `now`. Beside each node's ledger entry
-//! the derived part keeps a compact summary (free and allocatable bytes per pool, readiness,
-//! heartbeat) in contiguous arrays, which [`FitPlan`] reads on the extender's per-node path:
-//! a node that certainly fits, and every score, is decided from the summary alone, and only
-//! a node that may not fit goes through [`check_aged`] for the reason.
+//! The time-independent part of the ledger is kept up to date by every change, node by
+//! node: a running tally keeps allocated and reserved bytes per node and pool by deltas (a claim's
+//! reservation starts and ends with its `selected-node`, its binding and its LocalVolume),
+//! and each change rewrites only the entries of the nodes it touched, so no extender request
+//! ever derives the ledger, whatever churns. Heartbeat ages are filled in per query from
+//! `now`. Beside each node's ledger entry the index keeps a compact summary (free and
+//! allocatable bytes per pool, readiness, heartbeat) in contiguous arrays, which
+//! [`FitPlan`] reads on the extender's per-node path: a node that certainly fits, and every
+//! score, is decided from the summary alone, and only a node that may not fit goes through
+//! [`check_aged`] for the reason.
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -44,6 +47,7 @@ pub mod metrics;
 pub mod policy;
 pub mod rows;
 pub mod slim;
+mod tally;
 pub mod watch;
 
 #[cfg(test)]
@@ -53,6 +57,7 @@ pub use class::{ClassError, ClassParams};
 pub use metrics::ExtenderMetrics;
 pub use policy::{Clock, StowagePolicy};
 pub use rows::{ClaimRow, Id, Name, PvRow, Sym, Syms, VolumeRow};
+use tally::{ClaimId, Hold, Tally};
 
 /// Prefix of a LocalVolume's name; the rest is the claim's UID.
 pub const LOCAL_VOLUME_PREFIX: &str = "pvc-";
@@ -94,12 +99,18 @@ pub struct ClusterIndex {
     trigger: Option<TriggerFn>,
     /// Rows of a re-list in progress, made as its pages arrive (see `stage_*`).
     staging: Staging,
+    /// The node-local classes among `classes`, parsed, by name.
+    local_classes: HashMap<Sym, LocalClass>,
+    /// Allocated and reserved bytes per node and pool, kept by deltas ([`tally`]).
+    tally: Tally,
     /// The ledger without heartbeat ages, with each node's parsed heartbeat and compact
-    /// summary; cleared on every change but a heartbeat.
-    base: OnceLock<Base>,
-    /// How often the ledger was derived, for tests that prove a change did not discard it.
+    /// summary. Every change updates the nodes it concerns in place; only a StorageNode
+    /// leaving, a node's pool list changing, or a re-list rebuilds it whole. Reads never
+    /// derive anything.
+    base: Base,
+    /// How often `base` was rebuilt whole, for tests that prove a change did not.
     #[cfg(test)]
-    derivations: std::sync::atomic::AtomicUsize,
+    rebuilds: usize,
 }
 
 impl std::fmt::Debug for ClusterIndex {
@@ -171,6 +182,9 @@ struct Base {
     pools: Vec<PoolSummary>,
     /// The pool names any node has; [`PoolSummary::pool`] is a position here.
     pool_names: Vec<PoolName>,
+    /// Entries of `pools` no node points at any more (its node left, or its pool list
+    /// changed size); the index rebuilds `Base` when they are most of it.
+    stale_pools: usize,
 }
 
 /// A node's ledger entry without its heartbeat age, and the heartbeat it is derived from.
@@ -299,10 +313,19 @@ pub enum DemandError {
     Overflow(#[from] DemandOverflow),
 }
 
+/// A StorageClass of the node-local provisioner, as the index keeps it.
+#[derive(Clone, Debug)]
+struct LocalClass {
+    /// Its parameters, or why they are invalid.
+    params: Result<ClassParams, ClassError>,
+    /// Its pool, interned (`None` when the parameters are invalid).
+    pool: Option<Sym>,
+}
+
 /// A claim that stowage must place, as far as the index can tell.
 struct LocalClaim<'a> {
     claim: &'a ClaimRow,
-    params: ClassParams,
+    params: &'a ClassParams,
     bytes: Bytes,
 }
 
@@ -339,10 +362,6 @@ impl ClusterIndex {
         &self.provisioner.0
     }
 
-    fn changed(&mut self) {
-        self.base = OnceLock::new();
-    }
-
     /// Adds or replaces a StorageNode (keyed by name).
     ///
     /// Every agent writes a heartbeat every 10 s, so at 5,000 nodes hundreds of updates a
@@ -358,23 +377,21 @@ impl ClusterIndex {
             .is_some_and(|old| only_heartbeat_differs(old.as_ref(), status.as_ref()));
         let beat = heartbeat(status.as_ref());
         self.nodes.insert(name.as_str().into(), status);
-        if !heartbeat_only {
-            self.changed();
-            return;
-        }
-        // Not derived yet: the next derivation reads the new object anyway.
-        if let Some(base) = self.base.get_mut()
-            && let Some(&i) = base.by_name.get(name.as_str())
-        {
-            base.nodes[i].heartbeat = beat;
-            base.summaries[i].heartbeat = beat;
+        match self.base.by_name.get(name.as_str()) {
+            Some(&i) if heartbeat_only => {
+                self.base.nodes[i].heartbeat = beat;
+                self.base.summaries[i].heartbeat = beat;
+            }
+            _ => self.refresh_node(&name),
         }
     }
 
     /// Removes a StorageNode.
     pub fn delete_storage_node(&mut self, name: &str) {
-        self.nodes.remove(name);
-        self.changed();
+        if self.nodes.remove(name).is_some() {
+            self.base.remove(name);
+            self.compact_base();
+        }
     }
 
     /// Replaces every StorageNode with a re-list.
@@ -388,7 +405,7 @@ impl ClusterIndex {
                 )
             })
             .collect();
-        self.changed();
+        self.rebuild();
     }
 
     /// Sets who is told about changed claims, LocalVolumes and PersistentVolumes.
@@ -418,8 +435,9 @@ impl ClusterIndex {
         let row = VolumeRow::new(&volume, &mut self.syms);
         let unchanged = self.volumes.get(&name).is_some_and(|old| old.rv == row.rv);
         let triggers = (!unchanged).then(|| self.volume_triggers(&name, &row));
-        self.volumes.insert(name, row);
-        self.changed();
+        let before = self.counted(&name);
+        self.volumes.insert(name.clone(), row);
+        self.recount(&name, before);
         self.fire(triggers.into_iter().flatten());
     }
 
@@ -450,15 +468,18 @@ impl ClusterIndex {
             pool: self.syms.intern(&volume.spec.pool),
             size: volume.spec.size_bytes,
         };
-        self.assumed.insert(name, assumed);
-        self.changed();
+        let before = self.counted(&name);
+        self.assumed.insert(name.clone(), assumed);
+        self.recount(&name, before);
     }
 
     /// Ends [`ClusterIndex::assume_local_volume`] for the LocalVolume `name`, whether its
     /// create succeeded (then its row counts) or failed.
     pub fn forget_assumed(&mut self, name: &str) {
-        if self.assumed.remove(&Name::new(name)).is_some() {
-            self.changed();
+        let name = Name::new(name);
+        let before = self.counted(&name);
+        if self.assumed.remove(&name).is_some() {
+            self.recount(&name, before);
         }
     }
 
@@ -488,11 +509,12 @@ impl ClusterIndex {
     /// Removes a LocalVolume.
     pub fn delete_local_volume(&mut self, name: &str) {
         let name = Name::new(name);
+        let before = self.counted(&name);
         if let Some(row) = self.volumes.swap_remove(&name) {
+            self.recount(&name, before);
             let triggers = self.volume_triggers(&name, &row);
             self.fire(triggers);
         }
-        self.changed();
     }
 
     /// Replaces every LocalVolume with a re-list.
@@ -523,7 +545,7 @@ impl ClusterIndex {
         let triggers = relisted(&old, &self.volumes, |row| &row.rv)
             .flat_map(|(name, row)| self.volume_triggers(name, row))
             .collect::<Vec<_>>();
-        self.changed();
+        self.retally();
         self.fire(triggers);
     }
 
@@ -559,8 +581,10 @@ impl ClusterIndex {
         let row = ClaimRow::new(&claim, &mut self.syms);
         let unchanged = self.claims.get(&key).is_some_and(|old| old.rv == row.rv);
         let triggers = (!unchanged).then(|| self.claim_triggers(&key, &row));
-        self.claims.insert(key, row);
-        self.changed();
+        if let Some(old) = self.claims.insert(key.clone(), row) {
+            self.tally.stop_waiting(&Name::for_uid(&old.uid), &key);
+        }
+        self.track_claim(&key);
         self.fire(triggers.into_iter().flatten());
     }
 
@@ -571,10 +595,11 @@ impl ClusterIndex {
         };
         let key = (ns, Box::<str>::from(name));
         if let Some(row) = self.claims.swap_remove(&key) {
+            self.tally.stop_waiting(&Name::for_uid(&row.uid), &key);
+            self.retrack_claim(&key);
             let triggers = self.claim_triggers(&key, &row);
             self.fire(triggers);
         }
-        self.changed();
     }
 
     /// Replaces every claim with a re-list.
@@ -604,7 +629,7 @@ impl ClusterIndex {
         let triggers = relisted(&old, &self.claims, |row| &row.rv)
             .flat_map(|(key, row)| self.claim_triggers(key, row))
             .collect::<Vec<_>>();
-        self.changed();
+        self.retally();
         self.fire(triggers);
     }
 
@@ -966,13 +991,14 @@ impl ClusterIndex {
     pub fn apply_storage_class(&mut self, class: StorageClass) {
         let name = class.metadata.name.clone().unwrap_or_default();
         self.classes.insert(name, class);
-        self.changed();
+        self.reclass();
     }
 
     /// Removes a StorageClass.
     pub fn delete_storage_class(&mut self, name: &str) {
-        self.classes.remove(name);
-        self.changed();
+        if self.classes.remove(name).is_some() {
+            self.reclass();
+        }
     }
 
     /// Replaces every StorageClass with a re-list.
@@ -981,7 +1007,7 @@ impl ClusterIndex {
             .into_iter()
             .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
             .collect();
-        self.changed();
+        self.reclass();
     }
 
     /// The StorageClass called `name`.
@@ -1017,18 +1043,16 @@ impl ClusterIndex {
         let Some(node) = self.syms.lookup(name) else {
             return Vec::new();
         };
-        let mut params = ParamsCache::default();
-        self.claims
-            .iter()
-            .filter(|(_, c)| c.selected_node == Some(node) && c.volume_name.is_none())
-            .filter_map(|((ns, claim_name), claim)| {
-                let hold = self.held_for(claim, &mut params)?;
-                (hold.held == Held::Reserved).then(|| Reservation {
+        self.tally
+            .holds_on(node)
+            .filter_map(|(id, hold)| {
+                let claim = self.claims.get(id)?;
+                Some(Reservation {
                     uid: claim.uid.to_string(),
-                    claim: ClaimKey::new(self.syms.string(*ns), claim_name.to_string()),
+                    claim: ClaimKey::new(self.syms.string(id.0), id.1.to_string()),
                     created: claim.created.get(),
-                    pool: hold.pool,
-                    bytes: hold.bytes,
+                    pool: PoolName(self.syms.string(hold.pool)),
+                    bytes: Bytes(hold.bytes),
                 })
             })
             .collect()
@@ -1072,100 +1096,227 @@ impl ClusterIndex {
     }
 
     fn base(&self) -> &Base {
-        self.base.get_or_init(|| self.derive())
+        &self.base
     }
 
-    /// Builds the ledger without heartbeat ages.
-    ///
-    /// Allocated bytes per pool are the larger of the sum of the LocalVolumes there and the
-    /// agent's `allocatedBytes`. The LocalVolumes are usually fresher (the controller
-    /// creates them before the agent next reports); the agent's figure can be larger for a
-    /// moment (a volume whose object is gone but whose data is not). Taking the larger
-    /// never promises bytes either source says are taken.
-    fn derive(&self) -> Base {
-        #[cfg(test)]
-        self.derivations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut allocated = PerPool::default();
-        for lv in self.volumes.values() {
-            add(
-                &mut allocated,
-                self.syms.text(lv.node),
-                self.syms.text(lv.pool),
-                Bytes(lv.size),
-            );
+    // --- keeping the ledger ---
+
+    /// The node and pool where the LocalVolume `name` takes its bytes, and how many: its
+    /// row, or else the assumption of it ([`ClusterIndex::assume_local_volume`]).
+    fn counted(&self, name: &Name) -> Option<(Sym, Sym, u64)> {
+        self.volumes
+            .get(name)
+            .map(|v| (v.node, v.pool, v.size))
+            .or_else(|| self.assumed.get(name).map(|a| (a.node, a.pool, a.size)))
+    }
+
+    /// Moves the tally from `before` (what the LocalVolume `name` counted before a change)
+    /// to what it counts now, and updates the claim waiting for it, whose reservation ends
+    /// when the volume appears and comes back when it goes.
+    fn recount(&mut self, name: &Name, before: Option<(Sym, Sym, u64)>) {
+        let after = self.counted(name);
+        if before == after {
+            return;
+        }
+        if let Some((node, pool, bytes)) = before {
+            self.tally.free(node, pool, bytes);
+        }
+        if let Some((node, pool, bytes)) = after {
+            self.tally.allocate(node, pool, bytes);
+        }
+        if before.is_some() != after.is_some()
+            && let Some(id) = self.tally.waiting_for(name).cloned()
+        {
+            self.retrack_claim(&id);
+        }
+        for node in [before, after]
+            .into_iter()
+            .flatten()
+            .map(|(node, _, _)| node)
+        {
+            self.refresh_sym(node);
+        }
+    }
+
+    /// Starts tracking claim `id` as its row now is: waiting for its LocalVolume if it is
+    /// unbound with a selected node, and its reservation.
+    fn track_claim(&mut self, id: &ClaimId) {
+        if let Some(row) = self.claims.get(id)
+            && row.selected_node.is_some()
+            && row.volume_name.is_none()
+        {
+            self.tally.wait(Name::for_uid(&row.uid), id.clone());
+        }
+        self.retrack_claim(id);
+    }
+
+    /// Brings claim `id`'s reservation in the tally up to date with its row (none when the
+    /// row is gone), and the nodes it concerns.
+    fn retrack_claim(&mut self, id: &ClaimId) {
+        let old = self.tally.unhold(id);
+        let new = self.claims.get(id).and_then(|row| self.reservation(row));
+        if let Some(hold) = new {
+            self.tally.hold(id.clone(), hold);
+        }
+        if old != new {
+            for node in [old, new].into_iter().flatten().map(|h| h.node) {
+                self.refresh_sym(node);
+            }
+        }
+    }
+
+    /// The reservation the claim `row` holds: its selected node, while it is unbound, of a
+    /// valid node-local class and size, and has no LocalVolume (made or assumed) yet.
+    fn reservation(&self, row: &ClaimRow) -> Option<Hold> {
+        let node = row.selected_node?;
+        if row.volume_name.is_some() {
+            return None;
+        }
+        let pool = self.local_classes.get(&row.class?)?.pool?;
+        let bytes = match row.request {
+            None => Bytes::ZERO,
+            Some(q) => self.syms.text(q).parse().ok()?,
+        };
+        let volume = Name::for_uid(&row.uid);
+        if self.volumes.contains_key(&volume) || self.assumed.contains_key(&volume) {
+            return None;
+        }
+        Some(Hold {
+            node,
+            pool,
+            bytes: bytes.0,
+        })
+    }
+
+    /// Parses the node-local classes again after a StorageClass change, and updates the
+    /// claims whose reservation depends on them.
+    fn reclass(&mut self) {
+        let mut local = HashMap::new();
+        for (name, class) in &self.classes {
+            if !class::is_local(class, &self.provisioner.0) {
+                continue;
+            }
+            let params = ClassParams::from_class(class);
+            let pool = params
+                .as_ref()
+                .ok()
+                .map(|p| self.syms.intern(p.pool.as_str()));
+            local.insert(self.syms.intern(name), LocalClass { params, pool });
+        }
+        self.local_classes = local;
+        let waiting: Vec<ClaimId> = self.tally.waiting().cloned().collect();
+        for id in &waiting {
+            self.retrack_claim(id);
+        }
+    }
+
+    /// Counts everything again from the objects (a re-list replaced a kind), then rebuilds
+    /// `base`.
+    fn retally(&mut self) {
+        self.tally = Tally::default();
+        for v in self.volumes.values() {
+            self.tally.allocate(v.node, v.pool, v.size);
         }
         for (name, a) in &self.assumed {
             if !self.volumes.contains_key(name) {
-                add(
-                    &mut allocated,
-                    self.syms.text(a.node),
-                    self.syms.text(a.pool),
-                    Bytes(a.size),
-                );
+                self.tally.allocate(a.node, a.pool, a.size);
             }
         }
-        let mut reserved = PerPool::default();
-        let mut params = ParamsCache::default();
-        for claim in self.claims.values() {
-            if claim.selected_node.is_some()
-                && claim.volume_name.is_none()
-                && let Some(h) = self.held_for(claim, &mut params)
-                && h.held == Held::Reserved
-            {
-                add(&mut reserved, h.node.as_str(), h.pool.as_str(), h.bytes);
+        for (id, row) in &self.claims {
+            if row.selected_node.is_some() && row.volume_name.is_none() {
+                self.tally.wait(Name::for_uid(&row.uid), id.clone());
             }
+            if let Some(hold) = self.reservation(row) {
+                self.tally.hold(id.clone(), hold);
+            }
+        }
+        self.rebuild();
+    }
+
+    /// [`ClusterIndex::refresh_node`] for the node `node`.
+    fn refresh_sym(&mut self, node: Sym) {
+        let name = self.syms.string(node);
+        self.refresh_node(&name);
+    }
+
+    /// Brings `base`'s entry of node `name` up to date with its StorageNode and the tally:
+    /// in place, or appended for a node new to it. Nothing for a node without a
+    /// StorageNode (its bytes wait in the tally).
+    fn refresh_node(&mut self, name: &str) {
+        let Some(status) = self.nodes.get(name) else {
+            return;
+        };
+        let beat = heartbeat(status.as_ref());
+        let state = self.ledger_entry(name, status.as_ref());
+        self.base.put(name, state, beat);
+        self.compact_base();
+    }
+
+    /// Rebuilds `base` when most of its pool table is left over from removed or changed
+    /// nodes.
+    fn compact_base(&mut self) {
+        if self.base.stale_pools > self.base.pools.len() / 2 {
+            self.rebuild();
+        }
+    }
+
+    /// Builds `base` whole from the StorageNodes and the tally.
+    fn rebuild(&mut self) {
+        #[cfg(test)]
+        {
+            self.rebuilds += 1;
         }
         let mut base = Base::default();
         base.by_name.reserve(self.nodes.len());
         base.nodes.reserve(self.nodes.len());
         base.summaries.reserve(self.nodes.len());
         for (name, status) in &self.nodes {
-            let beat = heartbeat(status.as_ref());
-            let status = status.clone().unwrap_or_default();
-            let mut node = status.to_node_state(name, None);
-            for pool in &mut node.pools {
-                let lvs = get(&allocated, name, pool.name.as_str());
-                pool.allocated = pool.allocated.max(lvs);
-                pool.reserved = get(&reserved, name, pool.name.as_str());
-            }
-            base.push(name, node, beat);
+            let state = self.ledger_entry(name, status.as_ref());
+            base.put(name, state, heartbeat(status.as_ref()));
         }
-        base
+        self.base = base;
+    }
+
+    /// Node `name`'s ledger entry without its heartbeat age: its StorageNode's figures,
+    /// with allocated bytes the larger of the agent's and the LocalVolumes' (the tally's),
+    /// and reserved bytes the tally's.
+    ///
+    /// The LocalVolumes are usually fresher (the controller creates them before the agent
+    /// next reports); the agent's figure can be larger for a moment (a volume whose object
+    /// is gone but whose data is not). Taking the larger never promises bytes either source
+    /// says are taken.
+    fn ledger_entry(&self, name: &str, status: Option<&StorageNodeStatus>) -> NodeState {
+        let mut node = match status {
+            Some(status) => status.to_node_state(name, None),
+            None => StorageNodeStatus::default().to_node_state(name, None),
+        };
+        let node_sym = self.syms.lookup(name);
+        for pool in &mut node.pools {
+            let (allocated, reserved) = match (node_sym, self.syms.lookup(pool.name.as_str())) {
+                (Some(n), Some(p)) => (self.tally.allocated(n, p), self.tally.reserved(n, p)),
+                _ => (Bytes::ZERO, Bytes::ZERO),
+            };
+            pool.allocated = pool.allocated.max(allocated);
+            pool.reserved = reserved;
+        }
+        node
     }
 
     /// The claim as stowage sees it: `Ok(None)` when it is not a local claim or not
     /// placeable yet (bound, no class or an unknown class). Invalid classes and sizes are
-    /// errors. `params` caches each class's parsed parameters across calls.
+    /// errors.
     fn local_claim<'a>(
-        &self,
+        &'a self,
         key: (&str, &str),
         claim: &'a ClaimRow,
-        params: &mut ParamsCache,
     ) -> Result<Option<LocalClaim<'a>>, DemandError> {
         if claim.volume_name.is_some() {
             return Ok(None);
         }
-        let Some(class_sym) = claim.class else {
+        let Some(class) = claim.class.and_then(|c| self.local_classes.get(&c)) else {
             return Ok(None);
         };
-        let parsed = match params.get(&class_sym) {
-            Some(p) => p.clone(),
-            None => {
-                let p = match self.classes.get(self.syms.text(class_sym)) {
-                    Some(class) if class::is_local(class, &self.provisioner.0) => {
-                        Some(ClassParams::from_class(class))
-                    }
-                    _ => None,
-                };
-                params.insert(class_sym, p.clone());
-                p
-            }
-        };
-        let Some(parsed) = parsed else {
-            return Ok(None);
-        };
-        let params = parsed?;
+        let params = class.params.as_ref().map_err(Clone::clone)?;
         let bytes = match claim.request {
             None => Bytes::ZERO,
             Some(q) => self
@@ -1187,12 +1338,6 @@ impl ClusterIndex {
 
     /// Where the cluster already holds bytes for an unbound local claim: the LocalVolume
     /// `pvc-<uid>` if it exists (allocated), otherwise the selected node (reserved).
-    /// Claims with invalid classes or sizes hold nothing.
-    fn held_for(&self, claim: &ClaimRow, params: &mut ParamsCache) -> Option<OwnHold> {
-        let local = self.local_claim(("", ""), claim, params).ok()??;
-        self.held_for_local(&local)
-    }
-
     fn held_for_local(&self, local: &LocalClaim<'_>) -> Option<OwnHold> {
         let claim = local.claim;
         let name = Name::for_uid(&claim.uid);
@@ -1224,14 +1369,12 @@ impl ClusterIndex {
     /// scheduler's `selected-node` arrives ([`inflight`]).
     pub fn pod_unplaced(&self, pod: &Pod) -> Vec<inflight::GuessedClaim> {
         let (namespace, claims) = pod_claims(pod);
-        let mut params = ParamsCache::default();
         let mut out = Vec::new();
         for claim_name in claims {
             let Some(claim) = self.claim_row(namespace, &claim_name) else {
                 continue;
             };
-            let Ok(Some(local)) = self.local_claim((namespace, &claim_name), claim, &mut params)
-            else {
+            let Ok(Some(local)) = self.local_claim((namespace, &claim_name), claim) else {
                 continue;
             };
             if self.held_for_local(&local).is_none() {
@@ -1265,7 +1408,6 @@ impl ClusterIndex {
         let mut demand = Demand::new();
         let mut placement = None;
         let mut holds = Vec::new();
-        let mut params = ParamsCache::default();
         for claim_name in claims {
             let Some(claim) = self.claim_row(namespace, &claim_name) else {
                 return Ok(PodDemand::Unseen(format!(
@@ -1283,8 +1425,7 @@ impl ClusterIndex {
                 }
                 Some(_) => {}
             }
-            let Some(local) = self.local_claim((namespace, &claim_name), claim, &mut params)?
-            else {
+            let Some(local) = self.local_claim((namespace, &claim_name), claim)? else {
                 continue;
             };
             demand.add(local.params.pool.clone(), local.bytes)?;
@@ -1305,32 +1446,61 @@ impl ClusterIndex {
 // === impl Base ===
 
 impl Base {
-    /// Adds a node's entry and its summary. A name seen before replaces nothing: the
-    /// index's map of StorageNodes has each name once.
-    fn push(&mut self, name: &str, state: NodeState, heartbeat: Option<Timestamp>) {
-        let start = self.pools.len();
-        for pool in &state.pools {
-            let id = match self.pool_names.iter().position(|p| *p == pool.name) {
-                Some(id) => id,
-                None => {
-                    self.pool_names.push(pool.name.clone());
-                    self.pool_names.len() - 1
+    /// Sets node `name`'s entry and summary: in place when it has one with as many pools,
+    /// otherwise with its pools appended to the pool table.
+    fn put(&mut self, name: &str, state: NodeState, heartbeat: Option<Timestamp>) {
+        let index = self.by_name.get(name).copied();
+        let in_place = index.map(|i| self.summaries[i].pools.clone());
+        let pools = match in_place {
+            Some(range) if range.len() == state.pools.len() => {
+                for (slot, pool) in range.clone().zip(&state.pools) {
+                    self.pools[slot] = summarize(&mut self.pool_names, pool);
                 }
-            };
-            self.pools.push(PoolSummary {
-                pool: id,
-                ready: pool.ready,
-                free: pool.free(),
-                allocatable: pool.allocatable(),
-            });
-        }
-        self.summaries.push(NodeSummary {
+                range
+            }
+            old => {
+                self.stale_pools += old.map_or(0, |r| r.len());
+                let start = self.pools.len();
+                for pool in &state.pools {
+                    let summary = summarize(&mut self.pool_names, pool);
+                    self.pools.push(summary);
+                }
+                start..self.pools.len()
+            }
+        };
+        let summary = NodeSummary {
             heartbeat,
             ready: state.ready,
-            pools: start..self.pools.len(),
-        });
-        self.by_name.insert(name.into(), self.nodes.len());
-        self.nodes.push(BaseNode { state, heartbeat });
+            pools,
+        };
+        let node = BaseNode { state, heartbeat };
+        match index {
+            Some(i) => {
+                self.summaries[i] = summary;
+                self.nodes[i] = node;
+            }
+            None => {
+                self.by_name.insert(name.into(), self.nodes.len());
+                self.summaries.push(summary);
+                self.nodes.push(node);
+            }
+        }
+    }
+
+    /// Removes node `name`'s entry: the last node takes its place; its pools stay in the
+    /// pool table, counted in `stale_pools`.
+    fn remove(&mut self, name: &str) {
+        let Some(i) = self.by_name.remove(name) else {
+            return;
+        };
+        self.nodes.swap_remove(i);
+        let gone = self.summaries.swap_remove(i);
+        self.stale_pools += gone.pools.len();
+        if let Some(moved) = self.nodes.get(i)
+            && let Some(slot) = self.by_name.get_mut(moved.state.name.as_str())
+        {
+            *slot = i;
+        }
     }
 
     fn plan(&self, demand: &Demand) -> FitPlan<'_> {
@@ -1339,6 +1509,23 @@ impl Base {
             .map(|(pool, bytes)| (self.pool_names.iter().position(|p| p == pool), bytes))
             .collect();
         FitPlan { base: self, wanted }
+    }
+}
+
+/// A pool's summary, its name interned in `pool_names`.
+fn summarize(pool_names: &mut Vec<PoolName>, pool: &crate::ledger::PoolState) -> PoolSummary {
+    let id = match pool_names.iter().position(|p| *p == pool.name) {
+        Some(id) => id,
+        None => {
+            pool_names.push(pool.name.clone());
+            pool_names.len() - 1
+        }
+    };
+    PoolSummary {
+        pool: id,
+        ready: pool.ready,
+        free: pool.free(),
+        allocatable: pool.allocatable(),
     }
 }
 
@@ -1468,25 +1655,6 @@ fn pod_claims(pod: &Pod) -> (&str, Vec<String>) {
     (namespace, claims)
 }
 
-/// Bytes per node, then per pool.
-type PerPool = HashMap<String, HashMap<String, Bytes>>;
-
-fn add(map: &mut PerPool, node: &str, pool: &str, bytes: Bytes) {
-    let slot = map
-        .entry(node.to_string())
-        .or_default()
-        .entry(pool.to_string())
-        .or_default();
-    *slot = slot.saturating_add(bytes);
-}
-
-fn get(map: &PerPool, node: &str, pool: &str) -> Bytes {
-    map.get(node)
-        .and_then(|p| p.get(pool))
-        .copied()
-        .unwrap_or_default()
-}
-
 /// Whether a write's answer of version `new` may replace the index's version `old`: when
 /// the index has none, or both are numbers (etcd's) and `new` is the larger.
 fn newer(old: Option<&rows::Rv>, new: Option<&str>) -> bool {
@@ -1527,9 +1695,6 @@ fn compact_status(mut status: Option<StorageNodeStatus>) -> Option<StorageNodeSt
 /// where a hash map holds 65,536 row-sized slots (its capacity is a power of two, at most
 /// 7/8 full): 4.8 MiB less for the three tables of a 50,000-volume cluster.
 type Rows<K, V> = indexmap::IndexMap<K, V>;
-
-/// Each class's parsed parameters (`None`: not a node-local class), within one pass.
-type ParamsCache = HashMap<Sym, Option<Result<ClassParams, ClassError>>>;
 
 /// The agent's last report; `None` when there is none or it is not RFC 3339.
 /// Whether `new` differs from `old` in nothing the ledger reads but the heartbeat time.

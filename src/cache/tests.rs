@@ -790,7 +790,7 @@ mod fit_plan {
             let mut base = Base::default();
             for (i, (node, age)) in nodes.iter().enumerate() {
                 let heartbeat = age.map(|s| now - k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(s).unwrap()));
-                base.push(&format!("n{i}"), node.clone(), heartbeat);
+                base.put(&format!("n{i}"), node.clone(), heartbeat);
             }
             let plan = base.plan(&demand);
             prop_assert!(plan.node("absent").is_none());
@@ -819,9 +819,6 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
     ));
     let stale_age = index.node_view("n1", now()).unwrap().1.unwrap();
     assert_eq!(stale_age, Duration::from_secs(3600));
-    let derivations =
-        |index: &ClusterIndex| index.derivations.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(derivations(&index), 1);
 
     // The agent's next heartbeat: same pools, new time.
     index.apply_storage_node(sn(
@@ -833,11 +830,6 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
         index.node_view("n1", now()).unwrap().1,
         Some(Duration::ZERO)
     );
-    assert_eq!(
-        derivations(&index),
-        1,
-        "a heartbeat must not discard the derived ledger"
-    );
     let mut demand = Demand::new();
     demand
         .add(PoolName("default".into()), Bytes::gib(1))
@@ -848,7 +840,7 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
         "the fresh heartbeat counts in the fit check"
     );
 
-    // A capacity change is not a heartbeat: the ledger is derived again and sees it.
+    // A capacity change is not a heartbeat: the node's entry is updated and sees it.
     index.apply_storage_node(sn(
         "n1",
         Some(NOW),
@@ -859,8 +851,58 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
         !plan.node("n1").unwrap().fits(now(), &FitOptions::default()),
         "the full pool must be seen"
     );
-    drop(plan);
-    assert_eq!(derivations(&index), 2);
+}
+
+#[test]
+fn claims_volumes_and_storage_nodes_coming_and_going_never_rebuild_the_ledger_whole() {
+    let mut index = cluster();
+    let rebuilds = index.rebuilds;
+    let fits = |index: &ClusterIndex, node: &str, gib: u64| {
+        let mut demand = Demand::new();
+        demand
+            .add(PoolName("default".into()), Bytes::gib(gib))
+            .unwrap();
+        index
+            .fit_plan(&demand)
+            .node(node)
+            .unwrap()
+            .fits(now(), &FitOptions::default())
+    };
+    assert!(fits(&index, "n1", 100));
+
+    // A claim placed on n1: its reservation counts at once.
+    index.apply_claim(pvc("a", "local", "60Gi", Some("n1"), None));
+    assert!(!fits(&index, "n1", 41) && fits(&index, "n1", 40));
+    assert_eq!(index.reservations_on("n1").len(), 1);
+    // Its LocalVolume: the bytes move from reserved to allocated, counted once.
+    index.apply_local_volume(lv("a", "n1", "default", Bytes::gib(60)));
+    assert_eq!(
+        pool_of(&index, "n1", "default"),
+        (Bytes::gib(60), Bytes::ZERO)
+    );
+    assert!(index.reservations_on("n1").is_empty());
+    // Bound, then gone with its volume: the node is empty again.
+    index.apply_claim(pvc("a", "local", "60Gi", Some("n1"), Some("pvc-a")));
+    index.delete_local_volume("pvc-a");
+    index.delete_claim("apps", "a");
+    assert!(fits(&index, "n1", 100));
+    // A new StorageNode, a changed one, a class.
+    index.apply_storage_node(sn(
+        "n3",
+        Some(NOW),
+        &[("default", Bytes::gib(10), Bytes::ZERO)],
+    ));
+    index.apply_storage_node(sn(
+        "n1",
+        Some(NOW),
+        &[("default", Bytes::gib(50), Bytes::ZERO)],
+    ));
+    index.apply_storage_class(class("more", names::PROVISIONER_LOCAL, &[]));
+    assert!(fits(&index, "n3", 10) && !fits(&index, "n1", 51));
+    assert_eq!(
+        index.rebuilds, rebuilds,
+        "none of these changes may rebuild the whole ledger"
+    );
 }
 
 #[test]
@@ -1441,4 +1483,487 @@ fn namespaces_are_kept_as_their_uid_until_they_are_being_deleted() {
     index.reset_namespaces([namespace("team", "u-4", false)]);
     assert_eq!(index.namespace_uid("team").as_deref(), Some("u-4"));
     assert_eq!(index.namespace_uid("shop"), None);
+}
+
+/// The ledger as a derivation from the objects alone gives it, apart from every
+/// running sum: what the incremental ledger must always equal.
+fn derive_from_scratch(index: &ClusterIndex) -> Vec<NodeState> {
+    let mut allocated = PerPool::default();
+    for lv in index.volumes.values() {
+        add(
+            &mut allocated,
+            index.syms.text(lv.node),
+            index.syms.text(lv.pool),
+            Bytes(lv.size),
+        );
+    }
+    for (name, a) in &index.assumed {
+        if !index.volumes.contains_key(name) {
+            add(
+                &mut allocated,
+                index.syms.text(a.node),
+                index.syms.text(a.pool),
+                Bytes(a.size),
+            );
+        }
+    }
+    let mut reserved = PerPool::default();
+    for claim in index.claims.values() {
+        let Some(node) = claim.selected_node else {
+            continue;
+        };
+        let volume = Name::for_uid(&claim.uid);
+        if claim.volume_name.is_some()
+            || index.volumes.contains_key(&volume)
+            || index.assumed.contains_key(&volume)
+        {
+            continue;
+        }
+        let Some(class) = claim
+            .class
+            .and_then(|c| index.classes.get(index.syms.text(c)))
+        else {
+            continue;
+        };
+        if !class::is_local(class, &index.provisioner.0) {
+            continue;
+        }
+        let Ok(params) = ClassParams::from_class(class) else {
+            continue;
+        };
+        let bytes = match claim.request {
+            None => Bytes::ZERO,
+            Some(q) => match index.syms.text(q).parse() {
+                Ok(bytes) => bytes,
+                Err(_) => continue,
+            },
+        };
+        add(
+            &mut reserved,
+            index.syms.text(node),
+            params.pool.as_str(),
+            bytes,
+        );
+    }
+    let mut ledger: Vec<NodeState> = index
+        .nodes
+        .iter()
+        .map(|(name, status)| {
+            let mut node = status.clone().unwrap_or_default().to_node_state(name, None);
+            for pool in &mut node.pools {
+                let lvs = get(&allocated, name, pool.name.as_str());
+                pool.allocated = pool.allocated.max(lvs);
+                pool.reserved = get(&reserved, name, pool.name.as_str());
+            }
+            node
+        })
+        .collect();
+    ledger.sort_by(|a, b| a.name.cmp(&b.name));
+    ledger
+}
+
+/// Bytes per node, then per pool.
+type PerPool = HashMap<String, HashMap<String, Bytes>>;
+
+fn add(map: &mut PerPool, node: &str, pool: &str, bytes: Bytes) {
+    let slot = map
+        .entry(node.to_string())
+        .or_default()
+        .entry(pool.to_string())
+        .or_default();
+    *slot = slot.saturating_add(bytes);
+}
+
+fn get(map: &PerPool, node: &str, pool: &str) -> Bytes {
+    map.get(node)
+        .and_then(|p| p.get(pool))
+        .copied()
+        .unwrap_or_default()
+}
+
+mod incremental {
+    //! The ledger kept by deltas equals a derivation from scratch, whatever happened.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::{class, derive_from_scratch, lv, pvc, sn};
+    use crate::api::local_volume::LocalVolume;
+    use crate::api::names;
+    use crate::api::storage_node::StorageNode;
+    use crate::cache::ClusterIndex;
+    use crate::ledger::Bytes;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use k8s_openapi::api::storage::v1::StorageClass;
+
+    const NODES: [&str; 4] = ["n0", "n1", "n2", "no-storage-node"];
+    const POOLS: [&str; 3] = ["default", "fast", "nowhere"];
+    const SIZES: [&str; 4] = ["1Gi", "5Gi", "not-a-size", "20000000Ei"];
+
+    /// One thing that can happen to the index.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Node {
+            node: usize,
+            pools: (bool, bool),
+            gib: u64,
+            agent_gib: u64,
+            heartbeat: bool,
+        },
+        DeleteNode(usize),
+        Volume {
+            uid: usize,
+            node: usize,
+            pool: usize,
+            gib: u64,
+        },
+        DeleteVolume(usize),
+        Assume {
+            uid: usize,
+            node: usize,
+            pool: usize,
+            gib: u64,
+        },
+        Forget(usize),
+        Claim {
+            name: usize,
+            generation: usize,
+            class: usize,
+            size: usize,
+            selected: Option<usize>,
+            bound: bool,
+        },
+        DeleteClaim(usize),
+        Class {
+            which: usize,
+            variant: usize,
+        },
+        DeleteClass(usize),
+        /// A re-list of one kind (0 nodes, 1 volumes, 2 claims, 3 classes) that misses
+        /// the objects whose bit is set in `dropped`: deleted while the watch was down.
+        Relist {
+            kind: usize,
+            dropped: u8,
+        },
+        /// A new process: everything listed into a fresh index, which must agree too.
+        Restart,
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0..3usize, any::<(bool, bool)>(), 1..200u64, 0..50u64, any::<bool>()).prop_map(
+                |(node, pools, gib, agent_gib, heartbeat)| Op::Node {
+                    node,
+                    pools,
+                    gib,
+                    agent_gib,
+                    heartbeat
+                }
+            ),
+            1 => (0..3usize).prop_map(Op::DeleteNode),
+            1 => (0..12usize, 0..4usize, 0..3usize, 0..60u64).prop_map(|(uid, node, pool, gib)| {
+                Op::Volume {
+                    uid,
+                    node,
+                    pool,
+                    gib,
+                }
+            }),
+            1 => (0..12usize).prop_map(Op::DeleteVolume),
+            1 => (0..12usize, 0..4usize, 0..3usize, 0..60u64).prop_map(|(uid, node, pool, gib)| {
+                Op::Assume {
+                    uid,
+                    node,
+                    pool,
+                    gib,
+                }
+            }),
+            1 => (0..12usize).prop_map(Op::Forget),
+            4 => (
+                0..6usize,
+                0..2usize,
+                0..5usize,
+                0..4usize,
+                prop::option::weighted(0.8, 0..4usize),
+                prop::bool::weighted(0.2)
+            )
+                .prop_map(|(name, generation, class, size, selected, bound)| Op::Claim {
+                    name,
+                    generation,
+                    class,
+                    size,
+                    selected,
+                    bound
+                }),
+            1 => (0..6usize).prop_map(Op::DeleteClaim),
+            1 => (0..4usize, 0..3usize).prop_map(|(which, variant)| Op::Class { which, variant }),
+            1 => (0..4usize).prop_map(Op::DeleteClass),
+            1 => (0..4usize, any::<u8>()).prop_map(|(kind, dropped)| Op::Relist { kind, dropped }),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// The claim uid of claim `name` in its `generation`; LocalVolume uids are drawn
+    /// from the same 12, so volumes and claims meet.
+    fn uid(n: usize) -> String {
+        format!("c{}-{}", n % 6, n / 6)
+    }
+
+    const CLASSES: [&str; 4] = ["local", "fast", "other", "missing"];
+
+    fn class_object(which: usize, variant: usize) -> StorageClass {
+        let name = CLASSES[which];
+        match variant {
+            0 => class(name, names::PROVISIONER_LOCAL, &[]),
+            1 => class(name, names::PROVISIONER_LOCAL, &[("pool", "fast")]),
+            _ => class(name, names::PROVISIONER_LOCAL, &[("placement", "random")]),
+        }
+    }
+
+    /// What the API server holds: the objects last written, by name.
+    #[derive(Default)]
+    struct World {
+        nodes: BTreeMap<String, StorageNode>,
+        volumes: BTreeMap<String, LocalVolume>,
+        claims: BTreeMap<String, PersistentVolumeClaim>,
+        classes: BTreeMap<String, StorageClass>,
+    }
+
+    fn drop_some<T>(map: &mut BTreeMap<String, T>, dropped: u8) {
+        let names: Vec<String> = map.keys().cloned().collect();
+        for (i, name) in names.iter().enumerate() {
+            if dropped & (1 << (i % 8)) != 0 {
+                map.remove(name);
+            }
+        }
+    }
+
+    fn apply(index: &mut ClusterIndex, world: &mut World, op: &Op) {
+        match *op {
+            Op::Node {
+                node,
+                pools,
+                gib,
+                agent_gib,
+                heartbeat,
+            } => {
+                let mut list = Vec::new();
+                if pools.0 {
+                    list.push(("default", Bytes::gib(gib), Bytes::gib(agent_gib)));
+                }
+                if pools.1 {
+                    list.push(("fast", Bytes::gib(gib / 2), Bytes::ZERO));
+                }
+                let beat = if heartbeat { super::NOW } else { super::STALE };
+                let object = sn(NODES[node], Some(beat), &list);
+                world.nodes.insert(NODES[node].into(), object.clone());
+                index.apply_storage_node(object);
+            }
+            Op::DeleteNode(node) => {
+                world.nodes.remove(NODES[node]);
+                index.delete_storage_node(NODES[node]);
+            }
+            Op::Volume {
+                uid: u,
+                node,
+                pool,
+                gib,
+            } => {
+                let object = lv(&uid(u), NODES[node], POOLS[pool], Bytes::gib(gib));
+                world
+                    .volumes
+                    .insert(format!("pvc-{}", uid(u)), object.clone());
+                index.apply_local_volume(object);
+            }
+            Op::DeleteVolume(u) => {
+                world.volumes.remove(&format!("pvc-{}", uid(u)));
+                index.delete_local_volume(&format!("pvc-{}", uid(u)));
+            }
+            Op::Assume {
+                uid: u,
+                node,
+                pool,
+                gib,
+            } => index.assume_local_volume(&lv(&uid(u), NODES[node], POOLS[pool], Bytes::gib(gib))),
+            Op::Forget(u) => index.forget_assumed(&format!("pvc-{}", uid(u))),
+            Op::Claim {
+                name,
+                generation,
+                class,
+                size,
+                selected,
+                bound,
+            } => {
+                let claim_name = format!("claim-{name}");
+                let mut object = pvc(
+                    &claim_name,
+                    CLASSES[class % 4],
+                    SIZES[size],
+                    selected.map(|n| NODES[n]),
+                    bound.then_some("pv"),
+                );
+                if class == 4 {
+                    object.spec.as_mut().unwrap().storage_class_name = None;
+                }
+                object.metadata.uid = Some(uid(name + 6 * generation));
+                world.claims.insert(claim_name, object.clone());
+                index.apply_claim(object);
+            }
+            Op::DeleteClaim(name) => {
+                let claim_name = format!("claim-{name}");
+                world.claims.remove(&claim_name);
+                index.delete_claim("apps", &claim_name);
+            }
+            Op::Class { which, variant } => {
+                let object = class_object(which, variant);
+                world.classes.insert(CLASSES[which].into(), object.clone());
+                index.apply_storage_class(object);
+            }
+            Op::DeleteClass(which) => {
+                world.classes.remove(CLASSES[which]);
+                index.delete_storage_class(CLASSES[which]);
+            }
+            Op::Relist { kind, dropped } => match kind {
+                0 => {
+                    drop_some(&mut world.nodes, dropped);
+                    index.reset_storage_nodes(world.nodes.values().cloned());
+                }
+                1 => {
+                    drop_some(&mut world.volumes, dropped);
+                    index.reset_local_volumes(world.volumes.values().cloned());
+                }
+                2 => {
+                    drop_some(&mut world.claims, dropped);
+                    index.reset_claims(world.claims.values().cloned());
+                }
+                _ => {
+                    drop_some(&mut world.classes, dropped);
+                    index.reset_storage_classes(world.classes.values().cloned());
+                }
+            },
+            Op::Restart => {
+                let mut fresh = ClusterIndex::new();
+                fresh.reset_storage_classes(world.classes.values().cloned());
+                fresh.reset_storage_nodes(world.nodes.values().cloned());
+                fresh.reset_local_volumes(world.volumes.values().cloned());
+                fresh.reset_claims(world.claims.values().cloned());
+                *index = fresh;
+            }
+        }
+    }
+
+    /// Every claim's reservation on every node, from the objects alone.
+    fn reservations_from_scratch(index: &ClusterIndex) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (ns, name) in index.claim_keys() {
+            let claim = index.claim(&ns, &name).unwrap();
+            let annotations = claim.metadata.annotations.clone().unwrap_or_default();
+            let Some(node) = annotations.get(names::ANNOTATION_SELECTED_NODE) else {
+                continue;
+            };
+            let spec = claim.spec.clone().unwrap_or_default();
+            let uid = claim.metadata.uid.clone().unwrap_or_default();
+            let volume = format!("pvc-{uid}");
+            if spec.volume_name.is_some()
+                || index.local_volume(&volume).is_some()
+                || index.is_assumed(&volume)
+            {
+                continue;
+            }
+            let Some(class) = spec
+                .storage_class_name
+                .as_deref()
+                .and_then(|c| index.storage_class(c))
+            else {
+                continue;
+            };
+            if class.provisioner != names::PROVISIONER_LOCAL {
+                continue;
+            }
+            let Ok(params) = crate::cache::ClassParams::from_class(class) else {
+                continue;
+            };
+            let request = spec
+                .resources
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").cloned());
+            let bytes: Bytes = match request {
+                None => Bytes::ZERO,
+                Some(q) => match q.0.parse() {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                },
+            };
+            out.entry(node.clone()).or_default().push(format!(
+                "{ns}/{name} {uid} {} {}",
+                params.pool.as_str(),
+                bytes.0
+            ));
+        }
+        out.values_mut().for_each(|v| v.sort());
+        out
+    }
+
+    fn check(index: &ClusterIndex) -> Result<(), TestCaseError> {
+        // The entries, as a derivation from the objects gives them.
+        let mut kept: Vec<_> = index.base.nodes.iter().map(|n| n.state.clone()).collect();
+        kept.sort_by(|a, b| a.name.cmp(&b.name));
+        prop_assert_eq!(&kept, &derive_from_scratch(index));
+        // The summaries, as each entry gives them, and the name index.
+        let base = &index.base;
+        prop_assert_eq!(base.by_name.len(), base.nodes.len());
+        prop_assert_eq!(base.summaries.len(), base.nodes.len());
+        for (i, node) in base.nodes.iter().enumerate() {
+            prop_assert_eq!(base.by_name.get(node.state.name.as_str()), Some(&i));
+            let summary = &base.summaries[i];
+            prop_assert_eq!(summary.ready, node.state.ready);
+            prop_assert_eq!(summary.heartbeat, node.heartbeat);
+            let pools = &base.pools[summary.pools.clone()];
+            prop_assert_eq!(pools.len(), node.state.pools.len());
+            for (kept, pool) in pools.iter().zip(&node.state.pools) {
+                prop_assert_eq!(&base.pool_names[kept.pool], &pool.name);
+                prop_assert_eq!(kept.ready, pool.ready);
+                prop_assert_eq!(kept.free, pool.free());
+                prop_assert_eq!(kept.allocatable, pool.allocatable());
+            }
+        }
+        // The provisioner's reservation lists.
+        let want = reservations_from_scratch(index);
+        for node in NODES {
+            let mut got: Vec<String> = index
+                .reservations_on(node)
+                .into_iter()
+                .map(|r| {
+                    format!(
+                        "{}/{} {} {} {}",
+                        r.claim.namespace,
+                        r.claim.name,
+                        r.uid,
+                        r.pool.as_str(),
+                        r.bytes.0
+                    )
+                })
+                .collect();
+            got.sort();
+            let none = Vec::new();
+            prop_assert_eq!(&got, want.get(node).unwrap_or(&none), "on {}", node);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_incremental_ledger_equals_a_derivation_from_scratch(
+            ops in prop::collection::vec(arb_op(), 1..60),
+        ) {
+            let mut index = ClusterIndex::new();
+            let mut world = World::default();
+            for op in &ops {
+                apply(&mut index, &mut world, op);
+                check(&index)?;
+            }
+        }
+    }
 }
