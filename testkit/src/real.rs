@@ -108,8 +108,17 @@ impl ControlPlane {
 
     /// How many scheduling attempts of kube-scheduler ended with `result` (`scheduled`,
     /// `unschedulable`, `error`), from its `scheduler_schedule_attempts_total` metric; `None`
-    /// while no scheduler runs.
+    /// while no scheduler runs. kube-scheduler 1.19 counts `scheduled` only once the pod is
+    /// bound, after its volumes are.
     pub async fn schedule_attempts(&self, result: &str) -> Option<u64> {
+        let label = format!("result=\"{result}\"");
+        self.scheduler_metric("scheduler_schedule_attempts_total", Some(&label))
+            .await
+    }
+
+    /// The sum of kube-scheduler's samples of `metric` (a counter, or a histogram's
+    /// `_count`) whose labels contain `label`; `None` while no scheduler runs.
+    pub async fn scheduler_metric(&self, metric: &str, label: Option<&str>) -> Option<u64> {
         let port: u16 = std::fs::read_to_string(self.dir.join("scheduler-port"))
             .ok()?
             .trim()
@@ -119,10 +128,13 @@ impl ControlPlane {
         if status != 200 {
             return None;
         }
-        let label = format!("result=\"{result}\"");
         let total: f64 = body
             .lines()
-            .filter(|l| l.starts_with("scheduler_schedule_attempts_total{") && l.contains(&label))
+            .filter(|l| {
+                l.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                    && label.is_none_or(|label| l.contains(label))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         Some(total as u64)
