@@ -33,7 +33,7 @@ use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelet
 use stowage::api::names;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::cache::ClusterIndex;
-use stowage::extender_role::extender_app;
+use stowage::extender_role::{BodyLimit, extender_app};
 use stowage::ledger::FitOptions;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -495,7 +495,14 @@ async fn run(opts: Options) {
         let now = Timestamp::now();
         let index = Arc::new(RwLock::new(cluster(n, now)));
         let registry = prometheus::Registry::new();
-        let app = extender_app(index, FitOptions::default(), "", &registry).unwrap();
+        let app = extender_app(
+            index,
+            FitOptions::default(),
+            "",
+            BodyLimit::default(),
+            &registry,
+        )
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
