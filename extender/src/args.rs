@@ -385,6 +385,91 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_gets_name_namespace_uid_and_claim_volumes_only() {
+        let json = r#"{"Pod":{"metadata":{"name":"p","namespace":"ns","uid":"u",
+            "labels":{"a":"b"},"managedFields":[{"fieldsV1":{"f:x":{}}}]},
+            "spec":{"containers":[{"name":"c","image":"i"}],"volumes":[
+              {"name":"cfg","configMap":{"name":"x"}},
+              {"name":"data","persistentVolumeClaim":{"claimName":"data-p","readOnly":true}},
+              {"name":"tmp","emptyDir":{}},
+              {"name":"scratch","ephemeral":{"volumeClaimTemplate":{"spec":{}}}}]},
+            "status":{"phase":"Pending"}},"NodeNames":[]}"#;
+        let (pod, _) = parts(json).unwrap();
+        let want = Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                volumes: Some(vec![
+                    Volume {
+                        name: "data".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: "data-p".into(),
+                            read_only: None,
+                        }),
+                        ..Volume::default()
+                    },
+                    Volume {
+                        name: "scratch".into(),
+                        ephemeral: Some(EphemeralVolumeSource::default()),
+                        ..Volume::default()
+                    },
+                ]),
+                ..PodSpec::default()
+            }),
+            status: None,
+        };
+        assert_eq!(pod, want);
+    }
+
+    #[test]
+    fn more_candidates_than_the_cap_are_refused_while_decoding() {
+        let names = vec!["n"; MAX_CANDIDATES];
+        let json = serde_json::json!({"Pod": {}, "NodeNames": names}).to_string();
+        assert_eq!(parts(&json).unwrap().1.names().len(), MAX_CANDIDATES);
+        let names = vec!["n"; MAX_CANDIDATES + 1];
+        let json = serde_json::json!({"Pod": {}, "NodeNames": names}).to_string();
+        let err = serde_json::from_str::<ObjectOnly<Args<'_>>>(&json)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("more than 10000 node names"),
+            "{err}"
+        );
+        let items = vec![serde_json::json!({"metadata": {"name": "n"}}); MAX_CANDIDATES + 1];
+        let json = serde_json::json!({"Pod": {}, "Nodes": {"items": items}}).to_string();
+        let err = serde_json::from_str::<ObjectOnly<Args<'_>>>(&json)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("Node objects"), "{err}");
+    }
+
+    #[test]
+    fn more_claim_volumes_than_the_cap_are_refused_other_volumes_are_dropped() {
+        let volumes = |n: usize, v: serde_json::Value| vec![v; n];
+        let json = |volumes: Vec<serde_json::Value>| {
+            serde_json::json!({"Pod": {"spec": {"volumes": volumes}}, "NodeNames": []}).to_string()
+        };
+        let empty_dirs = json(volumes(
+            MAX_CLAIM_VOLUMES * 4,
+            serde_json::json!({"name": "t", "emptyDir": {}}),
+        ));
+        let (pod, _) = parts(&empty_dirs).unwrap();
+        assert_eq!(pod.spec.unwrap().volumes, None);
+        let ephemeral = serde_json::json!({"name": "e", "ephemeral": {}});
+        let (pod, _) = parts(&json(volumes(MAX_CLAIM_VOLUMES, ephemeral.clone()))).unwrap();
+        assert_eq!(pod.spec.unwrap().volumes.unwrap().len(), MAX_CLAIM_VOLUMES);
+        let over = json(volumes(MAX_CLAIM_VOLUMES + 1, ephemeral));
+        let err = serde_json::from_str::<ObjectOnly<Args<'_>>>(&over)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("more than 1024"), "{err}");
+    }
+
+    #[test]
     fn node_names_borrow_from_the_body() {
         let (_, c) = parts(r#"{"Pod":{},"NodeNames":["a","b"]}"#).unwrap();
         let Candidates::Names(names) = &c else {

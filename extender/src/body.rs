@@ -42,8 +42,11 @@ pub const LARGE_BODIES_AT_ONCE: usize = 2;
 /// client sending slowly would keep a turn for good.
 pub const LARGE_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A JSON request body: content type checked, size bounded by the router's body limit
-/// (`axum::extract::DefaultBodyLimit`), not empty.
+/// A JSON request body: content type checked, not empty.
+///
+/// As an extractor its size is bounded by `axum::extract::DefaultBodyLimit`; the router's
+/// own routes read bodies with their configured limit and turns instead
+/// ([`RouterConfig::body_limit`](crate::RouterConfig::body_limit)).
 #[derive(Clone, Debug)]
 pub struct JsonBody(pub Bytes);
 
@@ -178,12 +181,6 @@ impl Intake {
                 INLINE_BODY_LIMIT / 1024
             ),
         )
-    }
-
-    /// Bodies that may be read and decoded now; for tests.
-    #[cfg(test)]
-    pub(crate) fn turns_free(&self) -> usize {
-        self.large.available_permits()
     }
 }
 
