@@ -21,6 +21,17 @@
 //! LocalVolume, is bound, and is deleted with its volume (5 changes). It prints the changes
 //! it managed per second, so a slow index shows as a rate below the one asked for.
 //!
+//! Hostile mode: `--hostile 4` serves the router as `stowage extender` does (its own thread
+//! and single-threaded runtime, `serve::serve_on_own_thread`) over the largest `--nodes`
+//! cluster, and measures a small filter request (one pod, one node name) on one keep-alive
+//! connection, first alone and then while that many clients, each on its own thread, send
+//! bodies at the default body limit without pause (tiny node names by the hundred thousand,
+//! managedFields, ephemeral volumes, as many names as a request may have, and bodies over
+//! the limit). It prints the small request's p50/p99/max latency in both phases, and this
+//! process's VmRSS before the clients start and its VmHWM while they run (the peak is reset
+//! through `/proc/self/clear_refs` once the bodies are built). Target: p99 ≤ 10 ms and peak
+//! ≤ 2 × idle.
+//!
 //! The router is the one `stowage extender` serves (`extender_app`, metrics included), on
 //! 127.0.0.1 in this process; the client is a minimal HTTP/1.1 client over a tokio
 //! `TcpStream`, so its own cost stays small next to the server's.
@@ -40,7 +51,7 @@ use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelet
 use stowage::api::names;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::cache::ClusterIndex;
-use stowage::extender_role::extender_app;
+use stowage::extender_role::{BodyLimit, extender_app};
 use stowage::ledger::FitOptions;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,6 +72,8 @@ struct Options {
     volumes: usize,
     /// Load mode: index changes per second while the clients run.
     churn: u32,
+    /// Hostile mode when above 0: clients sending bodies at the limit.
+    hostile: usize,
 }
 
 fn options() -> Options {
@@ -72,6 +85,7 @@ fn options() -> Options {
         duration: 30,
         volumes: 0,
         churn: 0,
+        hostile: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,6 +102,7 @@ fn options() -> Options {
             }
             "--seconds" => opts.seconds = args.next().expect("--seconds N").parse().unwrap(),
             "--clients" => opts.clients = args.next().expect("--clients N").parse().unwrap(),
+            "--hostile" => opts.hostile = args.next().expect("--hostile N").parse().unwrap(),
             "--duration" => {
                 opts.duration = args.next().expect("--duration SECONDS").parse().unwrap()
             }
@@ -358,6 +373,7 @@ fn content_length(head: &[u8]) -> Option<usize> {
 struct Latency {
     p50: Duration,
     p99: Duration,
+    max: Duration,
     mean: Duration,
     /// CPU time of the whole process (server and client, every thread) per request: unlike
     /// the wall-clock figures, it does not grow while the request waits for a busy CPU.
@@ -395,6 +411,7 @@ async fn latency(addr: std::net::SocketAddr, request: &[u8], count: usize) -> La
         cpu: cpu / u32::try_from(count).unwrap(),
         p50: samples[count / 2],
         p99: samples[count * 99 / 100],
+        max: samples[count - 1],
         mean: samples.iter().sum::<Duration>() / u32::try_from(count).unwrap(),
     }
 }
@@ -564,7 +581,193 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
+/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).
+fn self_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap()
+}
+
+/// `POST path` over a fresh connection (`Connection: close`), the body written from another
+/// thread while the answer is read; the status, if any.
+fn post_close(addr: std::net::SocketAddr, path: &str, body: &Arc<Vec<u8>>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut writer = stream.try_clone().ok()?;
+    let body = body.clone();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&body);
+    });
+    // Only the status is kept: the client's own memory stays out of the process's peak.
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(read) = stream.read(&mut buf) {
+        if read == 0 {
+            break;
+        }
+        let take = read.min(head.len() - got);
+        head[got..got + take].copy_from_slice(&buf[..take]);
+        got += take;
+    }
+    let _ = sender.join();
+    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
+}
+
+/// Bodies of `size` bytes that cost a decoder the most: (verb path, body).
+fn hostile_bodies(size: usize) -> Vec<(&'static str, Arc<Vec<u8>>)> {
+    let pod = pod_json().to_string();
+    let fill = |prefix: String, suffix: &str, item: &dyn Fn(usize) -> String| {
+        let mut out = prefix.into_bytes();
+        let mut i = 0;
+        while out.len() + suffix.len() < size {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item(i).as_bytes());
+            i += 1;
+        }
+        out.extend_from_slice(suffix.as_bytes());
+        Arc::new(out)
+    };
+    let names = fill(format!(r#"{{"Pod": {pod}, "NodeNames": ["#), "]}", &|i| {
+        format!(r#""{i:x}""#)
+    });
+    let managed = fill(
+        r#"{"NodeNames": ["node-00001"], "Pod": {"metadata": {"name": "x", "managedFields": ["#
+            .to_string(),
+        "]}}}",
+        &|i| {
+            format!(r#"{{"manager": "m{i}", "fieldsV1": {{"f:a": {{}}, "f:b": {{"k:x": {{}}}}}}}}"#)
+        },
+    );
+    let volumes = fill(
+        r#"{"NodeNames": ["node-00001"], "Pod": {"metadata": {"name": "x"}, "spec": {"volumes": ["#
+            .to_string(),
+        "]}}}",
+        &|_| r#"{"name":"v","ephemeral":{}}"#.to_string(),
+    );
+    let at_cap: Vec<String> = (0..stowage_extender::MAX_CANDIDATES)
+        .map(|i| format!("{i:x}"))
+        .collect();
+    let at_cap = Arc::new(
+        json!({"Pod": pod_json(), "NodeNames": at_cap})
+            .to_string()
+            .into_bytes(),
+    );
+    let mut over = names.as_ref().clone();
+    over.resize(size * 2, b' ');
+    vec![
+        ("/filter", names.clone()),
+        ("/prioritize", names),
+        ("/filter", managed),
+        ("/filter", volumes),
+        ("/filter", at_cap.clone()),
+        ("/prioritize", at_cap),
+        ("/filter", Arc::new(over)),
+    ]
+}
+
+/// Hostile mode (see the module documentation).
+async fn hostile(opts: Options) {
+    let n = opts.nodes.last().copied().unwrap_or(5_000);
+    let now = Timestamp::now();
+    let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
+    let registry = prometheus::Registry::new();
+    let app = extender_app(
+        index,
+        FitOptions::default(),
+        "",
+        BodyLimit::default(),
+        &registry,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
+
+    let bodies = Arc::new(hostile_bodies(stowage_extender::DEFAULT_BODY_LIMIT - 4096));
+    let small = request(
+        "/filter",
+        &json!({"Pod": pod_json(), "Nodes": null, "NodeNames": ["node-00001"]}),
+    );
+    let count = opts.requests.unwrap_or(2_000);
+    let alone = latency(addr, &small, count).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = self_kib("VmRSS");
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sent = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..opts.hostile)
+        .map(|c| {
+            let (bodies, running, sent) = (bodies.clone(), running.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut i = c;
+                while running.load(Ordering::Relaxed) {
+                    let (path, body) = &bodies[i % bodies.len()];
+                    post_close(addr, path, body);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attacked = latency(addr, &small, count).await;
+    running.store(false, Ordering::Relaxed);
+    let clients_done = tokio::task::spawn_blocking(move || {
+        for client in clients {
+            client.join().unwrap();
+        }
+    });
+    clients_done.await.unwrap();
+    let peak = self_kib("VmHWM");
+    stop.send_replace(true);
+    server.await.unwrap().unwrap();
+
+    println!(
+        "| nodes | hostile clients | hostile bodies | small p50 ms | small p99 ms | small max ms | idle VmRSS MiB | peak VmHWM MiB | peak / idle |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (clients, lat, bodies) in [
+        (0, &alone, 0),
+        (opts.hostile, &attacked, sent.load(Ordering::Relaxed)),
+    ] {
+        let rss = if clients == 0 {
+            "| | |".to_string()
+        } else {
+            format!(
+                "| {:.1} | {:.1} | {:.2} |",
+                idle as f64 / 1024.0,
+                peak as f64 / 1024.0,
+                peak as f64 / idle as f64
+            )
+        };
+        println!(
+            "| {n} | {clients} | {bodies} | {} | **{}** | {} {rss}",
+            ms(lat.p50),
+            ms(lat.p99),
+            ms(lat.max),
+        );
+    }
+}
+
 async fn run(opts: Options) {
+    if opts.hostile > 0 {
+        hostile(opts).await;
+        return;
+    }
     if opts.clients > 0 {
         println!(
             "| nodes | verb | candidates | body | clients | s | answered | req/s | errors | p50 ms | p99 ms | max ms | CPU ms/req |"
@@ -580,7 +783,14 @@ async fn run(opts: Options) {
         let now = Timestamp::now();
         let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
         let registry = prometheus::Registry::new();
-        let app = extender_app(index.clone(), FitOptions::default(), "", &registry).unwrap();
+        let app = extender_app(
+            index.clone(),
+            FitOptions::default(),
+            "",
+            BodyLimit::default(),
+            &registry,
+        )
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -27,6 +27,50 @@ pub const FILTER_VERB: &str = "filter";
 /// The scheduler's `prioritizeVerb` the routes answer (`deploy/scheduler-config.yaml`).
 pub const PRIORITIZE_VERB: &str = "prioritize";
 
+/// The flag (and environment variable) that sets the extender's body limit, in both roles
+/// that serve it; named in the 413 answer.
+pub const BODY_LIMIT_FLAG: &str = "--extender-body-limit-mib (STOWAGE_EXTENDER_BODY_LIMIT_MIB)";
+
+/// Default of `--extender-body-limit-mib`: [`stowage_extender::DEFAULT_BODY_LIMIT`], 4 MiB,
+/// sized for `nodeCacheCapable: true` (its documentation has the figures).
+pub const DEFAULT_BODY_LIMIT_MIB: u64 = (stowage_extender::DEFAULT_BODY_LIMIT >> 20) as u64;
+
+/// The largest extender request body, in MiB (a 413 above it).
+///
+/// The default fits what kube-scheduler sends with `nodeCacheCapable: true` (the shipped
+/// configuration: the pod and the node names, ~100-250 KiB at 5,000 nodes). With
+/// `nodeCacheCapable: false` it sends whole Node objects, 10-30 KiB each, for up to
+/// `percentageOfNodesToScore` of the nodes: raise the limit to match (32 for the 500 nodes
+/// of the default at 5,000, 256 for all 5,000), and the memory limit by twice that, as two
+/// large bodies are decoded at a time.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct BodyLimit {
+    /// Largest extender request body in MiB; raise it only for nodeCacheCapable: false
+    /// (whole Node objects, 10-30 KiB each), and the memory limit by twice the increase.
+    #[arg(
+        long = "extender-body-limit-mib",
+        default_value_t = DEFAULT_BODY_LIMIT_MIB,
+        value_parser = clap::value_parser!(u64).range(1..=4096),
+        env = "STOWAGE_EXTENDER_BODY_LIMIT_MIB"
+    )]
+    pub mib: u64,
+}
+
+impl BodyLimit {
+    /// The limit in bytes.
+    pub fn bytes(self) -> usize {
+        usize::try_from(self.mib << 20).unwrap_or(usize::MAX)
+    }
+}
+
+impl Default for BodyLimit {
+    fn default() -> Self {
+        Self {
+            mib: DEFAULT_BODY_LIMIT_MIB,
+        }
+    }
+}
+
 /// Flags of `stowage extender`.
 #[derive(Debug, Args)]
 pub struct ExtenderArgs {
@@ -50,11 +94,15 @@ pub struct ExtenderArgs {
     /// it to the controller's --provisioner-name.
     #[arg(long, default_value = crate::api::names::PROVISIONER_LOCAL, env = "STOWAGE_PROVISIONER_NAME")]
     pub provisioner_name: String,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub body_limit: BodyLimit,
 }
 
 /// The extender's routes over `index`: `POST {prefix}/filter` and `POST {prefix}/prioritize`
-/// answered by a [`StowagePolicy`] with `opts`, their metrics (see [`ExtenderMetrics`])
-/// registered in `registry`.
+/// answered by a [`StowagePolicy`] with `opts`, bodies up to `body_limit`, their metrics (see
+/// [`ExtenderMetrics`]) registered in `registry`.
 ///
 /// The router has no fallback and no state left to fill, so it merges with the caller's own
 /// routes (`/metrics` over the same `registry`, `/healthz`, ...). Fails when `prefix` is not
@@ -64,6 +112,7 @@ pub fn extender_app(
     index: Arc<RwLock<ClusterIndex>>,
     opts: FitOptions,
     prefix: &str,
+    body_limit: BodyLimit,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<axum::Router> {
     let metrics =
@@ -73,6 +122,8 @@ pub fn extender_app(
         .prefix(prefix)
         .filter_verb(FILTER_VERB)
         .prioritize_verb(PRIORITIZE_VERB)
+        .body_limit(body_limit.bytes())
+        .body_limit_setting(BODY_LIMIT_FLAG)
         .observer(Arc::new(metrics));
     router(policy, config).with_context(|| format!("building the extender routes under {prefix:?}"))
 }
@@ -86,6 +137,7 @@ impl ExtenderArgs {
             stale_after,
             kubeconfig,
             provisioner_name,
+            body_limit,
         } = self;
         let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(provisioner_name)));
@@ -94,7 +146,7 @@ impl ExtenderArgs {
             stale_after: Duration::from_secs(stale_after),
         };
         let registry = prometheus::Registry::new();
-        let app = extender_app(index.clone(), opts, &url_prefix, &registry)?
+        let app = extender_app(index.clone(), opts, &url_prefix, body_limit, &registry)?
             .merge(crate::serve::health_routes(ready.clone()))
             .merge(crate::serve::metrics_routes(registry));
 
@@ -302,6 +354,7 @@ mod tests {
             Arc::new(RwLock::new(ClusterIndex::new())),
             FitOptions::default(),
             &defaults.url_prefix,
+            BodyLimit::default(),
             &prometheus::Registry::new(),
         )
         .unwrap();
@@ -325,9 +378,11 @@ mod tests {
     fn extender_app_registers_its_metrics_once_per_registry() {
         let registry = prometheus::Registry::new();
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
-        let _app = extender_app(index.clone(), FitOptions::default(), "", &registry).unwrap();
+        let limit = BodyLimit::default();
+        let _app =
+            extender_app(index.clone(), FitOptions::default(), "", limit, &registry).unwrap();
         assert_eq!(registry.gather().len(), crate::cache::metrics::NAMES.len());
-        let err = extender_app(index, FitOptions::default(), "", &registry).unwrap_err();
+        let err = extender_app(index, FitOptions::default(), "", limit, &registry).unwrap_err();
         assert!(format!("{err:#}").contains("extender metrics"), "{err:#}");
     }
 }

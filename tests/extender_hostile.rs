@@ -32,10 +32,12 @@ use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelet
 use stowage::api::names;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::cache::ClusterIndex;
-use stowage::extender_role::extender_app;
+use stowage::extender_role::{BodyLimit, extender_app};
 use stowage::ledger::FitOptions;
 use stowage_extender::{ExtenderFilterResult, HostPriority};
 use stowage_testkit::fixtures::{pvc, storage_class};
+
+mod support;
 use tower::ServiceExt;
 
 const GI: u64 = 1 << 30;
@@ -158,11 +160,16 @@ fn index() -> ClusterIndex {
 }
 
 fn app() -> Router {
+    app_with(BodyLimit::default())
+}
+
+fn app_with(body_limit: BodyLimit) -> Router {
     let index = Arc::new(RwLock::new(index()));
     extender_app(
         index,
         FitOptions::default(),
         "",
+        body_limit,
         &prometheus::Registry::new(),
     )
     .unwrap()
@@ -606,9 +613,10 @@ fn deeply_nested_json_is_answered_without_a_stack_overflow() {
         format!("{}1{}", open.repeat(depth), close.repeat(depth))
     };
     let claim = r#"{"metadata": {"name": "p", "namespace": "apps"}, "spec": {"containers": [], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "fits"}}]}"#;
-    // (body, status, what a 400's reason says). Values of unknown keys are skipped without
-    // recursing, as Go's decoder skips them; nesting inside fields the extender reads stops
-    // at serde_json's recursion limit. Either way the stack stays flat.
+    // (body, status, what a 400's reason says). Values of unknown keys, and of the keys the
+    // extender does not read, are skipped without recursing, as Go's decoder skips them;
+    // nesting inside fields the extender reads stops at the first wrong type. Either way the
+    // stack stays flat.
     let bodies = [
         (deep(100_000, "[", "]"), StatusCode::BAD_REQUEST, "expected"),
         (
@@ -624,13 +632,15 @@ fn deeply_nested_json_is_answered_without_a_stack_overflow() {
             StatusCode::OK,
             "",
         ),
+        // Annotations are not read (only name, namespace, uid and claim volumes are), so
+        // their nesting is skipped like any unknown key's.
         (
             format!(
                 r#"{{"Pod": {{"metadata": {{"annotations": {}}}}}, "NodeNames": []}}"#,
                 deep(100_000, "{\"a\":", "}")
             ),
-            StatusCode::BAD_REQUEST,
-            "annotations",
+            StatusCode::OK,
+            "",
         ),
         (
             format!(
@@ -826,8 +836,10 @@ fn content_types_other_than_json_are_415() {
 #[test]
 fn a_large_well_formed_request_is_answered_in_bounded_time() {
     let rt = runtime();
-    let app = app();
-    // 5,000 full Node objects with a kilobyte of labels each (~6 MB), for a claim that fits.
+    // 5,000 full Node objects with a kilobyte of labels each (~6 MB), for a claim that fits:
+    // nodeCacheCapable: false, for which the body limit is raised (the default, 4 MiB, is
+    // sized for node names and answers this with a 413 naming the flag).
+    let app = app_with(BodyLimit { mib: 32 });
     let labels: serde_json::Map<String, Value> = (0..20)
         .map(|i| {
             (
@@ -844,6 +856,15 @@ fn a_large_well_formed_request_is_answered_in_bounded_time() {
         "spec": {"containers": [], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "fits"}}]},
     });
     let body = json!({"Pod": pod, "Nodes": {"items": items}}).to_string();
+    let refused = rt.block_on(send(
+        &self::app(),
+        "filter",
+        Some("application/json"),
+        Body::from(body.clone()),
+    ));
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let reason = String::from_utf8_lossy(&refused.body);
+    assert!(reason.contains("--extender-body-limit-mib"), "{reason}");
     for verb in ["filter", "prioritize"] {
         let a = rt.block_on(send(
             &app,
@@ -854,4 +875,477 @@ fn a_large_well_formed_request_is_answered_in_bounded_time() {
         assert_eq!(a.status, StatusCode::OK, "{verb}");
         check_shape(verb, &a).unwrap();
     }
+}
+
+// === the real binary under hostile bodies ===
+
+/// Kills the `stowage extender` child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`); `None` once the process
+/// has exited.
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// `POST path` with a JSON body over a fresh connection, written from another thread while
+/// the answer is read (a server may answer 413 before reading the body); the status, or
+/// `None` when the connection failed.
+fn post_raw(port: u16, path: &str, body: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut writer = stream.try_clone().ok()?;
+    let body = body.to_vec();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&body);
+    });
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The pod of claim `data` as kube-scheduler sends it, with `extra` merged into its metadata
+/// and `volumes` as its volumes.
+fn binary_pod(volumes: Value) -> Value {
+    json!({
+        "metadata": {"name": "app", "namespace": NS, "uid": "6f1c2a9e-0000-4000-8000-000000000001"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}], "volumes": volumes},
+    })
+}
+
+/// A JSON document of about `size` bytes: `{prefix}` + `item` repeated + `{suffix}`, items
+/// joined by commas, with `item(i)` for the i-th.
+fn repeated(size: usize, prefix: &str, suffix: &str, item: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut out = prefix.as_bytes().to_vec();
+    let mut i = 0;
+    while out.len() + suffix.len() < size {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item(i).as_bytes());
+        i += 1;
+    }
+    out.extend_from_slice(suffix.as_bytes());
+    out
+}
+
+/// Hostile bodies of about `size` bytes each, each the worst of its kind for a decoder that
+/// materializes what it reads: (what, verb, body).
+fn hostile_bodies(size: usize) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let claim = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
+    let pod = binary_pod(claim.clone()).to_string();
+    let managed = repeated(
+        size,
+        r#"{"NodeNames": ["big"], "Pod": {"metadata": {"name": "app", "namespace": "apps", "managedFields": ["#,
+        r#"]}}}"#,
+        |i| {
+            format!(r#"{{"manager": "m{i}", "fieldsV1": {{"f:a": {{}}, "f:b": {{"k:x": {{}}}}}}}}"#)
+        },
+    );
+    let annotations = repeated(
+        size,
+        r#"{"NodeNames": ["big"], "Pod": {"metadata": {"name": "app", "namespace": "apps", "annotations": {"#,
+        r#"}}}}"#,
+        |i| format!(r#""a{i}": """#),
+    );
+    let names = repeated(
+        size,
+        &format!(r#"{{"Pod": {pod}, "NodeNames": ["#),
+        "]}",
+        |i| format!(r#""{i:x}""#),
+    );
+    let nodes = repeated(
+        size,
+        &format!(r#"{{"Pod": {pod}, "Nodes": {{"items": ["#),
+        "]}}",
+        |i| format!(r#"{{"metadata":{{"name":"{i:x}"}}}}"#),
+    );
+    let volumes = repeated(
+        size,
+        r#"{"NodeNames": ["big"], "Pod": {"metadata": {"name": "app", "namespace": "apps"}, "spec": {"volumes": ["#,
+        "]}}}",
+        |_| r#"{"name":"v","ephemeral":{}}"#.to_string(),
+    );
+    // As many names as a request may have, each answered with a reason: the most a body
+    // under the caps costs to answer.
+    let at_cap: Vec<String> = (0..stowage_extender::MAX_CANDIDATES)
+        .map(|i| format!("{i:x}"))
+        .collect();
+    let at_cap = format!(r#"{{"Pod": {pod}, "NodeNames": {}}}"#, json!(at_cap)).into_bytes();
+    let mut oversized = names.clone();
+    oversized.resize(size * 3, b' ');
+    vec![
+        ("managedFields", "/filter", managed),
+        ("annotations", "/prioritize", annotations),
+        ("node names", "/filter", names.clone()),
+        ("node names", "/prioritize", names),
+        ("node objects", "/filter", nodes),
+        ("ephemeral volumes", "/filter", volumes),
+        ("node names at the cap", "/filter", at_cap.clone()),
+        ("node names at the cap", "/prioritize", at_cap),
+        ("over the limit", "/filter", oversized),
+    ]
+}
+
+/// An API server with the CRDs, namespace `apps`, the reporting node `big` (100Gi), the
+/// local class `local` and the claim `data` (20Gi).
+async fn binary_cluster() -> stowage_testkit::ApiServer {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::Api;
+    use kube::api::PostParams;
+
+    let server = stowage_testkit::ApiServer::start().await.unwrap();
+    let client = server.client();
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in stowage::api::crds() {
+        crd_api.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let sn_api: Api<StorageNode> = Api::all(client.clone());
+    stowage_testkit::wait_for(
+        Duration::from_secs(8),
+        "storagenodes are served",
+        || async { sn_api.list(&Default::default()).await.is_ok() },
+    )
+    .await
+    .unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &stowage_testkit::fixtures::namespace(NS).build(),
+        )
+        .await
+        .unwrap();
+    support::cluster::reporting_node(&client, "big", 100 * GI)
+        .await
+        .unwrap();
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    classes
+        .create(
+            &PostParams::default(),
+            &storage_class("local")
+                .provisioner(names::PROVISIONER_LOCAL)
+                .wait_for_first_consumer()
+                .build(),
+        )
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, NS);
+    claims
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "data").size("20Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    server
+}
+
+/// Starts `stowage extender` against `server` and waits until `/readyz` is 200.
+async fn start_binary(server: &stowage_testkit::ApiServer) -> (Child, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let port = stowage_testkit::net::free_port();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+            .arg("extender")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    stowage_testkit::wait_for(Duration::from_secs(8), "/readyz is 200", || async {
+        stowage_testkit::net::get(port, "/readyz")
+            .await
+            .map(|(code, _)| code)
+            == Some(200)
+    })
+    .await
+    .unwrap();
+    (child, port, dir)
+}
+
+/// The peak resident set of `stowage extender` while four clients send it hostile bodies at
+/// its body limit (managedFields, annotations, tiny node names, node objects and volumes by
+/// the hundred thousand, and bodies over the limit) stays within twice its resident set at
+/// rest, and a small request sent meanwhile is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extender_binary_under_hostile_bodies_peaks_within_twice_its_idle_rss() {
+    let server = binary_cluster().await;
+    let (child, port, _dir) = start_binary(&server).await;
+    let pid = child.0.id();
+    let small = json!({"Pod": binary_pod(json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])), "NodeNames": ["big", "ghost"]}).to_string();
+    let small = Arc::new(small.into_bytes());
+
+    // At rest: every route and code path has run once, then the process settles.
+    let warm = small.clone();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            assert_eq!(post_raw(port, "/filter", &warm), Some(200));
+            assert_eq!(post_raw(port, "/prioritize", &warm), Some(200));
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = proc_kib(pid, "VmRSS").unwrap();
+    // Resets VmHWM to the current resident set (Linux's clear_refs, value 5).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+
+    // At most 8 MiB a body: an unbounded decoder must fail this test, not take the machine.
+    let size = stowage_extender::DEFAULT_BODY_LIMIT.min(8 << 20) - 4096;
+    let bodies = Arc::new(hostile_bodies(size));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let bodies = bodies.clone();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                for round in 0..2 {
+                    for i in 0..bodies.len() {
+                        let (what, path, body) = &bodies[(i + c + round) % bodies.len()];
+                        statuses.push((*what, post_raw(port, path, body)));
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    // A watchdog: a process that grows past 1 GiB is killed rather than left to take the
+    // machine; the assertion below then fails on its peak.
+    let watchdog_done = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !watchdog_done.load(std::sync::atomic::Ordering::SeqCst) {
+            let Some(rss) = proc_kib(pid, "VmRSS") else {
+                break;
+            };
+            peak = peak.max(rss);
+            if rss > 1 << 20 {
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    });
+    // Small requests keep being answered meanwhile.
+    let asker = small.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut answered = 0;
+        for _ in 0..20 {
+            if post_raw(port, "/filter", &asker) == Some(200) {
+                answered += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        answered
+    });
+    let mut statuses = Vec::new();
+    for client in clients {
+        statuses.extend(client.join().unwrap());
+    }
+    let answered = answered.await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let watched = watchdog.join().unwrap();
+    // The watchdog's samples stand in for VmHWM once the process is gone.
+    let peak = proc_kib(pid, "VmHWM").unwrap_or(watched).max(watched);
+    eprintln!("idle {idle} KiB, peak {peak} KiB (watched {watched} KiB), statuses {statuses:?}");
+    assert!(
+        peak <= 2 * idle,
+        "peak RSS {peak} KiB under hostile bodies, more than twice the {idle} KiB at rest"
+    );
+    assert_eq!(
+        answered, 20,
+        "small requests answered during the hostile bodies"
+    );
+    for (what, status) in statuses {
+        assert!(
+            matches!(status, Some(200 | 400 | 413)),
+            "{what}: {status:?}"
+        );
+    }
+}
+
+/// A policy that holds every call for the pod named `held` until [`Gate::open`], and counts
+/// how many it holds at once; other pods pass at once.
+#[derive(Default)]
+struct Gate {
+    held: std::sync::Mutex<(usize, usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Calls held now and the most held at once.
+    fn held(&self) -> (usize, usize) {
+        let held = self.held.lock().unwrap();
+        (held.0, held.1)
+    }
+
+    fn open(&self) {
+        self.held.lock().unwrap().2 = true;
+        self.changed.notify_all();
+    }
+
+    fn hold(&self, pod: &k8s_openapi::api::core::v1::Pod) {
+        if pod.metadata.name.as_deref() != Some("held") {
+            return;
+        }
+        let mut held = self.held.lock().unwrap();
+        held.0 += 1;
+        held.1 = held.1.max(held.0);
+        self.changed.notify_all();
+        while !held.2 {
+            held = self.changed.wait(held).unwrap();
+        }
+        held.0 -= 1;
+    }
+}
+
+impl stowage_extender::Policy for Gate {
+    fn filter<'n>(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        _: &[&'n str],
+    ) -> stowage_extender::FilterVerdict<'n> {
+        self.hold(pod);
+        stowage_extender::FilterVerdict::PassAll
+    }
+
+    fn prioritize<'n>(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        _: &[&'n str],
+    ) -> Vec<stowage_extender::NodeScore<'n>> {
+        self.hold(pod);
+        Vec::new()
+    }
+}
+
+/// Opens the gate when the test ends, however it ends, so held requests finish.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// While large requests are held mid-answer (standing in for large bodies being decoded),
+/// a small request is still answered, and no more than `LARGE_BODIES_AT_ONCE` large ones
+/// are taken in at a time. Served as `stowage extender` serves it: one thread with a
+/// single-threaded runtime (`serve::serve_on_own_thread`). Structural, not timed: a small
+/// request queued behind a large one on the serving thread would wait for the gate, which
+/// opens only after it was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_request_is_answered_while_large_ones_are_being_answered() {
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let app =
+        stowage_extender::router(gate.clone(), stowage_extender::RouterConfig::new()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
+
+    // Well over the inline size, far under the limit: 20,000 bytes of node names.
+    let names: Vec<String> = (0..2_000).map(|i| format!("node-{i:05}")).collect();
+    let large = json!({"Pod": {"metadata": {"name": "held"}}, "NodeNames": names}).to_string();
+    assert!(large.len() > stowage_extender::INLINE_BODY_LIMIT);
+    let large = Arc::new(large.into_bytes());
+    let sent = stowage_extender::LARGE_BODIES_AT_ONCE + 3;
+    let senders: Vec<_> = (0..sent)
+        .map(|i| {
+            let large = large.clone();
+            let path = if i % 2 == 0 { "/filter" } else { "/prioritize" };
+            std::thread::spawn(move || post_raw(port, path, &large))
+        })
+        .collect();
+    stowage_testkit::wait_for(Duration::from_secs(10), "a large request is held", || {
+        let gate = gate.clone();
+        async move { gate.held().0 > 0 }
+    })
+    .await
+    .unwrap();
+
+    let small =
+        json!({"Pod": {"metadata": {"name": "small"}}, "NodeNames": ["node-1"]}).to_string();
+    let answered = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /filter HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{small}",
+            small.len()
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answered.starts_with("HTTP/1.1 200"),
+        "the small request was not answered while a large one was held: {answered:?}"
+    );
+
+    // Every turn is taken and the rest wait unread: as many held as there are turns.
+    stowage_testkit::wait_for(Duration::from_secs(10), "every turn is taken", || {
+        let gate = gate.clone();
+        async move { gate.held().0 == stowage_extender::LARGE_BODIES_AT_ONCE }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        gate.held(),
+        (
+            stowage_extender::LARGE_BODIES_AT_ONCE,
+            stowage_extender::LARGE_BODIES_AT_ONCE
+        ),
+        "(held now, most held at once) of {sent} large requests"
+    );
+    gate.open();
+    for sender in senders {
+        assert_eq!(sender.join().unwrap(), Some(200));
+    }
+    stop.send_replace(true);
+    server.await.unwrap().unwrap();
 }

@@ -1,16 +1,52 @@
-//! The request-body extractor and the error type every refusal goes through.
+//! The request-body extractor, the router's bounded body reader ([`Intake`]), and the error
+//! type every refusal goes through.
 //!
 //! Decoding is split from extraction because the decoded request borrows node names and raw
 //! Node objects from the body bytes, which an extractor cannot hand out.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A JSON request body: content type checked, size bounded by the router's body limit
-/// (`axum::extract::DefaultBodyLimit`), not empty.
+/// Bodies up to this size (16 KiB) are read and answered on the thread that serves the
+/// connection; larger ones wait for one of [`LARGE_BODIES_AT_ONCE`] turns and are decoded
+/// and answered on tokio's blocking pool.
+///
+/// A small request (a pod and some hundred node names) costs tens of microseconds to decode
+/// and answer, less than handing it to another thread; a body at the limit costs
+/// milliseconds, which a small request queued behind it on the serving thread would wait.
+pub const INLINE_BODY_LIMIT: usize = 16 * 1024;
+
+/// How many bodies over [`INLINE_BODY_LIMIT`] are read, decoded and answered at a time;
+/// the others wait, unread (the client's data stays in the socket buffers).
+///
+/// Together with the body limit this bounds the memory requests take: at most this many
+/// bodies of up to the limit each, and what their decoding holds, which
+/// [`MAX_CANDIDATES`](crate::MAX_CANDIDATES) and
+/// [`MAX_CLAIM_VOLUMES`](crate::MAX_CLAIM_VOLUMES) bound. kube-scheduler sends one request
+/// at a time.
+pub const LARGE_BODIES_AT_ONCE: usize = 2;
+
+/// How long a large body may take to arrive once its turn came; after that it is refused
+/// with 408 and its turn goes to the next.
+///
+/// kube-scheduler's own `httpTimeout` is shorter (1 s in stowage's shipped configuration),
+/// so a body still arriving after this is one it has given up on; without a deadline, a
+/// client sending slowly would keep a turn for good.
+pub const LARGE_BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A JSON request body: content type checked, not empty.
+///
+/// As an extractor its size is bounded by `axum::extract::DefaultBodyLimit`; the router's
+/// own routes read bodies with their configured limit and turns instead
+/// ([`RouterConfig::body_limit`](crate::RouterConfig::body_limit)).
 #[derive(Clone, Debug)]
 pub struct JsonBody(pub Bytes);
 
@@ -23,6 +59,129 @@ pub struct JsonBody(pub Bytes);
 pub struct ApiError {
     status: StatusCode,
     message: String,
+}
+
+/// How the router reads request bodies: at most `limit` bytes, and large bodies only with a
+/// turn from `large`.
+#[derive(Clone, Debug)]
+pub(crate) struct Intake {
+    limit: usize,
+    /// The setting that raises `limit`, named in the 413 message.
+    limit_setting: Option<String>,
+    large: Arc<Semaphore>,
+}
+
+/// A request body read by [`Intake::read`], with the turn it holds when it is large.
+pub(crate) struct ReadBody {
+    pub(crate) body: JsonBody,
+    /// Held while the body is decoded and answered; `None` for a body answered inline.
+    pub(crate) turn: Option<OwnedSemaphorePermit>,
+}
+
+// === impl Intake ===
+
+impl Intake {
+    pub(crate) fn new(limit: usize, limit_setting: Option<String>) -> Self {
+        Self {
+            limit,
+            limit_setting,
+            large: Arc::new(Semaphore::new(LARGE_BODIES_AT_ONCE)),
+        }
+    }
+
+    /// Reads the body of `req`: content type checked, at most the limit (a declared
+    /// `Content-Length` over it is refused before a byte is read; a streamed body is cut off
+    /// at it), not empty. A body over [`INLINE_BODY_LIMIT`] (declared, or found while
+    /// reading) first waits for a turn, then has [`LARGE_BODY_DEADLINE`] to arrive.
+    pub(crate) async fn read(&self, req: Request) -> Result<ReadBody, ApiError> {
+        check_content_type(req.headers())?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limit as u64) {
+            return Err(self.too_large());
+        }
+        let declared = declared.map_or(0, |n| n as usize);
+        let mut turn = None;
+        let mut deadline = None;
+        if declared > INLINE_BODY_LIMIT {
+            turn = Some(self.turn().await?);
+            deadline = Some(tokio::time::Instant::now() + LARGE_BODY_DEADLINE);
+        }
+        let mut buf = Vec::with_capacity(declared);
+        let mut body = req.into_body();
+        loop {
+            let frame = match deadline {
+                None => body.frame().await,
+                Some(at) => tokio::time::timeout_at(at, body.frame())
+                    .await
+                    .map_err(|_| self.too_slow())?,
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            let len = buf.len() + data.len();
+            if len > self.limit {
+                return Err(self.too_large());
+            }
+            if len > INLINE_BODY_LIMIT && turn.is_none() {
+                turn = Some(self.turn().await?);
+                deadline = Some(tokio::time::Instant::now() + LARGE_BODY_DEADLINE);
+            }
+            buf.extend_from_slice(&data);
+        }
+        if buf.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty request body; expected a JSON object",
+            ));
+        }
+        Ok(ReadBody {
+            body: JsonBody(Bytes::from(buf)),
+            turn,
+        })
+    }
+
+    async fn turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.large.clone().acquire_owned().await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the extender is shutting down",
+            )
+        })
+    }
+
+    fn too_large(&self) -> ApiError {
+        let raise = match &self.limit_setting {
+            Some(setting) => format!("; raise {setting} if the scheduler sends more"),
+            None => String::new(),
+        };
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body over the length limit of {} bytes; kube-scheduler sends about \
+                 100 KiB for 5,000 nodes with nodeCacheCapable: true, and whole Node objects \
+                 (10-30 KiB each) without it{raise}",
+                self.limit
+            ),
+        )
+    }
+
+    fn too_slow(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body still arriving after {} s; bodies over {} KiB must arrive within \
+                 that once read",
+                LARGE_BODY_DEADLINE.as_secs(),
+                INLINE_BODY_LIMIT / 1024
+            ),
+        )
+    }
 }
 
 // === impl JsonBody ===

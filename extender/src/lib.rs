@@ -76,8 +76,19 @@
 //! * Scores are clamped to [`MIN_EXTENDER_PRIORITY`]`..=`[`MAX_EXTENDER_PRIORITY`]: the scheduler
 //!   multiplies them by `weight × 10` and does not clamp.
 //! * Requests are refused with `{"Error": "<reason>"}` and 400 (malformed JSON, wrong types,
-//!   missing `Pod`, empty body), 413 (body over [`RouterConfig::body_limit`]) or 415 (not
-//!   JSON); no input panics. Unknown paths get 404 and other methods 405.
+//!   missing `Pod`, empty body, more than [`MAX_CANDIDATES`] nodes or [`MAX_CLAIM_VOLUMES`]
+//!   claim volumes), 408 (a large body arriving for longer than [`LARGE_BODY_DEADLINE`]),
+//!   413 (body over [`RouterConfig::body_limit`], [`DEFAULT_BODY_LIMIT`] unless set) or 415
+//!   (not JSON); no input panics. Unknown paths get 404 and other methods 405.
+//! * Only what a policy is given is decoded: the pod's `metadata.name`, `namespace` and
+//!   `uid` and its claim volumes, and the node names. The [`Pod`] a [`Policy`] sees holds
+//!   these fields and nothing else; the rest of the body (managedFields, annotations,
+//!   containers, status, the Node objects' contents) is skipped unread.
+//! * Bodies up to [`INLINE_BODY_LIMIT`] are answered on the task serving the connection;
+//!   larger ones take one of [`LARGE_BODIES_AT_ONCE`] turns and are decoded and answered on
+//!   tokio's blocking pool, so a small request is not queued behind them.
+//!
+//! [`Pod`]: k8s_openapi::api::core::v1::Pod
 //! * Each request runs in a `tracing` span named `extender` whose `pod`, `nodes`, `passed`,
 //!   `failed` and `scored` fields are filled in as the request is decoded and decided.
 //!
@@ -100,7 +111,8 @@ mod prioritize;
 mod routes;
 mod wire;
 
-pub use body::{ApiError, JsonBody};
+pub use args::{MAX_CANDIDATES, MAX_CLAIM_VOLUMES};
+pub use body::{ApiError, INLINE_BODY_LIMIT, JsonBody, LARGE_BODIES_AT_ONCE, LARGE_BODY_DEADLINE};
 pub use observe::{NoopObserver, Observer, Outcome, Verb};
 pub use policy::{Failure, FilterVerdict, NodeScore, Policy, Rejection};
 pub use routes::{ConfigError, DEFAULT_BODY_LIMIT, RouterConfig, router};

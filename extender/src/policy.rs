@@ -12,6 +12,11 @@ use k8s_openapi::api::core::v1::Pod;
 ///
 /// Both methods see only node names, in both `nodeCacheCapable` modes: in full-Node mode the
 /// router passes the Node objects back untouched and never parses them.
+///
+/// The `Pod` is not the whole object the scheduler sent: the router decodes only
+/// `metadata.name`, `metadata.namespace`, `metadata.uid` and the `spec.volumes` that name a
+/// claim. Those volumes keep their `name` and `persistentVolumeClaim.claimName`; an
+/// `ephemeral` volume is there with an empty source. Every other field is unset.
 pub trait Policy: Send + Sync + 'static {
     /// Decides which of `nodes` can host `pod`.
     ///

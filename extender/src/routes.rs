@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::header;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
@@ -15,18 +15,33 @@ use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
 use tracing::{Span, warn};
 
-use crate::body::{ApiError, JsonBody};
+use crate::body::{ApiError, Intake, JsonBody, ReadBody};
 use crate::observe::{NoopObserver, Observer, Outcome, Verb};
 use crate::policy::Policy;
 use crate::{filter, prioritize};
 
-/// Default request-body limit: 32 MiB.
+/// Default request-body limit: 4 MiB, sized for `nodeCacheCapable: true`.
 ///
-/// A `nodeCacheCapable` request for 5,000 nodes is about 100 KiB; a full NodeList runs to
-/// several KiB per node (status carries the image list), and the scheduler sends only the
-/// nodes that passed its own filters, at most `percentageOfNodesToScore` of them once it has
-/// enough. Bodies over the limit are refused with 413 and never buffered past it.
-pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// What kube-scheduler sends (`ExtenderArgs`, encoded by `HTTPExtender.send`):
+///
+/// * `nodeCacheCapable: true`: the pod and the candidates' names. At 5,000 nodes the names
+///   take 5,000 × (name + 3) bytes: 100 KiB at 17-character names, 215 KiB at the 40 of a
+///   cloud VM's (`ip-10-0-12-34.eu-west-1.compute.internal`), 1.2 MiB at the 253 a name
+///   may have. The pod comes from the scheduler's informer, managedFields included: a few
+///   KiB, at most the 1.5 MiB etcd stores for one object. 4 MiB holds the largest pod with
+///   5,000 longest names, or 60,000 cloud-VM names.
+/// * `nodeCacheCapable: false`: the pod and whole Node objects, `status.images` (up to 50
+///   images) and managedFields included: 10-30 KiB each. kube-scheduler sends the nodes
+///   that passed its own filters, and stops looking once it has `percentageOfNodesToScore`
+///   of the cluster: 10 % at 5,000 nodes by default (500 nodes, 5-15 MiB), all of them
+///   (50-150 MiB) at 100 %. Such a setup must raise the limit (`stowage`: the
+///   `--extender-body-limit-mib` flag), and give the process memory for
+///   [`LARGE_BODIES_AT_ONCE`](crate::LARGE_BODIES_AT_ONCE) bodies of that size.
+///
+/// stowage's shipped scheduler configurations set `nodeCacheCapable: true`. Bodies over the
+/// limit are refused with 413, before they are read when their `Content-Length` says so, and
+/// never buffered past the limit when streamed.
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Where the routes are mounted and how requests are bounded and observed.
 ///
@@ -38,6 +53,7 @@ pub struct RouterConfig {
     filter_verb: String,
     prioritize_verb: String,
     body_limit: usize,
+    body_limit_setting: Option<String>,
     observer: Arc<dyn Observer>,
 }
 
@@ -66,8 +82,16 @@ pub enum ConfigError {
 ///
 /// Other methods on those paths get 405, other paths 404 (no fallback is installed, so the
 /// router merges cleanly with the caller's own routes). Every refusal is a 4xx with
-/// `{"Error": "<reason>"}`: 400 for malformed or incomplete JSON, 413 for a body over the
-/// limit, 415 for a content type other than JSON.
+/// `{"Error": "<reason>"}`: 400 for malformed or incomplete JSON, 408 for a large body that
+/// arrives too slowly ([`LARGE_BODY_DEADLINE`](crate::LARGE_BODY_DEADLINE)), 413 for a body
+/// over the limit, 415 for a content type other than JSON.
+///
+/// Bodies up to [`INLINE_BODY_LIMIT`](crate::INLINE_BODY_LIMIT) are answered on the task that
+/// serves the connection. Larger ones are read only with one of
+/// [`LARGE_BODIES_AT_ONCE`](crate::LARGE_BODIES_AT_ONCE) turns, and decoded and answered on
+/// tokio's blocking pool ([`tokio::task::spawn_blocking`]), so a small request never waits
+/// behind a large one on a single-threaded runtime. The router therefore needs a tokio
+/// runtime with its time driver enabled (as `#[tokio::main]` and `Builder::enable_all` give).
 ///
 /// stowage registers no bind or preempt verb, so none is served.
 pub fn router<P: Policy>(policy: Arc<P>, config: RouterConfig) -> Result<Router, ConfigError> {
@@ -81,6 +105,7 @@ pub fn router<P: Policy>(policy: Arc<P>, config: RouterConfig) -> Result<Router,
     let shared = Arc::new(Shared {
         policy,
         observer: config.observer,
+        intake: Intake::new(config.body_limit, config.body_limit_setting),
     });
     let mut routes = Router::new();
     if let Some(path) = filter_path {
@@ -90,7 +115,6 @@ pub fn router<P: Policy>(policy: Arc<P>, config: RouterConfig) -> Result<Router,
         routes = routes.route(&path, post(prioritize_handler::<P>));
     }
     Ok(routes
-        .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TraceLayer::new_for_http().make_span_with(request_span as fn(&Request) -> Span))
         .with_state(shared))
 }
@@ -98,6 +122,7 @@ pub fn router<P: Policy>(policy: Arc<P>, config: RouterConfig) -> Result<Router,
 struct Shared<P> {
     policy: Arc<P>,
     observer: Arc<dyn Observer>,
+    intake: Intake,
 }
 
 /// The hasher of the router's per-request node-name sets: foldhash's fast variant, seeded per
@@ -126,10 +151,10 @@ fn request_span(req: &Request) -> Span {
 
 async fn filter_handler<P: Policy>(State(shared): State<Arc<Shared<P>>>, req: Request) -> Response {
     let started = Instant::now();
-    let answer = match JsonBody::from_request(req, &()).await {
-        Ok(body) => filter::respond(&*shared.policy, &*shared.observer, &body),
-        Err(e) => Err(e),
-    };
+    let answer = answer(&shared, req, |shared, body| {
+        filter::respond(&*shared.policy, &*shared.observer, body)
+    })
+    .await;
     finish(&*shared.observer, Verb::Filter, started, answer)
 }
 
@@ -138,11 +163,38 @@ async fn prioritize_handler<P: Policy>(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let answer = match JsonBody::from_request(req, &()).await {
-        Ok(body) => prioritize::respond(&*shared.policy, &body),
-        Err(e) => Err(e),
-    };
+    let answer = answer(&shared, req, |shared, body| {
+        prioritize::respond(&*shared.policy, body)
+    })
+    .await;
     finish(&*shared.observer, Verb::Prioritize, started, answer)
+}
+
+/// Reads the body and answers it with `respond`: here for a small body, on the blocking
+/// pool under the body's turn for a large one (see [`router`]).
+async fn answer<P: Policy>(
+    shared: &Arc<Shared<P>>,
+    req: Request,
+    respond: fn(&Shared<P>, &JsonBody) -> Result<Answer, ApiError>,
+) -> Result<Answer, ApiError> {
+    let ReadBody { body, turn } = shared.intake.read(req).await?;
+    let Some(turn) = turn else {
+        return respond(shared, &body);
+    };
+    let shared = shared.clone();
+    let span = Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let _entered = span.enter();
+        respond(&shared, &body)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("answering the request failed: {e}"),
+        ))
+    })
 }
 
 fn finish(
@@ -207,6 +259,7 @@ impl Default for RouterConfig {
             filter_verb: "filter".to_owned(),
             prioritize_verb: "prioritize".to_owned(),
             body_limit: DEFAULT_BODY_LIMIT,
+            body_limit_setting: None,
             observer: Arc::new(NoopObserver),
         }
     }
@@ -219,6 +272,7 @@ impl fmt::Debug for RouterConfig {
             .field("filter_verb", &self.filter_verb)
             .field("prioritize_verb", &self.prioritize_verb)
             .field("body_limit", &self.body_limit)
+            .field("body_limit_setting", &self.body_limit_setting)
             .finish_non_exhaustive()
     }
 }
@@ -249,9 +303,17 @@ impl RouterConfig {
         self
     }
 
-    /// The largest accepted request body, in bytes (default [`DEFAULT_BODY_LIMIT`]).
+    /// The largest accepted request body, in bytes (default [`DEFAULT_BODY_LIMIT`], whose
+    /// documentation says what kube-scheduler sends).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// The setting that raises the body limit (a flag, say), named in the 413 message so the
+    /// operator knows what to change (default: none named).
+    pub fn body_limit_setting(mut self, setting: impl Into<String>) -> Self {
+        self.body_limit_setting = Some(setting.into());
         self
     }
 

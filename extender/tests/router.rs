@@ -333,6 +333,29 @@ async fn bodies_over_the_limit_are_refused_with_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let error: ExtenderFilterResult = serde_json::from_slice(&bytes).unwrap();
     assert!(!error.error.is_empty());
+
+    // A streamed body (no Content-Length) is cut off at the limit; the answer names the
+    // setting that raises it.
+    let named = router(
+        Arc::new(Stub::default()),
+        RouterConfig::new()
+            .body_limit(1024)
+            .body_limit_setting("--body-limit"),
+    )
+    .unwrap();
+    let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1024])));
+    let request = Request::post("/filter")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let (status, bytes) = send(named, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let error: ExtenderFilterResult = serde_json::from_slice(&bytes).unwrap();
+    assert!(
+        error.error.contains("raise --body-limit"),
+        "{}",
+        error.error
+    );
 }
 
 #[tokio::test]

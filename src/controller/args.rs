@@ -39,6 +39,10 @@ pub struct ControllerArgs {
     #[arg(long, default_value = crate::api::names::PROVISIONER_LOCAL, env = "STOWAGE_PROVISIONER_NAME")]
     pub provisioner_name: String,
 
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub extender_body_limit: crate::extender_role::BodyLimit,
+
     /// Seconds a PersistentVolume's node may be without a Node object before the volume is
     /// reported (Warning Event, stowage_volumes_node_gone).
     #[arg(long, default_value_t = 300, env = "STOWAGE_NODE_GONE_GRACE")]
@@ -126,8 +130,14 @@ impl ControllerArgs {
         let fit = FitOptions {
             stale_after: Duration::from_secs(self.stale_after),
         };
-        let extender = crate::extender_role::extender_app(index.clone(), fit, "", &registry)
-            .context("building the extender routes")?;
+        let extender = crate::extender_role::extender_app(
+            index.clone(),
+            fit,
+            "",
+            self.extender_body_limit,
+            &registry,
+        )
+        .context("building the extender routes")?;
         let leader_metrics =
             LeaderMetrics::register(&registry).context("registering the leader metrics")?;
         let leader = self
@@ -236,6 +246,7 @@ impl ControllerArgs {
             kubeconfig: _,
             stale_after,
             provisioner_name,
+            extender_body_limit: _,
             node_gone_grace,
             workers,
             drain_timeout: _,
