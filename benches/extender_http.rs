@@ -10,7 +10,9 @@
 //! many seconds instead of the latency run, each on its own keep-alive connection sending
 //! filter and then prioritize (as kube-scheduler does for one pod) without pause, and prints
 //! errors and p50/p99/max latency per verb. The clients run on their own thread and tokio
-//! runtime, the server on the bench's 2-worker runtime as in `stowage extender`. An error is
+//! runtime; the server, in every mode, on a thread and single-threaded runtime of its own
+//! (`serve::serve_on_own_thread`), as `stowage extender` and `stowage controller` serve it,
+//! large bodies answered on tokio's blocking pool. An error is
 //! a failed connection, a status other than 200, or a 200 whose body is not a successful
 //! answer (filter: `"Error":""` at the end; prioritize: a JSON array).
 //!
@@ -793,7 +795,9 @@ async fn run(opts: Options) {
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let _server =
+            stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
 
         let names: Vec<String> = (0..n).map(node_name).collect();
         let filter = request(
@@ -822,9 +826,9 @@ async fn run(opts: Options) {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
 
         if opts.clients > 0 {
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop_churn = Arc::new(AtomicBool::new(false));
             let churner = (opts.churn > 0).then(|| {
-                let (index, stop, rate) = (index.clone(), stop.clone(), opts.churn);
+                let (index, stop, rate) = (index.clone(), stop_churn.clone(), opts.churn);
                 std::thread::spawn(move || churn(index, n, rate, stop))
             });
             load(
@@ -835,7 +839,7 @@ async fn run(opts: Options) {
                 opts.duration,
             )
             .await;
-            stop.store(true, Ordering::Relaxed);
+            stop_churn.store(true, Ordering::Relaxed);
             if let Some(churner) = churner {
                 let (changes, seconds) = churner.join().unwrap();
                 println!(
@@ -845,7 +849,7 @@ async fn run(opts: Options) {
                     opts.volumes,
                 );
             }
-            server.abort();
+            let _ = stop.send(true);
             continue;
         }
         let count = opts.requests.unwrap_or(match n {
@@ -871,7 +875,7 @@ async fn run(opts: Options) {
                 ms(lat.cpu)
             );
         }
-        server.abort();
+        let _ = stop.send(true);
     }
 }
 
