@@ -1,5 +1,6 @@
 //! The fault soak: claims in pods of 1–3, created in bursts against the real agents and
-//! controller while the in-memory API server fails 5 % of writes (500 and 429 in turn),
+//! controller while the in-memory API server fails 5 % of writes (500 and 429 in turn, with
+//! kube-client's own retry turned off in stowage's processes by `STOWAGE_TEST_NO_CLIENT_RETRY`),
 //! ends every watch every few seconds and delays responses; the controller is SIGKILLed and
 //! restarted three times and one agent twice. Then a third of the pods and their claims are
 //! deleted across classes that delete, archive and retain.
@@ -64,6 +65,8 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
             ]
             .map(String::from)
             .to_vec(),
+            // kube-client's own retry of 429s off: every injected fault reaches stowage.
+            role_env: vec![(stowage::serve::NO_CLIENT_RETRY_ENV, "1")],
             ..Options::default()
         },
     )
