@@ -23,25 +23,33 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 /// How long open HTTP requests get to finish once a role stops its server.
 pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Test-only: set to `1` to turn off kube-client's own retry of 429s and connection errors,
+/// so that a fault-injection test sees every failed request reach stowage's own handling.
+/// Not a flag and not documented for users: production clients keep the default retry.
+pub const NO_CLIENT_RETRY_ENV: &str = "STOWAGE_TEST_NO_CLIENT_RETRY";
+
 /// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
 /// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`).
 pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
-    match kubeconfig {
-        None => kube::Client::try_default()
+    let mut config = match kubeconfig {
+        None => kube::Config::infer()
             .await
-            .context("loading the default Kubernetes client configuration"),
+            .context("loading the default Kubernetes client configuration")?,
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(
+            kube::Config::from_custom_kubeconfig(
                 kubeconfig,
                 &kube::config::KubeConfigOptions::default(),
             )
             .await
-            .with_context(|| format!("loading kubeconfig {}", path.display()))?;
-            kube::Client::try_from(config).context("building the Kubernetes client")
+            .with_context(|| format!("loading kubeconfig {}", path.display()))?
         }
+    };
+    if std::env::var_os(NO_CLIENT_RETRY_ENV).is_some_and(|v| v == "1") {
+        config.default_retry = false;
     }
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// `GET /healthz` (always 200) and `GET /readyz` (200 once `ready` says so, else 503 with

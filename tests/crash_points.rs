@@ -33,7 +33,7 @@ use stowage::crash::{self, POINTS, Role as CrashRole};
 use stowage_testkit::e2e::Role;
 use stowage_testkit::fixtures::{pod, pvc};
 use stowage_testkit::{wait_for, wait_until};
-use support::invariants::{self, Deleted, entries, volume_of};
+use support::invariants::{self, Deleted, PathWatch, entries, volume_of};
 use support::stack::{Env, GI, MI, NS, Options, wait};
 
 /// `std::process::abort()` ends the process with SIGABRT.
@@ -54,6 +54,7 @@ async fn the_agent_converges_after_aborting_at_each_of_its_crash_points() {
         None => Options::default(),
     };
     let mut env = Env::start(&[("n1", 256 * MI)], options).await;
+    let watch = PathWatch::start(&env);
     env.local_class("local-grow", &[], true).await;
     let mut deleted = Vec::new();
     let mut reached = BTreeSet::new();
@@ -94,7 +95,7 @@ async fn the_agent_converges_after_aborting_at_each_of_its_crash_points() {
                     node: None,
                     on_delete: OnDelete::Archive,
                 });
-                converged(&env, &deleted, name).await;
+                converged(&env, &watch, &deleted, name).await;
                 // And killed before the rename of a claim that stays: renamed on restart.
                 arm_agent(&mut env, name).await;
                 env.pod("staged", "local", &[16]).await;
@@ -121,6 +122,38 @@ async fn the_agent_converges_after_aborting_at_each_of_its_crash_points() {
                 disarm_agent(&mut env).await;
                 env.all_bound(&claim, 1).await;
                 assert_size(&env, &claim, 16 * MI).await;
+                // And killed after the make of an archiving claim that is deleted while the
+                // agent is down: its directory was made but never reported, and must be
+                // archived exactly once all the same. The node is left open, as for the
+                // soak's claims deleted in flight: the count rests on the pool watch alone.
+                arm_agent(&mut env, name).await;
+                env.pod("made-gone", "local-archive", &[16]).await;
+                expect_abort(&mut env.agents[0].process, name).await;
+                let volume = volume_of(&env, "made-gone-0").await;
+                assert!(pool.join(&volume).is_dir(), "{name}: made");
+                env.delete_all("made-gone").await;
+                wait_for(
+                    CONVERGE,
+                    "the unreported LocalVolume is being deleted",
+                    || async {
+                        env.lvs()
+                            .get(&volume)
+                            .await
+                            .unwrap()
+                            .metadata
+                            .deletion_timestamp
+                            .is_some()
+                    },
+                )
+                .await
+                .unwrap();
+                disarm_agent(&mut env).await;
+                deleted.push(Deleted {
+                    claim: "made-gone-0".into(),
+                    volume,
+                    node: None,
+                    on_delete: OnDelete::Archive,
+                });
             }
             crash::AGENT_GROW_RAISED => {
                 env.pod("grow", "local-grow", &[16]).await;
@@ -179,7 +212,7 @@ async fn the_agent_converges_after_aborting_at_each_of_its_crash_points() {
             ),
         }
         reached.insert(name);
-        let counts = converged(&env, &deleted, name).await;
+        let counts = converged(&env, &watch, &deleted, name).await;
         eprintln!("crash point {name}: converged ({counts})");
     }
     finish(CrashRole::Agent, &reached);
@@ -204,6 +237,7 @@ async fn the_controller_converges_after_aborting_at_each_of_its_crash_points() {
         },
     )
     .await;
+    let watch = PathWatch::start(&env);
     env.local_class("local-grow", &[], true).await;
     nfs_class(&env, "nfs-archive", &[("archiveOnDelete", "true")]).await;
     let nfs_root = env.cluster.dir().join("nfs").join("10.0.0.21");
@@ -420,7 +454,7 @@ async fn the_controller_converges_after_aborting_at_each_of_its_crash_points() {
             ),
         }
         reached.insert(name);
-        let counts = converged(&env, &deleted, name).await;
+        let counts = converged(&env, &watch, &deleted, name).await;
         eprintln!("crash point {name}: converged ({counts})");
     }
     finish(CrashRole::Controller, &reached);
@@ -484,10 +518,15 @@ async fn expect_abort(role: &mut Role, point: &str) {
 }
 
 /// Waits until every invariant holds; returns what was checked.
-async fn converged(env: &Env, deleted: &[Deleted], point: &str) -> invariants::Counts {
+async fn converged(
+    env: &Env,
+    watch: &PathWatch,
+    deleted: &[Deleted],
+    point: &str,
+) -> invariants::Counts {
     let last = std::sync::Mutex::new(String::new());
     let result = wait_until(CONVERGE, &format!("convergence after {point}"), || async {
-        match invariants::check(env, deleted).await {
+        match invariants::check(env, watch, deleted).await {
             Ok(c) => Some(c),
             Err(why) => {
                 *last.lock().unwrap() = why;
@@ -566,7 +605,8 @@ async fn claim_capacity(env: &Env, claim: &str) -> u64 {
     parse_quantity(&q.0)
 }
 
-/// The claim, its PV and its LocalVolume (if local) all report `bytes`.
+/// The claim and its PV report `bytes`; so does its LocalVolume, which a claim of a local
+/// class must have and one of an NFS class must not.
 async fn assert_size(env: &Env, claim: &str, bytes: u64) {
     assert_eq!(
         claim_capacity(env, claim).await,
@@ -579,13 +619,29 @@ async fn assert_size(env: &Env, claim: &str, bytes: u64) {
         bytes,
         "{claim}: PV"
     );
-    if let Some(lv) = env.lvs().get_opt(&volume).await.unwrap() {
-        assert_eq!(lv.spec.size_bytes, bytes, "{claim}: LocalVolume spec");
-        assert_eq!(
-            lv.status.unwrap().size_bytes,
-            Some(bytes),
-            "{claim}: LocalVolume status"
-        );
+    let c = env.claims().get(claim).await.unwrap();
+    let class = c.spec.unwrap().storage_class_name.unwrap();
+    let provisioner =
+        kube::Api::<k8s_openapi::api::storage::v1::StorageClass>::all(env.client.clone())
+            .get(&class)
+            .await
+            .unwrap()
+            .provisioner;
+    let lv = env.lvs().get_opt(&volume).await.unwrap();
+    match provisioner.as_str() {
+        names::PROVISIONER_LOCAL => {
+            let lv = lv.unwrap_or_else(|| panic!("{claim}: no LocalVolume {volume}"));
+            assert_eq!(lv.spec.size_bytes, bytes, "{claim}: LocalVolume spec");
+            assert_eq!(
+                lv.status.unwrap_or_default().size_bytes,
+                Some(bytes),
+                "{claim}: LocalVolume status"
+            );
+        }
+        names::PROVISIONER_NFS => {
+            assert!(lv.is_none(), "{claim}: an NFS claim has a LocalVolume");
+        }
+        other => panic!("{claim}: class {class} of provisioner {other}"),
     }
 }
 

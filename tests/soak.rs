@@ -1,13 +1,16 @@
 //! The fault soak: claims in pods of 1–3, created in bursts against the real agents and
-//! controller while the in-memory API server fails 5 % of writes (500 and 429 in turn),
+//! controller while the in-memory API server fails 5 % of writes (500 and 429 in turn, with
+//! kube-client's own retry turned off in stowage's processes by `STOWAGE_TEST_NO_CLIENT_RETRY`),
 //! ends every watch every few seconds and delays responses; the controller is SIGKILLed and
 //! restarted three times and one agent twice. Then a third of the pods and their claims are
 //! deleted across classes that delete, archive and retain.
 //!
 //! Afterwards (still under faults) every invariant must hold: every claim Bound exactly once
-//! (one PV whose claimRef uid is the claim's), no pool over allocatable, no LocalVolume or
-//! directory without a claim, every deleted claim's data deleted, archived or kept per its
-//! class. The counts of each are printed.
+//! (one PV whose claimRef uid is the claim's), as many PVs as claims (every PV stowage's and
+//! a live claim's), no pool over allocatable, no LocalVolume or directory without a claim,
+//! every deleted claim's data deleted, archived or kept per its class (archived exactly once
+//! if an inotify watch on the pools saw its directory made, never otherwise). The counts of
+//! each are printed.
 //!
 //! `STOWAGE_SOAK_CLAIMS` sets the number of claims (default 120, so `cargo test` stays
 //! quick; BENCHMARKS.md records the 500-claim run); `STOWAGE_SOAK_SEED` (default 9) the
@@ -27,7 +30,7 @@ use stowage::api::local_volume::OnDelete;
 use stowage_testkit::WriteFailure;
 use stowage_testkit::fixtures::{pod, pvc};
 use stowage_testkit::wait_until;
-use support::invariants::{self, Deleted};
+use support::invariants::{self, Deleted, PathWatch};
 use support::stack::{Env, GI, NS, Options};
 
 /// Claims of the default run.
@@ -62,10 +65,13 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
             ]
             .map(String::from)
             .to_vec(),
+            // kube-client's own retry of 429s off: every injected fault reaches stowage.
+            role_env: vec![(stowage::serve::NO_CLIENT_RETRY_ENV, "1")],
             ..Options::default()
         },
     )
     .await;
+    let watch = PathWatch::start(&env);
     let seed: u64 = std::env::var("STOWAGE_SOAK_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -125,6 +131,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     let created_at = started.elapsed();
     let bound = settle(
         &env,
+        &watch,
         &deleted,
         claims - deleted.len(),
         "every claim is Bound",
@@ -167,7 +174,14 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         }
     }
     let remaining = claims - deleted.len();
-    let counts = settle(&env, &deleted, remaining, "the deletions are carried out").await;
+    let counts = settle(
+        &env,
+        &watch,
+        &deleted,
+        remaining,
+        "the deletions are carried out",
+    )
+    .await;
     let faults = env.cluster.server().unwrap().faults();
     let fault_counts = faults.counts();
     faults.reset();
@@ -197,6 +211,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     );
 
     assert_eq!(counts.bound_once, remaining);
+    assert_eq!(counts.pvs, remaining);
     assert_eq!(counts.deleted_dealt, deleted.len());
     assert_eq!(counts.pools_within, env.agents.len());
     assert!(counts.volumes_owned == remaining && counts.dirs_owned >= remaining);
@@ -292,7 +307,8 @@ fn pods_for(claims: usize, seed: u64) -> Vec<PodPlan> {
 
 /// Whether the pod is deleted right after its burst, while being provisioned: one in
 /// twenty, of the classes that delete (so any directory made must be gone afterwards) or
-/// archive (so it must be archived exactly once).
+/// archive (so it must be archived exactly once if its directory was made at all, and not
+/// at all otherwise).
 fn in_flight(p: &PodPlan) -> bool {
     p.index % 20 == 1 || p.index % 20 == 4
 }
@@ -366,7 +382,13 @@ where
 }
 
 /// Waits until every invariant holds with exactly `claims` claims left.
-async fn settle(env: &Env, deleted: &[Deleted], claims: usize, what: &str) -> invariants::Counts {
+async fn settle(
+    env: &Env,
+    watch: &PathWatch,
+    deleted: &[Deleted],
+    claims: usize,
+    what: &str,
+) -> invariants::Counts {
     let deadline = Duration::from_secs(60 + 2 * claims as u64);
     let last = std::sync::Mutex::new(String::new());
     let result = wait_until(deadline, what, || async {
@@ -381,7 +403,7 @@ async fn settle(env: &Env, deleted: &[Deleted], claims: usize, what: &str) -> in
             *last.lock().unwrap() = format!("{count} claims, want {claims}");
             return None;
         }
-        match invariants::check(env, deleted).await {
+        match invariants::check(env, watch, deleted).await {
             Ok(c) => Some(c),
             Err(why) => {
                 *last.lock().unwrap() = why;

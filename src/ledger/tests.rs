@@ -1,5 +1,8 @@
 //! Properties the ledger promises for any input (DESIGN.md, "Capacity ledger").
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -70,14 +73,6 @@ fn fits(node: &NodeState, demand: &Demand) -> bool {
 
 proptest! {
     #[test]
-    fn a_node_never_fits_when_the_demand_exceeds_its_free_space(node in arb_node(), demand in arb_demand()) {
-        let exceeds = demand.pools().any(|(pool, need)| {
-            node.pool(pool.as_str()).is_none_or(|p| need > p.free())
-        });
-        prop_assert_eq!(fits(&node, &demand), !exceeds);
-    }
-
-    #[test]
     fn scores_never_leave_the_protocol_range(node in arb_node(), demand in arb_demand()) {
         for placement in [Placement::Spread, Placement::Binpack] {
             let s = score(&node, &demand, placement);
@@ -126,42 +121,6 @@ proptest! {
         let spread = score(&a, &demand, Placement::Spread).cmp(&score(&b, &demand, Placement::Spread));
         let binpack = score(&a, &demand, Placement::Binpack).cmp(&score(&b, &demand, Placement::Binpack));
         prop_assert_eq!(spread, binpack.reverse());
-    }
-
-    #[test]
-    fn no_overcommit_for_any_interleaving_of_reserve_commit_and_release(
-        caps in prop::collection::vec(1u64..=512, 1..4),
-        ops in prop::collection::vec((0u8..5, 0usize..4, 0u64..=256), 1..200),
-    ) {
-        let opts = FitOptions::default();
-        let mut ledger: Ledger = caps
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                NodeState::new(format!("n{i}"), vec![PoolState::new("default", Driver::Btrfs, Bytes::gib(c))])
-            })
-            .collect();
-        let mut reserved: Vec<(String, Demand)> = Vec::new();
-        let mut allocated: Vec<(String, Demand)> = Vec::new();
-        for (op, idx, gib) in ops {
-            let node = format!("n{}", idx % caps.len());
-            let d = Demand::from_claims([("default", Bytes::gib(gib))]).unwrap();
-            match op {
-                0 => if ledger.reserve(&node, &d, &opts).is_ok() { reserved.push((node, d)) },
-                1 => if ledger.allocate(&node, &d, &opts).is_ok() { allocated.push((node, d)) },
-                2 => if let Some((n, d)) = reserved.pop() {
-                    ledger.commit(&n, &d).unwrap();
-                    allocated.push((n, d));
-                },
-                3 => if let Some((n, d)) = allocated.pop() { ledger.release(&n, &d).unwrap() },
-                _ => if let Some((n, d)) = reserved.pop() { ledger.unreserve(&n, &d).unwrap() },
-            }
-            for n in ledger.nodes() {
-                for p in &n.pools {
-                    prop_assert!(p.committed() <= p.allocatable(), "{} {:?}", n.name, p);
-                }
-            }
-        }
     }
 }
 
@@ -226,4 +185,362 @@ fn unknown_nodes_are_filtered_with_a_reason_and_score_zero() {
             .passed,
         ["ghost"]
     );
+}
+
+// === Properties against an independent model ===
+//
+// The model below restates DESIGN.md's definitions in plain i128 arithmetic (no `Bytes`, no
+// saturating helpers, nothing from `free()`, `check()` or `score()`), and the inputs are
+// generated around its byte-exact boundaries: demands of exactly the free space, one byte
+// less and one byte more; hostpath pools whose filesystem is the tighter limit by a byte;
+// heartbeats exactly at the staleness limit and a nanosecond past it; pools and nodes that
+// are not ready; pools the node does not have.
+
+/// One pool as the model sees it.
+#[derive(Clone, Debug)]
+struct ModelPool {
+    capacity: i128,
+    reserve: i128,
+    allocated: i128,
+    reserved: i128,
+    available: Option<i128>,
+    enforces: bool,
+    ready: bool,
+}
+
+impl ModelPool {
+    fn of(p: &PoolState) -> Self {
+        ModelPool {
+            capacity: i128::from(p.capacity.0),
+            reserve: i128::from(p.reserve.0),
+            allocated: i128::from(p.allocated.0),
+            reserved: i128::from(p.reserved.0),
+            available: p.available.map(|a| i128::from(a.0)),
+            enforces: p.driver == Driver::Btrfs,
+            ready: p.ready,
+        }
+    }
+
+    /// Capacity less the reserve, never below zero.
+    fn allocatable(&self) -> i128 {
+        (self.capacity - self.reserve).max(0)
+    }
+
+    /// What a new claim may take: allocatable less what is promised, and for a driver that
+    /// cannot enforce sizes no more than the filesystem has beyond the reserve.
+    fn room(&self) -> i128 {
+        let by_ledger = (self.allocatable() - self.allocated - self.reserved).max(0);
+        match self.available {
+            Some(a) if !self.enforces => by_ledger.min((a - self.reserve).max(0)),
+            _ => by_ledger,
+        }
+    }
+}
+
+/// The model's verdict: `Ok` or the kind of the first reason.
+fn model_fit(
+    node: &NodeState,
+    needs: &BTreeMap<String, i128>,
+    stale_after: Duration,
+) -> Result<(), &'static str> {
+    if needs.is_empty() {
+        return Ok(());
+    }
+    match node.heartbeat_age {
+        None => return Err("no_report"),
+        Some(age) if age > stale_after => return Err("stale"),
+        Some(_) => {}
+    }
+    if !node.ready {
+        return Err("node_not_ready");
+    }
+    // Pools in name order, as a demand lists them.
+    for (pool, need) in needs {
+        let Some(p) = node.pools.iter().find(|p| p.name.as_str() == pool) else {
+            return Err("unknown_pool");
+        };
+        let m = ModelPool::of(p);
+        if !m.ready {
+            return Err("pool_not_ready");
+        }
+        if *need > m.room() {
+            return Err("insufficient_capacity");
+        }
+    }
+    Ok(())
+}
+
+/// The model's score: the share of the demanded pools' allocatable bytes left after
+/// placement, times ten, rounded half up (binpack: ten less that). Zero when a demanded pool
+/// is missing or too small, or the pools have no allocatable bytes at all.
+fn model_score(node: &NodeState, needs: &BTreeMap<String, i128>, placement: Placement) -> u8 {
+    let mut left = 0i128;
+    let mut whole = 0i128;
+    for (pool, need) in needs {
+        let Some(p) = node.pools.iter().find(|p| p.name.as_str() == pool) else {
+            return 0;
+        };
+        let m = ModelPool::of(p);
+        if *need > m.room() {
+            return 0;
+        }
+        left += m.room() - need;
+        whole += m.allocatable();
+    }
+    if whole == 0 {
+        return 0;
+    }
+    // round(10 × left / whole), halves up, exactly: ⌊(20·left + whole) / (2·whole)⌋.
+    let spread = u8::try_from((20 * left + whole) / (2 * whole)).unwrap();
+    match placement {
+        Placement::Spread => spread,
+        Placement::Binpack => 10 - spread,
+    }
+}
+
+/// A pool in bytes, not GiB: sizes from 0 to beyond 2^62, some overcommitted, some
+/// hostpath pools whose filesystem is short of the ledger's free space, one in five not
+/// ready.
+fn arb_exact_pool(name: &'static str) -> impl Strategy<Value = PoolState> {
+    let size = prop_oneof![
+        Just(0u64),
+        1u64..=64,
+        0u64..=(1 << 40),
+        Just(MAX_BYTES.0),
+        (1u64 << 62)..=MAX_BYTES.0,
+    ];
+    (
+        size,
+        0u64..=100,
+        0u64..=120,
+        0u64..=60,
+        any::<bool>(),
+        prop::option::of((0u64..=110, -1i64..=1)),
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(
+            move |(cap, reserve_pct, alloc_pct, reserved_pct, btrfs, avail, ready)| {
+                let driver = if btrfs {
+                    Driver::Btrfs
+                } else {
+                    Driver::Hostpath
+                };
+                let pct =
+                    |v: u64, p: u64| u64::try_from(u128::from(v) * u128::from(p) / 100).unwrap();
+                let mut p = PoolState::new(name, driver, Bytes(cap));
+                p.reserve = Bytes(pct(cap, reserve_pct));
+                let allocatable = cap - p.reserve.0;
+                p.allocated = Bytes(pct(allocatable, alloc_pct));
+                p.reserved = Bytes(pct(allocatable, reserved_pct));
+                // The filesystem's free space: around the reserve plus a share of the
+                // allocatable bytes, a byte either side.
+                p.available = avail.map(|(share, nudge)| {
+                    let base = p.reserve.0.saturating_add(pct(allocatable, share));
+                    Bytes(base.saturating_add_signed(nudge))
+                });
+                p.ready = ready;
+                if !ready {
+                    p.message = Some("mount is gone".into());
+                }
+                p
+            },
+        )
+}
+
+const STALE_AFTER: Duration = Duration::from_secs(45);
+
+/// A node with one or both pools, sometimes not ready, with a heartbeat never, fresh,
+/// exactly at the limit or a nanosecond past it.
+fn arb_exact_node() -> impl Strategy<Value = NodeState> {
+    (
+        arb_exact_pool(POOLS[0]),
+        prop::option::of(arb_exact_pool(POOLS[1])),
+        prop::bool::weighted(0.9),
+        prop_oneof![
+            6 => Just(Some(Duration::ZERO)),
+            1 => Just(None),
+            1 => Just(Some(STALE_AFTER)),
+            1 => Just(Some(STALE_AFTER + Duration::from_nanos(1))),
+        ],
+    )
+        .prop_map(|(a, b, ready, age)| {
+            let mut node = NodeState::new("n", [a].into_iter().chain(b).collect());
+            node.ready = ready;
+            node.heartbeat_age = age;
+            node
+        })
+}
+
+/// Per pool (the node's two and one it may lack): asked or not, and if so the model's free
+/// space exactly, a byte less, a byte more, or anything; split into one to three claims.
+fn arb_exact_demand(
+    node: &NodeState,
+) -> impl Strategy<Value = (Demand, BTreeMap<String, i128>)> + use<> {
+    let rooms: Vec<(String, Option<i128>)> = [POOLS[0], POOLS[1], "ghost"]
+        .iter()
+        .map(|name| {
+            let room = node
+                .pools
+                .iter()
+                .find(|p| p.name.as_str() == *name)
+                .map(|p| ModelPool::of(p).room());
+            (name.to_string(), room)
+        })
+        .collect();
+    let per_pool = (
+        prop::bool::weighted(0.7),
+        prop_oneof![Just(0i128), Just(-1), Just(1), Just(i128::MAX)],
+        0u64..=(1 << 41),
+        1usize..=3,
+    );
+    prop::collection::vec(per_pool, 3).prop_map(move |choices| {
+        let mut claims = Vec::new();
+        let mut needs = BTreeMap::new();
+        for ((name, room), (asked, nudge, any, split)) in rooms.iter().zip(choices) {
+            if !asked {
+                continue;
+            }
+            let need: u64 = match (room, nudge) {
+                (Some(r), n) if n != i128::MAX => u64::try_from((r + n).max(0)).unwrap(),
+                _ => any,
+            };
+            // `split` claims summing to `need`.
+            let part = need / split as u64;
+            for i in 0..split {
+                let bytes = if i + 1 == split {
+                    need - part * (split as u64 - 1)
+                } else {
+                    part
+                };
+                claims.push((name.clone(), Bytes(bytes)));
+            }
+            needs.insert(name.clone(), i128::from(need));
+        }
+        (Demand::from_claims(claims).unwrap(), needs)
+    })
+}
+
+fn arb_node_and_demand() -> impl Strategy<Value = (NodeState, Demand, BTreeMap<String, i128>)> {
+    arb_exact_node().prop_flat_map(|node| {
+        let demand = arb_exact_demand(&node);
+        (Just(node), demand).prop_map(|(n, (d, needs))| (n, d, needs))
+    })
+}
+
+fn opts() -> FitOptions {
+    FitOptions {
+        stale_after: STALE_AFTER,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The fit check accepts exactly what the model accepts, gives the model's first reason
+    /// otherwise, and an insufficient pool names the model's free space and need.
+    #[test]
+    fn the_fit_check_agrees_with_the_model_at_every_byte((node, demand, needs) in arb_node_and_demand()) {
+        let want = model_fit(&node, &needs, STALE_AFTER);
+        let got = check(&node, &demand, &opts());
+        prop_assert_eq!(got.as_ref().err().map(Unfit::kind), want.err(), "{:?}", got);
+        if let Err(Unfit::Pools(shortfalls)) = &got {
+            for s in shortfalls {
+                if let Shortfall::Insufficient { pool, needed, free } = s {
+                    let m = ModelPool::of(node.pool(pool.as_str()).unwrap());
+                    prop_assert_eq!(i128::from(free.0), m.room());
+                    prop_assert_eq!(i128::from(needed.0), needs[pool.as_str()]);
+                    prop_assert!(i128::from(needed.0) > m.room());
+                }
+            }
+        }
+    }
+
+    /// Both placements score what the model scores.
+    #[test]
+    fn scores_agree_with_the_model((node, demand, needs) in arb_node_and_demand()) {
+        for placement in [Placement::Spread, Placement::Binpack] {
+            prop_assert_eq!(score(&node, &demand, placement), model_score(&node, &needs, placement), "{:?}", placement);
+        }
+    }
+
+    /// A reservation is taken exactly when the model says it fits, and then adds exactly the
+    /// demand to each pool's reserved bytes; a refused one changes nothing.
+    #[test]
+    fn reservations_are_taken_exactly_when_they_fit((node, demand, needs) in arb_node_and_demand()) {
+        let mut ledger: Ledger = [node.clone()].into_iter().collect();
+        let fits = model_fit(&node, &needs, STALE_AFTER).is_ok();
+        let got = ledger.reserve("n", &demand, &opts());
+        prop_assert_eq!(got.is_ok(), fits, "{:?}", got);
+        let after = ledger.node("n").unwrap();
+        for (before, now) in node.pools.iter().zip(&after.pools) {
+            let added = if fits { needs.get(before.name.as_str()).copied().unwrap_or(0) } else { 0 };
+            prop_assert_eq!(i128::from(now.reserved.0), i128::from(before.reserved.0) + added);
+            prop_assert_eq!(now.allocated, before.allocated);
+        }
+    }
+
+    /// Any interleaving of reserve, allocate, commit, unreserve and release, with sizes at
+    /// the model's free space, a byte either side or anything: a demand that fits is
+    /// accepted, one that does not is refused, the counters are the model's after every
+    /// step, and no pool is ever promised more than its allocatable bytes.
+    #[test]
+    fn no_overcommit_and_every_fitting_demand_is_taken(
+        caps in prop::collection::vec(0u64..=(1 << 36), 1..4),
+        ops in prop::collection::vec((0u8..5, 0usize..4, prop_oneof![Just(0i64), Just(-1), Just(1), Just(i64::MAX)], 0u64..=(1 << 35)), 1..200),
+    ) {
+        let opts = opts();
+        let mut ledger: Ledger = caps
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| NodeState::new(format!("n{i}"), vec![PoolState::new("default", Driver::Btrfs, Bytes(c))]))
+            .collect();
+        // The model: per node its capacity, allocated and reserved bytes.
+        let mut model: Vec<(i128, i128, i128)> = caps.iter().map(|&c| (i128::from(c), 0, 0)).collect();
+        let mut reserved: Vec<(usize, u64)> = Vec::new();
+        let mut allocated: Vec<(usize, u64)> = Vec::new();
+        for (op, idx, nudge, any) in ops {
+            let i = idx % caps.len();
+            let node = format!("n{i}");
+            let (cap, alloc, res) = model[i];
+            let room = (cap - alloc - res).max(0);
+            let bytes = if nudge == i64::MAX { any } else { u64::try_from((room + i128::from(nudge)).max(0)).unwrap() };
+            let d = |b: u64| Demand::from_claims([("default", Bytes(b))]).unwrap();
+            let fits = i128::from(bytes) <= room;
+            match op {
+                0 | 1 => {
+                    let got = if op == 0 { ledger.reserve(&node, &d(bytes), &opts) } else { ledger.allocate(&node, &d(bytes), &opts) };
+                    prop_assert_eq!(got.is_ok(), fits, "{} bytes on {} with {} free: {:?}", bytes, node, room, got);
+                    if fits {
+                        if op == 0 {
+                            model[i].2 += i128::from(bytes);
+                            reserved.push((i, bytes));
+                        } else {
+                            model[i].1 += i128::from(bytes);
+                            allocated.push((i, bytes));
+                        }
+                    }
+                }
+                2 => if let Some((n, b)) = reserved.pop() {
+                    ledger.commit(&format!("n{n}"), &d(b)).unwrap();
+                    model[n].2 -= i128::from(b);
+                    model[n].1 += i128::from(b);
+                    allocated.push((n, b));
+                },
+                3 => if let Some((n, b)) = allocated.pop() {
+                    ledger.release(&format!("n{n}"), &d(b)).unwrap();
+                    model[n].1 -= i128::from(b);
+                },
+                _ => if let Some((n, b)) = reserved.pop() {
+                    ledger.unreserve(&format!("n{n}"), &d(b)).unwrap();
+                    model[n].2 -= i128::from(b);
+                },
+            }
+            for (j, (cap, alloc, res)) in model.iter().enumerate() {
+                let p = &ledger.node(&format!("n{j}")).unwrap().pools[0];
+                prop_assert_eq!(i128::from(p.allocated.0), *alloc);
+                prop_assert_eq!(i128::from(p.reserved.0), *res);
+                prop_assert!(alloc + res <= *cap, "n{} promised {} of {}", j, alloc + res, cap);
+            }
+        }
+    }
 }

@@ -78,6 +78,8 @@ pub struct Options {
     /// Schedule without the extender (capacity-blind, as where kube-scheduler cannot be
     /// reconfigured): the controller is then the only capacity check.
     pub without_extender: bool,
+    /// Environment variables for every stowage process (agents and controller).
+    pub role_env: Vec<(&'static str, &'static str)>,
 }
 
 /// The running system. Field order is drop order: the scheduler and processes stop before
@@ -173,7 +175,7 @@ impl Env {
             )
             .unwrap();
             let port = free_port();
-            let process = cluster
+            let mut process = cluster
                 .role(stowage_binary(), &format!("agent-{name}"))
                 .arg("agent")
                 .arg("--node-name")
@@ -186,9 +188,11 @@ impl Env {
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--kubeconfig")
                 .arg(cluster.kubeconfig())
-                .env("RUST_LOG", "info")
-                .spawn()
-                .unwrap();
+                .env("RUST_LOG", "info");
+            for (k, v) in &options.role_env {
+                process = process.env(k, v);
+            }
+            let process = process.spawn().unwrap();
             agents.push(NodeAgent {
                 name: name.to_string(),
                 pool_dir,
@@ -210,6 +214,9 @@ impl Env {
             .env("POD_NAME", "controller-0")
             .env("RUST_LOG", "info")
             .args(&options.controller_args);
+        for (k, v) in &options.role_env {
+            controller = controller.env(k, v);
+        }
         if !options.nfs.is_empty() {
             let base = cluster.dir().join("nfs");
             let mut exports = Vec::new();
