@@ -796,8 +796,7 @@ async fn run(opts: Options) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let _server =
-            stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
+        let _server = stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
 
         let names: Vec<String> = (0..n).map(node_name).collect();
         let filter = request(
