@@ -19,7 +19,7 @@ use stowage_extender::{RouterConfig, router};
 use crate::cache::ClusterIndex;
 use crate::cache::metrics::ExtenderMetrics;
 use crate::cache::policy::StowagePolicy;
-use crate::cache::watch::{Readiness, run_watchers};
+use crate::cache::watch::{Readiness, WatchMetrics, run_watchers};
 use crate::ledger::FitOptions;
 
 /// The scheduler's `filterVerb` the routes answer (`deploy/scheduler-config.yaml`).
@@ -141,11 +141,13 @@ impl ExtenderArgs {
         } = self;
         let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(provisioner_name)));
-        let ready = Readiness::new();
         let opts = FitOptions {
             stale_after: Duration::from_secs(stale_after),
         };
         let registry = prometheus::Registry::new();
+        let ready = Readiness::new().with_metrics(
+            WatchMetrics::register(&registry).context("registering the watch metrics")?,
+        );
         let app = extender_app(index.clone(), opts, &url_prefix, body_limit, &registry)?
             .merge(crate::serve::health_routes(ready.clone()))
             .merge(crate::serve::metrics_routes(registry));

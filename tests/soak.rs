@@ -1,7 +1,9 @@
 //! The fault soak: claims in pods of 1–3, created in bursts against the real agents and
-//! controller while the in-memory API server fails 5 % of writes (500 and 429 in turn, with
-//! kube-client's own retry turned off in stowage's processes by `STOWAGE_TEST_NO_CLIENT_RETRY`),
-//! ends every watch every few seconds and delays responses; the controller is SIGKILLed and
+//! controller while the in-memory API server fails 5 % of writes (in turn: 500 before the
+//! write, 429, and 500 after the write took effect, with kube-client's own retry turned off
+//! in stowage's processes by `STOWAGE_TEST_NO_CLIENT_RETRY`), ends every watch every few
+//! seconds, compacts its history every 2 s (so resumed watches get 410 and stowage must
+//! list again) and delays responses; the controller is SIGKILLed and
 //! restarted three times and one agent twice. Then a third of the pods and their claims are
 //! deleted across classes that delete, archive and retain.
 //!
@@ -86,6 +88,11 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     let faults = env.cluster.server().unwrap().faults();
     faults.seed(seed);
     faults.close_watches_every(Some(Duration::from_secs(3)));
+    let compacting = env
+        .cluster
+        .server()
+        .unwrap()
+        .compact_every(Duration::from_secs(2));
     faults.delay_responses(Duration::ZERO, Duration::from_millis(20));
     fail_writes(&env, 0);
 
@@ -182,9 +189,28 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         "the deletions are carried out",
     )
     .await;
-    let faults = env.cluster.server().unwrap().faults();
+    // What stowage itself saw of the compactions (its last controller's counters): 410s,
+    // each followed by a re-list.
+    let metrics = stowage_testkit::net::get(env.controller_port, "/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let gone = sample_sum(&metrics, "stowage_watch_errors_total", "code=\"410\"");
+    let lists = sample_sum(&metrics, "stowage_watch_lists_total", "");
+    compacting.abort();
+    let server = env.cluster.server().unwrap();
+    let faults = server.faults();
     let fault_counts = faults.counts();
     faults.reset();
+    // What stowage did about the compactions: list again.
+    let process_starts = starts(&env.controller.logs())
+        + env
+            .agents
+            .iter()
+            .map(|a| starts(&a.process.logs()))
+            .sum::<usize>();
+    let claim_lists = server.request_count("list", "persistentvolumeclaims");
+    let volume_lists = server.request_count("list", "localvolumes");
     let total = started.elapsed();
 
     let by_mode = |m: OnDelete| deleted.iter().filter(|d| d.on_delete == m).count();
@@ -201,9 +227,14 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     );
     eprintln!("soak: invariants checked at the end: {counts}");
     eprintln!(
-        "soak: faults: {} × 500, {} × 429, {} watches closed, {} responses delayed; controller started {} times, agent {VICTIM} {} times",
+        "soak: claims were listed {claim_lists} times (stand-ins included), LocalVolumes {volume_lists} times by stowage's {process_starts} process starts; the last controller saw {gone} 410s and completed {lists} lists"
+    );
+    eprintln!(
+        "soak: faults: {} × 500 ({} after the write took effect), {} × 429, {} compactions, {} watches closed, {} responses delayed; controller started {} times, agent {VICTIM} {} times",
         fault_counts.internal_errors,
+        fault_counts.committed_then_failed,
         fault_counts.too_many_requests,
+        fault_counts.compactions,
         fault_counts.closed_watches,
         fault_counts.delayed_requests,
         starts(&env.controller.logs()),
@@ -223,6 +254,13 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     }
     // The faults really happened, and so did the kills.
     assert!(fault_counts.internal_errors > 0 && fault_counts.too_many_requests > 0);
+    assert!(fault_counts.committed_then_failed > 0 && fault_counts.compactions > 0);
+    // Stowage saw the compactions as 410s and listed again: its last controller lists each
+    // of its 8 kinds once at start, and more than that only by re-listing.
+    assert!(
+        gone > 0.0 && lists > 8.0,
+        "the last controller saw {gone} 410s and completed {lists} lists"
+    );
     assert!(fault_counts.closed_watches > 0 && fault_counts.delayed_requests > 0);
     assert_eq!(
         starts(&env.controller.logs()),
@@ -238,14 +276,14 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
 
 // === helpers ===
 
-/// Fails 5 % of writes, with 500 and 429 in turn by `step`, so both kinds hit every
-/// component.
+/// Fails 5 % of writes: 500 before the write, 429, and 500 after it took effect, in turn
+/// by `step`, so every kind hits every component.
 fn fail_writes(env: &Env, step: usize) {
-    let kind = if step.is_multiple_of(2) {
-        WriteFailure::InternalError
-    } else {
-        WriteFailure::TooManyRequests
-    };
+    let kind = [
+        WriteFailure::InternalError,
+        WriteFailure::TooManyRequests,
+        WriteFailure::InternalErrorAfterCommit,
+    ][step % 3];
     env.cluster
         .server()
         .unwrap()
@@ -416,6 +454,16 @@ async fn settle(
 }
 
 /// How many times a role was started, from the harness's markers in its log.
+/// The sum of the samples of `metric` whose labels contain `label` in a /metrics body.
+fn sample_sum(body: &str, metric: &str, label: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.starts_with(metric) && l[metric.len()..].starts_with('{') && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn starts(log: &str) -> usize {
     log.matches("=== start ").count()
 }

@@ -40,6 +40,41 @@ pub const KINDS: [&str; 8] = [
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     synced: Arc<[AtomicBool; 8]>,
+    metrics: Option<WatchMetrics>,
+}
+
+/// What the reflectors count: lists completed (the first one and every re-list, as after a
+/// `410 Gone`) and errors, by kind; the errors also by HTTP status code (`410`, `500`, ...,
+/// or `transport` when no answer came).
+#[derive(Clone, Debug)]
+pub struct WatchMetrics {
+    lists: prometheus::IntCounterVec,
+    errors: prometheus::IntCounterVec,
+}
+
+impl WatchMetrics {
+    /// Creates the counters and registers them in `registry`.
+    pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let lists = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "stowage_watch_lists_total",
+                "Lists completed by the reflectors that feed the cluster index (the first one \
+                 and every re-list, e.g. after 410 Gone), by kind.",
+            ),
+            &["kind"],
+        )?;
+        let errors = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "stowage_watch_errors_total",
+                "Errors of the reflectors that feed the cluster index, by kind and HTTP status \
+                 code (transport: no answer); each is retried with backoff.",
+            ),
+            &["kind", "code"],
+        )?;
+        registry.register(Box::new(lists.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(Self { lists, errors })
+    }
 }
 
 impl Readiness {
@@ -57,6 +92,31 @@ impl Readiness {
     /// yet.
     pub fn for_controller() -> Self {
         Self::default()
+    }
+
+    /// Counts the reflectors' lists and errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: WatchMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_list(&self, kind: &str) {
+        if let Some(m) = &self.metrics {
+            m.lists.with_label_values(&[kind]).inc();
+        }
+    }
+
+    fn count_error(&self, kind: &str, error: &watcher::Error) {
+        if let Some(m) = &self.metrics {
+            let code = match error {
+                watcher::Error::WatchError(status) => status.code.to_string(),
+                watcher::Error::InitialListFailed(kube::Error::Api(status))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+                | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code.to_string(),
+                _ => "transport".to_string(),
+            };
+            m.errors.with_label_values(&[kind, code.as_str()]).inc();
+        }
     }
 
     /// True once every kind watched has been listed.
@@ -276,6 +336,7 @@ async fn watch_kind_with<K>(
         let event = match event {
             Ok(event) => event,
             Err(error) => {
+                ready.count_error(kind, &error);
                 tracing::warn!(kind, error = %error, "watch failed; retrying with backoff");
                 continue;
             }
@@ -288,6 +349,7 @@ async fn watch_kind_with<K>(
                 let count = listed.len();
                 reset(&mut write(&index), listed);
                 ready.mark(sink.slot);
+                ready.count_list(kind);
                 tracing::debug!(kind, count, "listed");
                 if count >= TRIM_AFTER {
                     crate::memory::release_free_memory();
@@ -305,6 +367,7 @@ async fn watch_kind_with<K>(
             (watcher::Event::InitDone, Relist::Stage { commit, .. }) => {
                 commit(&mut write(&index));
                 ready.mark(sink.slot);
+                ready.count_list(kind);
                 tracing::debug!(kind, count = staged, "listed");
                 // The pages decoded on the way are free now; a large list's are worth
                 // giving back (see `crate::memory`).

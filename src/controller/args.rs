@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::{Config, Context, Metrics};
 use crate::cache::ClusterIndex;
-use crate::cache::watch::{Readiness, run_controller_watchers};
+use crate::cache::watch::{Readiness, WatchMetrics, run_controller_watchers};
 use crate::leader::{LeaderArgs, LeaderMetrics};
 use crate::ledger::FitOptions;
 use crate::nfs::NfsConfig;
@@ -255,7 +255,9 @@ impl ControllerArgs {
             nfs_allow_mixed_layouts: _,
             leader: _,
         } = self;
-        let ready = Readiness::for_controller();
+        let ready = Readiness::for_controller().with_metrics(
+            WatchMetrics::register(&registry).context("registering the watch metrics")?,
+        );
         let metrics = Metrics::register(&registry, index.clone())
             .context("registering the controller metrics")?;
         let config = Config {

@@ -21,13 +21,19 @@ pub enum WriteFailure {
     /// `429 TooManyRequests` with a `Retry-After` header, as API priority and fairness
     /// answers. Note that kube-rs clients retry 429s by default, honouring `Retry-After`.
     TooManyRequests,
+    /// The write takes effect, then `500 InternalError` is answered: etcd committed it but
+    /// the API server's wait for the commit timed out. The client cannot tell this from a
+    /// failed write; retrying a create then meets `409 AlreadyExists`.
+    InternalErrorAfterCommit,
 }
 
 /// How many faults have been injected so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultCounts {
-    /// Writes answered with `500 InternalError`.
+    /// Writes answered with `500 InternalError` (before or after taking effect).
     pub internal_errors: u64,
+    /// Of those, writes that took effect before the `500`.
+    pub committed_then_failed: u64,
     /// Writes answered with `429 TooManyRequests`.
     pub too_many_requests: u64,
     /// Watch streams ended early by [`Faults::close_watches_now`] or
@@ -35,6 +41,8 @@ pub struct FaultCounts {
     pub closed_watches: u64,
     /// Requests that were delayed.
     pub delayed_requests: u64,
+    /// Compactions of the history by [`ApiServer::compact_every`](crate::ApiServer::compact_every).
+    pub compactions: u64,
 }
 
 impl FaultCounts {
@@ -92,6 +100,8 @@ pub struct Faults {
     config: Mutex<Config>,
     close: watch::Sender<u64>,
     internal_errors: AtomicU64,
+    committed_then_failed: AtomicU64,
+    compactions: AtomicU64,
     too_many_requests: AtomicU64,
     closed_watches: AtomicU64,
     delayed_requests: AtomicU64,
@@ -115,6 +125,8 @@ impl Faults {
             config: Mutex::new(Config::default()),
             close: watch::Sender::new(0),
             internal_errors: AtomicU64::new(0),
+            committed_then_failed: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
             too_many_requests: AtomicU64::new(0),
             closed_watches: AtomicU64::new(0),
             delayed_requests: AtomicU64::new(0),
@@ -212,6 +224,8 @@ impl Faults {
     pub fn counts(&self) -> FaultCounts {
         FaultCounts {
             internal_errors: self.internal_errors.load(Ordering::Relaxed),
+            committed_then_failed: self.committed_then_failed.load(Ordering::Relaxed),
+            compactions: self.compactions.load(Ordering::Relaxed),
             too_many_requests: self.too_many_requests.load(Ordering::Relaxed),
             closed_watches: self.closed_watches.load(Ordering::Relaxed),
             delayed_requests: self.delayed_requests.load(Ordering::Relaxed),
@@ -253,6 +267,10 @@ impl Faults {
                 let counter = match failure {
                     WriteFailure::InternalError => &self.internal_errors,
                     WriteFailure::TooManyRequests => &self.too_many_requests,
+                    WriteFailure::InternalErrorAfterCommit => {
+                        self.committed_then_failed.fetch_add(1, Ordering::Relaxed);
+                        &self.internal_errors
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 Verdict::Fail(failure, retry_after)
@@ -266,6 +284,10 @@ impl Faults {
 
     pub(crate) fn close_signal(&self) -> watch::Receiver<u64> {
         self.close.subscribe()
+    }
+
+    pub(crate) fn note_compaction(&self) {
+        self.compactions.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn note_closed_watch(&self) {

@@ -368,6 +368,14 @@ fn resource(
                 ApiError::internal("injected fault: etcdserver: request timed out")
             }
             WriteFailure::TooManyRequests => ApiError::too_many_requests(),
+            // The write is carried out, and its answer lost: as when etcd commits but the
+            // API server's wait for it times out.
+            WriteFailure::InternalErrorAfterCommit => {
+                perform(shared, parts, rp, body, ep, q, verb, watch_named)?;
+                return Err(ApiError::internal(
+                    "injected fault: etcdserver: request timed out (the write took effect)",
+                ));
+            }
         };
         if failure == WriteFailure::TooManyRequests {
             e.retry_after = Some(retry_after);
@@ -375,7 +383,21 @@ fn resource(
         }
         return Err(e);
     }
+    perform(shared, parts, rp, body, ep, q, verb, watch_named)
+}
 
+/// Carries out a request the fault injection let through.
+#[allow(clippy::too_many_arguments)]
+fn perform(
+    shared: &Arc<Shared>,
+    parts: &Parts,
+    rp: ResourcePath,
+    body: &Bytes,
+    ep: Endpoint,
+    q: Query,
+    verb: &'static str,
+    watch_named: bool,
+) -> ApiResult<Response> {
     let accept = header_str(&parts.headers, header::ACCEPT);
     let repr = if accept.contains("as=PartialObjectMetadata") {
         Repr::Metadata

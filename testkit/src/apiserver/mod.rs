@@ -230,6 +230,27 @@ impl ApiServer {
         self.shared.lock().store.compact();
     }
 
+    /// Compacts the history every `period` (see [`ApiServer::compact`]), as etcd's
+    /// periodic compaction does, until the returned handle is aborted or the server is
+    /// dropped: a watch re-established from an older resourceVersion then gets `410 Gone`
+    /// and must list again. [`FaultCounts::compactions`](crate::FaultCounts) counts them.
+    pub fn compact_every(&self, period: Duration) -> tokio::task::AbortHandle {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                shared.lock().store.compact();
+                shared.faults.note_compaction();
+            }
+        })
+        .abort_handle()
+    }
+
     /// Serves one request inside this process, without HTTP: the same routing, admission
     /// and validation as a request over the socket (but no injected faults), for benches
     /// that load tens of thousands of objects before the code under test starts.

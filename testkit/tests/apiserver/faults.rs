@@ -160,3 +160,81 @@ async fn the_reflector_converges_while_watches_are_closed_early() {
     );
     task.abort();
 }
+
+#[tokio::test]
+async fn a_write_failed_after_commit_took_effect_and_its_retry_conflicts() {
+    let server = ApiServer::start().await.unwrap();
+    let plain: Api<ConfigMap> = Api::default_namespaced(client_without_retries(&server));
+    server
+        .faults()
+        .fail_writes_to("configmaps", 1.0, WriteFailure::InternalErrorAfterCommit);
+    let s = status(plain.create(&PostParams::default(), &cm("ghost")).await);
+    assert_eq!((s.code, s.reason.as_str()), (500, "InternalError"));
+    server.faults().stop_failing_writes();
+    // The 500 lied: the object exists, and creating it again conflicts.
+    assert!(plain.get_opt("ghost").await.unwrap().is_some());
+    let s = status(plain.create(&PostParams::default(), &cm("ghost")).await);
+    assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists"));
+    let counts = server.faults().counts();
+    assert_eq!(
+        (counts.internal_errors, counts.committed_then_failed),
+        (1, 1)
+    );
+
+    // A failure before commit leaves nothing behind.
+    server
+        .faults()
+        .fail_writes_to("configmaps", 1.0, WriteFailure::InternalError);
+    status(plain.create(&PostParams::default(), &cm("never")).await);
+    server.faults().stop_failing_writes();
+    assert!(plain.get_opt("never").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn periodic_compaction_makes_resumed_watches_relist() {
+    let server = ApiServer::builder()
+        .bookmark_interval(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    cms.create(&PostParams::default(), &cm("a")).await.unwrap();
+    let (store, writer) = reflector::store();
+    let task = tokio::spawn(
+        reflector::reflector(writer, watcher(cms.clone(), watcher::Config::default()))
+            .for_each(|_| async {}),
+    );
+    store.wait_until_ready().await.unwrap();
+    let compacting = server.compact_every(Duration::from_millis(200));
+    server
+        .faults()
+        .close_watches_every(Some(Duration::from_millis(300)));
+    server.faults().close_watches_now();
+    // Writes to another kind move the resourceVersion past the watcher's, so a compaction
+    // leaves its version behind.
+    let others: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(server.client());
+    for i in 0..10 {
+        cms.create(&PostParams::default(), &cm(&format!("b{i}")))
+            .await
+            .unwrap();
+        let mut other = k8s_openapi::api::core::v1::Secret::default();
+        other.metadata.name = Some(format!("s{i}"));
+        others.create(&PostParams::default(), &other).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(
+        WAIT,
+        "the reflector relisted after a compaction",
+        || async { server.request_count("list", "configmaps") >= 2 },
+    )
+    .await
+    .unwrap();
+    wait_for(WAIT, "the reflector has every object", || async {
+        store.state().len() == 11
+    })
+    .await
+    .unwrap();
+    assert!(server.faults().counts().compactions >= 1);
+    compacting.abort();
+    task.abort();
+}
