@@ -108,7 +108,7 @@ health("NFS servers unreachable", "count(max by (server) (stowage_nfs_server_rea
        15, 3, "NFS servers whose mount did not answer the last probe; new NFS volumes go to the "
        "others (alert StowageNfsServerUnreachable, after 5 min).")
 health("Events dropped (1 h)", "sum(increase(stowage_events_dropped_total[1h]))", 18, 3,
-       "Events the controller and agents did not write because the API server was too slow "
+       "Events the controller did not write because the API server was too slow "
        "(alert StowageEventsDropped).")
 health("Extender errors", "sum(rate(stowage_extender_errors_total[5m]))", 21, 3,
        "Extender requests answered without a decision; the scheduler then places pods "
