@@ -323,6 +323,35 @@ impl LeaderMetrics {
     }
 }
 
+/// A collector whose series only the leader exports: it yields nothing while `leader` is
+/// false. The ledger's and NFS mode's scrape-time gauges describe the cluster, not the
+/// replica, so every replica exporting them would show each series once per replica.
+pub struct LeaderOnly<C> {
+    inner: C,
+    leader: watch::Receiver<bool>,
+}
+
+impl<C> LeaderOnly<C> {
+    /// Wraps `inner`, exported while `leader` (a [`LeaderHandle::subscribe`]) is true.
+    pub fn new(inner: C, leader: watch::Receiver<bool>) -> Self {
+        Self { inner, leader }
+    }
+}
+
+impl<C: prometheus::core::Collector> prometheus::core::Collector for LeaderOnly<C> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if *self.leader.borrow() {
+            self.inner.collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 // === Errors ===
 
 /// A failed call to the API server; always retried at the retry period.

@@ -215,10 +215,10 @@ fn start_controller_leading(client: &Client, grace: Duration, leading: bool) -> 
     let index = Arc::new(RwLock::new(ClusterIndex::new()));
     let ready = Readiness::for_controller();
     let registry = Registry::new();
-    let metrics = Metrics::register(&registry, index.clone()).unwrap();
+    let (leader_tx, leader) = watch::channel(leading);
+    let metrics = Metrics::register(&registry, index.clone(), leader.clone()).unwrap();
     let mut config = Config::new("test-replica");
     config.node_gone_grace = grace;
-    let (leader_tx, leader) = watch::channel(leading);
     let ctx = Arc::new(Context::new(
         client.clone(),
         index.clone(),

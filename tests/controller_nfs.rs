@@ -227,9 +227,16 @@ fn start_controller(client: &Client, config: NfsConfig) -> Running {
     let index = Arc::new(RwLock::new(ClusterIndex::new()));
     let ready = Readiness::for_controller();
     let registry = Registry::new();
-    let metrics = Metrics::register(&registry, index.clone()).unwrap();
-    let nfs = Nfs::new(config, client.clone(), "test-replica", &registry).unwrap();
     let (leader_tx, leader) = watch::channel(true);
+    let metrics = Metrics::register(&registry, index.clone(), leader.clone()).unwrap();
+    let nfs = Nfs::new(
+        config,
+        client.clone(),
+        "test-replica",
+        &registry,
+        leader.clone(),
+    )
+    .unwrap();
     let ctx = Context::new(
         client.clone(),
         index.clone(),

@@ -360,3 +360,62 @@ async fn sigterm_lets_the_agent_finish_making_a_volume_and_exit_0() {
     assert!(path.starts_with(&pool.display().to_string()), "{path}");
     assert_eq!(status.size_bytes, Some(1 << 30));
 }
+
+/// Only the replica holding the Lease exports the ledger's gauges (`stowage_node_pool_*`,
+/// heartbeat ages, balance): with two replicas scraped, each ledger series exists once. The
+/// follower still serves its own metrics, and takes the ledger over with the Lease.
+#[tokio::test]
+async fn only_the_leader_exports_the_ledger_gauges_and_the_follower_takes_them_over() {
+    let Some(cluster) = local_cluster().await else {
+        return;
+    };
+    let (mut first, first_port) = controller(&cluster, "controller-0", 10).await;
+    wait_holder(&cluster, "controller-0", WAIT).await;
+    let (second, second_port) = controller(&cluster, "controller-1", 10).await;
+    const SERIES: &str = "stowage_node_pool_allocatable_bytes{node=\"n1\",pool=\"default\"}";
+    let metrics = |port: u16| async move {
+        get(port, "/metrics")
+            .await
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
+    };
+    wait_for(WAIT, "the leader exports the ledger", || async {
+        metrics(first_port)
+            .await
+            .is_some_and(|m| m.contains(SERIES) && m.contains("stowage_leader 1"))
+    })
+    .await
+    .unwrap();
+    let follower = metrics(second_port).await.unwrap();
+    for name in [
+        "stowage_node_pool_",
+        "stowage_node_heartbeat_age_seconds",
+        "stowage_pool_utilization_",
+    ] {
+        assert!(
+            !follower.contains(name),
+            "the follower exports {name}:\n{follower}"
+        );
+    }
+    for series in [
+        "stowage_leader 0",
+        "stowage_extender_pods_passed_through_total 0",
+    ] {
+        assert!(follower.contains(series), "{series} missing:\n{follower}");
+    }
+
+    first.terminate().unwrap();
+    let status = first.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "exit status {status}\n{}", first.logs());
+    wait_holder(&cluster, "controller-1", Duration::from_secs(8)).await;
+    wait_for(WAIT, "the new leader exports the ledger", || async {
+        metrics(second_port).await.is_some_and(|m| {
+            m.contains(SERIES)
+                && m.contains("stowage_node_heartbeat_age_seconds{node=\"n1\"}")
+                && m.contains("stowage_leader 1")
+        })
+    })
+    .await
+    .unwrap();
+    drop(second);
+}

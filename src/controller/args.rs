@@ -147,8 +147,14 @@ impl ControllerArgs {
         let mut lost = std::pin::pin!(leader.lost());
         let nfs = match nfs_config {
             Some(config) => Some(Arc::new(
-                super::nfs::Nfs::new(config, client.clone(), instance_name(), &registry)
-                    .context("starting NFS cluster mode")?,
+                super::nfs::Nfs::new(
+                    config,
+                    client.clone(),
+                    instance_name(),
+                    &registry,
+                    leader.subscribe(),
+                )
+                .context("starting NFS cluster mode")?,
             )),
             None => None,
         };
@@ -258,7 +264,7 @@ impl ControllerArgs {
         let ready = Readiness::for_controller().with_metrics(
             WatchMetrics::register(&registry).context("registering the watch metrics")?,
         );
-        let metrics = Metrics::register(&registry, index.clone())
+        let metrics = Metrics::register(&registry, index.clone(), leader.clone())
             .context("registering the controller metrics")?;
         let config = Config {
             provisioner: provisioner_name,

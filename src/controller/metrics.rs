@@ -9,8 +9,10 @@ use k8s_openapi::jiff::Timestamp;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::sync::watch;
 
 use crate::cache::ClusterIndex;
+use crate::leader::LeaderOnly;
 use crate::ledger::{Ledger, Unfit};
 
 /// Result label values of the operation counters.
@@ -54,10 +56,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates the metrics and registers them (with the scrape-time ledger collector over
-    /// `index`) in `registry`.
+    /// `index`) in `registry`. The ledger's gauges (`stowage_node_pool_*`, heartbeat ages,
+    /// balance) are exported only while `leader` is true, so a cluster's ledger shows once
+    /// however many replicas are scraped.
     pub fn register(
         registry: &Registry,
         index: Arc<RwLock<ClusterIndex>>,
+        leader: watch::Receiver<bool>,
     ) -> Result<Self, prometheus::Error> {
         let provisions = IntCounterVec::new(
             Opts::new(
@@ -117,7 +122,10 @@ impl Metrics {
         registry.register(Box::new(reschedules.clone()))?;
         registry.register(Box::new(expansions.clone()))?;
         registry.register(Box::new(volumes_node_gone.clone()))?;
-        registry.register(Box::new(LedgerCollector::new(index)?))?;
+        registry.register(Box::new(LeaderOnly::new(
+            LedgerCollector::new(index)?,
+            leader,
+        )))?;
         Ok(Self {
             provisions,
             deletions,
@@ -370,7 +378,8 @@ mod tests {
             .unwrap()
             .apply_storage_node(storage_node("b", 100, 60));
         let registry = Registry::new();
-        let metrics = Metrics::register(&registry, index.clone()).unwrap();
+        let (_leading, leader) = watch::channel(true);
+        let metrics = Metrics::register(&registry, index.clone(), leader).unwrap();
         metrics.provisions.with_label_values(&["succeeded"]).inc();
         let text = crate::serve::render(&registry).unwrap();
         for line in [
@@ -399,5 +408,49 @@ mod tests {
         index.write().unwrap().delete_storage_node("b");
         let text = crate::serve::render(&registry).unwrap();
         assert!(!text.contains("node=\"b\""), "{text}");
+    }
+
+    #[test]
+    fn only_the_leader_exports_the_ledger() {
+        let index = Arc::new(RwLock::new(ClusterIndex::new()));
+        index
+            .write()
+            .unwrap()
+            .apply_storage_node(storage_node("a", 100, 20));
+        let registry = Registry::new();
+        let (leading, leader) = watch::channel(false);
+        let metrics = Metrics::register(&registry, index, leader).unwrap();
+        metrics.provisions.with_label_values(&["succeeded"]).inc();
+        const LEDGER: [&str; 7] = [
+            "stowage_node_pool_capacity_bytes",
+            "stowage_node_pool_allocatable_bytes",
+            "stowage_node_pool_allocated_bytes",
+            "stowage_node_pool_free_bytes",
+            "stowage_node_heartbeat_age_seconds",
+            "stowage_pool_utilization_cv",
+            "stowage_pool_utilization_spread",
+        ];
+        // A follower: its own counters, none of the ledger.
+        let text = crate::serve::render(&registry).unwrap();
+        assert!(
+            text.contains("stowage_provisions_total{result=\"succeeded\"} 1"),
+            "{text}"
+        );
+        for name in LEDGER {
+            assert!(!text.contains(name), "a follower exports {name}:\n{text}");
+        }
+        // Once it leads, every ledger family is there.
+        leading.send_replace(true);
+        let text = crate::serve::render(&registry).unwrap();
+        for name in LEDGER {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "the leader lacks {name}:\n{text}"
+            );
+        }
+        // And gone again once it no longer leads.
+        leading.send_replace(false);
+        let text = crate::serve::render(&registry).unwrap();
+        assert!(!text.contains("stowage_node_pool_"), "{text}");
     }
 }

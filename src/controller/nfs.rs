@@ -100,16 +100,18 @@ impl std::fmt::Debug for Nfs {
 
 impl Nfs {
     /// The NFS side over `config` (already checked, mounts included), with its metrics on
-    /// `registry` and Events reported as the NFS provisioner name from `instance`.
+    /// `registry` (exported while `leader` is true, as the ledger's) and Events reported as
+    /// the NFS provisioner name from `instance`.
     pub fn new(
         config: NfsConfig,
         client: kube::Client,
         instance: impl Into<String>,
         registry: &Registry,
+        leader: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let recorder = Recorder::new(client, config.provisioner_name.clone(), instance);
         let cluster = NfsCluster::new(config)?;
-        let metrics = NfsMetrics::register(registry)?;
+        let metrics = NfsMetrics::register_leader_only(registry, leader)?;
         metrics.update(cluster.states());
         Ok(Self {
             cluster: RwLock::new(Arc::new(cluster)),

@@ -265,6 +265,21 @@ impl NfsMetrics {
         Ok(NfsMetrics { snapshot })
     }
 
+    /// Registers the NFS metrics with `registry`, exported only while `leader` is true
+    /// (every replica measures the servers; one reports them).
+    pub fn register_leader_only(
+        registry: &Registry,
+        leader: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, prometheus::Error> {
+        let snapshot = Arc::new(RwLock::new(Vec::new()));
+        let collector = NfsCollector {
+            protos: Families::new()?,
+            snapshot: Arc::clone(&snapshot),
+        };
+        registry.register(Box::new(crate::leader::LeaderOnly::new(collector, leader)))?;
+        Ok(NfsMetrics { snapshot })
+    }
+
     /// Replaces the servers' states the next scrape reports.
     pub fn update(&self, states: &[NfsServerState]) {
         let mut guard = self
