@@ -679,11 +679,16 @@ fn hostile_bodies(size: usize) -> Vec<(&'static str, Arc<Vec<u8>>)> {
     ]
 }
 
-/// Hostile mode (see the module documentation).
-async fn hostile(opts: Options) {
-    let n = opts.nodes.last().copied().unwrap_or(5_000);
-    let now = Timestamp::now();
-    let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
+/// The extender's router over `index`, served on 127.0.0.1 as stowage serves it (a thread
+/// and single-threaded runtime of its own): its address, the switch that stops it, and its
+/// task.
+async fn serve(
+    index: Arc<RwLock<ClusterIndex>>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let registry = prometheus::Registry::new();
     let app = extender_app(
         index,
@@ -697,6 +702,15 @@ async fn hostile(opts: Options) {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
+    (addr, stop, server)
+}
+
+/// Hostile mode (see the module documentation).
+async fn hostile(opts: Options) {
+    let n = opts.nodes.last().copied().unwrap_or(5_000);
+    let now = Timestamp::now();
+    let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
+    let (addr, stop, server) = serve(index).await;
 
     let bodies = Arc::new(hostile_bodies(stowage_extender::DEFAULT_BODY_LIMIT - 4096));
     let small = request(
@@ -784,19 +798,7 @@ async fn run(opts: Options) {
     for &n in &opts.nodes {
         let now = Timestamp::now();
         let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
-        let registry = prometheus::Registry::new();
-        let app = extender_app(
-            index.clone(),
-            FitOptions::default(),
-            "",
-            BodyLimit::default(),
-            &registry,
-        )
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let _server = stowage::serve::serve_on_own_thread("http", listener, app, stopped).unwrap();
+        let (addr, stop, _server) = serve(index.clone()).await;
 
         let names: Vec<String> = (0..n).map(node_name).collect();
         let filter = request(
