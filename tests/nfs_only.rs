@@ -88,7 +88,10 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
             .reclaim("Delete")
             .build(),
     ] {
-        classes.create(&PostParams::default(), &class).await.unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
     }
     // The PV controller: kube-controller-manager's on the real lane, else the stand-in.
     let scheduler =
@@ -163,9 +166,11 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
         )
         .await
         .unwrap();
-    let told = wait_until(wait(), "a ProvisioningFailed Event on apps/fast", || async {
-        events(&client, "fast", "ProvisioningFailed").await.pop()
-    })
+    let told = wait_until(
+        wait(),
+        "a ProvisioningFailed Event on apps/fast",
+        || async { events(&client, "fast", "ProvisioningFailed").await.pop() },
+    )
     .await
     .unwrap();
     for want in [
@@ -202,7 +207,9 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
     // Installed later, the CRDs are picked up without a restart.
     cluster.install_crds(crds()).await.unwrap();
     wait_for(wait(), "the controller watches the new CRDs", || async {
-        controller.logs().contains("stowage CRDs installed; watching them")
+        controller
+            .logs()
+            .contains("stowage CRDs installed; watching them")
     })
     .await
     .unwrap();
