@@ -403,7 +403,7 @@ async fn watch_local_kinds(
                     }
                     Err(error) => {
                         failures = failures.saturating_add(1);
-                        let wait = Duration::from_secs(1u64 << failures.min(5));
+                        let wait = Duration::from_secs(1u64 << (failures - 1).min(5));
                         if failures == 1 || failures % 10 == 0 {
                             tracing::warn!(
                                 group_version = names::API_VERSION,
@@ -551,4 +551,35 @@ async fn watch_kind_with<K>(
 
 fn write(index: &RwLock<ClusterIndex>) -> std::sync::RwLockWriteGuard<'_, ClusterIndex> {
     index.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_crd_counts_as_listed_until_it_is_installed() {
+        let ready = Readiness::for_controller();
+        for slot in 2..8 {
+            ready.mark(slot);
+        }
+        assert_eq!(ready.pending(), ["StorageNode", "LocalVolume"]);
+        assert!(ready.missing().is_empty(), "nothing is known missing yet");
+
+        ready.set_absent(0);
+        ready.set_absent(1);
+        assert!(ready.is_ready(), "nothing to wait for without the CRDs");
+        assert_eq!(
+            ready.missing(),
+            ["storagenodes.stowage.io", "localvolumes.stowage.io"]
+        );
+
+        // Installed later: waited for again until listed.
+        ready.set_expected(1);
+        assert!(!ready.is_ready());
+        assert_eq!(ready.pending(), ["LocalVolume"]);
+        assert_eq!(ready.missing(), ["storagenodes.stowage.io"]);
+        ready.mark(1);
+        assert!(ready.is_ready());
+    }
 }
