@@ -404,7 +404,7 @@ async fn watch_local_kinds(
                     Err(error) => {
                         failures = failures.saturating_add(1);
                         let wait = Duration::from_secs(1u64 << (failures - 1).min(5));
-                        if failures == 1 || failures % 10 == 0 {
+                        if failures == 1 || failures.is_multiple_of(10) {
                             tracing::warn!(
                                 group_version = names::API_VERSION,
                                 error = %error,
