@@ -1,6 +1,7 @@
 //! The shipped manifests on a real API server: `kubectl apply -k deploy/` is accepted whole,
 //! a second apply changes nothing, and a changed CRD applies over the installed one (what
-//! an upgrade does). The in-memory server cannot stand in here: it accepted a CRD and a
+//! an upgrade does); the NFS-only install (`variants/nfs-only`) runs a controller that binds
+//! NFS claims without stowage's CRDs. The in-memory server cannot stand in here: it accepted a CRD and a
 //! PodDisruptionBudget version that Kubernetes 1.19 refuses.
 //!
 //! Real lane only (`STOWAGE_E2E=real`, see TESTING.md): ignored otherwise, so the runner
@@ -183,4 +184,161 @@ async fn the_optional_pdb_applies_as_its_header_says_for_the_server_version() {
     let applied = kubectl(&kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
     assert!(applied.status.success(), "{}", text(&applied));
     assert!(text(&applied).contains("poddisruptionbudget.policy/stowage-controller created"));
+}
+
+/// The NFS-only install (`variants/nfs-only`): applied whole, no stowage CRD or agent, and
+/// the controller, run as the ServiceAccount it installs (impersonated: no pod runs here)
+/// with the NFS environment it ships, binds a claim of the shipped NFS class and warns once
+/// about the missing CRDs.
+#[tokio::test]
+#[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
+async fn the_nfs_only_variant_installs_a_controller_that_binds_nfs_claims_without_the_crds() {
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+    use kube::api::PostParams;
+    use kube::{Api, ResourceExt};
+    use stowage_testkit::fixtures::{namespace, pvc};
+    use stowage_testkit::net::{free_port, get};
+    use stowage_testkit::{wait_for, wait_until};
+
+    let cluster = real_cluster().await;
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let applied = kubectl(&kubeconfig, &["apply", "-k", "variants/nfs-only"]);
+    let applied_text = text(&applied);
+    assert!(applied.status.success(), "{applied_text}");
+    let rendered = Command::new("kubectl")
+        .args(["kustomize", "variants/nfs-only"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let rendered = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let objects = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
+    let created = applied_text
+        .lines()
+        .filter(|l| l.ends_with(" created"))
+        .count();
+    assert_eq!(created, objects, "every object created:\n{applied_text}");
+    for absent in ["kind: CustomResourceDefinition", "kind: DaemonSet"] {
+        assert!(!rendered.contains(absent), "{absent} in variants/nfs-only");
+    }
+    let crds = kubectl(&kubeconfig, &["get", "crd", "-o", "name"]);
+    assert!(!text(&crds).contains("stowage.io"), "{}", text(&crds));
+
+    // The controller as its ServiceAccount, with the shipped NFS environment.
+    let mut config = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    for user in &mut config.auth_infos {
+        let auth = user.auth_info.get_or_insert_with(Default::default);
+        auth.impersonate = Some("system:serviceaccount:stowage-system:stowage-controller".into());
+        // The groups a ServiceAccount token carries (explicit groups replace the implicit
+        // system:authenticated, which grants discovery).
+        auth.impersonate_groups = Some(vec![
+            "system:authenticated".into(),
+            "system:serviceaccounts".into(),
+            "system:serviceaccounts:stowage-system".into(),
+        ]);
+    }
+    let as_controller = cluster.dir().join("controller.kubeconfig");
+    std::fs::write(&as_controller, serde_json::to_string(&config).unwrap()).unwrap();
+    let deployment: serde_json::Value = serde_json::from_slice(
+        &kubectl(
+            &kubeconfig,
+            &[
+                "-n",
+                "stowage-system",
+                "get",
+                "deployment",
+                "stowage-controller",
+                "-o",
+                "json",
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let value = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let (server, export) = (value("NFS_SERVER"), value("NFS_PATH"));
+    let base = cluster.dir().join("persistent-volumes");
+    std::fs::create_dir_all(base.join(&server)).unwrap();
+    let port = free_port();
+    let controller = cluster
+        // `STOWAGE_BENCH_BINARY`: another build (an earlier commit's) on the same test.
+        .role(
+            std::env::var_os("STOWAGE_BENCH_BINARY")
+                .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")), PathBuf::from),
+            "controller",
+        )
+        .arg("controller")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&as_controller)
+        .arg("--nfs-mount-base")
+        .arg(&base)
+        .env("NFS_SERVER", &server)
+        .env("NFS_PATH", &export)
+        .env("POD_NAMESPACE", "stowage-system")
+        .env("POD_NAME", "stowage-controller-0")
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    let wait = std::time::Duration::from_secs(180);
+    wait_for(wait, "the controller's /readyz is 200", || async {
+        matches!(get(port, "/readyz").await, Some((200, _)))
+    })
+    .await
+    .unwrap();
+
+    let client = cluster.client();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace("apps").build())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "apps");
+    claims
+        .create(
+            &PostParams::default(),
+            &pvc("apps", "shared")
+                .size("1Gi")
+                .class("stowage-nfs")
+                .access_modes(["ReadWriteMany"])
+                .build(),
+        )
+        .await
+        .unwrap();
+    let bound = wait_until(wait, "claim apps/shared is Bound", || async {
+        claims
+            .get("shared")
+            .await
+            .ok()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+    })
+    .await
+    .unwrap();
+    let pv = Api::<PersistentVolume>::all(client)
+        .get(&format!("pvc-{}", bound.uid().unwrap()))
+        .await
+        .unwrap();
+    let nfs = pv.spec.unwrap().nfs.unwrap();
+    assert_eq!(
+        (nfs.server, nfs.path),
+        (server, format!("{export}/apps/shared"))
+    );
+    let logs = controller.logs();
+    assert_eq!(
+        logs.lines()
+            .filter(|l| l.contains("stowage CRDs not installed"))
+            .count(),
+        1,
+        "{logs}"
+    );
+    assert!(!logs.contains("watch failed"), "{logs}");
+    assert!(!logs.contains("forbidden"), "{logs}");
 }

@@ -7,10 +7,19 @@
 //! Each watcher buffers a (re-)list between `Init` and `InitDone` and then replaces the
 //! whole kind with `reset_*`, so objects deleted while the watch was down disappear.
 //! [`Readiness`] turns true once every kind has been listed once.
+//!
+//! The controller runs without stowage's own custom resources (an NFS-only install): it
+//! asks API discovery whether `stowage.io` serves `storagenodes` and `localvolumes`
+//! ([`served_local_kinds`]) and watches only those that are; the others count as listed
+//! (there is nothing to list) and as [`Readiness::missing`], which turns node-local
+//! provisioning off with an Event on each claim. It logs one warning naming the missing
+//! CRDs, asks again every [`LOCAL_CRDS_RECHECK`], and starts a kind's watch once its CRD
+//! is installed.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -22,6 +31,7 @@ use serde::de::DeserializeOwned;
 
 use super::ClusterIndex;
 use crate::api::local_volume::LocalVolume;
+use crate::api::names;
 use crate::api::storage_node::StorageNode;
 
 /// The kinds watched, in the order of [`Readiness`]'s flags.
@@ -41,6 +51,8 @@ pub const KINDS: [&str; 8] = [
 pub struct Readiness {
     synced: Arc<[AtomicBool; 8]>,
     metrics: Option<WatchMetrics>,
+    /// Kinds whose CRD is not installed: not watched, counted as synced.
+    absent: Arc<[AtomicBool; 8]>,
 }
 
 /// What the reflectors count: lists completed (the first one and every re-list, as after a
@@ -141,10 +153,66 @@ impl Readiness {
         }
     }
 
+    /// The CRDs (`storagenodes.stowage.io`, …) of the kinds not watched because they are
+    /// not installed; empty when every kind is served.
+    pub fn missing(&self) -> Vec<String> {
+        LOCAL_KINDS
+            .iter()
+            .filter(|(slot, _)| {
+                self.absent
+                    .get(*slot)
+                    .is_some_and(|a| a.load(Ordering::Acquire))
+            })
+            .map(|(_, plural)| crd_name(plural))
+            .collect()
+    }
+
     fn mark(&self, slot: usize) {
         if let Some(flag) = self.synced.get(slot) {
             flag.store(true, Ordering::Release);
         }
+    }
+
+    /// The kind's CRD is not installed: nothing to wait for.
+    fn set_absent(&self, slot: usize) {
+        if let Some(flag) = self.absent.get(slot) {
+            flag.store(true, Ordering::Release);
+        }
+        self.mark(slot);
+    }
+
+    /// The kind's CRD is installed (again): wait for its first list.
+    fn set_expected(&self, slot: usize) {
+        if let Some(flag) = self.synced.get(slot) {
+            flag.store(false, Ordering::Release);
+        }
+        if let Some(flag) = self.absent.get(slot) {
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// How often the controller asks discovery again for the stowage CRDs it found missing.
+pub const LOCAL_CRDS_RECHECK: Duration = Duration::from_secs(60);
+
+/// stowage's own kinds the controller can run without: [`Readiness`] slot and resource
+/// (plural) in the `stowage.io` group.
+const LOCAL_KINDS: [(usize, &str); 2] = [(0, "storagenodes"), (1, "localvolumes")];
+
+fn crd_name(plural: &str) -> String {
+    format!("{plural}.{}", names::GROUP)
+}
+
+/// Whether `stowage.io/v1alpha1` serves `storagenodes` and `localvolumes` (in that
+/// order), from one discovery request. A group that is not served at all (404) is
+/// `[false, false]`; any other failure is an error (nothing is known).
+pub async fn served_local_kinds(client: &Client) -> Result<[bool; 2], kube::Error> {
+    match client.list_api_group_resources(names::API_VERSION).await {
+        Ok(list) => {
+            Ok(LOCAL_KINDS.map(|(_, plural)| list.resources.iter().any(|r| r.name == plural)))
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok([false, false]),
+        Err(error) => Err(error),
     }
 }
 
@@ -175,11 +243,24 @@ enum Relist<K> {
 
 /// Runs the controller's eight watchers (the four of [`run_watchers`], PersistentVolumes,
 /// Nodes, unbound pods and Namespaces) until they all end (they retry with backoff, so:
-/// forever). `ready` should come from [`Readiness::for_controller`].
+/// forever). `ready` should come from [`Readiness::for_controller`]. StorageNodes and
+/// LocalVolumes are watched only while their CRDs are installed (see the module's
+/// documentation); a missing one is looked for again every [`LOCAL_CRDS_RECHECK`].
 pub async fn run_controller_watchers(
     client: Client,
     index: Arc<RwLock<ClusterIndex>>,
     ready: Readiness,
+) {
+    run_controller_watchers_with(client, index, ready, LOCAL_CRDS_RECHECK).await;
+}
+
+/// [`run_controller_watchers`], looking for missing stowage CRDs again every `recheck`
+/// (never, if zero: a restart picks them up).
+pub async fn run_controller_watchers_with(
+    client: Client,
+    index: Arc<RwLock<ClusterIndex>>,
+    ready: Readiness,
+    recheck: Duration,
 ) {
     let pvs = watch_kind(
         Api::<PersistentVolume>::all(client.clone()),
@@ -240,7 +321,9 @@ pub async fn run_controller_watchers(
         },
     );
     futures::join!(
-        run_watchers(client, index, ready),
+        watch_local_kinds(client.clone(), index.clone(), ready.clone(), recheck),
+        watch_claims(client.clone(), index.clone(), ready.clone()),
+        watch_classes(client, index, ready),
         pvs,
         nodes,
         pods,
@@ -250,21 +333,34 @@ pub async fn run_controller_watchers(
 
 /// Runs the four watchers until they all end (they retry with backoff, so: forever).
 pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
-    let nodes = watch_kind(
-        Api::<StorageNode>::all(client.clone()),
-        index.clone(),
-        ready.clone(),
+    futures::join!(
+        watch_storage_nodes(client.clone(), index.clone(), ready.clone()),
+        watch_local_volumes(client.clone(), index.clone(), ready.clone()),
+        watch_claims(client.clone(), index.clone(), ready.clone()),
+        watch_classes(client, index, ready),
+    );
+}
+
+async fn watch_storage_nodes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
+    watch_kind(
+        Api::<StorageNode>::all(client),
+        index,
+        ready,
         Sink {
             slot: 0,
             apply: ClusterIndex::apply_storage_node,
             delete: |i, o| i.delete_storage_node(&o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_storage_nodes(l)),
         },
-    );
-    let volumes = watch_kind(
-        Api::<LocalVolume>::all(client.clone()),
-        index.clone(),
-        ready.clone(),
+    )
+    .await;
+}
+
+async fn watch_local_volumes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
+    watch_kind(
+        Api::<LocalVolume>::all(client),
+        index,
+        ready,
         Sink {
             slot: 1,
             apply: ClusterIndex::apply_local_volume,
@@ -275,11 +371,15 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
                 commit: ClusterIndex::commit_local_volumes,
             },
         },
-    );
-    let claims = watch_kind(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        index.clone(),
-        ready.clone(),
+    )
+    .await;
+}
+
+async fn watch_claims(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
+    watch_kind(
+        Api::<PersistentVolumeClaim>::all(client),
+        index,
+        ready,
         Sink {
             slot: 2,
             apply: ClusterIndex::apply_claim,
@@ -290,8 +390,12 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
                 commit: ClusterIndex::commit_claims,
             },
         },
-    );
-    let classes = watch_kind(
+    )
+    .await;
+}
+
+async fn watch_classes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
+    watch_kind(
         Api::<StorageClass>::all(client),
         index,
         ready,
@@ -301,8 +405,134 @@ pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, read
             delete: |i, o| i.delete_storage_class(&o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_storage_classes(l)),
         },
+    )
+    .await;
+}
+
+/// The StorageNode and LocalVolume watches of the controller, each started once discovery
+/// shows its CRD served. A CRD found missing is named in one warning (again only if the
+/// set of missing CRDs changes) and looked for again every `recheck` (never, if zero);
+/// until then its kind counts as listed and as [`Readiness::missing`].
+async fn watch_local_kinds(
+    client: Client,
+    index: Arc<RwLock<ClusterIndex>>,
+    ready: Readiness,
+    recheck: Duration,
+) {
+    let (started_tx, started) = tokio::sync::watch::channel([false; 2]);
+    let discover = {
+        let (client, ready) = (client.clone(), ready.clone());
+        async move {
+            let mut running = [false; 2];
+            let mut warned: Vec<String> = Vec::new();
+            let mut failures = 0u32;
+            loop {
+                let wait = match served_local_kinds(&client).await {
+                    Ok(served) => {
+                        failures = 0;
+                        for (i, (slot, _)) in LOCAL_KINDS.iter().enumerate() {
+                            if running[i] {
+                                continue;
+                            }
+                            if served[i] {
+                                ready.set_expected(*slot);
+                                running[i] = true;
+                            } else {
+                                ready.set_absent(*slot);
+                            }
+                        }
+                        started_tx.send_replace(running);
+                        let missing = ready.missing();
+                        if missing.is_empty() {
+                            if !warned.is_empty() {
+                                tracing::info!(
+                                    installed = %warned.join(", "),
+                                    "stowage CRDs installed; watching them, node-local volumes on"
+                                );
+                            }
+                            break;
+                        }
+                        if missing != warned {
+                            warn_missing(&missing, recheck);
+                            warned = missing;
+                        }
+                        if recheck.is_zero() {
+                            break;
+                        }
+                        recheck
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        let wait = Duration::from_secs(1u64 << (failures - 1).min(5));
+                        if failures == 1 || failures.is_multiple_of(10) {
+                            tracing::warn!(
+                                group_version = names::API_VERSION,
+                                error = %error,
+                                failures,
+                                "API discovery of the stowage CRDs failed; retrying"
+                            );
+                        }
+                        if recheck.is_zero() {
+                            wait
+                        } else {
+                            wait.min(recheck)
+                        }
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+            // Keep the channel open: the watches started run on.
+            std::future::pending::<()>().await;
+        }
+    };
+    let when_served = |i: usize| {
+        let mut started = started.clone();
+        async move {
+            started
+                .wait_for(|s| s.get(i).copied().unwrap_or(false))
+                .await
+                .is_ok()
+        }
+    };
+    let storage_nodes = {
+        let (client, index, ready, served) =
+            (client.clone(), index.clone(), ready.clone(), when_served(0));
+        async move {
+            if served.await {
+                watch_storage_nodes(client, index, ready).await;
+            }
+        }
+    };
+    let local_volumes = {
+        let served = when_served(1);
+        async move {
+            if served.await {
+                watch_local_volumes(client, index, ready).await;
+            }
+        }
+    };
+    futures::join!(discover, storage_nodes, local_volumes);
+}
+
+fn warn_missing(missing: &[String], recheck: Duration) {
+    let again = if recheck.is_zero() {
+        "restart the controller after installing them".to_string()
+    } else {
+        format!(
+            "the controller looks for them again every {}s",
+            recheck.as_secs()
+        )
+    };
+    tracing::warn!(
+        missing = %missing.join(", "),
+        "stowage CRDs not installed: {}. Without them node-local volumes (provisioner {}) \
+         and the scheduler extender's view of node capacity are off; claims of a node-local \
+         class get a ProvisioningFailed Event. NFS provisioning is not affected. To turn \
+         node-local volumes on, install the CRDs (`stowage crds | kubectl apply -f -`) and \
+         the agent DaemonSet, as `kubectl apply -k deploy/` does; {again}",
+        missing.join(", "),
+        names::PROVISIONER_LOCAL,
     );
-    futures::join!(nodes, volumes, claims, classes);
 }
 
 async fn watch_kind<K>(
@@ -384,4 +614,35 @@ async fn watch_kind_with<K>(
 
 fn write(index: &RwLock<ClusterIndex>) -> std::sync::RwLockWriteGuard<'_, ClusterIndex> {
     index.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_crd_counts_as_listed_until_it_is_installed() {
+        let ready = Readiness::for_controller();
+        for slot in 2..8 {
+            ready.mark(slot);
+        }
+        assert_eq!(ready.pending(), ["StorageNode", "LocalVolume"]);
+        assert!(ready.missing().is_empty(), "nothing is known missing yet");
+
+        ready.set_absent(0);
+        ready.set_absent(1);
+        assert!(ready.is_ready(), "nothing to wait for without the CRDs");
+        assert_eq!(
+            ready.missing(),
+            ["storagenodes.stowage.io", "localvolumes.stowage.io"]
+        );
+
+        // Installed later: waited for again until listed.
+        ready.set_expected(1);
+        assert!(!ready.is_ready());
+        assert_eq!(ready.pending(), ["LocalVolume"]);
+        assert_eq!(ready.missing(), ["storagenodes.stowage.io"]);
+        ready.mark(1);
+        assert!(ready.is_ready());
+    }
 }

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::{Config, Context, Metrics};
 use crate::cache::ClusterIndex;
-use crate::cache::watch::{Readiness, WatchMetrics, run_controller_watchers};
+use crate::cache::watch::{Readiness, WatchMetrics, run_controller_watchers_with};
 use crate::leader::{LeaderArgs, LeaderMetrics};
 use crate::ledger::FitOptions;
 use crate::nfs::NfsConfig;
@@ -61,6 +61,12 @@ pub struct ControllerArgs {
     /// shutdown come after it.
     #[arg(long, default_value_t = crate::serve::DEFAULT_DRAIN_TIMEOUT_SECS, env = "STOWAGE_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
+
+    /// Seconds between looks, through API discovery, for stowage's CRDs (StorageNode,
+    /// LocalVolume) when they are not installed (an NFS-only install); their watches start
+    /// once they are. 0: look only at start-up (a restart picks them up).
+    #[arg(long, default_value_t = crate::cache::watch::LOCAL_CRDS_RECHECK.as_secs(), env = "STOWAGE_CRDS_RECHECK")]
+    pub crds_recheck: u64,
 
     /// NFS cluster mode: YAML file listing the NFS servers (see `stowage::nfs::config`).
     /// Without it, the source design's environment (PROVISIONER_NAME, NFS_SERVER, NFS_PATH,
@@ -259,6 +265,7 @@ impl ControllerArgs {
             nfs_config: _,
             nfs_mount_base: _,
             nfs_allow_mixed_layouts: _,
+            crds_recheck,
             leader: _,
         } = self;
         let ready = Readiness::for_controller().with_metrics(
@@ -305,7 +312,12 @@ impl ControllerArgs {
         let server = crate::serve::serve_on_own_thread("http", listener, app, http_stopped)?;
         // After `Context::new` (which tells the index where to queue changes), so the
         // first lists queue every object.
-        let watchers = tokio::spawn(run_controller_watchers(client, index, ready));
+        let watchers = tokio::spawn(run_controller_watchers_with(
+            client,
+            index,
+            ready,
+            Duration::from_secs(crds_recheck),
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let controllers = tokio::spawn(super::run_until(ctx, stop_rx));
         Ok(Running {

@@ -317,6 +317,10 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     let Some(class) = our_class(&claim, &ctx) else {
         return Ok(Action::await_change());
     };
+    let missing = ctx.ready.missing();
+    if !missing.is_empty() && claim.metadata.deletion_timestamp.is_none() {
+        return local_crds_missing(&claim, &missing, &ctx).await;
+    }
     let spec = claim.spec.as_ref();
     if spec
         .and_then(|s| s.volume_name.as_deref())
@@ -362,6 +366,39 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     });
     tracing::debug!(claim = %claim_key(&claim), ?plan, "provisioning plan");
     execute(plan, &claim, &class, &ctx).await
+}
+
+/// How soon a claim of a node-local class looks again while stowage's CRDs are missing
+/// (the watches start within `cache::watch::LOCAL_CRDS_RECHECK` of their install).
+pub const LOCAL_CRDS_RETRY: Duration = Duration::from_secs(60);
+
+/// A claim of a node-local class while the CRDs `missing` are not installed (an NFS-only
+/// install): nothing can be provisioned, which a Warning Event on the claim says, with the
+/// fix, rather than leaving it Pending in silence.
+async fn local_crds_missing(
+    claim: &PersistentVolumeClaim,
+    missing: &[String],
+    ctx: &Context,
+) -> Result<Action> {
+    let message = format!(
+        "node-local volumes are off: the CRD{} {} {} not installed in this cluster. Install \
+         them (`stowage crds | kubectl apply -f -`) and the stowage agent DaemonSet, as \
+         `kubectl apply -k deploy/` does, or use a StorageClass of {}",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(" and "),
+        if missing.len() == 1 { "is" } else { "are" },
+        names::PROVISIONER_NFS,
+    );
+    tracing::debug!(claim = %claim_key(claim), %message, "claim waits for the stowage CRDs");
+    ctx.recorder
+        .record(
+            &claim_ref(claim),
+            EventType::Warning,
+            reasons::PROVISIONING_FAILED,
+            &message,
+        )
+        .await;
+    Ok(Action::requeue(LOCAL_CRDS_RETRY))
 }
 
 /// The claim's class when it is ours (provisioner = our name).

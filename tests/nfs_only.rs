@@ -1,0 +1,229 @@
+//! An NFS-only install (issue 20, item 7): `stowage controller` with only the NFS
+//! environment and without the StorageNode and LocalVolume CRDs becomes ready, provisions
+//! and binds an NFS claim, says once which CRDs are missing and what they would enable,
+//! puts an Event on a claim of a node-local class instead of leaving it silent, and starts
+//! watching the CRDs once they are installed.
+//!
+//! Both lanes: testkit's strict in-memory API server (a CRD not installed is a 404, and
+//! discovery lists only what is served) with its PV-controller stand-in, and a real control
+//! plane with `STOWAGE_E2E=real` (TESTING.md), where kube-controller-manager binds.
+
+// Helpers in a test crate panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use stowage::api::{crds, names};
+use stowage::cache::watch::served_local_kinds;
+use stowage_testkit::e2e::Cluster;
+use stowage_testkit::fixtures::{namespace, pvc, storage_class};
+use stowage_testkit::net::{free_port, get};
+use stowage_testkit::scheduler::{Scheduler, SchedulerConfig};
+use stowage_testkit::{wait_for, wait_until};
+
+const NS: &str = "apps";
+/// What the controller logs, once, when the CRDs are missing.
+const MISSING: &str = "stowage CRDs not installed";
+
+fn wait() -> Duration {
+    if stowage_testkit::real::lane_is_real() {
+        Duration::from_secs(180)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+/// This build's `stowage`, or the one `STOWAGE_BENCH_BINARY` names (another build, e.g. an
+/// earlier commit's, on the same test).
+fn stowage_binary() -> PathBuf {
+    std::env::var_os("STOWAGE_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")))
+}
+
+async fn ready(port: u16) -> bool {
+    matches!(get(port, "/readyz").await, Some((200, _)))
+}
+
+async fn events(client: &kube::Client, claim: &str, reason: &str) -> Vec<String> {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(claim) && e.reason.as_deref() == Some(reason)
+        })
+        .filter_map(|e| e.message)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so_once() {
+    let cluster = Cluster::start().await.unwrap();
+    let client = cluster.client();
+    // The API server serves no stowage.io kind, as a real one without the CRDs does.
+    assert_eq!(served_local_kinds(&client).await.unwrap(), [false, false]);
+    for ns in [NS, "stowage-system"] {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace(ns).build())
+            .await
+            .unwrap();
+    }
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    for class in [
+        storage_class("nfs")
+            .provisioner(names::PROVISIONER_NFS)
+            .reclaim("Delete")
+            .build(),
+        storage_class("local")
+            .provisioner(names::PROVISIONER_LOCAL)
+            .wait_for_first_consumer()
+            .reclaim("Delete")
+            .build(),
+    ] {
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+    }
+    // The PV controller: kube-controller-manager's on the real lane, else the stand-in.
+    let scheduler =
+        (!cluster.is_real()).then(|| Scheduler::start(client.clone(), SchedulerConfig::default()));
+
+    // The environment of the source design, the export "mounted" at <base>/10.0.0.1.
+    let base = cluster.dir().join("nfs");
+    std::fs::create_dir_all(base.join("10.0.0.1")).unwrap();
+    let port = free_port();
+    let controller = cluster
+        .role(stowage_binary(), "controller")
+        .arg("controller")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .arg("--nfs-mount-base")
+        .arg(&base)
+        .env("NFS_SERVER", "10.0.0.1")
+        .env("NFS_PATH", "/exports/a")
+        .env("POD_NAMESPACE", "stowage-system")
+        .env("POD_NAME", "controller-0")
+        .env("RUST_LOG", "info")
+        // Look for the CRDs again every second (60 by default).
+        .env("STOWAGE_CRDS_RECHECK", "1")
+        .spawn()
+        .unwrap();
+
+    // Ready without the CRDs (it used to wait for their lists forever).
+    wait_for(wait(), "the controller's /readyz is 200", || ready(port))
+        .await
+        .unwrap();
+
+    // An NFS claim is provisioned and bound.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    claims
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "shared")
+                .size("1Gi")
+                .class("nfs")
+                .access_modes(["ReadWriteMany"])
+                .build(),
+        )
+        .await
+        .unwrap();
+    let bound = wait_until(wait(), "claim apps/shared is Bound", || async {
+        claims
+            .get("shared")
+            .await
+            .ok()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+    })
+    .await
+    .unwrap();
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&format!("pvc-{}", bound.uid().unwrap()))
+        .await
+        .unwrap();
+    let nfs = pv.spec.unwrap().nfs.unwrap();
+    assert_eq!(
+        (nfs.server.as_str(), nfs.path.as_str()),
+        ("10.0.0.1", "/exports/a/apps/shared")
+    );
+    assert!(base.join("10.0.0.1").join(NS).join("shared").is_dir());
+
+    // A claim of a node-local class is told why nothing happens, and how to fix it.
+    claims
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "fast").size("1Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    let told = wait_until(
+        wait(),
+        "a ProvisioningFailed Event on apps/fast",
+        || async { events(&client, "fast", "ProvisioningFailed").await.pop() },
+    )
+    .await
+    .unwrap();
+    for want in [
+        "storagenodes.stowage.io",
+        "localvolumes.stowage.io",
+        "stowage crds | kubectl apply -f -",
+        names::PROVISIONER_NFS,
+    ] {
+        assert!(told.contains(want), "{want:?} in {told:?}");
+    }
+
+    // Several re-checks later: still one warning, and no watch of a kind that is not there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = controller.logs();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(MISSING)).collect();
+    assert_eq!(warnings.len(), 1, "one warning about the CRDs:\n{logs}");
+    for want in [
+        "WARN",
+        "storagenodes.stowage.io, localvolumes.stowage.io",
+        "node-local volumes",
+        "extender",
+        "NFS provisioning is not affected",
+        "stowage crds | kubectl apply -f -",
+        "kubectl apply -k deploy/",
+    ] {
+        assert!(warnings[0].contains(want), "{want:?} in {}", warnings[0]);
+    }
+    assert!(
+        !logs.contains("watch failed"),
+        "no watch of a missing kind:\n{logs}"
+    );
+    assert!(ready(port).await, "still ready");
+
+    // Installed later, the CRDs are picked up without a restart.
+    cluster.install_crds(crds()).await.unwrap();
+    wait_for(wait(), "the controller watches the new CRDs", || async {
+        controller
+            .logs()
+            .contains("stowage CRDs installed; watching them")
+    })
+    .await
+    .unwrap();
+    wait_for(wait(), "the controller is ready again", || ready(port))
+        .await
+        .unwrap();
+    let logs = controller.logs();
+    assert_eq!(
+        logs.lines().filter(|l| l.contains(MISSING)).count(),
+        1,
+        "{logs}"
+    );
+    drop(controller);
+    if let Some(s) = scheduler {
+        s.shutdown().await;
+    }
+}
