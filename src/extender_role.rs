@@ -207,8 +207,19 @@ mod tests {
         api_version: String,
         kind: String,
         client_connection: ClientConnection,
+        #[serde(default)]
+        leader_election: LeaderElection,
         profiles: Vec<Profile>,
         extenders: Vec<Extender>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct LeaderElection {
+        leader_elect: bool,
+        resource_lock: Option<String>,
+        resource_name: Option<String>,
+        resource_namespace: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -224,7 +235,7 @@ mod tests {
 
     /// Exactly the keys stowage relies on: a bind or preempt verb, `managedResources` (which
     /// would hide every other pod from the extender) or a misspelt key fail to parse.
-    #[derive(Debug, PartialEq, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct Extender {
         url_prefix: String,
@@ -235,6 +246,14 @@ mod tests {
         ignorable: bool,
         http_timeout: String,
     }
+
+    /// The placeholder for the controller Service's ClusterIP in the files for the cluster's
+    /// own (host-network) scheduler, and the Service's name, which only pods resolve.
+    const CLUSTER_IP_PLACEHOLDER: &str = "CONTROLLER-CLUSTER-IP";
+    const SERVICE_HOST: &str = "stowage-controller.stowage-system.svc";
+
+    /// The second scheduler's configuration (`variants/second-scheduler`).
+    const SECOND_SCHEDULER_CONFIG: &str = "../variants/second-scheduler/scheduler-config.yaml";
 
     fn load(file: &str) -> SchedulerConfig {
         let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -289,10 +308,11 @@ mod tests {
             let config = load(file);
             assert_eq!(config.api_version, api_version, "{file}");
             assert_eq!(config.kind, "KubeSchedulerConfiguration", "{file}");
-            assert!(
-                !config.client_connection.kubeconfig.is_empty(),
-                "{file}: --kubeconfig is ignored with --config, the file must name it"
+            assert_eq!(
+                config.client_connection.kubeconfig, "/etc/kubernetes/scheduler.conf",
+                "{file}: for kubeadm's static pod; --kubeconfig is ignored with --config"
             );
+            assert!(config.leader_election.leader_elect, "{file}");
             assert_eq!(
                 config
                     .profiles
@@ -334,8 +354,8 @@ mod tests {
             assert_eq!(uri.scheme_str(), Some("http"), "{file}");
             assert_eq!(
                 uri.host(),
-                Some("stowage-controller.stowage-system.svc"),
-                "{file}"
+                Some(CLUSTER_IP_PLACEHOLDER),
+                "{file}: a host-network static pod does not resolve Service names"
             );
             assert_eq!(uri.port_u16(), Some(defaults.listen.port()), "{file}");
             assert_eq!(
@@ -345,6 +365,62 @@ mod tests {
             );
             assert_eq!(extender, &load(CONFIGS[0].0).extenders[0], "{file}");
         }
+    }
+
+    /// The second scheduler (`variants/second-scheduler`): in-cluster, its own scheduler name
+    /// and Lease, and the shipped extender except that it reaches the controller by the
+    /// Service's name, which a Deployment pod resolves.
+    #[test]
+    fn the_second_scheduler_config_is_the_shipped_extender_under_its_own_name() {
+        let file = SECOND_SCHEDULER_CONFIG;
+        let config = load(file);
+        assert_eq!(config.api_version, CONFIGS[0].1, "{file}");
+        assert_eq!(config.kind, "KubeSchedulerConfiguration", "{file}");
+        assert_eq!(
+            config.client_connection.kubeconfig, "",
+            "{file}: in-cluster, as its ServiceAccount"
+        );
+        assert_eq!(
+            config
+                .profiles
+                .iter()
+                .map(|p| p.scheduler_name.as_str())
+                .collect::<Vec<_>>(),
+            ["stowage-scheduler"],
+            "{file}"
+        );
+        let election = &config.leader_election;
+        assert!(election.leader_elect, "{file}");
+        assert_eq!(
+            (
+                election.resource_lock.as_deref(),
+                election.resource_name.as_deref(),
+                election.resource_namespace.as_deref()
+            ),
+            (
+                Some("leases"),
+                Some("stowage-scheduler"),
+                Some("stowage-system")
+            ),
+            "{file}: its own Lease (the Role in scheduler.yaml names it), not the default \
+             scheduler's"
+        );
+        let [extender] = &config.extenders[..] else {
+            panic!(
+                "{file}: want exactly one extender, got {:?}",
+                config.extenders
+            );
+        };
+        let uri: Uri = extender.url_prefix.parse().unwrap();
+        assert_eq!(uri.host(), Some(SERVICE_HOST), "{file}");
+        let shipped = &load(CONFIGS[0].0).extenders[0];
+        let same_but_url = Extender {
+            url_prefix: shipped
+                .url_prefix
+                .replace(CLUSTER_IP_PLACEHOLDER, SERVICE_HOST),
+            ..shipped.clone()
+        };
+        assert_eq!(extender, &same_but_url, "{file}");
     }
 
     /// The scheduler posts to `TrimRight(urlPrefix, "/") + "/" + verb`; each such URL of the

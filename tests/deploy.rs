@@ -342,3 +342,159 @@ async fn the_nfs_only_variant_installs_a_controller_that_binds_nfs_claims_withou
     assert!(!logs.contains("watch failed"), "{logs}");
     assert!(!logs.contains("forbidden"), "{logs}");
 }
+
+/// The second scheduler (`variants/second-scheduler`), applied after `deploy/`: every object
+/// is created, and the real kube-scheduler, run with the variant's configuration (its API
+/// version for the server's) as the ServiceAccount the variant installs (impersonated: no
+/// pod runs here), takes its own Lease, schedules a pod that names `stowage-scheduler` and
+/// is refused nothing by the API server.
+#[tokio::test]
+#[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
+async fn the_second_scheduler_variant_runs_kube_scheduler_under_its_own_name_and_lease() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::Api;
+    use kube::api::PostParams;
+    use stowage_testkit::fixtures::{namespace, node, pod};
+    use stowage_testkit::net::free_port;
+    use stowage_testkit::{real as lane, wait_until};
+
+    let cluster = real_cluster().await;
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let base = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
+    assert!(base.status.success(), "{}", text(&base));
+    let applied = kubectl(&kubeconfig, &["apply", "-k", "variants/second-scheduler"]);
+    let applied_text = text(&applied);
+    assert!(applied.status.success(), "{applied_text}");
+    let rendered = Command::new("kubectl")
+        .args(["kustomize", "variants/second-scheduler"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let objects = String::from_utf8_lossy(&rendered.stdout)
+        .lines()
+        .filter(|l| l.starts_with("kind: "))
+        .count();
+    let created = applied_text
+        .lines()
+        .filter(|l| l.ends_with(" created"))
+        .count();
+    assert_eq!(created, objects, "every object created:\n{applied_text}");
+
+    // kube-scheduler as the variant's ServiceAccount.
+    let mut config = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    for user in &mut config.auth_infos {
+        let auth = user.auth_info.get_or_insert_with(Default::default);
+        auth.impersonate = Some("system:serviceaccount:stowage-system:stowage-scheduler".into());
+        auth.impersonate_groups = Some(vec![
+            "system:authenticated".into(),
+            "system:serviceaccounts".into(),
+            "system:serviceaccounts:stowage-system".into(),
+        ]);
+    }
+    let as_scheduler = cluster.dir().join("stowage-scheduler.kubeconfig");
+    std::fs::write(&as_scheduler, serde_json::to_string(&config).unwrap()).unwrap();
+
+    // The variant's configuration, in the API version the server's kube-scheduler reads.
+    let version: serde_json::Value =
+        serde_json::from_slice(&kubectl(&kubeconfig, &["version", "-o", "json"]).stdout).unwrap();
+    let minor: u32 = version["serverVersion"]["minor"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('+')
+        .parse()
+        .unwrap();
+    let api_version = match minor {
+        ..=22 => "kubescheduler.config.k8s.io/v1beta1",
+        23..=24 => "kubescheduler.config.k8s.io/v1beta3",
+        _ => "kubescheduler.config.k8s.io/v1",
+    };
+    let shipped =
+        std::fs::read_to_string(repo().join("variants/second-scheduler/scheduler-config.yaml"))
+            .unwrap();
+    assert!(shipped.contains("  kubeconfig: \"\"\n"), "{shipped}");
+    let mut adapted = shipped
+        .replace(
+            "apiVersion: kubescheduler.config.k8s.io/v1\n",
+            &format!("apiVersion: {api_version}\n"),
+        )
+        .replace(
+            "  kubeconfig: \"\"\n",
+            &format!("  kubeconfig: {}\n", as_scheduler.display()),
+        );
+    if minor <= 22 {
+        // The insecure health port is a configuration field up to 1.22; one of its own.
+        let port = free_port();
+        adapted += &format!(
+            "healthzBindAddress: 127.0.0.1:{port}\nmetricsBindAddress: 127.0.0.1:{port}\n"
+        );
+    }
+    let config_file = cluster.dir().join("stowage-scheduler-config.yaml");
+    std::fs::write(&config_file, adapted).unwrap();
+    let bin = std::env::var_os(lane::BIN_ENV)
+        .map_or_else(|| PathBuf::from(lane::DEFAULT_BIN), PathBuf::from);
+    let scheduler = cluster
+        .role(bin.join("kube-scheduler"), "stowage-scheduler")
+        .arg(format!("--config={}", config_file.display()))
+        .arg(format!("--secure-port={}", free_port()))
+        .arg("--bind-address=127.0.0.1")
+        // Delegated authentication and authorization as the ServiceAccount too: they read
+        // kube-system/extension-apiserver-authentication.
+        .arg(format!("--authentication-kubeconfig={}", as_scheduler.display()))
+        .arg(format!("--authorization-kubeconfig={}", as_scheduler.display()))
+        .arg("-v=2")
+        .spawn()
+        .unwrap();
+
+    let wait = std::time::Duration::from_secs(120);
+    let holder = wait_until(
+        wait,
+        "Lease stowage-system/stowage-scheduler held",
+        || async {
+            let out = kubectl(
+                &kubeconfig,
+                &[
+                    "-n",
+                    "stowage-system",
+                    "get",
+                    "lease",
+                    "stowage-scheduler",
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ],
+            );
+            let holder = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && !holder.is_empty()).then_some(holder)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!holder.is_empty());
+
+    // A pod that names the second scheduler is bound by it (no extender answers here:
+    // ignorable, so it schedules capacity-blind).
+    cluster.add_node(&node("n1").build()).await.unwrap();
+    let client = cluster.client();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace("apps").build())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "apps");
+    pods.create(
+        &PostParams::default(),
+        &pod("apps", "web").scheduler("stowage-scheduler").build(),
+    )
+    .await
+    .unwrap();
+    let node_name = wait_until(wait, "pod apps/web bound by stowage-scheduler", || async {
+        pods.get("web")
+            .await
+            .ok()
+            .and_then(|p| p.spec.and_then(|s| s.node_name))
+    })
+    .await
+    .unwrap();
+    assert_eq!(node_name, "n1");
+    let logs = scheduler.logs();
+    assert!(!logs.contains("forbidden"), "{logs}");
+}
