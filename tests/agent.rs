@@ -497,7 +497,11 @@ async fn hostile_entries_in_a_pool_fail_the_volume_and_nothing_outside_is_touche
     std::os::unix::fs::symlink(&outside, pool.join(&linked_del)).unwrap();
     std::fs::write(pool.join(&filed), b"a file").unwrap();
 
-    for (name, on_delete) in [(&linked, OnDelete::Delete), (&filed, OnDelete::Delete)] {
+    for (name, on_delete) in [
+        (&linked, OnDelete::Delete),
+        (&linked_del, OnDelete::Archive),
+        (&filed, OnDelete::Delete),
+    ] {
         let mut lv = LocalVolume::new(
             name,
             LocalVolumeSpec {
@@ -539,16 +543,26 @@ async fn hostile_entries_in_a_pool_fail_the_volume_and_nothing_outside_is_touche
         "{message}"
     );
 
-    // Deleting the symlinked volume must not follow the link: the finalizer stays, the
-    // status says why, and the data outside survives.
-    agent
-        .volumes()
-        .delete(&linked, &DeleteParams::default())
-        .await
-        .unwrap();
-    let lv = agent.wait_phase(&linked, LocalVolumePhase::Deleting).await;
-    assert!(finalizers(&lv).contains(&FINALIZER_AGENT_CLEANUP.to_string()));
-    assert!(lv.status.unwrap().message.unwrap().contains("symlink"));
+    // Deleting a symlinked volume must not follow the link, whether its class deletes or
+    // archives: the finalizer stays, the status says why, and the data outside survives
+    // (the archive is not made through the link either).
+    for name in [&linked, &linked_del] {
+        agent
+            .volumes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        let lv = agent.wait_phase(name, LocalVolumePhase::Deleting).await;
+        assert!(finalizers(&lv).contains(&FINALIZER_AGENT_CLEANUP.to_string()));
+        assert!(
+            lv.status.unwrap().message.unwrap().contains("symlink"),
+            "{name}"
+        );
+        assert!(
+            pool.join(name.as_str()).is_symlink(),
+            "the link {name} itself is left for an operator"
+        );
+    }
 
     // A volume object whose name is not a volume name is refused.
     let mut bad = LocalVolume::new(
@@ -677,18 +691,22 @@ async fn volumes_on_disk_without_a_local_volume_are_orphans_and_are_never_delete
     let sn = agent
         .wait_pool("fast", "one orphan", |p| p.orphans == 1 && p.volumes == 1)
         .await;
-    let first = sn.status.unwrap().heartbeat_time.unwrap();
+    let mut last = sn.status.unwrap().heartbeat_time.unwrap();
     let node = agent.node.clone();
     let api = agent.storage_nodes();
-    wait_for(WAIT, "two more heartbeats", || async {
-        api.get(&node)
-            .await
-            .ok()
-            .and_then(|s| s.status?.heartbeat_time)
-            .is_some_and(|t| t > first)
-    })
-    .await
-    .unwrap();
+    // Two more heartbeats, each a report (and scan) made after the orphans were there.
+    for beat in ["one more heartbeat", "a second one"] {
+        let seen = wait_until(WAIT, beat, || async {
+            api.get(&node)
+                .await
+                .ok()
+                .and_then(|s| s.status?.heartbeat_time)
+                .filter(|t| *t > last)
+        })
+        .await
+        .unwrap();
+        last = seen;
+    }
     assert_eq!(
         std::fs::read(pool.join(&orphan).join("data")).unwrap(),
         b"old"

@@ -16,7 +16,10 @@
 //!
 //! `STOWAGE_SOAK_CLAIMS` sets the number of claims (default 120, so `cargo test` stays
 //! quick; BENCHMARKS.md records the 500-claim run); `STOWAGE_SOAK_SEED` (default 9) the
-//! seed of the pod mix and of the fault injection, to replay a failing run.
+//! seed of the pod mix and of the fault injection's generator. A seed does not replay a run
+//! request for request: stowage's processes share that one generator in whatever order
+//! their requests arrive, and uids come from the clock. It gives the same pods and the same
+//! fault rates, so a failure found with it is worth re-running a few times.
 
 // Helpers in a test crate panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
