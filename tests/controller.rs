@@ -194,9 +194,24 @@ impl Cluster {
 /// A running controller (watchers + reconcilers); dropping it kills it, as a crash would.
 struct Running {
     index: Arc<RwLock<ClusterIndex>>,
+    ctx: Arc<Context>,
     registry: Registry,
     tasks: Vec<JoinHandle<()>>,
     leader: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Waits until the controller's index shows `seen` and its three queues have nothing
+    /// waiting or running: every reconcile the change set off has ended (a requeue for
+    /// later may be pending). A check that nothing was made, after this, is about what the
+    /// controller decided, not about what it had not got to yet.
+    async fn settled(&self, what: &str, seen: impl Fn(&ClusterIndex) -> bool) {
+        wait_for(WAIT, what, || async {
+            seen(&self.index.read().unwrap()) && self.ctx.is_idle()
+        })
+        .await
+        .unwrap();
+    }
 }
 
 impl Drop for Running {
@@ -233,10 +248,11 @@ fn start_controller_leading(client: &Client, grace: Duration, leading: bool) -> 
             index.clone(),
             ready,
         )),
-        tokio::spawn(controller::run(ctx)),
+        tokio::spawn(controller::run(ctx.clone())),
     ];
     Running {
         index,
+        ctx,
         registry,
         tasks,
         leader: leader_tx,
@@ -467,7 +483,9 @@ async fn nothing_is_written_until_this_replica_leads() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    running
+        .settled("the follower has looked at everything it saw", |_| true)
+        .await;
     assert!(cluster.lvs().get_opt(&name).await.unwrap().is_none());
     running.leader.send(true).unwrap();
     wait_pv(&cluster, &name).await;
@@ -543,7 +561,7 @@ async fn the_volume_is_made_at_the_selected_node_and_the_pv_waits_for_the_pv_con
     // the PV waits until the annotation shows that the PV controller knows the claim.
     let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
     cluster.class("local", "Delete", false, &[]).await;
-    let _running = start_controller(&cluster.client, Duration::from_secs(300));
+    let running = start_controller(&cluster.client, Duration::from_secs(300));
     let (_agent, _task) = Agent::start(&cluster.client);
     let early = selected_claim(&cluster, "early", "1Gi", "n1", &[]).await;
     let name = pv_name(&early);
@@ -556,7 +574,14 @@ async fn the_volume_is_made_at_the_selected_node_and_the_pv_waits_for_the_pv_con
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    running
+        .settled("the controller has seen the Ready LocalVolume", |index| {
+            index
+                .local_volume(&name)
+                .and_then(|lv| lv.status)
+                .is_some_and(|s| s.phase == stowage::api::local_volume::LocalVolumePhase::Ready)
+        })
+        .await;
     assert!(
         cluster.pvs().get_opt(&name).await.unwrap().is_none(),
         "no PV before the PV controller has seen the claim"
@@ -583,7 +608,11 @@ async fn the_volume_is_made_at_the_selected_node_and_the_pv_waits_for_the_pv_con
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    running
+        .settled("the controller has seen the unscheduled claim", |index| {
+            index.claim(NS, "unscheduled").is_some()
+        })
+        .await;
     assert!(
         cluster
             .lvs()
@@ -778,8 +807,16 @@ async fn released_volumes_are_deleted_or_retained_by_reclaim_policy() {
     })
     .await
     .unwrap();
-    // Give the controller a chance to (wrongly) act on it, then check nothing moved.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the controller has seen it Released and done with it, nothing may have moved.
+    running
+        .settled("the controller has seen the Released PV", |index| {
+            index
+                .persistent_volume(&precious)
+                .and_then(|pv| pv.status?.phase)
+                .as_deref()
+                == Some("Released")
+        })
+        .await;
     assert!(pvs.get_opt(&precious).await.unwrap().is_some());
     let lv = cluster.lvs().get(&precious).await.unwrap();
     assert!(lv.metadata.deletion_timestamp.is_none());

@@ -211,6 +211,7 @@ impl Cluster {
 /// A running controller with NFS mode on; dropping it kills it.
 struct Running {
     registry: Registry,
+    ctx: Arc<Context>,
     tasks: Vec<JoinHandle<()>>,
     _leader: watch::Sender<bool>,
 }
@@ -237,21 +238,24 @@ fn start_controller(client: &Client, config: NfsConfig) -> Running {
         leader.clone(),
     )
     .unwrap();
-    let ctx = Context::new(
-        client.clone(),
-        index.clone(),
-        ready.clone(),
-        Config::new("test-replica"),
-        metrics,
-        leader,
-    )
-    .with_nfs(Arc::new(nfs));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            index.clone(),
+            ready.clone(),
+            Config::new("test-replica"),
+            metrics,
+            leader,
+        )
+        .with_nfs(Arc::new(nfs)),
+    );
     let tasks = vec![
         tokio::spawn(run_controller_watchers(client.clone(), index, ready)),
-        tokio::spawn(controller::run(Arc::new(ctx))),
+        tokio::spawn(controller::run(ctx.clone())),
     ];
     Running {
         registry,
+        ctx,
         tasks,
         _leader: leader_tx,
     }
@@ -301,7 +305,14 @@ async fn immediate_and_wait_for_first_consumer_claims_get_nfs_pvs() {
         .claim("later", "nfs-later", &["ReadWriteOnce"])
         .await;
     let later_claim = cluster.claims().get("later").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let index = running.ctx.index.clone();
+    wait_for(
+        WAIT,
+        "the controller has seen the claim and is done with it",
+        || async { index.read().unwrap().claim(NS, "later").is_some() && running.ctx.is_idle() },
+    )
+    .await
+    .unwrap();
     assert!(
         cluster
             .pvs()

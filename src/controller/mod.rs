@@ -246,6 +246,19 @@ impl Context {
         crate::memory::release_free_memory();
     }
 
+    /// Whether no object waits in any queue or is being reconciled (requeues for later may
+    /// be pending): every reconcile the changes seen so far set off has ended. Tests wait
+    /// for it before they check that something did not happen.
+    pub fn is_idle(&self) -> bool {
+        [
+            (self.claims.waiting(), self.claims.running()),
+            (self.pvs.waiting(), self.pvs.running()),
+            (self.volumes.waiting(), self.volumes.running()),
+        ]
+        .iter()
+        .all(|&(waiting, running)| waiting == 0 && running == 0)
+    }
+
     /// Whether this replica may write.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()
