@@ -1,7 +1,9 @@
 //! The shipped manifests on a real API server: `kubectl apply -k deploy/` is accepted whole,
 //! a second apply changes nothing, and a changed CRD applies over the installed one (what
-//! an upgrade does); the NFS-only install (`variants/nfs-only`) runs a controller that binds
-//! NFS claims without stowage's CRDs. The in-memory server cannot stand in here: it accepted a CRD and a
+//! an upgrade does); a fresh `kubectl apply -k deploy/` binds a claim with nothing done by
+//! hand but the scheduler wiring; the NFS-only install (`variants/nfs-only`) runs a
+//! controller that binds NFS claims without stowage's CRDs; the second scheduler runs under
+//! its own name and Lease. The in-memory server cannot stand in here: it accepted a CRD and a
 //! PodDisruptionBudget version that Kubernetes 1.19 refuses.
 //!
 //! Real lane only (`STOWAGE_E2E=real`, see TESTING.md): ignored otherwise, so the runner
@@ -27,6 +29,35 @@ async fn real_cluster() -> Cluster {
         "this test needs STOWAGE_E2E=real (run it through scripts/test-real)"
     );
     Cluster::start().await.unwrap()
+}
+
+/// A kubeconfig of the cluster's admin that acts as the ServiceAccount `stowage-system/<name>`
+/// (impersonated: no pod runs here, so no token is mounted), with the groups a
+/// ServiceAccount token carries (explicit groups replace the implicit
+/// `system:authenticated`, which grants discovery).
+fn as_service_account(cluster: &Cluster, name: &str) -> PathBuf {
+    let mut config = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
+    for user in &mut config.auth_infos {
+        let auth = user.auth_info.get_or_insert_with(Default::default);
+        auth.impersonate = Some(format!("system:serviceaccount:stowage-system:{name}"));
+        auth.impersonate_groups = Some(vec![
+            "system:authenticated".into(),
+            "system:serviceaccounts".into(),
+            "system:serviceaccounts:stowage-system".into(),
+        ]);
+    }
+    let path = cluster.dir().join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// The `stowage` under test; `STOWAGE_BENCH_BINARY` runs another build (an earlier
+/// commit's) on the same test.
+fn stowage_binary() -> PathBuf {
+    std::env::var_os("STOWAGE_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_stowage")),
+        PathBuf::from,
+    )
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -225,20 +256,7 @@ async fn the_nfs_only_variant_installs_a_controller_that_binds_nfs_claims_withou
     assert!(!text(&crds).contains("stowage.io"), "{}", text(&crds));
 
     // The controller as its ServiceAccount, with the shipped NFS environment.
-    let mut config = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-    for user in &mut config.auth_infos {
-        let auth = user.auth_info.get_or_insert_with(Default::default);
-        auth.impersonate = Some("system:serviceaccount:stowage-system:stowage-controller".into());
-        // The groups a ServiceAccount token carries (explicit groups replace the implicit
-        // system:authenticated, which grants discovery).
-        auth.impersonate_groups = Some(vec![
-            "system:authenticated".into(),
-            "system:serviceaccounts".into(),
-            "system:serviceaccounts:stowage-system".into(),
-        ]);
-    }
-    let as_controller = cluster.dir().join("controller.kubeconfig");
-    std::fs::write(&as_controller, serde_json::to_string(&config).unwrap()).unwrap();
+    let as_controller = as_service_account(&cluster, "stowage-controller");
     let deployment: serde_json::Value = serde_json::from_slice(
         &kubectl(
             &kubeconfig,
@@ -270,12 +288,7 @@ async fn the_nfs_only_variant_installs_a_controller_that_binds_nfs_claims_withou
     std::fs::create_dir_all(base.join(&server)).unwrap();
     let port = free_port();
     let controller = cluster
-        // `STOWAGE_BENCH_BINARY`: another build (an earlier commit's) on the same test.
-        .role(
-            std::env::var_os("STOWAGE_BENCH_BINARY")
-                .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")), PathBuf::from),
-            "controller",
-        )
+        .role(stowage_binary(), "controller")
         .arg("controller")
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg("--kubeconfig")
@@ -382,18 +395,7 @@ async fn the_second_scheduler_variant_runs_kube_scheduler_under_its_own_name_and
     assert_eq!(created, objects, "every object created:\n{applied_text}");
 
     // kube-scheduler as the variant's ServiceAccount.
-    let mut config = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-    for user in &mut config.auth_infos {
-        let auth = user.auth_info.get_or_insert_with(Default::default);
-        auth.impersonate = Some("system:serviceaccount:stowage-system:stowage-scheduler".into());
-        auth.impersonate_groups = Some(vec![
-            "system:authenticated".into(),
-            "system:serviceaccounts".into(),
-            "system:serviceaccounts:stowage-system".into(),
-        ]);
-    }
-    let as_scheduler = cluster.dir().join("stowage-scheduler.kubeconfig");
-    std::fs::write(&as_scheduler, serde_json::to_string(&config).unwrap()).unwrap();
+    let as_scheduler = as_service_account(&cluster, "stowage-scheduler");
 
     // The variant's configuration, in the API version the server's kube-scheduler reads.
     let version: serde_json::Value =
@@ -496,5 +498,186 @@ async fn the_second_scheduler_variant_runs_kube_scheduler_under_its_own_name_and
     .unwrap();
     assert_eq!(node_name, "n1");
     let logs = scheduler.logs();
+    assert!(!logs.contains("forbidden"), "{logs}");
+}
+
+/// A fresh install as the README gives it: `kubectl apply -k deploy/`, then nothing by hand
+/// but the scheduler wiring. Each agent and the controller run as the ServiceAccount the
+/// install made (impersonated: no kubelet runs here, so no pod starts), with the shipped
+/// arguments and the shipped pool file (its path moved under the test's directory; the
+/// DaemonSet mounts that path from the host), and kube-scheduler with the shipped
+/// configuration calls the controller's extender. Every agent's StorageNode gets a ready
+/// pool, a claim of the shipped `stowage-local` class used by a pod is Bound, and nothing
+/// the install's RBAC forbids is attempted.
+#[tokio::test]
+#[ignore = "real lane: STOWAGE_E2E=real with a control plane in STOWAGE_K8S_BIN (TESTING.md)"]
+async fn a_fresh_install_binds_a_claim_with_nothing_done_by_hand_but_the_scheduler_wiring() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod};
+    use kube::Api;
+    use kube::api::PostParams;
+    use stowage::api::storage_node::StorageNode;
+    use stowage_testkit::fixtures::{namespace, node, pod, pvc};
+    use stowage_testkit::net::{free_port, get};
+    use stowage_testkit::{wait_for, wait_until};
+
+    let cluster = real_cluster().await;
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let applied = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let nodes = ["n1", "n2"];
+    for name in nodes {
+        cluster.add_node(&node(name).build()).await.unwrap();
+    }
+    let client = cluster.client();
+    let wait = std::time::Duration::from_secs(120);
+
+    // The shipped pool file, from the ConfigMap the install made.
+    let pools = Api::<ConfigMap>::namespaced(client.clone(), "stowage-system")
+        .get("stowage-pools")
+        .await
+        .unwrap();
+    let shipped = pools.data.unwrap()["pools.yaml"].clone();
+    assert!(shipped.contains("/var/lib/stowage/pools/"), "{shipped}");
+    let as_agent = as_service_account(&cluster, "stowage-agent");
+    let mut agents = Vec::new();
+    for name in nodes {
+        // What the DaemonSet's hostPath volume (DirectoryOrCreate) makes; the pool's own
+        // directory is the agent's to make (`create: true`).
+        let root = cluster.dir().join(name).join("pools");
+        std::fs::create_dir_all(&root).unwrap();
+        let file = cluster.dir().join(format!("pools-{name}.yaml"));
+        let moved = shipped.replace("/var/lib/stowage/pools/", &format!("{}/", root.display()));
+        std::fs::write(&file, moved).unwrap();
+        let port = free_port();
+        agents.push((
+            cluster
+                .role(stowage_binary(), &format!("agent-{name}"))
+                .arg("agent")
+                .arg(format!("--pools={}", file.display()))
+                .arg(format!("--listen=127.0.0.1:{port}"))
+                .arg("--kubeconfig")
+                .arg(&as_agent)
+                .env("NODE_NAME", name)
+                .env("RUST_LOG", "info")
+                .spawn()
+                .unwrap(),
+            port,
+        ));
+    }
+    let as_controller = as_service_account(&cluster, "stowage-controller");
+    let port = free_port();
+    let controller = cluster
+        .role(stowage_binary(), "controller")
+        .arg("controller")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&as_controller)
+        .env("POD_NAMESPACE", "stowage-system")
+        .env("POD_NAME", "stowage-controller-0")
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    for (_, agent_port) in &agents {
+        wait_for(wait, "an agent's /readyz is 200", || async {
+            matches!(get(*agent_port, "/readyz").await, Some((200, _)))
+        })
+        .await
+        .unwrap();
+    }
+    wait_for(wait, "the controller's /readyz is 200", || async {
+        matches!(get(port, "/readyz").await, Some((200, _)))
+    })
+    .await
+    .unwrap();
+    cluster
+        .start_scheduler(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+
+    // Every agent's StorageNode, its shipped pool made and ready.
+    let storage_nodes: Api<StorageNode> = Api::all(client.clone());
+    for name in nodes {
+        wait_for(
+            wait,
+            &format!("StorageNode {name} has its pool ready"),
+            || async {
+                storage_nodes
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|sn| sn.status)
+                    .is_some_and(|s| s.pools.iter().any(|p| p.name == "default" && p.ready))
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    // A claim of the shipped class, used by a pod.
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace("apps").build())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "apps");
+    claims
+        .create(
+            &PostParams::default(),
+            &pvc("apps", "data")
+                .size("1Gi")
+                .class("stowage-local")
+                .build(),
+        )
+        .await
+        .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "apps")
+        .create(
+            &PostParams::default(),
+            &pod("apps", "db").claims(["data"]).build(),
+        )
+        .await
+        .unwrap();
+    let bound = match wait_until(wait, "claim apps/data is Bound", || async {
+        claims
+            .get("data")
+            .await
+            .ok()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+    })
+    .await
+    {
+        Ok(bound) => bound,
+        Err(e) => panic!(
+            "{e}; the scheduler said: {:?}\nStorageNodes: {:?}\ncontroller:\n{}",
+            cluster.scheduling_failure("apps", "db").await,
+            storage_nodes.list(&Default::default()).await.map(|l| l
+                .items
+                .into_iter()
+                .map(|sn| sn.status)
+                .collect::<Vec<_>>()),
+            controller.logs()
+        ),
+    };
+    let volume = bound.spec.unwrap().volume_name.unwrap();
+    let node = bound
+        .metadata
+        .annotations
+        .unwrap()
+        .get(stowage::api::names::ANNOTATION_SELECTED_NODE)
+        .cloned()
+        .unwrap();
+    assert!(
+        cluster
+            .dir()
+            .join(&node)
+            .join("pools/default")
+            .join(&volume)
+            .is_dir(),
+        "the volume's directory is in the shipped pool on {node}"
+    );
+    let mut logs = controller.logs();
+    for (agent, _) in &agents {
+        logs.push_str(&agent.logs());
+    }
     assert!(!logs.contains("forbidden"), "{logs}");
 }
