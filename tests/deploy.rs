@@ -115,6 +115,13 @@ async fn deploy_applies_whole_on_a_real_apiserver_and_again_after_a_crd_change()
         "the API server holds every object"
     );
 
+    // The variants that build on it apply over it: NFS turned on beside the node-local
+    // volumes (configuring the controller only), and btrfs pools.
+    for variant in ["variants/nfs", "variants/btrfs"] {
+        let over = kubectl(&kubeconfig, &["apply", "-k", variant, "--dry-run=server"]);
+        assert!(over.status.success(), "{variant}: {}", text(&over));
+    }
+
     // Applying again changes nothing.
     let again = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
     let again_text = text(&again);
