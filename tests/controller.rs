@@ -554,6 +554,67 @@ async fn the_ga_and_the_beta_provisioner_annotation_are_each_enough() {
     );
 }
 
+/// A pod's claim is not made alone on a node where its pod's other claims cannot follow it.
+/// kube-scheduler writes `selected-node` to a pod's claims one after another; when its
+/// write to the second fails (a conflict with another writer), the first keeps the node
+/// and the second has none until the pod's retry, which may come after the controller's
+/// sibling wait. The first may then not be made on a node that cannot hold both: it goes
+/// back to the scheduler, so the pod is placed again whole (this split a pod on the real
+/// lane once).
+#[tokio::test]
+async fn a_claim_is_not_made_alone_where_its_pods_other_claims_cannot_follow() {
+    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
+    cluster.class("local", "Delete", false, &[]).await;
+    let running = start_controller(&cluster.client, Duration::from_secs(300));
+    let (_agent, _task) = Agent::start(&cluster.client);
+    Api::<Pod>::namespaced(cluster.client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &pod(NS, "db").claims(["first", "second"]).build(),
+        )
+        .await
+        .unwrap();
+    let annotations = [names::ANNOTATION_STORAGE_PROVISIONER];
+    let first = selected_claim(&cluster, "first", "60Gi", "n1", &annotations).await;
+    cluster
+        .claims()
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "second").size("60Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    let claims = cluster.claims();
+    wait_for(
+        WAIT + stowage::controller::claim::SIBLING_WAIT,
+        "the first claim is sent back to the scheduler",
+        || async {
+            claims.get("first").await.is_ok_and(|c| {
+                !c.metadata
+                    .annotations
+                    .unwrap_or_default()
+                    .contains_key(names::ANNOTATION_SELECTED_NODE)
+            })
+        },
+    )
+    .await
+    .unwrap();
+    running
+        .settled("the controller is done with both claims", |index| {
+            index.claim(NS, "second").is_some()
+        })
+        .await;
+    assert!(
+        cluster
+            .lvs()
+            .get_opt(&pv_name(&first))
+            .await
+            .unwrap()
+            .is_none(),
+        "no volume made for the first claim alone"
+    );
+}
+
 #[tokio::test]
 async fn the_volume_is_made_at_the_selected_node_and_the_pv_waits_for_the_pv_controller() {
     // kube-controller-manager writes the provisioner annotation at its own pace (seconds

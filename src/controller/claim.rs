@@ -592,7 +592,7 @@ pub fn group_step(
     let mut claims = vec![claim.to_string()];
     claims.extend(siblings.members.iter().cloned());
     let claims = claims.join(", ");
-    let why = if siblings.members.is_empty() {
+    let why = if siblings.members.is_empty() && siblings.unselected.is_empty() {
         unfit_reason(&unfit, "the claim requests")
     } else {
         unfit_reason(&unfit, "together they request")
@@ -607,8 +607,15 @@ pub fn group_step(
             ),
         };
     }
-    let message = if siblings.members.is_empty() {
+    let message = if siblings.members.is_empty() && siblings.unselected.is_empty() {
         unfit_message(node, &unfit)
+    } else if siblings.members.is_empty() {
+        format!(
+            "node {node} cannot hold the volumes of all of {pod}'s claims ({claim} and {}): \
+             {why}; removed the selected node so that the scheduler places the pod on another \
+             node",
+            siblings.unselected.join(", ")
+        )
     } else {
         format!(
             "node {node} cannot hold the volumes of {pod}'s claims {claims} together: {why}; \
@@ -622,14 +629,19 @@ pub fn group_step(
     }
 }
 
-/// Reads where the other claims of `claim`'s pod stand for provisioning on `node`, and the
-/// members (claim, class) to be provisioned with it.
+/// A claim and its StorageClass.
+type ClaimOfClass = (PersistentVolumeClaim, StorageClass);
+
+/// Reads where the other claims of `claim`'s pod stand for provisioning on `node`: the
+/// members (claim, class) to be provisioned with it, and the claims with no volume yet that
+/// the scheduler has not sent to `node` (which must end up there too, since a pod's local
+/// volumes are on one node).
 fn siblings(
     index: &ClusterIndex,
     claim: &PersistentVolumeClaim,
     node: &str,
     provisioner: &str,
-) -> (Siblings, Vec<(PersistentVolumeClaim, StorageClass)>) {
+) -> (Siblings, Vec<ClaimOfClass>, Vec<ClaimOfClass>) {
     let namespace = claim.namespace().unwrap_or_default();
     let mut out = Siblings {
         pods: index
@@ -640,6 +652,7 @@ fn siblings(
         ..Siblings::default()
     };
     let mut members = Vec::new();
+    let mut to_come = Vec::new();
     for name in index.sibling_claims(&namespace, &claim.name_any()) {
         let key = format!("{namespace}/{name}");
         // Not seen yet: the watch is behind the pod's.
@@ -675,10 +688,13 @@ fn siblings(
                 out.members.push(key);
                 members.push((sibling, class));
             }
-            None => out.unselected.push(key),
+            None => {
+                out.unselected.push(key);
+                to_come.push((sibling, class));
+            }
         }
     }
-    (out, members)
+    (out, members, to_come)
 }
 
 /// The claim as the oldest-first order of [`fits`] sees it.
@@ -720,22 +736,30 @@ async fn place(
             // again soon.
             return Ok(Action::requeue(SIBLING_RETRY));
         }
-        let (siblings, others) = siblings(&index, claim, node, &ctx.config.provisioner);
+        let (siblings, others, to_come) = siblings(&index, claim, node, &ctx.config.provisioner);
+        let volumes_on_node = |claims: Vec<ClaimOfClass>| {
+            claims.into_iter().filter_map(|(sibling, class)| {
+                let params = ClassParams::from_class(&class).ok()?;
+                // A sibling that cannot be served is refused by its own reconcile.
+                let request = volume::request(&sibling).ok()?;
+                let lv = volume::local_volume(&sibling, node, &params, request.size);
+                Some((sibling, lv))
+            })
+        };
         let mut group = vec![(claim.clone(), volume)];
-        for (sibling, class) in others {
-            let Ok(params) = ClassParams::from_class(&class) else {
-                continue;
-            };
-            // A sibling that cannot be served is refused by its own reconcile.
-            let Ok(request) = volume::request(&sibling) else {
-                continue;
-            };
-            let lv = volume::local_volume(&sibling, node, &params, request.size);
-            group.push((sibling, lv));
-        }
-        let candidates: Vec<Candidate<'_>> = group.iter().map(|(c, _)| candidate(c)).collect();
+        group.extend(volumes_on_node(others));
+        // The claims the scheduler has not sent here yet count in the fit check too (they
+        // are not made now): the pod's volumes must all fit on one node, so a claim is not
+        // made alone where its pod's other claims cannot follow it.
+        let to_come: Vec<_> = volumes_on_node(to_come).collect();
+        let candidates: Vec<Candidate<'_>> = group
+            .iter()
+            .chain(&to_come)
+            .map(|(c, _)| candidate(c))
+            .collect();
         let wanted: Vec<(PoolName, Bytes)> = group
             .iter()
+            .chain(&to_come)
             .map(|(_, lv)| (lv.spec.pool_name(), lv.spec.size()))
             .collect();
         let verdict = fits_all(
