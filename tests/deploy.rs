@@ -60,6 +60,40 @@ fn stowage_binary() -> PathBuf {
     )
 }
 
+/// What [`apply_whole`] applied: the objects kustomize renders, and how many.
+struct Applied {
+    rendered: String,
+    objects: usize,
+}
+
+/// `kubectl apply -k dir` on a cluster that holds none of its objects yet: it succeeds and
+/// creates every object kustomize renders.
+fn apply_whole(kubeconfig: &Path, dir: &str) -> Applied {
+    let applied = kubectl(kubeconfig, &["apply", "-k", dir]);
+    let applied_text = text(&applied);
+    assert!(
+        applied.status.success(),
+        "kubectl apply -k {dir}:\n{applied_text}"
+    );
+    let rendered = Command::new("kubectl")
+        .args(["kustomize", dir])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let rendered = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let objects = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
+    let created = applied_text
+        .lines()
+        .filter(|l| l.ends_with(" created"))
+        .count();
+    assert_eq!(
+        created, objects,
+        "{dir}: every object created:\n{applied_text}"
+    );
+    Applied { rendered, objects }
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new("kubectl")
         .arg("--kubeconfig")
@@ -84,29 +118,8 @@ async fn deploy_applies_whole_on_a_real_apiserver_and_again_after_a_crd_change()
     let cluster = real_cluster().await;
     let kubeconfig = cluster.kubeconfig().to_path_buf();
 
-    let first = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
-    let first_text = text(&first);
-    assert!(
-        first.status.success(),
-        "kubectl apply -k deploy/:\n{first_text}"
-    );
-    // Every object kustomize renders was created.
-    let rendered = Command::new("kubectl")
-        .args(["kustomize", "deploy/"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(rendered.status.success(), "{}", text(&rendered));
-    let objects = String::from_utf8_lossy(&rendered.stdout)
-        .lines()
-        .filter(|l| l.starts_with("kind: "))
-        .count();
-    let created = first_text
-        .lines()
-        .filter(|l| l.ends_with(" created"))
-        .count();
+    let objects = apply_whole(&kubeconfig, "deploy/").objects;
     assert!(objects >= 20, "deploy/ renders {objects} objects");
-    assert_eq!(created, objects, "every object created:\n{first_text}");
     let listed = kubectl(&kubeconfig, &["get", "-k", "deploy/", "-o", "name"]);
     assert!(listed.status.success(), "{}", text(&listed));
     assert_eq!(
@@ -240,22 +253,7 @@ async fn the_nfs_only_variant_installs_a_controller_that_binds_nfs_claims_withou
 
     let cluster = real_cluster().await;
     let kubeconfig = cluster.kubeconfig().to_path_buf();
-    let applied = kubectl(&kubeconfig, &["apply", "-k", "variants/nfs-only"]);
-    let applied_text = text(&applied);
-    assert!(applied.status.success(), "{applied_text}");
-    let rendered = Command::new("kubectl")
-        .args(["kustomize", "variants/nfs-only"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(rendered.status.success(), "{}", text(&rendered));
-    let rendered = String::from_utf8_lossy(&rendered.stdout).into_owned();
-    let objects = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
-    let created = applied_text
-        .lines()
-        .filter(|l| l.ends_with(" created"))
-        .count();
-    assert_eq!(created, objects, "every object created:\n{applied_text}");
+    let rendered = apply_whole(&kubeconfig, "variants/nfs-only").rendered;
     for absent in ["kind: CustomResourceDefinition", "kind: DaemonSet"] {
         assert!(!rendered.contains(absent), "{absent} in variants/nfs-only");
     }
@@ -382,24 +380,7 @@ async fn the_second_scheduler_variant_runs_kube_scheduler_under_its_own_name_and
     let kubeconfig = cluster.kubeconfig().to_path_buf();
     let base = kubectl(&kubeconfig, &["apply", "-k", "deploy/"]);
     assert!(base.status.success(), "{}", text(&base));
-    let applied = kubectl(&kubeconfig, &["apply", "-k", "variants/second-scheduler"]);
-    let applied_text = text(&applied);
-    assert!(applied.status.success(), "{applied_text}");
-    let rendered = Command::new("kubectl")
-        .args(["kustomize", "variants/second-scheduler"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(rendered.status.success(), "{}", text(&rendered));
-    let objects = String::from_utf8_lossy(&rendered.stdout)
-        .lines()
-        .filter(|l| l.starts_with("kind: "))
-        .count();
-    let created = applied_text
-        .lines()
-        .filter(|l| l.ends_with(" created"))
-        .count();
-    assert_eq!(created, objects, "every object created:\n{applied_text}");
+    apply_whole(&kubeconfig, "variants/second-scheduler");
 
     // kube-scheduler as the variant's ServiceAccount.
     let as_scheduler = as_service_account(&cluster, "stowage-scheduler");
