@@ -149,16 +149,25 @@ async fn the_controller_binary_serves_health_and_metrics_and_provisions() {
         format!("/pools/default/{name}")
     );
 
-    let (code, metrics) = get(port, "/metrics").await.unwrap();
-    assert_eq!(code, 200);
-    for series in [
+    let expected = [
         "stowage_provisions_total{result=\"succeeded\"} 1",
         "stowage_node_pool_allocated_bytes{node=\"n1\",pool=\"default\"} 2147483648",
         "stowage_provision_duration_seconds_count 1",
         "stowage_leader 1",
         // The extender is served by every replica, with its metrics on the same endpoint.
         "stowage_extender_pods_passed_through_total 0",
-    ] {
+    ];
+    // The PV's creation is visible a moment before the reconcile that made it counts it:
+    // wait for the counters, then say exactly which series is missing if they never come.
+    let _ = wait_for(WAIT, "the provisioning is counted", || async {
+        get(port, "/metrics")
+            .await
+            .is_some_and(|(code, m)| code == 200 && expected.iter().all(|s| m.contains(s)))
+    })
+    .await;
+    let (code, metrics) = get(port, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for series in expected {
         assert!(
             metrics.contains(series),
             "{series} missing from:\n{metrics}"
