@@ -446,7 +446,7 @@ impl ClusterIndex {
             .is_some_and(|old| only_heartbeat_differs(old.as_ref(), status.as_ref()));
         let beat = heartbeat(status.as_ref());
         self.nodes.insert(name.as_str().into(), status);
-        match self.base.by_name.get(name.as_str().as_bytes()) {
+        match self.base.by_name.get(name.as_bytes()) {
             Some(&i) if heartbeat_only => {
                 self.base.nodes[i].heartbeat = beat;
                 self.base.summaries[i].heartbeat = beat;
