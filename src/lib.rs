@@ -23,7 +23,6 @@
 //! ```
 //!
 //! A test holds this map to the modules declared below.
-//! ```
 
 pub mod agent;
 pub mod api;
