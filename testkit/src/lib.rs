@@ -33,8 +33,12 @@
 //! What behaves as on a real cluster:
 //!
 //! * **resourceVersion**: one global, monotonic counter, like etcd's revision. Lists carry
-//!   it; `resourceVersionMatch=Exact` and continue tokens read consistent snapshots from the
-//!   history; versions older than the history are `410 Gone` (`Expired`).
+//!   it; `resourceVersionMatch=Exact`, a `limit` with a `resourceVersion` (the legacy exact
+//!   read) and continue tokens read consistent snapshots from the history; versions older
+//!   than the history are `410 Gone` (`Expired`). An expired continue token's `410` carries
+//!   the real server's token in `metadata.continue` for the rest of the list at the latest
+//!   version. A get or list at a version ahead of the server waits 3 s for it and is then
+//!   `504 Timeout` (`Retry-After: 1`), an exact or limited one etcd's `500`, as on 1.19.
 //! * **Lists**: label selectors (`=`, `==`, `!=`, `in`, `notin`, `exists`, `!key`, `>`, `<`),
 //!   field selectors (`metadata.name`, `metadata.namespace`, and the per-kind labels of the
 //!   real server, e.g. `spec.nodeName` for pods; anything else is `400`), `limit`/`continue`
@@ -42,8 +46,11 @@
 //!   kinds carry no `apiVersion`/`kind`, as on the wire.
 //! * **Watches**: ndjson `WatchEvent`s; `resourceVersion` unset or `"0"` sends the current
 //!   state as ADDED first; a specific version replays the history after it, or sends an
-//!   ERROR event with a `410 Expired` Status when it is too old; `allowWatchBookmarks`
-//!   (BOOKMARK every [`ApiServerBuilder::bookmark_interval`]); `timeoutSeconds`;
+//!   ERROR event with a `410 Expired` Status when it is too old; a version ahead of the
+//!   server is no error: the watch waits and sends only later changes; `allowWatchBookmarks`
+//!   (BOOKMARK every [`ApiServerBuilder::bookmark_interval`], a minute by default, and 2 s
+//!   before `timeoutSeconds` ends, once something newer than the start was written);
+//!   `timeoutSeconds`;
 //!   `sendInitialEvents` streaming lists; selectors, with an object that stops (starts)
 //!   matching sent as DELETED (ADDED). `PartialObjectMetadata` is served for metadata-only
 //!   requests.

@@ -67,7 +67,7 @@ impl Default for ApiServerBuilder {
     fn default() -> Self {
         Self {
             history_limit: 10_000,
-            bookmark_interval: Duration::from_secs(1),
+            bookmark_interval: Duration::from_secs(60),
         }
     }
 }
@@ -80,7 +80,10 @@ impl ApiServerBuilder {
         self
     }
 
-    /// How often watches that asked for bookmarks get one (default 1 s).
+    /// How often watches that asked for bookmarks get one: default 1 min, kube-apiserver's
+    /// `defaultBookmarkFrequency`. As on the real server, each such watch also gets one 2 s
+    /// before its `timeoutSeconds` ends, and none while nothing newer than the watch's start
+    /// has been written. Tests that need resume points to move sooner set a shorter one.
     pub fn bookmark_interval(mut self, every: Duration) -> Self {
         self.bookmark_interval = every.max(Duration::from_millis(10));
         self
