@@ -588,12 +588,20 @@ fn perform(
             reply(w)
         }
         "delete" => {
-            let opts = DeleteOptions::parse(body, q.get("dryRun") == Some("All"))?;
+            let opts = DeleteOptions::parse(
+                body,
+                q.get("dryRun") == Some("All"),
+                q.get("gracePeriodSeconds"),
+            )?;
             let w = shared.lock().delete(&ep, &ns, &name, &opts)?;
             reply(w)
         }
         "deletecollection" => {
-            let opts = DeleteOptions::parse(body, q.get("dryRun") == Some("All"))?;
+            let opts = DeleteOptions::parse(
+                body,
+                q.get("dryRun") == Some("All"),
+                q.get("gracePeriodSeconds"),
+            )?;
             let sel = selectors(&q, &ep, None)?;
             let w = shared
                 .lock()

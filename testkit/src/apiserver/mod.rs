@@ -29,6 +29,7 @@ use axum::Router;
 use tokio::{net::TcpListener, sync::watch as signal, task::JoinHandle};
 
 pub use faults::{FaultCounts, Faults, WriteFailure};
+pub use ops::PodTermination;
 use ops::State;
 pub(crate) use util::parse_quantity;
 
@@ -61,6 +62,7 @@ impl Shared {
 pub struct ApiServerBuilder {
     history_limit: usize,
     bookmark_interval: Duration,
+    pod_termination: PodTermination,
 }
 
 impl Default for ApiServerBuilder {
@@ -68,6 +70,9 @@ impl Default for ApiServerBuilder {
         Self {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(60),
+            pod_termination: PodTermination::Kubelet {
+                delay: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -89,6 +94,13 @@ impl ApiServerBuilder {
         self
     }
 
+    /// How deleted pods go, there being no kubelet (default: a bound pod deleted with a
+    /// grace period is Terminating for up to 1 s, [`PodTermination::Kubelet`]).
+    pub fn pod_termination(mut self, how: PodTermination) -> Self {
+        self.pod_termination = how;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving.
     pub async fn start(self) -> anyhow::Result<ApiServer> {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -97,7 +109,7 @@ impl ApiServerBuilder {
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = signal::channel(false);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(self.history_limit)),
+            state: Mutex::new(State::new(self.history_limit, self.pod_termination)),
             faults: Faults::new(),
             bookmark_interval: self.bookmark_interval,
             shutdown: shutdown_rx.clone(),
@@ -115,6 +127,24 @@ impl ApiServerBuilder {
             });
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "test API server stopped with an error");
+            }
+        });
+        // The kubelet stand-in: removes Terminating pods when their kubelet would confirm.
+        let kubelet = Arc::downgrade(&shared);
+        let mut kubelet_stop = shared.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = kubelet_stop.wait_for(|s| *s) => break,
+                }
+                let Some(shared) = kubelet.upgrade() else {
+                    break;
+                };
+                shared
+                    .lock()
+                    .confirm_terminated_pods(std::time::Instant::now());
             }
         });
         let config = client_config(addr)?;

@@ -40,12 +40,24 @@ pub(crate) struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub orphan: bool,
+    /// `gracePeriodSeconds` (body or query).
+    pub grace_period: Option<i64>,
 }
 
 impl DeleteOptions {
-    pub(crate) fn parse(body: &[u8], query_dry_run: bool) -> ApiResult<Self> {
+    pub(crate) fn parse(
+        body: &[u8],
+        query_dry_run: bool,
+        query_grace: Option<&str>,
+    ) -> ApiResult<Self> {
         let mut out = Self {
             dry_run: query_dry_run,
+            grace_period: match query_grace.filter(|g| !g.is_empty()) {
+                Some(g) => Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}"))
+                })?),
+                None => None,
+            },
             ..Self::default()
         };
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -60,6 +72,9 @@ impl DeleteOptions {
         out.resource_version = v["preconditions"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
+        if let Some(g) = v["gracePeriodSeconds"].as_i64() {
+            out.grace_period = Some(g);
+        }
         out.orphan = v["propagationPolicy"].as_str() == Some("Orphan")
             || v["orphanDependents"].as_bool() == Some(true);
         Ok(out)
@@ -237,18 +252,41 @@ fn decode_continue(token: &str) -> ApiResult<(Option<u64>, Key)> {
 /// store's `inconsistentContinue`).
 const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
+/// How deleted pods go: testkit runs no kubelet. See [`crate::PodTermination`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodTermination {
+    /// Removed within the delete request, whatever the grace period: no Terminating pods.
+    Immediate,
+    /// A pod bound to a node and not finished, deleted with a grace period above 0, is
+    /// Terminating (`deletionTimestamp` = now + grace, `deletionGracePeriodSeconds`) until a
+    /// kubelet would confirm it: after `delay` or the grace period, whichever is shorter.
+    /// A delete with a shorter grace period shortens it; `0` removes the pod at once.
+    Kubelet {
+        /// How long the kubelet takes to stop the pod's containers.
+        delay: std::time::Duration,
+    },
+    /// As on the real lane, where no kubelet runs: such a pod stays Terminating until it is
+    /// deleted with a grace period of 0.
+    NoKubelet,
+}
+
 /// Everything behind the lock.
 pub(crate) struct State {
     pub store: Store,
     pub endpoints: Vec<Endpoint>,
+    pub pod_termination: PodTermination,
+    /// Terminating pods a kubelet will confirm: (when, namespace, name, uid).
+    pub kubelet_due: Vec<(std::time::Instant, String, String, String)>,
 }
 
 impl State {
     /// A fresh cluster: the built-in kinds and the namespaces every cluster has.
-    pub(crate) fn new(history_limit: usize) -> Self {
+    pub(crate) fn new(history_limit: usize, pod_termination: PodTermination) -> Self {
         let mut s = Self {
             store: Store::new(history_limit),
             endpoints: kinds::builtins(),
+            pod_termination,
+            kubelet_due: Vec::new(),
         };
         let opts = WriteOptions {
             dry_run: false,
