@@ -77,6 +77,13 @@ fn prune_object(
     }
 }
 
+/// Whether pruning against `schema` would drop anything from `value` (a `default`).
+pub(crate) fn has_unknown_fields(schema: &Value, value: &Value) -> bool {
+    let mut pruned = Vec::new();
+    prune_value(schema, &mut value.clone(), "", &mut pruned);
+    !pruned.is_empty()
+}
+
 fn prune_value(schema: &Value, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
     match value {
         Value::Object(map) => prune_object(schema, map, path, false, pruned),

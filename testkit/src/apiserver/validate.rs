@@ -676,6 +676,17 @@ fn check_structural(schema: &Value, path: &str, junctor: Junctor, causes: &mut V
             )),
         }
     }
+    if let Some(pattern) = schema["pattern"].as_str()
+        && let Err(e) = regex::Regex::new(pattern)
+    {
+        let why = e.to_string();
+        let why = why.lines().last().unwrap_or_default().trim();
+        causes.push(Cause::invalid(
+            format!("{path}.pattern"),
+            &json!(pattern),
+            &format!("must be a valid regular expression, but isn't: {why}"),
+        ));
+    }
     if junctor == Junctor::No && ty == Some("array") && !schema["items"].is_object() {
         causes.push(Cause::required(
             format!("{path}.items"),
@@ -747,6 +758,14 @@ fn check_root_metadata(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
 /// structural schemas (1.16).
 fn check_defaults(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(default) = schema.get("default")
+        && super::schema::has_unknown_fields(schema, default)
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.default"),
+            default,
+            "must not have unknown fields",
+        ));
+    } else if let Some(default) = schema.get("default")
         && let Some(c) = super::schema::validate_value(schema, default).first()
     {
         // 1.19 names the default's root "" in the message: `default: Invalid value:

@@ -334,7 +334,8 @@ fn raw_crd(name: &str, version_extra: Value, schema: Value) -> String {
 const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
 
 /// What kube-apiserver 1.19.16 answered to the same CRDs (kubectl create --validate=false):
-/// structural schemas required, defaults validated (types, patterns, formats), and fields
+/// structural schemas required, patterns that compile, defaults validated (types, enums,
+/// patterns, formats, no unknown fields), and fields
 /// its CRD types lack (`selectableFields`, anything unknown) silently dropped.
 #[tokio::test]
 async fn v1_crds_need_structural_schemas_and_lose_fields_1_19_does_not_know() {
@@ -373,6 +374,20 @@ async fn v1_crds_need_structural_schemas_and_lose_fields_1_19_does_not_know() {
             obj(json!({"when": {"type": "string", "format": "date-time", "default": "x"}})),
             "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[when].default: Invalid value: \"x\":  in body must be of type date-time: \"x\"",
         ),
+        (
+            obj(
+                json!({"o": {"type": "object", "properties": {"a": {"type": "string"}}, "default": {"a": "x", "zz": 1}}}),
+            ),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].default: Invalid value: {\"a\":\"x\",\"zz\":1}: must not have unknown fields",
+        ),
+        (
+            obj(json!({"o": {"type": "string", "enum": ["a", "b"], "default": "c"}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].default: Unsupported value: \"c\": supported values: \"a\", \"b\"",
+        ),
+        (
+            obj(json!({"o": {"type": "string", "pattern": "(["}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].pattern: Invalid value: \"([\": must be a valid regular expression, but isn't",
+        ),
     ];
     for (schema, message) in refused {
         let (code, _, body) = raw(
@@ -393,6 +408,18 @@ async fn v1_crds_need_structural_schemas_and_lose_fields_1_19_does_not_know() {
             "expected {message:?} in {body}"
         );
     }
+
+    // A format 1.19 does not know is no error.
+    let schema = obj(json!({"o": {"type": "string", "format": "bogus"}}));
+    let (code, _, body) = raw(
+        &server,
+        "POST",
+        CRDS,
+        "application/json",
+        &raw_crd("formats", json!({}), schema),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
 
     // Untyped is fine where unknown fields are preserved.
     let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
