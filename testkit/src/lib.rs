@@ -123,8 +123,8 @@
 //! * **Asynchronous controllers run synchronously**: namespace cleanup, CRD establishment and
 //!   cleanup, and garbage collection happen within the request that triggers them.
 //!   `Foreground` propagation behaves like `Background`.
-//! * No kubelet: Terminating pods go when the stand-in says (see above); pods never run, and
-//!   cascades (namespace deletion, garbage collection) delete pods at once.
+//! * No kubelet: Terminating pods go when the stand-in says (see above; also when the garbage
+//!   collector or a namespace's deletion deleted them), and pods never run.
 //! * No authentication, authorization, admission webhooks, CEL rules, CRD conversion webhooks (versions differ only in `apiVersion`, like
 //!   the `None` strategy), protobuf, or `Table` output. Unknown fields of built-in kinds
 //!   are kept rather than dropped.

@@ -1371,3 +1371,81 @@ async fn bound_pods_terminate_gracefully_and_hold_their_claims_meanwhile() {
         .unwrap();
     assert!(pods.get_opt("app").await.unwrap().is_none());
 }
+
+/// The garbage collector deletes a dependent pod with the default grace period (kube-apiserver
+/// and kube-controller-manager 1.19.16: a bound pod owned by a deleted ConfigMap was
+/// Terminating, grace 30), and a namespace waits for its pods to go, as the namespace
+/// controller does.
+#[tokio::test]
+async fn cascades_delete_bound_pods_gracefully_too() {
+    let server = ApiServer::builder()
+        .pod_termination(PodTermination::Kubelet {
+            delay: std::time::Duration::from_millis(500),
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let owner = cms
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("owner".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut owned = pod("default", "owned").node("n1").build();
+    owned.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(&PostParams::default(), &owned).await.unwrap();
+    cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    let terminating = pods.get("owned").await.unwrap();
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    wait_for(WAIT, "the kubelet stand-in confirms", || async {
+        pods.get_opt("owned").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &namespace("team").build())
+        .await
+        .unwrap();
+    let team: Api<Pod> = Api::namespaced(client.clone(), "team");
+    team.create(
+        &PostParams::default(),
+        &pod("team", "app").node("n1").build(),
+    )
+    .await
+    .unwrap();
+    nss.delete("team", &DeleteParams::default()).await.unwrap();
+    assert!(
+        team.get("app")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+            && nss.get_opt("team").await.unwrap().is_some(),
+        "the namespace waits for its terminating pod"
+    );
+    wait_for(WAIT, "the namespace goes with its pod", || async {
+        nss.get_opt("team").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+}

@@ -58,12 +58,8 @@ impl State {
             self.orphan_dependents(&old);
         }
         let key = key_of(&old);
-        if ep.storage == pods()
-            && let Some(terminating) = self.graceful_pod_delete(&key, &old, opts.grace_period)
-        {
-            return Ok(ok(200, to_served(ep, &terminating)));
-        }
-        let Some((obj, removed)) = self.begin_delete(&ep.storage, &key) else {
+        let Some((obj, removed)) = self.begin_delete_graceful(&ep.storage, &key, opts.grace_period)
+        else {
             return Err(self.not_found(ep, name));
         };
         if removed && !ep.return_deleted_object {
@@ -95,7 +91,8 @@ impl State {
                 }
                 continue;
             }
-            if let Some((obj, _)) = self.begin_delete(&ep.storage, &key) {
+            if let Some((obj, _)) = self.begin_delete_graceful(&ep.storage, &key, opts.grace_period)
+            {
                 items.push(to_served(ep, &obj));
             }
         }
@@ -214,7 +211,25 @@ impl State {
     /// controllers) hold it, removes it otherwise. Returns the object's latest state and
     /// whether it is gone.
     pub(super) fn begin_delete(&mut self, gr: &GroupResource, key: &Key) -> Option<(Value, bool)> {
+        self.begin_delete_graceful(gr, key, None)
+    }
+
+    /// [`State::begin_delete`] with the request's grace period, which matters for pods
+    /// (graceful deletion, also when a namespace's deletion or the garbage collector
+    /// deletes them, as the real controllers delete them with the default grace period).
+    fn begin_delete_graceful(
+        &mut self,
+        gr: &GroupResource,
+        key: &Key,
+        grace: Option<i64>,
+    ) -> Option<(Value, bool)> {
         let obj = self.store.get(gr, &key.0, &key.1)?.clone();
+        if *gr == pods()
+            && let Some(pod) = self.graceful_pod_delete(key, &obj, grace)
+        {
+            let gone = self.store.get(gr, &key.0, &key.1).is_none();
+            return Some((pod, gone));
+        }
         if obj["metadata"].get("deletionTimestamp").is_some() {
             return Some((obj, false));
         }
