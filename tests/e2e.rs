@@ -462,10 +462,17 @@ async fn a_volume_holding_a_20000_deep_tree_is_deleted() {
 
     env.delete_all("deep").await;
     let (pvs, lvs) = (env.pvs(), env.lvs());
-    wait_for(wait(), "the PV and the LocalVolume are gone", || async {
-        pvs.get_opt(&pv.name_any()).await.unwrap().is_none()
-            && lvs.get_opt(&pv.name_any()).await.unwrap().is_none()
-    })
+    // 20,000 directories removed one by one: seconds when the disk is idle, more when other
+    // tests and builds share it (it once took over 30 s beside three cargo builds). The
+    // point is that it finishes at all, so it gets four times the usual wait.
+    wait_for(
+        4 * wait(),
+        "the PV and the LocalVolume are gone",
+        || async {
+            pvs.get_opt(&pv.name_any()).await.unwrap().is_none()
+                && lvs.get_opt(&pv.name_any()).await.unwrap().is_none()
+        },
+    )
     .await
     .unwrap();
     assert!(!Path::new(&path).exists(), "{path} was removed");
