@@ -985,6 +985,17 @@ impl ClusterIndex {
         )
     }
 
+    /// The name of a cached Node whose `kubernetes.io/hostname` label is `hostname` (the
+    /// first by name, should several share it).
+    pub fn node_with_hostname(&self, hostname: &str) -> Option<String> {
+        let sym = self.syms.lookup(hostname)?;
+        self.k8s_nodes
+            .iter()
+            .filter(|(_, h)| **h == Some(sym))
+            .map(|(name, _)| name.to_string())
+            .min()
+    }
+
     // --- StorageClasses ---
 
     /// Adds or replaces a StorageClass (keyed by name).
