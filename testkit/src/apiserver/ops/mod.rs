@@ -220,14 +220,17 @@ fn decode_continue(token: &str) -> ApiResult<(u64, Key)> {
 pub(crate) struct State {
     pub store: Store,
     pub endpoints: Vec<Endpoint>,
+    /// The versions `csistoragecapacities` is served in.
+    capacity_versions: Vec<String>,
 }
 
 impl State {
     /// A fresh cluster: the built-in kinds and the namespaces every cluster has.
-    pub(crate) fn new(history_limit: usize) -> Self {
+    pub(crate) fn new(history_limit: usize, capacity_versions: Vec<String>) -> Self {
         let mut s = Self {
             store: Store::new(history_limit),
-            endpoints: kinds::builtins(),
+            endpoints: kinds::builtins(&capacity_versions),
+            capacity_versions,
         };
         let opts = WriteOptions {
             dry_run: false,
@@ -262,7 +265,7 @@ impl State {
 
     /// Rebuilds the endpoint table from the built-ins and the stored CRDs.
     fn refresh_endpoints(&mut self) {
-        let mut eps = kinds::builtins();
+        let mut eps = kinds::builtins(&self.capacity_versions);
         for (_, crd) in self.store.list(&crds(), None) {
             eps.extend(kinds::crd_endpoints(crd));
         }
