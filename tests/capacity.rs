@@ -130,10 +130,8 @@ impl Fixture {
             .create(&PostParams::default(), &b.build())
             .await
             .unwrap();
-        self.until_index("the class is indexed", |i| {
-            i.storage_class(name).is_some()
-        })
-        .await;
+        self.until_index("the class is indexed", |i| i.storage_class(name).is_some())
+            .await;
     }
 
     async fn until_index(&self, what: &str, f: impl Fn(&ClusterIndex) -> bool) {
@@ -180,10 +178,7 @@ impl Fixture {
     }
 
     fn written(&self, op: &str) -> u64 {
-        self.metrics
-            .capacity_writes
-            .with_label_values(&[op])
-            .get()
+        self.metrics.capacity_writes.with_label_values(&[op]).get()
     }
 }
 
@@ -204,7 +199,9 @@ async fn objects(client: &Client, version: &str) -> BTreeMap<(String, String), S
     let mut out = BTreeMap::new();
     for o in api.list(&ListParams::default()).await.unwrap().items {
         assert_eq!(
-            o.labels().get(capacity::MANAGED_BY_LABEL).map(String::as_str),
+            o.labels()
+                .get(capacity::MANAGED_BY_LABEL)
+                .map(String::as_str),
             Some(capacity::MANAGED_BY),
             "{o:?}"
         );
@@ -217,7 +214,10 @@ async fn objects(client: &Client, version: &str) -> BTreeMap<(String, String), S
         if let Some(max) = o.data.get("maximumVolumeSize") {
             assert_eq!(max.as_str(), Some(cap.as_str()), "{o:?}");
         }
-        assert!(out.insert((hostname, class), cap).is_none(), "one object per key");
+        assert!(
+            out.insert((hostname, class), cap).is_none(),
+            "one object per key"
+        );
     }
     out
 }
@@ -233,18 +233,24 @@ async fn one_object_per_node_and_local_class_with_the_ledgers_free_bytes() {
     let f = Fixture::start(&["v1"], &[("n1", "h1", 4), ("n2", "h2", 8)]).await;
     f.class("local", names::PROVISIONER_LOCAL, &[]).await;
     // A pool the nodes do not have: published as 0, so the scheduler sends no claim there.
-    f.class("fast", names::PROVISIONER_LOCAL, &[("pool", "fast")]).await;
+    f.class("fast", names::PROVISIONER_LOCAL, &[("pool", "fast")])
+        .await;
     // Another provisioner's class: not stowage's business.
     f.class("other", "example.com/other", &[]).await;
     // A claim already sent to n1 holds 1Gi of it (reserved in the ledger).
     Api::<PersistentVolumeClaim>::namespaced(f.client.clone(), NS)
         .create(
             &PostParams::default(),
-            &pvc(NS, "held").size("1Gi").class("local").selected_node("n1").build(),
+            &pvc(NS, "held")
+                .size("1Gi")
+                .class("local")
+                .selected_node("n1")
+                .build(),
         )
         .await
         .unwrap();
-    f.until_index("the claim reserves 1Gi on n1", |_| true).await;
+    f.until_index("the claim reserves 1Gi on n1", |_| true)
+        .await;
     wait_for(WAIT, "n1's free space counts the claim", || async {
         f.free("n1") == 3 * GI
     })
@@ -281,7 +287,11 @@ async fn moves_below_the_threshold_are_not_written_and_larger_ones_are() {
     claims
         .create(
             &PostParams::default(),
-            &pvc(NS, "small").size("100Mi").class("local").selected_node("n1").build(),
+            &pvc(NS, "small")
+                .size("100Mi")
+                .class("local")
+                .selected_node("n1")
+                .build(),
         )
         .await
         .unwrap();
@@ -291,14 +301,21 @@ async fn moves_below_the_threshold_are_not_written_and_larger_ones_are() {
     .await
     .unwrap();
     assert_eq!(publisher.sync().await.unwrap(), 0);
-    assert_eq!(f.objects("v1").await, BTreeMap::from([entry("h1", "local", 8 * GI)]));
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", 8 * GI)])
+    );
     assert_eq!(f.server.request_count("patch", "csistoragecapacities"), 0);
 
     // 1Gi more: 13.7 % below the published 8Gi, written with the ledger's exact figure.
     claims
         .create(
             &PostParams::default(),
-            &pvc(NS, "big").size("1Gi").class("local").selected_node("n1").build(),
+            &pvc(NS, "big")
+                .size("1Gi")
+                .class("local")
+                .selected_node("n1")
+                .build(),
         )
         .await
         .unwrap();
@@ -309,27 +326,43 @@ async fn moves_below_the_threshold_are_not_written_and_larger_ones_are() {
     .await
     .unwrap();
     assert_eq!(publisher.sync().await.unwrap(), 1);
-    assert_eq!(f.objects("v1").await, BTreeMap::from([entry("h1", "local", want)]));
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", want)])
+    );
     assert_eq!(f.written("update"), 1);
 
     // The claims go away: back to 8Gi (a 14.6 % move up).
-    claims.delete("small", &DeleteParams::default()).await.unwrap();
-    claims.delete("big", &DeleteParams::default()).await.unwrap();
+    claims
+        .delete("small", &DeleteParams::default())
+        .await
+        .unwrap();
+    claims
+        .delete("big", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for(WAIT, "the ledger forgets the claims", || async {
         f.free("n1") == 8 * GI
     })
     .await
     .unwrap();
     assert_eq!(publisher.sync().await.unwrap(), 1);
-    assert_eq!(f.objects("v1").await, BTreeMap::from([entry("h1", "local", 8 * GI)]));
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", 8 * GI)])
+    );
 }
 
 #[tokio::test]
 async fn objects_of_nodes_and_classes_that_are_gone_are_deleted_and_not_ready_is_zero() {
     let f = Fixture::start(&["v1"], &[("n1", "h1", 4), ("n2", "h2", 8)]).await;
     f.class("local", names::PROVISIONER_LOCAL, &[]).await;
-    f.class("local-binpack", names::PROVISIONER_LOCAL, &[("placement", "binpack")])
-        .await;
+    f.class(
+        "local-binpack",
+        names::PROVISIONER_LOCAL,
+        &[("placement", "binpack")],
+    )
+    .await;
     let mut publisher = f.publisher(5).await;
     assert_eq!(publisher.sync().await.unwrap(), 4);
 
@@ -347,7 +380,10 @@ async fn objects_of_nodes_and_classes_that_are_gone_are_deleted_and_not_ready_is
     .await;
     assert_eq!(publisher.sync().await.unwrap(), 3);
     assert_eq!(f.written("delete"), 3);
-    assert_eq!(f.objects("v1").await, BTreeMap::from([entry("h1", "local", 4 * GI)]));
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", 4 * GI)])
+    );
 
     // The agent reports its pool not ready: 0 at once, whatever the threshold.
     let sns: Api<StorageNode> = Api::all(f.client.clone());
@@ -370,7 +406,10 @@ async fn objects_of_nodes_and_classes_that_are_gone_are_deleted_and_not_ready_is
     })
     .await;
     assert_eq!(publisher.sync().await.unwrap(), 1);
-    assert_eq!(f.objects("v1").await, BTreeMap::from([entry("h1", "local", 0)]));
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", 0)])
+    );
 }
 
 #[tokio::test]
@@ -380,8 +419,7 @@ async fn a_new_leader_adopts_the_objects_and_deletes_the_ones_of_unknown_nodes()
     let mut first = f.publisher(5).await;
     assert_eq!(first.sync().await.unwrap(), 1);
     // A stale object of a node that no longer exists, as a crashed leader leaves it.
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(f.client.clone(), HOME, &resource("v1"));
+    let api: Api<DynamicObject> = Api::namespaced_with(f.client.clone(), HOME, &resource("v1"));
     let stale: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "CSIStorageCapacity",
         "metadata": {"name": "stale", "labels": {capacity::MANAGED_BY_LABEL: capacity::MANAGED_BY}},
@@ -400,7 +438,10 @@ async fn a_new_leader_adopts_the_objects_and_deletes_the_ones_of_unknown_nodes()
         creates,
         "the existing object was adopted, not created again"
     );
-    assert_eq!(f.objects("v1").await, BTreeMap::from([entry("h1", "local", 4 * GI)]));
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", 4 * GI)])
+    );
 }
 
 #[tokio::test]
@@ -477,13 +518,15 @@ async fn without_the_flag_nothing_is_published_and_with_it_every_node_gets_its_o
         .iter()
         .flat_map(|c| [entry("n1", c, 4 * GI), entry("n2", c, 6 * GI)])
         .collect();
-    let mut last = BTreeMap::new();
     let found = wait_for(WAIT, "the controller publishes 8 objects", || async {
-        last = process_objects(&env).await;
-        last == want
+        process_objects(&env).await == want
     })
     .await;
-    assert!(found.is_ok(), "published {last:?}, want {want:?}");
+    assert!(
+        found.is_ok(),
+        "published {:?}, want {want:?}",
+        process_objects(&env).await
+    );
     env.assert_clean_logs();
 }
 
@@ -505,10 +548,7 @@ async fn kube_scheduler_places_claims_by_the_published_capacity_without_the_exte
         &[("small", 512 * MI), ("big", 4 * GI)],
         Options {
             without_extender: true,
-            controller_args: vec![
-                "--publish-capacity".into(),
-                "--capacity-interval=1".into(),
-            ],
+            controller_args: vec!["--publish-capacity".into(), "--capacity-interval=1".into()],
             up: stowage_testkit::real::UpOptions {
                 feature_gates: Some("CSIStorageCapacity=true".into()),
                 runtime_config: Some("storage.k8s.io/v1alpha1=true".into()),
@@ -522,17 +562,22 @@ async fn kube_scheduler_places_claims_by_the_published_capacity_without_the_exte
         entry("big", "local", 4 * GI),
         entry("small", "local", 512 * MI),
     ]);
-    let mut last = BTreeMap::new();
-    let published = wait_for(WAIT, "the controller publishes both nodes", || async {
-        last = process_objects(&env)
+    let local = || async {
+        process_objects(&env)
             .await
             .into_iter()
             .filter(|((_, class), _)| class == "local")
-            .collect();
-        last == want
+            .collect::<BTreeMap<_, _>>()
+    };
+    let published = wait_for(WAIT, "the controller publishes both nodes", || async {
+        local().await == want
     })
     .await;
-    assert!(published.is_ok(), "published {last:?}, want {want:?}");
+    assert!(
+        published.is_ok(),
+        "published {:?}, want {want:?}",
+        local().await
+    );
 
     // Six 600Mi claims, one per pod: `small` (512Mi) can take none of them. Without the
     // capacity objects kube-scheduler spreads pods over both nodes and the controller sends
@@ -555,7 +600,9 @@ async fn kube_scheduler_places_claims_by_the_published_capacity_without_the_exte
     // a few passes (a move of 88 %).
     let left = 4 * GI - 6 * 600 * MI;
     let followed = wait_for(WAIT, "big's object follows its volumes", || async {
-        process_objects(&env).await.get(&("big".into(), "local".into()))
+        process_objects(&env)
+            .await
+            .get(&("big".into(), "local".into()))
             == Some(&left.to_string())
     })
     .await;
@@ -563,13 +610,17 @@ async fn kube_scheduler_places_claims_by_the_published_capacity_without_the_exte
 
     // A claim bigger than every node: Pending, with VolumeBinding's reason.
     env.pod("huge", "local", &[5120]).await;
-    let mut reason = None;
     let refused = wait_for(WAIT, "kube-scheduler refuses the huge claim", || async {
-        reason = pod_scheduled_message(&env, "huge").await;
-        reason.as_deref().is_some_and(|m| m.contains("did not have enough free storage"))
+        pod_scheduled_message(&env, "huge")
+            .await
+            .is_some_and(|m| m.contains("did not have enough free storage"))
     })
     .await;
-    assert!(refused.is_ok(), "PodScheduled condition: {reason:?}");
+    assert!(
+        refused.is_ok(),
+        "PodScheduled condition: {:?}",
+        pod_scheduled_message(&env, "huge").await
+    );
     let claim = env.claims().get("huge-0").await.unwrap();
     assert_eq!(
         claim.status.and_then(|s| s.phase).as_deref(),

@@ -597,7 +597,10 @@ async fn wait_ready(port: u16, who: &str) {
 
 /// Creates the CSIDriver object `variants/capacity` ships, read from its manifest.
 pub async fn create_csi_driver(client: &Client) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/variants/capacity/csidriver.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/variants/capacity/csidriver.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let object: kube::api::DynamicObject = serde_yaml::from_str(&text).unwrap();
     let resource = kube::api::ApiResource {
