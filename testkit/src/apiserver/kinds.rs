@@ -329,6 +329,16 @@ pub(crate) fn builtins(capacity_versions: &[String]) -> Vec<Endpoint> {
     events.storage = GroupResource::new("", "events");
     events.codec = Codec::EventsV1;
     out.push(builtin(Row {
+        group: "apps",
+        resource: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        namespaced: true,
+        short: &["deploy"],
+        status: true,
+        fields: &[],
+    }));
+    out.push(builtin(Row {
         group: "storage.k8s.io",
         resource: "csidrivers",
         singular: "csidriver",
