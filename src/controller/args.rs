@@ -368,7 +368,7 @@ impl ControllerArgs {
         let capacity = publish_capacity.then(|| super::capacity::CapacityConfig {
             namespace: capacity_namespace,
             provisioner: ctx.config.provisioner.clone(),
-            fit: ctx.config.fit.clone(),
+            fit: ctx.config.fit,
             interval: Duration::from_secs(capacity_interval),
             min_change_percent: capacity_min_change,
             owner: Some(capacity_owner).filter(|o| !o.is_empty()),

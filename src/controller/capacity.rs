@@ -326,7 +326,8 @@ impl Publisher {
 
     /// Reads the owner Deployment (once) and lists the existing objects carrying
     /// [`MANAGED_BY_LABEL`]. Of two objects for one key (which only a person makes), the
-    /// second is deleted.
+    /// second is deleted, and so is one whose node this controller does not know (its node
+    /// left while no leader ran).
     async fn load(&mut self) -> Result<(), kube::Error> {
         if self.owner.is_none()
             && let Some(name) = self.config.owner.clone()
@@ -339,7 +340,7 @@ impl Publisher {
             .list(&ListParams::default().labels(&selector))
             .await?;
         let mut published = BTreeMap::new();
-        let mut duplicates = Vec::new();
+        let mut unwanted = Vec::new();
         for object in list.items {
             let name = object.name_any();
             let Some((key, found)) = read_object(&object, &self.index) else {
@@ -348,16 +349,17 @@ impl Publisher {
                     namespace = %self.config.namespace,
                     "a CSIStorageCapacity labelled {selector} names no node this controller knows or has no hostname topology; deleting it"
                 );
-                duplicates.push(name);
+                unwanted.push(name);
                 continue;
             };
-            if published.contains_key(&key) {
-                duplicates.push(name);
-            } else {
-                published.insert(key, found);
+            match published.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => unwanted.push(name),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(found);
+                }
             }
         }
-        for name in duplicates {
+        for name in unwanted {
             self.delete_named(&name).await?;
         }
         tracing::info!(
