@@ -700,7 +700,9 @@ mod tests {
         assert!(moved_enough(Bytes(1000), Bytes(1050), 5));
         assert!(moved_enough(Bytes(1000), Bytes::ZERO, 50));
         assert!(moved_enough(Bytes::ZERO, Bytes(1), 50));
-        assert!(moved_enough(Bytes(u64::MAX), Bytes(1), 100));
+        // No overflow at the extremes.
+        assert!(moved_enough(Bytes(u64::MAX), Bytes(1), 99));
+        assert!(!moved_enough(Bytes(u64::MAX), Bytes(1), 100));
         assert!(moved_enough(Bytes(1000), Bytes(999), 0));
     }
 
