@@ -697,3 +697,163 @@ async fn reschedules(env: &Env) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// `variants/capacity` on 1.19.16 with the feature gate: applied whole (the CSIDriver keeps
+/// `storageCapacity: true`), and `stowage controller` run as the ServiceAccount it installs
+/// (impersonated: no pod runs here) with the environment its Deployment sets publishes the
+/// objects of both shipped node-local classes, owned by that Deployment, with no RBAC
+/// refusal in its log.
+#[tokio::test]
+#[ignore = "needs a real control plane: scripts/test-real"]
+async fn the_capacity_variant_installs_and_its_controller_publishes_owned_objects() {
+    use std::process::Command;
+    use stowage_testkit::e2e::Cluster;
+    use stowage_testkit::net::{free_port, get};
+
+    if !stowage_testkit::real::lane_is_real() {
+        eprintln!("SKIP: the real lane only (STOWAGE_E2E=real)");
+        return;
+    }
+    let cluster = Cluster::start_with(&stowage_testkit::real::UpOptions {
+        feature_gates: Some("CSIStorageCapacity=true".into()),
+        runtime_config: Some("storage.k8s.io/v1alpha1=true".into()),
+    })
+    .await
+    .unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let kubectl = |kubeconfig: &std::path::Path, args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubectl {args:?}: {text}");
+        text
+    };
+    let admin = cluster.kubeconfig().to_path_buf();
+    kubectl(&admin, &["apply", "-k", "variants/capacity"]);
+    let driver = kubectl(
+        &admin,
+        &[
+            "get",
+            "csidriver",
+            names::PROVISIONER_LOCAL,
+            "-o",
+            "jsonpath={.spec.storageCapacity}",
+        ],
+    );
+    assert_eq!(driver.trim(), "true");
+
+    let client = cluster.client();
+    let mut n = node("n1").build();
+    n.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(names::LABEL_HOSTNAME.into(), "n1".into());
+    cluster.add_node(&n).await.unwrap();
+    let wait = Duration::from_secs(120);
+    wait_for(wait, "StorageNode n1 is written", || async {
+        report_storage_node(&client, "n1", 4 * GI).await.is_ok()
+    })
+    .await
+    .unwrap();
+
+    // The controller as its ServiceAccount, with its Deployment's environment.
+    let mut config = kube::config::Kubeconfig::read_from(&admin).unwrap();
+    for user in &mut config.auth_infos {
+        let auth = user.auth_info.get_or_insert_with(Default::default);
+        auth.impersonate = Some("system:serviceaccount:stowage-system:stowage-controller".into());
+        auth.impersonate_groups = Some(vec![
+            "system:authenticated".into(),
+            "system:serviceaccounts".into(),
+            "system:serviceaccounts:stowage-system".into(),
+        ]);
+    }
+    let as_controller = cluster.dir().join("controller.kubeconfig");
+    std::fs::write(&as_controller, serde_json::to_string(&config).unwrap()).unwrap();
+    let deployment: serde_json::Value = serde_json::from_str(&kubectl(
+        &admin,
+        &[
+            "-n",
+            HOME,
+            "get",
+            "deployment",
+            "stowage-controller",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let env: Vec<(String, String)> = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert!(
+        env.contains(&("STOWAGE_PUBLISH_CAPACITY".into(), "true".into())),
+        "{env:?}"
+    );
+    let port = free_port();
+    let mut controller = cluster
+        .role(support::stack::stowage_binary(), "controller")
+        .arg("controller")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&as_controller)
+        .env("POD_NAMESPACE", HOME)
+        .env("POD_NAME", "stowage-controller-0")
+        .env("RUST_LOG", "info");
+    for (k, v) in &env {
+        controller = controller.env(k, v);
+    }
+    let controller = controller.spawn().unwrap();
+    wait_for(wait, "the controller's /readyz is 200", || async {
+        matches!(get(port, "/readyz").await, Some((200, _)))
+    })
+    .await
+    .unwrap();
+
+    let want = BTreeMap::from([
+        entry("n1", "stowage-local", 4 * GI),
+        entry("n1", "stowage-local-binpack", 4 * GI),
+    ]);
+    let published = wait_for(wait, "the controller publishes n1's objects", || async {
+        objects(&client, "v1alpha1").await == want
+    })
+    .await;
+    assert!(
+        published.is_ok(),
+        "published {:?}, want {want:?}\n{}",
+        objects(&client, "v1alpha1").await,
+        controller.logs()
+    );
+    let uid = deployment["metadata"]["uid"].as_str().unwrap();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), HOME, &resource("v1alpha1"));
+    for o in api.list(&ListParams::default()).await.unwrap().items {
+        let owners = o.metadata.owner_references.clone().unwrap_or_default();
+        assert_eq!(
+            owners
+                .iter()
+                .map(|r| (r.kind.as_str(), r.name.as_str(), r.uid.as_str()))
+                .collect::<Vec<_>>(),
+            [("Deployment", "stowage-controller", uid)],
+            "{o:?}"
+        );
+    }
+    let logs = controller.logs();
+    assert!(!logs.contains("forbidden"), "{logs}");
+    assert!(!logs.contains("without an owner"), "{logs}");
+}
