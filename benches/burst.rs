@@ -233,7 +233,7 @@ async fn run(
                 .flatten()
                 .chain(
                     capacity
-                        .then(|| ["--publish-capacity", "--capacity-interval=1"].map(String::from))
+                        .then(|| ["--publish-capacity", "--capacity-interval=0"].map(String::from))
                         .into_iter()
                         .flatten(),
                 )

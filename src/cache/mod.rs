@@ -1100,6 +1100,19 @@ impl ClusterIndex {
         Some((&node.state, age(node.heartbeat, now)))
     }
 
+    /// Every node's ledger entry, borrowed, with `heartbeat_age` left unset, and its heartbeat
+    /// age as of `now` beside it: [`ClusterIndex::ledger`] without copying it (the capacity
+    /// publisher reads it several times a second).
+    pub fn node_views(
+        &self,
+        now: Timestamp,
+    ) -> impl Iterator<Item = (&NodeState, Option<Duration>)> + '_ {
+        self.base()
+            .nodes
+            .iter()
+            .map(move |n| (&n.state, age(n.heartbeat, now)))
+    }
+
     /// `demand` resolved for deciding many nodes: the extender's per-node path. See
     /// [`FitPlan::node`].
     pub fn fit_plan(&self, demand: &Demand) -> FitPlan<'_> {

@@ -114,8 +114,10 @@ pub struct ControllerArgs {
     pub publish_capacity: bool,
 
     /// With --publish-capacity: least seconds between two updates of one CSIStorageCapacity
-    /// object (creates and deletes are not held back).
-    #[arg(long, default_value_t = 5, env = "STOWAGE_CAPACITY_INTERVAL")]
+    /// object (creates and deletes are not held back). kube-scheduler places claims against
+    /// the published value until it changes, so a long interval means more claims sent back
+    /// by the controller in a burst; 0: every pass (4 a second) may write.
+    #[arg(long, default_value_t = 1, env = "STOWAGE_CAPACITY_INTERVAL")]
     pub capacity_interval: u64,
 
     /// With --publish-capacity: least move of a node's free space, in percent of the
