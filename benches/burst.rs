@@ -9,6 +9,7 @@
 //! cargo bench --bench burst -- --fill 95           # nodes sized so the claims fill 95 %
 //! cargo bench --bench burst -- --no-extender       # kube-scheduler without the extender
 //! cargo bench --bench burst -- --capacity          # controller --publish-capacity, CSIDriver
+//! cargo bench --bench burst -- --single            # the same claims, one per pod
 //! ```
 //!
 //! `--capacity` (with `STOWAGE_E2E=real`: the testkit stand-in does not read the objects)
@@ -214,8 +215,13 @@ async fn run(
     fill: usize,
     extender: bool,
     capacity: bool,
+    single: bool,
 ) -> (f64, Vec<Duration>, Vec<Stages>, f64, Outcome) {
-    let plan = mix_claims(claims, seed);
+    let mut plan = mix_claims(claims, seed);
+    if single {
+        // The same claims, one per pod.
+        plan = plan.into_iter().flatten().map(|size| vec![size]).collect();
+    }
     // The nodes: 2:3:4, either fixed and roomy or sized so that the claims fill `fill` %.
     let sizes = if fill == 0 {
         [16 * GI, 24 * GI, 32 * GI]
@@ -501,6 +507,7 @@ fn main() {
     assert!(fill <= 100, "--fill is a percentage");
     let extender = !args.iter().any(|a| a == "--no-extender");
     let capacity = args.iter().any(|a| a == "--capacity");
+    let single = args.iter().any(|a| a == "--single");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -527,15 +534,23 @@ fn main() {
         (true, true) => "with the extender and capacity objects",
         (false, true) => "WITHOUT the extender, with capacity objects",
     };
+    let pods = if single { "1" } else { "1-3" };
     println!(
-        "burst: {claims} claims in pods of 1-3, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}, {profile} build, {lane}"
+        "burst: {claims} claims in pods of {pods}, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}, {profile} build, {lane}"
     );
     let mut split_pods = 0;
     let mut all = Vec::new();
     let mut all_stages = Vec::new();
     for r in 0..runs {
-        let (rate, latencies, stages, cov, outcome) =
-            runtime.block_on(run(claims, 7 + r as u64, workers, fill, extender, capacity));
+        let (rate, latencies, stages, cov, outcome) = runtime.block_on(run(
+            claims,
+            7 + r as u64,
+            workers,
+            fill,
+            extender,
+            capacity,
+            single,
+        ));
         println!(
             "run {}: {} claims Bound, {rate:.0} claims/s; created -> Bound p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; utilization CoV {cov:.3}; pods whole {}, unplaced {}, split {}",
             r + 1,
