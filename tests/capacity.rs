@@ -479,6 +479,36 @@ async fn a_new_leader_adopts_the_objects_and_deletes_the_ones_of_unknown_nodes()
 }
 
 #[tokio::test]
+async fn a_create_answered_with_an_error_after_its_commit_is_adopted_not_duplicated() {
+    let f = Fixture::start(&["v1"], &[("n1", "h1", 4), ("n2", "h2", 8)]).await;
+    f.class("local", names::PROVISIONER_LOCAL, &[]).await;
+    let mut publisher = f.publisher(5).await;
+    // etcd commits, the API server answers 500: the publisher cannot tell it from a failure.
+    f.server.faults().fail_writes_to(
+        "csistoragecapacities",
+        1.0,
+        stowage_testkit::WriteFailure::InternalErrorAfterCommit,
+    );
+    assert_eq!(publisher.sync().await.unwrap(), 0);
+    assert!(publisher.failed_last_pass());
+    assert_eq!(
+        f.metrics
+            .capacity_write_errors
+            .with_label_values(&["create"])
+            .get(),
+        2
+    );
+    f.server.faults().stop_failing_writes();
+    // The retried creates meet 409 (the names are the keys') and write into the objects.
+    assert_eq!(publisher.sync().await.unwrap(), 2);
+    assert!(!publisher.failed_last_pass());
+    assert_eq!(
+        f.objects("v1").await,
+        BTreeMap::from([entry("h1", "local", 4 * GI), entry("h2", "local", 8 * GI)])
+    );
+}
+
+#[tokio::test]
 async fn the_version_is_chosen_by_discovery() {
     for (served, chosen) in [
         (&["v1"][..], Some("v1")),

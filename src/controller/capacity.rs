@@ -60,6 +60,10 @@ use super::Metrics;
 /// `--capacity-interval` and `--capacity-min-change` limit the writes.
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// The pause after a pass in which the list or a write failed (RBAC, an overloaded API
+/// server), instead of [`TICK`]: one warning per try, not four a second.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
 /// The label every object this controller publishes carries; the start-up list selects by it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY_LABEL`].
@@ -275,6 +279,11 @@ pub struct Publisher {
     owner: Option<OwnerReference>,
     published: BTreeMap<Key, Published>,
     loaded: bool,
+    /// Whether the owner Deployment was looked up (once per process: a missing one is
+    /// warned about once).
+    owner_looked_up: bool,
+    /// Writes that failed in the last pass.
+    failed: usize,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -307,6 +316,8 @@ impl Publisher {
             owner: None,
             published: BTreeMap::new(),
             loaded: false,
+            owner_looked_up: false,
+            failed: 0,
         }
     }
 
@@ -332,10 +343,11 @@ impl Publisher {
     /// second is deleted, and so is one whose node this controller does not know (its node
     /// left while no leader ran).
     async fn load(&mut self) -> Result<(), kube::Error> {
-        if self.owner.is_none()
+        if !self.owner_looked_up
             && let Some(name) = self.config.owner.clone()
         {
             self.owner = self.owner_reference(&name).await;
+            self.owner_looked_up = true;
         }
         let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
         let list = self
@@ -410,9 +422,11 @@ impl Publisher {
     }
 
     /// One pass: (the first time, list what exists, then) compute the wanted objects from
-    /// the index and write the [`plan`]'s steps. Returns how many writes were made. A failed
-    /// write is logged and counted and retried by the next pass.
+    /// the index and write the [`plan`]'s steps. Returns how many writes were made. Failed
+    /// writes are counted, logged once per pass (the first error and how many), and retried
+    /// by a later pass; [`Publisher::failed_last_pass`] says whether any failed.
     pub async fn sync(&mut self) -> Result<usize, kube::Error> {
+        self.failed = 0;
         if !self.loaded {
             self.load().await?;
         }
@@ -431,6 +445,7 @@ impl Publisher {
         };
         let steps = plan(&wanted, &self.published, Instant::now(), rules);
         let mut written = 0;
+        let mut first_failure = None;
         for step in steps {
             let (op, result) = match &step {
                 Step::Create(key) => ("create", self.create(key, &wanted).await),
@@ -447,16 +462,27 @@ impl Publisher {
                         .capacity_write_errors
                         .with_label_values(&[op])
                         .inc();
-                    tracing::warn!(
-                        step = ?step,
-                        namespace = %self.config.namespace,
-                        error = %error,
-                        "writing a CSIStorageCapacity failed; retrying on the next pass (RBAC: csistoragecapacities in storage.k8s.io, verbs get, list, watch, create, update, patch, delete)"
-                    );
+                    self.failed += 1;
+                    first_failure.get_or_insert((step, error));
                 }
             }
         }
+        if let Some((step, error)) = first_failure {
+            tracing::warn!(
+                failed = self.failed,
+                first = ?step,
+                namespace = %self.config.namespace,
+                error = %error,
+                "writing CSIStorageCapacity objects failed; retrying in {} s (RBAC: csistoragecapacities in storage.k8s.io, verbs get, list, watch, create, update, patch, delete)",
+                RETRY_AFTER_FAILURE.as_secs()
+            );
+        }
         Ok(written)
+    }
+
+    /// Whether a write of the last [`Publisher::sync`] failed.
+    pub fn failed_last_pass(&self) -> bool {
+        self.failed > 0
     }
 
     async fn create(
@@ -584,15 +610,21 @@ impl Publisher {
                 }
                 continue;
             }
-            if let Err(error) = self.sync().await {
-                tracing::warn!(
-                    namespace = %self.config.namespace,
-                    error = %error,
-                    "listing the CSIStorageCapacity objects failed; retrying (RBAC: list csistoragecapacities in storage.k8s.io)"
-                );
-            }
+            let pause = match self.sync().await {
+                Ok(_) if self.failed_last_pass() => RETRY_AFTER_FAILURE,
+                Ok(_) => TICK,
+                Err(error) => {
+                    tracing::warn!(
+                        namespace = %self.config.namespace,
+                        error = %error,
+                        "listing the CSIStorageCapacity objects failed; retrying in {} s (RBAC: list csistoragecapacities in storage.k8s.io)",
+                        RETRY_AFTER_FAILURE.as_secs()
+                    );
+                    RETRY_AFTER_FAILURE
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(TICK) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = &mut stopped => return,
             }
         }
