@@ -529,6 +529,36 @@ async fn the_version_is_chosen_by_discovery() {
             "served {served:?}"
         );
     }
+    // A cluster without the API: the publisher warns and ends; nothing else is disturbed.
+    let none = Fixture::start(&[], &[("n1", "h1", 4)]).await;
+    let (_stop, stop) = watch::channel(false);
+    let (_leader, leader) = watch::channel(true);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        capacity::publish(
+            none.client.clone(),
+            none.index.clone(),
+            CapacityConfig {
+                namespace: HOME.into(),
+                provisioner: names::PROVISIONER_LOCAL.into(),
+                fit: FitOptions::default(),
+                interval: Duration::ZERO,
+                min_change_percent: 2,
+                owner: None,
+            },
+            none.metrics.clone(),
+            leader,
+            Readiness::for_controller(),
+            stop,
+        ),
+    )
+    .await
+    .expect("publish returns at once when no version serves CSIStorageCapacity");
+    assert_eq!(
+        none.server.request_count("create", "csistoragecapacities"),
+        0
+    );
+
     // And objects are written in it: a 1.19 server with the feature gate.
     let f = Fixture::start(&["v1alpha1"], &[("n1", "h1", 4)]).await;
     f.class("local", names::PROVISIONER_LOCAL, &[]).await;
