@@ -593,38 +593,6 @@ fn self_kib(field: &str) -> u64 {
         .unwrap()
 }
 
-/// `POST path` over a fresh connection (`Connection: close`), the body written from another
-/// thread while the answer is read; the status, if any.
-fn post_close(addr: std::net::SocketAddr, path: &str, body: &Arc<Vec<u8>>) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut writer = stream.try_clone().ok()?;
-    let body = body.clone();
-    let sender = std::thread::spawn(move || {
-        let _ = writer.write_all(head.as_bytes());
-        let _ = writer.write_all(&body);
-    });
-    // Only the status is kept: the client's own memory stays out of the process's peak.
-    let mut head = [0u8; 12];
-    let mut got = 0;
-    let mut buf = [0u8; 16 * 1024];
-    while let Ok(read) = stream.read(&mut buf) {
-        if read == 0 {
-            break;
-        }
-        let take = read.min(head.len() - got);
-        head[got..got + take].copy_from_slice(&buf[..take]);
-        got += take;
-    }
-    let _ = sender.join();
-    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
-}
-
 /// Bodies of `size` bytes that cost a decoder the most: (verb path, body).
 fn hostile_bodies(size: usize) -> Vec<(&'static str, Arc<Vec<u8>>)> {
     let pod = pod_json().to_string();
@@ -732,7 +700,12 @@ async fn hostile(opts: Options) {
                 let mut i = c;
                 while running.load(Ordering::Relaxed) {
                     let (path, body) = &bodies[i % bodies.len()];
-                    post_close(addr, path, body);
+                    stowage_testkit::net::post_status(
+                        addr.port(),
+                        path,
+                        body.clone(),
+                        Duration::from_secs(60),
+                    );
                     sent.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }

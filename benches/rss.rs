@@ -34,6 +34,8 @@
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,7 @@ use serde_json::{Value, json};
 use stowage::api::crds;
 use stowage::api::local_volume::{LocalVolume, LocalVolumePhase, LocalVolumeStatus};
 use stowage::api::names;
-use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use stowage::api::storage_node::{StorageNode, StorageNodeSpec};
 use stowage::cache::ClassParams;
 use stowage::controller::volume;
 use stowage_testkit::ApiServer;
@@ -52,7 +54,6 @@ use stowage_testkit::e2e::{Cluster, Role};
 use stowage_testkit::fixtures::{node, pvc, storage_class};
 use stowage_testkit::net::{free_port, http_get};
 
-const GI: u64 = 1 << 30;
 const NAMESPACES: usize = 100;
 
 struct Options {
@@ -208,26 +209,8 @@ async fn populate(server: &Target<'_>, opts: &Options, scratch: &Path) -> Storag
             &typed(&object, "v1", "Node"),
         )
         .await;
-        let capacity = 2 * 1024 * GI;
         let mut sn = StorageNode::new(&name, StorageNodeSpec {});
-        let mut status = StorageNodeStatus {
-            pools: vec![PoolStatus {
-                name: "default".into(),
-                driver: "btrfs".into(),
-                path: "/var/lib/stowage/default".into(),
-                capacity_bytes: capacity,
-                allocatable_bytes: capacity - capacity / 20,
-                allocated_bytes: capacity / 2,
-                available_bytes: capacity / 2,
-                volumes: 10,
-                ready: true,
-                ..Default::default()
-            }],
-            heartbeat_time: Some(now.clone()),
-            agent_version: Some("0.1.0".into()),
-            ..Default::default()
-        };
-        status.refresh_totals();
+        let status = support::half_full_node_status(&now);
         let path = format!("/apis/{}/storagenodes/{name}", names::API_VERSION);
         apply(
             server,

@@ -33,6 +33,8 @@
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -43,12 +45,11 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use stowage::api::crds;
 use stowage::api::names;
-use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
+use stowage::api::storage_node::{StorageNode, StorageNodeSpec};
 use stowage_testkit::e2e::Cluster;
 use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 
-const GI: u64 = 1 << 30;
 const NS: &str = "bench";
 /// kube-scheduler's count of scheduling cycles whose algorithm found a node.
 const DECISIONS: &str = "scheduler_scheduling_algorithm_duration_seconds_count";
@@ -114,25 +115,7 @@ async fn populate(cluster: &Cluster, opts: &Options) -> anyhow::Result<()> {
                         &StorageNode::new(&name, StorageNodeSpec {}),
                     )
                     .await?;
-                let capacity = 2 * 1024 * GI;
-                let mut status = StorageNodeStatus {
-                    pools: vec![PoolStatus {
-                        name: "default".into(),
-                        driver: "btrfs".into(),
-                        path: "/var/lib/stowage/default".into(),
-                        capacity_bytes: capacity,
-                        allocatable_bytes: capacity - capacity / 20,
-                        allocated_bytes: capacity / 2,
-                        available_bytes: capacity / 2,
-                        volumes: 10,
-                        ready: true,
-                        ..Default::default()
-                    }],
-                    heartbeat_time: Some(now),
-                    agent_version: Some("0.1.0".into()),
-                    ..Default::default()
-                };
-                status.refresh_totals();
+                let status = support::half_full_node_status(&now);
                 storage_nodes
                     .patch_status(
                         &name,

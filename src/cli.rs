@@ -196,6 +196,43 @@ mod tests {
         }
     }
 
+    /// docs/flags.md has a row for every flag of the three long-running roles, with its
+    /// environment variable: a flag added without its documentation fails here.
+    #[test]
+    fn docs_flags_lists_every_flag_with_its_environment_variable() {
+        let doc = include_str!("../docs/flags.md");
+        let mut cmd = Cli::command();
+        for role in ["agent", "controller", "extender"] {
+            let section = doc
+                .split(&format!("## `stowage {role}`"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("docs/flags.md has no section for {role}"));
+            let section = section.split("\n## ").next().unwrap();
+            let sub = cmd.find_subcommand_mut(role).unwrap();
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if ["help", "log-format"].contains(&long) {
+                    continue;
+                }
+                let head = format!("| `--{long}");
+                let row = section
+                    .lines()
+                    .find(|l| {
+                        l.strip_prefix(&head)
+                            .is_some_and(|rest| rest.starts_with('`') || rest.starts_with('['))
+                    })
+                    .unwrap_or_else(|| panic!("docs/flags.md: stowage {role} --{long} has no row"));
+                if let Some(env) = arg.get_env() {
+                    let env = env.to_string_lossy();
+                    assert!(
+                        row.contains(&format!("`{env}`")),
+                        "docs/flags.md: stowage {role} --{long}: env {env} missing from {row}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn log_format_is_global_and_accepts_plain() {
         let cli = Cli::try_parse_from(["stowage", "simulate", "--log-format", "plain"]).unwrap();

@@ -542,6 +542,8 @@ async fn a_fresh_install_binds_a_claim_with_nothing_done_by_hand_but_the_schedul
                 .role(stowage_binary(), &format!("agent-{name}"))
                 .arg("agent")
                 .arg(format!("--pools={}", file.display()))
+                // Where the DaemonSet mounts its hostPath, moved like the pool paths.
+                .arg(format!("--pool-root={}", root.display()))
                 .arg(format!("--listen=127.0.0.1:{port}"))
                 .arg("--kubeconfig")
                 .arg(&as_agent)

@@ -899,31 +899,9 @@ fn proc_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
-/// `POST path` with a JSON body over a fresh connection, written from another thread while
-/// the answer is read (a server may answer 413 before reading the body); the status, or
-/// `None` when the connection failed.
+/// [`stowage_testkit::net::post_status`] with a minute to answer.
 fn post_raw(port: u16, path: &str, body: &[u8]) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .ok()?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut writer = stream.try_clone().ok()?;
-    let body = body.to_vec();
-    let sender = std::thread::spawn(move || {
-        let _ = writer.write_all(head.as_bytes());
-        let _ = writer.write_all(&body);
-    });
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let _ = sender.join();
-    let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1)?.parse().ok()
+    stowage_testkit::net::post_status(port, path, Arc::new(body.to_vec()), Duration::from_secs(60))
 }
 
 /// The pod of claim `data` as kube-scheduler sends it, with `extra` merged into its metadata

@@ -193,13 +193,29 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     )
     .await;
     // What stowage itself saw of the compactions (its last controller's counters): 410s,
-    // each followed by a re-list.
-    let metrics = stowage_testkit::net::get(env.controller_port, "/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    let gone = sample_sum(&metrics, "stowage_watch_errors_total", "code=\"410\"");
-    let lists = sample_sum(&metrics, "stowage_watch_lists_total", "");
+    // each followed by a re-list. The last controller may have started only seconds before
+    // the deletions were done, so it gets a while longer, with the compactions and closed
+    // watches still going, to meet one (a controller that never re-lists never passes).
+    let seen = || async {
+        let metrics = stowage_testkit::net::get(env.controller_port, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        (
+            sample_sum(&metrics, "stowage_watch_errors_total", "code=\"410\""),
+            sample_sum(&metrics, "stowage_watch_lists_total", ""),
+        )
+    };
+    let _ = wait_until(
+        Duration::from_secs(30),
+        "the last controller re-lists after a 410",
+        || async {
+            let (gone, lists) = seen().await;
+            (gone > 0.0 && lists > 8.0).then_some(())
+        },
+    )
+    .await;
+    let (gone, lists) = seen().await;
     compacting.abort();
     let server = env.cluster.server().unwrap();
     let faults = server.faults();

@@ -10,14 +10,19 @@
 //!     capacity: 500Gi         # optional cap below the filesystem's size
 //!     volumeMode: "0770"      # optional, quoted octal; default "0770"
 //!     create: true            # make the path if it is missing; default false
+//!     mode: "0755"            # with create: the new directories' mode; default "0755"
 //! ```
 //!
 //! `create` is for a pool that is a plain directory on the node's own filesystem, such as
 //! the shipped default under the agent's hostPath: a fresh node then needs no manual step.
-//! It makes only the last component, and never for a path whose parent is missing. Leave it
-//! off for a pool that is a disk's mount point: if the disk is not mounted, creating the
-//! directory would put volumes on the root disk underneath it; the pool is then reported
-//! not ready instead, until the disk is mounted.
+//! It is allowed only under the agent's `--pool-root` (default `/var/lib/stowage/pools`,
+//! the DaemonSet's hostPath): the root itself must exist (the hostPath makes it), and the
+//! agent makes every missing directory between it and the pool, each with `mode`, through
+//! plain directories only (a symlink on the way is refused, not followed). A `create` pool
+//! outside the root is refused when the config is read. Leave `create` off for a pool that
+//! is a disk's mount point: if the disk is not mounted, creating the directory would put
+//! volumes on the root disk underneath it; the pool is then reported not ready instead,
+//! until the disk is mounted.
 
 use std::fmt;
 use std::fs;
@@ -87,9 +92,27 @@ pub struct PoolSpec {
     pub capacity: Option<Bytes>,
     /// The mode of new volume directories.
     pub volume_mode: VolumeMode,
-    /// Make the pool's directory when it is missing (see the module docs).
-    pub create: bool,
+    /// Make the pool's directory when it is missing, and how (see the module docs).
+    pub create: Option<Create>,
 }
+
+/// How the agent makes a missing pool directory (`create: true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Create {
+    /// The `--pool-root` the pool lies under: it must exist; everything below it is made.
+    pub root: PathBuf,
+    /// The mode of each directory made (`mode`, default `0755`).
+    pub mode: VolumeMode,
+}
+
+/// Where the agent may make missing pool directories when `--pool-root` is not given: the
+/// DaemonSet's hostPath.
+pub const DEFAULT_POOL_ROOT: &str = "/var/lib/stowage/pools";
+
+/// The mode of pool directories `create: true` makes when `mode` is not given: readable
+/// and traversable by the node's users, writable by root only (the volumes below carry
+/// their own, tighter `volumeMode`).
+pub const DEFAULT_POOL_DIR_MODE: VolumeMode = VolumeMode(0o755);
 
 /// The pool config file: its only job is [`PoolConfig::parse`].
 #[derive(Debug)]
@@ -152,6 +175,8 @@ struct RawPool {
     volume_mode: Option<Scalar>,
     #[serde(default)]
     create: bool,
+    #[serde(default)]
+    mode: Option<Scalar>,
 }
 
 /// A YAML scalar that may be written as a number or a string (`1073741824` or `10Gi`).
@@ -163,15 +188,16 @@ enum Scalar {
 }
 
 impl PoolConfig {
-    /// Parses and validates the config text; errors name the pool and the field.
-    pub fn parse(text: &str) -> Result<Vec<PoolSpec>, ConfigError> {
+    /// Parses and validates the config text; errors name the pool and the field. `root` is
+    /// the agent's `--pool-root`: the only place `create: true` may make directories.
+    pub fn parse(text: &str, root: &Path) -> Result<Vec<PoolSpec>, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text)?;
         if raw.pools.is_empty() {
             return Err(ConfigError::Empty);
         }
         let mut specs: Vec<PoolSpec> = Vec::with_capacity(raw.pools.len());
         for (i, pool) in raw.pools.into_iter().enumerate() {
-            let spec = validate(i, pool)?;
+            let spec = validate(i, pool, root)?;
             for earlier in &specs {
                 let dup = |field, value: String| ConfigError::Duplicate {
                     first: earlier.name.to_string(),
@@ -211,7 +237,7 @@ impl PoolConfig {
     }
 }
 
-fn validate(index: usize, raw: RawPool) -> Result<PoolSpec, ConfigError> {
+fn validate(index: usize, raw: RawPool, root: &Path) -> Result<PoolSpec, ConfigError> {
     if let Err(message) = check_dns_label(&raw.name) {
         return Err(ConfigError::Field {
             pool: format!("#{index}"),
@@ -291,6 +317,46 @@ fn validate(index: usize, raw: RawPool) -> Result<PoolSpec, ConfigError> {
         }
         Some(Scalar::Str(s)) => VolumeMode::parse_octal(s).map_err(|e| field("volumeMode", e))?,
     };
+    let octal = |name: &'static str, value: &Scalar| match value {
+        Scalar::Int(n) => Err(field(
+            name,
+            format!(
+                "{n} is a YAML number, which would not be read as octal; quote it, e.g. {name}: \"0755\""
+            ),
+        )),
+        Scalar::Str(s) => VolumeMode::parse_octal(s).map_err(|e| field(name, e)),
+    };
+    let create = match (raw.create, &raw.mode) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(field(
+                "mode",
+                "is the mode of the directories create: true makes; set create: true or drop mode"
+                    .to_string(),
+            ));
+        }
+        (true, mode) => {
+            if !path.starts_with(root) {
+                return Err(field(
+                    "create",
+                    format!(
+                        "{} is outside the agent's --pool-root {}; create: true makes directories only under it (the DaemonSet's hostPath), so move the pool under {}, or make the directory on the node and drop create",
+                        path.display(),
+                        root.display(),
+                        root.display()
+                    ),
+                ));
+            }
+            Some(Create {
+                root: root.to_path_buf(),
+                mode: mode
+                    .as_ref()
+                    .map(|m| octal("mode", m))
+                    .transpose()?
+                    .unwrap_or(DEFAULT_POOL_DIR_MODE),
+            })
+        }
+    };
     Ok(PoolSpec {
         name: PoolName::from(raw.name.as_str()),
         path,
@@ -298,7 +364,7 @@ fn validate(index: usize, raw: RawPool) -> Result<PoolSpec, ConfigError> {
         reserve,
         capacity,
         volume_mode,
-        create: raw.create,
+        create,
     })
 }
 
@@ -397,7 +463,7 @@ impl PoolSpec {
         match fs::metadata(&self.path) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Err(format!("{path} is not a directory")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.create => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.create.is_some() => {
                 self.make_path()?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -422,29 +488,65 @@ impl PoolSpec {
 }
 
 impl PoolSpec {
-    /// Makes the missing pool directory (`create: true`), mode 0755: only its last
-    /// component, so a pool under a missing parent (an unmounted disk's tree) stays missing.
-    /// A symlink made there meanwhile is found by the check after it, not followed here.
+    /// Makes the missing pool directory (`create: true`): every missing directory from the
+    /// `--pool-root` (which must exist) down to the pool, each with the configured mode.
+    /// Each step is made or found as a plain directory; a symlink on the way is refused,
+    /// never followed, so a path planted on the node cannot send the pool elsewhere.
     fn make_path(&self) -> Result<(), String> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = self.path.display();
-        match fs::DirBuilder::new().mode(0o755).create(&self.path) {
-            Ok(()) => {
-                tracing::info!(pool = %self.name, %path, "made the missing pool directory (create: true)");
-                Ok(())
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let Some(create) = &self.create else {
+            return Ok(());
+        };
+        let root = &create.root;
+        match fs::metadata(root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "the --pool-root {} is not a directory",
+                    root.display()
+                ));
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
-                "{path} does not exist and its parent is missing too; create: true makes only \
-                 the pool's own directory, so create the parent or mount the pool's disk"
-            )),
-            Err(e) => Err(format!("cannot create {path} (create: true): {e}")),
-        }?;
-        match fs::symlink_metadata(&self.path) {
-            Ok(meta) if meta.is_dir() => Ok(()),
-            Ok(_) => Err(format!("{path} is not a directory")),
-            Err(e) => Err(format!("cannot read {path}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "the --pool-root {} is not there ({e}); it is the agent's hostPath mount, check the DaemonSet's pools volume",
+                    root.display()
+                ));
+            }
         }
+        let below = self.path.strip_prefix(root).map_err(|_| {
+            format!(
+                "{} is outside the --pool-root {}",
+                self.path.display(),
+                root.display()
+            )
+        })?;
+        let mut at = root.clone();
+        for part in below.components() {
+            at.push(part);
+            let shown = at.display();
+            match fs::DirBuilder::new().mode(create.mode.bits()).create(&at) {
+                Ok(()) => {
+                    // The umask may have taken bits off: set exactly what was configured.
+                    fs::set_permissions(&at, fs::Permissions::from_mode(create.mode.bits()))
+                        .map_err(|e| format!("cannot set mode {} on {shown}: {e}", create.mode))?;
+                    tracing::info!(pool = %self.name, path = %shown, mode = %create.mode, "made a missing pool directory (create: true)");
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {shown} (create: true): {e}")),
+            }
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(format!(
+                        "{shown} is a symlink; create: true makes a pool only through plain directories under the --pool-root {}, so remove the link or make the pool directory yourself",
+                        root.display()
+                    ));
+                }
+                Ok(_) => return Err(format!("{shown} is not a directory")),
+                Err(e) => return Err(format!("cannot read {shown}: {e}")),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -461,14 +563,19 @@ fn fs_type(path: &Path) -> io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// The tests' `--pool-root`: anywhere, unless a test is about the root.
+    const ANYWHERE: &str = "/";
+
     fn one(text: &str) -> PoolSpec {
-        let mut pools = PoolConfig::parse(text).unwrap();
+        let mut pools = PoolConfig::parse(text, Path::new(ANYWHERE)).unwrap();
         assert_eq!(pools.len(), 1);
         pools.remove(0)
     }
 
     fn err(text: &str) -> String {
-        PoolConfig::parse(text).unwrap_err().to_string()
+        PoolConfig::parse(text, Path::new(ANYWHERE))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -604,37 +711,98 @@ mod tests {
             reserve: Reserve::BasisPoints(1000),
             capacity: None,
             volume_mode: VolumeMode::default(),
-            create: false,
+            create: None,
         }
     }
 
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
     #[test]
-    fn create_makes_a_missing_pool_directory_but_never_its_missing_parent() {
+    fn create_makes_the_missing_directories_under_the_pool_root_with_the_configured_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = spec(&dir.path().join("default"), Driver::Hostpath);
-        s.create = true;
+        let root = dir.path().join("pools");
+        fs::create_dir(&root).unwrap();
+        let text = |path: &Path, extra: &str| {
+            format!(
+                "pools:\n  - name: p\n    path: {}\n    create: true\n{extra}",
+                path.display()
+            )
+        };
+        let parse = |text: &str| PoolConfig::parse(text, &root).map(|mut p| p.remove(0));
+
+        // The pool and the directory between it and the root are made, each with the mode
+        // (0775 is wider than the usual umask allows: the mode is set, not masked).
+        let deep = root.join("ssd/default");
+        let s = parse(&text(&deep, "    mode: \"0775\"\n")).unwrap();
         let r = s.probe();
         assert!(r.ready, "{:?}", r.reason);
-        assert!(dir.path().join("default").is_dir());
+        assert_eq!(mode_of(&root.join("ssd")), 0o775);
+        assert_eq!(mode_of(&deep), 0o775);
         // Again: it exists now, nothing changes.
         assert!(s.probe().ready);
-        // An unmounted disk's tree: the parent is missing, nothing is made.
-        let mut deep = spec(&dir.path().join("disk/pool"), Driver::Hostpath);
-        deep.create = true;
-        let r = deep.probe();
+        // Without mode, 0755.
+        let plain = root.join("plain");
+        assert!(parse(&text(&plain, "")).unwrap().probe().ready);
+        assert_eq!(mode_of(&plain), 0o755);
+
+        // Outside the root: refused when the config is read, naming the root and the fix;
+        // nothing is made.
+        let outside = dir.path().join("elsewhere/pool");
+        let e = parse(&text(&outside, "")).unwrap_err().to_string();
+        for want in [
+            "pool \"p\": create:",
+            "outside the agent's --pool-root",
+            "move the pool under",
+        ] {
+            assert!(e.contains(want), "{e}");
+        }
+        assert!(!dir.path().join("elsewhere").exists());
+        // A sibling whose name merely starts like the root is outside it too.
+        let e = parse(&text(&dir.path().join("pools-other/x"), ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the agent's --pool-root"), "{e}");
+
+        // A symlink on the way is refused, not followed: nothing is made where it points.
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, root.join("link")).unwrap();
+        let r = parse(&text(&root.join("link/pool"), "")).unwrap().probe();
         assert!(!r.ready);
         assert!(
-            r.reason
-                .as_deref()
-                .unwrap()
-                .contains("its parent is missing too"),
-            "{:?}",
-            r.reason
+            r.reason.as_deref().unwrap().contains("is a symlink"),
+            "{r:?}"
         );
-        assert!(!dir.path().join("disk").exists());
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+
+        // A missing root (the hostPath not mounted): not ready, saying so; nothing is made.
+        let gone = dir.path().join("gone");
+        let spec = PoolConfig::parse(&text(&gone.join("pool"), ""), &gone)
+            .unwrap()
+            .remove(0);
+        let r = spec.probe();
+        assert!(!r.ready);
+        assert!(
+            r.reason.as_deref().unwrap().contains("--pool-root"),
+            "{r:?}"
+        );
+        assert!(!gone.exists());
+
+        // mode means nothing without create, and must be quoted octal.
+        let e = err("pools:\n  - name: a\n    path: /a\n    mode: \"0755\"\n");
+        assert!(e.contains("set create: true or drop mode"), "{e}");
+        let e = err("pools:\n  - name: a\n    path: /a\n    create: true\n    mode: 755\n");
+        assert!(e.contains("quote it"), "{e}");
         // Parsed from the config, off by default.
-        assert!(!one("pools:\n  - name: a\n    path: /a\n").create);
-        assert!(one("pools:\n  - name: a\n    path: /a\n    create: true\n").create);
+        assert!(one("pools:\n  - name: a\n    path: /a\n").create.is_none());
+        assert!(
+            one("pools:\n  - name: a\n    path: /a\n    create: true\n")
+                .create
+                .is_some()
+        );
     }
 
     #[test]
@@ -700,12 +868,12 @@ mod tests {
 mod shipped {
     use super::*;
 
-    /// The pools of `deploy/agent.yaml`'s ConfigMap parse, lie under the DaemonSet's pools
-    /// hostPath (a pool elsewhere is not mounted into the agent), and the default one is
-    /// made on a fresh node (`create: true`): a first install binds claims without a manual
-    /// step.
+    /// The pools of `deploy/agent.yaml`'s ConfigMap parse under the agent's `--pool-root`,
+    /// which is where the DaemonSet mounts its pools hostPath, at the same path as on the
+    /// host (PVs name host paths); the default pool lies under it and is made on a fresh
+    /// node (`create: true`): a first install binds claims without a manual step.
     #[test]
-    fn the_shipped_pools_parse_lie_under_the_mounted_host_path_and_are_made_on_a_fresh_node() {
+    fn the_shipped_pools_parse_under_the_pool_root_the_daemon_set_mounts() {
         let docs: Vec<serde_yaml::Value> =
             serde_yaml::Deserializer::from_str(include_str!("../../deploy/agent.yaml"))
                 .map(|d| serde_yaml::Value::deserialize(d).unwrap())
@@ -715,25 +883,46 @@ mod shipped {
                 .find(|d| d["kind"].as_str() == Some(k))
                 .unwrap_or_else(|| panic!("no {k} in deploy/agent.yaml"))
         };
-        let text = kind("ConfigMap")["data"]["pools.yaml"].as_str().unwrap();
-        let pools = PoolConfig::parse(text).unwrap();
-        let volumes = kind("DaemonSet")["spec"]["template"]["spec"]["volumes"]
+        let pod = &kind("DaemonSet")["spec"]["template"]["spec"];
+        let host_path = pod["volumes"]
             .as_sequence()
-            .unwrap();
-        let mount = volumes
+            .unwrap()
             .iter()
             .find(|v| v["name"].as_str() == Some("pools"))
             .and_then(|v| v["hostPath"]["path"].as_str())
             .unwrap();
+        let agent = &pod["containers"][0];
+        let mount_path = agent["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"].as_str() == Some("pools"))
+            .and_then(|m| m["mountPath"].as_str())
+            .unwrap();
+        let flag = agent["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str()?.strip_prefix("--pool-root="))
+            .next()
+            .unwrap_or(DEFAULT_POOL_ROOT);
+        assert_eq!(flag, host_path, "--pool-root is the pools hostPath");
+        assert_eq!(mount_path, host_path, "mounted at the host's path");
+
+        let text = kind("ConfigMap")["data"]["pools.yaml"].as_str().unwrap();
+        let pools = PoolConfig::parse(text, Path::new(flag)).unwrap();
         for pool in &pools {
             assert!(
-                pool.path.starts_with(mount),
-                "pool {} at {} is not under the agent's hostPath {mount}",
+                pool.path.starts_with(host_path),
+                "pool {} at {} is not under the agent's hostPath {host_path}",
                 pool.name,
                 pool.path.display()
             );
         }
         let default = pools.iter().find(|p| p.name.as_str() == "default").unwrap();
-        assert!(default.create, "the default pool is made on a fresh node");
+        assert!(
+            default.create.is_some(),
+            "the default pool is made on a fresh node"
+        );
     }
 }

@@ -149,7 +149,7 @@ mod tests {
             a.display(),
             b.display()
         );
-        let mut set = PoolSet::new(PoolConfig::parse(&text).unwrap());
+        let mut set = PoolSet::new(PoolConfig::parse(&text, std::path::Path::new("/")).unwrap());
         assert!(set.pools()[0].report.ready);
         assert!(!set.pools()[1].report.ready);
         assert!(set.driver("a").is_ok());

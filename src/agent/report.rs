@@ -173,6 +173,8 @@ pub struct Reporter {
     pub config_path: PathBuf,
     /// The config text the pools were built from.
     pub config_text: String,
+    /// `--pool-root`: where `create: true` pools may be made.
+    pub pool_root: PathBuf,
     /// The reconciler's LocalVolume cache (this node's volumes).
     pub store: Store<LocalVolume>,
     /// Metrics to set.
@@ -254,7 +256,7 @@ impl Reporter {
         if text == self.config_text {
             return;
         }
-        match PoolConfig::parse(&text) {
+        match PoolConfig::parse(&text, &self.pool_root) {
             Ok(specs) => {
                 let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
                 if pools.specs() != specs {

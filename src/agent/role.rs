@@ -49,6 +49,18 @@ pub struct AgentArgs {
     #[arg(long, env = "STOWAGE_POOLS", default_value = "/etc/stowage/pools.yaml")]
     pub pools: PathBuf,
 
+    /// The only directory under which a pool with `create: true` may be made: it must
+    /// exist (it is the DaemonSet's hostPath, mounted at the same path as on the host), and
+    /// the agent makes the missing directories between it and the pool. A `create` pool
+    /// outside it is refused when the config is read. Absolute, without "..".
+    #[arg(
+        long,
+        env = "STOWAGE_POOL_ROOT",
+        default_value = super::pool::DEFAULT_POOL_ROOT,
+        value_parser = parse_pool_root
+    )]
+    pub pool_root: PathBuf,
+
     /// Seconds between StorageNode status heartbeats; the status is also written on every
     /// change.
     #[arg(
@@ -115,6 +127,7 @@ impl AgentArgs {
         let AgentArgs {
             node_name: node,
             pools: config_path,
+            pool_root,
             heartbeat,
             listen,
             kubeconfig,
@@ -130,10 +143,11 @@ impl AgentArgs {
                 path: config_path.clone(),
                 source,
             })?;
-        let specs = PoolConfig::parse(&config_text).map_err(|source| StartError::Pools {
-            path: config_path.clone(),
-            source,
-        })?;
+        let specs =
+            PoolConfig::parse(&config_text, &pool_root).map_err(|source| StartError::Pools {
+                path: config_path.clone(),
+                source,
+            })?;
 
         let pool_set = PoolSet::new(specs);
         for pool in pool_set.pools() {
@@ -185,6 +199,7 @@ impl AgentArgs {
             pools: pools.clone(),
             config_path,
             config_text,
+            pool_root,
             store: store.clone(),
             metrics: metrics.clone(),
             heartbeat: Duration::from_secs(heartbeat),
@@ -316,6 +331,24 @@ async fn readyz(State(ready): State<AgentReadiness>) -> (StatusCode, String) {
 }
 
 /// A DNS-1123 subdomain, which is what node names are.
+/// `--pool-root`: an absolute path without "..", so that "under the root" means what it says.
+fn parse_pool_root(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if !path.is_absolute() {
+        return Err(format!(
+            "{s:?} is relative; give the absolute path of the pools hostPath, e.g. {}",
+            super::pool::DEFAULT_POOL_ROOT
+        ));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(format!("{s:?} contains \"..\"; write the path plainly"));
+    }
+    Ok(path)
+}
+
 fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
@@ -347,6 +380,14 @@ mod tests {
         assert_eq!(args.listen, "0.0.0.0:9808".parse::<SocketAddr>().unwrap());
         assert_eq!(args.kubeconfig, None);
         assert_eq!(args.drain_timeout, 10);
+        assert_eq!(args.pool_root, PathBuf::from("/var/lib/stowage/pools"));
+        for (bad, says) in [("pools", "is relative"), ("/var/../etc", "contains \"..\"")] {
+            let e =
+                Cli::try_parse_from(["stowage", "agent", "--node-name", "n1", "--pool-root", bad])
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains("--pool-root") && e.contains(says), "{e}");
+        }
         assert!(
             Cli::try_parse_from(["stowage", "agent", "--node-name", "n1", "--heartbeat", "0"])
                 .is_err()
@@ -371,6 +412,7 @@ mod tests {
         let args = AgentArgs {
             node_name: "n1".into(),
             pools: file.clone(),
+            pool_root: dir.path().to_path_buf(),
             heartbeat: 10,
             listen: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: 10,

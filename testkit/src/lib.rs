@@ -37,8 +37,12 @@
 //! What behaves as on a real cluster:
 //!
 //! * **resourceVersion**: one global, monotonic counter, like etcd's revision. Lists carry
-//!   it; `resourceVersionMatch=Exact` and continue tokens read consistent snapshots from the
-//!   history; versions older than the history are `410 Gone` (`Expired`).
+//!   it; `resourceVersionMatch=Exact`, a `limit` with a `resourceVersion` (the legacy exact
+//!   read) and continue tokens read consistent snapshots from the history; versions older
+//!   than the history are `410 Gone` (`Expired`). An expired continue token's `410` carries
+//!   the real server's token in `metadata.continue` for the rest of the list at the latest
+//!   version. A get or list at a version ahead of the server waits 3 s for it and is then
+//!   `504 Timeout` (`Retry-After: 1`), an exact or limited one etcd's `500`, as on 1.19.
 //! * **Lists**: label selectors (`=`, `==`, `!=`, `in`, `notin`, `exists`, `!key`, `>`, `<`),
 //!   field selectors (`metadata.name`, `metadata.namespace`, and the per-kind labels of the
 //!   real server, e.g. `spec.nodeName` for pods; anything else is `400`), `limit`/`continue`
@@ -46,8 +50,11 @@
 //!   kinds carry no `apiVersion`/`kind`, as on the wire.
 //! * **Watches**: ndjson `WatchEvent`s; `resourceVersion` unset or `"0"` sends the current
 //!   state as ADDED first; a specific version replays the history after it, or sends an
-//!   ERROR event with a `410 Expired` Status when it is too old; `allowWatchBookmarks`
-//!   (BOOKMARK every [`ApiServerBuilder::bookmark_interval`]); `timeoutSeconds`;
+//!   ERROR event with a `410 Expired` Status when it is too old; a version ahead of the
+//!   server is no error: the watch waits and sends only later changes; `allowWatchBookmarks`
+//!   (BOOKMARK every [`ApiServerBuilder::bookmark_interval`], a minute by default, and 2 s
+//!   before `timeoutSeconds` ends, once something newer than the start was written);
+//!   `timeoutSeconds`;
 //!   `sendInitialEvents` streaming lists; selectors, with an object that stops (starts)
 //!   matching sent as DELETED (ADDED). `PartialObjectMetadata` is served for metadata-only
 //!   requests.
@@ -70,10 +77,17 @@
 //! * **Delete**: preconditions (`409`); finalizers hold the object with `deletionTimestamp`
 //!   until the last one is removed (then DELETED); no new finalizers once deleting (`422`);
 //!   namespace deletion empties the namespace first; background garbage collection of
-//!   dependents through `ownerReferences` (`Orphan` supported).
+//!   dependents through `ownerReferences` (`Orphan` supported). StorageObjectInUseProtection
+//!   and the pvc-/pv-protection controllers: every claim and PV gets its protection
+//!   finalizer at creation; a deleted claim stays Terminating while a pod scheduled to a node
+//!   (in any phase) mounts it, a deleted PV while it is Bound. A pod bound to a node and not
+//!   finished, deleted with a grace period above 0, is Terminating (`deletionTimestamp` its
+//!   grace period ahead) until the kubelet stand-in confirms ([`PodTermination`]: after 1 s
+//!   by default, or never, as on the real lane); a grace period of 0 removes it at once.
 //! * **Validation that stowage depends on**: a `local` PV needs `nodeAffinity`; a claim's
 //!   spec is immutable except `resources.requests` (when bound) and a once-only
-//!   `volumeName`; claims cannot shrink below their capacity and grow only if the class
+//!   `volumeName`, with 1.19's messages; a claim's request never decreases (1.19–1.31,
+//!   `field can not be less than previous value`) and grows only when bound and the class
 //!   allows expansion (`403`); StorageClass parameters, provisioner, reclaim policy and
 //!   binding mode are immutable; a pod's spec is immutable except images, tolerations and
 //!   deadlines, and `spec.nodeName` is set through `pods/binding` (`409` when already bound);
@@ -82,8 +96,12 @@
 //!   objects live in `kube-system` (as on Kubernetes 1.19; core/v1 ones in `default`).
 //! * **Custom resources**: the CRD's structural schema prunes unknown fields (reported as
 //!   `Warning` headers, or `400` with `fieldValidation=Strict`), applies defaults and checks
-//!   types, `required`, `enum`, bounds, lengths, list sizes, `x-kubernetes-list-type`
-//!   uniqueness and `oneOf`/`anyOf`/`allOf`/`not`.
+//!   types (integers must fit an int64, `2.0` is one), `required`, `enum`, bounds, lengths,
+//!   list sizes, `pattern`, the `format`s 1.19 checks (`date-time`, `date`, `uuid`, `ipv4`,
+//!   `ipv6`, `byte`; not `int32`/`int64` ranges), `x-kubernetes-list-type` uniqueness and
+//!   `oneOf`/`anyOf`/`allOf`/`not`, with go-openapi's messages. CRDs need structural schemas
+//!   and defaults valid against them; fields 1.19's CRD types lack (`selectableFields`)
+//!   are dropped silently, as 1.19 drops them.
 //! * **Errors** are `metav1.Status` objects with the real codes, reasons and message shapes,
 //!   so kube-rs surfaces them as `kube::Error::Api`.
 //!
@@ -109,9 +127,9 @@
 //! * **Asynchronous controllers run synchronously**: namespace cleanup, CRD establishment and
 //!   cleanup, and garbage collection happen within the request that triggers them.
 //!   `Foreground` propagation behaves like `Background`.
-//! * Pods are deleted at once (no kubelet, so no graceful termination).
-//! * No authentication, authorization, admission webhooks, CEL rules, OpenAPI `pattern` or
-//!   `format` checks, CRD conversion webhooks (versions differ only in `apiVersion`, like
+//! * No kubelet: Terminating pods go when the stand-in says (see above; also when the garbage
+//!   collector or a namespace's deletion deleted them), and pods never run.
+//! * No authentication, authorization, admission webhooks, CEL rules, CRD conversion webhooks (versions differ only in `apiVersion`, like
 //!   the `None` strategy), protobuf, or `Table` output. Unknown fields of built-in kinds
 //!   are kept rather than dropped.
 //!
@@ -168,7 +186,9 @@ pub mod real;
 pub mod scheduler;
 mod wait;
 
-pub use apiserver::{ApiServer, ApiServerBuilder, FaultCounts, Faults, WriteFailure};
+pub use apiserver::{
+    ApiServer, ApiServerBuilder, FaultCounts, Faults, PodTermination, WriteFailure,
+};
 pub use scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 pub use wait::{wait_for, wait_until};
 

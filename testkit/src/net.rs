@@ -93,6 +93,45 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// `POST path` of `body` (JSON) to 127.0.0.1:port over a fresh connection that the client
+/// closes, the body sent from a thread of its own while the answer is read (a server may
+/// answer 413 before it reads the body); the status, or `None` when the connection failed or
+/// nothing answered within `timeout`. Only the status line is kept, so a hostile body's
+/// answer costs the caller nothing (benchmarks measure the server's memory, not theirs).
+pub fn post_status(
+    port: u16,
+    path: &str,
+    body: std::sync::Arc<Vec<u8>>,
+    timeout: Duration,
+) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut writer = stream.try_clone().ok()?;
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&body);
+    });
+    // "HTTP/1.1 200": the first 12 bytes; the rest is read and dropped.
+    let mut status = [0u8; 12];
+    let mut got = 0;
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(read) = stream.read(&mut buf) {
+        if read == 0 {
+            break;
+        }
+        let take = read.min(status.len() - got);
+        status[got..got + take].copy_from_slice(&buf[..take]);
+        got += take;
+    }
+    let _ = sender.join();
+    std::str::from_utf8(status.get(9..12)?).ok()?.parse().ok()
+}
+
 /// [`http_get`] from async code (on a blocking thread).
 pub async fn get(port: u16, path: impl Into<String>) -> Option<(u16, String)> {
     let path = path.into();

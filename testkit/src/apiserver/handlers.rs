@@ -46,9 +46,61 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         Ok(b) => b,
         Err(_) => return error_response(&ApiError::too_large()),
     };
+    if parts.method == Method::GET {
+        wait_until_fresh(&shared, &parts).await;
+    }
     match dispatch(&shared, &parts, &bytes) {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    }
+}
+
+/// How long a read at a resourceVersion the server has not reached waits for it: the watch
+/// cache's `blockTimeout`.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// The watch cache's `waitUntilFreshAndBlock`: a get or list that the real server serves
+/// from its watch cache (a resourceVersion, no continue token, no limit, not `Exact`) at a
+/// resourceVersion the store has not reached waits up to [`FRESHNESS_WAIT`] for it; the
+/// read then answers `504` if it is still ahead. Watches do not wait (see `watch::start`).
+async fn wait_until_fresh(shared: &Shared, parts: &Parts) {
+    let q = Query::parse(parts.uri.query());
+    let limited = q
+        .get("limit")
+        .and_then(|l| l.parse::<u64>().ok())
+        .is_some_and(|l| l > 0);
+    if q.flag("watch")
+        || limited
+        || q.get("continue").is_some_and(|c| !c.is_empty())
+        || q.get("resourceVersionMatch") == Some("Exact")
+    {
+        return;
+    }
+    let Some(want) = q
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let mut rx = {
+        let state = shared.lock();
+        if state.store.rv() >= want {
+            return;
+        }
+        state.store.subscribe()
+    };
+    let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(change)) if change.rv >= want => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                if shared.lock().store.rv() >= want {
+                    return;
+                }
+            }
+            Ok(Err(_)) | Err(_) => return,
+        }
     }
 }
 
@@ -423,7 +475,9 @@ fn perform(
 
     match verb {
         "get" => {
-            let obj = shared.lock().get(&ep, &ns, &name)?;
+            let obj = shared
+                .lock()
+                .get(&ep, &ns, &name, q.get("resourceVersion"))?;
             reply(Written {
                 code: 200,
                 body: obj,
@@ -534,12 +588,20 @@ fn perform(
             reply(w)
         }
         "delete" => {
-            let opts = DeleteOptions::parse(body, q.get("dryRun") == Some("All"))?;
+            let opts = DeleteOptions::parse(
+                body,
+                q.get("dryRun") == Some("All"),
+                q.get("gracePeriodSeconds"),
+            )?;
             let w = shared.lock().delete(&ep, &ns, &name, &opts)?;
             reply(w)
         }
         "deletecollection" => {
-            let opts = DeleteOptions::parse(body, q.get("dryRun") == Some("All"))?;
+            let opts = DeleteOptions::parse(
+                body,
+                q.get("dryRun") == Some("All"),
+                q.get("gracePeriodSeconds"),
+            )?;
             let sel = selectors(&q, &ep, None)?;
             let w = shared
                 .lock()

@@ -29,6 +29,7 @@ use axum::Router;
 use tokio::{net::TcpListener, sync::watch as signal, task::JoinHandle};
 
 pub use faults::{FaultCounts, Faults, WriteFailure};
+pub use ops::PodTermination;
 use ops::State;
 pub(crate) use util::parse_quantity;
 
@@ -61,6 +62,7 @@ impl Shared {
 pub struct ApiServerBuilder {
     history_limit: usize,
     bookmark_interval: Duration,
+    pod_termination: PodTermination,
     capacity_versions: Vec<String>,
 }
 
@@ -68,7 +70,10 @@ impl Default for ApiServerBuilder {
     fn default() -> Self {
         Self {
             history_limit: 10_000,
-            bookmark_interval: Duration::from_secs(1),
+            bookmark_interval: Duration::from_secs(60),
+            pod_termination: PodTermination::Kubelet {
+                delay: Duration::from_secs(1),
+            },
             capacity_versions: kinds::DEFAULT_CAPACITY_VERSIONS
                 .iter()
                 .map(|v| v.to_string())
@@ -85,9 +90,19 @@ impl ApiServerBuilder {
         self
     }
 
-    /// How often watches that asked for bookmarks get one (default 1 s).
+    /// How often watches that asked for bookmarks get one: default 1 min, kube-apiserver's
+    /// `defaultBookmarkFrequency`. As on the real server, each such watch also gets one 2 s
+    /// before its `timeoutSeconds` ends, and none while nothing newer than the watch's start
+    /// has been written. Tests that need resume points to move sooner set a shorter one.
     pub fn bookmark_interval(mut self, every: Duration) -> Self {
         self.bookmark_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How deleted pods go, there being no kubelet (default: a bound pod deleted with a
+    /// grace period is Terminating for up to 1 s, [`PodTermination::Kubelet`]).
+    pub fn pod_termination(mut self, how: PodTermination) -> Self {
+        self.pod_termination = how;
         self
     }
 
@@ -107,7 +122,11 @@ impl ApiServerBuilder {
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = signal::channel(false);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(self.history_limit, self.capacity_versions)),
+            state: Mutex::new(State::new(
+                self.history_limit,
+                self.pod_termination,
+                self.capacity_versions,
+            )),
             faults: Faults::new(),
             bookmark_interval: self.bookmark_interval,
             shutdown: shutdown_rx.clone(),
@@ -125,6 +144,24 @@ impl ApiServerBuilder {
             });
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "test API server stopped with an error");
+            }
+        });
+        // The kubelet stand-in: removes Terminating pods when their kubelet would confirm.
+        let kubelet = Arc::downgrade(&shared);
+        let mut kubelet_stop = shared.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = kubelet_stop.wait_for(|s| *s) => break,
+                }
+                let Some(shared) = kubelet.upgrade() else {
+                    break;
+                };
+                shared
+                    .lock()
+                    .confirm_terminated_pods(std::time::Instant::now());
             }
         });
         let config = client_config(addr)?;

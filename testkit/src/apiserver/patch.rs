@@ -600,6 +600,7 @@ fn conflict_error(conflicts: &[(String, Path)]) -> ApiError {
         message,
         details: Some(json!({"causes": causes})),
         retry_after: None,
+        list_continue: None,
     }
 }
 

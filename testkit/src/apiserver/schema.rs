@@ -1,7 +1,7 @@
 //! Structural-schema handling for custom resources: pruning of unknown fields, defaulting
 //! and the OpenAPI value validations, in the order the real server runs them (decode, prune,
-//! default, validate). CEL rules (`x-kubernetes-validations`), `pattern` and `format` are not
-//! evaluated.
+//! default, validate). CEL rules (`x-kubernetes-validations`) are not evaluated; `pattern`
+//! and the `format`s kube-apiserver 1.19 checks are, with its messages.
 
 use serde_json::{Map, Value, json};
 
@@ -75,6 +75,13 @@ fn prune_object(
             prune_value(child_schema, child, &child_path, pruned);
         }
     }
+}
+
+/// Whether pruning against `schema` would drop anything from `value` (a `default`).
+pub(crate) fn has_unknown_fields(schema: &Value, value: &Value) -> bool {
+    let mut pruned = Vec::new();
+    prune_value(schema, &mut value.clone(), "", &mut pruned);
+    !pruned.is_empty()
 }
 
 fn prune_value(schema: &Value, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
@@ -155,14 +162,87 @@ pub(crate) fn validate_value(schema: &Value, v: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Whether a JSON value is an integer as the real server decodes it: into an `int64`, or a
+/// `float64` without a fraction (`2.0`). A number above `i64::MAX` is a `float64` there, and
+/// not an integer once it no longer fits (`9223372036854775808` is refused, checked on
+/// 1.19.16).
+fn is_integer(v: &Value) -> bool {
+    const TWO_63: f64 = (1u64 << 63) as f64;
+    v.is_i64()
+        || (!v.is_u64()
+            && v.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f)))
+}
+
 fn type_matches(ty: &str, v: &Value) -> bool {
     match ty {
         "object" => v.is_object(),
         "array" => v.is_array(),
         "string" => v.is_string(),
-        "integer" => v.is_i64() || v.is_u64(),
+        "integer" => is_integer(v),
         "number" => v.is_number(),
         "boolean" => v.is_boolean(),
+        _ => true,
+    }
+}
+
+/// The type go-openapi names a decoded JSON value by in its messages.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) if is_integer(v) => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Whether `s` matches the RE2 `pattern`; a pattern that does not compile matches nothing
+/// (the CRD's validation refuses such patterns first). Compiled patterns are cached.
+fn matches_pattern(pattern: &str, s: &str) -> bool {
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, Option<regex::Regex>>> =
+            Default::default();
+    }
+    CACHE.with(|c| {
+        c.borrow_mut()
+            .entry(pattern.to_string())
+            .or_insert_with(|| regex::Regex::new(pattern).ok())
+            .as_ref()
+            .is_some_and(|re| re.is_match(s))
+    })
+}
+
+/// The `format`s of go-openapi's default registry that 1.19 checks on strings, by the rules
+/// of its parsers; others (`int32`, `int64`, `uint64`, `double`, …) are not checked (a
+/// 3000000000 in an `int32` field is accepted, checked on 1.19.16).
+pub(crate) fn format_ok(format: &str, s: &str) -> bool {
+    use k8s_openapi::jiff::{Timestamp, civil};
+    match format {
+        "date-time" => {
+            s.parse::<Timestamp>().is_ok()
+                || s.strip_suffix('Z')
+                    .unwrap_or(s)
+                    .parse::<civil::DateTime>()
+                    .is_ok_and(|_| s.contains('T'))
+        }
+        "date" => s.len() == 10 && s.parse::<civil::Date>().is_ok(),
+        "uuid" => {
+            let hex: Vec<&str> = s.split('-').collect();
+            hex.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+                && hex.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+        }
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
+        "byte" => {
+            let t = s.trim_end_matches('=');
+            s.len().is_multiple_of(4)
+                && s.len() - t.len() <= 2
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+        }
         _ => true,
     }
 }
@@ -189,10 +269,12 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
     } else if let Some(ty) = schema["type"].as_str()
         && !type_matches(ty, v)
     {
+        // go-openapi's message: the value's type shown, not the value.
+        let found = json_type(v);
         causes.push(Cause::invalid(
             shown,
-            v,
-            &format!("{shown} in body must be of type {ty}"),
+            &json!(found),
+            &format!("{shown} in body must be of type {ty}: \"{found}\""),
         ));
         return;
     }
@@ -229,6 +311,25 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
         }
     }
     if let Some(s) = v.as_str() {
+        if let Some(pattern) = schema["pattern"].as_str()
+            && !matches_pattern(pattern, s)
+        {
+            // As 1.19 words it, the value shown empty.
+            causes.push(Cause::invalid(
+                shown,
+                &json!(""),
+                &format!("{shown} in body should match '{pattern}'"),
+            ));
+        }
+        if let Some(format) = schema["format"].as_str()
+            && !format_ok(format, s)
+        {
+            causes.push(Cause::invalid(
+                shown,
+                v,
+                &format!("{shown} in body must be of type {format}: {s:?}"),
+            ));
+        }
         let len = s.chars().count() as u64;
         if schema["minLength"].as_u64().is_some_and(|m| len < m) {
             causes.push(Cause::invalid(

@@ -133,6 +133,9 @@ pub(crate) struct ApiError {
     pub details: Option<Value>,
     /// Seconds for a `Retry-After` header (429 and friends).
     pub retry_after: Option<u64>,
+    /// `metadata.continue` of the `Status`: the token an expired continue token's `410`
+    /// offers for an inconsistent rest of the list.
+    pub list_continue: Option<String>,
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
@@ -145,6 +148,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            list_continue: None,
         }
     }
 
@@ -291,6 +295,33 @@ impl ApiError {
         )
     }
 
+    /// A read at a resourceVersion the server has not reached within its wait (the watch
+    /// cache's `waitUntilFreshAndBlock`, 3 s): `504 Timeout`, retry after 1 s, as
+    /// `storage.NewTooLargeResourceVersionError` builds it.
+    pub(crate) fn too_large_resource_version(wanted: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+        );
+        e.retry_after = Some(1);
+        e.details = Some(json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        }));
+        e
+    }
+
+    /// etcd's answer to a read at a revision it has not reached, passed through as the
+    /// real server does (a `500` without a reason).
+    pub(crate) fn future_revision() -> Self {
+        Self::new(
+            500,
+            "",
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+    }
+
     pub(crate) fn too_many_requests() -> Self {
         let mut e = Self::new(
             429,
@@ -313,8 +344,16 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        if self.reason.is_empty()
+            && let Some(obj) = status.as_object_mut()
+        {
+            obj.remove("reason");
+        }
         if let (Some(d), Some(obj)) = (&self.details, status.as_object_mut()) {
             obj.insert("details".into(), d.clone());
+        }
+        if let Some(token) = &self.list_continue {
+            status["metadata"]["continue"] = json!(token);
         }
         status
     }

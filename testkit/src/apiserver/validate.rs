@@ -151,7 +151,48 @@ pub(crate) fn apply_defaults(ep: &Endpoint, obj: &mut Value) {
             }
         }
         ("", "secrets") => set_default(obj, &["type"], json!("Opaque")),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => drop_unknown_crd_fields(obj),
         _ => {}
+    }
+}
+
+/// The fields of a v1 CRD's `spec` and of its `versions` that kube-apiserver 1.19 knows.
+const CRD_SPEC_FIELDS: &[&str] = &[
+    "group",
+    "names",
+    "scope",
+    "versions",
+    "conversion",
+    "preserveUnknownFields",
+];
+const CRD_VERSION_FIELDS: &[&str] = &[
+    "name",
+    "served",
+    "storage",
+    "deprecated",
+    "deprecationWarning",
+    "schema",
+    "subresources",
+    "additionalPrinterColumns",
+];
+
+/// kube-apiserver 1.19 decodes a CRD into its own types and silently drops what they do not
+/// have, `selectableFields` (1.30+) among them (checked on 1.19.16: a CRD with
+/// `spec.bogusField` and `versions[0].selectableFields` is created without them). Field
+/// selectors on such fields are then refused, as there.
+fn drop_unknown_crd_fields(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    spec.retain(|k, _| CRD_SPEC_FIELDS.contains(&k.as_str()));
+    for v in spec
+        .get_mut("versions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        v.retain(|k, _| CRD_VERSION_FIELDS.contains(&k.as_str()));
     }
 }
 
@@ -584,12 +625,144 @@ fn validate_crd(obj: &Value, causes: &mut Vec<Cause>) {
                 format!("spec.versions[{i}].schema.openAPIV3Schema"),
                 "schemas are required",
             )),
-            Some(schema) => check_defaults(
-                schema,
-                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
-                causes,
-            ),
+            Some(schema) => {
+                let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
+                let before = causes.len();
+                check_structural(schema, &path, Junctor::No, causes);
+                check_root_metadata(schema, &path, causes);
+                // Defaults are checked on structural schemas only, as the real server does.
+                if causes.len() == before {
+                    check_defaults(schema, &path, causes);
+                }
+            }
         }
+    }
+}
+
+/// Whether a schema node sits inside `allOf`/`anyOf`/`oneOf`/`not`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Junctor {
+    No,
+    Yes,
+}
+
+/// The structural-schema rules (required for `apiextensions.k8s.io/v1` CRDs), with
+/// 1.19's messages (checked on 1.19.16): a `type` at the root (`object`) and on every
+/// property, additional property and array item (unless `x-kubernetes-int-or-string` or
+/// `x-kubernetes-preserve-unknown-fields`), `items` on arrays, and no `type`, `default`,
+/// `nullable`, `additionalProperties` or `x-kubernetes-*` inside the junctors.
+fn check_structural(schema: &Value, path: &str, junctor: Junctor, causes: &mut Vec<Cause>) {
+    let ty = schema["type"].as_str().filter(|t| !t.is_empty());
+    let root = path.ends_with("openAPIV3Schema");
+    if junctor == Junctor::Yes {
+        for key in ["type", "default", "nullable", "additionalProperties"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(
+                schema
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .filter(|k| k.starts_with("x-kubernetes-"))
+                    .cloned(),
+            )
+        {
+            if schema.get(&key).is_some() {
+                causes.push(Cause::forbidden(
+                    format!("{path}.{key}"),
+                    "must be empty to be structural",
+                ));
+            }
+        }
+    } else if root {
+        match ty {
+            None => causes.push(Cause::required(
+                format!("{path}.type"),
+                "must not be empty at the root",
+            )),
+            Some("object") => {}
+            Some(other) => causes.push(Cause::invalid(
+                format!("{path}.type"),
+                &json!(other),
+                "must be object at the root",
+            )),
+        }
+    }
+    if let Some(pattern) = schema["pattern"].as_str()
+        && let Err(e) = regex::Regex::new(pattern)
+    {
+        let why = e.to_string();
+        let why = why.lines().last().unwrap_or_default().trim();
+        causes.push(Cause::invalid(
+            format!("{path}.pattern"),
+            &json!(pattern),
+            &format!("must be a valid regular expression, but isn't: {why}"),
+        ));
+    }
+    if junctor == Junctor::No && ty == Some("array") && !schema["items"].is_object() {
+        causes.push(Cause::required(
+            format!("{path}.items"),
+            "must be specified",
+        ));
+    }
+    let untyped_ok = |s: &Value| {
+        s["x-kubernetes-int-or-string"].as_bool() == Some(true)
+            || s["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true)
+    };
+    let mut child = |s: &Value, p: String, what: &str| {
+        if junctor == Junctor::No && s["type"].as_str().is_none_or(str::is_empty) && !untyped_ok(s)
+        {
+            causes.push(Cause::required(
+                format!("{p}.type"),
+                &format!("must not be empty for specified {what}"),
+            ));
+        }
+        check_structural(s, &p, junctor, causes);
+    };
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, s) in props {
+            child(s, format!("{path}.properties[{name}]"), "object fields");
+        }
+    }
+    if schema["additionalProperties"].is_object() {
+        child(
+            &schema["additionalProperties"],
+            format!("{path}.additionalProperties"),
+            "object fields",
+        );
+    }
+    if schema["items"].is_object() {
+        child(&schema["items"], format!("{path}.items"), "array items");
+    }
+    for j in ["allOf", "anyOf", "oneOf"] {
+        for (i, s) in schema[j].as_array().into_iter().flatten().enumerate() {
+            check_structural(s, &format!("{path}.{j}[{i}]"), Junctor::Yes, causes);
+        }
+    }
+    if schema["not"].is_object() {
+        check_structural(&schema["not"], &format!("{path}.not"), Junctor::Yes, causes);
+    }
+}
+
+/// At the root, `metadata` may only restrict `name` and `generateName`.
+fn check_root_metadata(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let Some(meta) = schema["properties"].get("metadata") else {
+        return;
+    };
+    let only_names = meta.as_object().is_some_and(|m| {
+        m.iter().all(|(k, v)| match k.as_str() {
+            "type" => v == "object",
+            "properties" => v
+                .as_object()
+                .is_some_and(|p| p.keys().all(|k| k == "name" || k == "generateName")),
+            _ => false,
+        })
+    });
+    if !only_names {
+        causes.push(Cause::forbidden(
+            format!("{path}.properties[metadata]"),
+            "must not specify anything other than name and generateName, but metadata is implicitly specified",
+        ));
     }
 }
 
@@ -597,13 +770,23 @@ fn validate_crd(obj: &Value, causes: &mut Vec<Cause>) {
 /// structural schemas (1.16).
 fn check_defaults(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(default) = schema.get("default")
-        && let Some(c) = super::schema::validate_value(schema, default).first()
+        && super::schema::has_unknown_fields(schema, default)
     {
         causes.push(Cause::invalid(
             format!("{path}.default"),
             default,
-            &c.message,
+            "must not have unknown fields",
         ));
+    } else if let Some(default) = schema.get("default")
+        && let Some(c) = super::schema::validate_value(schema, default).first()
+    {
+        // 1.19 names the default's root "" in the message: `default: Invalid value:
+        // "number":  in body must be of type integer: "number"`.
+        causes.push(Cause {
+            reason: c.reason,
+            field: format!("{path}.default"),
+            message: c.message.replace("<root> in body", " in body"),
+        });
     }
     if let Some(props) = schema["properties"].as_object() {
         for (name, child) in props {
@@ -639,6 +822,33 @@ fn finish(ep: &Endpoint, obj: &Value, causes: Vec<Cause>) -> ApiResult<()> {
             causes,
         ))
     }
+}
+
+/// The diff the real server appends to "spec is immutable" messages (go-cmp's, from `new`
+/// to `old`), approximated: one `-`/`+` pair per changed top-level field, Go-named.
+fn spec_diff(go_type: &str, new: &Value, old: &Value) -> String {
+    let empty = serde_json::Map::new();
+    let (n, o) = (
+        new.as_object().unwrap_or(&empty),
+        old.as_object().unwrap_or(&empty),
+    );
+    let keys: std::collections::BTreeSet<&String> = n.keys().chain(o.keys()).collect();
+    let mut out = format!("  {go_type}{{\n");
+    for k in keys {
+        let (a, b) = (n.get(k), o.get(k));
+        if a == b {
+            continue;
+        }
+        let mut go_name = k.clone();
+        if let Some(first) = go_name.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        let show = |v: Option<&Value>| v.map_or("nil".to_string(), |v| format!("&{v}"));
+        out.push_str(&format!("- \t{go_name}: {},\n", show(a)));
+        out.push_str(&format!("+ \t{go_name}: {},\n", show(b)));
+    }
+    out.push_str("  }\n");
+    out
 }
 
 fn without(v: &Value, paths: &[&[&str]]) -> Value {
@@ -716,6 +926,11 @@ pub(crate) fn validate_update(
             }
         }
         ("", "persistentvolumeclaims") => {
+            // ValidatePersistentVolumeClaimUpdate, as on 1.19 (and, for these rules, up to
+            // 1.31): the spec is immutable except `resources.requests` of a bound claim and
+            // a `volumeName` set once; `volumeAttributesClassName` (1.29+) is let through.
+            // Setting the class of a claim created without one (the retroactive default
+            // class of 1.26+) is refused, as 1.19 refuses it.
             let bound = str_at(old, &["status", "phase"]) == Some("Bound");
             let mut mutable: Vec<&[&str]> = vec![&["volumeAttributesClassName"]];
             if bound {
@@ -724,29 +939,26 @@ pub(crate) fn validate_update(
             if os["volumeName"].as_str().is_none_or(str::is_empty) {
                 mutable.push(&["volumeName"]);
             }
-            // Retroactive default StorageClass assignment (KEP-3333): nil may become a class.
-            if os.get("storageClassName").is_none() {
-                mutable.push(&["storageClassName"]);
-            }
-            if without(os, &mutable) != without(ns, &mutable) {
-                let field = if os["storageClassName"] != ns["storageClassName"] {
-                    "spec.storageClassName"
-                } else {
-                    "spec"
-                };
-                causes.push(Cause::forbidden(field, "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
+            let (o, n) = (without(os, &mutable), without(ns, &mutable));
+            if o != n {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    &format!(
+                        "spec is immutable after creation except resources.requests for bound claims\n{}",
+                        spec_diff("core.PersistentVolumeClaimSpec", &n, &o)
+                    ),
+                ));
             }
             let before = quantity_at(os, &["resources", "requests", "storage"]);
             let after = quantity_at(ns, &["resources", "requests", "storage"]);
             if let (Some(b), Some(a)) = (before, after) {
                 if a < b {
-                    let capacity = quantity_at(&old["status"], &["capacity", "storage"]);
-                    if capacity.is_none_or(|c| a <= c) {
-                        causes.push(Cause::forbidden(
-                            "spec.resources.requests.storage",
-                            "field can not be less than status.capacity",
-                        ));
-                    }
+                    // 1.19–1.31 (RecoverVolumeExpansionFailure off): no decrease at all;
+                    // 1.32+ allows one down to just above status.capacity.
+                    causes.push(Cause::forbidden(
+                        "spec.resources.requests.storage",
+                        "field can not be less than previous value",
+                    ));
                 } else if a > b && causes.is_empty() {
                     // The PersistentVolumeClaimResize admission plugin.
                     let class = ns["storageClassName"].as_str().unwrap_or_default();

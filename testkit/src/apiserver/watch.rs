@@ -8,7 +8,7 @@ use futures::Stream;
 use serde_json::{Value, json};
 use tokio::{
     sync::broadcast::{self, error::TryRecvError},
-    time::{Instant, Interval},
+    time::Instant,
 };
 
 use super::{
@@ -112,16 +112,32 @@ impl WatchRequest {
     }
 }
 
+/// When a watch that asked for bookmarks gets its next one, as kube-apiserver's
+/// `cacheWatcher.nextBookmarkTime` schedules them: `every` after `now`, or 2 s before the
+/// watch's timeout if that is sooner; none once that moment has passed.
+fn bookmark_due(now: Instant, every: Duration, timeout_at: Instant) -> Option<Instant> {
+    let before_timeout = timeout_at.checked_sub(Duration::from_secs(2))?;
+    let next = (now + every).min(before_timeout);
+    (next > now).then_some(next)
+}
+
 struct Watcher {
     shared: Arc<Shared>,
     req: WatchRequest,
     pending: VecDeque<Bytes>,
     rx: broadcast::Receiver<Arc<Change>>,
+    /// The watch's starting point: only changes after it are sent, and bookmarks only once
+    /// something newer has been committed (kube-apiserver's cacheWatcher drops events, and
+    /// bookmarks, at or below the resourceVersion it started from; a watch from a version
+    /// the server has not reached yet just waits for it, checked on 1.19.16).
+    start_rv: u64,
     last_rv: u64,
     deadline: Instant,
     /// Whether the deadline is a fault (counted) rather than `timeoutSeconds`.
     deadline_is_fault: bool,
-    bookmarks: Option<Interval>,
+    /// When `timeoutSeconds` ends the watch (the pre-timeout bookmark is due 2 s before).
+    timeout_at: Instant,
+    next_bookmark: Option<Instant>,
     close: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     done: bool,
@@ -130,6 +146,9 @@ struct Watcher {
 impl Watcher {
     fn push_change(&mut self, change: &Change) {
         self.last_rv = self.last_rv.max(change.rv);
+        if change.rv <= self.start_rv {
+            return;
+        }
         if let Some(line) = self.req.render(change) {
             self.pending.push_back(line);
         }
@@ -142,7 +161,7 @@ impl Watcher {
             Bookmark,
         }
         let Self {
-            bookmarks,
+            next_bookmark,
             close,
             shutdown,
             rx,
@@ -151,10 +170,8 @@ impl Watcher {
             ..
         } = self;
         let bookmark_tick = async {
-            match bookmarks {
-                Some(i) => {
-                    i.tick().await;
-                }
+            match next_bookmark {
+                Some(at) => tokio::time::sleep_until(*at).await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -188,8 +205,15 @@ impl Watcher {
                         }
                     }
                 }
-                let line = self.req.bookmark(self.last_rv, false);
-                self.pending.push_back(line);
+                if self.last_rv > self.start_rv {
+                    let line = self.req.bookmark(self.last_rv, false);
+                    self.pending.push_back(line);
+                }
+                self.next_bookmark = bookmark_due(
+                    Instant::now(),
+                    self.shared.bookmark_interval,
+                    self.timeout_at,
+                );
             }
         }
     }
@@ -202,11 +226,12 @@ pub(crate) fn start(
     req: WatchRequest,
 ) -> Result<impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static, ApiError> {
     let mut pending = VecDeque::new();
-    let (rx, last_rv) = {
+    let (rx, last_rv, start_rv) = {
         let state = shared.lock();
         let current = state.store.rv();
         let rv = req.resource_version.as_deref().filter(|s| !s.is_empty());
         let initial = rv.is_none() || rv == Some("0") || req.send_initial_events;
+        let mut start_rv = current;
         if initial {
             let items = state.store.list(&req.ep.storage, req.ns.as_deref());
             for (_, obj) in items.into_iter().filter(|(_, o)| req.selectors.matches(o)) {
@@ -219,6 +244,7 @@ pub(crate) fn start(
             let rv: u64 = rv
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            start_rv = start_rv.max(rv);
             match state.store.changes_since(rv) {
                 Some(changes) => {
                     for c in changes {
@@ -239,10 +265,11 @@ pub(crate) fn start(
                 }
             }
         }
-        (state.store.subscribe(), current)
+        (state.store.subscribe(), current, start_rv)
     };
     let now = Instant::now();
-    let mut deadline = now + req.timeout;
+    let timeout_at = now + req.timeout;
+    let mut deadline = timeout_at;
     let mut deadline_is_fault = false;
     if let Some(every) = shared.faults.close_every()
         && now + every < deadline
@@ -250,10 +277,10 @@ pub(crate) fn start(
         deadline = now + every;
         deadline_is_fault = true;
     }
-    let bookmarks = req.bookmarks.then(|| {
-        let period = shared.bookmark_interval;
-        tokio::time::interval_at(now + period, period)
-    });
+    let next_bookmark = req
+        .bookmarks
+        .then(|| bookmark_due(now, shared.bookmark_interval, timeout_at))
+        .flatten();
     let watcher = Watcher {
         close: shared.faults.close_signal(),
         shutdown: shared.shutdown.clone(),
@@ -261,10 +288,12 @@ pub(crate) fn start(
         req,
         pending,
         rx,
+        start_rv,
         last_rv,
         deadline,
         deadline_is_fault,
-        bookmarks,
+        timeout_at,
+        next_bookmark,
         done: false,
     };
     let stream = futures::stream::unfold(watcher, |mut w| async move {

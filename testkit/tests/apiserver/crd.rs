@@ -6,7 +6,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
     core::{DynamicObject, GroupVersionKind},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use stowage_testkit::{ApiServer, wait_for};
 
 use crate::common::{
@@ -284,7 +284,7 @@ async fn a_crd_whose_defaults_break_their_own_schema_is_refused() {
     let status = assert_api_error(wrong, 422, "Invalid");
     assert!(
         status.message.contains(
-            "spec.versions[0].schema.openAPIV3Schema.properties[status].properties[pools].items.properties[driver].default: Invalid value: 3"
+            "spec.versions[0].schema.openAPIV3Schema.properties[status].properties[pools].items.properties[driver].default: Invalid value: \"integer\":  in body must be of type string: \"integer\""
         ),
         "{}",
         status.message
@@ -307,5 +307,250 @@ async fn a_crd_whose_defaults_break_their_own_schema_is_refused() {
         )
         .await
         .unwrap();
+    }
+}
+
+fn raw_crd(name: &str, version_extra: Value, schema: Value) -> String {
+    let mut version = json!({"name": "v1", "served": true, "storage": true,
+        "schema": {"openAPIV3Schema": schema}});
+    if let (Some(v), Some(extra)) = (version.as_object_mut(), version_extra.as_object()) {
+        v.extend(extra.clone());
+    }
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{name}.kit.example.com")},
+        "spec": {
+            "group": "kit.example.com",
+            "scope": "Cluster",
+            "names": {"plural": name, "kind": "Thing"},
+            "bogusField": 1,
+            "versions": [version]
+        }
+    })
+    .to_string()
+}
+
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+
+/// What kube-apiserver 1.19.16 answered to the same CRDs (kubectl create --validate=false):
+/// structural schemas required, patterns that compile, defaults validated (types, enums,
+/// patterns, formats, no unknown fields), and fields
+/// its CRD types lack (`selectableFields`, anything unknown) silently dropped.
+#[tokio::test]
+async fn v1_crds_need_structural_schemas_and_lose_fields_1_19_does_not_know() {
+    let server = ApiServer::start().await.unwrap();
+    let obj = |props: Value| json!({"type": "object", "properties": {"spec": {"type": "object", "properties": props}}});
+    let refused = [
+        (
+            json!({"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}}}}}),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value: must not be empty for specified object fields",
+        ),
+        (
+            json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}}),
+            "spec.versions[0].schema.openAPIV3Schema.properties[metadata]: Forbidden: must not specify anything other than name and generateName, but metadata is implicitly specified",
+        ),
+        (
+            json!({"type": "object", "properties": {"spec": {"type": "array"}}}),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].items: Required value: must be specified",
+        ),
+        (
+            json!({"properties": {"spec": {"type": "object"}}}),
+            "spec.versions[0].schema.openAPIV3Schema.type: Required value: must not be empty at the root",
+        ),
+        (
+            json!({"type": "object", "properties": {"spec": {"type": "object", "anyOf": [{"properties": {"a": {"type": "string"}}}]}}}),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].anyOf[0].properties[a].type: Forbidden: must be empty to be structural",
+        ),
+        (
+            obj(json!({"size": {"type": "integer", "default": 9223372036854775808u64}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[size].default: Invalid value: \"number\":  in body must be of type integer: \"number\"",
+        ),
+        (
+            obj(json!({"node": {"type": "string", "pattern": "^[a-z]+$", "default": "ABC"}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[node].default: Invalid value: \"\":  in body should match '^[a-z]+$'",
+        ),
+        (
+            obj(json!({"when": {"type": "string", "format": "date-time", "default": "x"}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[when].default: Invalid value: \"x\":  in body must be of type date-time: \"x\"",
+        ),
+        (
+            obj(
+                json!({"o": {"type": "object", "properties": {"a": {"type": "string"}}, "default": {"a": "x", "zz": 1}}}),
+            ),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].default: Invalid value: {\"a\":\"x\",\"zz\":1}: must not have unknown fields",
+        ),
+        (
+            obj(json!({"o": {"type": "string", "enum": ["a", "b"], "default": "c"}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].default: Unsupported value: \"c\": supported values: \"a\", \"b\"",
+        ),
+        (
+            obj(json!({"o": {"type": "string", "pattern": "(["}})),
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[o].pattern: Invalid value: \"([\": must be a valid regular expression, but isn't",
+        ),
+    ];
+    for (schema, message) in refused {
+        let (code, _, body) = raw(
+            &server,
+            "POST",
+            CRDS,
+            "application/json",
+            &raw_crd("bads", json!({}), schema),
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "expected {message:?} in {body}"
+        );
+    }
+
+    // A format 1.19 does not know is no error.
+    let schema = obj(json!({"o": {"type": "string", "format": "bogus"}}));
+    let (code, _, body) = raw(
+        &server,
+        "POST",
+        CRDS,
+        "application/json",
+        &raw_crd("formats", json!({}), schema),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+
+    // Untyped is fine where unknown fields are preserved.
+    let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {"raw": {"x-kubernetes-preserve-unknown-fields": true}}}}});
+    let (code, _, body) = raw(
+        &server,
+        "POST",
+        CRDS,
+        "application/json",
+        &raw_crd("rawthings", json!({}), schema),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+
+    // selectableFields (1.30+) and unknown fields are dropped, as 1.19 drops them; a field
+    // selector on the would-be selectable field is then refused.
+    let schema = obj(json!({"node": {"type": "string"}}));
+    let (code, _, body) = raw(
+        &server,
+        "POST",
+        CRDS,
+        "application/json",
+        &raw_crd(
+            "things",
+            json!({"selectableFields": [{"jsonPath": ".spec.node"}]}),
+            schema,
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    assert!(body["spec"].get("bogusField").is_none(), "{body}");
+    assert!(
+        body["spec"]["versions"][0]
+            .get("selectableFields")
+            .is_none(),
+        "{body}"
+    );
+    wait_for(WAIT, "things are served", || async {
+        raw(&server, "GET", "/apis/kit.example.com/v1/things", "", "")
+            .await
+            .0
+            == 200
+    })
+    .await
+    .unwrap();
+    let (code, _, body) = raw(
+        &server,
+        "GET",
+        "/apis/kit.example.com/v1/things?fieldSelector=spec.node%3Dn1",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+}
+
+/// Custom resources against their schema, as kube-apiserver 1.19.16 answered (kubectl
+/// create): integers decode to int64, so one above i64::MAX (the ledger's `MAX_BYTES` is
+/// 2^63) is "number", not "integer", and refused; `2.0` is an integer; `pattern` and
+/// `date-time` are checked; `int32`'s range is not.
+#[tokio::test]
+async fn custom_resources_are_validated_as_1_19_validates_them() {
+    let server = ApiServer::start().await.unwrap();
+    let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "size": {"type": "integer", "format": "int64"},
+        "count": {"type": "integer", "format": "int32"},
+        "node": {"type": "string", "pattern": "^[a-z]+$"},
+        "when": {"type": "string", "format": "date-time"},
+    }}}});
+    let (code, _, body) = raw(
+        &server,
+        "POST",
+        CRDS,
+        "application/json",
+        &raw_crd("things", json!({}), schema),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let path = "/apis/kit.example.com/v1/things";
+    wait_for(WAIT, "things are served", || async {
+        raw(&server, "GET", path, "", "").await.0 == 200
+    })
+    .await
+    .unwrap();
+    let mut n = 0;
+    let mut create = |spec: &str| {
+        n += 1;
+        let body = format!(
+            r#"{{"apiVersion":"kit.example.com/v1","kind":"Thing","metadata":{{"name":"t{n}"}},"spec":{spec}}}"#
+        );
+        let server = &server;
+        async move { raw(server, "POST", path, "application/json", &body).await }
+    };
+    for ok in [
+        r#"{"size": 9223372036854775807}"#,
+        r#"{"size": 2.0}"#,
+        r#"{"count": 3000000000}"#,
+        r#"{"node": "abc", "when": "2026-12-06T06:16:30Z"}"#,
+        r#"{"when": "2026-12-06T06:16:30.378578509+01:00"}"#,
+    ] {
+        let (code, _, body) = create(ok).await;
+        assert_eq!(code, 201, "{ok}: {body}");
+    }
+    for (bad, message) in [
+        (
+            r#"{"size": 9223372036854775808}"#,
+            r#"spec.size: Invalid value: "number": spec.size in body must be of type integer: "number""#,
+        ),
+        (
+            r#"{"size": 18446744073709551616}"#,
+            r#"spec.size: Invalid value: "number": spec.size in body must be of type integer: "number""#,
+        ),
+        (
+            r#"{"size": 1.5}"#,
+            r#"spec.size: Invalid value: "number": spec.size in body must be of type integer: "number""#,
+        ),
+        (
+            r#"{"node": "ABC"}"#,
+            r#"spec.node: Invalid value: "": spec.node in body should match '^[a-z]+$'"#,
+        ),
+        (
+            r#"{"when": "yesterday"}"#,
+            r#"spec.when: Invalid value: "yesterday": spec.when in body must be of type date-time: "yesterday""#,
+        ),
+    ] {
+        let (code, _, body) = create(bad).await;
+        assert_eq!(code, 422, "{bad}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "expected {message:?} in {body}"
+        );
     }
 }

@@ -261,3 +261,197 @@ async fn discovery_finds_every_builtin_kind() {
         ("1", "33")
     );
 }
+
+fn named_cm(name: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// kube-apiserver 1.19.16 after an etcd compaction (`/v3/kv/compaction`) under a paginated
+/// list: the old token gets `410 Expired` with etcd3 store's `inconsistentContinue` message
+/// and, in the Status's `metadata.continue`, a token that lists the rest at the latest
+/// resourceVersion (objects created or deleted since the first page show up or not).
+#[tokio::test]
+async fn an_expired_continue_token_offers_the_rest_of_the_list_at_the_latest_version() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    for name in ["a", "b", "c", "d", "e"] {
+        cms.create(&PostParams::default(), &named_cm(name))
+            .await
+            .unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(names(&first.items), ["a", "b"]);
+    cms.delete("c", &Default::default()).await.unwrap();
+    cms.create(&PostParams::default(), &named_cm("f"))
+        .await
+        .unwrap();
+    server.compact();
+
+    let token = first.metadata.continue_.unwrap();
+    let expired = assert_api_error(
+        cms.list(&ListParams::default().limit(2).continue_token(&token))
+            .await,
+        410,
+        "Expired",
+    );
+    assert_eq!(
+        expired.message,
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."
+    );
+    let inconsistent = expired
+        .metadata
+        .and_then(|m| m.continue_)
+        .expect("the 410 offers a token for the rest");
+
+    let rest = cms
+        .list(&ListParams::default().limit(2).continue_token(&inconsistent))
+        .await
+        .unwrap();
+    assert_eq!(names(&rest.items), ["d", "e"], "c is gone, after b");
+    let latest = server.resource_version().to_string();
+    assert_eq!(
+        rest.metadata.resource_version.as_deref(),
+        Some(latest.as_str())
+    );
+    // Its own token is an ordinary one at that (latest) version.
+    let last = cms
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(rest.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&last.items), ["f"], "created after the first page");
+    assert_eq!(
+        last.metadata.resource_version.as_deref(),
+        Some(latest.as_str())
+    );
+}
+
+/// kube-apiserver 1.19.16 (curl): a get or list at a resourceVersion ahead of the watch cache
+/// waits 3 s (`waitUntilFreshAndBlock`), then answers `504 Timeout` with `Retry-After: 1`;
+/// it is answered at once when the version is reached meanwhile. An exact read, or a
+/// limited one (both go to etcd), is etcd's `500` at once.
+#[tokio::test]
+async fn reads_ahead_of_the_server_wait_3_s_then_get_504() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    cms.create(&PostParams::default(), &named_cm("a"))
+        .await
+        .unwrap();
+    let current = server.resource_version();
+    let ahead = current + 100;
+    for path in [
+        format!("/api/v1/namespaces/default/configmaps?resourceVersion={ahead}"),
+        format!("/api/v1/namespaces/default/configmaps/a?resourceVersion={ahead}"),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, headers, body) = raw(&server, "GET", &path, "", "").await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(2900),
+            "{path}: answered after {waited:?}"
+        );
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (504, Some("Timeout")),
+            "{body}"
+        );
+        assert_eq!(
+            body["message"],
+            format!("Timeout: Too large resource version: {ahead}, current: {current}")
+        );
+        assert_eq!(body["details"]["retryAfterSeconds"], 1);
+        assert_eq!(
+            body["details"]["causes"][0]["reason"],
+            "ResourceVersionTooLarge"
+        );
+        assert!(
+            headers.contains(&("retry-after".into(), "1".into())),
+            "{headers:?}"
+        );
+    }
+
+    // Reached while waiting: answered then, at (at least) that version.
+    let next = current + 1;
+    let writer = {
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            cms.create(&PostParams::default(), &named_cm("b"))
+                .await
+                .unwrap();
+        })
+    };
+    let (code, _, body) = raw(
+        &server,
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps?resourceVersion={next}"),
+        "",
+        "",
+    )
+    .await;
+    writer.await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(2));
+
+    let ahead = server.resource_version() + 100;
+    for query in [
+        format!("resourceVersion={ahead}&resourceVersionMatch=Exact"),
+        format!("resourceVersion={ahead}&limit=2"),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, _, body) = raw(
+            &server,
+            "GET",
+            &format!("/api/v1/namespaces/default/configmaps?{query}"),
+            "",
+            "",
+        )
+        .await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{query}"
+        );
+        assert_eq!(code, 500, "{query}: {body}");
+        assert_eq!(
+            body["message"],
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+    }
+}
+
+/// kube-apiserver 1.19.16: a limited list with a resourceVersion and no
+/// `resourceVersionMatch` reads exactly that version (etcd3 store's "legacy case").
+#[tokio::test]
+async fn a_limited_list_at_a_resource_version_reads_that_version() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    cms.create(&PostParams::default(), &named_cm("a"))
+        .await
+        .unwrap();
+    let then = server.resource_version().to_string();
+    cms.create(&PostParams::default(), &named_cm("b"))
+        .await
+        .unwrap();
+    let list = cms
+        .list(&ListParams {
+            resource_version: Some(then.clone()),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(&list.items), ["a"]);
+    assert_eq!(
+        list.metadata.resource_version.as_deref(),
+        Some(then.as_str())
+    );
+}

@@ -429,3 +429,82 @@ async fn shutting_down_ends_open_watches() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(cms.list(&ListParams::default()).await.is_err());
 }
+
+/// kube-apiserver 1.19.16 (curl): a watch from a resourceVersion the server has not reached
+/// is no error; it waits, and sends only the changes after that version.
+#[tokio::test]
+async fn a_watch_from_a_future_version_sends_only_what_comes_after_it() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let from = server.resource_version() + 3;
+    let mut stream = cms
+        .watch(
+            &WatchParams::default().disable_bookmarks(),
+            &from.to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    for i in 1..=6 {
+        cms.create(&PostParams::default(), &cm(&format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+            Some(Ok(WatchEvent::Added(o))) => seen.push(o.name_any()),
+            other => panic!("expected ADDED events only, got {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["c4", "c5", "c6"], "c1..c3 are at or below {from}");
+}
+
+/// kube-apiserver 1.19.16 (curl, `allowWatchBookmarks=true`): a bookmark about a minute
+/// after the watch starts (`defaultBookmarkFrequency`), and one 2 s before its
+/// `timeoutSeconds` end; none while nothing newer than the watch's start was written.
+#[tokio::test]
+async fn bookmarks_come_a_minute_apart_and_just_before_the_timeout() {
+    let server = ApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let params = WatchParams {
+        bookmarks: true,
+        ..WatchParams::default()
+    }
+    .timeout(4);
+
+    // Nothing written after the start: no bookmark at all, then the end.
+    let quiet = cms
+        .watch(&params, &server.resource_version().to_string())
+        .await
+        .unwrap();
+    let events: Vec<_> = tokio::time::timeout(WAIT, quiet.collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(events.is_empty(), "{events:?}");
+
+    let started = std::time::Instant::now();
+    let mut stream = cms
+        .watch(&params, &server.resource_version().to_string())
+        .await
+        .unwrap()
+        .boxed();
+    cms.create(&PostParams::default(), &cm("a")).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(e) = tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+        events.push((e.unwrap(), started.elapsed()));
+    }
+    let bookmarks: Vec<Duration> = events
+        .iter()
+        .filter(|(e, _)| matches!(e, WatchEvent::Bookmark(_)))
+        .map(|(_, at)| *at)
+        .collect();
+    assert_eq!(events.len(), 2, "ADDED, one bookmark: {events:?}");
+    assert!(matches!(events[0].0, WatchEvent::Added(_)));
+    assert_eq!(bookmarks.len(), 1, "{events:?}");
+    assert!(
+        bookmarks[0] >= Duration::from_millis(1900) && bookmarks[0] < Duration::from_millis(3900),
+        "the bookmark 2 s before the 4 s timeout came at {:?}",
+        bookmarks[0]
+    );
+}

@@ -21,7 +21,7 @@ use kube::{
 };
 use serde_json::json;
 use stowage_testkit::{
-    ApiServer,
+    ApiServer, PodTermination,
     fixtures::{namespace, node, pod, pv, pvc, storage_class},
     wait_for,
 };
@@ -578,7 +578,14 @@ async fn invalid_objects_are_rejected_like_a_real_cluster_does() {
         422,
         "Invalid",
     );
-    assert!(s.message.contains("spec.storageClassName"), "{}", s.message);
+    // 1.19's message, with (approximately) its diff naming the field.
+    assert!(
+        s.message.contains(
+            "spec: Forbidden: spec is immutable after creation except resources.requests for bound claims"
+        ) && s.message.contains("StorageClassName: &\"other\""),
+        "{}",
+        s.message
+    );
     pvcs.patch_status(
         "data",
         &PatchParams::default(),
@@ -1087,10 +1094,18 @@ async fn claims_in_use_and_bound_volumes_are_protected_from_deletion_as_on_a_rea
         .unwrap();
     assert_eq!(volume.finalizers(), ["kubernetes.io/pv-protection"]);
 
-    // A claim a pod mounts stays, deleting, until the pod is gone.
+    // A claim a scheduled pod mounts stays, deleting, until the pod is gone; a pod not
+    // scheduled yet does not hold it (1.19's pvc-protection controller: kubelet never
+    // starts a pod that names a deleting claim).
     pods.create(
         &PostParams::default(),
-        &pod("default", "app").claims(["data"]).build(),
+        &pod("default", "app").claims(["data"]).node("n1").build(),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("default", "waiting").claims(["data"]).build(),
     )
     .await
     .unwrap();
@@ -1098,11 +1113,43 @@ async fn claims_in_use_and_bound_volumes_are_protected_from_deletion_as_on_a_rea
     let held = pvcs.get("data").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
     assert_eq!(held.finalizers(), ["kubernetes.io/pvc-protection"]);
-    pods.delete("app", &DeleteParams::default()).await.unwrap();
+    pods.delete("app", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
     assert!(
         pvcs.get_opt("data").await.unwrap().is_none(),
-        "released with the pod"
+        "released with the pod, whatever the unscheduled pod names"
     );
+
+    // A finished pod still on its node holds its claims until the pod object is gone.
+    pvcs.create(&PostParams::default(), &pvc("default", "logs").build())
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("default", "job").claims(["logs"]).node("n1").build(),
+    )
+    .await
+    .unwrap();
+    pods.patch_status(
+        "job",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap();
+    pvcs.delete("logs", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pvcs.get("logs")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "held by the Succeeded pod"
+    );
+    pods.delete("job", &DeleteParams::default()).await.unwrap();
+    assert!(pvcs.get_opt("logs").await.unwrap().is_none());
 
     // A Bound PV stays, deleting, until it is not Bound any more.
     let set_phase = |phase: &'static str| {
@@ -1133,4 +1180,272 @@ async fn claims_in_use_and_bound_volumes_are_protected_from_deletion_as_on_a_rea
         pvs.get_opt("vol").await.unwrap().is_none(),
         "released once not Bound"
     );
+}
+
+/// kube-apiserver 1.19.16 (kubectl patch) and ValidatePersistentVolumeClaimUpdate of
+/// 1.19–1.31: a claim's request never decreases, not even to a value above
+/// `status.capacity` (1.32's RecoverVolumeExpansionFailure allows that); an unbound claim's
+/// spec is immutable; a class is not set later on a claim created without one.
+#[tokio::test]
+async fn claims_never_shrink_and_their_spec_is_immutable_as_on_1_19() {
+    let server = ApiServer::start().await.unwrap();
+    let client = server.client();
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    classes
+        .create(
+            &PostParams::default(),
+            &storage_class("grows").allow_expansion(true).build(),
+        )
+        .await
+        .unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::default_namespaced(client.clone());
+    pvcs.create(
+        &PostParams::default(),
+        &pvc("default", "data").class("grows").size("1Gi").build(),
+    )
+    .await
+    .unwrap();
+
+    // Unbound: the size is part of the immutable spec, and a decrease is refused besides.
+    let s = assert_api_error(
+        pvcs.patch(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": "512Mi"}}}})),
+        )
+        .await,
+        422,
+        "Invalid",
+    );
+    assert!(
+        s.message.contains("spec: Forbidden: spec is immutable after creation except resources.requests for bound claims")
+            && s.message.contains("spec.resources.requests.storage: Forbidden: field can not be less than previous value"),
+        "{}",
+        s.message
+    );
+
+    pvcs.patch_status(
+        "data",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}})),
+    )
+    .await
+    .unwrap();
+    pvcs.patch(
+        "data",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})),
+    )
+    .await
+    .unwrap();
+    // Back down to 1536Mi, still above status.capacity (1Gi): refused all the same.
+    let s = assert_api_error(
+        pvcs.patch(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": "1536Mi"}}}})),
+        )
+        .await,
+        422,
+        "Invalid",
+    );
+    assert_eq!(
+        s.message,
+        "PersistentVolumeClaim \"data\" is invalid: spec.resources.requests.storage: Forbidden: field can not be less than previous value"
+    );
+
+    // No default class: the claim has none, and none can be set later.
+    let classless = pvcs
+        .create(&PostParams::default(), &pvc("default", "classless").build())
+        .await
+        .unwrap();
+    assert_eq!(classless.spec.unwrap().storage_class_name, None);
+    assert_api_error(
+        pvcs.patch(
+            "classless",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storageClassName": "grows"}})),
+        )
+        .await,
+        422,
+        "Invalid",
+    );
+}
+
+/// The pod registry's graceful deletion (kube-apiserver 1.19.16, kubectl delete without
+/// `--grace-period`): a pod bound to a node is Terminating, `deletionTimestamp` its grace
+/// period ahead, until a kubelet confirms; an unscheduled or finished one goes at once; a
+/// delete with a grace period of 0 ends it. testkit's kubelet stand-in confirms after
+/// [`PodTermination::Kubelet`]'s delay; with [`PodTermination::NoKubelet`] (the real lane)
+/// never.
+#[tokio::test]
+async fn bound_pods_terminate_gracefully_and_hold_their_claims_meanwhile() {
+    let server = ApiServer::builder()
+        .pod_termination(PodTermination::Kubelet {
+            delay: std::time::Duration::from_millis(700),
+        })
+        .start()
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let pvcs: Api<PersistentVolumeClaim> = Api::default_namespaced(server.client());
+    pvcs.create(&PostParams::default(), &pvc("default", "data").build())
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("default", "app").claims(["data"]).node("n1").build(),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &pod("default", "pending").build())
+        .await
+        .unwrap();
+
+    pods.delete("pending", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        pods.get_opt("pending").await.unwrap().is_none(),
+        "unscheduled: at once"
+    );
+
+    let deleted = pods.delete("app", &DeleteParams::default()).await.unwrap();
+    let terminating = deleted.left().expect("the pod, still there");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    pvcs.delete("data", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pvcs.get_opt("data").await.unwrap().is_some(),
+        "held by the terminating pod"
+    );
+    // A longer grace period changes nothing.
+    pods.delete("app", &DeleteParams::default().grace_period(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        pods.get("app")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_grace_period_seconds,
+        Some(30)
+    );
+    wait_for(WAIT, "the kubelet stand-in confirms", || async {
+        pods.get_opt("app").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    assert!(
+        pvcs.get_opt("data").await.unwrap().is_none(),
+        "released with the pod"
+    );
+
+    // No kubelet: Terminating until deleted with a grace period of 0.
+    let server = ApiServer::builder()
+        .pod_termination(PodTermination::NoKubelet)
+        .start()
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    pods.create(
+        &PostParams::default(),
+        &pod("default", "app").node("n1").build(),
+    )
+    .await
+    .unwrap();
+    pods.delete("app", &DeleteParams::default().grace_period(5))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        pods.get("app")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_grace_period_seconds,
+        Some(5)
+    );
+    pods.delete("app", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert!(pods.get_opt("app").await.unwrap().is_none());
+}
+
+/// The garbage collector deletes a dependent pod with the default grace period (kube-apiserver
+/// and kube-controller-manager 1.19.16: a bound pod owned by a deleted ConfigMap was
+/// Terminating, grace 30), and a namespace waits for its pods to go, as the namespace
+/// controller does.
+#[tokio::test]
+async fn cascades_delete_bound_pods_gracefully_too() {
+    let server = ApiServer::builder()
+        .pod_termination(PodTermination::Kubelet {
+            delay: std::time::Duration::from_millis(500),
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let owner = cms
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("owner".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut owned = pod("default", "owned").node("n1").build();
+    owned.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(&PostParams::default(), &owned).await.unwrap();
+    cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    let terminating = pods.get("owned").await.unwrap();
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    wait_for(WAIT, "the kubelet stand-in confirms", || async {
+        pods.get_opt("owned").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &namespace("team").build())
+        .await
+        .unwrap();
+    let team: Api<Pod> = Api::namespaced(client.clone(), "team");
+    team.create(
+        &PostParams::default(),
+        &pod("team", "app").node("n1").build(),
+    )
+    .await
+    .unwrap();
+    nss.delete("team", &DeleteParams::default()).await.unwrap();
+    assert!(
+        team.get("app")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+            && nss.get_opt("team").await.unwrap().is_some(),
+        "the namespace waits for its terminating pod"
+    );
+    wait_for(WAIT, "the namespace goes with its pod", || async {
+        nss.get_opt("team").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
 }

@@ -450,7 +450,7 @@ fn the_pool_driver_dispatches_to_btrfs_and_the_probe_is_ready() {
         reserve: Reserve::None,
         capacity: None,
         volume_mode: VolumeMode::default(),
-        create: false,
+        create: None,
     };
     let report = spec.probe();
     assert!(report.ready, "{:?}", report.reason);
@@ -487,7 +487,7 @@ fn a_btrfs_pool_on_another_filesystem_is_refused_with_a_clear_reason() {
         reserve: Reserve::None,
         capacity: None,
         volume_mode: VolumeMode::default(),
-        create: false,
+        create: None,
     };
     assert!(matches!(
         PoolDriver::open(&spec),
@@ -698,7 +698,7 @@ fn a_btrfs_pools_free_space_is_capped_by_the_filesystem_and_counts_kept_data_as_
             reserve: Reserve::None,
             capacity,
             volume_mode: VolumeMode::default(),
-            create: false,
+            create: None,
         };
         let report = spec.probe();
         assert!(report.ready, "{:?}", report.reason);

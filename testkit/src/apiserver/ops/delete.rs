@@ -4,15 +4,15 @@
 use serde_json::{Value, json};
 
 use super::{
-    CRD_FINALIZER, DeleteOptions, PV_PROTECTION, PVC_PROTECTION, State, Written, crds, finalizers,
-    meta_str, namespaces, ok, pods, pvcs, pvs, to_served,
+    CRD_FINALIZER, DeleteOptions, PV_PROTECTION, PVC_PROTECTION, PodTermination, State, Written,
+    crds, finalizers, meta_str, namespaces, ok, pods, pvcs, pvs, to_served,
 };
 use crate::apiserver::{
     kinds::{Endpoint, GroupResource},
     selectors::Selectors,
     status::{self, ApiError, ApiResult},
     store::{Key, key_of},
-    util::now_rfc3339,
+    util::{now_rfc3339, rfc3339_in},
 };
 
 impl State {
@@ -58,7 +58,8 @@ impl State {
             self.orphan_dependents(&old);
         }
         let key = key_of(&old);
-        let Some((obj, removed)) = self.begin_delete(&ep.storage, &key) else {
+        let Some((obj, removed)) = self.begin_delete_graceful(&ep.storage, &key, opts.grace_period)
+        else {
             return Err(self.not_found(ep, name));
         };
         if removed && !ep.return_deleted_object {
@@ -90,7 +91,8 @@ impl State {
                 }
                 continue;
             }
-            if let Some((obj, _)) = self.begin_delete(&ep.storage, &key) {
+            if let Some((obj, _)) = self.begin_delete_graceful(&ep.storage, &key, opts.grace_period)
+            {
                 items.push(to_served(ep, &obj));
             }
         }
@@ -100,11 +102,134 @@ impl State {
         ))
     }
 
+    /// The pod registry's graceful deletion (`CheckGracefulDelete`, `BeforeDelete`): a pod
+    /// bound to a node and not finished, deleted with a grace period above 0 (the request's,
+    /// else `spec.terminationGracePeriodSeconds`), is marked Terminating rather than removed;
+    /// a later delete may only shorten the grace period. Returns the marked pod, or `None`
+    /// when the delete goes on as an immediate one.
+    fn graceful_pod_delete(
+        &mut self,
+        key: &Key,
+        pod: &Value,
+        requested: Option<i64>,
+    ) -> Option<Value> {
+        if self.pod_termination == PodTermination::Immediate {
+            return None;
+        }
+        let bound = pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        );
+        let grace = if bound && !finished {
+            requested
+                .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+                .max(0)
+        } else {
+            0
+        };
+        let meta = &pod["metadata"];
+        if meta.get("deletionTimestamp").is_some() {
+            let current = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0);
+            if grace >= current {
+                // Already Terminating at least as soon: nothing changes.
+                return Some(pod.clone());
+            }
+            if grace == 0 && finalizers(pod).is_empty() {
+                let last = self.store.remove(&pods(), key)?;
+                self.after_removed(&pods(), &last);
+                return Some(last);
+            }
+        } else if grace == 0 {
+            return None;
+        }
+        let mut marked = pod.clone();
+        marked["metadata"]["deletionTimestamp"] = json!(rfc3339_in(grace));
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        let stored = self.store.put(&pods(), marked);
+        if let PodTermination::Kubelet { delay } = self.pod_termination {
+            let after = delay.min(std::time::Duration::from_secs(grace as u64));
+            self.kubelet_due.push((
+                std::time::Instant::now() + after,
+                key.0.clone(),
+                key.1.clone(),
+                meta_str(&stored, "uid").unwrap_or_default().to_string(),
+            ));
+        }
+        Some(stored)
+    }
+
+    /// The kubelet stand-in ([`PodTermination::Kubelet`]): Terminating pods whose time has
+    /// come are deleted with a grace period of 0, as the kubelet's status manager does once
+    /// their containers stopped (finalizers still hold them, then with a grace period of 0).
+    pub(crate) fn confirm_terminated_pods(&mut self, now: std::time::Instant) {
+        if self.kubelet_due.iter().all(|(due, ..)| *due > now) {
+            return;
+        }
+        let (ready, waiting) = std::mem::take(&mut self.kubelet_due)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(due, ..)| *due <= now);
+        self.kubelet_due = waiting;
+        for (_, ns, name, uid) in ready {
+            let key = (ns, name);
+            let Some(pod) = self.store.get(&pods(), &key.0, &key.1).cloned() else {
+                continue;
+            };
+            if meta_str(&pod, "uid") != Some(uid.as_str())
+                || pod["metadata"].get("deletionTimestamp").is_none()
+            {
+                continue;
+            }
+            if finalizers(&pod).is_empty() {
+                if let Some(last) = self.store.remove(&pods(), &key) {
+                    self.after_removed(&pods(), &last);
+                }
+            } else if pod["metadata"]["deletionGracePeriodSeconds"].as_i64() != Some(0) {
+                let mut pod = pod;
+                pod["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                self.store.put(&pods(), pod);
+                // A generic ephemeral volume's claim is no longer in use by a shut-down pod.
+                self.release_pod_claims(&key.0, &key.1);
+            }
+        }
+    }
+
+    /// Re-checks the protection of the claims a (shut-down) pod mounts.
+    fn release_pod_claims(&mut self, ns: &str, pod: &str) {
+        let Some(obj) = self.store.get(&pods(), ns, pod).cloned() else {
+            return;
+        };
+        for (claim, _) in pod_claims(&obj) {
+            self.release_protection(&pvcs(), &(ns.to_string(), claim));
+        }
+    }
+
     /// Starts deleting an object: marks it if finalizers (or, for namespaces and CRDs, their
     /// controllers) hold it, removes it otherwise. Returns the object's latest state and
     /// whether it is gone.
     pub(super) fn begin_delete(&mut self, gr: &GroupResource, key: &Key) -> Option<(Value, bool)> {
+        self.begin_delete_graceful(gr, key, None)
+    }
+
+    /// [`State::begin_delete`] with the request's grace period, which matters for pods
+    /// (graceful deletion, also when a namespace's deletion or the garbage collector
+    /// deletes them, as the real controllers delete them with the default grace period).
+    fn begin_delete_graceful(
+        &mut self,
+        gr: &GroupResource,
+        key: &Key,
+        grace: Option<i64>,
+    ) -> Option<(Value, bool)> {
         let obj = self.store.get(gr, &key.0, &key.1)?.clone();
+        if *gr == pods()
+            && let Some(pod) = self.graceful_pod_delete(key, &obj, grace)
+        {
+            let gone = self.store.get(gr, &key.0, &key.1).is_none();
+            return Some((pod, gone));
+        }
         if obj["metadata"].get("deletionTimestamp").is_some() {
             return Some((obj, false));
         }
@@ -196,17 +321,23 @@ impl State {
         }
     }
 
-    /// Whether a pod of `ns` that has not finished mounts claim `name` (directly or as a
-    /// generic ephemeral volume).
+    /// Whether a pod of `ns` uses claim `name`, as the pvc-protection controller (1.19 and
+    /// later) decides it: only a pod scheduled to a node (kubelet never starts one that
+    /// names a deleting claim), whatever its phase (a Succeeded or Failed pod holds its
+    /// claims until the pod object is gone), through a `persistentVolumeClaim` volume, or
+    /// through a generic ephemeral volume while the pod is not shut down (deleting with a
+    /// grace period of 0).
     fn claim_in_use(&self, ns: &str, name: &str) -> bool {
         self.store
             .list(&pods(), Some(ns))
             .into_iter()
             .any(|(_, pod)| {
-                !matches!(
-                    pod["status"]["phase"].as_str(),
-                    Some("Succeeded" | "Failed")
-                ) && pod_claims(pod).iter().any(|c| c == name)
+                pod["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+                    && pod_claims(pod).iter().any(|(claim, ephemeral)| {
+                        claim == name && (!ephemeral || !pod_is_shut_down(pod))
+                    })
             })
     }
 
@@ -288,7 +419,7 @@ impl State {
         if *gr == pods() {
             // The pvc-protection controller: a deleting claim this pod used may now go.
             let ns = meta_str(obj, "namespace").unwrap_or_default().to_string();
-            for claim in pod_claims(obj) {
+            for (claim, _) in pod_claims(obj) {
                 self.release_protection(&pvcs(), &(ns.clone(), claim));
             }
         }
@@ -376,9 +507,9 @@ impl State {
     }
 }
 
-/// The claims a pod mounts: `persistentVolumeClaim` volumes, and generic ephemeral volumes
-/// (their claim is `<pod>-<volume>`).
-fn pod_claims(pod: &Value) -> Vec<String> {
+/// The claims a pod mounts, each with whether it is a generic ephemeral volume's (whose
+/// claim is `<pod>-<volume>`).
+fn pod_claims(pod: &Value) -> Vec<(String, bool)> {
     let pod_name = meta_str(pod, "name").unwrap_or_default();
     pod["spec"]["volumes"]
         .as_array()
@@ -386,15 +517,21 @@ fn pod_claims(pod: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|v| {
             if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
-                Some(claim.to_string())
+                Some((claim.to_string(), false))
             } else if v.get("ephemeral").is_some() {
-                Some(format!(
-                    "{pod_name}-{}",
-                    v["name"].as_str().unwrap_or_default()
+                Some((
+                    format!("{pod_name}-{}", v["name"].as_str().unwrap_or_default()),
+                    true,
                 ))
             } else {
                 None
             }
         })
         .collect()
+}
+
+/// The pvc-protection controller's `podIsShutDown`: deleting, with a grace period of 0.
+fn pod_is_shut_down(pod: &Value) -> bool {
+    pod["metadata"].get("deletionTimestamp").is_some()
+        && pod["metadata"]["deletionGracePeriodSeconds"].as_i64() == Some(0)
 }

@@ -40,12 +40,24 @@ pub(crate) struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub orphan: bool,
+    /// `gracePeriodSeconds` (body or query).
+    pub grace_period: Option<i64>,
 }
 
 impl DeleteOptions {
-    pub(crate) fn parse(body: &[u8], query_dry_run: bool) -> ApiResult<Self> {
+    pub(crate) fn parse(
+        body: &[u8],
+        query_dry_run: bool,
+        query_grace: Option<&str>,
+    ) -> ApiResult<Self> {
         let mut out = Self {
             dry_run: query_dry_run,
+            grace_period: match query_grace.filter(|g| !g.is_empty()) {
+                Some(g) => Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}"))
+                })?),
+                None => None,
+            },
             ..Self::default()
         };
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -60,6 +72,9 @@ impl DeleteOptions {
         out.resource_version = v["preconditions"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
+        if let Some(g) = v["gracePeriodSeconds"].as_i64() {
+            out.grace_period = Some(g);
+        }
         out.orphan = v["propagationPolicy"].as_str() == Some("Orphan")
             || v["orphanDependents"].as_bool() == Some(true);
         Ok(out)
@@ -194,7 +209,9 @@ fn check_type(ep: &Endpoint, body: &Value) -> ApiResult<()> {
 }
 
 /// The continue token: opaque to clients, here the list's RV and the last key returned.
-fn encode_continue(rv: u64, key: &Key) -> String {
+/// An RV of `-1` (the token a `410` for an expired one offers) continues at the latest RV,
+/// as the real server's tokens do.
+fn encode_continue(rv: i64, key: &Key) -> String {
     hex(
         json!({"v": "meta.k8s.io/v1", "rv": rv, "ns": key.0, "name": key.1})
             .to_string()
@@ -202,34 +219,80 @@ fn encode_continue(rv: u64, key: &Key) -> String {
     )
 }
 
-fn decode_continue(token: &str) -> ApiResult<(u64, Key)> {
-    let bad = || {
-        ApiError::bad_request(
-            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
-        )
+/// The RV (`None`: the latest) and last key of a continue token.
+fn decode_continue(token: &str) -> ApiResult<(Option<u64>, Key)> {
+    let bad = |why: &str| {
+        ApiError::bad_request(format!(
+            "invalid continue token: continue key is not valid: {why}"
+        ))
     };
-    let bytes = unhex(token).ok_or_else(bad)?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    let rv = v["rv"].as_u64().ok_or_else(bad)?;
-    let ns = v["ns"].as_str().ok_or_else(bad)?.to_string();
-    let name = v["name"].as_str().ok_or_else(bad)?.to_string();
+    let bytes = unhex(token).ok_or_else(|| bad("not a token this server made"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))?;
+    let rv = match v["rv"].as_i64() {
+        Some(-1) => None,
+        Some(rv) if rv > 0 => Some(rv as u64),
+        _ => {
+            return Err(bad(
+                "incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+            ));
+        }
+    };
+    let ns = v["ns"]
+        .as_str()
+        .ok_or_else(|| bad("no namespace"))?
+        .to_string();
+    let name = v["name"]
+        .as_str()
+        .ok_or_else(|| bad("no name"))?
+        .to_string();
     Ok((rv, (ns, name)))
+}
+
+/// The message of the `410` for a continue token whose RV was compacted away (etcd3
+/// store's `inconsistentContinue`).
+const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+/// How deleted pods go: testkit runs no kubelet. See [`crate::PodTermination`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodTermination {
+    /// Removed within the delete request, whatever the grace period: no Terminating pods.
+    Immediate,
+    /// A pod bound to a node and not finished, deleted with a grace period above 0, is
+    /// Terminating (`deletionTimestamp` = now + grace, `deletionGracePeriodSeconds`) until a
+    /// kubelet would confirm it: after `delay` or the grace period, whichever is shorter.
+    /// A delete with a shorter grace period shortens it; `0` removes the pod at once.
+    Kubelet {
+        /// How long the kubelet takes to stop the pod's containers.
+        delay: std::time::Duration,
+    },
+    /// As on the real lane, where no kubelet runs: such a pod stays Terminating until it is
+    /// deleted with a grace period of 0.
+    NoKubelet,
 }
 
 /// Everything behind the lock.
 pub(crate) struct State {
     pub store: Store,
     pub endpoints: Vec<Endpoint>,
+    pub pod_termination: PodTermination,
+    /// Terminating pods a kubelet will confirm: (when, namespace, name, uid).
+    pub kubelet_due: Vec<(std::time::Instant, String, String, String)>,
     /// The versions `csistoragecapacities` is served in.
     capacity_versions: Vec<String>,
 }
 
 impl State {
     /// A fresh cluster: the built-in kinds and the namespaces every cluster has.
-    pub(crate) fn new(history_limit: usize, capacity_versions: Vec<String>) -> Self {
+    pub(crate) fn new(
+        history_limit: usize,
+        pod_termination: PodTermination,
+        capacity_versions: Vec<String>,
+    ) -> Self {
         let mut s = Self {
             store: Store::new(history_limit),
             endpoints: kinds::builtins(&capacity_versions),
+            pod_termination,
+            kubelet_due: Vec::new(),
             capacity_versions,
         };
         let opts = WriteOptions {
@@ -278,7 +341,23 @@ impl State {
 
     // === get / list ===
 
-    pub(crate) fn get(&self, ep: &Endpoint, ns: &str, name: &str) -> ApiResult<Value> {
+    /// A get; `resource_version` (other than `""` and `"0"`, served from the latest state)
+    /// must not be ahead of the store (`504`, see [`ApiError::too_large_resource_version`]).
+    pub(crate) fn get(
+        &self,
+        ep: &Endpoint,
+        ns: &str,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> ApiResult<Value> {
+        if let Some(rv) = resource_version.filter(|rv| !rv.is_empty() && *rv != "0") {
+            let rv: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            if rv > self.store.rv() {
+                return Err(ApiError::too_large_resource_version(rv, self.store.rv()));
+            }
+        }
         self.store
             .get(&ep.storage, ns, name)
             .map(|o| to_served(ep, o))
@@ -306,11 +385,20 @@ impl State {
                     "specifying resource version is not allowed when using continue",
                 ));
             }
-            let (rv, key) = decode_continue(token)?;
-            let snap = self.store.snapshot_at(&ep.storage, rv).ok_or_else(|| {
-                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
-            })?;
-            (rv, Some(key), Some(snap))
+            match decode_continue(token)? {
+                (Some(rv), key) => {
+                    // Compacted away: `410 Expired` with a token for the rest of the list at
+                    // the latest RV, as kube-apiserver's etcd3 store answers (checked on
+                    // 1.19.16 after an etcd compaction).
+                    let snap = self.store.snapshot_at(&ep.storage, rv).ok_or_else(|| {
+                        let mut e = ApiError::expired(INCONSISTENT_CONTINUE);
+                        e.list_continue = Some(encode_continue(-1, &key));
+                        e
+                    })?;
+                    (rv, Some(key), Some(snap))
+                }
+                (None, key) => (current, Some(key), None),
+            }
         } else {
             match (
                 opts.resource_version.as_deref(),
@@ -322,25 +410,26 @@ impl State {
                         "resourceVersionMatch {m} is forbidden unless resourceVersion is provided"
                     )));
                 }
-                (Some(rv), Some("Exact")) => {
+                // An exact read, and the legacy form of one (a limit with a resourceVersion
+                // but no match), go to etcd: a revision it has not reached is a `500`.
+                (Some(rv), Some("Exact")) | (Some(rv), None)
+                    if opts.resource_version_match.is_some()
+                        || opts.limit.is_some_and(|l| l > 0) =>
+                {
                     let rv = parse_rv(rv)?;
+                    if rv > current {
+                        return Err(ApiError::future_revision());
+                    }
+                    // etcd3 store's `expired`: the revision was compacted.
                     let snap = self.store.snapshot_at(&ep.storage, rv).ok_or_else(|| {
-                        ApiError::expired(format!(
-                            "too old resource version: {rv} ({})",
-                            self.store.floor() + 1
-                        ))
+                        ApiError::expired("The resourceVersion for the provided list is too old.")
                     })?;
                     (rv, None, Some(snap))
                 }
                 (Some(rv), None | Some("NotOlderThan")) => {
                     let rv = parse_rv(rv)?;
                     if rv > current {
-                        let mut e = ApiError::internal(format!(
-                            "Too large resource version: {rv}, current: {current}"
-                        ));
-                        e.code = 504;
-                        e.reason = "Timeout";
-                        return Err(e);
+                        return Err(ApiError::too_large_resource_version(rv, current));
                     }
                     (current, None, None)
                 }
@@ -385,7 +474,7 @@ impl State {
         if remaining > 0
             && let Some(k) = last_key
         {
-            meta["continue"] = json!(encode_continue(list_rv, &k));
+            meta["continue"] = json!(encode_continue(list_rv as i64, &k));
             if opts.selectors.is_empty() {
                 meta["remainingItemCount"] = json!(remaining);
             }
