@@ -274,9 +274,27 @@ async fn one_object_per_node_and_local_class_with_the_ledgers_free_bytes() {
         .await
         .unwrap();
 
+    // A pool whose free space is not a whole number of MiB: published rounded down.
+    let mut odd = node("n3").build();
+    odd.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(names::LABEL_HOSTNAME.into(), "h3".into());
+    Api::<Node>::all(f.client.clone())
+        .create(&PostParams::default(), &odd)
+        .await
+        .unwrap();
+    report_storage_node(&f.client, "n3", 2 * GI + 12_345)
+        .await
+        .unwrap();
+    f.until_index("n3 is indexed", |i| {
+        i.node_hostname("n3").is_some() && i.has_storage_node("n3")
+    })
+    .await;
+
     let mut publisher = f.publisher_owned_by(5, Some("stowage-controller")).await;
     assert_eq!(publisher.api_version(), "storage.k8s.io/v1");
-    assert_eq!(publisher.sync().await.unwrap(), 4);
+    assert_eq!(publisher.sync().await.unwrap(), 6);
     assert_eq!(
         f.objects("v1").await,
         BTreeMap::from([
@@ -284,9 +302,11 @@ async fn one_object_per_node_and_local_class_with_the_ledgers_free_bytes() {
             entry("h1", "local", 3 * GI),
             entry("h2", "fast", 0),
             entry("h2", "local", 8 * GI),
+            entry("h3", "fast", 0),
+            entry("h3", "local", 2 * GI),
         ])
     );
-    assert_eq!(f.written("create"), 4);
+    assert_eq!(f.written("create"), 6);
     let api: Api<DynamicObject> = Api::namespaced_with(f.client.clone(), HOME, &resource("v1"));
     for o in api.list(&ListParams::default()).await.unwrap().items {
         let owners = o.metadata.owner_references.clone().unwrap_or_default();

@@ -13,8 +13,9 @@
 //!   storageClassName   the class
 //!   capacity           the ledger's free bytes of the class's pool on the node
 //!                      (allocatable − allocated − reserved: claims already sent to the node
-//!                      and volumes being created count), 0 if the node or pool is not ready
-//!                      or the agent's report is stale
+//!                      and volumes being created count), rounded down to whole MiB (see
+//!                      [`whole_mebibytes`]); 0 if the node or pool is not ready or the
+//!                      agent's report is stale
 //!   maximumVolumeSize  the same: a claim fits exactly when it is at most the pool's free
 //!                      bytes (`ledger::check`), so the largest single claim is the free space
 //! ```
@@ -218,7 +219,7 @@ pub fn wanted(
         let fresh = heartbeat_age.is_some_and(|a| a <= fit.stale_after);
         for (class, pool) in &classes {
             let capacity = match node.pool(pool) {
-                Some(p) if fresh && node.ready && p.ready => p.free(),
+                Some(p) if fresh && node.ready && p.ready => whole_mebibytes(p.free()),
                 _ => Bytes::ZERO,
             };
             out.insert(
@@ -231,6 +232,15 @@ pub fn wanted(
         }
     }
     out
+}
+
+/// `free` rounded down to whole MiB. Volumes are made in whole MiB (a claim's request rounded
+/// up, `controller::volume::round_up`) and the controller checks that size, so a claim
+/// kube-scheduler lets through against a published value fits the controller's check too:
+/// a request of at most `⌊free⌋` rounds up to at most `⌊free⌋`. Exact free bytes would let
+/// through a request within the last MiB that the controller then sends back.
+pub fn whole_mebibytes(free: Bytes) -> Bytes {
+    Bytes(free.0 - free.0 % Bytes::MI)
 }
 
 /// The object name of a key: `stowage-` and a 64-bit FNV-1a hash of node and class in hex.
@@ -783,6 +793,24 @@ mod tests {
             plan(&wanted, &published, Instant::now(), RULES),
             vec![Step::Delete(key("a", "local"))]
         );
+    }
+
+    #[test]
+    fn published_sizes_are_whole_mebibytes_and_every_claim_they_admit_fits_the_controller() {
+        assert_eq!(whole_mebibytes(Bytes(0)), Bytes(0));
+        assert_eq!(whole_mebibytes(Bytes(Bytes::MI - 1)), Bytes(0));
+        assert_eq!(
+            whole_mebibytes(Bytes(5 * Bytes::MI + 7)),
+            Bytes(5 * Bytes::MI)
+        );
+        assert_eq!(whole_mebibytes(Bytes(u64::MAX)).0 % Bytes::MI, 0);
+        for free in [Bytes::MI, 3 * Bytes::MI + 1, 10 * Bytes::GI - 1] {
+            let published = whole_mebibytes(Bytes(free));
+            for request in [published.0, published.0.saturating_sub(1), 1] {
+                let made = crate::controller::volume::round_up(Bytes(request)).unwrap();
+                assert!(made.0 <= free, "request {request} of free {free}: {made:?}");
+            }
+        }
     }
 
     #[test]
