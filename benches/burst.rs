@@ -8,7 +8,15 @@
 //! cargo bench --bench burst -- --claims 200 --runs 5 --workers 16   # controller --workers
 //! cargo bench --bench burst -- --fill 95           # nodes sized so the claims fill 95 %
 //! cargo bench --bench burst -- --no-extender       # kube-scheduler without the extender
+//! cargo bench --bench burst -- --capacity          # controller --publish-capacity, CSIDriver
+//! cargo bench --bench burst -- --single            # the same claims, one per pod
 //! ```
+//!
+//! `--capacity` (with `STOWAGE_E2E=real`: the testkit stand-in does not read the objects)
+//! starts the control plane with the `CSIStorageCapacity` feature gate and
+//! `storage.k8s.io/v1alpha1`, creates `variants/capacity`'s CSIDriver and runs the controller
+//! with `--publish-capacity --capacity-interval=1`, so kube-scheduler's VolumeBinding plugin
+//! reads the capacity objects. Every run prints the controller's reschedules by reason.
 //!
 //! With `--fill`, not every pod may fit (the nodes' space comes in three pieces); the run
 //! ends once nothing has moved for a while, and each pod is counted as placed whole, not
@@ -206,8 +214,14 @@ async fn run(
     workers: Option<usize>,
     fill: usize,
     extender: bool,
+    capacity: bool,
+    single: bool,
 ) -> (f64, Vec<Duration>, Vec<Stages>, f64, Outcome) {
-    let plan = mix_claims(claims, seed);
+    let mut plan = mix_claims(claims, seed);
+    if single {
+        // The same claims, one per pod.
+        plan = plan.into_iter().flatten().map(|size| vec![size]).collect();
+    }
     // The nodes: 2:3:4, either fixed and roomy or sized so that the claims fill `fill` %.
     let sizes = if fill == 0 {
         [16 * GI, 24 * GI, 32 * GI]
@@ -221,8 +235,25 @@ async fn run(
         Options {
             controller_args: workers
                 .map(|w| vec!["--workers".to_string(), w.to_string()])
-                .unwrap_or_default(),
+                .into_iter()
+                .flatten()
+                .chain(
+                    capacity
+                        .then(|| ["--publish-capacity", "--capacity-interval=0"].map(String::from))
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
             without_extender: !extender,
+            up: if capacity {
+                stowage_testkit::real::UpOptions {
+                    feature_gates: Some("CSIStorageCapacity=true".into()),
+                    runtime_config: Some("storage.k8s.io/v1alpha1=true".into()),
+                }
+            } else {
+                Default::default()
+            },
+            csi_driver: capacity,
             ..Options::default()
         },
     )
@@ -307,7 +338,8 @@ async fn run(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let outcome = outcome(&env, &plan).await;
+    let mut outcome = outcome(&env, &plan).await;
+    outcome.reschedules = reschedules(&env).await;
     for w in watches {
         w.abort();
     }
@@ -402,6 +434,23 @@ struct Outcome {
     /// Some claims have volumes and others none, or the volumes are on different nodes:
     /// the pod can never start.
     split: Vec<String>,
+    /// The controller's `stowage_reschedules_total`, by reason, where not 0.
+    reschedules: Vec<(String, u64)>,
+}
+
+/// The controller's reschedules so far, by reason (those above 0).
+async fn reschedules(env: &Env) -> Vec<(String, u64)> {
+    let Some((_, body)) = stowage_testkit::net::get(env.controller_port, "/metrics").await else {
+        return Vec::new();
+    };
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("stowage_reschedules_total{reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            let n = value.trim().parse::<f64>().ok()? as u64;
+            (n > 0).then(|| (reason.to_string(), n))
+        })
+        .collect()
 }
 
 /// Counts each pod of `plan` (`burst<i>` with claims `burst<i>-<c>`) by where its claims'
@@ -457,6 +506,8 @@ fn main() {
     let fill = arg(&args, "--fill", 0);
     assert!(fill <= 100, "--fill is a percentage");
     let extender = !args.iter().any(|a| a == "--no-extender");
+    let capacity = args.iter().any(|a| a == "--capacity");
+    let single = args.iter().any(|a| a == "--single");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -477,20 +528,29 @@ fn main() {
     } else {
         format!("nodes sized for {fill} % fill")
     };
-    let scheduler = if extender {
-        "with the extender"
-    } else {
-        "WITHOUT the extender"
+    let scheduler = match (extender, capacity) {
+        (true, false) => "with the extender",
+        (false, false) => "WITHOUT the extender",
+        (true, true) => "with the extender and capacity objects",
+        (false, true) => "WITHOUT the extender, with capacity objects",
     };
+    let pods = if single { "1" } else { "1-3" };
     println!(
-        "burst: {claims} claims in pods of 1-3, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}, {profile} build, {lane}"
+        "burst: {claims} claims in pods of {pods}, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}, {profile} build, {lane}"
     );
     let mut split_pods = 0;
     let mut all = Vec::new();
     let mut all_stages = Vec::new();
     for r in 0..runs {
-        let (rate, latencies, stages, cov, outcome) =
-            runtime.block_on(run(claims, 7 + r as u64, workers, fill, extender));
+        let (rate, latencies, stages, cov, outcome) = runtime.block_on(run(
+            claims,
+            7 + r as u64,
+            workers,
+            fill,
+            extender,
+            capacity,
+            single,
+        ));
         println!(
             "run {}: {} claims Bound, {rate:.0} claims/s; created -> Bound p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; utilization CoV {cov:.3}; pods whole {}, unplaced {}, split {}",
             r + 1,
@@ -502,6 +562,7 @@ fn main() {
             outcome.unplaced,
             outcome.split.len(),
         );
+        println!("  reschedules by the controller: {:?}", outcome.reschedules);
         for pod in &outcome.split {
             println!("  split: {pod}");
         }

@@ -1054,6 +1054,17 @@ impl ClusterIndex {
         )
     }
 
+    /// The name of a cached Node whose `kubernetes.io/hostname` label is `hostname` (the
+    /// first by name, should several share it).
+    pub fn node_with_hostname(&self, hostname: &str) -> Option<String> {
+        let sym = self.syms.lookup(hostname)?;
+        self.k8s_nodes
+            .iter()
+            .filter(|(_, h)| **h == Some(sym))
+            .map(|(name, _)| name.to_string())
+            .min()
+    }
+
     // --- StorageClasses ---
 
     /// Adds or replaces a StorageClass (keyed by name).
@@ -1156,6 +1167,19 @@ impl ClusterIndex {
         let base = self.base();
         let node = base.nodes.get(*base.by_name.get(name.as_bytes())?)?;
         Some((&node.state, age(node.heartbeat, now)))
+    }
+
+    /// Every node's ledger entry, borrowed, with `heartbeat_age` left unset, and its heartbeat
+    /// age as of `now` beside it: [`ClusterIndex::ledger`] without copying it (the capacity
+    /// publisher reads it several times a second).
+    pub fn node_views(
+        &self,
+        now: Timestamp,
+    ) -> impl Iterator<Item = (&NodeState, Option<Duration>)> + '_ {
+        self.base()
+            .nodes
+            .iter()
+            .map(move |n| (&n.state, age(n.heartbeat, now)))
     }
 
     /// `demand` resolved for deciding many nodes: the extender's per-node path. See

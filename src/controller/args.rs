@@ -96,6 +96,49 @@ pub struct ControllerArgs {
     )]
     pub nfs_allow_mixed_layouts: bool,
 
+    /// Publish CSIStorageCapacity objects (one per node and node-local StorageClass, in
+    /// --capacity-namespace) so that kube-scheduler's VolumeBinding plugin places claims by
+    /// free space without the extender (clusters whose scheduler cannot be configured).
+    /// Needs a CSIDriver object named like --provisioner-name with `storageCapacity: true`
+    /// (variants/capacity ships it) and RBAC for csistoragecapacities. Per claim only: no
+    /// whole-pod sums, no scoring. Only the Lease holder writes.
+    #[arg(
+        long,
+        env = "STOWAGE_PUBLISH_CAPACITY",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub publish_capacity: bool,
+
+    /// With --publish-capacity: least seconds between two updates of one CSIStorageCapacity
+    /// object (creates and deletes are not held back). kube-scheduler places claims against
+    /// the published value until it changes, so a long interval means more claims sent back
+    /// by the controller in a burst; 0: every pass (4 a second) may write.
+    #[arg(long, default_value_t = 1, env = "STOWAGE_CAPACITY_INTERVAL")]
+    pub capacity_interval: u64,
+
+    /// With --publish-capacity: least move of a node's free space, in percent of the
+    /// published value, that is written (a move to or from 0 always is). 0: every move.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=100), env = "STOWAGE_CAPACITY_MIN_CHANGE")]
+    pub capacity_min_change: u8,
+
+    /// With --publish-capacity: the namespace of the CSIStorageCapacity objects (the
+    /// controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::leader::DEFAULT_NAMESPACE)]
+    pub capacity_namespace: String,
+
+    /// With --publish-capacity: the Deployment (in --capacity-namespace) that owns the
+    /// CSIStorageCapacity objects, so that deleting it deletes them. "": no owner.
+    #[arg(
+        long,
+        default_value = "stowage-controller",
+        env = "STOWAGE_CAPACITY_OWNER"
+    )]
+    pub capacity_owner: String,
+
     /// Leader election among the replicas: only the Lease holder provisions; every replica
     /// serves the extender and metrics.
     #[command(flatten)]
@@ -266,6 +309,11 @@ impl ControllerArgs {
             nfs_mount_base: _,
             nfs_allow_mixed_layouts: _,
             crds_recheck,
+            publish_capacity,
+            capacity_interval,
+            capacity_min_change,
+            capacity_namespace,
+            capacity_owner,
             leader: _,
         } = self;
         let ready = Readiness::for_controller().with_metrics(
@@ -319,7 +367,15 @@ impl ControllerArgs {
             Duration::from_secs(crds_recheck),
         ));
         let (stop, stop_rx) = watch::channel(false);
-        let controllers = tokio::spawn(super::run_until(ctx, stop_rx));
+        let capacity = publish_capacity.then(|| super::capacity::CapacityConfig {
+            namespace: capacity_namespace,
+            provisioner: ctx.config.provisioner.clone(),
+            fit: ctx.config.fit,
+            interval: Duration::from_secs(capacity_interval),
+            min_change_percent: capacity_min_change,
+            owner: Some(capacity_owner).filter(|o| !o.is_empty()),
+        });
+        let controllers = tokio::spawn(super::run_until_with(ctx, stop_rx, capacity));
         Ok(Running {
             recorders,
             stop,

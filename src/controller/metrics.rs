@@ -18,6 +18,9 @@ use crate::ledger::{Ledger, Unfit};
 /// Result label values of the operation counters.
 pub const RESULTS: [&str; 2] = ["succeeded", "failed"];
 
+/// Op label values of the CSIStorageCapacity write counters.
+pub const CAPACITY_OPS: [&str; 3] = ["create", "update", "delete"];
+
 /// Reason label values of `stowage_reschedules_total`: the ledger's unfit kinds plus
 /// `node_gone` (no Node object).
 pub const RESCHEDULE_REASONS: [&str; 8] = [
@@ -52,6 +55,12 @@ pub struct Metrics {
     /// `stowage_volumes_node_gone{node}`: PVs whose node has had no Node object for longer
     /// than the grace period.
     pub volumes_node_gone: IntGaugeVec,
+    /// `stowage_capacity_objects_written_total{op}` (`create`, `update`, `delete`):
+    /// CSIStorageCapacity writes of `--publish-capacity`.
+    pub capacity_writes: IntCounterVec,
+    /// `stowage_capacity_write_errors_total{op}`: CSIStorageCapacity writes that failed
+    /// (retried on the next pass).
+    pub capacity_write_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,6 +115,24 @@ impl Metrics {
             ),
             &["node"],
         )?;
+        let capacity_writes = IntCounterVec::new(
+            Opts::new(
+                "stowage_capacity_objects_written_total",
+                "CSIStorageCapacity objects created, updated or deleted (--publish-capacity), by op.",
+            ),
+            &["op"],
+        )?;
+        let capacity_write_errors = IntCounterVec::new(
+            Opts::new(
+                "stowage_capacity_write_errors_total",
+                "CSIStorageCapacity writes that failed and are retried on the next pass, by op.",
+            ),
+            &["op"],
+        )?;
+        for op in CAPACITY_OPS {
+            capacity_writes.with_label_values(&[op]);
+            capacity_write_errors.with_label_values(&[op]);
+        }
         for r in RESULTS {
             provisions.with_label_values(&[r]);
             deletions.with_label_values(&[r]);
@@ -122,6 +149,8 @@ impl Metrics {
         registry.register(Box::new(reschedules.clone()))?;
         registry.register(Box::new(expansions.clone()))?;
         registry.register(Box::new(volumes_node_gone.clone()))?;
+        registry.register(Box::new(capacity_writes.clone()))?;
+        registry.register(Box::new(capacity_write_errors.clone()))?;
         registry.register(Box::new(LeaderOnly::new(
             LedgerCollector::new(index)?,
             leader,
@@ -133,6 +162,8 @@ impl Metrics {
             reschedules,
             expansions,
             volumes_node_gone,
+            capacity_writes,
+            capacity_write_errors,
         })
     }
 }

@@ -44,6 +44,7 @@ use crate::cache::{ClusterIndex, Trigger};
 use crate::ledger::FitOptions;
 
 pub mod args;
+pub mod capacity;
 pub mod claim;
 pub mod error;
 pub use crate::events;
@@ -471,7 +472,30 @@ pub async fn run(ctx: Arc<Context>) {
 /// A dropped sender never stops it. Bound the wait with a timeout and drop the future to
 /// abort what is still running (every step is idempotent, so the next leader redoes it).
 pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
+    run_until_with(ctx, stop, None).await;
+}
+
+/// [`run_until`], with CSIStorageCapacity publishing ([`capacity`]) when `capacity` is set.
+pub async fn run_until_with(
+    ctx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+    capacity: Option<capacity::CapacityConfig>,
+) {
     let client = ctx.client.clone();
+    let publish = async {
+        if let Some(config) = capacity {
+            capacity::publish(
+                client.clone(),
+                ctx.index.clone(),
+                config,
+                ctx.metrics.clone(),
+                ctx.leader.clone(),
+                ctx.ready.clone(),
+                stop.clone(),
+            )
+            .await;
+        }
+    };
     let nfs_refresh = async {
         if let Some(nfs) = ctx.nfs.clone() {
             tokio::select! {
@@ -481,7 +505,7 @@ pub async fn run_until(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         }
     };
     let reconcilers = run_reconcilers(ctx.clone(), stop.clone());
-    futures::join!(reconcilers, nfs_refresh);
+    futures::join!(reconcilers, nfs_refresh, publish);
 }
 
 /// The three reconcilers of [`run_until`], once every kind has been listed.

@@ -23,7 +23,11 @@
 //!
 //! Served kinds (a data table, not code per kind): `v1` namespaces, nodes, pods (with
 //! `pods/binding`), persistentvolumes, persistentvolumeclaims, events, configmaps, secrets;
-//! `storage.k8s.io/v1` storageclasses; `coordination.k8s.io/v1` leases; `events.k8s.io/v1`
+//! `storage.k8s.io/v1` storageclasses and csidrivers, and csistoragecapacities in `v1`
+//! (`ApiServerBuilder::csi_storage_capacity_versions` picks `v1beta1`/`v1alpha1` instead, to
+//! play an older server; `storageClassName` required, it and `nodeTopology` immutable);
+//! `coordination.k8s.io/v1` leases; `apps/v1` deployments (stored only: no pods are made);
+//! `events.k8s.io/v1`
 //! events (stored once, converted like the real server); `apiextensions.k8s.io/v1`
 //! customresourcedefinitions. Creating a CRD serves its group, versions and plural at once
 //! (namespaced or cluster-scoped, with `/status` if declared); deleting it removes its

@@ -80,6 +80,11 @@ pub struct Options {
     pub without_extender: bool,
     /// Environment variables for every stowage process (agents and controller).
     pub role_env: Vec<(&'static str, &'static str)>,
+    /// Feature gates and runtime config of a real control plane (ignored in memory).
+    pub up: stowage_testkit::real::UpOptions,
+    /// Create the CSIDriver of `variants/capacity/csidriver.yaml` (`storageCapacity: true`)
+    /// before the scheduler starts.
+    pub csi_driver: bool,
 }
 
 /// The running system. Field order is drop order: the scheduler and processes stop before
@@ -103,9 +108,12 @@ impl Env {
     /// Nodes `(name, pool capacity)`, each with an agent, the storage classes, the
     /// controller and a scheduler.
     pub async fn start(nodes: &[(&str, u64)], options: Options) -> Env {
-        let cluster = Cluster::start().await.unwrap();
+        let cluster = Cluster::start_with(&options.up).await.unwrap();
         cluster.install_crds(crds()).await.unwrap();
         let client = cluster.client();
+        if options.csi_driver {
+            create_csi_driver(&client).await;
+        }
         for ns in [NS, "stowage-system"] {
             Api::<Namespace>::all(client.clone())
                 .create(&PostParams::default(), &namespace(ns).build())
@@ -585,6 +593,27 @@ async fn wait_ready(port: u16, who: &str) {
     })
     .await
     .unwrap();
+}
+
+/// Creates the CSIDriver object `variants/capacity` ships, read from its manifest.
+pub async fn create_csi_driver(client: &Client) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/variants/capacity/csidriver.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let object: kube::api::DynamicObject = serde_yaml::from_str(&text).unwrap();
+    let resource = kube::api::ApiResource {
+        group: "storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "storage.k8s.io/v1".into(),
+        kind: "CSIDriver".into(),
+        plural: "csidrivers".into(),
+    };
+    Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
 }
 
 /// The `stowage` binary the harness runs: this build's, or the one `STOWAGE_BENCH_BINARY`

@@ -184,8 +184,14 @@ const EVENT_FIELDS: &[&str] = &[
     "type",
 ];
 
-/// The built-in kinds this server serves.
-pub(crate) fn builtins() -> Vec<Endpoint> {
+/// The versions of `storage.k8s.io` `csistoragecapacities` a server serves when its builder
+/// says nothing: v1 alone, as from Kubernetes 1.27 on.
+pub(crate) const DEFAULT_CAPACITY_VERSIONS: &[&str] = &["v1"];
+
+/// The built-in kinds this server serves, with `csistoragecapacities` in `capacity_versions`
+/// (each of `v1`, `v1beta1`, `v1alpha1`; one storage, so an object written in one version
+/// reads in the others, as on a real server).
+pub(crate) fn builtins(capacity_versions: &[String]) -> Vec<Endpoint> {
     let rows = [
         Row {
             group: "",
@@ -322,6 +328,40 @@ pub(crate) fn builtins() -> Vec<Endpoint> {
     });
     events.storage = GroupResource::new("", "events");
     events.codec = Codec::EventsV1;
+    out.push(builtin(Row {
+        group: "apps",
+        resource: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        namespaced: true,
+        short: &["deploy"],
+        status: true,
+        fields: &[],
+    }));
+    out.push(builtin(Row {
+        group: "storage.k8s.io",
+        resource: "csidrivers",
+        singular: "csidriver",
+        kind: "CSIDriver",
+        namespaced: false,
+        short: &[],
+        status: false,
+        fields: &[],
+    }));
+    for version in capacity_versions {
+        let mut capacity = builtin(Row {
+            group: "storage.k8s.io",
+            resource: "csistoragecapacities",
+            singular: "csistoragecapacity",
+            kind: "CSIStorageCapacity",
+            namespaced: true,
+            short: &[],
+            status: false,
+            fields: &[],
+        });
+        capacity.version = version.clone();
+        out.push(capacity);
+    }
     events.field_labels = EVENT_FIELDS
         .iter()
         .map(|f| {

@@ -63,6 +63,7 @@ pub struct ApiServerBuilder {
     history_limit: usize,
     bookmark_interval: Duration,
     pod_termination: PodTermination,
+    capacity_versions: Vec<String>,
 }
 
 impl Default for ApiServerBuilder {
@@ -73,6 +74,10 @@ impl Default for ApiServerBuilder {
             pod_termination: PodTermination::Kubelet {
                 delay: Duration::from_secs(1),
             },
+            capacity_versions: kinds::DEFAULT_CAPACITY_VERSIONS
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
         }
     }
 }
@@ -101,6 +106,14 @@ impl ApiServerBuilder {
         self
     }
 
+    /// The versions of `storage.k8s.io` `csistoragecapacities` served (default `v1`, as from
+    /// 1.27): `["v1alpha1"]` is a 1.19-1.20 server with the `CSIStorageCapacity` feature gate,
+    /// `["v1beta1", "v1alpha1"]` a 1.21-1.23 one, `[]` one without the API.
+    pub fn csi_storage_capacity_versions(mut self, versions: &[&str]) -> Self {
+        self.capacity_versions = versions.iter().map(|v| v.to_string()).collect();
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving.
     pub async fn start(self) -> anyhow::Result<ApiServer> {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -109,7 +122,11 @@ impl ApiServerBuilder {
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = signal::channel(false);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(self.history_limit, self.pod_termination)),
+            state: Mutex::new(State::new(
+                self.history_limit,
+                self.pod_termination,
+                self.capacity_versions,
+            )),
             faults: Faults::new(),
             bookmark_interval: self.bookmark_interval,
             shutdown: shutdown_rx.clone(),

@@ -476,6 +476,18 @@ fn validate_kind(ep: &Endpoint, obj: &Value, causes: &mut Vec<Cause>) {
                 ));
             }
         }
+        ("storage.k8s.io", "csistoragecapacities") => {
+            if obj["storageClassName"].as_str().is_none_or(str::is_empty) {
+                causes.push(Cause::required("storageClassName", ""));
+            }
+            for field in ["capacity", "maximumVolumeSize"] {
+                if let Some(q) = obj.get(field).filter(|q| !q.is_null())
+                    && q.as_str().and_then(super::parse_quantity).is_none()
+                {
+                    causes.push(Cause::invalid(field, q, "must be a quantity"));
+                }
+            }
+        }
         ("storage.k8s.io", "storageclasses") => {
             if obj["provisioner"].as_str().is_none_or(str::is_empty) {
                 causes.push(Cause::required("provisioner", ""));
@@ -983,6 +995,17 @@ pub(crate) fn validate_update(
                     ns.get("nodeAffinity").unwrap_or(&Value::Null),
                     "field is immutable",
                 ));
+            }
+        }
+        ("storage.k8s.io", "csistoragecapacities") => {
+            for field in ["storageClassName", "nodeTopology"] {
+                if old.get(field) != new.get(field) {
+                    causes.push(Cause::invalid(
+                        field,
+                        new.get(field).unwrap_or(&Value::Null),
+                        "field is immutable",
+                    ));
+                }
             }
         }
         ("storage.k8s.io", "storageclasses") => {

@@ -277,16 +277,23 @@ pub(crate) struct State {
     pub pod_termination: PodTermination,
     /// Terminating pods a kubelet will confirm: (when, namespace, name, uid).
     pub kubelet_due: Vec<(std::time::Instant, String, String, String)>,
+    /// The versions `csistoragecapacities` is served in.
+    capacity_versions: Vec<String>,
 }
 
 impl State {
     /// A fresh cluster: the built-in kinds and the namespaces every cluster has.
-    pub(crate) fn new(history_limit: usize, pod_termination: PodTermination) -> Self {
+    pub(crate) fn new(
+        history_limit: usize,
+        pod_termination: PodTermination,
+        capacity_versions: Vec<String>,
+    ) -> Self {
         let mut s = Self {
             store: Store::new(history_limit),
-            endpoints: kinds::builtins(),
+            endpoints: kinds::builtins(&capacity_versions),
             pod_termination,
             kubelet_due: Vec::new(),
+            capacity_versions,
         };
         let opts = WriteOptions {
             dry_run: false,
@@ -321,7 +328,7 @@ impl State {
 
     /// Rebuilds the endpoint table from the built-ins and the stored CRDs.
     fn refresh_endpoints(&mut self) {
-        let mut eps = kinds::builtins();
+        let mut eps = kinds::builtins(&self.capacity_versions);
         for (_, crd) in self.store.list(&crds(), None) {
             eps.extend(kinds::crd_endpoints(crd));
         }
