@@ -53,6 +53,9 @@ pub struct Readiness {
     metrics: Option<WatchMetrics>,
     /// Kinds whose CRD is not installed: not watched, counted as synced.
     absent: Arc<[AtomicBool; 8]>,
+    /// Signalled after every change the watchers write into the index (one stored permit:
+    /// a change while nobody waits is seen by the next [`Readiness::changed`]).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 /// What the reflectors count: lists completed (the first one and every re-list, as after a
@@ -104,6 +107,13 @@ impl Readiness {
     /// yet.
     pub fn for_controller() -> Self {
         Self::default()
+    }
+
+    /// Resolves at the next change the watchers write into the index, or at once if one was
+    /// written since the last call returned. For whoever derives something from the index
+    /// and must follow it closely (the capacity objects); one waiter at a time.
+    pub async fn changed(&self) {
+        self.changes.notified().await;
     }
 
     /// Counts the reflectors' lists and errors in `metrics`.
@@ -609,6 +619,7 @@ async fn watch_kind_with<K>(
             (watcher::Event::Apply(obj), _) => (sink.apply)(&mut write(&index), obj),
             (watcher::Event::Delete(obj), _) => (sink.delete)(&mut write(&index), &obj),
         }
+        ready.changes.notify_one();
     }
 }
 

@@ -113,10 +113,10 @@ pub struct ControllerArgs {
     )]
     pub publish_capacity: bool,
 
-    /// With --publish-capacity: least seconds between two updates of one CSIStorageCapacity
-    /// object (creates and deletes are not held back). kube-scheduler places claims against
-    /// the published value until it changes, so a long interval means more claims sent back
-    /// by the controller in a burst; 0: every pass (4 a second) may write.
+    /// With --publish-capacity: least seconds between two increases of one
+    /// CSIStorageCapacity object. Creates, deletes and decreases are never held back:
+    /// kube-scheduler places claims against the published value until it changes, so less
+    /// room is written as soon as the ledger shows it. 0: increases are written at once too.
     #[arg(long, default_value_t = 1, env = "STOWAGE_CAPACITY_INTERVAL")]
     pub capacity_interval: u64,
 

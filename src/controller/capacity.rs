@@ -20,11 +20,13 @@
 //!                      bytes (`ledger::check`), so the largest single claim is the free space
 //! ```
 //!
-//! Every [`TICK`] (250 ms) the wanted objects are computed from the index (in memory, no API call) and
+//! [`SETTLE`] after every change the watchers write into the index, and at least every
+//! [`TICK`], the wanted objects are computed from the index (in memory, no API call) and
 //! compared with what was last written ([`plan`], pure): an object is created when missing,
 //! deleted when its node (Node object or StorageNode) or class is gone, and updated when its
 //! value moved by at least `--capacity-min-change` percent of the published value (always
-//! when either side is 0), but at most once per `--capacity-interval` per object. Only the
+//! when either side is 0); a decrease at once, an increase at most once per
+//! `--capacity-interval` per object. Only the
 //! Lease holder writes; when it becomes leader it first lists the objects carrying
 //! [`MANAGED_BY_LABEL`], so a restart adopts, updates or deletes what an earlier leader wrote.
 //!
@@ -54,12 +56,18 @@ use crate::ledger::{Bytes, FitOptions};
 
 use super::Metrics;
 
-/// How often the wanted objects are compared with the published ones: often, because in a
-/// burst kube-scheduler places claims against the published values until they change (a
-/// 200-claim burst on 1.19 saw fewer claims sent back at 250 ms than at 1 s). The comparison
-/// reads the in-memory index only, without copying it; the per-object
-/// `--capacity-interval` and `--capacity-min-change` limit the writes.
-pub const TICK: Duration = Duration::from_millis(250);
+/// The longest time between two comparisons of the wanted objects with the published ones
+/// when nothing in the index changes (a report goes stale with time alone). Otherwise a
+/// comparison follows every change the watchers write, [`SETTLE`] later: in a burst
+/// kube-scheduler places claims against the published values until they change, so the
+/// time from a claim's `selected-node` to its node's smaller object is what sends claims
+/// back. The comparison reads the in-memory index only, without copying it;
+/// `--capacity-min-change` and, for increases, `--capacity-interval` limit the writes.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How long a comparison waits after a change for the ones that come with it (the claims
+/// of one pod, a re-list): one pass for a handful of changes, not one each.
+pub const SETTLE: Duration = Duration::from_millis(15);
 
 /// The pause after a pass in which the list or a write failed (RBAC, an overloaded API
 /// server), instead of [`TICK`]: one warning per try, not four a second.
@@ -172,9 +180,12 @@ pub fn plan(
     for (key, have) in published {
         match wanted.get(key) {
             Some(want) if want.hostname == have.hostname => {
-                let due = have
-                    .written
-                    .is_none_or(|at| now.saturating_duration_since(at) >= rules.interval);
+                // Less room is written at once: the scheduler places claims against the
+                // published value until it changes. More room may wait for the interval.
+                let due = want.capacity < have.capacity
+                    || have
+                        .written
+                        .is_none_or(|at| now.saturating_duration_since(at) >= rules.interval);
                 if due && moved_enough(have.capacity, want.capacity, rules.min_change_percent) {
                     steps.push(Step::Update(key.clone()));
                 }
@@ -622,7 +633,15 @@ impl Publisher {
             }
             let pause = match self.sync().await {
                 Ok(_) if self.failed_last_pass() => RETRY_AFTER_FAILURE,
-                Ok(_) => TICK,
+                Ok(_) => {
+                    // The next pass: at the next change (and the few that come with it),
+                    // or after TICK in any case.
+                    tokio::select! {
+                        () = ready.changed() => SETTLE,
+                        () = tokio::time::sleep(TICK) => Duration::ZERO,
+                        () = &mut stopped => return,
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(
                         namespace = %self.config.namespace,
@@ -755,15 +774,18 @@ mod tests {
     async fn plan_creates_missing_deletes_gone_and_rate_limits_updates() {
         let now = Instant::now();
         let wanted = BTreeMap::from([
-            (key("a", "local"), want(100)),
+            (key("a", "local"), want(200)),
             (key("b", "local"), want(500)),
             (key("c", "local"), want(0)),
+            (key("d", "local"), want(100)),
         ]);
         let published = BTreeMap::from([
-            // moved 50 %, but written 1 s ago: held back
-            (key("a", "local"), have(200, Some(now))),
+            // grew 100 %, but written 1 s ago: held back
+            (key("a", "local"), have(100, Some(now))),
             // moved 50 %, listed at start: written
             (key("b", "local"), have(1000, None)),
+            // shrank 50 %, written 1 s ago: less room is written at once
+            (key("d", "local"), have(200, Some(now))),
             // node gone
             (key("z", "local"), have(1000, None)),
         ]);
@@ -772,6 +794,7 @@ mod tests {
             steps,
             vec![
                 Step::Update(key("b", "local")),
+                Step::Update(key("d", "local")),
                 Step::Delete(key("z", "local")),
                 Step::Create(key("c", "local")),
             ]
