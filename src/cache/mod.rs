@@ -169,80 +169,11 @@ pub type TriggerFn = std::sync::Arc<dyn Fn(Trigger) + Send + Sync>;
 /// are StorageNode names, which only the agents' service account writes.
 type FastState = foldhash::fast::RandomState;
 
-/// A node name as the index's hash table keeps it: inside the table's own entry when it is
-/// short enough (node names of kubeadm, kind, EKS and GKE clusters are), on the heap
-/// otherwise. The extender looks up every candidate of every request by name; with the
-/// bytes in the entry the probe has already loaded, the comparison that confirms a hit
-/// reads no other memory (with a `Box<str>` it chased a pointer per candidate, about a
-/// fifth of the extender's CPU under churn).
-#[derive(Clone)]
-enum NodeKey {
-    /// Up to [`NodeKey::INLINE`] bytes of UTF-8, stored in place.
-    Inline {
-        len: u8,
-        bytes: [u8; NodeKey::INLINE],
-    },
-    /// A longer name.
-    Heap(Box<str>),
-}
-
-impl NodeKey {
-    /// Names up to this many bytes are kept in the entry.
-    const INLINE: usize = 46;
-
-    fn new(name: &str) -> Self {
-        match u8::try_from(name.len()) {
-            Ok(len) if name.len() <= Self::INLINE => {
-                let mut bytes = [0u8; Self::INLINE];
-                bytes[..name.len()].copy_from_slice(name.as_bytes());
-                NodeKey::Inline { len, bytes }
-            }
-            _ => NodeKey::Heap(name.into()),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            NodeKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            NodeKey::Heap(name) => name.as_bytes(),
-        }
-    }
-}
-
-/// Lookups go by the name's bytes (`by_name.get(name.as_bytes())`): no UTF-8 check of the
-/// stored key on the hot path.
-impl std::borrow::Borrow<[u8]> for NodeKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl PartialEq for NodeKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for NodeKey {}
-
-impl std::hash::Hash for NodeKey {
-    /// As the `[u8]` it holds, so that lookups by bytes find it.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl std::fmt::Debug for NodeKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
-    }
-}
-
 /// The derived, time-independent ledger.
 #[derive(Debug, Default)]
 struct Base {
     /// Node name → position in `nodes` and `summaries`.
-    by_name: HashMap<NodeKey, usize, FastState>,
+    by_name: HashMap<Box<str>, usize, FastState>,
     /// The ledger entries.
     nodes: Vec<BaseNode>,
     /// What the fit check and the score read of each node, in `nodes` order.
@@ -446,7 +377,7 @@ impl ClusterIndex {
             .is_some_and(|old| only_heartbeat_differs(old.as_ref(), status.as_ref()));
         let beat = heartbeat(status.as_ref());
         self.nodes.insert(name.as_str().into(), status);
-        match self.base.by_name.get(name.as_bytes()) {
+        match self.base.by_name.get(name.as_str()) {
             Some(&i) if heartbeat_only => {
                 self.base.nodes[i].heartbeat = beat;
                 self.base.summaries[i].heartbeat = beat;
@@ -1165,7 +1096,7 @@ impl ClusterIndex {
     /// `None` when no StorageNode has that name.
     pub fn node_view(&self, name: &str, now: Timestamp) -> Option<(&NodeState, Option<Duration>)> {
         let base = self.base();
-        let node = base.nodes.get(*base.by_name.get(name.as_bytes())?)?;
+        let node = base.nodes.get(*base.by_name.get(name)?)?;
         Some((&node.state, age(node.heartbeat, now)))
     }
 
@@ -1542,7 +1473,7 @@ impl Base {
     /// Sets node `name`'s entry and summary: in place when it has one with as many pools,
     /// otherwise with its pools appended to the pool table.
     fn put(&mut self, name: &str, state: NodeState, heartbeat: Option<Timestamp>) {
-        let index = self.by_name.get(name.as_bytes()).copied();
+        let index = self.by_name.get(name).copied();
         let in_place = index.map(|i| self.summaries[i].pools.clone());
         let pools = match in_place {
             Some(range) if range.len() == state.pools.len() => {
@@ -1573,7 +1504,7 @@ impl Base {
                 self.nodes[i] = node;
             }
             None => {
-                self.by_name.insert(NodeKey::new(name), self.nodes.len());
+                self.by_name.insert(name.into(), self.nodes.len());
                 self.summaries.push(summary);
                 self.nodes.push(node);
             }
@@ -1583,14 +1514,14 @@ impl Base {
     /// Removes node `name`'s entry: the last node takes its place; its pools stay in the
     /// pool table, counted in `stale_pools`.
     fn remove(&mut self, name: &str) {
-        let Some(i) = self.by_name.remove(name.as_bytes()) else {
+        let Some(i) = self.by_name.remove(name) else {
             return;
         };
         self.nodes.swap_remove(i);
         let gone = self.summaries.swap_remove(i);
         self.stale_pools += gone.pools.len();
         if let Some(moved) = self.nodes.get(i)
-            && let Some(slot) = self.by_name.get_mut(moved.state.name.as_str().as_bytes())
+            && let Some(slot) = self.by_name.get_mut(moved.state.name.as_str())
         {
             *slot = i;
         }
@@ -1627,7 +1558,7 @@ fn summarize(pool_names: &mut Vec<PoolName>, pool: &crate::ledger::PoolState) ->
 impl<'a> FitPlan<'a> {
     /// The node called `name`; `None` when no StorageNode has that name.
     pub fn node(&'a self, name: &str) -> Option<PlannedNode<'a>> {
-        let index = *self.base.by_name.get(name.as_bytes())?;
+        let index = *self.base.by_name.get(name)?;
         Some(PlannedNode { plan: self, index })
     }
 }
