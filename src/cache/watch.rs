@@ -34,17 +34,59 @@ use crate::api::local_volume::LocalVolume;
 use crate::api::names;
 use crate::api::storage_node::StorageNode;
 
-/// The kinds watched, in the order of [`Readiness`]'s flags.
-pub const KINDS: [&str; 8] = [
-    "StorageNode",
-    "LocalVolume",
-    "PersistentVolumeClaim",
-    "StorageClass",
-    "PersistentVolume",
-    "Node",
-    "Pod",
-    "Namespace",
-];
+/// The kinds the watchers keep in the index. Each has one flag in [`Readiness`] (its
+/// discriminant); the extender watches the first four, the controller all eight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// stowage.io StorageNode (a CRD the controller can run without).
+    StorageNode = 0,
+    /// stowage.io LocalVolume (a CRD the controller can run without).
+    LocalVolume = 1,
+    /// PersistentVolumeClaim.
+    PersistentVolumeClaim = 2,
+    /// StorageClass.
+    StorageClass = 3,
+    /// PersistentVolume (controller only).
+    PersistentVolume = 4,
+    /// Node, metadata only (controller only).
+    Node = 5,
+    /// Pod waiting for a node (controller only).
+    Pod = 6,
+    /// Namespace, metadata only (controller only).
+    Namespace = 7,
+}
+
+impl Kind {
+    /// Every kind, in flag order.
+    pub const ALL: [Kind; 8] = [
+        Kind::StorageNode,
+        Kind::LocalVolume,
+        Kind::PersistentVolumeClaim,
+        Kind::StorageClass,
+        Kind::PersistentVolume,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Namespace,
+    ];
+
+    /// The kind's name, as logs and the `kind` label of the watch metrics give it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::StorageNode => "StorageNode",
+            Kind::LocalVolume => "LocalVolume",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Kind::StorageClass => "StorageClass",
+            Kind::PersistentVolume => "PersistentVolume",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
+        }
+    }
+
+    const fn flag(self) -> usize {
+        self as usize
+    }
+}
 
 /// Whether every watcher has completed its first list. Cheap to clone; clones share state.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +98,8 @@ pub struct Readiness {
     /// Signalled after every change the watchers write into the index (one stored permit:
     /// a change while nobody waits is seen by the next [`Readiness::changed`]).
     changes: Arc<tokio::sync::Notify>,
+    /// Signalled (to every waiter) whenever a kind is marked listed.
+    listed: Arc<tokio::sync::Notify>,
 }
 
 /// What the reflectors count: lists completed (the first one and every re-list, as after a
@@ -96,10 +140,9 @@ impl Readiness {
     /// A handle for the extender's four kinds ([`run_watchers`]), none synced yet.
     pub fn new() -> Self {
         let ready = Self::default();
-        ready.mark(4);
-        ready.mark(5);
-        ready.mark(6);
-        ready.mark(7);
+        for kind in &Kind::ALL[4..] {
+            ready.mark(*kind);
+        }
         ready
     }
 
@@ -148,18 +191,22 @@ impl Readiness {
 
     /// The kinds not listed yet.
     pub fn pending(&self) -> Vec<&'static str> {
-        KINDS
+        Kind::ALL
             .iter()
-            .zip(self.synced.iter())
-            .filter(|(_, s)| !s.load(Ordering::Acquire))
-            .map(|(k, _)| *k)
+            .filter(|k| !self.synced[k.flag()].load(Ordering::Acquire))
+            .map(|k| k.as_str())
             .collect()
     }
 
-    /// Resolves once every kind has been listed (checks every 50 ms).
+    /// Resolves once every kind has been listed.
     pub async fn wait(&self) {
-        while !self.is_ready() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        loop {
+            // Registered before the check, so a mark between the two is not missed.
+            let listed = self.listed.notified();
+            if self.is_ready() {
+                return;
+            }
+            listed.await;
         }
     }
 
@@ -168,46 +215,38 @@ impl Readiness {
     pub fn missing(&self) -> Vec<String> {
         LOCAL_KINDS
             .iter()
-            .filter(|(slot, _)| {
-                self.absent
-                    .get(*slot)
-                    .is_some_and(|a| a.load(Ordering::Acquire))
-            })
+            .filter(|(kind, _)| self.absent[kind.flag()].load(Ordering::Acquire))
             .map(|(_, plural)| crd_name(plural))
             .collect()
     }
 
-    fn mark(&self, slot: usize) {
-        if let Some(flag) = self.synced.get(slot) {
-            flag.store(true, Ordering::Release);
-        }
+    fn mark(&self, kind: Kind) {
+        self.synced[kind.flag()].store(true, Ordering::Release);
+        self.listed.notify_waiters();
     }
 
     /// The kind's CRD is not installed: nothing to wait for.
-    fn set_absent(&self, slot: usize) {
-        if let Some(flag) = self.absent.get(slot) {
-            flag.store(true, Ordering::Release);
-        }
-        self.mark(slot);
+    fn set_absent(&self, kind: Kind) {
+        self.absent[kind.flag()].store(true, Ordering::Release);
+        self.mark(kind);
     }
 
     /// The kind's CRD is installed (again): wait for its first list.
-    fn set_expected(&self, slot: usize) {
-        if let Some(flag) = self.synced.get(slot) {
-            flag.store(false, Ordering::Release);
-        }
-        if let Some(flag) = self.absent.get(slot) {
-            flag.store(false, Ordering::Release);
-        }
+    fn set_expected(&self, kind: Kind) {
+        self.synced[kind.flag()].store(false, Ordering::Release);
+        self.absent[kind.flag()].store(false, Ordering::Release);
     }
 }
 
 /// How often the controller asks discovery again for the stowage CRDs it found missing.
 pub const LOCAL_CRDS_RECHECK: Duration = Duration::from_secs(60);
 
-/// stowage's own kinds the controller can run without: [`Readiness`] slot and resource
-/// (plural) in the `stowage.io` group.
-const LOCAL_KINDS: [(usize, &str); 2] = [(0, "storagenodes"), (1, "localvolumes")];
+/// stowage's own kinds the controller can run without, with their resource (plural) in the
+/// `stowage.io` group.
+const LOCAL_KINDS: [(Kind, &str); 2] = [
+    (Kind::StorageNode, "storagenodes"),
+    (Kind::LocalVolume, "localvolumes"),
+];
 
 fn crd_name(plural: &str) -> String {
     format!("{plural}.{}", names::GROUP)
@@ -231,7 +270,7 @@ const TRIM_AFTER: usize = 1_000;
 
 /// How one kind is written into the index.
 struct Sink<K> {
-    slot: usize,
+    kind: Kind,
     apply: fn(&mut ClusterIndex, K),
     delete: fn(&mut ClusterIndex, &K),
     /// A (re-)list: each object as it arrives, then the end of the list.
@@ -277,7 +316,7 @@ pub async fn run_controller_watchers_with(
         index.clone(),
         ready.clone(),
         Sink {
-            slot: 4,
+            kind: Kind::PersistentVolume,
             apply: ClusterIndex::apply_persistent_volume,
             delete: |i, o| i.delete_persistent_volume(&o.name_any()),
             relist: Relist::Stage {
@@ -294,7 +333,7 @@ pub async fn run_controller_watchers_with(
         index.clone(),
         ready.clone(),
         Sink {
-            slot: 5,
+            kind: Kind::Node,
             apply: ClusterIndex::apply_node,
             delete: |i, o| i.delete_node(&o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_nodes(l)),
@@ -310,7 +349,7 @@ pub async fn run_controller_watchers_with(
         index.clone(),
         ready.clone(),
         Sink {
-            slot: 6,
+            kind: Kind::Pod,
             apply: ClusterIndex::apply_pod,
             delete: |i, o| i.delete_pod(&o.namespace().unwrap_or_default(), &o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_pods(l)),
@@ -324,7 +363,7 @@ pub async fn run_controller_watchers_with(
         index.clone(),
         ready.clone(),
         Sink {
-            slot: 7,
+            kind: Kind::Namespace,
             apply: ClusterIndex::apply_namespace,
             delete: |i, o| i.delete_namespace(&o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_namespaces(l)),
@@ -357,7 +396,7 @@ async fn watch_storage_nodes(client: Client, index: Arc<RwLock<ClusterIndex>>, r
         index,
         ready,
         Sink {
-            slot: 0,
+            kind: Kind::StorageNode,
             apply: ClusterIndex::apply_storage_node,
             delete: |i, o| i.delete_storage_node(&o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_storage_nodes(l)),
@@ -372,7 +411,7 @@ async fn watch_local_volumes(client: Client, index: Arc<RwLock<ClusterIndex>>, r
         index,
         ready,
         Sink {
-            slot: 1,
+            kind: Kind::LocalVolume,
             apply: ClusterIndex::apply_local_volume,
             delete: |i, o| i.delete_local_volume(&o.name_any()),
             relist: Relist::Stage {
@@ -391,7 +430,7 @@ async fn watch_claims(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: R
         index,
         ready,
         Sink {
-            slot: 2,
+            kind: Kind::PersistentVolumeClaim,
             apply: ClusterIndex::apply_claim,
             delete: |i, o| i.delete_claim(&o.namespace().unwrap_or_default(), &o.name_any()),
             relist: Relist::Stage {
@@ -410,7 +449,7 @@ async fn watch_classes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: 
         index,
         ready,
         Sink {
-            slot: 3,
+            kind: Kind::StorageClass,
             apply: ClusterIndex::apply_storage_class,
             delete: |i, o| i.delete_storage_class(&o.name_any()),
             relist: Relist::Buffer(|i, l| i.reset_storage_classes(l)),
@@ -440,15 +479,15 @@ async fn watch_local_kinds(
                 let wait = match served_local_kinds(&client).await {
                     Ok(served) => {
                         failures = 0;
-                        for (i, (slot, _)) in LOCAL_KINDS.iter().enumerate() {
+                        for (i, (kind, _)) in LOCAL_KINDS.iter().enumerate() {
                             if running[i] {
                                 continue;
                             }
                             if served[i] {
-                                ready.set_expected(*slot);
+                                ready.set_expected(*kind);
                                 running[i] = true;
                             } else {
-                                ready.set_absent(*slot);
+                                ready.set_absent(*kind);
                             }
                         }
                         started_tx.send_replace(running);
@@ -565,7 +604,7 @@ async fn watch_kind_with<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let kind = KINDS.get(sink.slot).copied().unwrap_or("unknown");
+    let kind = sink.kind.as_str();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(super::slim::strip::<K>);
@@ -588,7 +627,7 @@ async fn watch_kind_with<K>(
                 let listed = std::mem::take(&mut buffer);
                 let count = listed.len();
                 reset(&mut write(&index), listed);
-                ready.mark(sink.slot);
+                ready.mark(sink.kind);
                 ready.count_list(kind);
                 tracing::debug!(kind, count, "listed");
                 if count >= TRIM_AFTER {
@@ -606,7 +645,7 @@ async fn watch_kind_with<K>(
             }
             (watcher::Event::InitDone, Relist::Stage { commit, .. }) => {
                 commit(&mut write(&index));
-                ready.mark(sink.slot);
+                ready.mark(sink.kind);
                 ready.count_list(kind);
                 tracing::debug!(kind, count = staged, "listed");
                 // The pages decoded on the way are free now; a large list's are worth
@@ -634,14 +673,14 @@ mod tests {
     #[test]
     fn a_missing_crd_counts_as_listed_until_it_is_installed() {
         let ready = Readiness::for_controller();
-        for slot in 2..8 {
-            ready.mark(slot);
+        for kind in &Kind::ALL[2..] {
+            ready.mark(*kind);
         }
         assert_eq!(ready.pending(), ["StorageNode", "LocalVolume"]);
         assert!(ready.missing().is_empty(), "nothing is known missing yet");
 
-        ready.set_absent(0);
-        ready.set_absent(1);
+        ready.set_absent(Kind::StorageNode);
+        ready.set_absent(Kind::LocalVolume);
         assert!(ready.is_ready(), "nothing to wait for without the CRDs");
         assert_eq!(
             ready.missing(),
@@ -649,11 +688,34 @@ mod tests {
         );
 
         // Installed later: waited for again until listed.
-        ready.set_expected(1);
+        ready.set_expected(Kind::LocalVolume);
         assert!(!ready.is_ready());
         assert_eq!(ready.pending(), ["LocalVolume"]);
         assert_eq!(ready.missing(), ["storagenodes.stowage.io"]);
-        ready.mark(1);
+        ready.mark(Kind::LocalVolume);
         assert!(ready.is_ready());
+    }
+
+    #[tokio::test]
+    async fn wait_resolves_when_the_last_kind_is_listed_and_not_before() {
+        let ready = Readiness::new();
+        let waiter = tokio::spawn({
+            let ready = ready.clone();
+            async move { ready.wait().await }
+        });
+        for kind in &Kind::ALL[..3] {
+            ready.mark(*kind);
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "StorageClass is not listed yet");
+        ready.mark(Kind::StorageClass);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("wait() resolves once the last kind is listed")
+            .unwrap();
+        // Already ready: at once.
+        tokio::time::timeout(Duration::from_secs(5), ready.wait())
+            .await
+            .unwrap();
     }
 }
