@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::AgentArgs;
 use crate::controller::ControllerArgs;
-use crate::extender_role::ExtenderArgs;
+use crate::extender_role::ExtenderRoleArgs;
 use crate::simulate::SimulateArgs;
 
 /// Exit status for bad input (unknown flags, invalid values, malformed files), as clap uses.
@@ -34,7 +34,7 @@ pub enum Command {
     /// (DaemonSet).
     Agent(AgentArgs),
     /// Serve only the kube-scheduler extender, read-only, for scaling it out.
-    Extender(ExtenderArgs),
+    Extender(ExtenderRoleArgs),
     /// Place a stream of claims on a simulated cluster and compare placement policies; no
     /// cluster needed.
     Simulate(Box<SimulateArgs>),

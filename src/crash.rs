@@ -236,7 +236,7 @@ mod tests {
             include_str!("controller/claim.rs"),
             include_str!("controller/release.rs"),
             include_str!("controller/expand.rs"),
-            include_str!("controller/nfs.rs"),
+            include_str!("controller/nfs_volumes.rs"),
         ]
         .concat();
         let declared: Vec<(&str, &str)> = include_str!("crash.rs")

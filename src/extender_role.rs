@@ -73,7 +73,7 @@ impl Default for BodyLimit {
 
 /// Flags of `stowage extender`.
 #[derive(Debug, Args)]
-pub struct ExtenderArgs {
+pub struct ExtenderRoleArgs {
     /// Address to serve the extender, /metrics, /healthz and /readyz on.
     #[arg(long, default_value = "0.0.0.0:8888", env = "STOWAGE_LISTEN")]
     pub listen: SocketAddr,
@@ -128,7 +128,7 @@ pub fn extender_app(
     router(policy, config).with_context(|| format!("building the extender routes under {prefix:?}"))
 }
 
-impl ExtenderArgs {
+impl ExtenderRoleArgs {
     /// Runs the extender until SIGTERM or ctrl-c.
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
@@ -272,7 +272,7 @@ mod tests {
         }
     }
 
-    fn role_defaults() -> ExtenderArgs {
+    fn role_defaults() -> ExtenderRoleArgs {
         match Cli::try_parse_from(["stowage", "extender"])
             .unwrap()
             .command

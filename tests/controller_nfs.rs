@@ -24,7 +24,7 @@ use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
 use stowage::cache::ClusterIndex;
 use stowage::cache::watch::{Readiness, run_controller_watchers};
-use stowage::controller::nfs::Nfs;
+use stowage::controller::nfs_volumes::Nfs;
 use stowage::controller::{self, Config, Context, Metrics};
 use stowage::nfs::capacity::{Allocation, probe};
 use stowage::nfs::{NfsCluster, NfsConfig};

@@ -196,7 +196,7 @@ impl ControllerArgs {
         let mut lost = std::pin::pin!(leader.lost());
         let nfs = match nfs_config {
             Some(config) => Some(Arc::new(
-                super::nfs::Nfs::new(
+                super::nfs_volumes::Nfs::new(
                     config,
                     client.clone(),
                     instance_name(),
@@ -294,7 +294,7 @@ impl ControllerArgs {
         index: Arc<RwLock<ClusterIndex>>,
         extra_routes: Router,
         leader: watch::Receiver<bool>,
-        nfs: Option<Arc<super::nfs::Nfs>>,
+        nfs: Option<Arc<super::nfs_volumes::Nfs>>,
     ) -> anyhow::Result<Running> {
         let Self {
             listen,

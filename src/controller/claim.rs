@@ -23,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::volume::{self, Unsupported};
-use super::{Action, Context, RESYNC, USER_ERROR_RETRY, error_chain};
+use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
 use crate::cache::{ClassParams, ClusterIndex, Reservation};
@@ -308,14 +308,14 @@ pub fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectReference {
 }
 
 /// Reconciles one claim.
-pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Next> {
     if let Some(nfs) = &ctx.nfs
-        && let Some(class) = super::nfs::our_class(&claim, &ctx, nfs)
+        && let Some(class) = super::nfs_volumes::our_class(&claim, &ctx, nfs)
     {
-        return super::nfs::reconcile_claim(&claim, &class, &ctx, nfs).await;
+        return super::nfs_volumes::reconcile_claim(&claim, &class, &ctx, nfs).await;
     }
     let Some(class) = our_class(&claim, &ctx) else {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     };
     let missing = ctx.ready.missing();
     if !missing.is_empty() && claim.metadata.deletion_timestamp.is_none() {
@@ -331,10 +331,10 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     if claim.metadata.deletion_timestamp.is_some()
         || !may_provision(&claim, &ctx.config.provisioner)
     {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let Some(node) = selected_node(&claim) else {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     };
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     ctx.seen_with_node(&uid);
@@ -379,7 +379,7 @@ async fn local_crds_missing(
     claim: &PersistentVolumeClaim,
     missing: &[String],
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     let message = format!(
         "node-local volumes are off: the CRD{} {} {} not installed in this cluster. Install \
          them (`stowage crds | kubectl apply -f -`) and the stowage agent DaemonSet, as \
@@ -398,7 +398,7 @@ async fn local_crds_missing(
             &message,
         )
         .await;
-    Ok(Action::requeue(LOCAL_CRDS_RETRY))
+    Ok(Next::requeue(LOCAL_CRDS_RETRY))
 }
 
 /// The claim's class when it is ours (provisioner = our name).
@@ -431,11 +431,11 @@ async fn execute(
     claim: &PersistentVolumeClaim,
     class: &StorageClass,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     let object = claim_ref(claim);
     match plan {
         Plan::WaitForBinding | Plan::WaitForVolume | Plan::WaitForVolumeDeletion => {
-            Ok(Action::requeue(RESYNC))
+            Ok(Next::requeue(RESYNC))
         }
         Plan::Conflict(kind) => {
             let uid = claim.metadata.uid.clone().unwrap_or_default();
@@ -466,7 +466,7 @@ async fn execute(
                     &message,
                 )
                 .await;
-            Ok(Action::requeue(USER_ERROR_RETRY))
+            Ok(Next::requeue(USER_ERROR_RETRY))
         }
         Plan::VolumeFailed { message } => {
             ctx.metrics.provisions.with_label_values(&["failed"]).inc();
@@ -482,7 +482,7 @@ async fn execute(
                     &text,
                 )
                 .await;
-            Ok(Action::requeue(RESYNC))
+            Ok(Next::requeue(RESYNC))
         }
         Plan::Place { node, volume } => place(claim, &node, *volume, ctx).await,
         Plan::CreatePv { volume, path } => {
@@ -490,7 +490,7 @@ async fn execute(
                 // The volume is ready; the PV waits until the PV controller has seen the
                 // claim (see `may_provision`). The annotation's arrival wakes this claim.
                 tracing::debug!(claim = %claim_key(claim), "volume ready; waiting for the provisioner annotation");
-                return Ok(Action::await_change());
+                return Ok(Next::await_change());
             }
             create_pv(claim, class, &volume, &path, ctx).await
         }
@@ -714,7 +714,7 @@ async fn place(
     node: &str,
     volume: LocalVolume,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     if ctx.node_hostname(node).is_none() {
         let message = format!(
             "node {node} no longer exists; removed the selected node so that the scheduler \
@@ -734,7 +734,7 @@ async fn place(
             // The LocalVolume's watch brings this claim back; if that create fails, the
             // sibling's retry does not come back here (its own volume exists), so look
             // again soon.
-            return Ok(Action::requeue(SIBLING_RETRY));
+            return Ok(Next::requeue(SIBLING_RETRY));
         }
         let (siblings, others, to_come) = siblings(&index, claim, node, &ctx.config.provisioner);
         let volumes_on_node = |claims: Vec<ClaimOfClass>| {
@@ -776,7 +776,7 @@ async fn place(
         GroupStep::AwaitSiblings => {
             drop(guard);
             tracing::debug!(claim = %claim_key(claim), node, "waiting for the pod's other claims to be sent to the node");
-            Ok(Action::requeue(SIBLING_RETRY))
+            Ok(Next::requeue(SIBLING_RETRY))
         }
         GroupStep::Elsewhere { message } => {
             drop(guard);
@@ -795,7 +795,7 @@ async fn place(
                     )
                     .await;
             }
-            Ok(Action::requeue(STAY_RETRY))
+            Ok(Next::requeue(STAY_RETRY))
         }
         GroupStep::Reschedule { reason, message } => {
             drop(guard);
@@ -816,7 +816,7 @@ async fn place(
             for ((member, lv), assumed) in group.into_iter().zip(assumed) {
                 create_assumed(&member, node, lv, assumed, ctx).await?;
             }
-            Ok(Action::requeue(RESYNC))
+            Ok(Next::requeue(RESYNC))
         }
     }
 }
@@ -936,7 +936,7 @@ async fn reschedule(
     reason: &'static str,
     message: &str,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     let key = claim_key(claim);
     let api: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
@@ -958,7 +958,7 @@ async fn reschedule(
         // 422: the test failed (selected-node changed or is gone); 404: the claim is gone.
         Err(e) if is_status(&e, 422) || is_status(&e, 404) => {
             tracing::debug!(claim = %key, "selected node already changed");
-            return Ok(Action::requeue(super::FIRST_RETRY));
+            return Ok(Next::requeue(super::FIRST_RETRY));
         }
         Err(e) => return Err(Error::api("patch", "PersistentVolumeClaim", key)(e)),
     }
@@ -973,7 +973,7 @@ async fn reschedule(
             message,
         )
         .await;
-    Ok(Action::await_change())
+    Ok(Next::await_change())
 }
 
 /// Creates the PV for a Ready LocalVolume (adopting one made for the same claim uid).
@@ -983,7 +983,7 @@ async fn create_pv(
     lv: &LocalVolume,
     path: &str,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     let node = lv.spec.node_name.as_str();
     let hostname = match ctx.node_hostname(node).flatten() {
         Some(h) => h,
@@ -1022,7 +1022,7 @@ async fn create_pv(
                     uid: claim.metadata.uid.clone().unwrap_or_default(),
                 });
             }
-            return Ok(Action::requeue(RESYNC));
+            return Ok(Next::requeue(RESYNC));
         }
         Err(e) => {
             let error = Error::api("create", "PersistentVolume", &name)(e);
@@ -1036,7 +1036,7 @@ async fn create_pv(
         lv.spec.pool
     );
     record_pv_created(ctx, &ctx.recorder, claim, &name, &placed).await;
-    Ok(Action::requeue(RESYNC))
+    Ok(Next::requeue(RESYNC))
 }
 
 /// The outcome of a PV create that succeeded, for local and NFS volumes alike:

@@ -27,7 +27,7 @@ use super::claim::claim_ref;
 use super::error::{Error, Result};
 use super::events::EventType;
 use super::volume::{self, pv_capacity, quantity};
-use super::{Action, Context, RESYNC, USER_ERROR_RETRY};
+use super::{Context, Next, RESYNC, USER_ERROR_RETRY};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
 use crate::crash;
@@ -99,27 +99,27 @@ pub async fn reconcile(
     claim: &PersistentVolumeClaim,
     class: &StorageClass,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     // Every "nothing to do" below waits for a change: an edit of the claim, and every
     // change of its PV or LocalVolume, queue the claim again.
     if class.allow_volume_expansion != Some(true) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let name = volume::volume_name(&uid);
     let bound_to = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
     if bound_to != Some(name.as_str()) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let Ok(requested) = volume::requested_size(claim) else {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     };
     let (pv, lv) = {
         let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
         (index.persistent_volume(&name), index.local_volume(&name))
     };
     let Some(pv) = pv else {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     };
     let provisioned_by = pv
         .metadata
@@ -127,10 +127,10 @@ pub async fn reconcile(
         .as_ref()
         .and_then(|a| a.get(names::ANNOTATION_PROVISIONED_BY));
     if provisioned_by != Some(&ctx.config.provisioner) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let Some(lv) = lv else {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     };
     let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
     let claim_capacity = claim
@@ -148,7 +148,7 @@ pub async fn reconcile(
     );
     tracing::debug!(volume = %name, ?plan, "expansion plan");
     match plan {
-        Plan::Nothing | Plan::WaitForAgent => Ok(Action::await_change()),
+        Plan::Nothing | Plan::WaitForAgent => Ok(Next::await_change()),
         Plan::AgentFailed(message) => {
             ctx.metrics.expansions.with_label_values(&["failed"]).inc();
             let text = format!(
@@ -162,7 +162,7 @@ pub async fn reconcile(
                     &text,
                 )
                 .await;
-            Ok(Action::requeue(RESYNC))
+            Ok(Next::requeue(RESYNC))
         }
         Plan::Grow { to, extra } => grow(claim, &lv, to, extra, ctx).await,
         Plan::Finish { size } => finish(claim, &name, size, ctx).await,
@@ -175,7 +175,7 @@ async fn grow(
     to: Bytes,
     extra: Bytes,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     let name = lv.name_any();
     let node = lv.spec.node_name.as_str();
     let lock = ctx.node_lock(node);
@@ -210,7 +210,7 @@ async fn grow(
                 &text,
             )
             .await;
-        return Ok(Action::requeue(USER_ERROR_RETRY));
+        return Ok(Next::requeue(USER_ERROR_RETRY));
     }
     let api: Api<LocalVolume> = Api::all(ctx.client.clone());
     // Conditional on the version read: a concurrent change makes this a 409 and a retry.
@@ -242,7 +242,7 @@ async fn grow(
             &format!("External resizer is resizing volume {name} to {to}"),
         )
         .await;
-    Ok(Action::requeue(RESYNC))
+    Ok(Next::requeue(RESYNC))
 }
 
 async fn finish(
@@ -250,7 +250,7 @@ async fn finish(
     name: &str,
     size: Bytes,
     ctx: &Context,
-) -> Result<Action> {
+) -> Result<Next> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let patch = json!({"spec": {"capacity": {"storage": quantity(size)}}});
     let grown = pvs
@@ -278,7 +278,7 @@ async fn finish(
             &format!("resize volume {name} to {size} succeeded"),
         )
         .await;
-    Ok(Action::requeue(RESYNC))
+    Ok(Next::requeue(RESYNC))
 }
 
 /// Sets (`resizing`) or clears the claim's `Resizing` condition, clears

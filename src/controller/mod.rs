@@ -50,7 +50,7 @@ pub mod error;
 pub use crate::events;
 pub mod expand;
 pub mod metrics;
-pub mod nfs;
+pub mod nfs_volumes;
 pub mod queue;
 pub mod release;
 pub mod volume;
@@ -59,7 +59,7 @@ pub use args::ControllerArgs;
 pub use error::{Error, Result};
 pub use events::Recorder;
 pub use metrics::Metrics;
-pub use queue::{Action, Queue};
+pub use queue::{Next, Queue};
 
 /// First retry after a transient error: well under a second, so a conflict or a hiccup of
 /// the API server costs a claim ~150 ms, not the 15 s of the external-provisioner library.
@@ -117,7 +117,7 @@ pub struct Context {
     /// `true` while this replica holds the lease.
     pub leader: watch::Receiver<bool>,
     /// NFS cluster mode, when configured ([`Context::with_nfs`]).
-    pub nfs: Option<Arc<nfs::Nfs>>,
+    pub nfs: Option<Arc<nfs_volumes::Nfs>>,
     /// Claims to reconcile, by namespace and name.
     pub claims: Arc<Queue<(String, String)>>,
     /// PersistentVolumes to reconcile, by name.
@@ -185,7 +185,7 @@ impl Context {
     }
 
     /// Turns on NFS cluster mode: claims of `nfs`'s provisioner name are served too.
-    pub fn with_nfs(mut self, nfs: Arc<nfs::Nfs>) -> Self {
+    pub fn with_nfs(mut self, nfs: Arc<nfs_volumes::Nfs>) -> Self {
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -402,9 +402,9 @@ async fn on_becoming_leader(ctx: Arc<Context>) {
     }
 }
 
-/// What the queue does after a reconcile of `key`: the reconcile's own [`Action`], or after
+/// What the queue does after a reconcile of `key`: the reconcile's own [`Next`], or after
 /// an error a retry with the key's backoff.
-fn settle(key: &str, result: Result<Action>, ctx: &Context) -> Action {
+fn settle(key: &str, result: Result<Next>, ctx: &Context) -> Next {
     let error = match result {
         Ok(action) => return action,
         Err(error) => error,
@@ -412,12 +412,12 @@ fn settle(key: &str, result: Result<Action>, ctx: &Context) -> Action {
     if matches!(error, Error::NotSynced(_)) {
         // Not a failure of this object: look again soon, without growing its backoff.
         tracing::debug!(object = %key, "waiting for the cluster index");
-        return Action::requeue(FIRST_RETRY);
+        return Next::requeue(FIRST_RETRY);
     }
     if error.is_conflict() {
         // Another writer changed the object first: read it again, quietly and soon.
         tracing::debug!(object = %key, error = %error_chain(&error), "conflict; retrying");
-        return Action::requeue(FIRST_RETRY);
+        return Next::requeue(FIRST_RETRY);
     }
     let delay = ctx.backoff(key, error.is_transient());
     tracing::warn!(
@@ -427,7 +427,7 @@ fn settle(key: &str, result: Result<Action>, ctx: &Context) -> Action {
         error = %error_chain(&error),
         "reconcile failed"
     );
-    Action::requeue(delay)
+    Next::requeue(delay)
 }
 
 /// An error and its sources, `: `-joined, for logs and Event messages.
@@ -444,13 +444,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Wraps a reconcile of the object `key`: nothing happens unless this replica leads and
 /// the index is loaded, and a success resets the object's backoff.
-async fn guarded<T, F, Fut>(key: &str, obj: T, ctx: Arc<Context>, f: F) -> Result<Action>
+async fn guarded<T, F, Fut>(key: &str, obj: T, ctx: Arc<Context>, f: F) -> Result<Next>
 where
     F: FnOnce(Arc<T>, Arc<Context>) -> Fut,
-    Fut: std::future::Future<Output = Result<Action>>,
+    Fut: std::future::Future<Output = Result<Next>>,
 {
     if !ctx.is_leader() {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     ctx.ensure_synced()?;
     let action = f(Arc::new(obj), ctx.clone()).await?;
@@ -595,7 +595,7 @@ async fn serve<K, T, R, Fut>(
     K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
     T: Send + Sync + 'static,
     R: Fn(Arc<T>, Arc<Context>) -> Fut + Copy + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Action>> + Send,
+    Fut: std::future::Future<Output = Result<Next>> + Send,
 {
     let ctx = ctx.clone();
     queue
@@ -606,7 +606,7 @@ async fn serve<K, T, R, Fut>(
                     (reconciler.read)(&ctx.index.read().unwrap_or_else(|e| e.into_inner()), &key);
                 let Some(object) = object else {
                     (reconciler.gone)(&ctx, &key);
-                    return Action::await_change();
+                    return Next::await_change();
                 };
                 let name = (reconciler.describe)(&key);
                 let result = guarded(&name, object, ctx.clone(), reconciler.reconcile).await;
@@ -642,7 +642,7 @@ mod tests {
                     most_waiting.fetch_max(queue.waiting(), std::sync::atomic::Ordering::SeqCst);
                     seen.lock().unwrap().push(k);
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    queue::Action::await_change()
+                    queue::Next::await_change()
                 }
             }
         }));

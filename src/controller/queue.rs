@@ -29,13 +29,14 @@ use tokio::time::Instant;
 /// Capacity kept by a drained queue; beyond it, memory is given back.
 const SHRINK_ABOVE: usize = 1024;
 
-/// What a reconcile asks of the queue when it is done.
+/// What a reconcile asks of the queue when it is done (named apart from kube's `Action`,
+/// which the agent's reconciler returns to kube's `Controller`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Action {
+pub struct Next {
     requeue_after: Option<Duration>,
 }
 
-impl Action {
+impl Next {
     /// Run again after `duration` (sooner if the object changes).
     pub fn requeue(duration: Duration) -> Self {
         Self {
@@ -194,7 +195,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
     }
 
     /// Marks `key`'s reconcile done and applies `action`.
-    fn done(&self, key: K, action: Action) {
+    fn done(&self, key: K, action: Next) {
         let rerun = {
             let mut state = self.lock();
             state.running.remove(&key);
@@ -242,7 +243,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
         reconcile: F,
     ) where
         F: Fn(K) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Action> + Send,
+        Fut: Future<Output = Next> + Send,
     {
         let reconcile = Arc::new(reconcile);
         let timer = {
@@ -311,7 +312,7 @@ mod tests {
         workers: usize,
         log: &Log,
         busy: Duration,
-        action: Action,
+        action: Next,
     ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let (stop_tx, stop) = watch::channel(false);
         let log = log.clone();
@@ -340,7 +341,7 @@ mod tests {
             4,
             &log,
             Duration::from_millis(10),
-            Action::await_change(),
+            Next::await_change(),
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let starts: Vec<u32> = log
@@ -366,7 +367,7 @@ mod tests {
             4,
             &log,
             Duration::from_millis(100),
-            Action::await_change(),
+            Next::await_change(),
         );
         queue.add(1);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -392,7 +393,7 @@ mod tests {
             let counter = counter.clone();
             async move {
                 counter.fetch_add(1, Ordering::SeqCst);
-                Action::requeue(Duration::from_secs(10))
+                Next::requeue(Duration::from_secs(10))
             }
         }));
         queue.add(5);
@@ -427,7 +428,7 @@ mod tests {
                 p.fetch_max(running, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 n.fetch_sub(1, Ordering::SeqCst);
-                Action::await_change()
+                Next::await_change()
             }
         }));
         for k in 0..30 {
@@ -449,7 +450,7 @@ mod tests {
             1,
             &log,
             Duration::from_millis(100),
-            Action::await_change(),
+            Next::await_change(),
         );
         queue.add(1);
         queue.add(2);

@@ -28,7 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::volume::{self, pv_node};
-use super::{Action, Context, RESYNC, error_chain};
+use super::{Context, Next, RESYNC, error_chain};
 use crate::api::local_volume::{ClaimRef, LocalVolume, OnDelete};
 use crate::api::{names, reasons};
 use crate::crash;
@@ -86,7 +86,7 @@ pub fn plan(v: View<'_>) -> Plan {
 }
 
 /// Reconciles one PersistentVolume.
-pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Next> {
     let provisioned_by = pv
         .metadata
         .annotations
@@ -95,10 +95,10 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
     if let Some(nfs) = &ctx.nfs
         && provisioned_by.is_some_and(|p| *p == nfs.provisioner())
     {
-        return super::nfs::reconcile_volume(&pv, &ctx, nfs).await;
+        return super::nfs_volumes::reconcile_volume(&pv, &ctx, nfs).await;
     }
     if provisioned_by != Some(&ctx.config.provisioner) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let name = pv.name_any();
     let lv = ctx
@@ -153,7 +153,7 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
     if plan == Plan::DeletePv || plan == Plan::RemoveFinalizer {
         ctx.node_present(&name);
     }
-    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+    Ok(requeue.map_or_else(Next::await_change, Next::requeue))
 }
 
 async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()> {
@@ -400,16 +400,16 @@ async fn check_node(
 /// Reconciles one LocalVolume: deletes it when it has no PV and its claim is gone (or was
 /// re-created with another uid, or is bound to another volume). This is the cleanup of a
 /// provisioning the claim's deletion interrupted.
-pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> Result<Next> {
     if lv.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let name = lv.name_any();
     if lv.spec.on_delete == OnDelete::Retain {
         // Its class or its PV said Retain: the LocalVolume is the record of data an admin
         // chose to keep, and of the space it holds. Only an admin deletes it.
         tracing::debug!(volume = %name, "local volume retains its data; never collected");
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let claim_ref = &lv.spec.claim;
     // The index answers the common case (the claim is there) without a request.
@@ -421,7 +421,7 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         )
     };
     if pv || wants(claim.as_ref(), claim_ref) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     // Deleting it deletes data: confirm with the API server what the index says.
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
@@ -431,7 +431,7 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         .map_err(Error::api("get", "PersistentVolume", &name))?
         .is_some()
     {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &claim_ref.namespace);
@@ -441,7 +441,7 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
         format!("{}/{}", claim_ref.namespace, claim_ref.name),
     ))?;
     if wants(claim.as_ref(), claim_ref) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let api: Api<LocalVolume> = Api::all(ctx.client.clone());
     let dp = DeleteParams {
@@ -458,9 +458,9 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
                 claim = %claim_ref.key(),
                 "orphaned local volume deleted: its claim is gone and it has no PV"
             );
-            Ok(Action::await_change())
+            Ok(Next::await_change())
         }
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(Action::await_change()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(Next::await_change()),
         Err(e) => Err(Error::api("delete", "LocalVolume", name)(e)),
     }
 }

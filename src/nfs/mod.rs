@@ -59,7 +59,7 @@ pub use config::{ConfigError, NfsConfig, ServerName, ServerSpec};
 pub use dirs::{DirError, Removed, ServerRoot};
 pub use owner::{ClaimUid, Marker, NamespaceNow, NamespaceUid, NotOurs, Owner};
 pub use place::{
-    ClaimName, Layout, LocateError, Overlap, PlaceError, Placement, RelDir, UsedDir, overlap,
+    ClaimName, Layout, LocateError, Overlap, PlaceError, RelDir, ServerDir, UsedDir, overlap,
 };
 pub use ring::{Epsilon, Ring, RingError, Skip};
 
@@ -244,7 +244,7 @@ impl NfsCluster {
         size: Bytes,
         params: &NfsClassParams,
         used: &[UsedDir],
-    ) -> Result<Placement, NfsError> {
+    ) -> Result<ServerDir, NfsError> {
         let owner = Owner {
             claim: claim.clone(),
             uid: uid.clone(),

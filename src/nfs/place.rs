@@ -269,9 +269,10 @@ pub fn lookup(servers: &[ServerSpec], owner: &Owner) -> Lookup {
     found
 }
 
-/// Where a claim goes.
+/// Where an NFS claim goes: the server and the directory on it (named apart from the
+/// ledger's [`crate::ledger::Placement`], the spread/binpack policy of local classes).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
+pub struct ServerDir {
     /// The server's index in the config (and ring).
     pub server: usize,
     /// The server's name.
@@ -397,7 +398,7 @@ pub fn plan(
     loads: &[ServerLoad],
     req: PlaceRequest<'_>,
     found: &Lookup,
-) -> Result<Placement, PlaceError> {
+) -> Result<ServerDir, PlaceError> {
     if ring.servers().len() != servers.len() {
         return Err(PlaceError::RingOutOfDate {
             ring: ring.servers().len(),
@@ -444,7 +445,7 @@ pub fn plan(
         }
     };
     let spec = &servers[server];
-    Ok(Placement {
+    Ok(ServerDir {
         server,
         server_name: spec.name.clone(),
         address: spec.address.clone(),
@@ -506,7 +507,7 @@ pub struct UsedDir {
 /// This does not depend on ownership markers, which sit in tenants' volumes and which
 /// directories made by older versions lack; it sees only PVs that still exist.
 pub fn clash<'a>(
-    placement: &Placement,
+    placement: &ServerDir,
     claim: &ClaimName,
     used: &'a [UsedDir],
 ) -> Option<(&'a UsedDir, Overlap)> {

@@ -49,14 +49,14 @@ use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::release::remove_finalizer;
 use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
-use super::{Action, Context, RESYNC, USER_ERROR_RETRY, error_chain};
+use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
 use crate::api::{names, reasons};
 use crate::crash;
 use crate::ledger::Bytes;
 use crate::nfs::{
     Allocation, ClaimName, ClaimUid, Layout, NamespaceUid, NfsClassParams, NfsCluster, NfsConfig,
-    NfsError, NfsMetrics, NfsServerState, Overlap, Placement, UsedDir, capacity, overlap,
+    NfsError, NfsMetrics, NfsServerState, Overlap, ServerDir, UsedDir, capacity, overlap,
 };
 
 /// How often server capacity is measured and the ring rebuilt.
@@ -334,7 +334,7 @@ pub fn recorded_on_delete(pv: &PersistentVolume) -> Option<OnDelete> {
 pub fn persistent_volume(
     claim: &PersistentVolumeClaim,
     class: &StorageClass,
-    placement: &Placement,
+    placement: &ServerDir,
     size: Bytes,
     on_delete: OnDelete,
     provisioner: &str,
@@ -442,7 +442,7 @@ pub async fn reconcile_claim(
     class: &StorageClass,
     ctx: &Context,
     nfs: &Nfs,
-) -> Result<Action> {
+) -> Result<Next> {
     let provisioner = nfs.provisioner();
     let bound = claim
         .spec
@@ -453,7 +453,7 @@ pub async fn reconcile_claim(
         return expand_claim(claim, class, ctx, nfs).await;
     }
     if claim.metadata.deletion_timestamp.is_some() || !names_provisioner(claim, &provisioner) {
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let name = volume::volume_name(&uid);
@@ -479,7 +479,7 @@ pub async fn reconcile_claim(
                 &message,
             )
             .await;
-        Ok(Action::requeue(USER_ERROR_RETRY))
+        Ok(Next::requeue(USER_ERROR_RETRY))
     };
     let size = match request(claim) {
         Ok(size) => size,
@@ -514,7 +514,7 @@ pub async fn reconcile_claim(
         },
         None if ctx.waiting_for(&uid) < NAMESPACE_WAIT => {
             tracing::debug!(claim = %claim_name, "namespace not in the index yet; waiting for it");
-            return Ok(Action::requeue(NAMESPACE_RETRY));
+            return Ok(Next::requeue(NAMESPACE_RETRY));
         }
         None => {
             tracing::info!(
@@ -574,7 +574,7 @@ pub async fn reconcile_claim(
         Err(join) => {
             drop(placing);
             tracing::error!(claim = %claim_key(claim), error = %join, "NFS placement task failed");
-            return Ok(Action::requeue(super::FIRST_RETRY));
+            return Ok(Next::requeue(super::FIRST_RETRY));
         }
     };
     nfs.update(|c| {
@@ -646,7 +646,7 @@ pub async fn reconcile_claim(
         placement.server_name, placement.address, placement.export_path
     );
     record_pv_created(ctx, &nfs.recorder, claim, &name, &placed).await;
-    Ok(Action::requeue(RESYNC))
+    Ok(Next::requeue(RESYNC))
 }
 
 /// What to do about the size of a bound NFS claim.
@@ -712,19 +712,19 @@ async fn expand_claim(
     class: &StorageClass,
     ctx: &Context,
     nfs: &Nfs,
-) -> Result<Action> {
+) -> Result<Next> {
     if class.allow_volume_expansion != Some(true) || claim.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     }
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let name = volume::volume_name(&uid);
     let bound_to = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
     let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
     if bound_to != Some(name.as_str()) || !bound {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     }
     let Ok(requested) = volume::requested_size(claim) else {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     };
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let Some(pv) =
@@ -732,13 +732,13 @@ async fn expand_claim(
             .await
             .map_err(Error::api("get", "PersistentVolume", &name))?
     else {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     };
     if provisioned_by(&pv) != Some(nfs.provisioner().as_str()) {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     }
     let Some(source) = pv.spec.as_ref().and_then(|s| s.nfs.clone()) else {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     };
     let claim_capacity = claim
         .status
@@ -763,11 +763,11 @@ async fn expand_claim(
     tracing::debug!(volume = %name, ?plan, "NFS expansion plan");
     let server_name = state.map_or_else(|| source.server.clone(), |s| s.server.to_string());
     match plan {
-        GrowPlan::Nothing => Ok(Action::requeue(RESYNC)),
+        GrowPlan::Nothing => Ok(Next::requeue(RESYNC)),
         GrowPlan::Unmeasured => {
             tracing::info!(volume = %name, server = %server_name, "free space of the NFS server unknown; growth waits for the next capacity refresh");
             nfs.refresh_now.notify_one();
-            Ok(Action::requeue(REFRESH_EVERY))
+            Ok(Next::requeue(REFRESH_EVERY))
         }
         GrowPlan::NoRoom { extra, available } => {
             drop(placing);
@@ -789,7 +789,7 @@ async fn expand_claim(
                     &text,
                 )
                 .await;
-            Ok(Action::requeue(USER_ERROR_RETRY))
+            Ok(Next::requeue(USER_ERROR_RETRY))
         }
         GrowPlan::Grow { to, extra } => {
             // Conditional on the version read: a concurrent change is a 409 and a retry.
@@ -834,7 +834,7 @@ async fn finish_growth(
     size: Bytes,
     ctx: &Context,
     nfs: &Nfs,
-) -> Result<Action> {
+) -> Result<Next> {
     super::expand::set_resizing(claim, false, Some(size), ctx).await?;
     ctx.metrics
         .expansions
@@ -851,7 +851,7 @@ async fn finish_growth(
             ),
         )
         .await;
-    Ok(Action::requeue(RESYNC))
+    Ok(Next::requeue(RESYNC))
 }
 
 /// A PV named after the claim exists: ours to wait for if it names the claim's uid.
@@ -860,10 +860,10 @@ async fn adopt(
     claim: &PersistentVolumeClaim,
     name: &str,
     nfs: &Nfs,
-) -> Result<Action> {
+) -> Result<Next> {
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     if pv_claim_uid(pv) == Some(uid.as_str()) {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     }
     let error = Error::NotOurs {
         kind: "PersistentVolume",
@@ -882,7 +882,7 @@ async fn adopt(
 }
 
 /// Reconciles one PersistentVolume of the NFS provisioner.
-pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<Action> {
+pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<Next> {
     let name = pv.name_any();
     let spec = pv.spec.clone().unwrap_or_default();
     let policy = spec
@@ -898,12 +898,12 @@ pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -
         if finalizer {
             remove_finalizer(pv, ctx).await?;
         }
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     }
     let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
     let due = phase == Some("Released") || (deleting && phase != Some("Bound"));
     if !due || (deleting && !finalizer) {
-        return Ok(Action::requeue(RESYNC));
+        return Ok(Next::requeue(RESYNC));
     }
     let result = release(pv, ctx, nfs).await;
     if let Err(error) = &result {
@@ -923,7 +923,7 @@ pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -
         .with_label_values(&["succeeded"])
         .inc();
     tracing::info!(volume = %name, "NFS persistent volume deleted");
-    Ok(Action::await_change())
+    Ok(Next::await_change())
 }
 
 /// Deals with the directory of a released PV, then deletes the PV and drops our finalizer.
@@ -1380,7 +1380,7 @@ mod tests {
             mount_options: Some(vec!["nfsvers=4.1".into()]),
             ..Default::default()
         };
-        let placement = Placement {
+        let placement = ServerDir {
             server: 1,
             server_name: crate::nfs::ServerName::parse("nfs-b").unwrap(),
             address: "10.0.0.12".into(),
