@@ -26,6 +26,7 @@
 //! Paths passed alongside descriptors are used for error messages only.
 
 use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -595,6 +596,57 @@ fn list(dir: &OwnedFd) -> Result<Vec<(CString, bool)>, Errno> {
     Ok(entries)
 }
 
+/// The permission bits a new volume directory gets.
+///
+/// The default is `0770`: kubelet gives a pod's `fsGroup` group ownership of a local
+/// volume, so owner and group are enough for pods, while other users and processes on the
+/// node (which `0777` would let in) cannot read or write tenants' data. Pods that run as
+/// a non-root user without an `fsGroup` need `volumeMode: "0777"` on their pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VolumeMode(pub u32);
+
+impl VolumeMode {
+    /// The mode bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Reads a quoted octal mode of three or four digits such as `"0770"` or `"2775"`.
+    pub fn parse_octal(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if !(3..=4).contains(&t.len()) || !t.chars().all(|c| ('0'..='7').contains(&c)) {
+            return Err(format!(
+                "{s:?} is not an octal mode; write three or four octal digits such as \"0770\""
+            ));
+        }
+        u32::from_str_radix(t, 8)
+            .map(VolumeMode)
+            .map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl Default for VolumeMode {
+    fn default() -> Self {
+        VolumeMode(0o770)
+    }
+}
+
+impl fmt::Display for VolumeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC, the stamp in archive names (the agent's and the NFS
+/// mode's); times before 1970 print as 1970-01-01.
+pub fn utc_stamp(at: std::time::SystemTime) -> String {
+    let at = jiff::Timestamp::try_from(at)
+        .ok()
+        .filter(|t| *t >= jiff::Timestamp::UNIX_EPOCH)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    at.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
 /// A named point between a check and the use it guards. Unit tests register a hook that
 /// swaps the filesystem there (a directory for a symlink) to prove the use does not follow
 /// what was swapped in; outside tests it does nothing.
@@ -716,6 +768,22 @@ mod tests {
 
     fn dir_fd(p: &Path) -> OwnedFd {
         open_dir(p).unwrap()
+    }
+
+    #[test]
+    fn the_utc_stamp_is_compact_iso_8601() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
+        // 2024-02-29T13:45:07Z, a leap day.
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
+        assert_eq!(utc_stamp(t), "20240229T134507Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
+        assert_eq!(utc_stamp(t), "20241231T235959Z");
+        // Before 1970: the epoch.
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH - Duration::from_secs(86_400)),
+            "19700101T000000Z"
+        );
     }
 
     #[test]

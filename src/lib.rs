@@ -66,4 +66,52 @@ mod tests {
         assert_eq!(a, b, "declared modules vs the map in src/lib.rs's docs");
         assert!(declared.len() >= 15);
     }
+
+    /// The pure modules stay pure: no file of `ledger` or `nfs` (tests included) names kube,
+    /// k8s-openapi, tokio, axum or prometheus, or the modules built on them. A text check,
+    /// until these modules become a crate of their own whose dependencies say it.
+    #[test]
+    fn ledger_and_nfs_use_no_kubernetes_client_runtime_or_metrics() {
+        let forbidden = [
+            "kube::",
+            "k8s_openapi::",
+            "tokio::",
+            "axum::",
+            "prometheus::",
+            "crate::agent",
+            "crate::controller",
+            "crate::cache",
+            "crate::serve",
+            "crate::leader",
+            "crate::extender_role",
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join("ledger"), root.join("nfs")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() > 20, "{files:?}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for word in forbidden {
+                    assert!(
+                        !code.contains(word),
+                        "{}:{}: {word} in a pure module: {line}",
+                        file.display(),
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
 }

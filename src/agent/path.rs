@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rustix::fs::Mode;
 use rustix::io::Errno;
@@ -289,46 +289,12 @@ impl PoolRoot {
     }
 }
 
-pub(crate) use crate::fsutil::race_point;
-
-/// `YYYYMMDDTHHMMSSZ` in UTC; times before 1970 print as 1970-01-01.
-pub fn utc_stamp(at: SystemTime) -> String {
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
-}
+pub(crate) use crate::fsutil::{race_point, utc_stamp};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     const UUID_NAME: &str = "pvc-0f8e4c1a-3b2d-4e5f-8a9b-0c1d2e3f4a5b";
 
@@ -364,16 +330,6 @@ mod tests {
             assert!(err.to_string().contains(why), "{bad:?}: {err}");
             assert!(err.to_string().contains("pvc-"), "{err}");
         }
-    }
-
-    #[test]
-    fn the_utc_stamp_is_compact_iso_8601() {
-        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
-        // 2024-02-29T13:45:07Z, a leap day.
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_214_307);
-        assert_eq!(utc_stamp(t), "20240229T134507Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
-        assert_eq!(utc_stamp(t), "20241231T235959Z");
     }
 
     #[test]

@@ -24,7 +24,6 @@
 //! volumes on the root disk underneath it; the pool is then reported not ready instead,
 //! until the disk is mounted.
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -36,46 +35,7 @@ use crate::ledger::{Bytes, Driver, PoolName, PoolState, Reserve};
 /// `statfs` `f_type` of a btrfs filesystem.
 pub const BTRFS_SUPER_MAGIC: u64 = 0x9123_683E;
 
-/// The permission bits a new volume directory gets.
-///
-/// The default is `0770`: kubelet gives a pod's `fsGroup` group ownership of a local
-/// volume, so owner and group are enough for pods, while other users and processes on the
-/// node (which `0777` would let in) cannot read or write tenants' data. Pods that run as
-/// a non-root user without an `fsGroup` need `volumeMode: "0777"` on their pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct VolumeMode(pub u32);
-
-impl VolumeMode {
-    /// The mode bits.
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-
-    /// Reads a quoted octal mode of three or four digits such as `"0770"` or `"2775"`.
-    pub fn parse_octal(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        if !(3..=4).contains(&t.len()) || !t.chars().all(|c| ('0'..='7').contains(&c)) {
-            return Err(format!(
-                "{s:?} is not an octal mode; write three or four octal digits such as \"0770\""
-            ));
-        }
-        u32::from_str_radix(t, 8)
-            .map(VolumeMode)
-            .map_err(|e| format!("{s:?}: {e}"))
-    }
-}
-
-impl Default for VolumeMode {
-    fn default() -> Self {
-        VolumeMode(0o770)
-    }
-}
-
-impl fmt::Display for VolumeMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04o}", self.0)
-    }
-}
+pub use crate::fsutil::VolumeMode;
 
 /// One configured pool, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]

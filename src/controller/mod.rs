@@ -50,6 +50,7 @@ pub mod error;
 pub use crate::events;
 pub mod expand;
 pub mod metrics;
+pub mod nfs_metrics;
 pub mod nfs_volumes;
 pub mod queue;
 pub mod release;

@@ -47,6 +47,7 @@ use tokio::sync::Notify;
 use super::claim::{claim_ref, names_provisioner, record_pv_created, record_pv_failed};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
+use super::nfs_metrics::NfsMetrics;
 use super::release::remove_finalizer;
 use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
@@ -56,7 +57,7 @@ use crate::crash;
 use crate::ledger::Bytes;
 use crate::nfs::{
     Allocation, ClaimName, ClaimUid, Layout, NamespaceUid, NfsClassParams, NfsCluster, NfsConfig,
-    NfsError, NfsMetrics, NfsServerState, Overlap, ServerDir, UsedDir, capacity, overlap,
+    NfsError, NfsServerState, Overlap, ServerDir, UsedDir, capacity, overlap,
 };
 
 /// How often server capacity is measured and the ring rebuilt.

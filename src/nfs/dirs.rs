@@ -72,9 +72,9 @@ use super::owner::{
 };
 use super::place::{ClaimName, Layout, RelDir};
 use super::ring::stable_hash;
-use crate::agent::path::utc_stamp;
-use crate::agent::pool::VolumeMode;
 use crate::api::local_volume::OnDelete;
+use crate::fsutil::VolumeMode;
+use crate::fsutil::utc_stamp;
 use crate::fsutil::{self, FileAt, FsError, NewDir, race_point};
 
 /// The prefix of archived volume directories.

@@ -17,7 +17,8 @@
 //!
 //! ```text
 //!   start:      NfsConfig::load_file / from_process_env → check_mounts → NfsCluster::new
-//!   every ~30s: capacity::tally(PVs) → NfsCluster::probe (blocking) → refresh → NfsMetrics::update
+//!   every ~30s: capacity::tally(PVs) → NfsCluster::probe (blocking) → refresh → the
+//!               controller's NfsMetrics::update (metrics live outside this module)
 //!   provision:  NfsClassParams::parse → ClaimName::new, ClaimUid::parse,
 //!               NamespaceUid::parse (from the index, if known)
 //!               → NfsCluster::provision → PV with
@@ -53,7 +54,7 @@ use std::time::SystemTime;
 use crate::api::local_volume::OnDelete;
 use crate::ledger::Bytes;
 
-pub use capacity::{Allocation, NfsMetrics, NfsServerState};
+pub use capacity::{Allocation, NfsServerState};
 pub use class::{NfsClassError, NfsClassParams};
 pub use config::{ConfigError, NfsConfig, ServerName, ServerSpec};
 pub use dirs::{DirError, Removed, ServerRoot};
