@@ -38,6 +38,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+use crate::serve::error_chain;
 use clap::{ArgAction, Args};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -947,17 +948,6 @@ fn jittered(period: Duration) -> Duration {
     // Up to +20%: random_u64() % 1001 is 0..=1000 per-mille of a fifth.
     let permille = u32::try_from(random_u64() % 1001).unwrap_or(0);
     period + period / 5 * permille / 1000
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -28,6 +28,19 @@ pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Not a flag and not documented for users: production clients keep the default retry.
 pub const NO_CLIENT_RETRY_ENV: &str = "STOWAGE_TEST_NO_CLIENT_RETRY";
 
+/// An error and its sources joined with ": ", as logs, status messages and Events show
+/// it: the one way every role writes an error chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
 /// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`).
 pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {

@@ -34,6 +34,7 @@ use crate::api::local_volume::{LocalVolume, LocalVolumePhase, LocalVolumeStatus,
 use crate::api::names::{FIELD_MANAGER_AGENT, FINALIZER_AGENT_CLEANUP};
 use crate::crash;
 use crate::ledger::Bytes;
+use crate::serve::error_chain;
 
 /// How often a settled volume is looked at again without any change (a safety net that
 /// also notices a volume directory that vanished).
@@ -216,7 +217,7 @@ impl Context {
     /// Reports a failed reconcile: status Failed (Deleting while being deleted) with the
     /// error chain as message, and a Warning Event when the status changed.
     async fn report_failure(&self, lv: &LocalVolume, error: &Error) {
-        let message = chain(error);
+        let message = error_chain(error);
         let old = lv.status.clone().unwrap_or_default();
         let phase = if lv.metadata.deletion_timestamp.is_some() {
             LocalVolumePhase::Deleting
@@ -233,7 +234,7 @@ impl Context {
             Ok(true) => self.warn(lv, error.reason(), message).await,
             Ok(false) => {}
             Err(write) => {
-                tracing::warn!(volume = %lv.name_any(), error = %chain(&write), "cannot report the failure");
+                tracing::warn!(volume = %lv.name_any(), error = %error_chain(&write), "cannot report the failure");
             }
         }
     }
@@ -394,7 +395,7 @@ pub fn error_policy(lv: Arc<LocalVolume>, error: &Error, ctx: Arc<Context>) -> A
         reason = error.reason(),
         attempt,
         retry_in = ?delay,
-        error = %chain(error),
+        error = %error_chain(error),
         "reconcile failed"
     );
     Action::requeue(delay)
@@ -718,18 +719,6 @@ impl Error {
     }
 }
 
-/// The error and its sources joined with ": ", as status messages and Events show it.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -910,7 +899,7 @@ mod tests {
             node: "n1".into(),
             configured: "fast, bulk".into(),
         };
-        let text = chain(&e);
+        let text = error_chain(&e);
         for part in [NAME, "\"slow\"", "n1", "fast, bulk", "add the pool"] {
             assert!(text.contains(part), "{part} missing from {text}");
         }
@@ -924,7 +913,7 @@ mod tests {
                 path: "/p/x".into(),
             }),
         };
-        let text = chain(&e);
+        let text = error_chain(&e);
         assert!(text.contains("cannot create"), "{text}");
         assert!(
             text.contains("/p/x exists but is not a directory"),

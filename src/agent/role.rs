@@ -31,11 +31,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::metrics::Metrics;
 use super::pool::{ConfigError, PoolConfig};
 use super::pool_set::PoolSet;
-use super::reconcile::{Context, chain, error_policy, reconcile};
+use super::reconcile::{Context, error_policy, reconcile};
 use super::report::Reporter;
 use crate::api::local_volume::LocalVolume;
 use crate::api::names::LABEL_NODE;
 use crate::cache::slim::strip;
+use crate::serve::error_chain;
 
 /// Flags of `stowage agent`.
 #[derive(Debug, Args)]
@@ -249,7 +250,7 @@ impl AgentArgs {
                         Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                             tracing::debug!(volume = %obj.name, "gone before its reconcile")
                         }
-                        Err(error) => tracing::warn!(error = %chain(&error), "controller"),
+                        Err(error) => tracing::warn!(error = %error_chain(&error), "controller"),
                     }
                 }),
         );

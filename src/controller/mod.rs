@@ -56,6 +56,7 @@ pub mod queue;
 pub mod release;
 pub mod volume;
 
+pub use crate::serve::error_chain;
 pub use args::ControllerArgs;
 pub use error::{Error, Result};
 pub use events::Recorder;
@@ -429,18 +430,6 @@ fn settle(key: &str, result: Result<Next>, ctx: &Context) -> Next {
         "reconcile failed"
     );
     Next::requeue(delay)
-}
-
-/// An error and its sources, `: `-joined, for logs and Event messages.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Wraps a reconcile of the object `key`: nothing happens unless this replica leads and

@@ -48,6 +48,7 @@ use crate::agent::path::{ARCHIVE_DIR, PathError, PoolRoot, VolumeName, race_poin
 use crate::agent::pool::{BTRFS_SUPER_MAGIC, VolumeMode};
 use crate::crash;
 use crate::ledger::Bytes;
+use crate::serve::error_chain;
 
 /// The prefix of a subvolume being set up, before it is renamed to its volume name.
 const STAGING_PREFIX: &str = ".staging-";
@@ -894,18 +895,6 @@ fn walk_err(dir: &OwnedFd, name: &[u8], path: PathBuf, errno: Errno) -> VolumeEr
         }
         .into(),
     }
-}
-
-/// An error with its sources, for a log line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Opens a directory (the pool root, already canonical) for `*at` calls and ioctls.
