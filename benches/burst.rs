@@ -44,7 +44,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -52,6 +52,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use parking_lot::Mutex;
 use stowage::api::local_volume::{LocalVolume, LocalVolumePhase};
 use stowage::api::names;
 use stowage_testkit::fixtures::{pod, pvc};
@@ -135,7 +136,7 @@ where
                 Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
                 _ => continue,
             };
-            note(&mut timeline.lock().unwrap(), &object, now);
+            note(&mut timeline.lock(), &object, now);
         }
     });
     (task, rx)
@@ -285,7 +286,6 @@ async fn run(
                 first(
                     &mut timeline
                         .lock()
-                        .unwrap()
                         .claims
                         .entry(claim.clone())
                         .or_default()
@@ -314,7 +314,7 @@ async fn run(
     let mut last_move = (0, Instant::now());
     loop {
         let (done, moved) = {
-            let t = timeline.lock().unwrap();
+            let t = timeline.lock();
             let done = t
                 .claims
                 .values()
@@ -380,7 +380,7 @@ async fn run(
         let mut csv = format!(
             "# burst began at unix {since_epoch:.3}\nclaim,created,selected,lv_created,lv_ready,pv_created,bound\n"
         );
-        let t = timeline.lock().unwrap();
+        let t = timeline.lock();
         let mut names: Vec<&String> = t.claims.keys().collect();
         names.sort();
         for name in names {
@@ -399,7 +399,6 @@ async fn run(
     }
     let stages: Vec<Stages> = timeline
         .lock()
-        .unwrap()
         .claims
         .values()
         .filter(|s| s.bound.is_some())

@@ -42,12 +42,13 @@
 
 use std::io::ErrorKind;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use parking_lot::RwLock;
 use serde_json::{Value, json};
 use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete};
 use stowage::api::names;
@@ -249,7 +250,7 @@ fn churn(
             pvc.metadata.uid = Some(uid.clone());
             pvc
         };
-        let mut index = index.write().unwrap();
+        let mut index = index.write();
         match done % 5 {
             0 => index.apply_claim(unbound()),
             1 => index.apply_local_volume(local_volume(&uid, &claim, &node, 10 * GI)),

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -40,6 +40,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use parking_lot::Mutex;
 use prometheus::{IntCounter, Registry};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -240,11 +241,7 @@ impl Recorder {
     }
 
     fn warn_dropped(&self, pending: &Pending) {
-        let mut last = self
-            .inner
-            .last_drop_warning
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = self.inner.last_drop_warning.lock();
         if last.is_some_and(|at| at.elapsed() < DROP_WARNING_EVERY) {
             return;
         }

@@ -9,11 +9,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use parking_lot::RwLock;
 use stowage_extender::{RouterConfig, router};
 
 use crate::cache::ClusterIndex;

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,6 +18,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use parking_lot::RwLock;
 use prometheus::Registry;
 use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
@@ -138,7 +139,7 @@ impl Fixture {
     async fn until_index(&self, what: &str, f: impl Fn(&ClusterIndex) -> bool) {
         let index = self.index.clone();
         wait_for(WAIT, what, || {
-            let ok = f(&index.read().unwrap());
+            let ok = f(&index.read());
             async move { ok }
         })
         .await
@@ -149,7 +150,6 @@ impl Fixture {
         let state = self
             .index
             .read()
-            .unwrap()
             .node_state(node, k8s_openapi::jiff::Timestamp::now())
             .unwrap();
         state.pool("default").unwrap().free().0

@@ -8,8 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
@@ -19,6 +19,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use parking_lot::{Mutex, RwLock};
 use prometheus::Registry;
 use serde_json::json;
 use stowage::api::local_volume::{LocalVolume, LocalVolumePhase, OnDelete};
@@ -207,7 +208,7 @@ impl Running {
     /// controller decided, not about what it had not got to yet.
     async fn settled(&self, what: &str, seen: impl Fn(&ClusterIndex) -> bool) {
         wait_for(WAIT, what, || async {
-            seen(&self.index.read().unwrap()) && self.ctx.is_idle()
+            seen(&self.index.read()) && self.ctx.is_idle()
         })
         .await
         .unwrap();
@@ -304,7 +305,7 @@ impl Agent {
                 .await
                 .is_ok()
             {
-                self.cleaned.lock().unwrap().insert(name, lv.spec.on_delete);
+                self.cleaned.lock().insert(name, lv.spec.on_delete);
             }
             return;
         }
@@ -472,14 +473,7 @@ async fn nothing_is_written_until_this_replica_leads() {
     wait_for(
         WAIT,
         "the follower's index holds the claim's reservation",
-        || async {
-            !running
-                .index
-                .read()
-                .unwrap()
-                .reservations_on("n1")
-                .is_empty()
-        },
+        || async { !running.index.read().reservations_on("n1").is_empty() },
     )
     .await
     .unwrap();
@@ -852,10 +846,7 @@ async fn released_volumes_are_deleted_or_retained_by_reclaim_policy() {
     .await
     .unwrap();
     assert!(cluster.lvs().get_opt(&scratch).await.unwrap().is_none());
-    assert_eq!(
-        agent.cleaned.lock().unwrap().get(&scratch),
-        Some(&OnDelete::Delete)
-    );
+    assert_eq!(agent.cleaned.lock().get(&scratch), Some(&OnDelete::Delete));
     assert_eq!(
         running.metric("stowage_deletions_total{result=\"succeeded\"}"),
         1.0
@@ -881,7 +872,7 @@ async fn released_volumes_are_deleted_or_retained_by_reclaim_policy() {
     assert!(pvs.get_opt(&precious).await.unwrap().is_some());
     let lv = cluster.lvs().get(&precious).await.unwrap();
     assert!(lv.metadata.deletion_timestamp.is_none());
-    assert!(!agent.cleaned.lock().unwrap().contains_key(&precious));
+    assert!(!agent.cleaned.lock().contains_key(&precious));
     scheduler.shutdown().await;
 }
 
@@ -1034,10 +1025,7 @@ async fn a_local_volume_whose_claim_was_deleted_mid_provisioning_is_cleaned_up()
     })
     .await
     .unwrap();
-    assert_eq!(
-        agent.cleaned.lock().unwrap().get(&name),
-        Some(&OnDelete::Delete)
-    );
+    assert_eq!(agent.cleaned.lock().get(&name), Some(&OnDelete::Delete));
     assert!(cluster.pvs().get_opt(&name).await.unwrap().is_none());
 }
 

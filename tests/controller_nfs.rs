@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
@@ -19,6 +19,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use parking_lot::RwLock;
 use prometheus::Registry;
 use stowage::api::storage_node::StorageNode;
 use stowage::api::{crds, names};
@@ -309,7 +310,7 @@ async fn immediate_and_wait_for_first_consumer_claims_get_nfs_pvs() {
     wait_for(
         WAIT,
         "the controller has seen the claim and is done with it",
-        || async { index.read().unwrap().claim(NS, "later").is_some() && running.ctx.is_idle() },
+        || async { index.read().claim(NS, "later").is_some() && running.ctx.is_idle() },
     )
     .await
     .unwrap();

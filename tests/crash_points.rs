@@ -18,10 +18,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::ResourceExt;
@@ -299,16 +300,13 @@ async fn the_controller_converges_after_aborting_at_each_of_its_crash_points() {
                                     .annotations()
                                     .get(names::ANNOTATION_SELECTED_NODE)
                                     .cloned();
-                                seen.lock().unwrap().push(node);
+                                seen.lock().push(node);
                             }
                         }
                     })
                 };
                 wait_for(wait(), "the watch saw the claim on n1", || async {
-                    seen.lock()
-                        .unwrap()
-                        .iter()
-                        .any(|n| n.as_deref() == Some("n1"))
+                    seen.lock().iter().any(|n| n.as_deref() == Some("n1"))
                 })
                 .await
                 .unwrap();
@@ -325,7 +323,7 @@ async fn the_controller_converges_after_aborting_at_each_of_its_crash_points() {
                     wait(),
                     &format!("{name}: selected-node n1 was removed"),
                     || async {
-                        let seen = seen.lock().unwrap();
+                        let seen = seen.lock();
                         seen.iter().any(|n| n.as_deref() == Some("n1"))
                             && seen.iter().any(Option::is_none)
                     },
@@ -524,23 +522,18 @@ async fn converged(
     deleted: &[Deleted],
     point: &str,
 ) -> invariants::Counts {
-    let last = std::sync::Mutex::new(String::new());
+    let last = parking_lot::Mutex::new(String::new());
     let result = wait_until(CONVERGE, &format!("convergence after {point}"), || async {
         match invariants::check(env, watch, deleted).await {
             Ok(c) => Some(c),
             Err(why) => {
-                *last.lock().unwrap() = why;
+                *last.lock() = why;
                 None
             }
         }
     })
     .await;
-    result.unwrap_or_else(|e| {
-        panic!(
-            "{point}: no convergence: {e:#}; last: {}",
-            last.lock().unwrap()
-        )
-    })
+    result.unwrap_or_else(|e| panic!("{point}: no convergence: {e:#}; last: {}", last.lock()))
 }
 
 fn finish(role: CrashRole, reached: &BTreeSet<&str>) {

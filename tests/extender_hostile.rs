@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,6 +25,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use parking_lot::RwLock;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -1181,19 +1182,19 @@ async fn the_extender_binary_under_hostile_bodies_peaks_within_twice_its_idle_rs
 /// how many it holds at once; other pods pass at once.
 #[derive(Default)]
 struct Gate {
-    held: std::sync::Mutex<(usize, usize, bool)>,
-    changed: std::sync::Condvar,
+    held: parking_lot::Mutex<(usize, usize, bool)>,
+    changed: parking_lot::Condvar,
 }
 
 impl Gate {
     /// Calls held now and the most held at once.
     fn held(&self) -> (usize, usize) {
-        let held = self.held.lock().unwrap();
+        let held = self.held.lock();
         (held.0, held.1)
     }
 
     fn open(&self) {
-        self.held.lock().unwrap().2 = true;
+        self.held.lock().2 = true;
         self.changed.notify_all();
     }
 
@@ -1201,12 +1202,12 @@ impl Gate {
         if pod.metadata.name.as_deref() != Some("held") {
             return;
         }
-        let mut held = self.held.lock().unwrap();
+        let mut held = self.held.lock();
         held.0 += 1;
         held.1 = held.1.max(held.0);
         self.changed.notify_all();
         while !held.2 {
-            held = self.changed.wait(held).unwrap();
+            self.changed.wait(&mut held);
         }
         held.0 -= 1;
     }

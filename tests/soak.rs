@@ -447,7 +447,7 @@ async fn settle(
     what: &str,
 ) -> invariants::Counts {
     let deadline = Duration::from_secs(60 + 2 * claims as u64);
-    let last = std::sync::Mutex::new(String::new());
+    let last = parking_lot::Mutex::new(String::new());
     let result = wait_until(deadline, what, || async {
         let count = env
             .claims()
@@ -457,19 +457,19 @@ async fn settle(
             .items
             .len();
         if count != claims {
-            *last.lock().unwrap() = format!("{count} claims, want {claims}");
+            *last.lock() = format!("{count} claims, want {claims}");
             return None;
         }
         match invariants::check(env, watch, deleted).await {
             Ok(c) => Some(c),
             Err(why) => {
-                *last.lock().unwrap() = why;
+                *last.lock() = why;
                 None
             }
         }
     })
     .await;
-    result.unwrap_or_else(|e| panic!("{e:#}; last: {}", last.lock().unwrap()))
+    result.unwrap_or_else(|e| panic!("{e:#}; last: {}", last.lock()))
 }
 
 /// How many times a role was started, from the harness's markers in its log.

@@ -15,8 +15,10 @@
 //! offering pods an empty directory in place of their data.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 use crate::events::{EventType, Recorder};
 use kube::api::{Patch, PatchParams};
@@ -87,7 +89,7 @@ impl Context {
     }
 
     fn driver(&self, volume: &str, pool: &str) -> Result<(PoolDriver, VolumeMode), Error> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = self.pools.lock();
         pools.driver(pool).map_err(|why| match why {
             Unavailable::Unknown { configured } => Error::UnknownPool {
                 volume: volume.to_string(),
@@ -105,7 +107,7 @@ impl Context {
     }
 
     fn is_known_pool(&self, pool: &str) -> bool {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pools = self.pools.lock();
         pools.pools().iter().any(|p| p.spec.name.as_str() == pool)
     }
 
@@ -240,14 +242,14 @@ impl Context {
     }
 
     fn attempt(&self, name: &str) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self.failures.lock();
         let n = failures.entry(name.to_string()).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
     fn forget(&self, name: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self.failures.lock();
         failures.remove(name);
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -26,6 +26,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
+use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -258,7 +259,7 @@ impl Reporter {
         }
         match PoolConfig::parse(&text, &self.pool_root) {
             Ok(specs) => {
-                let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pools = self.pools.lock();
                 if pools.specs() != specs {
                     tracing::info!(path = %self.config_path.display(), pools = specs.len(), "pool config changed; reloading the pools");
                     *pools = PoolSet::new(specs);
@@ -282,7 +283,7 @@ impl Reporter {
         let pools = self.pools.clone();
         let probed = tokio::task::spawn_blocking(move || {
             let (became_ready, pools) = {
-                let mut set = pools.lock().unwrap_or_else(|e| e.into_inner());
+                let mut set = pools.lock();
                 let became_ready = set.refresh();
                 let pools: Vec<_> = set
                     .pools()

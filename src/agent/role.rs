@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +25,7 @@ use kube::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
+use parking_lot::Mutex;
 use prometheus::Registry;
 use tokio::sync::{Notify, mpsc, watch};
 

@@ -10,10 +10,11 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use foldhash::fast::FixedState;
+use parking_lot::{Mutex, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -145,9 +146,7 @@ fn pod_key(pod: &Pod) -> String {
 
 impl Policy for StowagePolicy {
     fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n> {
-        let Ok(index) = self.index.read() else {
-            return FilterVerdict::Error("stowage cluster index is poisoned".into());
-        };
+        let index = self.index.read();
         let (demand, holds) = match index.pod_demand(pod) {
             Err(e) => return FilterVerdict::Error(e.to_string().into()),
             Ok(PodDemand::NotOurs) => return FilterVerdict::PassThrough,
@@ -188,9 +187,7 @@ impl Policy for StowagePolicy {
     /// burst, scored before the scheduler's `selected-node` for this one arrives, see that
     /// node's space as taken.
     fn prioritize<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> Vec<NodeScore<'n>> {
-        let Ok(index) = self.index.read() else {
-            return Vec::new();
-        };
+        let index = self.index.read();
         let Ok(PodDemand::Demand {
             demand,
             placement,
@@ -201,7 +198,7 @@ impl Policy for StowagePolicy {
         };
         let now = (self.clock)();
         let key = pod_key(pod);
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inflight = self.inflight.lock();
         let started = Instant::now();
         let guessed = inflight.load(&index, &key, started);
         let plan = index.fit_plan(&demand);

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -15,6 +15,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
+use parking_lot::RwLock;
 use stowage_extender::{Failure, FilterVerdict, Policy};
 
 use super::*;
@@ -593,16 +594,15 @@ fn a_guess_stops_counting_once_the_claim_is_placed_and_never_counts_for_its_own_
     // ...while another pod sees that node's 60Gi as taken.
     let next = named_pod("next", &["next"]);
     assert_eq!(scheduler_pick(&p, &next, &["a", "b"]), other);
-    assert_eq!(p.inflight.lock().unwrap().len(), 2);
+    assert_eq!(p.inflight.lock().len(), 2);
     // The scheduler put `big` on the other node after all: selected-node replaces the
     // guess, and the reservation counts where it really is.
     p.index
         .write()
-        .unwrap()
         .apply_claim(pvc("big", "local", "60Gi", Some(other), None));
     assert_eq!(scheduler_pick(&p, &next, &["a", "b"]), first);
     // The pod `next` was guessed on `first` and still is; `big`'s guess is gone.
-    assert_eq!(p.inflight.lock().unwrap().len(), 1);
+    assert_eq!(p.inflight.lock().len(), 1);
 }
 
 #[test]
@@ -624,8 +624,8 @@ fn guesses_expire_and_never_make_a_node_fail_the_filter() {
     // (the controller's fit check decides), and its score is the lowest there is.
     let y = named_pod("y", &["y"]);
     assert!(matches!(p.filter(&y, &["a"]), FilterVerdict::PassAll));
-    let index = p.index.read().unwrap();
-    let mut inflight = p.inflight.lock().unwrap();
+    let index = p.index.read();
+    let mut inflight = p.inflight.lock();
     let start = Instant::now();
     let load = inflight.load(&index, "uid-y", start);
     assert_eq!(
@@ -1160,10 +1160,10 @@ fn a_local_volume_and_a_pv_come_back_from_their_rows() {
     assert!(index.persistent_volume(&name).is_none());
 }
 
-fn recorder(index: &mut ClusterIndex) -> Arc<std::sync::Mutex<Vec<Trigger>>> {
-    let seen: Arc<std::sync::Mutex<Vec<Trigger>>> = Arc::default();
+fn recorder(index: &mut ClusterIndex) -> Arc<parking_lot::Mutex<Vec<Trigger>>> {
+    let seen: Arc<parking_lot::Mutex<Vec<Trigger>>> = Arc::default();
     let sink = seen.clone();
-    index.set_trigger(Arc::new(move |t| sink.lock().unwrap().push(t)));
+    index.set_trigger(Arc::new(move |t| sink.lock().push(t)));
     seen
 }
 
@@ -1184,18 +1184,18 @@ fn changes_queue_the_objects_they_concern_and_a_relist_only_what_changed() {
             volume.spec.claim.name.clone(),
         ),
     ];
-    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), volume_triggers);
+    assert_eq!(std::mem::take(&mut *seen.lock()), volume_triggers);
 
     // The same version again (a re-delivered event) changes nothing and queues nothing.
     index.apply_local_volume(volume.clone());
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(seen.lock().is_empty());
 
     // A claim change queues the claim and, since it exists, the LocalVolume of its uid.
     let mut claim = full_claim();
     claim.metadata.uid = Some(uid.into());
     index.apply_claim(claim.clone());
     assert_eq!(
-        std::mem::take(&mut *seen.lock().unwrap()),
+        std::mem::take(&mut *seen.lock()),
         vec![
             Trigger::Claim("apps".into(), "data-0".into()),
             Trigger::Volume(name.clone())
@@ -1206,14 +1206,14 @@ fn changes_queue_the_objects_they_concern_and_a_relist_only_what_changed() {
     // queues just those.
     index.reset_local_volumes([volume.clone()]);
     index.reset_claims([claim.clone()]);
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(seen.lock().is_empty());
     let mut changed = volume.clone();
     changed.metadata.resource_version = Some("2".into());
     index.reset_local_volumes([changed]);
-    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), volume_triggers);
+    assert_eq!(std::mem::take(&mut *seen.lock()), volume_triggers);
     index.reset_claims(Vec::<PersistentVolumeClaim>::new());
     assert_eq!(
-        std::mem::take(&mut *seen.lock().unwrap()),
+        std::mem::take(&mut *seen.lock()),
         vec![
             Trigger::Claim("apps".into(), "data-0".into()),
             Trigger::Volume(name.clone())
@@ -1250,10 +1250,10 @@ fn a_node_going_away_queues_the_pvs_on_it() {
     }
     let seen = recorder(&mut index);
     index.delete_node("n1");
-    assert_eq!(*seen.lock().unwrap(), vec![Trigger::Pv("pvc-a".into())]);
-    seen.lock().unwrap().clear();
+    assert_eq!(*seen.lock(), vec![Trigger::Pv("pvc-a".into())]);
+    seen.lock().clear();
     index.reset_nodes([node("n1", Some("host-1"))]);
-    assert_eq!(*seen.lock().unwrap(), vec![Trigger::Pv("pvc-b".into())]);
+    assert_eq!(*seen.lock(), vec![Trigger::Pv("pvc-b".into())]);
     assert_eq!(index.node_hostname("n2"), None);
 }
 

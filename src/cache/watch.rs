@@ -17,8 +17,8 @@
 //! is installed.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,6 +27,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 
 use super::ClusterIndex;
@@ -662,8 +663,8 @@ async fn watch_kind_with<K>(
     }
 }
 
-fn write(index: &RwLock<ClusterIndex>) -> std::sync::RwLockWriteGuard<'_, ClusterIndex> {
-    index.write().unwrap_or_else(|e| e.into_inner())
+fn write(index: &RwLock<ClusterIndex>) -> parking_lot::RwLockWriteGuard<'_, ClusterIndex> {
+    index.write()
 }
 
 #[cfg(test)]

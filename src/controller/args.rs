@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
 use clap::Args;
+use parking_lot::RwLock;
 use prometheus::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

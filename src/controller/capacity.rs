@@ -35,7 +35,7 @@
 //! path serves them. A cluster serving none of them gets one warning and no objects.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -45,6 +45,7 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Api, Client, ResourceExt};
+use parking_lot::RwLock;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -452,7 +453,7 @@ impl Publisher {
             self.load().await?;
         }
         let wanted = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = self.index.read();
             wanted(
                 &index,
                 &self.config.provisioner,
@@ -678,7 +679,7 @@ fn read_object(object: &DynamicObject, index: &RwLock<ClusterIndex>) -> Option<(
         .and_then(|c| c.parse::<Bytes>().ok())
         .unwrap_or(Bytes::ZERO);
     let node = {
-        let index = index.read().unwrap_or_else(|e| e.into_inner());
+        let index = index.read();
         index.node_with_hostname(&hostname)?
     };
     Some((

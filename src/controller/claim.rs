@@ -11,7 +11,7 @@
 //!                fits (re-checked under the node's lock) ─▶ create the LocalVolume
 //! ```
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
@@ -19,6 +19,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
+use parking_lot::RwLock;
 
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
@@ -343,7 +344,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     // create below find it (409) and adopt it, so a stale view costs a request, not a
     // duplicate.
     let (pv, lv, pool_path) = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         let pv = index.persistent_volume(&name);
         let lv = if pv.is_some() {
             None
@@ -403,7 +404,7 @@ async fn local_crds_missing(
 
 /// The claim's class when it is ours (provisioner = our name).
 fn our_class(claim: &PersistentVolumeClaim, ctx: &Context) -> Option<StorageClass> {
-    let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    let index = ctx.index.read();
     class_of(&index, claim, &ctx.config.provisioner)
 }
 
@@ -727,7 +728,7 @@ async fn place(
     let lock = ctx.node_lock(node);
     let guard = lock.lock().await;
     let (step, group) = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         let name = volume.name_any();
         if index.is_assumed(&name) || index.local_volume(&name).is_some() {
             // A sibling's reconcile made (or is making) this claim's volume with its own.
@@ -833,7 +834,7 @@ async fn create_assumed(
     let name = volume.name_any();
     let created = create_local_volume(&volume, ctx).await;
     {
-        let mut index = ctx.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = ctx.index.write();
         assumed.forget(&mut index);
         // In the same write as the forgetting: the bytes are counted throughout.
         match created {
@@ -871,10 +872,7 @@ struct Assumed {
 
 impl Assumed {
     fn new(ctx: &Context, volume: &LocalVolume) -> Assumed {
-        ctx.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .assume_local_volume(volume);
+        ctx.index.write().assume_local_volume(volume);
         Assumed {
             index: ctx.index.clone(),
             name: Some(volume.name_any()),
@@ -892,10 +890,7 @@ impl Assumed {
 impl Drop for Assumed {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
-            self.index
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .forget_assumed(&name);
+            self.index.write().forget_assumed(&name);
         }
     }
 }

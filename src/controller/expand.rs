@@ -115,7 +115,7 @@ pub async fn reconcile(
         return Ok(Next::await_change());
     };
     let (pv, lv) = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         (index.persistent_volume(&name), index.local_volume(&name))
     };
     let Some(pv) = pv else {
@@ -181,7 +181,7 @@ async fn grow(
     let lock = ctx.node_lock(node);
     let _guard = lock.lock().await;
     let verdict = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         match (
             index.node_state(node, Timestamp::now()),
             Demand::from_claims([(lv.spec.pool_name(), extra)]),
@@ -226,10 +226,7 @@ async fn grow(
         .patch(&name, &pp, &Patch::Merge(&patch))
         .await
         .map_err(Error::api("patch", "LocalVolume", &name))?;
-    ctx.index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .note_local_volume(grown);
+    ctx.index.write().note_local_volume(grown);
     drop(_guard);
     crash::hit(crash::CONTROLLER_EXPAND_VOLUME_GROWN);
     tracing::info!(volume = %name, node, from = lv.spec.size_bytes, to = to.0, "local volume grown");
@@ -259,10 +256,7 @@ async fn finish(
         .map_err(Error::api("patch", "PersistentVolume", name))?;
     // The claim's status update below wakes the claim again; the index must already show
     // the PV's new capacity then, or that run would take the growth for unfinished.
-    ctx.index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .note_persistent_volume(grown);
+    ctx.index.write().note_persistent_volume(grown);
     crash::hit(crash::CONTROLLER_EXPAND_PV_GROWN);
     set_resizing(claim, false, Some(size), ctx).await?;
     ctx.metrics
@@ -338,10 +332,7 @@ pub(crate) async fn set_resizing(
         ))?;
     // Seen by the claim's next run even before the watch delivers it (see
     // `ClusterIndex::note_claim`).
-    ctx.index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .note_claim(written);
+    ctx.index.write().note_claim(written);
     Ok(())
 }
 

@@ -3,9 +3,10 @@
 //! heartbeat ages, and how evenly each pool is filled across nodes).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
+use parking_lot::RwLock;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -180,7 +181,7 @@ struct LedgerCollector {
     cv: GaugeVec,
     spread: GaugeVec,
     /// Serialises scrapes: each one resets and refills the vectors.
-    lock: std::sync::Mutex<()>,
+    lock: parking_lot::Mutex<()>,
     descs: Vec<Desc>,
 }
 
@@ -245,7 +246,7 @@ impl LedgerCollector {
             heartbeat_age,
             cv,
             spread,
-            lock: std::sync::Mutex::new(()),
+            lock: parking_lot::Mutex::new(()),
             descs,
         })
     }
@@ -295,7 +296,7 @@ impl Collector for LedgerCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock.lock();
         let vectors = [
             &self.capacity,
             &self.allocatable,
@@ -309,7 +310,7 @@ impl Collector for LedgerCollector {
             v.reset();
         }
         let ledger = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = self.index.read();
             index.ledger(Timestamp::now())
         };
         self.fill(&ledger);
@@ -400,14 +401,8 @@ mod tests {
     #[test]
     fn scrape_reports_every_node_and_pool_and_forgets_nodes_that_left() {
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
-        index
-            .write()
-            .unwrap()
-            .apply_storage_node(storage_node("a", 100, 20));
-        index
-            .write()
-            .unwrap()
-            .apply_storage_node(storage_node("b", 100, 60));
+        index.write().apply_storage_node(storage_node("a", 100, 20));
+        index.write().apply_storage_node(storage_node("b", 100, 60));
         let registry = Registry::new();
         let (_leading, leader) = watch::channel(true);
         let metrics = Metrics::register(&registry, index.clone(), leader).unwrap();
@@ -436,7 +431,7 @@ mod tests {
             text.contains("stowage_node_heartbeat_age_seconds{node=\"a\"}"),
             "{text}"
         );
-        index.write().unwrap().delete_storage_node("b");
+        index.write().delete_storage_node("b");
         let text = crate::serve::render(&registry).unwrap();
         assert!(!text.contains("node=\"b\""), "{text}");
     }
@@ -444,10 +439,7 @@ mod tests {
     #[test]
     fn only_the_leader_exports_the_ledger() {
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
-        index
-            .write()
-            .unwrap()
-            .apply_storage_node(storage_node("a", 100, 20));
+        index.write().apply_storage_node(storage_node("a", 100, 20));
         let registry = Registry::new();
         let (leading, leader) = watch::channel(false);
         let metrics = Metrics::register(&registry, index, leader).unwrap();

@@ -33,10 +33,11 @@
 //! and a node's creates do not wait for each other.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::cache::watch::Readiness;
@@ -188,10 +189,7 @@ impl Context {
 
     /// Turns on NFS cluster mode: claims of `nfs`'s provisioner name are served too.
     pub fn with_nfs(mut self, nfs: Arc<nfs_volumes::Nfs>) -> Self {
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .keep_pvs_of(nfs.provisioner());
+        self.index.write().keep_pvs_of(nfs.provisioner());
         self.nfs = Some(nfs);
         self
     }
@@ -199,17 +197,14 @@ impl Context {
     /// `None` when the index has no Node called `name`; otherwise its
     /// `kubernetes.io/hostname` label, if set.
     pub fn node_hostname(&self, name: &str) -> Option<Option<String>> {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .node_hostname(name)
+        self.index.read().node_hostname(name)
     }
 
     /// From now on, a change in the index queues the objects it concerns on this
     /// context's queues (a claim, PV or LocalVolume change; see `ClusterIndex::set_trigger`).
     pub fn queue_changes(&self) {
         let (claims, pvs, volumes) = (self.claims.clone(), self.pvs.clone(), self.volumes.clone());
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.write();
         index.set_trigger(Arc::new(move |trigger| match trigger {
             Trigger::Claim(ns, name) => claims.add((ns, name)),
             Trigger::Pv(name) => pvs.add(name),
@@ -222,7 +217,7 @@ impl Context {
     /// looking at 150,000 objects again never holds 150,000 keys at once.
     pub async fn queue_all(&self) {
         let (claims, pvs, volumes) = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = self.index.read();
             (
                 index.claim_keys(),
                 index.persistent_volume_names(),
@@ -278,14 +273,14 @@ impl Context {
 
     /// The lock serialising fit decisions on `node`.
     pub(crate) fn node_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.node_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.node_locks.lock();
         locks.entry(node.to_string()).or_default().clone()
     }
 
     /// Notes the first time a claim was seen with a node (the start of the provisioning
     /// latency).
     pub(crate) fn seen_with_node(&self, uid: &str) {
-        let mut seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.first_seen.lock();
         if seen.len() > 65_536 {
             seen.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
         }
@@ -294,13 +289,13 @@ impl Context {
 
     /// How long ago this process first saw the claim with a node (zero if it has not).
     pub(crate) fn waiting_for(&self, uid: &str) -> Duration {
-        let seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.first_seen.lock();
         seen.get(uid).map_or(Duration::ZERO, Instant::elapsed)
     }
 
     /// Ends the provisioning latency of a claim; `None` if its start was not seen.
     pub(crate) fn provisioned(&self, uid: &str) -> Option<Duration> {
-        let mut seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.first_seen.lock();
         seen.remove(uid).map(|at| at.elapsed())
     }
 
@@ -308,7 +303,7 @@ impl Context {
         if !transient {
             return USER_ERROR_RETRY;
         }
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self.failures.lock();
         let n = failures.entry(key.to_string()).or_default();
         let delay = FIRST_RETRY
             .saturating_mul(1u32 << (*n).min(16))
@@ -318,14 +313,14 @@ impl Context {
     }
 
     fn succeeded(&self, key: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self.failures.lock();
         failures.remove(key);
     }
 
     /// Records that `pv`'s node has no Node object; returns `(node, how long)` and whether
     /// it is reported for the first time now that the grace has passed.
     pub(crate) fn node_missing(&self, pv: &str, node: &str) -> (Duration, bool) {
-        let mut gone = self.gone_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = self.gone_since.lock();
         let entry = gone.entry(pv.to_string()).or_insert_with(|| GoneNode {
             node: node.to_string(),
             since: Instant::now(),
@@ -344,7 +339,7 @@ impl Context {
     /// Forgets that `pv`'s node was missing (it is back, or the PV is gone).
     pub(crate) fn node_present(&self, pv: &str) {
         let removed = {
-            let mut gone = self.gone_since.lock().unwrap_or_else(|e| e.into_inner());
+            let mut gone = self.gone_since.lock();
             gone.remove(pv).is_some()
         };
         if removed {
@@ -353,7 +348,7 @@ impl Context {
     }
 
     fn refresh_node_gone_gauge(&self) {
-        let gone = self.gone_since.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = self.gone_since.lock();
         let mut per_node: HashMap<&str, i64> = HashMap::new();
         for g in gone.values() {
             if g.since.elapsed() >= self.config.node_gone_grace {
@@ -592,8 +587,7 @@ async fn serve<K, T, R, Fut>(
         .run(workers, stop, move |key: K| {
             let ctx = ctx.clone();
             async move {
-                let object =
-                    (reconciler.read)(&ctx.index.read().unwrap_or_else(|e| e.into_inner()), &key);
+                let object = (reconciler.read)(&ctx.index.read(), &key);
                 let Some(object) = object else {
                     (reconciler.gone)(&ctx, &key);
                     return Next::await_change();
@@ -630,7 +624,7 @@ mod tests {
                     (queue.clone(), seen.clone(), most_waiting.clone());
                 async move {
                     most_waiting.fetch_max(queue.waiting(), std::sync::atomic::Ordering::SeqCst);
-                    seen.lock().unwrap().push(k);
+                    seen.lock().push(k);
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     queue::Next::await_change()
                 }
@@ -644,7 +638,7 @@ mod tests {
         stop_tx.send_replace(true);
         task.await.unwrap();
 
-        let seen = seen.lock().unwrap().clone();
+        let seen = seen.lock().clone();
         assert_eq!(seen.len(), keys.len(), "every key ran exactly once");
         let mut sorted = seen.clone();
         sorted.sort_unstable();

@@ -1,8 +1,9 @@
 //! The NFS mode's metrics: computed at scrape time from the servers' last states
 //! ([`crate::nfs::NfsServerState`]), kept apart from `crate::nfs`, which has no Prometheus in it.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use parking_lot::RwLock;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, GaugeVec, IntGaugeVec, Opts, Registry};
@@ -70,10 +71,7 @@ impl NfsMetrics {
 
     /// Replaces the servers' states the next scrape reports.
     pub fn update(&self, states: &[NfsServerState]) {
-        let mut guard = self
-            .snapshot
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.snapshot.write();
         *guard = states.to_vec();
     }
 }
@@ -176,11 +174,7 @@ impl Collector for NfsCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let states = self
-            .snapshot
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let states = self.snapshot.read().clone();
         // Fresh families per scrape, so servers no longer present leave no stale series.
         let Ok(fresh) = Families::new() else {
             return Vec::new();

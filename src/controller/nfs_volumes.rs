@@ -31,7 +31,7 @@
 //! rather than all sent to the server that looked emptiest at the last refresh.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{
@@ -41,6 +41,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
+use parking_lot::RwLock;
 use prometheus::Registry;
 use tokio::sync::Notify;
 
@@ -135,14 +136,11 @@ impl Nfs {
 
     /// The current cluster (servers, states, ring).
     pub fn snapshot(&self) -> Arc<NfsCluster> {
-        self.cluster
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.cluster.read().clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut NfsCluster) -> std::result::Result<(), NfsError>) {
-        let mut guard = self.cluster.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.cluster.write();
         let cluster = Arc::make_mut(&mut guard);
         if let Err(error) = f(cluster) {
             tracing::error!(error = %error_chain(&error), "cannot rebuild the NFS ring; keeping the previous one");
@@ -247,7 +245,7 @@ fn provisioned_by(pv: &PersistentVolume) -> Option<&str> {
 /// The claim's class when it is an NFS class of ours.
 pub fn our_class(claim: &PersistentVolumeClaim, ctx: &Context, nfs: &Nfs) -> Option<StorageClass> {
     let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
-    let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    let index = ctx.index.read();
     let class = index.storage_class(class_name)?;
     (class.provisioner == nfs.provisioner()).then(|| class.clone())
 }
@@ -505,7 +503,7 @@ pub async fn reconcile_claim(
     // missing from the index (or still shown as being deleted) means the watch is behind:
     // wait a little for it, and then go on without the check rather than block the claim.
     let namespace_uid = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         index.namespace_uid(claim_name.namespace())
     };
     let namespace_uid = match namespace_uid {
@@ -528,7 +526,7 @@ pub async fn reconcile_claim(
     };
     if !nfs.snapshot().config().allow_mixed_layouts {
         let conflict = {
-            let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+            let index = ctx.index.read();
             mixed_layouts(
                 &class_name,
                 params.layout,
@@ -544,7 +542,7 @@ pub async fn reconcile_claim(
     let placing = nfs.placing.lock().await;
     let cluster = nfs.snapshot();
     let used = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         used_dirs(&index.persistent_volumes_of(&provisioner))
     };
     let placed = {
@@ -806,10 +804,7 @@ async fn expand_claim(
                 .patch(&name, &pp, &kube::api::Patch::Merge(&patch))
                 .await
                 .map_err(Error::api("patch", "PersistentVolume", &name))?;
-            ctx.index
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .note_persistent_volume(grown);
+            ctx.index.write().note_persistent_volume(grown);
             if let Some(server) = server {
                 nfs.update(|c| {
                     c.note_grown(server, extra);

@@ -20,9 +20,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -111,8 +112,8 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Queue<K> {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<K>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State<K>> {
+        self.state.lock()
     }
 
     /// Queues `key` now (a pending delay is dropped: it runs now instead).
@@ -319,9 +320,9 @@ mod tests {
         let task = tokio::spawn(queue.clone().run(workers, stop, move |k| {
             let log = log.clone();
             async move {
-                log.lock().unwrap().push((k, "start"));
+                log.lock().push((k, "start"));
                 tokio::time::sleep(busy).await;
-                log.lock().unwrap().push((k, "end"));
+                log.lock().push((k, "end"));
                 action
             }
         }));
@@ -346,7 +347,6 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let starts: Vec<u32> = log
             .lock()
-            .unwrap()
             .iter()
             .filter(|e| e.1 == "start")
             .map(|e| e.0)
@@ -374,7 +374,7 @@ mod tests {
         queue.add(1);
         queue.add(1);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let events = log.lock().unwrap().clone();
+        let events = log.lock().clone();
         assert_eq!(
             events,
             vec![(1, "start"), (1, "end"), (1, "start"), (1, "end")]
@@ -457,7 +457,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.send(true).unwrap();
         task.await.unwrap();
-        let events = log.lock().unwrap().clone();
+        let events = log.lock().clone();
         assert_eq!(events, vec![(1, "start"), (1, "end")]);
     }
 }

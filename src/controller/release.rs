@@ -101,11 +101,7 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
         return Ok(Next::await_change());
     }
     let name = pv.name_any();
-    let lv = ctx
-        .index
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .local_volume(&name);
+    let lv = ctx.index.read().local_volume(&name);
     let node = pv_node(&pv)
         .map(str::to_string)
         .or_else(|| lv.as_ref().map(|l| l.spec.node_name.clone()));
@@ -414,7 +410,7 @@ pub async fn reconcile_local_volume(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> 
     let claim_ref = &lv.spec.claim;
     // The index answers the common case (the claim is there) without a request.
     let (pv, claim) = {
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = ctx.index.read();
         (
             index.persistent_volume(&name).is_some(),
             index.claim(&claim_ref.namespace, &claim_ref.name),

@@ -14,11 +14,11 @@ use std::fmt;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use parking_lot::Mutex;
 use rustix::fs::inotify;
 use stowage::api::local_volume::OnDelete;
 use stowage::api::names;
@@ -368,7 +368,7 @@ impl PathWatch {
     /// `Err` if the kernel's event queue overflowed, so the record has holes.
     pub fn existed(&self, pools: &[&Path], name: &str) -> Result<bool, String> {
         self.drain()?;
-        let seen = self.seen.lock().unwrap();
+        let seen = self.seen.lock();
         Ok(pools.iter().any(|p| {
             p.join(name).exists()
                 || seen
@@ -382,7 +382,7 @@ impl PathWatch {
     fn drain(&self) -> Result<(), String> {
         let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];
         let mut reader = inotify::Reader::new(&self.fd, &mut buf);
-        let mut seen = self.seen.lock().unwrap();
+        let mut seen = self.seen.lock();
         loop {
             match reader.next() {
                 Ok(event) => {

@@ -37,9 +37,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 use rustix::fs::{Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
@@ -579,11 +580,9 @@ impl Btrfs {
             });
     }
 
-    fn stale(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+    fn stale(&self) -> parking_lot::MutexGuard<'_, BTreeSet<u64>> {
         // The set stays valid even if a holder panicked: it is only a retry list.
-        self.stale
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.stale.lock()
     }
 
     /// Opens the subvolume at `<root>/<entry>` without following symlinks: `None` if nothing
