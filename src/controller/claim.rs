@@ -23,6 +23,7 @@ use parking_lot::RwLock;
 
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
+use super::metrics::Outcome;
 use super::volume::{self, Unsupported};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
@@ -457,7 +458,7 @@ async fn execute(
         }
         // A person has to act: counted as failed, told on the claim, looked at again slowly.
         Plan::Refuse(message) | Plan::BadPath { message } => {
-            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            ctx.metrics.provision(Outcome::Failed);
             tracing::warn!(claim = %claim_key(claim), %message, "claim refused");
             ctx.recorder
                 .record(
@@ -470,7 +471,7 @@ async fn execute(
             Ok(Next::requeue(USER_ERROR_RETRY))
         }
         Plan::VolumeFailed { message } => {
-            ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+            ctx.metrics.provision(Outcome::Failed);
             let text = format!(
                 "the stowage agent could not make volume {}: {message}; it keeps retrying",
                 volume::volume_name(claim.metadata.uid.as_deref().unwrap_or_default())
@@ -1045,10 +1046,7 @@ pub(crate) async fn record_pv_created(
     volume: &str,
     placed: &str,
 ) {
-    ctx.metrics
-        .provisions
-        .with_label_values(&["succeeded"])
-        .inc();
+    ctx.metrics.provision(Outcome::Succeeded);
     if let Some(elapsed) = ctx.provisioned(claim.metadata.uid.as_deref().unwrap_or_default()) {
         ctx.metrics
             .provision_duration
@@ -1074,7 +1072,7 @@ pub(crate) async fn record_pv_failed(
     claim: &PersistentVolumeClaim,
     error: &Error,
 ) {
-    ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+    ctx.metrics.provision(Outcome::Failed);
     let message = error_chain(error);
     tracing::warn!(claim = %claim_key(claim), reason = error.reason(), error = %message, "provisioning failed");
     recorder

@@ -26,6 +26,7 @@ use serde_json::json;
 use super::claim::claim_ref;
 use super::error::{Error, Result};
 use super::events::EventType;
+use super::metrics::Outcome;
 use super::volume::{self, pv_capacity, quantity};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
@@ -150,7 +151,7 @@ pub async fn reconcile(
     match plan {
         Plan::Nothing | Plan::WaitForAgent => Ok(Next::await_change()),
         Plan::AgentFailed(message) => {
-            ctx.metrics.expansions.with_label_values(&["failed"]).inc();
+            ctx.metrics.expansion(Outcome::Failed);
             let text = format!(
                 "the stowage agent could not grow volume {name}: {message}; it keeps retrying"
             );
@@ -192,10 +193,7 @@ async fn grow(
         }
     };
     if let Err(unfit) = verdict {
-        ctx.metrics
-            .expansions
-            .with_label_values(&["infeasible"])
-            .inc();
+        ctx.metrics.expansion(Outcome::Infeasible);
         let text = format!(
             "cannot grow volume {name} from {} to {to} on node {node}: {unfit} ({extra} more \
              needed); nothing was changed",
@@ -259,10 +257,7 @@ async fn finish(
     ctx.index.write().note_persistent_volume(grown);
     crash::hit(crash::CONTROLLER_EXPAND_PV_GROWN);
     set_resizing(claim, false, Some(size), ctx).await?;
-    ctx.metrics
-        .expansions
-        .with_label_values(&["succeeded"])
-        .inc();
+    ctx.metrics.expansion(Outcome::Succeeded);
     tracing::info!(volume = %name, size = size.0, "expansion finished");
     ctx.recorder
         .record(

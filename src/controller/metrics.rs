@@ -16,8 +16,31 @@ use crate::cache::ClusterIndex;
 use crate::leader::LeaderOnly;
 use crate::ledger::{Ledger, Unfit};
 
-/// Result label values of the operation counters.
-pub const RESULTS: [&str; 2] = ["succeeded", "failed"];
+/// The `result` label of the operation counters (`stowage_provisions_total`,
+/// `stowage_deletions_total`, `stowage_expansions_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done.
+    Succeeded,
+    /// An attempt failed; it is retried.
+    Failed,
+    /// It cannot be done where it is (an expansion that does not fit on its node).
+    Infeasible,
+}
+
+impl Outcome {
+    /// Every outcome, in the order the counters are initialised.
+    pub const ALL: [Outcome; 3] = [Outcome::Succeeded, Outcome::Failed, Outcome::Infeasible];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Infeasible => "infeasible",
+        }
+    }
+}
 
 /// Op label values of the CSIStorageCapacity write counters.
 pub const CAPACITY_OPS: [&str; 3] = ["create", "update", "delete"];
@@ -65,6 +88,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a provisioning attempt (`stowage_provisions_total{result}`).
+    pub fn provision(&self, outcome: Outcome) {
+        self.provisions.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Counts a deletion attempt (`stowage_deletions_total{result}`).
+    pub fn deletion(&self, outcome: Outcome) {
+        self.deletions.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Counts an expansion attempt (`stowage_expansions_total{result}`).
+    pub fn expansion(&self, outcome: Outcome) {
+        self.expansions.with_label_values(&[outcome.as_str()]).inc();
+    }
+
     /// Creates the metrics and registers them (with the scrape-time ledger collector over
     /// `index`) in `registry`. The ledger's gauges (`stowage_node_pool_*`, heartbeat ages,
     /// balance) are exported only while `leader` is true, so a cluster's ledger shows once
@@ -134,12 +172,13 @@ impl Metrics {
             capacity_writes.with_label_values(&[op]);
             capacity_write_errors.with_label_values(&[op]);
         }
-        for r in RESULTS {
-            provisions.with_label_values(&[r]);
-            deletions.with_label_values(&[r]);
-            expansions.with_label_values(&[r]);
+        for r in [Outcome::Succeeded, Outcome::Failed] {
+            provisions.with_label_values(&[r.as_str()]);
+            deletions.with_label_values(&[r.as_str()]);
         }
-        expansions.with_label_values(&["infeasible"]);
+        for r in Outcome::ALL {
+            expansions.with_label_values(&[r.as_str()]);
+        }
         for r in RESCHEDULE_REASONS {
             reschedules.with_label_values(&[r]);
         }
@@ -406,7 +445,7 @@ mod tests {
         let registry = Registry::new();
         let (_leading, leader) = watch::channel(true);
         let metrics = Metrics::register(&registry, index.clone(), leader).unwrap();
-        metrics.provisions.with_label_values(&["succeeded"]).inc();
+        metrics.provision(Outcome::Succeeded);
         let text = crate::serve::render(&registry).unwrap();
         for line in [
             "stowage_node_pool_capacity_bytes{node=\"a\",pool=\"default\"} 100",
@@ -443,7 +482,7 @@ mod tests {
         let registry = Registry::new();
         let (leading, leader) = watch::channel(false);
         let metrics = Metrics::register(&registry, index, leader).unwrap();
-        metrics.provisions.with_label_values(&["succeeded"]).inc();
+        metrics.provision(Outcome::Succeeded);
         const LEDGER: [&str; 7] = [
             "stowage_node_pool_capacity_bytes",
             "stowage_node_pool_allocatable_bytes",

@@ -48,6 +48,7 @@ use tokio::sync::Notify;
 use super::claim::{claim_ref, names_provisioner, record_pv_created, record_pv_failed};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
+use super::metrics::Outcome;
 use super::nfs_metrics::NfsMetrics;
 use super::release::remove_finalizer;
 use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
@@ -468,7 +469,7 @@ pub async fn reconcile_claim(
         return adopt(&pv, claim, &name, nfs).await;
     }
     let refuse = |message: String| async move {
-        ctx.metrics.provisions.with_label_values(&["failed"]).inc();
+        ctx.metrics.provision(Outcome::Failed);
         tracing::info!(claim = %key, %message, "NFS claim refused");
         nfs.recorder
             .record(
@@ -770,10 +771,7 @@ async fn expand_claim(
         }
         GrowPlan::NoRoom { extra, available } => {
             drop(placing);
-            ctx.metrics
-                .expansions
-                .with_label_values(&["infeasible"])
-                .inc();
+            ctx.metrics.expansion(Outcome::Infeasible);
             let text = format!(
                 "cannot grow volume {name} to {requested}: NFS server {server_name} has {available} \
                  free on its export and the growth adds {extra}; free space on the export, or \
@@ -832,10 +830,7 @@ async fn finish_growth(
     nfs: &Nfs,
 ) -> Result<Next> {
     super::expand::set_resizing(claim, false, Some(size), ctx).await?;
-    ctx.metrics
-        .expansions
-        .with_label_values(&["succeeded"])
-        .inc();
+    ctx.metrics.expansion(Outcome::Succeeded);
     nfs.recorder
         .record(
             &claim_ref(claim),
@@ -903,7 +898,7 @@ pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -
     }
     let result = release(pv, ctx, nfs).await;
     if let Err(error) = &result {
-        ctx.metrics.deletions.with_label_values(&["failed"]).inc();
+        ctx.metrics.deletion(Outcome::Failed);
         nfs.recorder
             .record(
                 &pv.object_ref(&()),
@@ -914,10 +909,7 @@ pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -
             .await;
     }
     result?;
-    ctx.metrics
-        .deletions
-        .with_label_values(&["succeeded"])
-        .inc();
+    ctx.metrics.deletion(Outcome::Succeeded);
     tracing::info!(volume = %name, "NFS persistent volume deleted");
     Ok(Next::await_change())
 }

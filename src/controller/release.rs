@@ -27,6 +27,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
+use super::metrics::Outcome;
 use super::volume::{self, pv_node};
 use super::{Context, Next, RESYNC, error_chain};
 use crate::api::local_volume::{ClaimRef, LocalVolume, OnDelete};
@@ -135,7 +136,7 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
     tracing::debug!(volume = %name, ?plan, "release plan");
     let result = execute(plan, &pv, &ctx).await;
     if let Err(error) = &result {
-        ctx.metrics.deletions.with_label_values(&["failed"]).inc();
+        ctx.metrics.deletion(Outcome::Failed);
         ctx.recorder
             .record(
                 &pv.object_ref(&()),
@@ -220,19 +221,13 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
             let fresh = match api.get_opt(&name).await {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    ctx.metrics
-                        .deletions
-                        .with_label_values(&["succeeded"])
-                        .inc();
+                    ctx.metrics.deletion(Outcome::Succeeded);
                     return Ok(());
                 }
                 Err(e) => return Err(Error::api("get", "PersistentVolume", name)(e)),
             };
             remove_finalizer(&fresh, ctx).await?;
-            ctx.metrics
-                .deletions
-                .with_label_values(&["succeeded"])
-                .inc();
+            ctx.metrics.deletion(Outcome::Succeeded);
             tracing::info!(volume = %name, "persistent volume deleted");
             Ok(())
         }
@@ -244,10 +239,7 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
                 .as_ref()
                 .and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
             if removed && policy == Some("Delete") {
-                ctx.metrics
-                    .deletions
-                    .with_label_values(&["succeeded"])
-                    .inc();
+                ctx.metrics.deletion(Outcome::Succeeded);
             }
             Ok(())
         }
