@@ -14,18 +14,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use parking_lot::RwLock;
 
 use super::error::{Error, Result, is_status};
-use super::events::{EventType, Recorder};
+use super::events::EventType;
 use super::metrics::Outcome;
+use super::steps::{
+    claim_key, claim_ref, names_provisioner, provisioner_annotation, record_pv_created,
+    record_pv_failed,
+};
 use super::volume::{self, Unsupported};
-use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
+use super::{Context, Next, RESYNC, USER_ERROR_RETRY};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
 use crate::api::{names, reasons};
 use crate::cache::{ClassParams, ClusterIndex, Reservation};
@@ -255,12 +259,6 @@ fn unfit_reason(unfit: &Unfit, asking: &str) -> String {
     }
 }
 
-/// Whether this claim names `provisioner`: the GA annotation if present, else the beta
-/// one (as sig-storage-lib-external-provisioner reads them).
-pub fn names_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
-    provisioner_annotation(claim) == Some(provisioner)
-}
-
 /// Whether the controller may start on this claim of one of its classes: the provisioner
 /// annotation names it (the GA key if present, else the beta one), or there is none yet and
 /// the scheduler has selected a node.
@@ -282,15 +280,6 @@ pub fn may_provision(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
     }
 }
 
-/// The provisioner the claim's annotation names: the GA key if present, else the beta one
-/// (as sig-storage-lib-external-provisioner reads them).
-fn provisioner_annotation(claim: &PersistentVolumeClaim) -> Option<&str> {
-    let a = claim.metadata.annotations.as_ref()?;
-    a.get(names::ANNOTATION_STORAGE_PROVISIONER)
-        .or_else(|| a.get(names::ANNOTATION_BETA_STORAGE_PROVISIONER))
-        .map(String::as_str)
-}
-
 /// The claim's `selected-node`, if set and non-empty.
 pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
     claim
@@ -300,13 +289,6 @@ pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
         .get(names::ANNOTATION_SELECTED_NODE)
         .map(String::as_str)
         .filter(|n| !n.is_empty())
-}
-
-/// A reference to `claim` for Events.
-pub fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectReference {
-    let mut r = claim.object_ref(&());
-    r.resource_version = None;
-    r
 }
 
 /// Reconciles one claim.
@@ -418,14 +400,6 @@ fn class_of(
     let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
     let class = index.storage_class(class_name)?;
     (class.provisioner == provisioner).then(|| class.clone())
-}
-
-fn claim_key(claim: &PersistentVolumeClaim) -> String {
-    format!(
-        "{}/{}",
-        claim.namespace().unwrap_or_default(),
-        claim.name_any()
-    )
 }
 
 async fn execute(
@@ -1033,56 +1007,6 @@ async fn create_pv(
     );
     record_pv_created(ctx, &ctx.recorder, claim, &name, &placed).await;
     Ok(Next::requeue(RESYNC))
-}
-
-/// The outcome of a PV create that succeeded, for local and NFS volumes alike:
-/// `stowage_provisions_total{result="succeeded"}`, the provisioning latency, an info log and
-/// a `ProvisioningSucceeded` Event on the claim from `recorder` (each provisioner reports
-/// as its own name). `placed` says where, e.g. `on node n1 (2Gi in pool "default")`.
-pub(crate) async fn record_pv_created(
-    ctx: &Context,
-    recorder: &Recorder,
-    claim: &PersistentVolumeClaim,
-    volume: &str,
-    placed: &str,
-) {
-    ctx.metrics.provision(Outcome::Succeeded);
-    if let Some(elapsed) = ctx.provisioned(claim.metadata.uid.as_deref().unwrap_or_default()) {
-        ctx.metrics
-            .provision_duration
-            .observe(elapsed.as_secs_f64());
-    }
-    tracing::info!(claim = %claim_key(claim), volume, placed, "persistent volume created");
-    recorder
-        .record(
-            &claim_ref(claim),
-            EventType::Normal,
-            reasons::PROVISIONING_SUCCEEDED,
-            &format!("Successfully provisioned volume {volume} {placed}"),
-        )
-        .await;
-}
-
-/// The outcome of a provisioning step that failed, for local and NFS volumes alike:
-/// `stowage_provisions_total{result="failed"}`, a warning log and a `ProvisioningFailed`
-/// Event on the claim from `recorder` carrying the error chain.
-pub(crate) async fn record_pv_failed(
-    ctx: &Context,
-    recorder: &Recorder,
-    claim: &PersistentVolumeClaim,
-    error: &Error,
-) {
-    ctx.metrics.provision(Outcome::Failed);
-    let message = error_chain(error);
-    tracing::warn!(claim = %claim_key(claim), reason = error.reason(), error = %message, "provisioning failed");
-    recorder
-        .record(
-            &claim_ref(claim),
-            EventType::Warning,
-            reasons::PROVISIONING_FAILED,
-            &message,
-        )
-        .await;
 }
 
 #[cfg(test)]

@@ -13,20 +13,17 @@
 //! A directory or subvolume needs no filesystem growth on the node, so the claim is done
 //! once the agent has raised the limit: no `FileSystemResizePending` step.
 
-use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimCondition,
-};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::claim::claim_ref;
 use super::error::{Error, Result};
 use super::events::EventType;
 use super::metrics::Outcome;
+use super::steps::{claim_ref, set_resizing};
 use super::volume::{self, pv_capacity, quantity};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY};
 use crate::api::local_volume::{LocalVolume, LocalVolumePhase};
@@ -268,67 +265,6 @@ async fn finish(
         )
         .await;
     Ok(Next::requeue(RESYNC))
-}
-
-/// Sets (`resizing`) or clears the claim's `Resizing` condition, clears
-/// `FileSystemResizePending`, and with `capacity` records the new size in
-/// `status.capacity` (and `status.allocatedResources` where the cluster keeps it). A
-/// read-modify-write with the claim's resourceVersion, so no one else's status is lost.
-pub(crate) async fn set_resizing(
-    claim: &PersistentVolumeClaim,
-    resizing: bool,
-    capacity: Option<Bytes>,
-    ctx: &Context,
-) -> Result<()> {
-    let ns = claim.namespace().unwrap_or_default();
-    let key = format!("{ns}/{}", claim.name_any());
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut fresh = api.get(&claim.name_any()).await.map_err(Error::api(
-        "get",
-        "PersistentVolumeClaim",
-        &key,
-    ))?;
-    let status = fresh.status.get_or_insert_with(Default::default);
-    let mut conditions: Vec<PersistentVolumeClaimCondition> = status
-        .conditions
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            c.type_ != reasons::CONDITION_RESIZING
-                && c.type_ != reasons::CONDITION_FS_RESIZE_PENDING
-        })
-        .collect();
-    if resizing {
-        conditions.push(PersistentVolumeClaimCondition {
-            type_: reasons::CONDITION_RESIZING.to_string(),
-            status: "True".to_string(),
-            last_transition_time: Some(Time(Timestamp::now())),
-            ..PersistentVolumeClaimCondition::default()
-        });
-    }
-    status.conditions = (!conditions.is_empty()).then_some(conditions);
-    if let Some(size) = capacity {
-        status
-            .capacity
-            .get_or_insert_with(Default::default)
-            .insert("storage".to_string(), quantity(size));
-        if let Some(allocated) = status.allocated_resources.as_mut() {
-            allocated.insert("storage".to_string(), quantity(size));
-        }
-    }
-    let written = api
-        .replace_status(&claim.name_any(), &PostParams::default(), &fresh)
-        .await
-        .map_err(Error::api(
-            "update status of",
-            "PersistentVolumeClaim",
-            &key,
-        ))?;
-    // Seen by the claim's next run even before the watch delivers it (see
-    // `ClusterIndex::note_claim`).
-    ctx.index.write().note_claim(written);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -45,12 +45,14 @@ use parking_lot::RwLock;
 use prometheus::Registry;
 use tokio::sync::Notify;
 
-use super::claim::{claim_ref, names_provisioner, record_pv_created, record_pv_failed};
 use super::error::{Error, Result, is_status};
 use super::events::{EventType, Recorder};
 use super::metrics::Outcome;
 use super::nfs_metrics::NfsMetrics;
-use super::release::remove_finalizer;
+use super::steps::{
+    claim_key, claim_ref, names_provisioner, record_pv_created, record_pv_failed, remove_finalizer,
+    set_resizing,
+};
 use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
@@ -422,14 +424,6 @@ pub fn mixed_layouts<'a>(
          ownership marker names another claim or a namespace are refused either way); nothing \
          was provisioned"
     ))
-}
-
-fn claim_key(claim: &PersistentVolumeClaim) -> String {
-    format!(
-        "{}/{}",
-        claim.namespace().unwrap_or_default(),
-        claim.name_any()
-    )
 }
 
 fn pv_claim_uid(pv: &PersistentVolume) -> Option<&str> {
@@ -829,7 +823,7 @@ async fn finish_growth(
     ctx: &Context,
     nfs: &Nfs,
 ) -> Result<Next> {
-    super::expand::set_resizing(claim, false, Some(size), ctx).await?;
+    set_resizing(claim, false, Some(size), ctx).await?;
     ctx.metrics.expansion(Outcome::Succeeded);
     nfs.recorder
         .record(

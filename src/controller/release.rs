@@ -28,6 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::metrics::Outcome;
+use super::steps::remove_finalizer;
 use super::volume::{self, pv_node};
 use super::{Context, Next, RESYNC, error_chain};
 use crate::api::local_volume::{ClaimRef, LocalVolume, OnDelete};
@@ -265,50 +266,6 @@ async fn retain_volume(lv: &LocalVolume, ctx: &Context) -> Result<()> {
         Err(e) => Err(Error::api("set onDelete: retain on", "LocalVolume", name)(
             e,
         )),
-    }
-}
-
-/// Removes our finalizer from `pv`, and only it; `true` if this call removed it, `false` if
-/// it was not there or the PV is gone.
-///
-/// A JSON patch tests the entry at its index before removing it, so it needs no
-/// resourceVersion: kube-controller-manager updating the PV's phase meanwhile does not
-/// conflict (a version-conditional merge patch did, on most deletions on a real cluster).
-/// A finalizer list changed meanwhile fails the `test` (422); the PV is read again and the
-/// patch retried with the entry's new index.
-pub(super) async fn remove_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<bool> {
-    let name = pv.name_any();
-    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let mut finalizers = pv.finalizers().to_vec();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let Some(patch) = crate::api::remove_finalizer(&finalizers, names::FINALIZER_PV_CLEANUP)
-        else {
-            return Ok(false);
-        };
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await
-        {
-            Ok(_) => return Ok(true),
-            Err(e) if is_status(&e, 404) => return Ok(false),
-            Err(e) if is_status(&e, 422) && attempt < 4 => {
-                tracing::debug!(volume = %name, "finalizer list changed; reading the PV again");
-                match api.get_opt(&name).await {
-                    Ok(Some(fresh)) => finalizers = fresh.finalizers().to_vec(),
-                    Ok(None) => return Ok(false),
-                    Err(e) => return Err(Error::api("get", "PersistentVolume", &name)(e)),
-                }
-            }
-            Err(e) => {
-                return Err(Error::api(
-                    "remove the finalizer of",
-                    "PersistentVolume",
-                    name,
-                )(e));
-            }
-        }
     }
 }
 
