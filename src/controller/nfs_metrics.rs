@@ -191,20 +191,7 @@ impl Collector for NfsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Bytes;
-    use crate::nfs::ServerName;
-
-    fn state(name: &str, capacity: Option<u64>, allocated: u64, status: Status) -> NfsServerState {
-        NfsServerState {
-            server: ServerName::parse(name).unwrap(),
-            status,
-            capacity: capacity.map(Bytes::gib),
-            available: capacity.map(Bytes::gib),
-            allocated: Bytes::gib(allocated),
-            volumes: 1,
-            weight_override: None,
-        }
-    }
+    use crate::nfs::capacity::tests::state;
 
     #[test]
     fn metrics_are_registered_and_follow_the_last_update() {

@@ -219,4 +219,4 @@ pub fn balance(states: &[NfsServerState]) -> Balance {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

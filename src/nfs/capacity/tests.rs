@@ -12,7 +12,13 @@ fn spec(name: &str, address: &str, export: &str, mount: &Path) -> ServerSpec {
     }
 }
 
-fn state(name: &str, capacity: Option<u64>, allocated: u64, status: Status) -> NfsServerState {
+/// A server's state for tests (also the NFS metrics' tests in the controller).
+pub(crate) fn state(
+    name: &str,
+    capacity: Option<u64>,
+    allocated: u64,
+    status: Status,
+) -> NfsServerState {
     NfsServerState {
         server: ServerName::parse(name).unwrap(),
         status,
