@@ -919,7 +919,7 @@ fn qgroup_limit(path: &Path) -> u64 {
     };
     let p = path.to_str().unwrap();
     let qgroup = format!("0/{}", run(&["inspect-internal", "rootid", p]).trim());
-    let table = run(&["qgroup", "show", "-r", "--raw", "-f", p]);
+    let table = stowage_testkit::btrfs_qgroup_show(&["-r", "--raw", "-f", p]);
     let row = table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(qgroup.as_str()))

@@ -192,6 +192,28 @@ pub use apiserver::{
 pub use scheduler::{ExtenderConfig, Scheduler, SchedulerConfig};
 pub use wait::{wait_for, wait_until};
 
+/// `btrfs qgroup show <args>`'s output, run again until the tool succeeds. It walks the
+/// quota tree in several searches and cross-checks them, so a qgroup that another test on
+/// the same scratch filesystem creates or destroys in between makes it fail ("cannot find
+/// the qgroup", "Could not search B-tree … Input/output error") although every ioctl
+/// succeeded. Fifty failures in a row are no such race, and panic with the last one.
+pub fn btrfs_qgroup_show(args: &[&str]) -> String {
+    let args: Vec<&str> = ["qgroup", "show"].iter().chain(args).copied().collect();
+    let mut last = None;
+    for _ in 0..50 {
+        let out = std::process::Command::new("btrfs")
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("btrfs {args:?}: {e}"));
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = Some(out);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("btrfs {args:?} failed 50 times in a row, the last: {last:?}")
+}
+
 /// Whether the tests run under CI: `CI` set to anything but empty, `0` or `false` (most CI
 /// systems set `CI=true`, some `CI=1`). Under CI a test whose environment is missing (the
 /// scratch btrfs, Prometheus) fails instead of printing SKIP and passing.

@@ -90,7 +90,7 @@ fn qgroup_of(p: &Path) -> String {
 
 /// Whether `btrfs qgroup show` on the filesystem of `p` lists `qgroup`.
 fn qgroup_listed(p: &Path, qgroup: &str) -> bool {
-    btrfs_cli(&["qgroup", "show", "--raw", p.to_str().unwrap()])
+    stowage_testkit::btrfs_qgroup_show(&["--raw", p.to_str().unwrap()])
         .lines()
         .any(|l| l.split_whitespace().next() == Some(qgroup))
 }
@@ -99,7 +99,7 @@ fn qgroup_listed(p: &Path, qgroup: &str) -> bool {
 fn limit_of(p: &Path) -> Option<u64> {
     let qgroup = qgroup_of(p);
     let p = p.to_str().unwrap();
-    let table = btrfs_cli(&["qgroup", "show", "-r", "--raw", "-f", p]);
+    let table = stowage_testkit::btrfs_qgroup_show(&["-r", "--raw", "-f", p]);
     let row = table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(qgroup.as_str()))
