@@ -42,6 +42,13 @@ pub const ANNOTATION_BETA_STORAGE_PROVISIONER: &str =
 /// it creates and acts only on PVs that carry one of its names.
 pub const ANNOTATION_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
+/// Annotation on a PersistentVolume saying a controller bound it, as kube-controller-manager
+/// and sig-storage-lib-external-provisioner set on the PVs they provision. stowage sets it
+/// on its PVs too: kube-controller-manager's PV controller (1.19 and later) then asks the
+/// API server for a claim missing from its own store before it calls the volume `Released`,
+/// instead of releasing a PV made before its throttled worker has reached the claim.
+pub const ANNOTATION_BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
+
 /// Provisioner name of node-local volumes: a StorageClass's `provisioner` field.
 pub const PROVISIONER_LOCAL: &str = "local.stowage.io";
 

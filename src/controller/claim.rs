@@ -25,8 +25,7 @@ use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::metrics::Outcome;
 use super::steps::{
-    claim_key, claim_ref, names_provisioner, provisioner_annotation, record_pv_created,
-    record_pv_failed,
+    claim_key, claim_ref, provisioner_annotation, record_pv_created, record_pv_failed,
 };
 use super::volume::{self, Unsupported};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY};
@@ -264,15 +263,16 @@ fn unfit_reason(unfit: &Unfit, asking: &str) -> String {
 /// the scheduler has selected a node.
 ///
 /// Starting before kube-controller-manager writes the annotation (at its pace: 20
-/// requests/s by default, seconds into a burst) is safe for the LocalVolume, which only
-/// makes the agent prepare the directory: with WaitForFirstConsumer, kube-scheduler sets
-/// `selected-node` only once it has decided that the claim is to be provisioned
-/// dynamically, and the class names this provisioner. A claim whose annotation names
-/// another provisioner is left alone. The PV waits for the annotation
-/// ([`names_provisioner`]): the PV controller marks a PV `Released` when the claim it is
-/// pre-bound to is not in its own cache yet, which is filled only as its throttled worker
-/// gets to each claim, and the annotation is the sign that it has (seen on a real 1.19
-/// cluster: PVs made early were released, and their data deleted, within a second).
+/// requests/s by default, seconds into a burst) is safe: with WaitForFirstConsumer,
+/// kube-scheduler sets `selected-node` only once it has decided that the claim is to be
+/// provisioned dynamically, and the class names this provisioner. A claim whose annotation
+/// names another provisioner is left alone. The PV made early carries
+/// `pv.kubernetes.io/bound-by-controller`, as kube-controller-manager's own provisioned PVs
+/// do: without it, its PV controller calls a PV `Released` when the claim it is pre-bound
+/// to is not in its own store yet (filled only as its throttled worker reaches each claim;
+/// seen on a real 1.19 cluster), and with it, it asks the API server first. On finding the
+/// PV pre-bound to an unbound claim, it queues the claim and binds it, so the claim skips
+/// the annotation write altogether.
 pub fn may_provision(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
     match provisioner_annotation(claim) {
         Some(p) => p == provisioner,
@@ -461,15 +461,7 @@ async fn execute(
             Ok(Next::requeue(RESYNC))
         }
         Plan::Place { node, volume } => place(claim, &node, *volume, ctx).await,
-        Plan::CreatePv { volume, path } => {
-            if !names_provisioner(claim, &ctx.config.provisioner) {
-                // The volume is ready; the PV waits until the PV controller has seen the
-                // claim (see `may_provision`). The annotation's arrival wakes this claim.
-                tracing::debug!(claim = %claim_key(claim), "volume ready; waiting for the provisioner annotation");
-                return Ok(Next::await_change());
-            }
-            create_pv(claim, class, &volume, &path, ctx).await
-        }
+        Plan::CreatePv { volume, path } => create_pv(claim, class, &volume, &path, ctx).await,
     }
 }
 

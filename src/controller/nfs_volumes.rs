@@ -361,6 +361,10 @@ pub fn persistent_volume(
                     names::ANNOTATION_NFS_SERVER.to_string(),
                     placement.server_name.to_string(),
                 ),
+                (
+                    names::ANNOTATION_BOUND_BY_CONTROLLER.to_string(),
+                    "yes".to_string(),
+                ),
             ])),
             finalizers,
             ..ObjectMeta::default()

@@ -242,7 +242,9 @@ pub fn reclaim_policy(class: &StorageClass) -> &str {
 ///
 /// `hostname` is the value of the node's `kubernetes.io/hostname` label. The PV is
 /// pre-bound (`claimRef` with uid) so the PV controller binds exactly this claim; it
-/// carries `pv.kubernetes.io/provisioned-by` so only we delete it, and, with reclaim policy
+/// carries `pv.kubernetes.io/provisioned-by` so only we delete it,
+/// `pv.kubernetes.io/bound-by-controller` so the PV controller checks with the API server
+/// before it releases the PV for a claim it has not seen yet, and, with reclaim policy
 /// Delete, our finalizer so the PV object outlives its data's cleanup.
 pub fn persistent_volume(
     claim: &PersistentVolumeClaim,
@@ -258,10 +260,16 @@ pub fn persistent_volume(
     PersistentVolume {
         metadata: ObjectMeta {
             name: lv.metadata.name.clone(),
-            annotations: Some(BTreeMap::from([(
-                names::ANNOTATION_PROVISIONED_BY.to_string(),
-                provisioner.to_string(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (
+                    names::ANNOTATION_PROVISIONED_BY.to_string(),
+                    provisioner.to_string(),
+                ),
+                (
+                    names::ANNOTATION_BOUND_BY_CONTROLLER.to_string(),
+                    "yes".to_string(),
+                ),
+            ])),
             labels: Some(BTreeMap::from([
                 (names::LABEL_NODE.to_string(), lv.spec.node_name.clone()),
                 (names::LABEL_POOL.to_string(), lv.spec.pool.clone()),

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::*;
 use crate::api::local_volume::{LocalVolumeStatus, OnDelete};
+use crate::controller::steps::names_provisioner;
 use crate::ledger::{Driver, Placement, PoolState};
 
 fn claim(uid: &str, annotations: &[(&str, &str)]) -> PersistentVolumeClaim {

@@ -168,6 +168,12 @@ pub struct SchedulerConfig {
     pub bind_timeout: Duration,
     /// Seed of the generator that breaks ties between equally scored nodes.
     pub seed: u64,
+    /// How long after a claim appears the PV-controller emulation first acts on it (default
+    /// none). kube-controller-manager's PV controller keeps its own store of claims, filled
+    /// as its worker (behind a client throttled to 20 requests/s) gets to each one: in a
+    /// burst that is seconds. Until then the claim gets no provisioner annotation, and a
+    /// volume pre-bound to it counts as pre-bound to a missing claim.
+    pub pv_controller_lag: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -178,6 +184,7 @@ impl Default for SchedulerConfig {
             retry_interval: Duration::from_millis(200),
             bind_timeout: Duration::from_secs(600),
             seed: 0x5eed,
+            pv_controller_lag: Duration::ZERO,
         }
     }
 }
@@ -291,6 +298,7 @@ async fn supervise(
     tasks.spawn(pv_controller::run(
         client.clone(),
         cache.clone(),
+        config.pv_controller_lag,
         stopped.clone(),
     ));
     let queue = Queue {

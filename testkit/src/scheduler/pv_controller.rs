@@ -11,9 +11,9 @@
 //! controller does.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt as _;
@@ -96,24 +96,57 @@ impl Written {
     }
 }
 
-/// Runs passes on every change until `stopped`.
-pub(super) async fn run(client: Client, cache: Arc<Cache>, mut stopped: watch::Receiver<bool>) {
+/// Runs passes on every change until `stopped`. A claim takes part only from `lag` after
+/// it was first seen (see [`super::SchedulerConfig::pv_controller_lag`]).
+pub(super) async fn run(
+    client: Client,
+    cache: Arc<Cache>,
+    lag: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     tokio::select! {
         ready = cache.ready() => if !ready { return },
         _ = stopped.wait_for(|s| *s) => return,
     }
     let mut changed = cache.subscribe();
     let written = Written::default();
+    let mut first_seen: HashMap<String, Instant> = HashMap::new();
     loop {
         changed.borrow_and_update();
-        let snap = Snapshot::of(&cache);
+        let mut snap = Snapshot::of(&cache);
         written.prune(&snap);
+        let now = Instant::now();
+        let mut next_known: Option<Instant> = None;
+        if !lag.is_zero() {
+            let uids: HashSet<&str> = snap
+                .claims
+                .values()
+                .filter_map(|c| c.metadata.uid.as_deref())
+                .collect();
+            first_seen.retain(|uid, _| uids.contains(uid.as_str()));
+            snap.claims.retain(|_, c| {
+                let uid = c.metadata.uid.clone().unwrap_or_default();
+                let known = *first_seen.entry(uid).or_insert(now) + lag;
+                if known > now {
+                    next_known = Some(next_known.map_or(known, |n| n.min(known)));
+                }
+                known <= now
+            });
+        }
         let failed = sync(&client, &snap, &written).await;
+        let wake = next_known.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = changed.changed() => {}
             () = tokio::time::sleep(RETRY), if failed => {}
+            () = sleep_until(wake), if wake.is_some() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 
@@ -229,35 +262,35 @@ async fn sync_claim(
         return Ok(());
     }
 
-    // Unbound: announce the provisioner when it is this class's turn.
-    let class = snap.class_of(claim);
-    let provisioner = class.and_then(dynamic_provisioner);
-    let due = !is_wait_for_first_consumer(class) || selected_node(claim).is_some();
+    // Unbound: bind to a volume pre-bound to it (the provisioner's, or one the scheduler
+    // pre-bound), as `findBestMatchForClaim` finds it first; else announce the provisioner
+    // when it is this class's turn.
     let original = claim;
     let mut claim = claim.clone();
-    if let Some(provisioner) = provisioner
-        && due
-    {
-        let annotations = claim.metadata.annotations.clone().unwrap_or_default();
-        if annotations.get(STORAGE_PROVISIONER).map(String::as_str) != Some(provisioner)
-            || annotations
-                .get(BETA_STORAGE_PROVISIONER)
-                .map(String::as_str)
-                != Some(provisioner)
-        {
-            set_annotation(&mut claim.metadata, STORAGE_PROVISIONER, provisioner);
-            set_annotation(&mut claim.metadata, BETA_STORAGE_PROVISIONER, provisioner);
-            claim = claims.replace(name, &pp, &claim).await?;
-            written.mark(&original.metadata);
-        }
-    }
-
-    // Bind to a volume pre-bound to it (the provisioner's, or one the scheduler pre-bound).
     let Some(pv) = snap
         .pvs
         .values()
         .find(|pv| pv.metadata.deletion_timestamp.is_none() && pv_bindable_to(pv, &claim))
     else {
+        let class = snap.class_of(&claim);
+        let provisioner = class.and_then(dynamic_provisioner);
+        let due = !is_wait_for_first_consumer(class) || selected_node(&claim).is_some();
+        if let Some(provisioner) = provisioner
+            && due
+        {
+            let annotations = claim.metadata.annotations.clone().unwrap_or_default();
+            if annotations.get(STORAGE_PROVISIONER).map(String::as_str) != Some(provisioner)
+                || annotations
+                    .get(BETA_STORAGE_PROVISIONER)
+                    .map(String::as_str)
+                    != Some(provisioner)
+            {
+                set_annotation(&mut claim.metadata, STORAGE_PROVISIONER, provisioner);
+                set_annotation(&mut claim.metadata, BETA_STORAGE_PROVISIONER, provisioner);
+                claims.replace(name, &pp, &claim).await?;
+                written.mark(&original.metadata);
+            }
+        }
         return Ok(());
     };
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
@@ -294,6 +327,13 @@ async fn sync_claim(
     set_claim_bound(&claims, claim, &pv).await
 }
 
+fn bound_by_controller(pv: &PersistentVolume) -> bool {
+    pv.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(BOUND_BY_CONTROLLER))
+}
+
 async fn set_claim_bound(
     claims: &Api<PersistentVolumeClaim>,
     mut claim: PersistentVolumeClaim,
@@ -316,7 +356,9 @@ async fn set_claim_bound(
 /// New volumes become Available (pre-bound ones too, until bound); a volume bound to a
 /// claim that is gone becomes Released: a Bound one, and also one pre-bound to a claim's uid
 /// (a provisioner's volume for a claim deleted while it was being provisioned), as the real
-/// controller's `syncVolume` does.
+/// controller's `syncVolume` does. "Gone" is judged as there: from the controller's own
+/// store of claims, checked with the API server only for a volume that carries
+/// `pv.kubernetes.io/bound-by-controller`.
 async fn sync_volume(
     client: &Client,
     snap: &Snapshot,
@@ -340,19 +382,26 @@ async fn sync_volume(
             let gone = |c: Option<&PersistentVolumeClaim>| {
                 c.is_none_or(|c| uid.is_some_and(|u| Some(u) != c.metadata.uid.as_deref()))
             };
-            if !gone(snap.claims.get(&key).map(Arc::as_ref)) {
+            let cached = snap.claims.get(&key).map(Arc::as_ref);
+            if !gone(cached) {
                 if phase.is_some_and(|p| p != "Pending") {
                     return Ok(());
                 }
                 "Available"
-            } else {
-                // Not in the cache (or another uid): ask the API server before releasing.
+            } else if cached.is_none() && bound_by_controller(pv) {
+                // Not in its store: the real controller asks the API server before
+                // releasing, but only for a volume bound by a controller (kube-scheduler,
+                // itself, or a provisioner saying so), as `syncVolume` in 1.19 does.
                 let live = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &key.0)
                     .get_opt(&key.1)
                     .await?;
                 if !gone(live.as_ref()) {
                     return Ok(());
                 }
+                "Released"
+            } else {
+                // Another uid in its store, or missing from it with no
+                // `bound-by-controller`: released on the spot, as the real one does.
                 "Released"
             }
         }
