@@ -340,6 +340,11 @@ async fn run(
     }
     let mut outcome = outcome(&env, &plan).await;
     outcome.reschedules = reschedules(&env).await;
+    let calls = stowage_testkit::net::extender_time(env.controller_port).await;
+    outcome.extender = (
+        calls.iter().map(|(_, n, _)| n).sum(),
+        calls.iter().map(|(_, _, secs)| secs).sum(),
+    );
     for w in watches {
         w.abort();
     }
@@ -435,6 +440,9 @@ struct Outcome {
     split: Vec<String>,
     /// The controller's `stowage_reschedules_total`, by reason, where not 0.
     reschedules: Vec<(String, u64)>,
+    /// The extender's calls and its own seconds handling them, from the controller's
+    /// `stowage_extender_request_duration_seconds`.
+    extender: (u64, f64),
 }
 
 /// The controller's reschedules so far, by reason (those above 0).
@@ -562,6 +570,24 @@ fn main() {
             outcome.split.len(),
         );
         println!("  reschedules by the controller: {:?}", outcome.reschedules);
+        // kube-scheduler's cycles are serial, so the extender's handling adds to the wall
+        // time of placing the burst: first create to the last `selected-node`.
+        let span = stages
+            .iter()
+            .filter_map(|s| s.selected)
+            .max()
+            .zip(stages.iter().filter_map(|s| s.created).min())
+            .map(|(last, first)| last.saturating_duration_since(first))
+            .unwrap_or_default();
+        if outcome.extender.0 > 0 {
+            println!(
+                "  extender: {} calls, {:.0} ms of its own handling = {:.1} % of the burst's scheduling ({:.0} ms, first create to last selected-node)",
+                outcome.extender.0,
+                outcome.extender.1 * 1000.0,
+                100.0 * outcome.extender.1 / span.as_secs_f64().max(1e-9),
+                ms(span),
+            );
+        }
         for pod in &outcome.split {
             println!("  split: {pod}");
         }
@@ -578,12 +604,15 @@ fn main() {
     );
     // Where the time goes: each stage's share, per claim.
     type Span = fn(&Stages) -> Option<(Instant, Instant)>;
-    let spans: [(&str, &str, Span); 5] = [
+    let spans: [(&str, &str, Span); 6] = [
         ("created -> selected-node", "kube-scheduler", |s| {
             Some((s.created?, s.selected?))
         }),
         ("selected-node -> LocalVolume", "stowage controller", |s| {
             Some((s.selected?, s.lv_created?))
+        }),
+        ("selected-node -> PV", "stowage controller+agent", |s| {
+            Some((s.selected?, s.pv_created?))
         }),
         ("LocalVolume -> Ready", "stowage agent", |s| {
             Some((s.lv_created?, s.lv_ready?))
@@ -606,7 +635,7 @@ fn main() {
         }
         d.sort();
         println!(
-            "  {label:<30} ({who:<22}) p50 {:>6.0} ms  p99 {:>6.0} ms  (n={})",
+            "  {label:<30} ({who:<24}) p50 {:>6.0} ms  p99 {:>6.0} ms  (n={})",
             ms(pct(&d, 50.0)),
             ms(pct(&d, 99.0)),
             d.len()

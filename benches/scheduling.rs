@@ -48,7 +48,7 @@ use stowage::api::names;
 use stowage::api::storage_node::{StorageNode, StorageNodeSpec};
 use stowage_testkit::e2e::Cluster;
 use stowage_testkit::fixtures::{namespace, node, pod, pvc, storage_class};
-use stowage_testkit::net::{free_port, get};
+use stowage_testkit::net::{extender_time, free_port, get};
 
 const NS: &str = "bench";
 /// kube-scheduler's count of scheduling cycles whose algorithm found a node.
@@ -193,45 +193,6 @@ struct Measured {
     /// The extender's own time per verb (`filter`, `prioritize`): requests and seconds,
     /// from its `stowage_extender_request_duration_seconds`.
     extender: Vec<(String, u64, f64)>,
-}
-
-/// Requests and seconds per verb of the controller's extender histogram.
-async fn extender_time(port: u16) -> Vec<(String, u64, f64)> {
-    let Some((200, body)) = get(port, "/metrics").await else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, u64, f64)> = Vec::new();
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix("stowage_extender_request_duration_seconds_") else {
-            continue;
-        };
-        let (kind, rest) = rest.split_once('{').unwrap_or((rest, ""));
-        let Some(verb) = rest
-            .split_once("verb=\"")
-            .and_then(|(_, v)| v.split_once('"'))
-            .map(|(v, _)| v.to_string())
-        else {
-            continue;
-        };
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        let slot = match out.iter_mut().find(|(v, _, _)| *v == verb) {
-            Some(slot) => slot,
-            None => {
-                out.push((verb, 0, 0.0));
-                out.last_mut().expect("just pushed")
-            }
-        };
-        match kind {
-            "count" => slot.1 = value as u64,
-            "sum" => slot.2 = value,
-            _ => {}
-        }
-    }
-    out
 }
 
 async fn run_mode(opts: &Options, with_extender: bool) -> anyhow::Result<Measured> {

@@ -154,6 +154,48 @@ fn dechunk(mut body: &str) -> Option<String> {
     }
 }
 
+/// Requests and seconds per verb (`filter`, `prioritize`) of the extender histogram
+/// (`stowage_extender_request_duration_seconds`) that the process on `port` serves at
+/// `/metrics`; empty if it does not answer.
+pub async fn extender_time(port: u16) -> Vec<(String, u64, f64)> {
+    let Some((200, body)) = get(port, "/metrics").await else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u64, f64)> = Vec::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("stowage_extender_request_duration_seconds_") else {
+            continue;
+        };
+        let (kind, rest) = rest.split_once('{').unwrap_or((rest, ""));
+        let Some(verb) = rest
+            .split_once("verb=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_string())
+        else {
+            continue;
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let slot = match out.iter_mut().find(|(v, _, _)| *v == verb) {
+            Some(slot) => slot,
+            None => {
+                out.push((verb, 0, 0.0));
+                out.last_mut()
+                    .unwrap_or_else(|| unreachable!("just pushed"))
+            }
+        };
+        match kind {
+            "count" => slot.1 = value as u64,
+            "sum" => slot.2 = value,
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
