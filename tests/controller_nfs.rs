@@ -677,6 +677,9 @@ async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
     let _running = start_controller(&cluster.client, cluster.config(false));
     let scheduler = Scheduler::start(cluster.client.clone(), SchedulerConfig::default());
     let mut pvs = Vec::new();
+    // The PVs' list of the controller's watch; placements, refreshes and releases read the
+    // index, so no other list of every PV in the cluster follows.
+    let mut lists = None;
     for (claim, class) in [
         ("arch", "nfs-archive"),
         ("del", "nfs-delete"),
@@ -684,6 +687,7 @@ async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
     ] {
         cluster.claim(claim, class, &["ReadWriteMany"]).await;
         let pv = cluster.bound(claim).await;
+        lists.get_or_insert_with(|| cluster.server.request_count("list", "persistentvolumes"));
         std::fs::write(
             cluster.mount("a").join(NS).join(claim).join("file"),
             claim.as_bytes(),
@@ -715,6 +719,11 @@ async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
     assert_eq!(
         std::fs::read(cluster.mount("a").join(&archived[0]).join("file")).unwrap(),
         b"arch"
+    );
+    let lists = (lists.unwrap(), cluster.server.request_count("list", "persistentvolumes"));
+    assert_eq!(
+        lists.0, lists.1,
+        "PVs listed again while provisioning and releasing (after the first claim, at the end)"
     );
     scheduler.shutdown().await;
 }

@@ -485,7 +485,7 @@ pub async fn run_until_with(
     let nfs_refresh = async {
         if let Some(nfs) = ctx.nfs.clone() {
             tokio::select! {
-                () = nfs.refresh_loop(client.clone()) => {}
+                () = nfs.refresh_loop(ctx.index.clone(), ctx.ready.clone()) => {}
                 () = stopped(stop.clone()) => {}
             }
         }

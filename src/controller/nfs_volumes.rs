@@ -39,7 +39,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use parking_lot::RwLock;
 use prometheus::Registry;
@@ -57,6 +57,7 @@ use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
 use crate::api::{names, reasons};
+use crate::cache::{ClusterIndex, watch::Readiness};
 use crate::crash;
 use crate::ledger::Bytes;
 use crate::nfs::{
@@ -152,12 +153,14 @@ impl Nfs {
     }
 
     /// Measures every server now (statvfs of each mount with [`PROBE_TIMEOUT`], then PV
-    /// sums from the API) and rebuilds the ring if the weights changed.
+    /// sums from the index) and rebuilds the ring if the weights changed.
     ///
-    /// The PVs are listed and the allocations replaced under the placement lock, and a
-    /// placement holds that lock until its PV exists, so a refresh never forgets a volume
-    /// just placed (which would let the next placements overfill its server).
-    pub async fn refresh(&self, client: &kube::Client) -> Result<()> {
+    /// The PVs are read from the index (which the watch keeps, and every placement's
+    /// created PV is written into at once) and the allocations replaced under the placement
+    /// lock, and a placement holds that lock until its PV is in the index, so a refresh
+    /// never forgets a volume just placed (which would let the next placements overfill its
+    /// server). No list of every PV in the cluster, at any size.
+    pub async fn refresh(&self, index: &RwLock<ClusterIndex>) -> Result<()> {
         let cluster = self.snapshot();
         let servers = &cluster.config().servers;
         let mut states: Vec<NfsServerState> = Vec::with_capacity(servers.len());
@@ -189,16 +192,9 @@ impl Nfs {
 
         let _placing = self.placing.lock().await;
         let provisioner = cluster.config().provisioner_name.as_str();
-        let pvs: Api<PersistentVolume> = Api::all(client.clone());
-        let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
-            "list",
-            "PersistentVolume",
-            "(all)",
-        ))?;
-        let ours: Vec<(String, String, Bytes)> = list
-            .items
+        let ours = index.read().persistent_volumes_of(provisioner);
+        let ours: Vec<(String, String, Bytes)> = ours
             .iter()
-            .filter(|pv| provisioned_by(pv) == Some(provisioner))
             .filter_map(|pv| {
                 let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
                 Some((
@@ -223,10 +219,13 @@ impl Nfs {
         Ok(())
     }
 
-    /// Refreshes every [`REFRESH_EVERY`] and whenever a provision asks for it, forever.
-    pub async fn refresh_loop(self: Arc<Self>, client: kube::Client) {
+    /// Refreshes every [`REFRESH_EVERY`] and whenever a provision asks for it, forever,
+    /// from the first time every kind of the index has been listed (`ready`): before that
+    /// the index would count no volumes at all.
+    pub async fn refresh_loop(self: Arc<Self>, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
+        ready.wait().await;
         loop {
-            if let Err(error) = self.refresh(&client).await {
+            if let Err(error) = self.refresh(&index).await {
                 tracing::warn!(error = %error_chain(&error), "cannot refresh NFS server capacity");
             }
             tokio::select! {
@@ -620,22 +619,30 @@ pub async fn reconcile_claim(
         field_manager: Some(names::FIELD_MANAGER_CONTROLLER.to_string()),
         ..PostParams::default()
     };
-    let created = pvs.create(&pp, &pv).await;
-    // The PV (or the failure) is in: a refresh may now count volumes again.
+    // The PV is in the index before the lock goes, so the next placement, a refresh and a
+    // release's in-use check all count it without waiting for the watch. `true`: made now;
+    // `false`: it was there already (an earlier attempt's), to adopt.
+    let outcome = match pvs.create(&pp, &pv).await {
+        Ok(created) => Ok((created, true)),
+        Err(e) if is_status(&e, 409) => pvs
+            .get(&name)
+            .await
+            .map(|existing| (existing, false))
+            .map_err(|e| (Error::api("get", "PersistentVolume", &name)(e), false)),
+        Err(e) => Err((Error::api("create", "PersistentVolume", &name)(e), true)),
+    };
+    if let Ok((pv, _)) = &outcome {
+        ctx.index.write().note_persistent_volume(pv.clone());
+    }
     drop(placing);
     nfs.refresh_now.notify_one();
-    match created {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 409) => {
-            let existing =
-                pvs.get(&name)
-                    .await
-                    .map_err(Error::api("get", "PersistentVolume", &name))?;
-            return adopt(&existing, claim, &name, nfs).await;
-        }
-        Err(e) => {
-            let error = Error::api("create", "PersistentVolume", &name)(e);
-            record_pv_failed(ctx, &nfs.recorder, claim, &error).await;
+    match outcome {
+        Ok((_, true)) => {}
+        Ok((existing, false)) => return adopt(&existing, claim, &name, nfs).await,
+        Err((error, record)) => {
+            if record {
+                record_pv_failed(ctx, &nfs.recorder, claim, &error).await;
+            }
             return Err(error);
         }
     }
@@ -933,15 +940,10 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
     // directory another PV of ours still points at, or one that holds or lies inside
     // another PV's directory (`in_use_by`). The placement lock makes the check and the
     // removal atomic with respect to a placement (which holds it from the directory lookup
-    // until its PV exists).
+    // until its PV is in the index).
     let placing = nfs.placing.lock().await;
-    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let list = pvs.list(&ListParams::default()).await.map_err(Error::api(
-        "list",
-        "PersistentVolume",
-        "(all)",
-    ))?;
-    let shared = in_use_by(pv, &list.items, &provisioner);
+    let ours = ctx.index.read().persistent_volumes_of(&provisioner);
+    let shared = in_use_by(pv, &ours, &provisioner);
     if let Some(other) = shared {
         let theirs = other
             .spec
