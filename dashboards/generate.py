@@ -205,7 +205,14 @@ panel("Extender requests and errors", "timeseries",
       [("sum by (verb, code) (rate(stowage_extender_requests_total[5m]))", "{{verb}} {{code}}"),
        ("sum by (verb) (rate(stowage_extender_errors_total[5m]))", "errors {{verb}}"),
        ("rate(stowage_extender_pods_passed_through_total[5m])", "passed through")],
-      "reqps", 0, 24)
+      "reqps", 0, 12)
+panel("Capacity objects written (--publish-capacity)", "timeseries",
+      [("sum by (op) (rate(stowage_capacity_objects_written_total[5m]))", "{{op}}"),
+       ("sum by (op) (rate(stowage_capacity_write_errors_total[5m]))", "failed {{op}}")],
+      "ops", 12, 12,
+      description="CSIStorageCapacity objects the leading controller creates, updates and "
+      "deletes for kube-scheduler's own capacity check, and the writes that failed (retried "
+      "on the next pass). Flat at 0 without --publish-capacity.")
 next_line()
 
 dashboard = {
