@@ -164,7 +164,7 @@ impl ExtenderRoleArgs {
         let mut server = crate::serve::serve_on_own_thread("http", listener, app, stopped)?;
         let served = tokio::select! {
             served = &mut server => served,
-            () = crate::serve::shutdown_signal() => {
+            () = crate::runtime::shutdown_signal() => {
                 stop.send_replace(true);
                 server.await
             }

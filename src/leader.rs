@@ -38,7 +38,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use crate::serve::error_chain;
+use crate::runtime::{error_chain, stopped};
 use clap::{ArgAction, Args};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -573,7 +573,7 @@ impl LeaderElector {
         }
     }
 
-    async fn run(mut self, leader: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, leader: watch::Sender<bool>, stop: watch::Receiver<bool>) {
         let lease = format!("{}/{}", self.config.namespace, self.config.name);
         let identity = self.config.identity.clone();
         tracing::info!(lease = %lease, identity = %identity, "campaigning for leadership");
@@ -583,7 +583,7 @@ impl LeaderElector {
         let mut renewed_at = loop {
             let sent = Instant::now();
             let attempt = tokio::select! {
-                () = stopped(&mut stop) => {
+                () = stopped(stop.clone()) => {
                     tracing::info!(lease = %lease, "stopped before becoming the leader");
                     return;
                 }
@@ -603,7 +603,7 @@ impl LeaderElector {
             }
             let pause = jittered(self.config.retry_period);
             tokio::select! {
-                () = stopped(&mut stop) => {
+                () = stopped(stop.clone()) => {
                     tracing::info!(lease = %lease, "stopped before becoming the leader");
                     return;
                 }
@@ -622,7 +622,7 @@ impl LeaderElector {
             let deadline = renewed_at + self.config.renew_deadline;
             let next = (Instant::now() + self.config.retry_period).min(deadline);
             tokio::select! {
-                () = stopped(&mut stop) => {
+                () = stopped(stop.clone()) => {
                     leader.send_replace(false);
                     self.metrics.leader.set(0);
                     self.release(&lease).await;
@@ -642,7 +642,7 @@ impl LeaderElector {
                 return;
             }
             let attempt = tokio::select! {
-                () = stopped(&mut stop) => {
+                () = stopped(stop.clone()) => {
                     leader.send_replace(false);
                     self.metrics.leader.set(0);
                     self.release(&lease).await;
@@ -934,14 +934,6 @@ impl LeaderElector {
 fn now_micro() -> MicroTime {
     let now = Timestamp::now();
     MicroTime(Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now))
-}
-
-/// Resolves when [`LeaderHandle::shutdown`] asks to stop. A dropped handle aborts the task
-/// instead (no release), so a closed channel never resolves this.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 fn jittered(period: Duration) -> Duration {

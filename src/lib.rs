@@ -15,7 +15,8 @@
 //!   simulate       capacity planning over the ledger, no cluster needed
 //!   leader         Lease-based leader election for the controller's replicas
 //!   events         core/v1 Events as client-go's recorder writes them
-//!   serve          what every long-running role shares: client, health, metrics, shutdown
+//!   serve          HTTP for every long-running role: the client, health, metrics, the server
+//!   runtime        what every role runs on: backoff, failure counts, error chains, stopping
 //!   fsutil         directory operations relative to descriptors, never following a symlink
 //!   crash          test-only crash points between two durable steps
 //!   memory         handing freed memory back to the operating system
@@ -37,6 +38,7 @@ pub mod leader;
 pub mod ledger;
 pub mod memory;
 pub mod nfs;
+pub mod runtime;
 pub mod serve;
 pub mod simulate;
 

@@ -1,5 +1,6 @@
 //! Plumbing every long-running role shares: the Kubernetes client, `/healthz` and `/readyz`,
-//! `/metrics` in the Prometheus text format, and graceful shutdown on SIGTERM or ctrl-c.
+//! `/metrics` in the Prometheus text format, and the HTTP server itself (signals, backoff and
+//! error chains are in [`crate::runtime`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,19 +28,6 @@ pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// so that a fault-injection test sees every failed request reach stowage's own handling.
 /// Not a flag and not documented for users: production clients keep the default retry.
 pub const NO_CLIENT_RETRY_ENV: &str = "STOWAGE_TEST_NO_CLIENT_RETRY";
-
-/// An error and its sources joined with ": ", as logs, status messages and Events show
-/// it: the one way every role writes an error chain.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
 /// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`).
@@ -162,32 +150,6 @@ pub fn serve_on_own_thread(
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the HTTP server thread panicked")))
     }))
-}
-
-/// Resolves on SIGTERM or ctrl-c, whichever comes first.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@
 //! made is never made again: if its directory vanished, the status says so instead of
 //! offering pods an empty directory in place of their data.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,7 +35,7 @@ use crate::api::local_volume::{LocalVolume, LocalVolumePhase, LocalVolumeStatus,
 use crate::api::names::{FIELD_MANAGER_AGENT, FINALIZER_AGENT_CLEANUP};
 use crate::crash;
 use crate::ledger::Bytes;
-use crate::serve::error_chain;
+use crate::runtime::{Backoff, Failures, error_chain};
 
 /// How often a settled volume is looked at again without any change (a safety net that
 /// also notices a volume directory that vanished).
@@ -59,7 +58,7 @@ pub struct Context {
     metrics: Metrics,
     recorder: Recorder,
     changed: Arc<Notify>,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 impl Context {
@@ -80,7 +79,7 @@ impl Context {
             metrics,
             recorder,
             changed,
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
         }
     }
 
@@ -242,15 +241,11 @@ impl Context {
     }
 
     fn attempt(&self, name: &str) -> u32 {
-        let mut failures = self.failures.lock();
-        let n = failures.entry(name.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        self.failures.failed(name)
     }
 
     fn forget(&self, name: &str) {
-        let mut failures = self.failures.lock();
-        failures.remove(name);
+        self.failures.succeeded(name);
     }
 }
 
@@ -403,10 +398,9 @@ pub fn error_policy(lv: Arc<LocalVolume>, error: &Error, ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
-/// `BACKOFF_BASE × 2^(attempt−1)`, at most `cap`.
+/// `BACKOFF_BASE × 2^(attempt−1)`, at most `cap` ([`Backoff`], shared with the controller).
 pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20);
-    BACKOFF_BASE.saturating_mul(1 << exp).min(cap)
+    Backoff::new(BACKOFF_BASE, cap).delay(attempt)
 }
 
 fn ready(

@@ -37,7 +37,7 @@ use super::report::Reporter;
 use crate::api::local_volume::LocalVolume;
 use crate::api::names::LABEL_NODE;
 use crate::cache::slim::strip;
-use crate::serve::error_chain;
+use crate::runtime::error_chain;
 
 /// Flags of `stowage agent`.
 #[derive(Debug, Args)]
@@ -174,10 +174,10 @@ impl AgentArgs {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (drained_tx, drained_rx) = watch::channel(false);
         let mut signal = tokio::spawn(async move {
-            crate::serve::shutdown_signal().await;
+            crate::runtime::shutdown_signal().await;
             stop_tx.send_replace(true);
             // A second signal skips the rest of the drain.
-            crate::serve::shutdown_signal().await;
+            crate::runtime::shutdown_signal().await;
             tracing::warn!("second signal: abandoning the running volume operations");
         });
 

@@ -213,7 +213,7 @@ impl ControllerArgs {
             .await?;
 
         let why = tokio::select! {
-            () = crate::serve::shutdown_signal() => Stop::Signal,
+            () = crate::runtime::shutdown_signal() => Stop::Signal,
             () = &mut lost => Stop::Lost,
             served = &mut running.server => Stop::ServerEnded(served),
         };
@@ -231,7 +231,7 @@ impl ControllerArgs {
                         tracing::error!("lost the leader Lease while draining; abandoning the running reconciles");
                         false
                     }
-                    () = crate::serve::shutdown_signal() => {
+                    () = crate::runtime::shutdown_signal() => {
                         tracing::warn!("second signal: abandoning the running reconciles");
                         false
                     }

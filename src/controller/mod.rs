@@ -58,7 +58,9 @@ pub mod release;
 pub mod steps;
 pub mod volume;
 
-pub use crate::serve::error_chain;
+pub use crate::runtime::error_chain;
+pub(crate) use crate::runtime::stopped;
+use crate::runtime::{Backoff, Failures};
 pub use args::ControllerArgs;
 pub use error::{Error, Result};
 pub use events::Recorder;
@@ -70,6 +72,8 @@ pub use queue::{Next, Queue};
 pub const FIRST_RETRY: Duration = Duration::from_millis(150);
 /// Longest wait between retries of a transient error.
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Retries of a transient error: [`FIRST_RETRY`], doubling, at most [`MAX_RETRY`].
+const RETRY: Backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
 /// Wait before looking again at a request only a person can fix (an unsupported claim, an
 /// invalid class parameter, a claim that does not fit for growth).
 pub const USER_ERROR_RETRY: Duration = Duration::from_secs(300);
@@ -129,7 +133,7 @@ pub struct Context {
     /// LocalVolumes to reconcile (the orphan check), by name.
     pub volumes: Arc<Queue<String>>,
     node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
     first_seen: Mutex<HashMap<String, Instant>>,
     gone_since: Mutex<HashMap<String, GoneNode>>,
 }
@@ -182,7 +186,7 @@ impl Context {
             pvs,
             volumes,
             node_locks: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Failures::default(),
             first_seen: Mutex::default(),
             gone_since: Mutex::default(),
         }
@@ -301,21 +305,15 @@ impl Context {
     }
 
     fn backoff(&self, key: &str, transient: bool) -> Duration {
-        if !transient {
-            return USER_ERROR_RETRY;
+        if transient {
+            RETRY.delay(self.failures.failed(key))
+        } else {
+            USER_ERROR_RETRY
         }
-        let mut failures = self.failures.lock();
-        let n = failures.entry(key.to_string()).or_default();
-        let delay = FIRST_RETRY
-            .saturating_mul(1u32 << (*n).min(16))
-            .min(MAX_RETRY);
-        *n = n.saturating_add(1);
-        delay
     }
 
     fn succeeded(&self, key: &str) {
-        let mut failures = self.failures.lock();
-        failures.remove(key);
+        self.failures.succeeded(key);
     }
 
     /// Records that `pv`'s node has no Node object; returns `(node, how long)` and whether
@@ -599,13 +597,6 @@ async fn serve<K, T, R, Fut>(
             }
         })
         .await;
-}
-
-/// Resolves once `stop` turns true; never if its sender is dropped first.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 #[cfg(test)]

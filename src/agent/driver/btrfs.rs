@@ -49,7 +49,7 @@ use crate::agent::path::{ARCHIVE_DIR, PathError, PoolRoot, VolumeName, race_poin
 use crate::agent::pool::{BTRFS_SUPER_MAGIC, VolumeMode};
 use crate::crash;
 use crate::ledger::Bytes;
-use crate::serve::error_chain;
+use crate::runtime::error_chain;
 
 /// The prefix of a subvolume being set up, before it is renamed to its volume name.
 const STAGING_PREFIX: &str = ".staging-";
