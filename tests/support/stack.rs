@@ -272,12 +272,25 @@ impl Env {
         let scheduler = if cluster.is_real() {
             cluster.start_scheduler(&extender).await.unwrap();
             None
-        } else if options.without_extender {
-            Some(Scheduler::start(client.clone(), SchedulerConfig::default()))
         } else {
+            // The PV controller reaches a new claim only after a while, as
+            // kube-controller-manager's throttled worker does in a burst: the controller's
+            // PVs, made at the scheduler's choice, are then pre-bound to claims it has not
+            // seen yet, which must not release them.
+            let config = SchedulerConfig {
+                pv_controller_lag: Duration::from_millis(500),
+                ..SchedulerConfig::default()
+            };
             Some(Scheduler::start(
                 client.clone(),
-                SchedulerConfig::with_extender(ExtenderConfig::new(extender)),
+                if options.without_extender {
+                    config
+                } else {
+                    SchedulerConfig {
+                        extender: Some(ExtenderConfig::new(extender)),
+                        ..config
+                    }
+                },
             ))
         };
         Env {
