@@ -120,10 +120,10 @@ fn normal_dependencies(manifest: &str) -> Vec<String> {
                     .map_or(t, |(_, rest)| rest)
             });
         if table.starts_with("dependencies.") {
-            if let Some(v) = value(line, "package") {
-                if let (Some(last), Some(renamed)) = (names.last_mut(), quoted(v)) {
-                    *last = renamed.to_string();
-                }
+            if let Some(v) = value(line, "package")
+                && let (Some(last), Some(renamed)) = (names.last_mut(), quoted(v))
+            {
+                *last = renamed.to_string();
             }
             continue;
         }
@@ -199,8 +199,8 @@ fn closure(
         }
         for entry in &p.dependencies {
             let dep = resolve(packages, entry)?;
-            if !parent.contains_key(&id(dep)) {
-                parent.insert(id(dep), Some(id(p)));
+            if let std::collections::btree_map::Entry::Vacant(e) = parent.entry(id(dep)) {
+                e.insert(Some(id(p)));
                 queue.push_back(dep);
             }
         }
