@@ -108,18 +108,9 @@ pub struct ClaimRef {
     pub uid: String,
 }
 
-/// What happens to a volume's data when its LocalVolume is deleted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OnDelete {
-    /// Remove the data.
-    #[default]
-    Delete,
-    /// Move the data aside (renamed, kept on the pool) and free the volume's name.
-    Archive,
-    /// Leave the data where it is; an administrator cleans up.
-    Retain,
-}
+/// What happens to a volume's data when its LocalVolume is deleted (defined in
+/// stowage-core, which the NFS mode shares).
+pub use stowage_core::volume::OnDelete;
 
 /// `status` of a LocalVolume, written only by the agent of `spec.nodeName`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

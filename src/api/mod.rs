@@ -34,7 +34,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 pub mod local_volume;
-pub mod names;
+pub use stowage_core::names;
 pub mod reasons;
 pub mod storage_node;
 

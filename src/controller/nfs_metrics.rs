@@ -191,7 +191,21 @@ impl Collector for NfsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nfs::capacity::tests::state;
+    use crate::ledger::Bytes;
+    use crate::nfs::ServerName;
+
+    /// A server's state for these tests (as stowage-core's own capacity tests make them).
+    fn state(name: &str, capacity: Option<u64>, allocated: u64, status: Status) -> NfsServerState {
+        NfsServerState {
+            server: ServerName::parse(name).unwrap(),
+            status,
+            capacity: capacity.map(Bytes::gib),
+            available: capacity.map(Bytes::gib),
+            allocated: Bytes::gib(allocated),
+            volumes: 1,
+            weight_override: None,
+        }
+    }
 
     #[test]
     fn metrics_are_registered_and_follow_the_last_update() {

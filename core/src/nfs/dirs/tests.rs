@@ -272,6 +272,13 @@ fn a_mount_reached_through_a_symlink_is_canonical() {
 
 use crate::fsutil::race::{self, swap_at};
 
+/// Whether this runs in CI: `$CI` set to anything but empty, `0` or `false` (the rule of
+/// `stowage_testkit::in_ci`, which this pure crate does not depend on).
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+}
+
 /// Where the race tests run: a temporary directory, and also the scratch btrfs when
 /// `$STOWAGE_TEST_BTRFS` names one (another filesystem's rename and directory semantics).
 fn bases(test: &str) -> Vec<tempfile::TempDir> {
@@ -285,7 +292,7 @@ fn bases(test: &str) -> Vec<tempfile::TempDir> {
         ),
         None => {
             assert!(
-                !stowage_testkit::in_ci(),
+                !in_ci(),
                 "STOWAGE_TEST_BTRFS is unset in CI; .ci/run must mount a scratch btrfs (scripts/btrfs-scratch) and export it"
             );
             eprintln!("{test}: STOWAGE_TEST_BTRFS is unset; running on the temp dir only")

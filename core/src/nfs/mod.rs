@@ -30,8 +30,8 @@
 //! is pure, and those are plain blocking filesystem calls (never a shell).
 //!
 //! ```
-//! use stowage::ledger::Bytes;
-//! use stowage::nfs::ring::{Epsilon, Ring, RingServer, ServerLoad};
+//! use stowage_core::ledger::Bytes;
+//! use stowage_core::nfs::ring::{Epsilon, Ring, RingServer, ServerLoad};
 //!
 //! let ring = Ring::new(vec![RingServer::new("a", 1000), RingServer::new("b", 1000)]).unwrap();
 //! let loads = vec![ServerLoad::ready(Bytes::ZERO), ServerLoad::ready(Bytes::ZERO)];
@@ -51,8 +51,8 @@ pub mod ring;
 
 use std::time::SystemTime;
 
-use crate::api::local_volume::OnDelete;
 use crate::ledger::Bytes;
+use crate::volume::OnDelete;
 
 pub use capacity::{Allocation, NfsServerState};
 pub use class::{NfsClassError, NfsClassParams};

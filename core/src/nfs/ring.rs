@@ -54,7 +54,7 @@ pub const DEFAULT_EPSILON: f64 = 0.25;
 /// of MurmurHash3. Its values must never change (see the module docs).
 ///
 /// ```
-/// use stowage::nfs::ring::stable_hash;
+/// use stowage_core::nfs::ring::stable_hash;
 /// assert_eq!(stable_hash(b""), 0xefd0_1f60_ba99_2926);
 /// ```
 pub fn stable_hash(bytes: &[u8]) -> u64 {

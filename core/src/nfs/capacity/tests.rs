@@ -12,13 +12,8 @@ fn spec(name: &str, address: &str, export: &str, mount: &Path) -> ServerSpec {
     }
 }
 
-/// A server's state for tests (also the NFS metrics' tests in the controller).
-pub(crate) fn state(
-    name: &str,
-    capacity: Option<u64>,
-    allocated: u64,
-    status: Status,
-) -> NfsServerState {
+/// A server's state for tests (the controller's NFS metrics tests have the same helper).
+fn state(name: &str, capacity: Option<u64>, allocated: u64, status: Status) -> NfsServerState {
     NfsServerState {
         server: ServerName::parse(name).unwrap(),
         status,

@@ -649,9 +649,10 @@ pub fn utc_stamp(at: std::time::SystemTime) -> String {
 
 /// A named point between a check and the use it guards. Unit tests register a hook that
 /// swaps the filesystem there (a directory for a symlink) to prove the use does not follow
-/// what was swapped in; outside tests it does nothing.
-pub(crate) fn race_point(point: &'static str) {
-    #[cfg(test)]
+/// what was swapped in. Outside tests it does nothing: the hooks exist only in this crate's
+/// tests and with the `race-points` feature, and even then only on a thread that set one.
+pub fn race_point(point: &'static str) {
+    #[cfg(any(test, feature = "race-points"))]
     race::run(point);
     let _ = point;
 }
@@ -659,7 +660,7 @@ pub(crate) fn race_point(point: &'static str) {
 /// Whether `renameat2` flags are to be treated as unsupported: never, except on a test
 /// thread that asked for it with [`race::without_rename_flags`].
 fn rename_flags_unsupported() -> bool {
-    #[cfg(test)]
+    #[cfg(any(test, feature = "race-points"))]
     if race::rename_flags_off() {
         return true;
     }
@@ -668,8 +669,9 @@ fn rename_flags_unsupported() -> bool {
 
 /// The test side of [`race_point`]: a per-thread hook, and a per-thread switch that makes
 /// [`rename_noreplace`] behave as on a filesystem without `renameat2` flags (NFS).
-#[cfg(test)]
-pub(crate) mod race {
+#[cfg(any(test, feature = "race-points"))]
+#[allow(clippy::unwrap_used)]
+pub mod race {
     use std::cell::{Cell, RefCell};
 
     type Hook = Box<dyn FnMut(&str)>;
@@ -680,13 +682,13 @@ pub(crate) mod race {
     }
 
     /// Runs `hook` at every race point this thread passes until the guard is dropped.
-    pub(crate) fn set(hook: impl FnMut(&str) + 'static) -> Guard {
+    pub fn set(hook: impl FnMut(&str) + 'static) -> Guard {
         HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
         Guard
     }
 
     /// Removes the hook when dropped.
-    pub(crate) struct Guard;
+    pub struct Guard;
 
     impl Drop for Guard {
         fn drop(&mut self) {
@@ -696,7 +698,7 @@ pub(crate) mod race {
 
     /// At `point`, moves `victim` aside to `<victim>.moved` and puts a symlink to `target`
     /// in its place: the swap an attacker with write access to `victim`'s parent makes.
-    pub(crate) fn swap_at(
+    pub fn swap_at(
         point: &'static str,
         victim: std::path::PathBuf,
         target: std::path::PathBuf,
@@ -719,13 +721,13 @@ pub(crate) mod race {
 
     /// Makes `renameat2` flags fail with `EINVAL` on this thread, as on NFS, until the
     /// guard is dropped.
-    pub(crate) fn without_rename_flags() -> FlagsGuard {
+    pub fn without_rename_flags() -> FlagsGuard {
         NO_RENAME_FLAGS.with(|f| f.set(true));
         FlagsGuard
     }
 
     /// Gives `renameat2` its flags back when dropped.
-    pub(crate) struct FlagsGuard;
+    pub struct FlagsGuard;
 
     impl Drop for FlagsGuard {
         fn drop(&mut self) {
@@ -743,8 +745,9 @@ pub(crate) mod race {
 /// depths (the top, a third and two thirds of the way down, the bottom). Made with
 /// `mkdirat` relative to the previous level's descriptor, one descriptor at a time: the
 /// chain's path is far longer than `PATH_MAX`.
-#[cfg(test)]
-pub(crate) fn deep_chain(parent: &Path, name: &str, levels: usize, outside: &Path) {
+#[cfg(any(test, feature = "race-points"))]
+#[allow(clippy::unwrap_used)]
+pub fn deep_chain(parent: &Path, name: &str, levels: usize, outside: &Path) {
     let mut dir = open_dir(parent).unwrap();
     let mut next = name;
     let marked = [0, levels / 3, 2 * levels / 3, levels];

@@ -43,8 +43,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use super::ring::Epsilon;
-use crate::api::names;
 use crate::ledger::Bytes;
+use crate::names;
 
 /// Where the source design mounts the exports in the provisioner pod.
 pub const DEFAULT_MOUNT_BASE: &str = "/persistent-volumes";

@@ -29,7 +29,7 @@ impl Demand {
     /// Sums `(pool, bytes)` pairs, one per claim.
     ///
     /// ```
-    /// use stowage::ledger::{Bytes, Demand};
+    /// use stowage_core::ledger::{Bytes, Demand};
     /// let d = Demand::from_claims([("ssd", Bytes::gib(10)), ("hdd", Bytes::gib(5)), ("ssd", Bytes::gib(1))]).unwrap();
     /// assert_eq!(d.get("ssd"), Bytes::gib(11));
     /// assert_eq!(d.pools().count(), 2);

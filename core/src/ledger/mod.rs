@@ -13,7 +13,7 @@
 //! ```
 //!
 //! ```
-//! use stowage::ledger::{Bytes, Demand, Driver, FitOptions, Ledger, NodeState, Placement, PoolState};
+//! use stowage_core::ledger::{Bytes, Demand, Driver, FitOptions, Ledger, NodeState, Placement, PoolState};
 //!
 //! let mut small = PoolState::new("default", Driver::Btrfs, Bytes::gib(100));
 //! small.allocated = Bytes::gib(90);

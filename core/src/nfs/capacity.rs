@@ -5,7 +5,7 @@
 //!   statvfs(<mount>) ──▶ capacity, available ─┐
 //!   PVs (nfs.server, nfs.path, size) ─tally─▶ allocated, volumes ─┼─▶ NfsServerState ─┬─▶ ring weights, loads
 //!   config drain flag ───────────────────────┘                                    └─▶ metrics (scrape time,
-//!                                                                                       crate::controller::nfs_metrics)
+//!                                                                                       the controller's nfs_metrics)
 //! ```
 //!
 //! `allocated` is the sum of the requested sizes of the server's PVs: NFS enforces no
@@ -219,4 +219,4 @@ pub fn balance(states: &[NfsServerState]) -> Balance {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 /// A number of bytes.
 ///
 /// ```
-/// use stowage::ledger::Bytes;
+/// use stowage_core::ledger::Bytes;
 /// let b: Bytes = "1.5Gi".parse().unwrap();
 /// assert_eq!(b, Bytes(1_610_612_736));
 /// assert_eq!(b.to_string(), "1.5Gi");

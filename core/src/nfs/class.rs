@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use super::config::parse_go_bool;
 use super::dirs::DEFAULT_DIR_MODE;
 use super::place::Layout;
-use crate::api::local_volume::OnDelete;
 use crate::fsutil::VolumeMode;
+use crate::volume::OnDelete;
 
 /// Parameter: archive the directory on delete.
 pub const PARAM_ARCHIVE_ON_DELETE: &str = "archiveOnDelete";

@@ -72,10 +72,10 @@ use super::owner::{
 };
 use super::place::{ClaimName, Layout, RelDir};
 use super::ring::stable_hash;
-use crate::api::local_volume::OnDelete;
 use crate::fsutil::VolumeMode;
 use crate::fsutil::utc_stamp;
 use crate::fsutil::{self, FileAt, FsError, NewDir, race_point};
+use crate::volume::OnDelete;
 
 /// The prefix of archived volume directories.
 pub const ARCHIVE_PREFIX: &str = "archived-";
