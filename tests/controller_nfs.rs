@@ -720,7 +720,10 @@ async fn released_volumes_are_archived_deleted_or_kept_as_recorded() {
         std::fs::read(cluster.mount("a").join(&archived[0]).join("file")).unwrap(),
         b"arch"
     );
-    let lists = (lists.unwrap(), cluster.server.request_count("list", "persistentvolumes"));
+    let lists = (
+        lists.unwrap(),
+        cluster.server.request_count("list", "persistentvolumes"),
+    );
     assert_eq!(
         lists.0, lists.1,
         "PVs listed again while provisioning and releasing (after the first claim, at the end)"
