@@ -4,8 +4,10 @@
 //! its reconcilers read every object from the index and each kind is watched (listed,
 //! decoded, held) exactly once.
 //!
-//! Each watcher buffers a (re-)list between `Init` and `InitDone` and then replaces the
-//! whole kind with `reset_*`, so objects deleted while the watch was down disappear.
+//! Each watcher is `watch_kind` of one kind, which takes everything from the kind's
+//! [`Indexed`] implementation ([`super::kinds`]). A (re-)list between `Init` and `InitDone`
+//! replaces the whole kind (buffered and `reset_*`, or staged row by row and committed, as
+//! the kind says), so objects deleted while the watch was down disappear.
 //! [`Readiness`] turns true once every kind has been listed once.
 //!
 //! The controller runs without stowage's own custom resources (an NFS-only install): it
@@ -26,11 +28,12 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVo
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 
 use super::ClusterIndex;
+use super::kinds::{Indexed, Relist};
 use crate::api::local_volume::LocalVolume;
 use crate::api::names;
 use crate::api::storage_node::StorageNode;
@@ -269,28 +272,6 @@ pub async fn served_local_kinds(client: &Client) -> Result<[bool; 2], kube::Erro
 /// Objects in a list after which the freed decode buffers are given back to the system.
 const TRIM_AFTER: usize = 1_000;
 
-/// How one kind is written into the index.
-struct Sink<K> {
-    kind: Kind,
-    apply: fn(&mut ClusterIndex, K),
-    delete: fn(&mut ClusterIndex, &K),
-    /// A (re-)list: each object as it arrives, then the end of the list.
-    relist: Relist<K>,
-}
-
-/// How a kind takes a (re-)list.
-enum Relist<K> {
-    /// Buffered whole, then `reset` (a few thousand small objects at most).
-    Buffer(fn(&mut ClusterIndex, Vec<K>)),
-    /// Turned into rows as the pages arrive (`stage`), then `commit`: the kinds with one
-    /// object per volume, tens of thousands of them.
-    Stage {
-        begin: fn(&mut ClusterIndex),
-        stage: fn(&mut ClusterIndex, K),
-        commit: fn(&mut ClusterIndex),
-    },
-}
-
 /// Runs the controller's eight watchers (the four of [`run_watchers`], PersistentVolumes,
 /// Nodes, unbound pods and Namespaces) until they all end (they retry with backoff, so:
 /// forever). `ready` should come from [`Readiness::for_controller`]. StorageNodes and
@@ -316,16 +297,6 @@ pub async fn run_controller_watchers_with(
         Api::<PersistentVolume>::all(client.clone()),
         index.clone(),
         ready.clone(),
-        Sink {
-            kind: Kind::PersistentVolume,
-            apply: ClusterIndex::apply_persistent_volume,
-            delete: |i, o| i.delete_persistent_volume(&o.name_any()),
-            relist: Relist::Stage {
-                begin: ClusterIndex::begin_persistent_volumes,
-                stage: ClusterIndex::stage_persistent_volume,
-                commit: ClusterIndex::commit_persistent_volumes,
-            },
-        },
     );
     // Of a Node only the name and labels are read: a metadata-only watch leaves out the
     // status (images, conditions, addresses), most of a Node's bytes.
@@ -333,12 +304,6 @@ pub async fn run_controller_watchers_with(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         index.clone(),
         ready.clone(),
-        Sink {
-            kind: Kind::Node,
-            apply: ClusterIndex::apply_node,
-            delete: |i, o| i.delete_node(&o.name_any()),
-            relist: Relist::Buffer(|i, l| i.reset_nodes(l)),
-        },
     );
     // Pods only while they wait for a node: a pod's claims are provisioned together
     // (`controller::claim`), which needs to know which claims a pod uses while they are
@@ -349,12 +314,6 @@ pub async fn run_controller_watchers_with(
         watcher::Config::default().fields("spec.nodeName="),
         index.clone(),
         ready.clone(),
-        Sink {
-            kind: Kind::Pod,
-            apply: ClusterIndex::apply_pod,
-            delete: |i, o| i.delete_pod(&o.namespace().unwrap_or_default(), &o.name_any()),
-            relist: Relist::Buffer(|i, l| i.reset_pods(l)),
-        },
     );
     // Of a Namespace only the name and uid are read (NFS ownership markers record the uid,
     // so that a namespace deleted and re-created under the same name is told apart):
@@ -363,17 +322,15 @@ pub async fn run_controller_watchers_with(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         index.clone(),
         ready.clone(),
-        Sink {
-            kind: Kind::Namespace,
-            apply: ClusterIndex::apply_namespace,
-            delete: |i, o| i.delete_namespace(&o.name_any()),
-            relist: Relist::Buffer(|i, l| i.reset_namespaces(l)),
-        },
     );
     futures::join!(
         watch_local_kinds(client.clone(), index.clone(), ready.clone(), recheck),
-        watch_claims(client.clone(), index.clone(), ready.clone()),
-        watch_classes(client, index, ready),
+        watch_kind(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            index.clone(),
+            ready.clone()
+        ),
+        watch_kind(Api::<StorageClass>::all(client), index, ready),
         pvs,
         nodes,
         pods,
@@ -384,79 +341,23 @@ pub async fn run_controller_watchers_with(
 /// Runs the four watchers until they all end (they retry with backoff, so: forever).
 pub async fn run_watchers(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
     futures::join!(
-        watch_storage_nodes(client.clone(), index.clone(), ready.clone()),
-        watch_local_volumes(client.clone(), index.clone(), ready.clone()),
-        watch_claims(client.clone(), index.clone(), ready.clone()),
-        watch_classes(client, index, ready),
+        watch_kind(
+            Api::<StorageNode>::all(client.clone()),
+            index.clone(),
+            ready.clone()
+        ),
+        watch_kind(
+            Api::<LocalVolume>::all(client.clone()),
+            index.clone(),
+            ready.clone()
+        ),
+        watch_kind(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            index.clone(),
+            ready.clone()
+        ),
+        watch_kind(Api::<StorageClass>::all(client), index, ready),
     );
-}
-
-async fn watch_storage_nodes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
-    watch_kind(
-        Api::<StorageNode>::all(client),
-        index,
-        ready,
-        Sink {
-            kind: Kind::StorageNode,
-            apply: ClusterIndex::apply_storage_node,
-            delete: |i, o| i.delete_storage_node(&o.name_any()),
-            relist: Relist::Buffer(|i, l| i.reset_storage_nodes(l)),
-        },
-    )
-    .await;
-}
-
-async fn watch_local_volumes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
-    watch_kind(
-        Api::<LocalVolume>::all(client),
-        index,
-        ready,
-        Sink {
-            kind: Kind::LocalVolume,
-            apply: ClusterIndex::apply_local_volume,
-            delete: |i, o| i.delete_local_volume(&o.name_any()),
-            relist: Relist::Stage {
-                begin: ClusterIndex::begin_local_volumes,
-                stage: ClusterIndex::stage_local_volume,
-                commit: ClusterIndex::commit_local_volumes,
-            },
-        },
-    )
-    .await;
-}
-
-async fn watch_claims(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
-    watch_kind(
-        Api::<PersistentVolumeClaim>::all(client),
-        index,
-        ready,
-        Sink {
-            kind: Kind::PersistentVolumeClaim,
-            apply: ClusterIndex::apply_claim,
-            delete: |i, o| i.delete_claim(&o.namespace().unwrap_or_default(), &o.name_any()),
-            relist: Relist::Stage {
-                begin: ClusterIndex::begin_claims,
-                stage: ClusterIndex::stage_claim,
-                commit: ClusterIndex::commit_claims,
-            },
-        },
-    )
-    .await;
-}
-
-async fn watch_classes(client: Client, index: Arc<RwLock<ClusterIndex>>, ready: Readiness) {
-    watch_kind(
-        Api::<StorageClass>::all(client),
-        index,
-        ready,
-        Sink {
-            kind: Kind::StorageClass,
-            apply: ClusterIndex::apply_storage_class,
-            delete: |i, o| i.delete_storage_class(&o.name_any()),
-            relist: Relist::Buffer(|i, l| i.reset_storage_classes(l)),
-        },
-    )
-    .await;
 }
 
 /// The StorageNode and LocalVolume watches of the controller, each started once discovery
@@ -549,7 +450,7 @@ async fn watch_local_kinds(
             (client.clone(), index.clone(), ready.clone(), when_served(0));
         async move {
             if served.await {
-                watch_storage_nodes(client, index, ready).await;
+                watch_kind(Api::<StorageNode>::all(client), index, ready).await;
             }
         }
     };
@@ -557,7 +458,7 @@ async fn watch_local_kinds(
         let served = when_served(1);
         async move {
             if served.await {
-                watch_local_volumes(client, index, ready).await;
+                watch_kind(Api::<LocalVolume>::all(client), index, ready).await;
             }
         }
     };
@@ -585,33 +486,30 @@ fn warn_missing(missing: &[String], recheck: Duration) {
     );
 }
 
-async fn watch_kind<K>(
-    api: Api<K>,
-    index: Arc<RwLock<ClusterIndex>>,
-    ready: Readiness,
-    sink: Sink<K>,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+/// Watches kind `K` cluster-wide and writes it into the index as its [`Indexed`]
+/// implementation says.
+async fn watch_kind<K>(api: Api<K>, index: Arc<RwLock<ClusterIndex>>, ready: Readiness)
+where
+    K: Indexed + Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    watch_kind_with(api, watcher::Config::default(), index, ready, sink).await;
+    watch_kind_with(api, watcher::Config::default(), index, ready).await;
 }
 
+/// [`watch_kind`] with its own watcher configuration (a field selector).
 async fn watch_kind_with<K>(
     api: Api<K>,
     config: watcher::Config,
     index: Arc<RwLock<ClusterIndex>>,
     ready: Readiness,
-    sink: Sink<K>,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: Indexed + Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let kind = sink.kind.as_str();
+    let kind = K::KIND.as_str();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(super::slim::strip::<K>);
     let mut stream = std::pin::pin!(stream);
-    let mut buffer: Vec<K> = Vec::new();
-    let mut staged = 0usize;
+    let mut relist = K::Relist::default();
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -621,43 +519,23 @@ async fn watch_kind_with<K>(
                 continue;
             }
         };
-        match (event, &sink.relist) {
-            (watcher::Event::Init, Relist::Buffer(_)) => buffer.clear(),
-            (watcher::Event::InitApply(obj), Relist::Buffer(_)) => buffer.push(obj),
-            (watcher::Event::InitDone, Relist::Buffer(reset)) => {
-                let listed = std::mem::take(&mut buffer);
-                let count = listed.len();
-                reset(&mut write(&index), listed);
-                ready.mark(sink.kind);
+        match event {
+            // A list cut short (the watcher starts over with `Init`) leaves nothing behind.
+            watcher::Event::Init => relist.start(&index),
+            watcher::Event::InitApply(obj) => relist.add(&index, obj),
+            watcher::Event::InitDone => {
+                let count = relist.finish(&index);
+                ready.mark(K::KIND);
                 ready.count_list(kind);
                 tracing::debug!(kind, count, "listed");
+                // The pages decoded on the way (or the list buffered) are free now; a large
+                // list's are worth giving back (see `crate::memory`).
                 if count >= TRIM_AFTER {
                     crate::memory::release_free_memory();
                 }
             }
-            // A list cut short (the watcher starts over with `Init`) leaves nothing behind.
-            (watcher::Event::Init, Relist::Stage { begin, .. }) => {
-                staged = 0;
-                begin(&mut write(&index));
-            }
-            (watcher::Event::InitApply(obj), Relist::Stage { stage, .. }) => {
-                staged += 1;
-                stage(&mut write(&index), obj);
-            }
-            (watcher::Event::InitDone, Relist::Stage { commit, .. }) => {
-                commit(&mut write(&index));
-                ready.mark(sink.kind);
-                ready.count_list(kind);
-                tracing::debug!(kind, count = staged, "listed");
-                // The pages decoded on the way are free now; a large list's are worth
-                // giving back (see `crate::memory`).
-                if staged >= TRIM_AFTER {
-                    crate::memory::release_free_memory();
-                }
-                staged = 0;
-            }
-            (watcher::Event::Apply(obj), _) => (sink.apply)(&mut write(&index), obj),
-            (watcher::Event::Delete(obj), _) => (sink.delete)(&mut write(&index), &obj),
+            watcher::Event::Apply(obj) => K::apply(&mut write(&index), obj),
+            watcher::Event::Delete(obj) => K::delete(&mut write(&index), &obj),
         }
         ready.changes.notify_one();
     }
