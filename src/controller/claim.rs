@@ -21,6 +21,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use parking_lot::RwLock;
 
+use super::backend::Backend;
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::metrics::Outcome;
@@ -293,14 +294,33 @@ pub fn selected_node(claim: &PersistentVolumeClaim) -> Option<&str> {
 
 /// Reconciles one claim.
 pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Next> {
-    if let Some(nfs) = &ctx.nfs
-        && let Some(class) = super::nfs_volumes::our_class(&claim, &ctx, nfs)
-    {
-        return super::nfs_volumes::reconcile_claim(&claim, &class, &ctx, nfs).await;
-    }
-    let Some(class) = our_class(&claim, &ctx) else {
+    let Some((class, backend)) = class_and_backend(&claim, &ctx) else {
         return Ok(Next::await_change());
     };
+    match backend {
+        Backend::Nfs(nfs) => super::nfs_volumes::reconcile_claim(&claim, &class, &ctx, &nfs).await,
+        Backend::Local => reconcile_local(claim, class, ctx).await,
+    }
+}
+
+/// The claim's class from the index and the backend its provisioner names, if this
+/// controller runs it.
+fn class_and_backend(
+    claim: &PersistentVolumeClaim,
+    ctx: &Context,
+) -> Option<(StorageClass, Backend)> {
+    let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
+    let class = ctx.index.read().storage_class(class_name)?.clone();
+    let backend = Backend::of(&class.provisioner, ctx)?;
+    Some((class, backend))
+}
+
+/// [`reconcile`] for a claim of a node-local class.
+async fn reconcile_local(
+    claim: Arc<PersistentVolumeClaim>,
+    class: StorageClass,
+    ctx: Arc<Context>,
+) -> Result<Next> {
     let missing = ctx.ready.missing();
     if !missing.is_empty() && claim.metadata.deletion_timestamp.is_none() {
         return local_crds_missing(&claim, &missing, &ctx).await;
@@ -386,11 +406,6 @@ async fn local_crds_missing(
 }
 
 /// The claim's class when it is ours (provisioner = our name).
-fn our_class(claim: &PersistentVolumeClaim, ctx: &Context) -> Option<StorageClass> {
-    let index = ctx.index.read();
-    class_of(&index, claim, &ctx.config.provisioner)
-}
-
 /// The claim's class from the index when its provisioner is `provisioner`.
 fn class_of(
     index: &ClusterIndex,

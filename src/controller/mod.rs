@@ -1,10 +1,13 @@
 //! `stowage controller`: the provisioner of `local.stowage.io` classes.
 //!
-//! Three reconcilers, one per kind, each `observe → plan (pure) → execute`:
+//! Three reconcilers, one per kind, each `observe → plan (pure) → execute`. A claim or PV
+//! goes to the node-local flow below or to the NFS flow (`nfs_volumes.rs`) by the
+//! provisioner its class or its `provisioned-by` names ([`backend::Backend`]):
 //!
 //! ```text
 //!   claim    (claim.rs)   selected-node set ─▶ ledger re-check ─▶ LocalVolume pvc-<uid>
-//!                         LocalVolume Ready ─▶ PersistentVolume pvc-<uid> (pre-bound)
+//!                         LocalVolume Ready ─▶ PersistentVolume pvc-<uid> (pre-bound,
+//!                         bound-by-controller; no wait for kube-controller-manager)
 //!                         does not fit / node gone ─▶ selected-node removed + Event
 //!                         bound, asks for more (expand.rs) ─▶ LocalVolume grown ─▶ PV, claim
 //!   volume   (release.rs) PV Released + Delete ─▶ LocalVolume deleted ─▶ gone ─▶ PV deleted
@@ -45,6 +48,7 @@ use crate::cache::{ClusterIndex, Trigger};
 use crate::ledger::FitOptions;
 
 pub mod args;
+pub mod backend;
 pub mod capacity;
 pub mod claim;
 pub mod error;

@@ -244,14 +244,6 @@ fn provisioned_by(pv: &PersistentVolume) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The claim's class when it is an NFS class of ours.
-pub fn our_class(claim: &PersistentVolumeClaim, ctx: &Context, nfs: &Nfs) -> Option<StorageClass> {
-    let class_name = claim.spec.as_ref()?.storage_class_name.as_deref()?;
-    let index = ctx.index.read();
-    let class = index.storage_class(class_name)?;
-    (class.provisioner == nfs.provisioner()).then(|| class.clone())
-}
-
 /// Validates what `claim` asks of an NFS volume: a filesystem of some size, no data
 /// source, no selector, at least one access mode (all four are supported).
 pub fn request(claim: &PersistentVolumeClaim) -> std::result::Result<Bytes, Unsupported> {

@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 
+use super::backend::Backend;
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::metrics::Outcome;
@@ -94,13 +95,12 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
         .annotations
         .as_ref()
         .and_then(|a| a.get(names::ANNOTATION_PROVISIONED_BY));
-    if let Some(nfs) = &ctx.nfs
-        && provisioned_by.is_some_and(|p| *p == nfs.provisioner())
-    {
-        return super::nfs_volumes::reconcile_volume(&pv, &ctx, nfs).await;
-    }
-    if provisioned_by != Some(&ctx.config.provisioner) {
-        return Ok(Next::await_change());
+    match provisioned_by.and_then(|p| Backend::of(p, &ctx)) {
+        Some(Backend::Nfs(nfs)) => {
+            return super::nfs_volumes::reconcile_volume(&pv, &ctx, &nfs).await;
+        }
+        Some(Backend::Local) => {}
+        None => return Ok(Next::await_change()),
     }
     let name = pv.name_any();
     let lv = ctx.index.read().local_volume(&name);
