@@ -34,21 +34,25 @@ impl Bytes {
     pub const TI: u64 = 1 << 40;
 
     /// `n` gibibytes (saturating).
+    #[inline]
     pub const fn gib(n: u64) -> Bytes {
         Bytes(n.saturating_mul(Self::GI))
     }
 
     /// `n` mebibytes (saturating).
+    #[inline]
     pub const fn mib(n: u64) -> Bytes {
         Bytes(n.saturating_mul(Self::MI))
     }
 
     /// `n` tebibytes (saturating).
+    #[inline]
     pub const fn tib(n: u64) -> Bytes {
         Bytes(n.saturating_mul(Self::TI))
     }
 
     /// `self + rhs`, or `None` on overflow.
+    #[inline]
     pub const fn checked_add(self, rhs: Bytes) -> Option<Bytes> {
         match self.0.checked_add(rhs.0) {
             Some(v) => Some(Bytes(v)),
@@ -57,6 +61,7 @@ impl Bytes {
     }
 
     /// `self - rhs`, or `None` when `rhs` is larger.
+    #[inline]
     pub const fn checked_sub(self, rhs: Bytes) -> Option<Bytes> {
         match self.0.checked_sub(rhs.0) {
             Some(v) => Some(Bytes(v)),
@@ -65,11 +70,13 @@ impl Bytes {
     }
 
     /// `self + rhs`, clamped at `u64::MAX`.
+    #[inline]
     pub const fn saturating_add(self, rhs: Bytes) -> Bytes {
         Bytes(self.0.saturating_add(rhs.0))
     }
 
     /// `self - rhs`, clamped at zero.
+    #[inline]
     pub const fn saturating_sub(self, rhs: Bytes) -> Bytes {
         Bytes(self.0.saturating_sub(rhs.0))
     }
@@ -77,6 +84,7 @@ impl Bytes {
     /// `self / whole` as a fraction in `0.0..=1.0` (1.0 when `whole` is zero and `self` is
     /// not, 0.0 when both are zero). Only for reporting and scoring, never for fit decisions.
     #[allow(clippy::cast_precision_loss)]
+    #[inline]
     pub fn ratio(self, whole: Bytes) -> f64 {
         if whole.0 == 0 {
             return if self.0 == 0 { 0.0 } else { 1.0 };

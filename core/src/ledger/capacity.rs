@@ -33,11 +33,13 @@ pub enum Driver {
 
 impl Driver {
     /// Whether the driver stops a volume from growing past its size.
+    #[inline]
     pub const fn enforces_size(self) -> bool {
         matches!(self, Driver::Btrfs)
     }
 
     /// The driver's name as written in pool configs and StorageNode status.
+    #[inline]
     pub const fn as_str(self) -> &'static str {
         match self {
             Driver::Hostpath => "hostpath",
@@ -80,6 +82,7 @@ pub enum Reserve {
 
 impl Reserve {
     /// The reserve in bytes for a pool of `capacity`, never more than the capacity.
+    #[inline]
     pub fn resolve(self, capacity: Bytes) -> Bytes {
         let bytes = match self {
             Reserve::None => Bytes::ZERO,
@@ -157,6 +160,7 @@ pub struct PoolState {
 
 impl PoolState {
     /// A ready, empty pool of `capacity` bytes with no reserve.
+    #[inline]
     pub fn new(name: impl Into<PoolName>, driver: Driver, capacity: Bytes) -> Self {
         Self {
             name: name.into(),
@@ -172,16 +176,19 @@ impl PoolState {
     }
 
     /// Capacity less the reserve.
+    #[inline]
     pub fn allocatable(&self) -> Bytes {
         self.capacity.saturating_sub(self.reserve)
     }
 
     /// Allocated plus reserved: what is promised to claims.
+    #[inline]
     pub fn committed(&self) -> Bytes {
         self.allocated.saturating_add(self.reserved)
     }
 
     /// What a new claim may still take from this pool.
+    #[inline]
     pub fn free(&self) -> Bytes {
         let by_ledger = self.allocatable().saturating_sub(self.committed());
         match (self.driver.enforces_size(), self.available) {
@@ -191,6 +198,7 @@ impl PoolState {
     }
 
     /// Promised share of the allocatable space, in `0.0..=1.0`.
+    #[inline]
     pub fn utilization(&self) -> f64 {
         self.committed().ratio(self.allocatable())
     }
@@ -211,6 +219,7 @@ pub struct NodeState {
 
 impl NodeState {
     /// A ready node that reported just now.
+    #[inline]
     pub fn new(name: impl Into<NodeName>, pools: Vec<PoolState>) -> Self {
         Self {
             name: name.into(),
@@ -221,16 +230,19 @@ impl NodeState {
     }
 
     /// The pool called `name`.
+    #[inline]
     pub fn pool(&self, name: &str) -> Option<&PoolState> {
         self.pools.iter().find(|p| p.name.as_str() == name)
     }
 
     /// The pool called `name`, mutably.
+    #[inline]
     pub fn pool_mut(&mut self, name: &str) -> Option<&mut PoolState> {
         self.pools.iter_mut().find(|p| p.name.as_str() == name)
     }
 
     /// Sum of the pools' allocatable bytes.
+    #[inline]
     pub fn allocatable(&self) -> Bytes {
         self.pools
             .iter()
@@ -238,6 +250,7 @@ impl NodeState {
     }
 
     /// Sum of the pools' allocated and reserved bytes.
+    #[inline]
     pub fn committed(&self) -> Bytes {
         self.pools
             .iter()
@@ -245,6 +258,7 @@ impl NodeState {
     }
 
     /// Promised share of the node's allocatable space, in `0.0..=1.0`.
+    #[inline]
     pub fn utilization(&self) -> f64 {
         self.committed().ratio(self.allocatable())
     }

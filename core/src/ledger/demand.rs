@@ -22,6 +22,7 @@ pub struct DemandOverflow {
 
 impl Demand {
     /// No demand at all.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
@@ -34,6 +35,7 @@ impl Demand {
     /// assert_eq!(d.get("ssd"), Bytes::gib(11));
     /// assert_eq!(d.pools().count(), 2);
     /// ```
+    #[inline]
     pub fn from_claims<P: Into<PoolName>>(
         claims: impl IntoIterator<Item = (P, Bytes)>,
     ) -> Result<Self, DemandOverflow> {
@@ -45,6 +47,7 @@ impl Demand {
     }
 
     /// Adds one claim's bytes to `pool`.
+    #[inline]
     pub fn add(&mut self, pool: PoolName, bytes: Bytes) -> Result<(), DemandOverflow> {
         match self.per_pool.binary_search_by(|(p, _)| p.cmp(&pool)) {
             Ok(i) => {
@@ -57,6 +60,7 @@ impl Demand {
     }
 
     /// Bytes needed in `pool` (zero when the pool is not asked for).
+    #[inline]
     pub fn get(&self, pool: &str) -> Bytes {
         self.per_pool
             .iter()
@@ -65,16 +69,19 @@ impl Demand {
     }
 
     /// `(pool, bytes)` pairs, sorted by pool name.
+    #[inline]
     pub fn pools(&self) -> impl Iterator<Item = (&PoolName, Bytes)> {
         self.per_pool.iter().map(|(p, b)| (p, *b))
     }
 
     /// Whether the demand asks for no pool at all.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.per_pool.is_empty()
     }
 
     /// Sum over all pools (saturating; only for reporting).
+    #[inline]
     pub fn total(&self) -> Bytes {
         self.per_pool
             .iter()

@@ -95,6 +95,7 @@ impl Unfit {
 
     /// A short, fixed label for metrics: one of [`Unfit::KINDS`]. For several pool
     /// shortfalls it is the first one's.
+    #[inline]
     pub fn kind(&self) -> &'static str {
         match self {
             Unfit::NoReport => "no_report",
@@ -152,6 +153,7 @@ impl fmt::Display for Unfit {
 ///
 /// An empty demand fits any node, reported or not: a pod without stowage claims is none of
 /// the ledger's business.
+#[inline]
 pub fn check(node: &NodeState, demand: &Demand, opts: &FitOptions) -> Result<(), Unfit> {
     check_aged(node, node.heartbeat_age, demand, opts)
 }
@@ -159,6 +161,7 @@ pub fn check(node: &NodeState, demand: &Demand, opts: &FitOptions) -> Result<(),
 /// [`check`] with the heartbeat age given beside the node instead of in
 /// `node.heartbeat_age` (which is ignored), so a caller holding shared node entries need not
 /// copy each one to set its age.
+#[inline]
 pub fn check_aged(
     node: &NodeState,
     heartbeat_age: Option<Duration>,

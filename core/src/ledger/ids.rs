@@ -22,6 +22,7 @@ pub struct ClaimKey {
 
 impl ClaimKey {
     /// A key from its two parts.
+    #[inline]
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
@@ -34,6 +35,7 @@ macro_rules! string_name {
     ($t:ty) => {
         impl $t {
             /// The name as a string slice.
+            #[inline]
             pub fn as_str(&self) -> &str {
                 &self.0
             }

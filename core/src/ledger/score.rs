@@ -38,6 +38,7 @@ pub enum Placement {
 
 impl Placement {
     /// The policy's name as written in a StorageClass's `placement` parameter.
+    #[inline]
     pub const fn as_str(self) -> &'static str {
         match self {
             Placement::Spread => "spread",
@@ -68,6 +69,7 @@ impl FromStr for Placement {
 
 /// The share of the demanded pools left free after placement, as `(left, whole)` in bytes.
 /// `None` when the demand does not fit or asks for no pool.
+#[inline]
 pub fn room_after(node: &NodeState, demand: &Demand) -> Option<(u128, u128)> {
     let mut left: u128 = 0;
     let mut whole: u128 = 0;
@@ -84,6 +86,7 @@ pub fn room_after(node: &NodeState, demand: &Demand) -> Option<(u128, u128)> {
 ///
 /// Nodes that cannot take the demand, and demands that ask for nothing, score 0: the
 /// extender filters the former and stays neutral on the latter.
+#[inline]
 pub fn score(node: &NodeState, demand: &Demand, placement: Placement) -> u8 {
     let Some((left, whole)) = room_after(node, demand) else {
         return 0;
@@ -97,6 +100,7 @@ pub fn score(node: &NodeState, demand: &Demand, placement: Placement) -> u8 {
 ///
 /// `left` is the sum over the demanded pools of `free − demand` (every pool must fit), and
 /// `whole` the sum of their allocatable bytes. A `whole` of zero scores 0, as in [`score`].
+#[inline]
 pub fn score_share(left: u128, whole: u128, placement: Placement) -> u8 {
     if whole == 0 {
         return 0;
@@ -124,6 +128,7 @@ pub fn score_share(left: u128, whole: u128, placement: Placement) -> u8 {
 /// by `tiebreak[i]`, lowest first. The caller passes a hash of the pod and the node: ties go
 /// to a different node for each pod, like kube-scheduler's own random pick among equal
 /// scores, yet the extender knows which one it put first.
+#[inline]
 pub fn normalize(
     rooms: &[Option<(u128, u128)>],
     placement: Placement,
