@@ -49,6 +49,109 @@ pub use stowage_core::{fsutil, ledger, nfs};
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// `crate::<module>` references between the top-level modules of the crate whose
+    /// sources are in `src`: code only (comment lines and everything from a file's first
+    /// `#[cfg(test)]` on are left out, as are test files).
+    fn module_edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+        let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut dirs = vec![src.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if path.is_dir() {
+                    if name != "tests" {
+                        dirs.push(path);
+                    }
+                    continue;
+                }
+                if !name.ends_with(".rs") || name == "tests.rs" {
+                    continue;
+                }
+                let rel = path.strip_prefix(src).unwrap();
+                let first = rel
+                    .components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy();
+                let module = first.trim_end_matches(".rs").to_string();
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    for part in line.split("crate::").skip(1) {
+                        let target: String = part
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                            .collect();
+                        if !target.is_empty() && target != module {
+                            edges.entry(module.clone()).or_default().insert(target);
+                        }
+                    }
+                }
+            }
+        }
+        edges
+    }
+
+    /// The first import cycle in `edges`, as a path, if there is one.
+    fn cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
+        fn visit(
+            n: &str,
+            edges: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) -> Option<String> {
+            if let Some(at) = path.iter().position(|p| p == n) {
+                return Some(format!("{} -> {n}", path[at..].join(" -> ")));
+            }
+            if !done.insert(n.to_string()) {
+                return None;
+            }
+            path.push(n.to_string());
+            for next in edges.get(n).into_iter().flatten() {
+                if let Some(found) = visit(next, edges, path, done) {
+                    return Some(found);
+                }
+            }
+            path.pop();
+            None
+        }
+        let mut done = BTreeSet::new();
+        edges
+            .keys()
+            .find_map(|n| visit(n, edges, &mut Vec::new(), &mut done))
+    }
+
+    /// No import cycle between the top-level modules, in stowage and in stowage-core (the
+    /// controller's own files have their own check, `controller::tests`).
+    #[test]
+    fn the_top_level_modules_import_each_other_without_a_cycle() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for src in [root.join("src"), root.join("core/src")] {
+            let edges = module_edges(&src);
+            assert!(!edges.is_empty(), "the reader found no edges in {src:?}");
+            assert_eq!(cycle(&edges), None, "{}: {edges:?}", src.display());
+        }
+        let stowage = module_edges(&root.join("src"));
+        assert!(
+            stowage["controller"].contains("cache") && stowage["agent"].contains("runtime"),
+            "the reader missed controller -> cache or agent -> runtime: {stowage:?}"
+        );
+        let core = module_edges(&root.join("core/src"));
+        assert!(
+            core["nfs"].contains("ledger"),
+            "the reader missed nfs -> ledger: {core:?}"
+        );
+        let mut two = BTreeMap::new();
+        two.insert("a".to_string(), BTreeSet::from(["b".to_string()]));
+        two.insert("b".to_string(), BTreeSet::from(["a".to_string()]));
+        assert_eq!(cycle(&two).as_deref(), Some("a -> b -> a"));
+    }
+
     /// Every module declared or re-exported from stowage-core in this file has a row in the
     /// module map above, and every row names one: the map cannot drift from the code again.
     #[test]
