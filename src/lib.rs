@@ -5,7 +5,7 @@
 //! the argument wiring in `main.rs`:
 //!
 //! ```text
-//!   api            stowage.io objects (CRDs), shared names, their translation into ledger terms
+//!   api            (stowage-api) stowage.io objects (CRDs), Event reasons, into ledger terms
 //!   ledger         PURE (stowage-core): bytes, demand, fit, reasons, spread/binpack scores
 //!   cache          the controller's and extender's index of the cluster, kept by deltas
 //!   agent          `stowage agent`: pools, drivers, the LocalVolume reconciler, StorageNode reports
@@ -24,7 +24,8 @@
 //! ```
 //!
 //! The rows marked stowage-core are that crate's modules, re-exported here so that
-//! `stowage::ledger`, `stowage::nfs` and `stowage::fsutil` stay where they were. stowage-core
+//! `stowage::ledger`, `stowage::nfs` and `stowage::fsutil` stay where they were; `api` is
+//! the crate stowage-api (the custom resources and their CRDs), re-exported the same way. stowage-core
 //! is pure: no Kubernetes client or API types, no async runtime, no HTTP server, no metrics,
 //! which its own test of `Cargo.lock` enforces. (`api::names` and `api::local_volume::OnDelete`
 //! come from it too.)
@@ -32,7 +33,6 @@
 //! A test holds this map to the modules declared and re-exported below.
 
 pub mod agent;
-pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod controller;
@@ -45,6 +45,7 @@ pub mod runtime;
 pub mod serve;
 pub mod simulate;
 
+pub use stowage_api as api;
 pub use stowage_core::{fsutil, ledger, nfs};
 
 #[cfg(test)]
@@ -170,10 +171,17 @@ mod tests {
             ["fsutil", "ledger", "nfs"],
             "the re-exports of stowage-core"
         );
+        // `pub use stowage_api as api;`: the API crate, under its old name.
+        let renamed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub use stowage_api as ")?.strip_suffix(';'))
+            .collect();
+        assert_eq!(renamed, ["api"], "the re-export of stowage-api");
         let declared: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
             .chain(core.iter().copied())
+            .chain(renamed.iter().copied())
             .collect();
         let mapped: Vec<&str> = text
             .split("```text")
@@ -188,13 +196,18 @@ mod tests {
         a.sort_unstable();
         b.sort_unstable();
         assert_eq!(a, b, "declared modules vs the map in src/lib.rs's docs");
-        for row in ["ledger", "nfs", "fsutil"] {
+        for (row, krate) in [
+            ("ledger", "(stowage-core)"),
+            ("nfs", "(stowage-core)"),
+            ("fsutil", "(stowage-core)"),
+            ("api", "(stowage-api)"),
+        ] {
             let line = text
                 .lines()
                 .find(|l| l.trim_start_matches("//!").split_whitespace().next() == Some(row));
             assert!(
-                line.is_some_and(|l| l.contains("(stowage-core)")),
-                "{row}'s row says it comes from stowage-core: {line:?}"
+                line.is_some_and(|l| l.contains(krate)),
+                "{row}'s row says it comes from {krate}: {line:?}"
             );
         }
         assert!(declared.len() >= 15);

@@ -14,7 +14,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Bytes, Driver, NodeState, PoolState};
+use stowage_core::ledger::{Bytes, Driver, NodeState, PoolState};
 
 /// `spec` of a StorageNode: empty. What a node offers is configured on its agent and
 /// reported in `status`; nothing about a node is requested through the API.

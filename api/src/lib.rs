@@ -13,7 +13,7 @@
 //! and checked in as `deploy/crds.yaml`; a test fails when the two drift apart.
 //!
 //! ```
-//! use stowage::api::{local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete}, names};
+//! use stowage_api::{local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelete}, names};
 //! use kube::Resource;
 //!
 //! let lv = LocalVolume::new("pvc-1234", LocalVolumeSpec {

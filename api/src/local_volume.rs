@@ -16,7 +16,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Bytes, ClaimKey, NodeName, PoolName};
+use stowage_core::ledger::{Bytes, ClaimKey, NodeName, PoolName};
 
 /// `spec` of a LocalVolume, written once by the controller.
 // Each `printcolumn(...)` repeats `type_ = ...`; clippy's `duplicated_attributes` reads that
