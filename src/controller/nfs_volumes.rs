@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{
-    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
+    NFSVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -53,7 +53,10 @@ use super::steps::{
     claim_key, claim_ref, names_provisioner, record_pv_created, record_pv_failed, remove_finalizer,
     set_resizing,
 };
-use super::volume::{self, Unsupported, pv_capacity, quantity, reclaim_policy};
+use super::volume::{
+    self, Unsupported, pre_bound_to, pv_annotations, pv_capacity, pv_finalizers, quantity,
+    reclaim_policy,
+};
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
 use crate::api::{names, reasons};
@@ -335,28 +338,22 @@ pub fn persistent_volume(
     let spec = claim.spec.clone().unwrap_or_default();
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let policy = reclaim_policy(class).to_string();
-    let finalizers = (policy == "Delete").then(|| vec![names::FINALIZER_PV_CLEANUP.to_string()]);
+    let finalizers = pv_finalizers(&policy);
+    let mut annotations = pv_annotations(provisioner);
+    annotations.extend([
+        (
+            names::ANNOTATION_NFS_ON_DELETE.to_string(),
+            on_delete_value(on_delete).to_string(),
+        ),
+        (
+            names::ANNOTATION_NFS_SERVER.to_string(),
+            placement.server_name.to_string(),
+        ),
+    ]);
     PersistentVolume {
         metadata: ObjectMeta {
             name: Some(volume::volume_name(&uid)),
-            annotations: Some(BTreeMap::from([
-                (
-                    names::ANNOTATION_PROVISIONED_BY.to_string(),
-                    provisioner.to_string(),
-                ),
-                (
-                    names::ANNOTATION_NFS_ON_DELETE.to_string(),
-                    on_delete_value(on_delete).to_string(),
-                ),
-                (
-                    names::ANNOTATION_NFS_SERVER.to_string(),
-                    placement.server_name.to_string(),
-                ),
-                (
-                    names::ANNOTATION_BOUND_BY_CONTROLLER.to_string(),
-                    "yes".to_string(),
-                ),
-            ])),
+            annotations: Some(annotations),
             finalizers,
             ..ObjectMeta::default()
         },
@@ -372,15 +369,7 @@ pub fn persistent_volume(
                 path: placement.export_path.clone(),
                 read_only: None,
             }),
-            claim_ref: Some(ObjectReference {
-                api_version: Some("v1".to_string()),
-                kind: Some("PersistentVolumeClaim".to_string()),
-                namespace: claim.metadata.namespace.clone(),
-                name: claim.metadata.name.clone(),
-                uid: claim.metadata.uid.clone(),
-                resource_version: claim.metadata.resource_version.clone(),
-                ..ObjectReference::default()
-            }),
+            claim_ref: Some(pre_bound_to(claim)),
             ..PersistentVolumeSpec::default()
         }),
         status: None,

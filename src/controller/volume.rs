@@ -238,6 +238,43 @@ pub fn reclaim_policy(class: &StorageClass) -> &str {
     class.reclaim_policy.as_deref().unwrap_or("Delete")
 }
 
+/// The annotations of every PV stowage makes: `pv.kubernetes.io/provisioned-by` naming
+/// `provisioner`, so only it deletes the PV, and `pv.kubernetes.io/bound-by-controller`, so
+/// the PV controller checks with the API server before it releases the PV for a claim it
+/// has not seen yet.
+pub fn pv_annotations(provisioner: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            names::ANNOTATION_PROVISIONED_BY.to_string(),
+            provisioner.to_string(),
+        ),
+        (
+            names::ANNOTATION_BOUND_BY_CONTROLLER.to_string(),
+            "yes".to_string(),
+        ),
+    ])
+}
+
+/// The finalizers of a PV with reclaim `policy`: ours with Delete, so the PV object
+/// outlives its data's cleanup; none otherwise.
+pub fn pv_finalizers(policy: &str) -> Option<Vec<String>> {
+    (policy == "Delete").then(|| vec![names::FINALIZER_PV_CLEANUP.to_string()])
+}
+
+/// `claimRef` pre-binding a PV to exactly `claim` (its uid and resourceVersion), so the PV
+/// controller binds that claim and no other.
+pub fn pre_bound_to(claim: &PersistentVolumeClaim) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_string()),
+        kind: Some("PersistentVolumeClaim".to_string()),
+        namespace: claim.metadata.namespace.clone(),
+        name: claim.metadata.name.clone(),
+        uid: claim.metadata.uid.clone(),
+        resource_version: claim.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
 /// The PersistentVolume for `claim`, backed by the Ready LocalVolume `lv` at `path`.
 ///
 /// `hostname` is the value of the node's `kubernetes.io/hostname` label. The PV is
@@ -256,20 +293,11 @@ pub fn persistent_volume(
 ) -> PersistentVolume {
     let spec = claim.spec.clone().unwrap_or_default();
     let policy = reclaim_policy(class).to_string();
-    let finalizers = (policy == "Delete").then(|| vec![names::FINALIZER_PV_CLEANUP.to_string()]);
+    let finalizers = pv_finalizers(&policy);
     PersistentVolume {
         metadata: ObjectMeta {
             name: lv.metadata.name.clone(),
-            annotations: Some(BTreeMap::from([
-                (
-                    names::ANNOTATION_PROVISIONED_BY.to_string(),
-                    provisioner.to_string(),
-                ),
-                (
-                    names::ANNOTATION_BOUND_BY_CONTROLLER.to_string(),
-                    "yes".to_string(),
-                ),
-            ])),
+            annotations: Some(pv_annotations(provisioner)),
             labels: Some(BTreeMap::from([
                 (names::LABEL_NODE.to_string(), lv.spec.node_name.clone()),
                 (names::LABEL_POOL.to_string(), lv.spec.pool.clone()),
@@ -303,15 +331,7 @@ pub fn persistent_volume(
                     }],
                 }),
             }),
-            claim_ref: Some(ObjectReference {
-                api_version: Some("v1".to_string()),
-                kind: Some("PersistentVolumeClaim".to_string()),
-                namespace: claim.metadata.namespace.clone(),
-                name: claim.metadata.name.clone(),
-                uid: claim.metadata.uid.clone(),
-                resource_version: claim.metadata.resource_version.clone(),
-                ..ObjectReference::default()
-            }),
+            claim_ref: Some(pre_bound_to(claim)),
             ..PersistentVolumeSpec::default()
         }),
         status: None,
