@@ -50,8 +50,8 @@ use super::events::{EventType, Recorder};
 use super::metrics::Outcome;
 use super::nfs_metrics::NfsMetrics;
 use super::steps::{
-    claim_key, claim_ref, names_provisioner, record_pv_created, record_pv_failed, remove_finalizer,
-    set_resizing,
+    claim_key, claim_ref, names_provisioner, record_delete_failed, record_pv_created,
+    record_pv_failed, remove_finalizer, set_resizing,
 };
 use super::volume::{
     self, Unsupported, pre_bound_to, pv_annotations, pv_capacity, pv_finalizers, quantity,
@@ -884,15 +884,7 @@ pub async fn reconcile_volume(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -
     }
     let result = release(pv, ctx, nfs).await;
     if let Err(error) = &result {
-        ctx.metrics.deletion(Outcome::Failed);
-        nfs.recorder
-            .record(
-                &pv.object_ref(&()),
-                EventType::Warning,
-                reasons::VOLUME_FAILED_DELETE,
-                &error_chain(error),
-            )
-            .await;
+        record_delete_failed(ctx, &nfs.recorder, pv, error).await;
     }
     result?;
     ctx.metrics.deletion(Outcome::Succeeded);

@@ -29,9 +29,9 @@ use super::backend::Backend;
 use super::error::{Error, Result, is_status};
 use super::events::EventType;
 use super::metrics::Outcome;
-use super::steps::remove_finalizer;
+use super::steps::{record_delete_failed, remove_finalizer};
 use super::volume::{self, pv_node};
-use super::{Context, Next, RESYNC, error_chain};
+use super::{Context, Next, RESYNC};
 use crate::api::local_volume::{ClaimRef, LocalVolume, OnDelete};
 use crate::api::{names, reasons};
 use crate::crash;
@@ -137,15 +137,7 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
     tracing::debug!(volume = %name, ?plan, "release plan");
     let result = execute(plan, &pv, &ctx).await;
     if let Err(error) = &result {
-        ctx.metrics.deletion(Outcome::Failed);
-        ctx.recorder
-            .record(
-                &pv.object_ref(&()),
-                EventType::Warning,
-                reasons::VOLUME_FAILED_DELETE,
-                &error_chain(error),
-            )
-            .await;
+        record_delete_failed(&ctx, &ctx.recorder, &pv, error).await;
     }
     result?;
     if plan == Plan::DeletePv || plan == Plan::RemoveFinalizer {

@@ -105,6 +105,26 @@ pub(crate) async fn record_pv_failed(
         .await;
 }
 
+/// The outcome of a release step that failed, for local and NFS volumes alike:
+/// `stowage_deletions_total{result="failed"}` and a `VolumeFailedDelete` Event on the PV
+/// from `recorder` carrying the error chain.
+pub(crate) async fn record_delete_failed(
+    ctx: &Context,
+    recorder: &Recorder,
+    pv: &PersistentVolume,
+    error: &Error,
+) {
+    ctx.metrics.deletion(Outcome::Failed);
+    recorder
+        .record(
+            &pv.object_ref(&()),
+            EventType::Warning,
+            reasons::VOLUME_FAILED_DELETE,
+            &error_chain(error),
+        )
+        .await;
+}
+
 /// Sets (`resizing`) or clears the claim's `Resizing` condition, clears
 /// `FileSystemResizePending`, and with `capacity` records the new size in
 /// `status.capacity` (and `status.allocatedResources` where the cluster keeps it). A
