@@ -49,7 +49,7 @@ pub use stowage_api as api;
 pub use stowage_core::{fsutil, ledger, nfs};
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
 
@@ -98,8 +98,9 @@ mod tests {
         edges
     }
 
-    /// The first import cycle in `edges`, as a path, if there is one.
-    fn cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
+    /// The first import cycle in `edges`, as a path, if there is one (also the controller's
+    /// file-level check).
+    pub(crate) fn cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
         fn visit(
             n: &str,
             edges: &BTreeMap<String, BTreeSet<String>>,

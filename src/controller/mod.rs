@@ -642,30 +642,7 @@ mod tests {
             edges.get("claim").is_some_and(|e| e.contains("steps")),
             "the reader found no edges: {edges:?}"
         );
-        // Depth-first search for a back edge.
-        fn visit(
-            n: &str,
-            edges: &BTreeMap<String, BTreeSet<String>>,
-            path: &mut Vec<String>,
-            done: &mut BTreeSet<String>,
-        ) {
-            if let Some(at) = path.iter().position(|p| p == n) {
-                panic!("import cycle: {} -> {n}", path[at..].join(" -> "));
-            }
-            if done.contains(n) {
-                return;
-            }
-            path.push(n.to_string());
-            for next in edges.get(n).into_iter().flatten() {
-                visit(next, edges, path, done);
-            }
-            path.pop();
-            done.insert(n.to_string());
-        }
-        let mut done = BTreeSet::new();
-        for name in &names {
-            visit(name, &edges, &mut Vec::new(), &mut done);
-        }
+        assert_eq!(crate::tests::cycle(&edges), None, "import cycle: {edges:?}");
     }
 
     use super::*;
