@@ -239,14 +239,6 @@ impl Context {
             }
         }
     }
-
-    fn attempt(&self, name: &str) -> u32 {
-        self.failures.failed(name)
-    }
-
-    fn forget(&self, name: &str) {
-        self.failures.succeeded(name);
-    }
 }
 
 /// What to do about one LocalVolume; its `Debug` form is what the debug log records.
@@ -367,7 +359,7 @@ pub async fn reconcile(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> Result<Action
     ctx.changed.notify_one();
     match result {
         Ok(action) => {
-            ctx.forget(&name);
+            ctx.failures.succeeded(&name);
             Ok(action)
         }
         Err(error) => {
@@ -380,7 +372,7 @@ pub async fn reconcile(lv: Arc<LocalVolume>, ctx: Arc<Context>) -> Result<Action
 /// Requeues a failed LocalVolume after an exponential backoff that starts at
 /// [`BACKOFF_BASE`] and is capped by the kind of error. Handed to kube-runtime's `Controller`.
 pub fn error_policy(lv: Arc<LocalVolume>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = ctx.attempt(&lv.name_any());
+    let attempt = ctx.failures.failed(&lv.name_any());
     let cap = if error.is_transient() {
         BACKOFF_CAP_TRANSIENT
     } else {

@@ -316,10 +316,6 @@ impl Context {
         }
     }
 
-    fn succeeded(&self, key: &str) {
-        self.failures.succeeded(key);
-    }
-
     /// Records that `pv`'s node has no Node object; returns `(node, how long)` and whether
     /// it is reported for the first time now that the grace has passed.
     pub(crate) fn node_missing(&self, pv: &str, node: &str) -> (Duration, bool) {
@@ -442,7 +438,7 @@ where
     }
     ctx.ensure_synced()?;
     let action = f(Arc::new(obj), ctx.clone()).await?;
-    ctx.succeeded(key);
+    ctx.failures.succeeded(key);
     Ok(action)
 }
 
