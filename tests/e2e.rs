@@ -719,7 +719,12 @@ async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_lea
     assert_eq!(plan.iter().map(Vec::len).sum::<usize>(), TOTAL);
     let names: Vec<String> = (0..plan.len()).map(|i| format!("crash{i:03}")).collect();
     // The burst is created in the background, so the first kill can land while claims and
-    // pods are still being created.
+    // pods are still being created. Its second half waits for the first kill: PVs are made
+    // at the scheduler's choice, while binding waits for the PV controller (on a real
+    // cluster, kube-controller-manager at 20 requests/s), so a burst created at once can
+    // have every PV before its first claim is Bound, and a kill after the first binding
+    // would no longer be mid-burst.
+    let (first_killed, second_half) = tokio::sync::watch::channel(false);
     let creating = {
         let client = env.client.clone();
         let (names, plan) = (names.clone(), plan.clone());
@@ -728,29 +733,38 @@ async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_lea
                 kube::Api::namespaced(client.clone(), NS);
             let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
                 kube::Api::namespaced(client, NS);
-            let creates = names.iter().zip(&plan).map(|(name, sizes)| {
-                let (claims, pods) = (claims.clone(), pods.clone());
-                async move {
-                    let mut mine = Vec::new();
-                    for (i, mib) in sizes.iter().enumerate() {
-                        let claim = format!("{name}-{i}");
-                        claims
-                            .create(
-                                &PostParams::default(),
-                                &pvc(NS, &claim)
-                                    .size(&format!("{mib}Mi"))
-                                    .class("local")
-                                    .build(),
-                            )
+            let half = names.len() / 2;
+            let creates = names
+                .iter()
+                .zip(&plan)
+                .enumerate()
+                .map(|(n, (name, sizes))| {
+                    let (claims, pods) = (claims.clone(), pods.clone());
+                    let mut second_half = second_half.clone();
+                    async move {
+                        if n >= half {
+                            second_half.wait_for(|k| *k).await.unwrap();
+                        }
+                        let mut mine = Vec::new();
+                        for (i, mib) in sizes.iter().enumerate() {
+                            let claim = format!("{name}-{i}");
+                            claims
+                                .create(
+                                    &PostParams::default(),
+                                    &pvc(NS, &claim)
+                                        .size(&format!("{mib}Mi"))
+                                        .class("local")
+                                        .build(),
+                                )
+                                .await
+                                .unwrap();
+                            mine.push(claim);
+                        }
+                        pods.create(&PostParams::default(), &pod(NS, name).claims(&mine).build())
                             .await
                             .unwrap();
-                        mine.push(claim);
                     }
-                    pods.create(&PostParams::default(), &pod(NS, name).claims(&mine).build())
-                        .await
-                        .unwrap();
-                }
-            });
+                });
             futures::future::join_all(creates).await;
         })
     };
@@ -760,6 +774,7 @@ async fn a_controller_killed_twice_during_a_burst_binds_every_claim_once_and_lea
     // second trigger counts PVs only: binding is the PV controller's, and the restarted
     // controller makes the remaining PVs well before 10 more claims are Bound.
     let (bound, pvs) = kill_mid_burst(&mut env, "crash", (1, 20), TOTAL).await;
+    first_killed.send(true).unwrap();
     env.restart_controller().await;
     kill_mid_burst(&mut env, "crash", (bound, pvs + 5), TOTAL).await;
     env.restart_controller().await;
