@@ -1,5 +1,7 @@
 //! The fault-injection knob: failed writes, early-closed watches and slow responses, all
-//! changeable while the server runs, with a seed so a failing run can be replayed.
+//! changeable while the server runs. Faults are drawn from a seeded generator: a seed fixes
+//! their rate and sequence, but which request meets which fault depends on the order in
+//! which requests arrive, so a seed does not replay a run of several processes.
 
 use std::{
     sync::{

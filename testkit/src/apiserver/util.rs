@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use k8s_openapi::jiff::Timestamp;
 
 /// A xorshift64* generator. Not cryptographic; used for uids, `generateName` suffixes and the
-/// fault knob, where a reproducible sequence for a given seed is what tests want.
+/// fault knob. A seed gives the same sequence of draws; what they land on depends on the order
+/// of the requests that draw them.
 #[derive(Debug, Clone)]
 pub(crate) struct Rng(u64);
 
