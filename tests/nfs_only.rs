@@ -2,7 +2,8 @@
 //! environment and without the StorageNode and LocalVolume CRDs becomes ready, provisions
 //! and binds an NFS claim, says once which CRDs are missing and what they would enable,
 //! puts an Event on a claim of a node-local class instead of leaving it silent, and starts
-//! watching the CRDs once they are installed.
+//! watching the CRDs once they are installed. Released NFS claims are archived, deleted or
+//! kept as their class says, with their PV gone.
 //!
 //! Both lanes: testkit's strict in-memory API server (a CRD not installed is a 404, and
 //! discovery lists only what is served) with its PV-controller stand-in, and a real control
@@ -20,7 +21,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use stowage::api::{crds, names};
 use stowage::cache::watch::served_local_kinds;
-use stowage_testkit::e2e::Cluster;
+use stowage_testkit::e2e::{Cluster, RoleBuilder};
 use stowage_testkit::fixtures::{namespace, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::scheduler::{Scheduler, SchedulerConfig};
@@ -44,6 +45,25 @@ fn stowage_binary() -> PathBuf {
     std::env::var_os("STOWAGE_BENCH_BINARY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")))
+}
+
+/// `stowage controller` configured as the NFS source design's users run it: the environment
+/// variables only, the export "mounted" at `<base>/10.0.0.1`.
+fn nfs_controller(cluster: &Cluster, base: &std::path::Path, port: u16) -> RoleBuilder {
+    cluster
+        .role(stowage_binary(), "controller")
+        .arg("controller")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .arg("--nfs-mount-base")
+        .arg(base)
+        .env("NFS_SERVER", "10.0.0.1")
+        .env("NFS_PATH", "/exports/a")
+        .env("POD_NAMESPACE", "stowage-system")
+        .env("POD_NAME", "controller-0")
+        .env("RUST_LOG", "info")
 }
 
 async fn ready(port: u16) -> bool {
@@ -101,20 +121,7 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
     let base = cluster.dir().join("nfs");
     std::fs::create_dir_all(base.join("10.0.0.1")).unwrap();
     let port = free_port();
-    let controller = cluster
-        .role(stowage_binary(), "controller")
-        .arg("controller")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .arg("--nfs-mount-base")
-        .arg(&base)
-        .env("NFS_SERVER", "10.0.0.1")
-        .env("NFS_PATH", "/exports/a")
-        .env("POD_NAMESPACE", "stowage-system")
-        .env("POD_NAME", "controller-0")
-        .env("RUST_LOG", "info")
+    let controller = nfs_controller(&cluster, &base, port)
         // Look for the CRDs again every second (60 by default).
         .env("STOWAGE_CRDS_RECHECK", "1")
         .spawn()
@@ -221,6 +228,131 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
         logs.lines().filter(|l| l.contains(MISSING)).count(),
         1,
         "{logs}"
+    );
+    drop(controller);
+    if let Some(s) = scheduler {
+        s.shutdown().await;
+    }
+}
+
+/// The release of NFS volumes, end to end: kube-controller-manager (on the real lane) marks
+/// the PV of a deleted claim Released, and stowage archives the directory (exactly one
+/// `archived-<ns>-<claim>-<stamp>`), deletes it, or keeps it, as the class says, then deletes
+/// the PV. The kept claim's PV goes too: the class's reclaim policy is Delete and stowage
+/// keeps only the data.
+#[tokio::test]
+async fn released_nfs_claims_are_archived_deleted_or_kept_as_their_class_says() {
+    let cluster = Cluster::start().await.unwrap();
+    let client = cluster.client();
+    for ns in [NS, "stowage-system"] {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace(ns).build())
+            .await
+            .unwrap();
+    }
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let class = |name: &str| {
+        storage_class(name)
+            .provisioner(names::PROVISIONER_NFS)
+            .reclaim("Delete")
+    };
+    for class in [
+        class("nfs-archive")
+            .param("archiveOnDelete", "true")
+            .build(),
+        class("nfs-delete").param("deleteFile", "true").build(),
+        class("nfs-keep").build(),
+    ] {
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+    }
+    let scheduler =
+        (!cluster.is_real()).then(|| Scheduler::start(client.clone(), SchedulerConfig::default()));
+    let base = cluster.dir().join("nfs");
+    let mount = base.join("10.0.0.1");
+    std::fs::create_dir_all(&mount).unwrap();
+    let port = free_port();
+    let controller = nfs_controller(&cluster, &base, port).spawn().unwrap();
+    wait_for(wait(), "the controller's /readyz is 200", || ready(port))
+        .await
+        .unwrap();
+
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let kinds = [
+        ("kept", "nfs-keep"),
+        ("archived", "nfs-archive"),
+        ("deleted", "nfs-delete"),
+    ];
+    let mut pv_names = Vec::new();
+    for (name, class) in kinds {
+        claims
+            .create(
+                &PostParams::default(),
+                &pvc(NS, name)
+                    .size("1Gi")
+                    .class(class)
+                    .access_modes(["ReadWriteMany"])
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+    for (name, _) in kinds {
+        let bound = wait_until(wait(), &format!("claim apps/{name} is Bound"), || async {
+            claims
+                .get(name)
+                .await
+                .ok()
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+        })
+        .await
+        .unwrap();
+        let dir = mount.join(NS).join(name);
+        assert!(dir.is_dir(), "{} made", dir.display());
+        // Data the release must archive, delete or keep.
+        std::fs::write(dir.join("data"), name).unwrap();
+        pv_names.push(format!("pvc-{}", bound.uid().unwrap()));
+    }
+
+    for (name, _) in kinds {
+        claims.delete(name, &Default::default()).await.unwrap();
+    }
+    for pv in &pv_names {
+        wait_for(wait(), &format!("PV {pv} is deleted"), || async {
+            matches!(pvs.get_opt(pv).await, Ok(None))
+        })
+        .await
+        .unwrap();
+    }
+
+    let archives: Vec<String> = std::fs::read_dir(&mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("archived-"))
+        .collect();
+    assert_eq!(archives.len(), 1, "one archive: {archives:?}");
+    assert!(
+        archives[0].starts_with("archived-apps-archived-"),
+        "{archives:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.join(&archives[0]).join("data")).unwrap(),
+        "archived",
+        "the archive holds the claim's data"
+    );
+    for gone in ["archived", "deleted"] {
+        assert!(
+            !mount.join(NS).join(gone).exists(),
+            "apps/{gone}'s directory is gone from its place"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(mount.join(NS).join("kept").join("data")).unwrap(),
+        "kept",
+        "a class that neither archives nor deletes keeps the data"
     );
     drop(controller);
     if let Some(s) = scheduler {
