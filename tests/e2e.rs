@@ -310,6 +310,75 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
     env.assert_clean_logs();
 }
 
+/// `kubectl delete pv` on a volume still in use deletes nothing: the PV stays Terminating
+/// (kube-controller-manager's pv-protection on the real lane, testkit's model of it in
+/// memory), the LocalVolume and the data stay, and stowage says why with a
+/// `VolumeDeleteDeferred` Event on the PV. Once the claim is deleted the PV is Released and
+/// the data goes, as its reclaim policy Delete says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pv_deleted_while_its_claim_is_bound_keeps_its_data_until_the_claim_goes() {
+    let env = Env::start(&[("n1", 4 * GI)], Options::default()).await;
+    env.pod("inuse", "local", &[64]).await;
+    env.scheduled(&["inuse".to_string()]).await;
+    let pv_name = env.all_bound("inuse", 1).await["inuse-0"].clone();
+    let pvs = env.pvs();
+    let (_, path) = Env::pv_node_and_path(&pvs.get(&pv_name).await.unwrap());
+    let data = Path::new(&path).join("data");
+    std::fs::write(&data, "still needed").unwrap();
+
+    pvs.delete(&pv_name, &Default::default()).await.unwrap();
+    // Stowage has seen the deletion once it says what it does about it.
+    let events: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), "default");
+    let message = wait_until(wait(), "a VolumeDeleteDeferred Event on the PV", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(pv_name.as_str()))
+            .filter(|e| e.reason.as_deref() == Some("VolumeDeleteDeferred"))
+            .find_map(|e| e.message)
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.contains(&format!("claim {NS}/inuse-0")) && message.contains("keeps its data"),
+        "{message}"
+    );
+    let pv = pvs.get(&pv_name).await.unwrap();
+    assert!(
+        pv.metadata.deletion_timestamp.is_some(),
+        "the PV is Terminating"
+    );
+    assert_eq!(
+        pv.status.and_then(|s| s.phase).as_deref(),
+        Some("Bound"),
+        "and still Bound"
+    );
+    let lv = env.lvs().get(&pv_name).await.unwrap();
+    assert!(
+        lv.metadata.deletion_timestamp.is_none(),
+        "the LocalVolume stays"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "still needed",
+        "the data stays"
+    );
+
+    env.delete_all("inuse").await;
+    let lvs = env.lvs();
+    wait_for(wait(), "the PV and the LocalVolume are gone", || async {
+        matches!(pvs.get_opt(&pv_name).await, Ok(None))
+            && matches!(lvs.get_opt(&pv_name).await, Ok(None))
+    })
+    .await
+    .unwrap();
+    assert!(!Path::new(&path).exists(), "{path} was deleted");
+    env.assert_clean_logs();
+}
+
 /// The Retain routine (delete the claim, then `kubectl delete pv`) keeps the data and its
 /// LocalVolume across a controller restart: for a class whose reclaim policy is Retain
 /// (whatever its `onDelete`), and for a PV an admin switched to Retain after it was bound.

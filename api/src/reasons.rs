@@ -25,6 +25,9 @@ pub const VOLUME_RESIZE_SUCCESSFUL: &str = "VolumeResizeSuccessful";
 pub const VOLUME_RESIZE_FAILED: &str = "VolumeResizeFailed";
 /// Warning, on a PersistentVolume: deleting its data failed.
 pub const VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
+/// Normal, on a PersistentVolume: it is being deleted while its claim is still bound to it;
+/// `kubernetes.io/pv-protection` keeps it, and stowage keeps its data, until the claim goes.
+pub const VOLUME_DELETE_DEFERRED: &str = "VolumeDeleteDeferred";
 /// Warning, on a PersistentVolume: the node holding its data has no Node object anymore.
 pub const NODE_GONE: &str = "VolumeNodeGone";
 /// Claim condition type while its volume is being grown (as the external-resizer sets it).

@@ -49,6 +49,8 @@ pub enum Plan {
     DeletePv,
     /// Remove our finalizer only (Retain, or the PV is already being deleted).
     RemoveFinalizer,
+    /// Deleted by hand while its claim is still bound to it: keep the data and say so.
+    DeferWhileBound,
 }
 
 /// What [`plan`] reads about a PV.
@@ -74,6 +76,9 @@ pub fn plan(v: View<'_>) -> Plan {
         } else {
             Plan::Nothing
         };
+    }
+    if v.deleting && v.phase == Some("Bound") && v.volume == Some(false) {
+        return Plan::DeferWhileBound;
     }
     let due = v.phase == Some("Released") || (v.deleting && v.phase != Some("Bound"));
     if !due {
@@ -150,6 +155,39 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
     let name = pv.name_any();
     match plan {
         Plan::Nothing | Plan::WaitForVolume => Ok(()),
+        Plan::DeferWhileBound => {
+            // Someone ran `kubectl delete pv` on a volume in use. Nothing is deleted: the
+            // pv-protection finalizer holds the PV while it is Bound, and the data goes only
+            // once the claim is deleted and the PV Released. Without this Event the PV just
+            // sits in Terminating with no word of why.
+            let claim = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.namespace.as_deref().unwrap_or_default(),
+                        r.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "unknown".to_string());
+            tracing::info!(volume = %name, %claim, "PV deleted while its claim is bound; its data is kept until the claim is deleted");
+            ctx.recorder
+                .record(
+                    &pv.object_ref(&()),
+                    EventType::Normal,
+                    reasons::VOLUME_DELETE_DEFERRED,
+                    &format!(
+                        "PersistentVolume {name} is being deleted while claim {claim} is still \
+                         bound to it: it stays (kubernetes.io/pv-protection) and stowage keeps its \
+                         data until the claim is deleted; then the data is deleted, as the \
+                         reclaim policy Delete says"
+                    ),
+                )
+                .await;
+            Ok(())
+        }
         Plan::DeleteVolume => {
             // The step that deletes data: the PV controller's `Released` is checked against
             // the claim itself first. It can be wrong: the PV controller calls a PV Released
@@ -470,8 +508,9 @@ mod tests {
             ),
             (
                 view("Delete", Some("Bound"), true, Some(false)),
-                Plan::Nothing,
+                Plan::DeferWhileBound,
             ),
+            (view("Delete", Some("Bound"), true, None), Plan::Nothing),
             (
                 view("Retain", Some("Released"), false, Some(false)),
                 Plan::Nothing,
