@@ -616,15 +616,17 @@ async fn a_pv_made_before_the_pv_controller_has_seen_its_claim_is_bound_never_re
     // pre-bound to a claim missing from that store is released on the spot unless it says a
     // controller bound it (seen on a real 1.19 cluster); then it is checked with the API
     // server, and the claim, once reached, binds to it without a provisioner annotation.
+    // The stand-in reaches the claim only after a pass that judged the PV without it: the
+    // order is forced, not hoped for from a lag (and stowage must make the PV without any
+    // word from the PV controller).
     let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
     cluster.class("local", "Delete", false, &[]).await;
     let _running = start_controller(&cluster.client, Duration::from_secs(300));
     let (_agent, _task) = Agent::start(&cluster.client);
-    let lag = Duration::from_secs(2);
     let _scheduler = Scheduler::start(
         cluster.client.clone(),
         SchedulerConfig {
-            pv_controller_lag: lag,
+            pv_controller_after_pre_bound_pv: true,
             ..SchedulerConfig::default()
         },
     );
@@ -647,7 +649,6 @@ async fn a_pv_made_before_the_pv_controller_has_seen_its_claim_is_bound_never_re
             }
         })
     };
-    let started = std::time::Instant::now();
     cluster.pod_with_claim("data", "local", "1Gi").await;
     let claim = wait_until(WAIT, "the claim has a selected node", || async {
         cluster.claims().get("data").await.ok().filter(|c| {
@@ -659,11 +660,6 @@ async fn a_pv_made_before_the_pv_controller_has_seen_its_claim_is_bound_never_re
     .unwrap();
     let name = pv_name(&claim);
     wait_pv(&cluster, &name).await;
-    assert!(
-        started.elapsed() < lag,
-        "the PV was made {:?} after the pod, not before the PV controller's {lag:?}",
-        started.elapsed()
-    );
     let bound = cluster.bound("data").await;
     assert_eq!(
         bound.spec.unwrap().volume_name.as_deref(),

@@ -1,6 +1,7 @@
 //! Component tests against testkit's in-memory API server, with short durations (lease 1 s,
 //! renew deadline 600 ms, retry period 100 ms), plus configuration and flag tests.
 
+use std::future::Future;
 use std::time::Duration;
 
 use clap::Parser;
@@ -9,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use prometheus::Registry;
-use stowage_testkit::{ApiServer, WriteFailure};
+use stowage_testkit::{ApiServer, WriteFailure, wait_for, wait_until};
 use tokio::time::Instant;
 
 use super::*;
@@ -84,19 +85,84 @@ async fn first_leader(replicas: &[&Replica], within: Duration) -> usize {
     }
 }
 
-/// Samples both flags every 2 ms for `period`; fails the moment both are true. Returns how
-/// many samples saw exactly one leader, out of how many.
-async fn sample_never_both(a: &LeaderHandle, b: &LeaderHandle, period: Duration) -> (u32, u32) {
+/// What [`sample_never_both`] saw.
+struct Samples {
+    /// Samples with exactly one leader.
+    one: u32,
+    /// Samples taken.
+    all: u32,
+    /// The longest time between two samples.
+    longest_gap: Duration,
+}
+
+/// Samples both flags every 2 ms, for `period` and at least 100 times; fails the moment both
+/// are true.
+async fn sample_never_both(a: &LeaderHandle, b: &LeaderHandle, period: Duration) -> Samples {
     let end = Instant::now() + period;
-    let (mut one, mut all) = (0, 0);
-    while Instant::now() < end {
+    let mut samples = Samples {
+        one: 0,
+        all: 0,
+        longest_gap: Duration::ZERO,
+    };
+    let mut last = Instant::now();
+    while Instant::now() < end || samples.all < 100 {
         let (la, lb) = (a.is_leader(), b.is_leader());
         assert!(!(la && lb), "both replicas lead at once");
-        one += u32::from(la ^ lb);
-        all += 1;
+        samples.one += u32::from(la ^ lb);
+        samples.all += 1;
+        samples.longest_gap = samples.longest_gap.max(last.elapsed());
+        last = Instant::now();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    (one, all)
+    samples
+}
+
+/// How long this test's runtime (which the electors and the API server share) must have
+/// stood still before a healthy leader may have missed its renew deadline: a renewal is
+/// about a millisecond of work on a loopback connection, so missing the 600 ms deadline
+/// takes one long stall (or a few), which the 2 ms samples show as a gap.
+const STALL: Duration = Duration::from_millis(25);
+
+/// A run that cannot tell right from wrong: this test stalled long enough for a correct
+/// elector to lose or take the Lease on the clock alone. Says what was seen.
+struct Stalled(String);
+
+/// Runs `scenario` until a run is conclusive, at most three times: a stalled run proves
+/// nothing either way, three in a row fail.
+async fn unless_stalled<F, Fut>(scenario: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), Stalled>>,
+{
+    let mut stalls = Vec::new();
+    for _ in 0..3 {
+        match scenario().await {
+            Ok(()) => return,
+            Err(Stalled(why)) => {
+                eprintln!("inconclusive run, repeated: {why}");
+                stalls.push(why);
+            }
+        }
+    }
+    panic!("three runs in a row stalled: {stalls:#?}");
+}
+
+/// Lease reads the API server has answered. Only the electors read Leases in these tests
+/// (the tests write theirs with create and replace).
+fn lease_reads(server: &ApiServer) -> u64 {
+    server.request_count("get", "leases")
+}
+
+/// Waits until an elector has judged a Lease read that came after the first `reads`
+/// ([`lease_reads`]): it has sent yet another read, which an elector does only after acting
+/// on the answer to the one before. Returns early if `candidate` leads (after a takeover an
+/// elector renews without reading).
+async fn judged_read_after(server: &ApiServer, reads: u64, candidate: &Replica) {
+    wait_for(HANG, "an elector judged the Lease it read", || async {
+        candidate.handle.is_leader() || lease_reads(server) >= reads + 2
+    })
+    .await
+    .unwrap();
 }
 
 fn micros(t: &Option<MicroTime>) -> i64 {
@@ -105,6 +171,10 @@ fn micros(t: &Option<MicroTime>) -> i64 {
 
 #[tokio::test]
 async fn two_electors_never_lead_at_once_and_one_leads_promptly() {
+    unless_stalled(two_electors).await;
+}
+
+async fn two_electors() -> Result<(), Stalled> {
     let server = ApiServer::start().await.unwrap();
     let a = Replica::start(&server, "a");
     let b = Replica::start(&server, "b");
@@ -120,27 +190,46 @@ async fn two_electors_never_lead_at_once_and_one_leads_promptly() {
     assert_eq!(first.lease_transitions, Some(0));
     assert!(first.acquire_time.is_some());
 
-    // Over 2.5 s (two and a half lease durations) the leadership neither doubles nor moves.
-    let (one, all) = sample_never_both(&a.handle, &b.handle, Duration::from_millis(2500)).await;
-    assert_eq!(
-        one, all,
-        "a sample saw no leader although the leader was healthy"
-    );
-    assert!(all > 100, "only {all} samples");
-    assert!(leader.handle.is_leader());
-    assert!(!other.handle.is_leader());
+    // Over 2.5 s (two and a half lease durations) the leadership never doubles.
+    let samples = sample_never_both(&a.handle, &b.handle, Duration::from_millis(2500)).await;
 
-    // The leader renewed: renewTime moved on, acquireTime and transitions did not.
-    let later = spec(&server).await;
+    // The leader renewed: renewTime moved on (however slowly), acquireTime and transitions
+    // did not.
+    let unsampled = Instant::now();
+    let later = wait_until(HANG, "the leader renews the Lease", || async {
+        let later = spec(&server).await;
+        (micros(&later.renew_time) > micros(&first.renew_time)).then_some(later)
+    })
+    .await
+    .unwrap();
+    if !leader.handle.is_leader() {
+        // Only a missed renew deadline makes a leader step down here, and only a stall
+        // makes a healthy one miss it.
+        let longest = samples.longest_gap.max(unsampled.elapsed());
+        assert!(
+            longest >= STALL,
+            "the leader stepped down although nothing stalled for more than {longest:?} ({} of {} samples saw one leader)",
+            samples.one,
+            samples.all
+        );
+        return Err(Stalled(format!(
+            "the leader stepped down after a stall of {longest:?}"
+        )));
+    }
+    assert!(!other.handle.is_leader());
+    assert_eq!(
+        samples.one, samples.all,
+        "a sample saw no leader although the leader still leads"
+    );
     assert_eq!(later.holder_identity, first.holder_identity);
     assert_eq!(later.acquire_time, first.acquire_time);
     assert_eq!(later.lease_transitions, Some(0));
-    assert!(micros(&later.renew_time) - micros(&first.renew_time) > 2_000_000);
 
     assert_eq!(leader.metric("stowage_leader"), 1.0);
     assert_eq!(leader.metric("stowage_leader_transitions_total"), 1.0);
     assert_eq!(other.metric("stowage_leader"), 0.0);
     assert_eq!(other.metric("stowage_leader_transitions_total"), 0.0);
+    Ok(())
 }
 
 #[tokio::test]
@@ -150,8 +239,8 @@ async fn a_crashed_leader_is_replaced_only_after_the_lease_expires() {
     a.handle.acquired().await.unwrap();
     let b = Replica::start(&server, "b");
     // b has seen a renewing for a while.
-    let (one, all) = sample_never_both(&a.handle, &b.handle, Duration::from_millis(1500)).await;
-    assert_eq!(one, all);
+    let samples = sample_never_both(&a.handle, &b.handle, Duration::from_millis(1500)).await;
+    assert_eq!(samples.one, samples.all);
     let before = spec(&server).await;
     assert_eq!(before.holder_identity.as_deref(), Some("a"));
 
@@ -193,8 +282,8 @@ async fn a_released_lease_is_taken_over_well_within_the_lease_duration() {
     let a = Replica::start_with(&server, long("a"));
     a.handle.acquired().await.unwrap();
     let b = Replica::start_with(&server, long("b"));
-    let (one, all) = sample_never_both(&a.handle, &b.handle, Duration::from_millis(500)).await;
-    assert_eq!(one, all);
+    let samples = sample_never_both(&a.handle, &b.handle, Duration::from_millis(500)).await;
+    assert_eq!(samples.one, samples.all);
     let transitions = spec(&server).await.lease_transitions.unwrap();
 
     let flag = a.handle.subscribe();
@@ -228,9 +317,12 @@ async fn leader_that_cannot_renew_steps_down(failure: WriteFailure) {
     let server = ApiServer::start().await.unwrap();
     let a = Replica::start(&server, "a");
     a.handle.acquired().await.unwrap();
+    let reads = lease_reads(&server);
     let b = Replica::start(&server, "b");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(a.handle.is_leader() && !b.handle.is_leader());
+    // b has read a's Lease and judged it (a leader reads none while its renewals land).
+    judged_read_after(&server, reads, &b).await;
+    assert!(!b.handle.is_leader(), "b took over a Lease a renews");
+    assert!(a.handle.is_leader());
 
     server.faults().retry_after(1);
     server.faults().fail_writes_to("leases", 1.0, failure);
@@ -275,14 +367,14 @@ async fn leader_that_cannot_renew_steps_down(failure: WriteFailure) {
 }
 
 #[tokio::test]
-async fn a_leader_whose_renewals_fail_with_500_steps_down_within_the_renew_deadline() {
+async fn a_leader_whose_renewals_fail_with_500_steps_down_while_writes_fail() {
     leader_that_cannot_renew_steps_down(WriteFailure::InternalError).await;
 }
 
 #[tokio::test]
-async fn a_leader_throttled_with_429_steps_down_within_the_renew_deadline() {
+async fn a_leader_throttled_with_429_steps_down_while_writes_fail() {
     // kube-rs retries 429s after Retry-After (1 s here), longer than the renew deadline:
-    // the attempt's own deadline must cut it short.
+    // the attempt's own deadline cuts it short (how soon is not asserted).
     leader_that_cannot_renew_steps_down(WriteFailure::TooManyRequests).await;
 }
 
@@ -329,10 +421,17 @@ async fn a_fresh_lease_of_an_unknown_holder_is_not_stolen() {
     let server = ApiServer::start().await.unwrap();
     create_foreign_lease(&server, 30, Timestamp::now()).await;
     let a = Replica::start(&server, "a");
-    let waited = tokio::time::timeout(Duration::from_millis(2500), a.handle.acquired()).await;
+    // a has read the Lease and judged it...
+    judged_read_after(&server, 0, &a).await;
+    assert!(!a.handle.is_leader(), "a took a lease renewed just now");
+    // ...and judges it again later than its own lease duration (1 s) after it first saw
+    // it: the holder's 30 s are what count. (A lower bound on the time: a slower machine
+    // only waits longer.)
+    tokio::time::sleep(LEASE + LEASE / 2).await;
+    judged_read_after(&server, lease_reads(&server), &a).await;
     assert!(
-        waited.is_err(),
-        "a took a lease another holder renewed 30 s ago"
+        !a.handle.is_leader(),
+        "a took a 30 s lease once its own lease duration ({LEASE:?}) had passed"
     );
     let s = spec(&server).await;
     assert_eq!(s.holder_identity.as_deref(), Some("someone-else"));
@@ -341,32 +440,71 @@ async fn a_fresh_lease_of_an_unknown_holder_is_not_stolen() {
 
 #[tokio::test]
 async fn expiry_is_judged_on_the_candidates_clock_not_by_the_holders_renew_time() {
+    unless_stalled(judged_on_the_candidates_clock).await;
+}
+
+async fn judged_on_the_candidates_clock() -> Result<(), Stalled> {
     let server = ApiServer::start().await.unwrap();
     // The holder's clock is an hour behind: its renewTime always looks long expired.
     let skew = SignedDuration::from_hours(1);
+    let mut sent = Instant::now();
     let mut lease = create_foreign_lease(&server, 1, Timestamp::now() - skew).await;
     let a = Replica::start(&server, "a");
     let api = leases(&server);
-    let end = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        lease.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now() - skew));
-        lease = api
-            .replace(NAME, &PostParams::default(), &lease)
-            .await
-            .unwrap();
-        assert!(
-            !a.handle.is_leader(),
-            "a stole a lease that is being renewed"
-        );
-    }
+    // The holder renews every retry period until a has judged the Lease for a while: a
+    // read of it, and a read answered 1.5 lease durations after that one was judged (by
+    // then an elector that ignored the renewals would have taken over). A takeover is
+    // right only if two renewals landed a lease duration apart or more, which only a stall
+    // of this test can cause: `sent` is when the last renewal was sent, `gap` the longest
+    // time from sending one to the next one's answer.
+    let mut gap = Duration::ZERO;
+    let mut judged: Option<Instant> = None;
+    let mut later: Option<u64> = None;
+    let stopped = loop {
+        tokio::time::sleep(RETRY).await;
+        let reads = lease_reads(&server);
+        let taken = |gap: Duration| {
+            let gap = gap.max(sent.elapsed());
+            assert!(
+                gap >= LEASE,
+                "a stole a lease that is being renewed (renewals at most {gap:?} apart)"
+            );
+            Err(Stalled(format!("a took over after renewals {gap:?} apart")))
+        };
+        if a.handle.is_leader() {
+            return taken(gap);
+        }
+        let done = match (judged, later) {
+            (None, _) => {
+                judged = (reads >= 2).then(Instant::now);
+                false
+            }
+            (Some(at), None) => {
+                if at.elapsed() >= LEASE + LEASE / 2 {
+                    later = Some(reads);
+                }
+                false
+            }
+            (Some(_), Some(from)) => reads >= from + 2,
+        };
+        // Renew; once a has judged enough, stop renewing with a last renewTime from the
+        // future (the holder's clock an hour ahead).
+        let offset = if done { skew } else { -skew };
+        lease.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now() + offset));
+        let sending = Instant::now();
+        match api.replace(NAME, &PostParams::default(), &lease).await {
+            Ok(written) => lease = written,
+            // Only a writes besides this test.
+            Err(kube::Error::Api(e)) if e.code == 409 => return taken(gap),
+            Err(e) => panic!("renewing the foreign lease: {e}"),
+        }
+        gap = gap.max(sent.elapsed());
+        sent = sending;
+        if done {
+            break sending;
+        }
+    };
 
-    // Now the holder stops; its last renewTime is from the future (clock an hour ahead).
-    lease.spec.as_mut().unwrap().renew_time = Some(MicroTime(Timestamp::now() + skew));
-    api.replace(NAME, &PostParams::default(), &lease)
-        .await
-        .unwrap();
-    let stopped = Instant::now();
     tokio::time::timeout(HANG, a.handle.acquired())
         .await
         .expect("a never took over the abandoned lease")
@@ -379,6 +517,7 @@ async fn expiry_is_judged_on_the_candidates_clock_not_by_the_holders_renew_time(
     let s = spec(&server).await;
     assert_eq!(s.holder_identity.as_deref(), Some("a"));
     assert_eq!(s.lease_transitions, Some(5));
+    Ok(())
 }
 
 #[tokio::test]
@@ -391,12 +530,17 @@ async fn the_leader_recreates_a_deleted_lease_and_keeps_leading() {
         .delete(NAME, &Default::default())
         .await
         .unwrap();
-    tokio::select! {
+    let recreated = wait_until(HANG, "a recreates its Lease", || async {
+        let lease = leases(&server).get_opt(NAME).await.unwrap()?;
+        lease
+            .spec
+            .filter(|s| s.holder_identity.as_deref() == Some("a"))
+    });
+    let s = tokio::select! {
         () = lost => panic!("a stopped leading after its Lease was deleted"),
-        () = tokio::time::sleep(Duration::from_millis(800)) => {}
-    }
-    let s = spec(&server).await;
-    assert_eq!(s.holder_identity.as_deref(), Some("a"));
+        s = recreated => s.unwrap(),
+    };
+    assert_eq!(s.lease_transitions, Some(0));
     assert!(a.handle.is_leader());
 }
 

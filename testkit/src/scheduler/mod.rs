@@ -174,6 +174,12 @@ pub struct SchedulerConfig {
     /// burst that is seconds. Until then the claim gets no provisioner annotation, and a
     /// volume pre-bound to it counts as pre-bound to a missing claim.
     pub pv_controller_lag: Duration,
+    /// The PV-controller emulation reaches a claim only after a pass that judged a volume
+    /// pre-bound to it while the claim was missing from its store (default false), besides
+    /// any `pv_controller_lag`: the order of a burst on a real cluster (the provisioner's
+    /// PV first, kube-controller-manager's worker at the claim later), forced rather than
+    /// timed. A claim no volume is ever pre-bound to is never reached.
+    pub pv_controller_after_pre_bound_pv: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -185,6 +191,7 @@ impl Default for SchedulerConfig {
             bind_timeout: Duration::from_secs(600),
             seed: 0x5eed,
             pv_controller_lag: Duration::ZERO,
+            pv_controller_after_pre_bound_pv: false,
         }
     }
 }
@@ -298,7 +305,10 @@ async fn supervise(
     tasks.spawn(pv_controller::run(
         client.clone(),
         cache.clone(),
-        config.pv_controller_lag,
+        pv_controller::Reach {
+            lag: config.pv_controller_lag,
+            after_pre_bound_pv: config.pv_controller_after_pre_bound_pv,
+        },
         stopped.clone(),
     ));
     let queue = Queue {

@@ -28,7 +28,7 @@ use super::{
     cache::Cache,
     volumes::{
         BETA_STORAGE_PROVISIONER, BIND_COMPLETED, BOUND_BY_CONTROLLER, STORAGE_PROVISIONER,
-        dynamic_provisioner, is_wait_for_first_consumer, pv_bindable_to, selected_node,
+        dynamic_provisioner, is_wait_for_first_consumer, pv_bindable_to, pv_claims, selected_node,
         volume_name,
     },
 };
@@ -96,47 +96,83 @@ impl Written {
     }
 }
 
-/// Runs passes on every change until `stopped`. A claim takes part only from `lag` after
-/// it was first seen (see [`super::SchedulerConfig::pv_controller_lag`]).
+/// When the emulation first acts on a claim (see [`super::SchedulerConfig`]).
+pub(super) struct Reach {
+    /// [`super::SchedulerConfig::pv_controller_lag`].
+    pub(super) lag: Duration,
+    /// [`super::SchedulerConfig::pv_controller_after_pre_bound_pv`].
+    pub(super) after_pre_bound_pv: bool,
+}
+
+/// Runs passes on every change until `stopped`. A claim takes part only once `reach` allows:
+/// `lag` after it was first seen and, with `after_pre_bound_pv`, after a pass that judged a
+/// volume pre-bound to it without it.
 pub(super) async fn run(
     client: Client,
     cache: Arc<Cache>,
-    lag: Duration,
+    reach: Reach,
     mut stopped: watch::Receiver<bool>,
 ) {
     tokio::select! {
         ready = cache.ready() => if !ready { return },
         _ = stopped.wait_for(|s| *s) => return,
     }
+    let Reach {
+        lag,
+        after_pre_bound_pv,
+    } = reach;
     let mut changed = cache.subscribe();
     let written = Written::default();
     let mut first_seen: HashMap<String, Instant> = HashMap::new();
+    // Claims (by uid) a pass judged a pre-bound volume of while it left them out.
+    let mut pv_judged: HashSet<String> = HashSet::new();
     loop {
         changed.borrow_and_update();
         let mut snap = Snapshot::of(&cache);
         written.prune(&snap);
         let now = Instant::now();
         let mut next_known: Option<Instant> = None;
-        if !lag.is_zero() {
-            let uids: HashSet<&str> = snap
+        // Claims (by uid) left out of this pass that a volume in it is pre-bound to.
+        let mut pre_bound_left_out = Vec::new();
+        if !lag.is_zero() || after_pre_bound_pv {
+            let uids: HashSet<String> = snap
                 .claims
                 .values()
-                .filter_map(|c| c.metadata.uid.as_deref())
+                .filter_map(|c| c.metadata.uid.clone())
                 .collect();
-            first_seen.retain(|uid, _| uids.contains(uid.as_str()));
+            first_seen.retain(|uid, _| uids.contains(uid));
+            pv_judged.retain(|uid| uids.contains(uid));
             snap.claims.retain(|_, c| {
                 let uid = c.metadata.uid.clone().unwrap_or_default();
-                let known = *first_seen.entry(uid).or_insert(now) + lag;
+                let known = *first_seen.entry(uid.clone()).or_insert(now) + lag;
                 if known > now {
                     next_known = Some(next_known.map_or(known, |n| n.min(known)));
                 }
-                known <= now
+                let reached = known <= now && (!after_pre_bound_pv || pv_judged.contains(&uid));
+                if !reached
+                    && snap
+                        .pvs
+                        .values()
+                        .any(|pv| !written.pending(&pv.metadata) && pv_claims(pv, c))
+                {
+                    pre_bound_left_out.push(uid);
+                }
+                reached
             });
         }
         let failed = sync(&client, &snap, &written).await;
+        // A pass without failures judged every volume it did not skip: the claims whose
+        // pre-bound volume it judged without them are reached by the next pass.
+        let mut judged = false;
+        if after_pre_bound_pv && !failed {
+            for uid in pre_bound_left_out {
+                judged |= pv_judged.insert(uid);
+            }
+        }
         let wake = next_known.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = changed.changed() => {}
+            () = std::future::ready(()), if judged => {}
             () = tokio::time::sleep(RETRY), if failed => {}
             () = sleep_until(wake), if wake.is_some() => {}
             _ = stopped.wait_for(|s| *s) => return,
