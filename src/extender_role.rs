@@ -140,12 +140,14 @@ impl ExtenderRoleArgs {
             provisioner_name,
             body_limit,
         } = self;
-        let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
+        let registry = prometheus::Registry::new();
+        let write_errors = crate::serve::ApiWriteErrors::register(&registry)
+            .context("registering the API write metrics")?;
+        let client = crate::serve::kube_client(kubeconfig.as_deref(), &write_errors).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(provisioner_name)));
         let opts = FitOptions {
             stale_after: Duration::from_secs(stale_after),
         };
-        let registry = prometheus::Registry::new();
         let ready = Readiness::new().with_metrics(
             WatchMetrics::register(&registry).context("registering the watch metrics")?,
         );

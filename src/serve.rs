@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -30,8 +30,12 @@ pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const NO_CLIENT_RETRY_ENV: &str = "STOWAGE_TEST_NO_CLIENT_RETRY";
 
 /// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
-/// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`).
-pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+/// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`), whose failed writes are
+/// counted in `write_errors`.
+pub async fn kube_client(
+    kubeconfig: Option<&Path>,
+    write_errors: &ApiWriteErrors,
+) -> anyhow::Result<kube::Client> {
     let mut config = match kubeconfig {
         None => kube::Config::infer()
             .await
@@ -50,7 +54,116 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Clie
     if std::env::var_os(NO_CLIENT_RETRY_ENV).is_some_and(|v| v == "1") {
         config.default_retry = false;
     }
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(write_errors)
+        .build())
+}
+
+/// `stowage_api_write_errors_total{verb, code}`: writes to the Kubernetes API (create,
+/// update, patch, delete) that the API server refused or failed, by verb and HTTP status
+/// (`transport` when no answer came). Every role registers it and counts through the
+/// [`kube_client`] it builds: as a [`tower::Layer`] around the whole client, it sees each
+/// write's final answer, after kube-client's own retries of 429s (when those are on).
+/// Reads and watches are not counted (the watch metrics of [`crate::cache::watch`] cover
+/// the reflectors).
+#[derive(Clone, Debug)]
+pub struct ApiWriteErrors(prometheus::IntCounterVec);
+
+impl ApiWriteErrors {
+    /// Creates the counter and registers it in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let errors = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "stowage_api_write_errors_total",
+                "Writes to the Kubernetes API (create, update, patch, delete) answered with an \
+                 error, by verb and HTTP status code (transport: no answer); each is retried.",
+            ),
+            &["verb", "code"],
+        )?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(Self(errors))
+    }
+
+    /// Counts the answer to a request of `method`, if it is a write that failed.
+    fn observe<B, E>(&self, method: &Method, answer: &Result<axum::http::Response<B>, E>) {
+        let Some(verb) = write_verb(method) else {
+            return;
+        };
+        let code = match answer {
+            Ok(response)
+                if response.status().is_client_error() || response.status().is_server_error() =>
+            {
+                response.status()
+            }
+            Ok(_) => return,
+            Err(_) => {
+                self.0.with_label_values(&[verb, "transport"]).inc();
+                return;
+            }
+        };
+        self.0.with_label_values(&[verb, code.as_str()]).inc();
+    }
+}
+
+/// The Kubernetes verb of a write by its HTTP method; `None` for reads (and watches).
+fn write_verb(method: &Method) -> Option<&'static str> {
+    match *method {
+        Method::POST => Some("create"),
+        Method::PUT => Some("update"),
+        Method::PATCH => Some("patch"),
+        Method::DELETE => Some("delete"),
+        _ => None,
+    }
+}
+
+impl<S> tower::Layer<S> for ApiWriteErrors {
+    type Service = CountWriteErrors<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountWriteErrors {
+            inner,
+            errors: self.clone(),
+        }
+    }
+}
+
+/// The client service of [`ApiWriteErrors`]: passes every request on and counts the writes
+/// that failed.
+#[derive(Clone, Debug)]
+pub struct CountWriteErrors<S> {
+    inner: S,
+    errors: ApiWriteErrors,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for CountWriteErrors<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let method = request.method().clone();
+        let answer = self.inner.call(request);
+        let errors = self.errors.clone();
+        Box::pin(async move {
+            let answer = answer.await;
+            errors.observe(&method, &answer);
+            answer
+        })
+    }
 }
 
 /// `GET /healthz` (always 200) and `GET /readyz` (200 once `ready` says so, else 503 with
@@ -168,5 +281,56 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stowage_test_total 3"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_counted_by_verb_and_code_and_reads_are_not() {
+        use tower::{Layer, ServiceExt};
+        let registry = Registry::new();
+        let errors = ApiWriteErrors::register(&registry).unwrap();
+        // Answers with the status the path names; `/0` gets no answer at all.
+        let server = tower::service_fn(|request: axum::http::Request<()>| async move {
+            match request.uri().path()[1..].parse::<u16>().unwrap() {
+                0 => Err("connection refused"),
+                code => Ok(axum::http::Response::builder()
+                    .status(code)
+                    .body(())
+                    .unwrap()),
+            }
+        });
+        let client = errors.layer(server);
+        for (method, code) in [
+            (Method::POST, 500),
+            (Method::POST, 500),
+            (Method::POST, 201),
+            (Method::PUT, 429),
+            (Method::PATCH, 409),
+            (Method::PATCH, 200),
+            (Method::DELETE, 0),
+            (Method::GET, 500),
+            (Method::GET, 404),
+        ] {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(format!("/{code}"))
+                .body(())
+                .unwrap();
+            let _ = client.clone().oneshot(request).await;
+        }
+        let text = render(&registry).unwrap();
+        let counted: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("stowage_api_write_errors_total{"))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                "stowage_api_write_errors_total{code=\"409\",verb=\"patch\"} 1",
+                "stowage_api_write_errors_total{code=\"429\",verb=\"update\"} 1",
+                "stowage_api_write_errors_total{code=\"500\",verb=\"create\"} 2",
+                "stowage_api_write_errors_total{code=\"transport\",verb=\"delete\"} 1",
+            ],
+            "{text}"
+        );
     }
 }

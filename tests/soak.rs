@@ -14,6 +14,13 @@
 //! if an inotify watch on the pools saw its directory made, never otherwise). The counts of
 //! each are printed.
 //!
+//! And stowage must have seen the faults itself, by its own metrics (each process scraped
+//! just before it is killed, the survivors at the end, summed): the controller and the
+//! agents each counted failed writes (`stowage_api_write_errors_total`, 500 or 429), 500s
+//! and 429s were both counted, never more of either than were injected; the last
+//! controller and every agent met 410s and listed again (`stowage_watch_errors_total`,
+//! `stowage_watch_lists_total`).
+//!
 //! `STOWAGE_SOAK_CLAIMS` sets the number of claims (default 120, so `cargo test` stays
 //! quick; BENCHMARKS.md records the 500-claim run); `STOWAGE_SOAK_SEED` (default 9) the
 //! seed of the pod mix and of the fault injection's generator. A seed does not replay a run
@@ -26,6 +33,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -91,6 +99,10 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     let faults = env.cluster.server().unwrap().faults();
     faults.seed(seed);
     faults.close_watches_every(Some(Duration::from_secs(3)));
+    // The watches opened before that (every process's first, so all of an agent that is
+    // never killed) would keep no deadline and never meet a 410: end them, so that their
+    // successors have one.
+    faults.close_watches_now();
     let compacting = env
         .cluster
         .server()
@@ -98,6 +110,11 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         .compact_every(Duration::from_secs(2));
     faults.delay_responses(Duration::ZERO, Duration::from_millis(20));
     fail_writes(&env, 0);
+
+    // What stowage's processes counted (`Seen`): each is scraped just before it is
+    // killed, since its counters die with it; the survivors are added at the end.
+    let mut controller_seen = Seen::default();
+    let mut agents_seen: BTreeMap<String, Seen> = BTreeMap::new();
 
     // Bursts, with a process killed right after each while its work is in flight.
     let per_burst = plan.len().div_ceil(BURSTS);
@@ -121,11 +138,17 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         }
         match b {
             0 | 2 => {
+                controller_seen.add(Seen::scrape(env.controller_port).await);
                 env.controller.kill();
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 env.restart_controller().await;
             }
             1 | 3 => {
+                let port = env.agent(VICTIM).port;
+                agents_seen
+                    .entry(VICTIM.to_string())
+                    .or_default()
+                    .add(Seen::scrape(port).await);
                 env.agents
                     .iter_mut()
                     .find(|a| a.name == VICTIM)
@@ -178,6 +201,7 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         deleted.extend(victims);
         fail_writes(&env, i);
         if i == doomed.len() / 2 {
+            controller_seen.add(Seen::scrape(env.controller_port).await);
             env.controller.kill();
             tokio::time::sleep(Duration::from_millis(500)).await;
             env.restart_controller().await;
@@ -192,30 +216,45 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
         "the deletions are carried out",
     )
     .await;
-    // What stowage itself saw of the compactions (its last controller's counters): 410s,
-    // each followed by a re-list. The last controller may have started only seconds before
-    // the deletions were done, so it gets a while longer, with the compactions and closed
-    // watches still going, to meet one (a controller that never re-lists never passes).
-    let seen = || async {
-        let metrics = stowage_testkit::net::get(env.controller_port, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        (
-            sample_sum(&metrics, "stowage_watch_errors_total", "code=\"410\""),
-            sample_sum(&metrics, "stowage_watch_lists_total", ""),
-        )
+    // What stowage itself saw of the compactions: 410s, each followed by a re-list, by the
+    // last controller (its own counters) and by every agent (all its processes summed). The
+    // last controller may have started only seconds before the deletions were done, so
+    // they get a while longer, with the compactions and closed watches still going, to meet
+    // one (a process that never re-lists never passes).
+    let agent_starts = |env: &Env, name: &str| starts(&env.agent(name).process.logs()) as f64;
+    let relisted = |seen: &Seen, starts: f64| seen.gone > 0.0 && seen.lists > starts;
+    let survivors = || async {
+        let last = Seen::scrape(env.controller_port).await;
+        let mut agents = agents_seen.clone();
+        for a in &env.agents {
+            agents
+                .entry(a.name.clone())
+                .or_default()
+                .add(Seen::scrape(a.port).await);
+        }
+        (last, agents)
     };
     let _ = wait_until(
         Duration::from_secs(30),
-        "the last controller re-lists after a 410",
+        "the last controller and every agent re-list after a 410",
         || async {
-            let (gone, lists) = seen().await;
-            (gone > 0.0 && lists > 8.0).then_some(())
+            let (last, agents) = survivors().await;
+            // The last controller lists each of its 8 kinds once at start; an agent its
+            // LocalVolumes once per start.
+            (relisted(&last, 8.0)
+                && agents
+                    .iter()
+                    .all(|(name, seen)| relisted(seen, agent_starts(&env, name))))
+            .then_some(())
         },
     )
     .await;
-    let (gone, lists) = seen().await;
+    let (last_controller, agents_seen) = survivors().await;
+    controller_seen.add(last_controller);
+    let agents_total = agents_seen.values().fold(Seen::default(), |mut sum, seen| {
+        sum.add(*seen);
+        sum
+    });
     compacting.abort();
     let server = env.cluster.server().unwrap();
     let faults = server.faults();
@@ -246,8 +285,14 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     );
     eprintln!("soak: invariants checked at the end: {counts}");
     eprintln!(
-        "soak: claims were listed {claim_lists} times (stand-ins included), LocalVolumes {volume_lists} times by stowage's {process_starts} process starts; the last controller saw {gone} 410s and completed {lists} lists"
+        "soak: claims were listed {claim_lists} times (stand-ins included), LocalVolumes {volume_lists} times by stowage's {process_starts} process starts"
     );
+    eprintln!(
+        "soak: stowage counted: the last controller {last_controller}; all controllers {controller_seen}"
+    );
+    for (name, seen) in &agents_seen {
+        eprintln!("soak: stowage counted: agent {name} {seen}");
+    }
     eprintln!(
         "soak: faults: {} × 500 ({} after the write took effect), {} × 429, {} compactions, {} watches closed, {} responses delayed; controller started {} times, agent {VICTIM} {} times",
         fault_counts.internal_errors,
@@ -275,10 +320,45 @@ async fn claims_converge_under_write_failures_closed_watches_and_killed_processe
     assert!(fault_counts.internal_errors > 0 && fault_counts.too_many_requests > 0);
     assert!(fault_counts.committed_then_failed > 0 && fault_counts.compactions > 0);
     // Stowage saw the compactions as 410s and listed again: its last controller lists each
-    // of its 8 kinds once at start, and more than that only by re-listing.
+    // of its 8 kinds once at start, an agent its LocalVolumes once per start, and more than
+    // that only by re-listing.
     assert!(
-        gone > 0.0 && lists > 8.0,
-        "the last controller saw {gone} 410s and completed {lists} lists"
+        relisted(&last_controller, 8.0),
+        "the last controller re-lists after 410s: it counted {last_controller}"
+    );
+    for (name, seen) in &agents_seen {
+        let started = agent_starts(&env, name);
+        assert!(
+            relisted(seen, started),
+            "agent {name} re-lists after 410s: over its {started} starts it counted {seen}"
+        );
+    }
+    // Stowage saw the injected write failures as its own failed writes: the controller and
+    // the agents each some, 500s and 429s both, and never more than were injected (the
+    // test's client and the scheduler's stand-ins take the rest).
+    for (who, seen) in [
+        ("the controller", controller_seen),
+        ("the agents", agents_total),
+    ] {
+        assert!(
+            seen.writes_500 + seen.writes_429 > 0.0,
+            "{who} counted no failed write (stowage_api_write_errors_total, 500 or 429) of the {} injected: {seen}",
+            fault_counts.failed_writes()
+        );
+    }
+    let (counted_500, counted_429) = (
+        controller_seen.writes_500 + agents_total.writes_500,
+        controller_seen.writes_429 + agents_total.writes_429,
+    );
+    assert!(
+        counted_500 > 0.0 && counted_500 <= fault_counts.internal_errors as f64,
+        "stowage counted {counted_500} writes failed with 500, of {} injected",
+        fault_counts.internal_errors
+    );
+    assert!(
+        counted_429 > 0.0 && counted_429 <= fault_counts.too_many_requests as f64,
+        "stowage counted {counted_429} writes refused with 429, of {} injected",
+        fault_counts.too_many_requests
     );
     assert!(fault_counts.closed_watches > 0 && fault_counts.delayed_requests > 0);
     assert_eq!(
@@ -472,7 +552,52 @@ async fn settle(
     result.unwrap_or_else(|e| panic!("{e:#}; last: {}", last.lock()))
 }
 
-/// How many times a role was started, from the harness's markers in its log.
+/// What one or more of stowage's processes counted, from their /metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// Writes answered 500 (`stowage_api_write_errors_total{code="500"}`).
+    writes_500: f64,
+    /// Writes answered 429.
+    writes_429: f64,
+    /// Watch errors with code 410 (`stowage_watch_errors_total{code="410"}`).
+    gone: f64,
+    /// Lists completed by the watches (`stowage_watch_lists_total`).
+    lists: f64,
+}
+
+impl Seen {
+    /// What the process serving /metrics on `port` counted (nothing if it does not answer).
+    async fn scrape(port: u16) -> Seen {
+        let body = stowage_testkit::net::get(port, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        Seen {
+            writes_500: sample_sum(&body, "stowage_api_write_errors_total", "code=\"500\""),
+            writes_429: sample_sum(&body, "stowage_api_write_errors_total", "code=\"429\""),
+            gone: sample_sum(&body, "stowage_watch_errors_total", "code=\"410\""),
+            lists: sample_sum(&body, "stowage_watch_lists_total", ""),
+        }
+    }
+
+    fn add(&mut self, other: Seen) {
+        self.writes_500 += other.writes_500;
+        self.writes_429 += other.writes_429;
+        self.gone += other.gone;
+        self.lists += other.lists;
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} writes failed with 500, {} with 429; {} watch 410s, {} lists",
+            self.writes_500, self.writes_429, self.gone, self.lists
+        )
+    }
+}
+
 /// The sum of the samples of `metric` whose labels contain `label` in a /metrics body.
 fn sample_sum(body: &str, metric: &str, label: &str) -> f64 {
     body.lines()
@@ -480,9 +605,10 @@ fn sample_sum(body: &str, metric: &str, label: &str) -> f64 {
             l.starts_with(metric) && l[metric.len()..].starts_with('{') && l.contains(label)
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
+/// How many times a role was started, from the harness's markers in its log.
 fn starts(log: &str) -> usize {
     log.matches("=== start ").count()
 }

@@ -37,6 +37,7 @@ use super::report::Reporter;
 use crate::api::local_volume::LocalVolume;
 use crate::api::names::LABEL_NODE;
 use crate::cache::slim::strip;
+use crate::cache::watch::{Kind, WatchMetrics};
 use crate::runtime::error_chain;
 
 /// Flags of `stowage agent`.
@@ -167,7 +168,11 @@ impl AgentArgs {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding --listen {listen}"))?;
-        let client = crate::serve::kube_client(kubeconfig.as_deref()).await?;
+        let write_errors = crate::serve::ApiWriteErrors::register(&registry)
+            .context("registering the API write metrics")?;
+        let watch_metrics =
+            WatchMetrics::register(&registry).context("registering the watch metrics")?;
+        let client = crate::serve::kube_client(kubeconfig.as_deref(), &write_errors).await?;
 
         // `stop`: SIGTERM arrived, take no new work. `drained`: the running work is done (or
         // abandoned); the reporter writes its last status and ends, then the HTTP server.
@@ -183,11 +188,14 @@ impl AgentArgs {
 
         let api: Api<LocalVolume> = Api::all(client.clone());
         let selector = format!("{LABEL_NODE}={node}");
-        // Controller::new's watch and store, with managedFields stripped before caching.
+        // Controller::new's watch and store, with managedFields stripped before caching; its
+        // lists and errors (a 410 after a compaction, say) counted as the controller's are.
         let (store, writer) = reflector::store();
         let volumes = reflector(
             writer,
-            watcher(api, watcher::Config::default().labels(&selector)).modify(strip::<LocalVolume>),
+            watcher(api, watcher::Config::default().labels(&selector))
+                .inspect(move |event| watch_metrics.observe(Kind::LocalVolume, event))
+                .modify(strip::<LocalVolume>),
         )
         .applied_objects();
         let controller = Controller::for_stream(volumes, store.clone());

@@ -138,6 +138,31 @@ impl WatchMetrics {
         registry.register(Box::new(errors.clone()))?;
         Ok(Self { lists, errors })
     }
+
+    /// Counts what a watcher of `kind` yields: a list completed (`InitDone`) or an error.
+    /// For watch streams outside the index (the agent's own LocalVolumes).
+    pub fn observe<K>(&self, kind: Kind, event: &Result<watcher::Event<K>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::InitDone) => self.listed(kind.as_str()),
+            Ok(_) => {}
+            Err(error) => self.failed(kind.as_str(), error),
+        }
+    }
+
+    fn listed(&self, kind: &str) {
+        self.lists.with_label_values(&[kind]).inc();
+    }
+
+    fn failed(&self, kind: &str, error: &watcher::Error) {
+        let code = match error {
+            watcher::Error::WatchError(status) => status.code.to_string(),
+            watcher::Error::InitialListFailed(kube::Error::Api(status))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code.to_string(),
+            _ => "transport".to_string(),
+        };
+        self.errors.with_label_values(&[kind, code.as_str()]).inc();
+    }
 }
 
 impl Readiness {
@@ -171,20 +196,13 @@ impl Readiness {
 
     fn count_list(&self, kind: &str) {
         if let Some(m) = &self.metrics {
-            m.lists.with_label_values(&[kind]).inc();
+            m.listed(kind);
         }
     }
 
     fn count_error(&self, kind: &str, error: &watcher::Error) {
         if let Some(m) = &self.metrics {
-            let code = match error {
-                watcher::Error::WatchError(status) => status.code.to_string(),
-                watcher::Error::InitialListFailed(kube::Error::Api(status))
-                | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-                | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code.to_string(),
-                _ => "transport".to_string(),
-            };
-            m.errors.with_label_values(&[kind, code.as_str()]).inc();
+            m.failed(kind, error);
         }
     }
 
@@ -548,6 +566,34 @@ fn write(index: &RwLock<ClusterIndex>) -> parking_lot::RwLockWriteGuard<'_, Clus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outside_watch_counts_its_lists_and_errors_by_code() {
+        let registry = prometheus::Registry::new();
+        let metrics = WatchMetrics::register(&registry).unwrap();
+        let gone =
+            kube::core::Status::failure("too old resource version", "Expired").with_code(410);
+        let events: [Result<watcher::Event<()>, watcher::Error>; 6] = [
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(())),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(())),
+            Err(watcher::Error::WatchError(Box::new(gone))),
+            Ok(watcher::Event::InitDone),
+        ];
+        for event in &events {
+            metrics.observe(Kind::LocalVolume, event);
+        }
+        metrics.observe::<()>(Kind::LocalVolume, &Err(watcher::Error::NoResourceVersion));
+        let text = crate::serve::render(&registry).unwrap();
+        for line in [
+            "stowage_watch_lists_total{kind=\"LocalVolume\"} 2",
+            "stowage_watch_errors_total{code=\"410\",kind=\"LocalVolume\"} 1",
+            "stowage_watch_errors_total{code=\"transport\",kind=\"LocalVolume\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn a_missing_crd_counts_as_listed_until_it_is_installed() {
