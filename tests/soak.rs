@@ -22,7 +22,7 @@
 //! `stowage_watch_lists_total`).
 //!
 //! `STOWAGE_SOAK_CLAIMS` sets the number of claims (default 120, so `cargo test` stays
-//! quick; BENCHMARKS.md records the 500-claim run); `STOWAGE_SOAK_SEED` (default 9) the
+//! quick; `STOWAGE_SOAK_CLAIMS=500` is the full run); `STOWAGE_SOAK_SEED` (default 9) the
 //! seed of the pod mix and of the fault injection's generator. A seed does not replay a run
 //! request for request: stowage's processes share that one generator in whatever order
 //! their requests arrive, and uids come from the clock. It gives the same pods and the same
