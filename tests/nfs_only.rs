@@ -47,6 +47,26 @@ fn stowage_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")))
 }
 
+/// The claims' and the controller's namespaces and `classes`; on the in-memory lane also the
+/// PV-controller stand-in (kube-controller-manager's runs on the real lane).
+async fn prepare(
+    cluster: &Cluster,
+    classes: impl IntoIterator<Item = StorageClass>,
+) -> Option<Scheduler> {
+    let client = cluster.client();
+    for ns in [NS, "stowage-system"] {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace(ns).build())
+            .await
+            .unwrap();
+    }
+    let api: Api<StorageClass> = Api::all(client.clone());
+    for class in classes {
+        api.create(&PostParams::default(), &class).await.unwrap();
+    }
+    (!cluster.is_real()).then(|| Scheduler::start(client, SchedulerConfig::default()))
+}
+
 /// `stowage controller` configured as the NFS source design's users run it: the environment
 /// variables only, the export "mounted" at `<base>/10.0.0.1`.
 fn nfs_controller(cluster: &Cluster, base: &std::path::Path, port: u16) -> RoleBuilder {
@@ -90,32 +110,21 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
     let client = cluster.client();
     // The API server serves no stowage.io kind, as a real one without the CRDs does.
     assert_eq!(served_local_kinds(&client).await.unwrap(), [false, false]);
-    for ns in [NS, "stowage-system"] {
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace(ns).build())
-            .await
-            .unwrap();
-    }
-    let classes: Api<StorageClass> = Api::all(client.clone());
-    for class in [
-        storage_class("nfs")
-            .provisioner(names::PROVISIONER_NFS)
-            .reclaim("Delete")
-            .build(),
-        storage_class("local")
-            .provisioner(names::PROVISIONER_LOCAL)
-            .wait_for_first_consumer()
-            .reclaim("Delete")
-            .build(),
-    ] {
-        classes
-            .create(&PostParams::default(), &class)
-            .await
-            .unwrap();
-    }
-    // The PV controller: kube-controller-manager's on the real lane, else the stand-in.
-    let scheduler =
-        (!cluster.is_real()).then(|| Scheduler::start(client.clone(), SchedulerConfig::default()));
+    let scheduler = prepare(
+        &cluster,
+        [
+            storage_class("nfs")
+                .provisioner(names::PROVISIONER_NFS)
+                .reclaim("Delete")
+                .build(),
+            storage_class("local")
+                .provisioner(names::PROVISIONER_LOCAL)
+                .wait_for_first_consumer()
+                .reclaim("Delete")
+                .build(),
+        ],
+    )
+    .await;
 
     // The environment of the source design, the export "mounted" at <base>/10.0.0.1.
     let base = cluster.dir().join("nfs");
@@ -244,32 +253,22 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
 async fn released_nfs_claims_are_archived_deleted_or_kept_as_their_class_says() {
     let cluster = Cluster::start().await.unwrap();
     let client = cluster.client();
-    for ns in [NS, "stowage-system"] {
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace(ns).build())
-            .await
-            .unwrap();
-    }
-    let classes: Api<StorageClass> = Api::all(client.clone());
     let class = |name: &str| {
         storage_class(name)
             .provisioner(names::PROVISIONER_NFS)
             .reclaim("Delete")
     };
-    for class in [
-        class("nfs-archive")
-            .param("archiveOnDelete", "true")
-            .build(),
-        class("nfs-delete").param("deleteFile", "true").build(),
-        class("nfs-keep").build(),
-    ] {
-        classes
-            .create(&PostParams::default(), &class)
-            .await
-            .unwrap();
-    }
-    let scheduler =
-        (!cluster.is_real()).then(|| Scheduler::start(client.clone(), SchedulerConfig::default()));
+    let scheduler = prepare(
+        &cluster,
+        [
+            class("nfs-archive")
+                .param("archiveOnDelete", "true")
+                .build(),
+            class("nfs-delete").param("deleteFile", "true").build(),
+            class("nfs-keep").build(),
+        ],
+    )
+    .await;
     let base = cluster.dir().join("nfs");
     let mount = base.join("10.0.0.1");
     std::fs::create_dir_all(&mount).unwrap();
