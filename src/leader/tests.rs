@@ -147,6 +147,61 @@ where
     panic!("three runs in a row stalled: {stalls:#?}");
 }
 
+/// How long this test's runtime stood still while the test watched: the longest time
+/// between two wake-ups of the test's task, which asks to be woken every 2 ms during
+/// [`Watch::during`] (and every time between is a gap too).
+struct Watch {
+    last: Instant,
+    longest: Duration,
+}
+
+impl Watch {
+    /// Starts watching at `from`: the time until the first wake-up counts as one gap.
+    fn since(from: Instant) -> Self {
+        Self {
+            last: from,
+            longest: Duration::ZERO,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.longest = self.longest.max(self.last.elapsed());
+        self.last = Instant::now();
+    }
+
+    /// Runs `work`, waking every 2 ms to take the time.
+    async fn during<T>(&mut self, work: impl Future<Output = T>) -> T {
+        self.tick();
+        let out = {
+            let ticks = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    self.tick();
+                }
+            };
+            tokio::select! {
+                out = work => out,
+                () = ticks => unreachable!(),
+            }
+        };
+        self.tick();
+        out
+    }
+
+    /// A run that saw `what`, which a correct elector shows only after a stall (a healthy
+    /// leader missing its renew deadline, or what follows from that): inconclusive if the
+    /// runtime stood still for [`STALL`] or more while watched, else a failure.
+    #[track_caller]
+    fn stalled(&self, what: &str) -> Stalled {
+        let longest = self.longest;
+        assert!(
+            longest >= STALL,
+            "{what}, although nothing stalled for more than {longest:?}"
+        );
+        Stalled(format!("{what} after a stall of {longest:?}"))
+    }
+}
+
 /// Lease reads the API server has answered. Only the electors read Leases in these tests
 /// (the tests write theirs with create and replace).
 fn lease_reads(server: &ApiServer) -> u64 {
@@ -232,31 +287,76 @@ async fn two_electors() -> Result<(), Stalled> {
     Ok(())
 }
 
+/// Waits until a write to the Lease lands while `leader` leads; returns the Lease written
+/// and a time before the write landed: when the last read that did not show it was sent.
+/// `None` if `leader` stopped leading first.
+async fn next_write(server: &ApiServer, leader: &Replica) -> Option<(Instant, Lease)> {
+    let api = leases(server);
+    let mut sent = Instant::now();
+    let first = api.get(NAME).await.unwrap().metadata.resource_version;
+    loop {
+        if !leader.handle.is_leader() {
+            return None;
+        }
+        assert!(
+            sent.elapsed() < HANG,
+            "no write to the Lease within {HANG:?}"
+        );
+        let sending = Instant::now();
+        let lease = api.get(NAME).await.unwrap();
+        if lease.metadata.resource_version != first {
+            return Some((sent, lease));
+        }
+        sent = sending;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_crashed_leader_is_replaced_only_after_the_lease_expires() {
+    unless_stalled(crashed_leader).await;
+}
+
+async fn crashed_leader() -> Result<(), Stalled> {
     let server = ApiServer::start().await.unwrap();
+    let mut watch = Watch::since(Instant::now());
     let a = Replica::start(&server, "a");
-    a.handle.acquired().await.unwrap();
+    watch.during(a.handle.acquired()).await.unwrap();
     let b = Replica::start(&server, "b");
-    // b has seen a renewing for a while.
-    let samples = sample_never_both(&a.handle, &b.handle, Duration::from_millis(1500)).await;
-    assert_eq!(samples.one, samples.all);
-    let before = spec(&server).await;
+    // b has seen a renewing for a while: never two leaders, and a leads throughout (only a
+    // stall makes a healthy leader miss its renew deadline).
+    let samples = watch
+        .during(sample_never_both(
+            &a.handle,
+            &b.handle,
+            Duration::from_millis(1500),
+        ))
+        .await;
+    if samples.one != samples.all {
+        return Err(watch.stalled(&format!(
+            "a stopped leading ({} of {} samples saw one leader)",
+            samples.one, samples.all
+        )));
+    }
+    // One more renewal of a lands, after `renewing`.
+    let Some((renewing, before)) = watch.during(next_write(&server, &a)).await else {
+        return Err(watch.stalled("a stopped leading before its next renewal"));
+    };
+    let before = before.spec.unwrap();
     assert_eq!(before.holder_identity.as_deref(), Some("a"));
 
     // Abort a without releasing, as a crash or a partition would.
-    let crashed = Instant::now();
     drop(a);
     tokio::time::timeout(HANG, b.handle.acquired())
         .await
         .expect("b did not take over")
         .unwrap();
-    let took = crashed.elapsed();
-    // a's last renewal was at most one retry period before the crash, and b waits a whole
-    // lease duration after it saw that renewal.
+    // a's last renewal landed after `renewing` (it may have renewed once more before the
+    // crash, later still), and b waits a whole lease duration after it saw that renewal.
+    let took = renewing.elapsed();
     assert!(
-        took >= LEASE - RETRY - Duration::from_millis(20),
-        "b took over after {took:?}, before the lease could have expired"
+        took >= LEASE,
+        "b took over {took:?} after a renewal of a landed, before the lease could have expired"
     );
 
     let after = spec(&server).await;
@@ -268,15 +368,18 @@ async fn a_crashed_leader_is_replaced_only_after_the_lease_expires() {
     assert!(micros(&after.acquire_time) > micros(&before.acquire_time));
     assert_eq!(b.metric("stowage_leader"), 1.0);
     assert_eq!(b.metric("stowage_leader_transitions_total"), 1.0);
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_released_lease_is_taken_over_well_within_the_lease_duration() {
     let server = ApiServer::start().await.unwrap();
     // A lease of 30 s: b leading within the 10 s guard can only be the release's doing, not
-    // the lease running out, however slow the machine is.
+    // the lease running out, however slow the machine is. A renew deadline of 20 s: a leads
+    // until it releases, however long the machine stalls (short of the 10 s guards).
     let long = |identity| LeaseConfig {
         lease_duration: Duration::from_secs(30),
+        renew_deadline: Duration::from_secs(20),
         ..config(identity)
     };
     let a = Replica::start_with(&server, long("a"));
@@ -314,18 +417,32 @@ async fn a_released_lease_is_taken_over_well_within_the_lease_duration() {
 }
 
 async fn leader_that_cannot_renew_steps_down(failure: WriteFailure) {
+    unless_stalled(|| cannot_renew(failure)).await;
+}
+
+async fn cannot_renew(failure: WriteFailure) -> Result<(), Stalled> {
     let server = ApiServer::start().await.unwrap();
+    let mut watch = Watch::since(Instant::now());
     let a = Replica::start(&server, "a");
-    a.handle.acquired().await.unwrap();
+    watch.during(a.handle.acquired()).await.unwrap();
     let reads = lease_reads(&server);
     let b = Replica::start(&server, "b");
     // b has read a's Lease and judged it (a leader reads none while its renewals land).
-    judged_read_after(&server, reads, &b).await;
-    assert!(!b.handle.is_leader(), "b took over a Lease a renews");
-    assert!(a.handle.is_leader());
+    watch.during(judged_read_after(&server, reads, &b)).await;
 
     server.faults().retry_after(1);
     server.faults().fail_writes_to("leases", 1.0, failure);
+    // From here on no write lands. Until now a led and b did not take over: only a stall
+    // (a missing its renew deadline, b then judging a Lease unchanged for a lease duration)
+    // could have changed that.
+    let (a_leads, b_leads) = (a.handle.is_leader(), b.handle.is_leader());
+    let holder = spec(&server).await.holder_identity;
+    if b_leads || holder.as_deref() != Some("a") {
+        return Err(watch.stalled(&format!("b took over a Lease a renews (holder {holder:?})")));
+    }
+    if !a_leads {
+        return Err(watch.stalled("a stopped leading before its writes failed"));
+    }
     let lost = a.handle.lost();
     tokio::select! {
         () = lost => {}
@@ -364,6 +481,7 @@ async fn leader_that_cannot_renew_steps_down(failure: WriteFailure) {
     assert_eq!(after.holder_identity.as_deref(), Some("b"));
     assert_eq!(after.lease_transitions, Some(1));
     assert!(!a.handle.is_leader());
+    Ok(())
 }
 
 #[tokio::test]
@@ -522,12 +640,17 @@ async fn judged_on_the_candidates_clock() -> Result<(), Stalled> {
 
 #[tokio::test]
 async fn the_leader_recreates_a_deleted_lease_and_keeps_leading() {
+    unless_stalled(recreates_a_deleted_lease).await;
+}
+
+async fn recreates_a_deleted_lease() -> Result<(), Stalled> {
     let server = ApiServer::start().await.unwrap();
+    let mut watch = Watch::since(Instant::now());
     let a = Replica::start(&server, "a");
-    a.handle.acquired().await.unwrap();
+    watch.during(a.handle.acquired()).await.unwrap();
     let lost = a.handle.lost();
-    leases(&server)
-        .delete(NAME, &Default::default())
+    watch
+        .during(leases(&server).delete(NAME, &Default::default()))
         .await
         .unwrap();
     let recreated = wait_until(HANG, "a recreates its Lease", || async {
@@ -536,12 +659,23 @@ async fn the_leader_recreates_a_deleted_lease_and_keeps_leading() {
             .spec
             .filter(|s| s.holder_identity.as_deref() == Some("a"))
     });
-    let s = tokio::select! {
-        () = lost => panic!("a stopped leading after its Lease was deleted"),
-        s = recreated => s.unwrap(),
+    // a leads throughout: only a stall makes a healthy leader miss its renew deadline.
+    let recreated = watch
+        .during(async {
+            tokio::select! {
+                () = lost => None,
+                s = recreated => Some(s.unwrap()),
+            }
+        })
+        .await;
+    let s = match recreated {
+        Some(s) if a.handle.is_leader() => s,
+        _ => {
+            return Err(watch.stalled("a stopped leading after its Lease was deleted"));
+        }
     };
     assert_eq!(s.lease_transitions, Some(0));
-    assert!(a.handle.is_leader());
+    Ok(())
 }
 
 #[tokio::test]
