@@ -192,6 +192,14 @@ panel("Agent operations", "timeseries",
       [("sum by (operation, result) (rate(stowage_agent_operations_total[5m]))", "{{operation}} {{result}}")],
       "ops", 12, 12)
 next_line()
+panel("Kubernetes API write errors", "timeseries",
+      [("sum by (verb, code) (rate(stowage_api_write_errors_total[5m])) or vector(0)", "{{verb}} {{code}}")],
+      "ops", 0, 24,
+      description="Writes of every stowage process to the Kubernetes API answered with an error, "
+      "by verb and HTTP status (transport: no answer). Each is retried; 409 is another writer "
+      "being first and is normal in bursts, while 5xx, 429 or transport that stay point at the "
+      "API server. A single unlabelled 0 until the first failed write.")
+next_line()
 
 row("Scheduler extender")
 panel("Extender latency", "timeseries",
