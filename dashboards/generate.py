@@ -198,7 +198,8 @@ panel("Kubernetes API write errors", "timeseries",
       description="Writes of every stowage process to the Kubernetes API answered with an error, "
       "by verb and HTTP status (transport: no answer). Each is retried; 409 is another writer "
       "being first and is normal in bursts, while 5xx, 429 or transport that stay point at the "
-      "API server. A single unlabelled 0 until the first failed write.")
+      "API server (alert StowageApiWriteErrors, after 15 min). A single unlabelled 0 until the "
+      "first failed write.")
 next_line()
 
 row("Scheduler extender")

@@ -1255,6 +1255,10 @@ tests:
         values: '0x20'
       - series: 'stowage_events_dropped_total{{instance="a"}}'
         values: '0+1x20'
+      - series: 'stowage_api_write_errors_total{{verb="patch",code="500",instance="a"}}'
+        values: '0+2x30'
+      - series: 'stowage_api_write_errors_total{{verb="create",code="409",instance="a"}}'
+        values: '0+5x30'
     alert_rule_test:
       - eval_time: 10m
         alertname: StowagePoolNearlyFull
@@ -1330,6 +1334,16 @@ tests:
             exp_annotations:
               summary: "stowage drops Events: the API server is slow or refuses them"
               description: {dropped}
+      - eval_time: 10m
+        alertname: StowageApiWriteErrors
+        exp_alerts: []
+      - eval_time: 27m
+        alertname: StowageApiWriteErrors
+        exp_alerts:
+          - exp_labels: {{severity: warning, code: "500"}}
+            exp_annotations:
+              summary: "stowage's writes to the Kubernetes API keep failing with 500"
+              description: {writes}
 "#,
         full = d("StowagePoolNearlyFull"),
         leader = d("StowageNoLeader"),
@@ -1342,6 +1356,7 @@ tests:
         nfs = d("StowageNfsServerUnreachable"),
         extender = d("StowageExtenderErrors"),
         dropped = d("StowageEventsDropped"),
+        writes = d("StowageApiWriteErrors"),
     );
     std::fs::write(dir.path().join("test.yml"), test).unwrap();
     for args in [
@@ -1656,7 +1671,7 @@ async fn every_dashboard_expression_returns_series_on_a_real_prometheus() {
     )
     .await
     .unwrap();
-    assert_eq!(rules.len(), 8, "the shipped alerts: {rules:?}");
+    assert_eq!(rules.len(), 9, "the shipped alerts: {rules:?}");
     for rule in &rules {
         assert_eq!(
             rule["health"], "ok",
