@@ -328,17 +328,11 @@ async fn a_pv_deleted_while_its_claim_is_bound_keeps_its_data_until_the_claim_go
 
     pvs.delete(&pv_name, &Default::default()).await.unwrap();
     // Stowage has seen the deletion once it says what it does about it.
-    let events: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), "default");
     let message = wait_until(wait(), "a VolumeDeleteDeferred Event on the PV", || async {
-        events
-            .list(&ListParams::default())
+        env.cluster
+            .event_messages("default", &pv_name, "VolumeDeleteDeferred")
             .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter(|e| e.involved_object.name.as_deref() == Some(pv_name.as_str()))
-            .filter(|e| e.reason.as_deref() == Some("VolumeDeleteDeferred"))
-            .find_map(|e| e.message)
+            .pop()
     })
     .await
     .unwrap();

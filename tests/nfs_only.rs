@@ -15,9 +15,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use stowage::api::{crds, names};
 use stowage::cache::watch::served_local_kinds;
@@ -90,18 +90,17 @@ async fn ready(port: u16) -> bool {
     matches!(get(port, "/readyz").await, Some((200, _)))
 }
 
-async fn events(client: &kube::Client, claim: &str, reason: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), NS)
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some(claim) && e.reason.as_deref() == Some(reason)
-        })
-        .filter_map(|e| e.message)
-        .collect()
+/// Claim `apps/name` once it is Bound.
+async fn bound(claims: &Api<PersistentVolumeClaim>, name: &str) -> PersistentVolumeClaim {
+    wait_until(wait(), &format!("claim {NS}/{name} is Bound"), || async {
+        claims
+            .get(name)
+            .await
+            .ok()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -154,15 +153,7 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
         )
         .await
         .unwrap();
-    let bound = wait_until(wait(), "claim apps/shared is Bound", || async {
-        claims
-            .get("shared")
-            .await
-            .ok()
-            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
-    })
-    .await
-    .unwrap();
+    let bound = bound(&claims, "shared").await;
     let pv = Api::<PersistentVolume>::all(client.clone())
         .get(&format!("pvc-{}", bound.uid().unwrap()))
         .await
@@ -185,7 +176,12 @@ async fn an_nfs_only_install_binds_nfs_claims_without_the_local_crds_and_says_so
     let told = wait_until(
         wait(),
         "a ProvisioningFailed Event on apps/fast",
-        || async { events(&client, "fast", "ProvisioningFailed").await.pop() },
+        || async {
+            cluster
+                .event_messages(NS, "fast", "ProvisioningFailed")
+                .await
+                .pop()
+        },
     )
     .await
     .unwrap();
@@ -300,15 +296,7 @@ async fn released_nfs_claims_are_archived_deleted_or_kept_as_their_class_says() 
             .unwrap();
     }
     for (name, _) in kinds {
-        let bound = wait_until(wait(), &format!("claim apps/{name} is Bound"), || async {
-            claims
-                .get(name)
-                .await
-                .ok()
-                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
-        })
-        .await
-        .unwrap();
+        let bound = bound(&claims, name).await;
         let dir = mount.join(NS).join(name);
         assert!(dir.is_dir(), "{} made", dir.display());
         // Data the release must archive, delete or keep.

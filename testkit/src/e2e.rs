@@ -132,6 +132,19 @@ impl Cluster {
         events.into_iter().max_by_key(|(t, _)| *t).map(|(_, m)| m)
     }
 
+    /// The messages of the Events with `reason` about the object named `object`, in
+    /// namespace `ns` (`default` for a cluster-scoped object, as 1.19 records them); empty
+    /// when the list fails, so a caller waits for them.
+    pub async fn event_messages(&self, ns: &str, object: &str, reason: &str) -> Vec<String> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        let params =
+            ListParams::default().fields(&format!("involvedObject.name={object},reason={reason}"));
+        api.list(&params)
+            .await
+            .map(|l| l.items.into_iter().filter_map(|e| e.message).collect())
+            .unwrap_or_default()
+    }
+
     /// (time, message) of each `FailedScheduling` Event of pod `ns/name`. (Their counts
     /// are no measure of attempts: kube-scheduler's events client aggregates repeats into a
     /// series it writes back only every 30 minutes.)
