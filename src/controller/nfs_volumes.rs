@@ -54,8 +54,8 @@ use super::steps::{
     record_pv_failed, remove_finalizer, set_resizing,
 };
 use super::volume::{
-    self, Unsupported, pre_bound_to, pv_annotations, pv_capacity, pv_finalizers, quantity,
-    reclaim_policy,
+    self, Unsupported, pre_bound_to, pv_annotations, pv_capacity, pv_claim_key, pv_finalizers,
+    quantity, reclaim_policy,
 };
 use super::{Context, Next, RESYNC, USER_ERROR_RETRY, error_chain};
 use crate::api::local_volume::OnDelete;
@@ -939,16 +939,7 @@ async fn release(pv: &PersistentVolume, ctx: &Context, nfs: &Nfs) -> Result<()> 
                 source.server,
                 source.path,
                 other.name_any(),
-                other
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.claim_ref.as_ref())
-                    .map(|r| format!(
-                        "{}/{}",
-                        r.namespace.as_deref().unwrap_or_default(),
-                        r.name.as_deref().unwrap_or_default()
-                    ))
-                    .unwrap_or_else(|| "unknown".to_string()),
+                pv_claim_key(other),
             );
             tracing::warn!(volume = %name, error = %text, "NFS directory overlaps another PV's; keeping it");
             nfs.recorder

@@ -160,18 +160,7 @@ async fn execute(plan: Plan, pv: &PersistentVolume, ctx: &Context) -> Result<()>
             // pv-protection finalizer holds the PV while it is Bound, and the data goes only
             // once the claim is deleted and the PV Released. Without this Event the PV just
             // sits in Terminating with no word of why.
-            let claim = pv
-                .spec
-                .as_ref()
-                .and_then(|s| s.claim_ref.as_ref())
-                .map(|r| {
-                    format!(
-                        "{}/{}",
-                        r.namespace.as_deref().unwrap_or_default(),
-                        r.name.as_deref().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| "unknown".to_string());
+            let claim = volume::pv_claim_key(pv);
             tracing::info!(volume = %name, %claim, "PV deleted while its claim is bound; its data is kept until the claim is deleted");
             ctx.recorder
                 .record(

@@ -347,6 +347,22 @@ pub fn pv_node(pv: &PersistentVolume) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// `<namespace>/<name>` of the claim a PV is bound or pre-bound to, `unknown` when it names
+/// none: for messages.
+pub fn pv_claim_key(pv: &PersistentVolume) -> String {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r.namespace.as_deref().unwrap_or_default(),
+                r.name.as_deref().unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 /// The storage capacity a PV declares.
 pub fn pv_capacity(pv: &PersistentVolume) -> Option<Bytes> {
     pv.spec
