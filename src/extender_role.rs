@@ -141,9 +141,7 @@ impl ExtenderRoleArgs {
             body_limit,
         } = self;
         let registry = prometheus::Registry::new();
-        let write_errors = crate::serve::ApiWriteErrors::register(&registry)
-            .context("registering the API write metrics")?;
-        let client = crate::serve::kube_client(kubeconfig.as_deref(), &write_errors).await?;
+        let client = crate::serve::kube_client(kubeconfig.as_deref(), &registry).await?;
         let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(provisioner_name)));
         let opts = FitOptions {
             stale_after: Duration::from_secs(stale_after),

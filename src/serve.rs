@@ -31,11 +31,13 @@ pub const NO_CLIENT_RETRY_ENV: &str = "STOWAGE_TEST_NO_CLIENT_RETRY";
 
 /// A Kubernetes client from `kubeconfig`, or without one from the in-cluster service account
 /// or the default kubeconfig (`KUBECONFIG`, `~/.kube/config`), whose failed writes are
-/// counted in `write_errors`.
+/// counted in [`ApiWriteErrors`], registered in `registry`.
 pub async fn kube_client(
     kubeconfig: Option<&Path>,
-    write_errors: &ApiWriteErrors,
+    registry: &Registry,
 ) -> anyhow::Result<kube::Client> {
+    let write_errors =
+        ApiWriteErrors::register(registry).context("registering the API write metrics")?;
     let mut config = match kubeconfig {
         None => kube::Config::infer()
             .await
@@ -56,7 +58,7 @@ pub async fn kube_client(
     }
     Ok(kube::client::ClientBuilder::try_from(config)
         .context("building the Kubernetes client")?
-        .with_layer(write_errors)
+        .with_layer(&write_errors)
         .build())
 }
 

@@ -168,11 +168,9 @@ impl AgentArgs {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding --listen {listen}"))?;
-        let write_errors = crate::serve::ApiWriteErrors::register(&registry)
-            .context("registering the API write metrics")?;
         let watch_metrics =
             WatchMetrics::register(&registry).context("registering the watch metrics")?;
-        let client = crate::serve::kube_client(kubeconfig.as_deref(), &write_errors).await?;
+        let client = crate::serve::kube_client(kubeconfig.as_deref(), &registry).await?;
 
         // `stop`: SIGTERM arrived, take no new work. `drained`: the running work is done (or
         // abandoned); the reporter writes its last status and ends, then the HTTP server.

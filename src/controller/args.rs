@@ -171,9 +171,7 @@ impl ControllerArgs {
         let drain_timeout = Duration::from_secs(self.drain_timeout);
         crate::crash::init(crate::crash::Role::Controller)?;
         let registry = Registry::new();
-        let write_errors = crate::serve::ApiWriteErrors::register(&registry)
-            .context("registering the API write metrics")?;
-        let client = crate::serve::kube_client(self.kubeconfig.as_deref(), &write_errors).await?;
+        let client = crate::serve::kube_client(self.kubeconfig.as_deref(), &registry).await?;
         // The extender and the ledger count the claims of the classes this controller
         // serves: those naming --provisioner-name.
         let index = Arc::new(RwLock::new(ClusterIndex::for_provisioner(
