@@ -624,13 +624,16 @@ async fn a_pods_claims_are_provisioned_together_or_not_at_all() {
     )
     .await
     .unwrap();
+    // Judged as one whether the second claim has its `selected-node` yet ("removed the
+    // selected node from all of them") or not ("all of pod apps/pinned's claims"): a claim
+    // no longer waits for its siblings' annotations, so either comes first.
     assert!(
         message.contains("node n1 cannot hold the volumes")
             // 256Mi free, or less while the free pod's claims are reserved there too.
             && message.contains(" free, together they request 384Mi")
             && message.contains("pinned-0")
             && message.contains("pinned-1")
-            && message.contains("removed the selected node from all of them"),
+            && message.contains("removed the selected node"),
         "{message}"
     );
     // The free pod ends with both claims on n2.
@@ -662,6 +665,106 @@ async fn a_pods_claims_are_provisioned_together_or_not_at_all() {
             "no volume of the pinned pod was made: {pinned:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.assert_clean_logs();
+}
+
+/// kube-scheduler writes `selected-node` to a pod's claims one request after another (over a
+/// second apart when its client is throttled in a burst). The pod's other claims are made on
+/// the node with the first, so their volumes are Ready when their own `selected-node`
+/// arrives; their PVs wait for it, since only the scheduler decides that a claim is
+/// provisioned. The annotations are written here by hand, to a pod no scheduler places, so
+/// the order and the gaps are the test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pods_other_claims_are_made_with_its_first_and_get_their_pvs_at_their_own_selected_node()
+{
+    let env = Env::start(&[("n1", 4 * GI)], Options::default()).await;
+    let names = ["trio-0", "trio-1", "trio-2"];
+    let mut uids = HashMap::new();
+    for claim in names {
+        let made = env
+            .claims()
+            .create(
+                &PostParams::default(),
+                &pvc(NS, claim).size("64Mi").class("local").build(),
+            )
+            .await
+            .unwrap();
+        uids.insert(claim, made.uid().unwrap());
+    }
+    env.pods()
+        .create(
+            &PostParams::default(),
+            &pod(NS, "trio").claims(names).scheduler("nobody").build(),
+        )
+        .await
+        .unwrap();
+    let select = |claim: &'static str| {
+        let claims = env.claims();
+        async move {
+            claims
+                .patch(
+                    claim,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({
+                        "metadata": {"annotations": {names::ANNOTATION_SELECTED_NODE: "n1"}}
+                    })),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let pv_of = |claim: &str| format!("pvc-{}", uids[claim]);
+
+    select("trio-0").await;
+    // All three volumes are made on n1 with the first claim, and get Ready ...
+    let lvs = env.lvs();
+    wait_until(
+        wait(),
+        "the LocalVolumes of trio-0, trio-1 and trio-2 are Ready on n1",
+        || async {
+            let ready = lvs
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|lv| lv.spec.claim.name.starts_with("trio-") && lv.spec.node_name == "n1")
+                .filter(|lv| {
+                    lv.status.as_ref().map(|s| &s.phase)
+                        == Some(&stowage::api::local_volume::LocalVolumePhase::Ready)
+                })
+                .count();
+            (ready == 3).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // ... trio-0 gets its PV and is bound to it ...
+    env.all_bound("trio-0", 1).await;
+    // ... and the other two get none while the scheduler has not selected them, although
+    // their volumes were Ready before trio-0 was bound.
+    let pvs = env.pvs();
+    for _ in 0..10 {
+        for claim in ["trio-1", "trio-2"] {
+            assert!(
+                pvs.get_opt(&pv_of(claim)).await.unwrap().is_none(),
+                "{claim} got a PV before the scheduler selected a node for it"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    select("trio-1").await;
+    select("trio-2").await;
+    let bound = env.all_bound("trio-", 3).await;
+    for claim in names {
+        assert_eq!(
+            bound[claim],
+            pv_of(claim),
+            "{claim} is bound to its own volume"
+        );
+        let pv = pvs.get(&bound[claim]).await.unwrap();
+        assert_eq!(Env::pv_node_and_path(&pv).0, "n1", "{claim} is on n1");
     }
     env.assert_clean_logs();
 }

@@ -480,10 +480,12 @@ async fn execute(
     }
 }
 
-/// How long a claim waits for the other claims of its pod to get the same `selected-node`
-/// (or for its pod to be seen at all) before it is provisioned without them.
-/// kube-scheduler writes the annotation to a pod's claims one after another in its binding
-/// cycle (milliseconds apart; longer when its API client is throttled).
+/// How long a claim waits for its pod to be seen at all, or for a sibling claim that is
+/// not in stowage's view yet or that names another node, before it is provisioned without
+/// them. A sibling with no `selected-node` yet is not waited for: kube-scheduler writes the
+/// annotation to a pod's claims one after another in its binding cycle (over a second apart
+/// in a burst, its API client being throttled), always the same node, so the sibling's
+/// volume is made with the first claim's ([`place`]).
 pub const SIBLING_WAIT: Duration = Duration::from_secs(5);
 /// How soon a claim waiting for its siblings' `selected-node` looks again.
 const SIBLING_RETRY: Duration = Duration::from_millis(200);
@@ -504,14 +506,20 @@ pub struct Siblings {
     pub elsewhere: Vec<(String, String)>,
     /// Claims the scheduler has not (yet) sent to this node.
     pub unselected: Vec<String>,
+    /// Those of [`Self::unselected`] that cannot be made now: not in stowage's view yet,
+    /// or with another node selected (a binding cycle being written over an older one).
+    /// They are waited for, up to [`SIBLING_WAIT`]; the rest are made with the claim.
+    pub unsettled: Vec<String>,
 }
 
 /// What to do with a claim and its [`Siblings::members`] on the selected node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GroupStep {
-    /// Make the LocalVolumes of the claim and of every member, all of them now.
+    /// Make the LocalVolumes of the claim, of every member and of every sibling without a
+    /// `selected-node` yet, all of them now.
     Create,
-    /// Some siblings have no `selected-node` yet: look again shortly.
+    /// The pod, or some of its claims, are not settled yet ([`Siblings::unsettled`]): look
+    /// again shortly.
     AwaitSiblings,
     /// They do not fit, but a sibling's volume is on this node already, so the pod can run
     /// nowhere else: the claims stay, and the user is told what is missing and where.
@@ -564,9 +572,9 @@ pub fn group_step(
     }
     // No pod known to use the claim: the pod watch is behind the claim's (the scheduler
     // sets `selected-node` only for a pod it is placing, and a pod stays unbound until its
-    // claims are). Its siblings are unknown, so wait for it as for a sibling.
+    // claims are). Its siblings are unknown, so wait for it as for an unsettled sibling.
     let pod_unknown = siblings.pods.is_empty();
-    if (pod_unknown || !siblings.unselected.is_empty()) && waited < SIBLING_WAIT {
+    if (pod_unknown || !siblings.unsettled.is_empty()) && waited < SIBLING_WAIT {
         return GroupStep::AwaitSiblings;
     }
     let Err(unfit) = verdict else {
@@ -615,16 +623,26 @@ pub fn group_step(
 /// A claim and its StorageClass.
 type ClaimOfClass = (PersistentVolumeClaim, StorageClass);
 
-/// Reads where the other claims of `claim`'s pod stand for provisioning on `node`: the
-/// members (claim, class) to be provisioned with it, and the claims with no volume yet that
-/// the scheduler has not sent to `node` (which must end up there too, since a pod's local
-/// volumes are on one node).
+/// The other claims of a claim's pod, as [`siblings`] sorts them for [`place`].
+struct Group {
+    /// Where they stand, for [`group_step`].
+    siblings: Siblings,
+    /// Made with the claim: those the scheduler sent to the node, and those it has not
+    /// sent anywhere yet (it sends a pod's claims to one node, one after another).
+    made_now: Vec<ClaimOfClass>,
+    /// Counted in the fit check only: the unsettled ones that stowage can see.
+    counted: Vec<ClaimOfClass>,
+}
+
+/// Reads where the other claims of `claim`'s pod stand for provisioning on `node`: those to
+/// be made with it now, and those with no volume yet that the scheduler has sent elsewhere
+/// (which must end up on `node` too, since a pod's local volumes are on one node).
 fn siblings(
     index: &ClusterIndex,
     claim: &PersistentVolumeClaim,
     node: &str,
     provisioner: &str,
-) -> (Siblings, Vec<ClaimOfClass>, Vec<ClaimOfClass>) {
+) -> Group {
     let namespace = claim.namespace().unwrap_or_default();
     let mut out = Siblings {
         pods: index
@@ -634,13 +652,14 @@ fn siblings(
             .collect(),
         ..Siblings::default()
     };
-    let mut members = Vec::new();
-    let mut to_come = Vec::new();
+    let mut made_now = Vec::new();
+    let mut counted = Vec::new();
     for name in index.sibling_claims(&namespace, &claim.name_any()) {
         let key = format!("{namespace}/{name}");
         // Not seen yet: the watch is behind the pod's.
         let Some(sibling) = index.claim(&namespace, &name) else {
-            out.unselected.push(key);
+            out.unselected.push(key.clone());
+            out.unsettled.push(key);
             continue;
         };
         let Some(class) = class_of(index, &sibling, provisioner) else {
@@ -669,15 +688,28 @@ fn siblings(
                 && may_provision(&sibling, provisioner) =>
             {
                 out.members.push(key);
-                members.push((sibling, class));
+                made_now.push((sibling, class));
+            }
+            // Its `selected-node` is on its way; the provisioner annotation, if any, must
+            // still name this provisioner (the PV waits for the annotation of its own).
+            None if selected_node(&sibling).is_none()
+                && provisioner_annotation(&sibling).is_none_or(|p| p == provisioner) =>
+            {
+                out.unselected.push(key);
+                made_now.push((sibling, class));
             }
             None => {
-                out.unselected.push(key);
-                to_come.push((sibling, class));
+                out.unselected.push(key.clone());
+                out.unsettled.push(key);
+                counted.push((sibling, class));
             }
         }
     }
-    (out, members, to_come)
+    Group {
+        siblings: out,
+        made_now,
+        counted,
+    }
 }
 
 /// The claim as the oldest-first order of [`fits`] sees it.
@@ -719,7 +751,11 @@ async fn place(
             // again soon.
             return Ok(Next::requeue(SIBLING_RETRY));
         }
-        let (siblings, others, to_come) = siblings(&index, claim, node, &ctx.config.provisioner);
+        let Group {
+            siblings,
+            made_now,
+            counted,
+        } = siblings(&index, claim, node, &ctx.config.provisioner);
         let volumes_on_node = |claims: Vec<ClaimOfClass>| {
             claims.into_iter().filter_map(|(sibling, class)| {
                 let params = ClassParams::from_class(&class).ok()?;
@@ -729,12 +765,16 @@ async fn place(
                 Some((sibling, lv))
             })
         };
+        // The siblings with no `selected-node` yet are made now too: kube-scheduler writes
+        // the same node to each of the pod's claims, one request after another, so waiting
+        // for them would add its throttled writes to this claim's provisioning. Their PVs
+        // wait for their own `selected-node` (`reconcile_local` starts only then).
         let mut group = vec![(claim.clone(), volume)];
-        group.extend(volumes_on_node(others));
-        // The claims the scheduler has not sent here yet count in the fit check too (they
-        // are not made now): the pod's volumes must all fit on one node, so a claim is not
-        // made alone where its pod's other claims cannot follow it.
-        let to_come: Vec<_> = volumes_on_node(to_come).collect();
+        group.extend(volumes_on_node(made_now));
+        // The unsettled ones count in the fit check too (they are not made now): the pod's
+        // volumes must all fit on one node, so a claim is not made alone where its pod's
+        // other claims cannot follow it.
+        let to_come: Vec<_> = volumes_on_node(counted).collect();
         let candidates: Vec<Candidate<'_>> = group
             .iter()
             .chain(&to_come)
@@ -786,7 +826,10 @@ async fn place(
             // while it keeps its node, a failure is retried for the whole group; were it
             // sent back first, a sibling left on the node could later go on alone.
             for (member, _) in group.iter().skip(1) {
-                reschedule(member, node, reason, &message, ctx).await?;
+                // Only those that have it: a sibling made with the claim may have none yet.
+                if selected_node(member) == Some(node) {
+                    reschedule(member, node, reason, &message, ctx).await?;
+                }
             }
             reschedule(claim, node, reason, &message, ctx).await
         }

@@ -566,12 +566,32 @@ fn group_steps_keep_a_pods_claims_together() {
     assert_eq!(step(&unseen, Ok(()), now), GroupStep::AwaitSiblings);
     assert_eq!(step(&unseen, Ok(()), late), GroupStep::Create);
 
-    // A sibling without selected-node yet: wait for it a while, then go on without it.
-    assert_eq!(step(&unselected, Ok(()), now), GroupStep::AwaitSiblings);
-    assert_eq!(step(&unselected, unfit(), now), GroupStep::AwaitSiblings);
-    assert_eq!(step(&unselected, Ok(()), late), GroupStep::Create);
+    // A sibling without selected-node yet: made with the claim at once (the scheduler is
+    // writing the same node to it), or sent back with it, never waited for.
+    for waited in [now, late] {
+        assert_eq!(step(&unselected, Ok(()), waited), GroupStep::Create);
+        let GroupStep::Reschedule { message, .. } = step(&unselected, unfit(), waited) else {
+            panic!("a pod whose claims do not fit together goes back at once")
+        };
+        assert!(
+            message.contains("all of pod apps/db-0's claims (apps/data and apps/wal)")
+                && message.contains("together they request"),
+            "{message}"
+        );
+    }
+
+    // A sibling not in stowage's view yet, or selected for another node while the
+    // scheduler rewrites an older choice: wait for it a while, then go on without it.
+    let unsettled = pod(Siblings {
+        unselected: vec!["apps/wal".into()],
+        unsettled: vec!["apps/wal".into()],
+        ..Siblings::default()
+    });
+    assert_eq!(step(&unsettled, Ok(()), now), GroupStep::AwaitSiblings);
+    assert_eq!(step(&unsettled, unfit(), now), GroupStep::AwaitSiblings);
+    assert_eq!(step(&unsettled, Ok(()), late), GroupStep::Create);
     assert!(matches!(
-        step(&unselected, unfit(), late),
+        step(&unsettled, unfit(), late),
         GroupStep::Reschedule { .. }
     ));
 }
