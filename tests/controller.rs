@@ -609,6 +609,113 @@ async fn a_claim_is_not_made_alone_where_its_pods_other_claims_cannot_follow() {
     );
 }
 
+/// A pod's claim with no `selected-node` yet gets its volume with its sibling's, but no PV;
+/// were the scheduler to bind it to an existing PV instead, that volume is collected.
+#[tokio::test]
+async fn a_sibling_made_before_its_selected_node_gets_no_pv_and_is_collected_if_bound_elsewhere() {
+    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
+    cluster.class("local", "Delete", false, &[]).await;
+    let running = start_controller(&cluster.client, Duration::from_secs(300));
+    let (agent, _task) = Agent::start(&cluster.client);
+    Api::<Pod>::namespaced(cluster.client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &pod(NS, "db").claims(["first", "second"]).build(),
+        )
+        .await
+        .unwrap();
+    let second = cluster
+        .claims()
+        .create(
+            &PostParams::default(),
+            &pvc(NS, "second").size("30Gi").class("local").build(),
+        )
+        .await
+        .unwrap();
+    let first = selected_claim(&cluster, "first", "30Gi", "n1", &[]).await;
+    let lvs = cluster.lvs();
+    wait_for(WAIT, "both claims' volumes are Ready on n1", || async {
+        let mut ready = 0;
+        for claim in [&first, &second] {
+            if let Ok(Some(lv)) = lvs.get_opt(&pv_name(claim)).await
+                && lv.spec.node_name == "n1"
+                && lv
+                    .status
+                    .is_some_and(|s| s.phase == LocalVolumePhase::Ready)
+            {
+                ready += 1;
+            }
+        }
+        ready == 2
+    })
+    .await
+    .unwrap();
+    wait_pv(&cluster, &pv_name(&first)).await;
+    running
+        .settled("the controller is done with both claims", |index| {
+            index.persistent_volume(&pv_name(&first)).is_some()
+        })
+        .await;
+    assert!(
+        cluster
+            .pvs()
+            .get_opt(&pv_name(&second))
+            .await
+            .unwrap()
+            .is_none(),
+        "the second claim got a PV without a selected node"
+    );
+
+    // Bound to a PV made by hand instead (as the scheduler does with a matching one).
+    cluster
+        .pvs()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": "by-hand"},
+                "spec": {
+                    "capacity": {"storage": "30Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "local",
+                    "hostPath": {"path": "/srv/by-hand"},
+                    "claimRef": {"namespace": NS, "name": "second", "uid": second.uid().unwrap()},
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    cluster
+        .claims()
+        .patch(
+            "second",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"volumeName": "by-hand"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        WAIT,
+        "the second claim's unused volume is collected",
+        || async {
+            lvs.get_opt(&pv_name(&second))
+                .await
+                .is_ok_and(|l| l.is_none())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        agent.cleaned.lock().get(&pv_name(&second)),
+        Some(&OnDelete::Delete)
+    );
+    assert!(
+        lvs.get_opt(&pv_name(&first)).await.unwrap().is_some(),
+        "the first claim keeps its volume"
+    );
+}
+
 #[tokio::test]
 async fn a_pv_made_before_the_pv_controller_has_seen_its_claim_is_bound_never_released() {
     // kube-controller-manager's PV controller reaches a claim seconds into a burst (its own

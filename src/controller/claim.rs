@@ -839,9 +839,20 @@ async fn place(
             // trips would serialise a burst per node.
             let assumed: Vec<Assumed> = group.iter().map(|(_, lv)| Assumed::new(ctx, lv)).collect();
             drop(guard);
-            for ((member, lv), assumed) in group.into_iter().zip(assumed) {
-                create_assumed(&member, node, lv, assumed, ctx).await?;
-            }
+            // At once: one round trip for the pod rather than one per claim. A sibling whose
+            // create failed is placed by its own reconcile (at its `selected-node`), which
+            // the volumes made here anchor to this node.
+            let creates =
+                group
+                    .into_iter()
+                    .zip(assumed)
+                    .map(|((member, lv), assumed)| async move {
+                        create_assumed(&member, node, lv, assumed, ctx).await
+                    });
+            futures::future::join_all(creates)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>>>()?;
             Ok(Next::requeue(RESYNC))
         }
     }
