@@ -769,6 +769,85 @@ async fn a_pods_other_claims_are_made_with_its_first_and_get_their_pvs_at_their_
     env.assert_clean_logs();
 }
 
+/// A volume never moves. A claim whose volume was made with a sibling's, for a pod that was
+/// then deleted before the scheduler selected a node for it, has its volume on that node
+/// and no PV: the next pod using it is placed there, although the extender's scores prefer
+/// the emptier node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_whose_claim_has_its_volume_made_already_is_placed_on_that_node() {
+    let env = Env::start(&[("n1", GI), ("n2", 4 * GI)], Options::default()).await;
+    for claim in ["anchor", "follower"] {
+        env.claims()
+            .create(
+                &PostParams::default(),
+                &pvc(NS, claim).size("64Mi").class("local").build(),
+            )
+            .await
+            .unwrap();
+    }
+    env.pods()
+        .create(
+            &PostParams::default(),
+            &pod(NS, "first")
+                .claims(["anchor", "follower"])
+                .scheduler("nobody")
+                .build(),
+        )
+        .await
+        .unwrap();
+    env.claims()
+        .patch(
+            "anchor",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {names::ANNOTATION_SELECTED_NODE: "n1"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let lvs = env.lvs();
+    wait_until(wait(), "the follower's volume is made on n1", || async {
+        lvs.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|lv| lv.spec.claim.name == "follower" && lv.spec.node_name == "n1")
+    })
+    .await
+    .unwrap();
+    env.pods()
+        .delete("first", &Default::default())
+        .await
+        .unwrap();
+
+    env.pods()
+        .create(
+            &PostParams::default(),
+            &pod(NS, "second").claims(["follower"]).build(),
+        )
+        .await
+        .unwrap();
+    let placed = env.scheduled(&["second".to_string()]).await;
+    assert_eq!(placed["second"], "n1", "placed where its volume is");
+    let bound = env.all_bound("follower", 1).await;
+    let pv = env.pvs().get(&bound["follower"]).await.unwrap();
+    assert_eq!(Env::pv_node_and_path(&pv).0, "n1");
+    // Sent to n1 the first time: a placement on n2 would have left its selected-node there
+    // (the scheduler does not write it again for a claim bound meanwhile).
+    let follower = env.claims().get("follower").await.unwrap();
+    assert_eq!(
+        follower
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(names::ANNOTATION_SELECTED_NODE)
+            .map(String::as_str),
+        Some("n1")
+    );
+    env.assert_clean_logs();
+}
+
 /// A StorageNode is owned by its Node, so a node removed from the cluster leaves no
 /// capacity row behind: on the real control plane the garbage collector deletes it with the
 /// Node (the in-memory server has no garbage collector; there the owner is checked).

@@ -102,7 +102,7 @@ impl ExtenderMetrics {
             requests.with_label_values(&[verb, StatusCode::OK.as_str()]);
             errors.with_label_values(&[verb]);
         }
-        for reason in Unfit::KINDS.iter().chain([&super::policy::NOT_SEEN_YET]) {
+        for reason in Unfit::KINDS.iter().chain(&super::policy::POLICY_KINDS) {
             filtered.with_label_values(&[reason]);
         }
         Ok(Self {
@@ -155,7 +155,7 @@ mod tests {
         let text = render(&registry).unwrap();
         for reason in Unfit::KINDS
             .iter()
-            .chain([&super::super::policy::NOT_SEEN_YET])
+            .chain(&super::super::policy::POLICY_KINDS)
         {
             let series = format!("stowage_extender_nodes_filtered_total{{reason=\"{reason}\"}}");
             assert_eq!(value(&text, &series), Some(0.0), "{series}\n{text}");

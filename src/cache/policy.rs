@@ -1,7 +1,8 @@
 //! The stowage scheduler-extender policy: the [`ClusterIndex`] asked through the ledger.
 //!
 //! Filter rejects nodes whose pools cannot take the pod's unbound local claims, as
-//! unresolvable (evicting pods frees no storage). Prioritize scores by the class's
+//! unresolvable (evicting pods frees no storage), and every node but the one where a
+//! volume of the pod's claims is made already. Prioritize scores by the class's
 //! placement, normalized over the candidates, and counts the pods it has just scored on the
 //! nodes it put first until their `selected-node` arrives ([`super::inflight`]). Pods
 //! without local claims pass through; a pod whose claims (or their classes) the index has
@@ -21,7 +22,7 @@ use k8s_openapi::jiff::Timestamp;
 use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
 use super::inflight::Inflight;
-use super::{ClusterIndex, FitPlan, OwnHold, PodDemand, credit};
+use super::{ClusterIndex, FitPlan, Held, OwnHold, PodDemand, credit};
 use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check_aged, normalize, room_after};
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
@@ -132,6 +133,13 @@ impl StowagePolicy {
 /// The metrics label of nodes turned down because the pod's claims are not in the index yet.
 pub const NOT_SEEN_YET: &str = "not_seen_yet";
 
+/// The metrics label of nodes turned down because a volume of one of the pod's claims is
+/// made on another node already.
+pub const VOLUME_ELSEWHERE: &str = "volume_elsewhere";
+
+/// The filter's own reasons, beside the ledger's ([`Unfit::KINDS`]).
+pub const POLICY_KINDS: [&str; 2] = [NOT_SEEN_YET, VOLUME_ELSEWHERE];
+
 /// The key a pod's guess is kept under: its uid, or `namespace/name` for a pod without one.
 fn pod_key(pod: &Pod) -> String {
     match &pod.metadata.uid {
@@ -167,9 +175,23 @@ impl Policy for StowagePolicy {
         };
         let now = (self.clock)();
         let plan = index.fit_plan(&demand);
+        // A LocalVolume is never moved: once one of the pod's claims has one (made with a
+        // sibling's, or before a binding cycle failed), the pod can only run on its node.
+        let pinned: Vec<&OwnHold> = holds.iter().filter(|h| h.held == Held::Allocated).collect();
         let rejections: Vec<_> = nodes
             .iter()
             .filter_map(|&node| {
+                if let Some(hold) = pinned.iter().find(|h| h.node.as_str() != node) {
+                    return Some(Rejection::unresolvable(
+                        node,
+                        VOLUME_ELSEWHERE,
+                        format!(
+                            "a volume of the pod's claims is made on node {} already, so the \
+                             pod can only run there",
+                            hold.node
+                        ),
+                    ));
+                }
                 self.check_node(&index, &plan, node, now, &demand, &holds)
                     .err()
                     .map(|unfit| Rejection::unresolvable(node, unfit.kind(), unfit.to_string()))

@@ -441,6 +441,31 @@ fn the_pods_own_volume_in_the_making_is_not_counted_twice() {
 }
 
 #[test]
+fn a_pod_with_a_volume_made_on_a_node_is_sent_nowhere_else() {
+    let mut idx = cluster();
+    // "made" has its volume on n1 and no selected-node (made with a sibling's, whose
+    // binding cycle then failed); "todo" has nothing yet and fits either node.
+    idx.apply_claim(pvc("made", "local", "10Gi", None, None));
+    idx.apply_claim(pvc("todo", "local", "10Gi", None, None));
+    idx.apply_local_volume(lv("made", "n1", "default", Bytes::gib(10)));
+    let verdict = policy(idx).filter(&pod(&["made", "todo"]), &["n1", "n2"]);
+    assert_eq!(rejected(&verdict), [("n2", "volume_elsewhere")]);
+    let FilterVerdict::Reject(r) = &verdict else {
+        unreachable!()
+    };
+    assert!(
+        r[0].reason.contains("made on node n1 already"),
+        "{}",
+        r[0].reason
+    );
+    // A selected node without a volume pins nothing: the scheduler may still move it.
+    let mut idx = cluster();
+    idx.apply_claim(pvc("chosen", "local", "10Gi", Some("n1"), None));
+    let verdict = policy(idx).filter(&pod(&["chosen"]), &["n1", "n2"]);
+    assert_eq!(verdict, FilterVerdict::PassAll);
+}
+
+#[test]
 fn a_stale_node_is_rejected_with_the_stale_reason() {
     let mut idx = cluster();
     idx.apply_claim(pvc("c", "local", "1Gi", None, None));
