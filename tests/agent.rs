@@ -229,6 +229,9 @@ async fn volumes_become_ready_and_are_deleted_archived_or_retained_as_asked() {
         assert_eq!(path, pool.canonicalize().unwrap().join(name));
         assert!(path.is_dir());
         assert_eq!(status.size_bytes, Some(lv.spec.size_bytes));
+        // For `kubectl get lv`'s SIZE column.
+        let size = if *name == ret { "2Gi" } else { "1Gi" };
+        assert_eq!(status.size.as_deref(), Some(size), "{name}");
         assert_eq!(status.observed_generation, lv.metadata.generation);
         assert_eq!(status.message, None);
         std::fs::write(path.join("data"), name.as_bytes()).unwrap();
@@ -238,6 +241,15 @@ async fn volumes_become_ready_and_are_deleted_archived_or_retained_as_asked() {
             p.volumes == 3 && p.allocated_bytes == 4 * GI
         })
         .await;
+    // One status write per volume: the check that follows its own Ready event finds the
+    // status as it would write it.
+    if let Some(server) = agent.cluster.server() {
+        let writes = server
+            .request_counts()
+            .get("patch localvolumes/status")
+            .copied();
+        assert_eq!(writes, Some(3), "status writes for three volumes");
+    }
 
     let dp = DeleteParams::default();
     for name in [&del, &arc, &ret] {
@@ -748,6 +760,7 @@ async fn a_larger_size_grows_the_volume_and_a_smaller_one_is_refused() {
     .await
     .unwrap();
     let status = grown.status.unwrap();
+    assert_eq!(status.size.as_deref(), Some("3Gi"));
     assert_eq!(status.phase, LocalVolumePhase::Ready);
     assert_eq!(status.observed_generation, grown.metadata.generation);
     agent

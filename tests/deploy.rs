@@ -665,6 +665,19 @@ async fn a_fresh_install_binds_a_claim_with_nothing_done_by_hand_but_the_schedul
             .is_dir(),
         "the volume's directory is in the shipped pool on {node}"
     );
+    // The printer columns people read it by: `kubectl get lv` shows node, pool, phase and
+    // the size the agent made it with.
+    let listed = kubectl(&kubeconfig, &["get", "localvolumes", &volume]);
+    let row = text(&listed);
+    let columns: Vec<&str> = row
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for want in [volume.as_str(), node.as_str(), "default", "Ready", "1Gi"] {
+        assert!(columns.contains(&want), "{want} in {row}");
+    }
     let mut logs = controller.logs();
     for (agent, _) in &agents {
         logs.push_str(&agent.logs());

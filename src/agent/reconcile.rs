@@ -158,6 +158,7 @@ impl Context {
             "phase": status.phase,
             "path": status.path,
             "sizeBytes": status.size_bytes,
+            "size": status.size,
             "message": status.message,
             "observedGeneration": status.observed_generation,
         }});
