@@ -678,6 +678,29 @@ async fn a_fresh_install_binds_a_claim_with_nothing_done_by_hand_but_the_schedul
     for want in [volume.as_str(), node.as_str(), "default", "Ready", "1Gi"] {
         assert!(columns.contains(&want), "{want} in {row}");
     }
+    // And `kubectl get sn` the node's, with the volume's 1Gi allocated once the agent has
+    // reported it.
+    let row = wait_until(wait, "kubectl get sn shows 1Gi allocated", || async {
+        let listed = kubectl(&kubeconfig, &["get", "storagenodes", &node]);
+        let table = text(&listed);
+        let header: Vec<&str> = table.lines().next()?.split_whitespace().collect();
+        let row: Vec<&str> = table.lines().nth(1)?.split_whitespace().collect();
+        let allocated = header.iter().position(|h| *h == "ALLOCATED")?;
+        (row.get(allocated) == Some(&"1Gi")).then(|| table.clone())
+    })
+    .await
+    .unwrap();
+    let cell = |name: &str| {
+        let header: Vec<&str> = row.lines().next().unwrap().split_whitespace().collect();
+        let at = header.iter().position(|h| *h == name);
+        at.and_then(|i| row.lines().nth(1).unwrap().split_whitespace().nth(i))
+            .map(str::to_string)
+    };
+    assert_eq!(cell("READY").as_deref(), Some("true"), "{row}");
+    assert_eq!(cell("VOLUMES").as_deref(), Some("1"), "{row}");
+    for column in ["CAPACITY", "USED%", "FREE"] {
+        assert!(cell(column).is_some(), "{column} in {row}");
+    }
     let mut logs = controller.logs();
     for (agent, _) in &agents {
         logs.push_str(&agent.logs());
