@@ -362,6 +362,35 @@ fn pv_name(claim: &PersistentVolumeClaim) -> String {
     format!("pvc-{}", claim.metadata.uid.clone().unwrap())
 }
 
+/// One node `n1` of 100 GiB, class `local`, the controller and the in-test agent running,
+/// and pod `apps/db` using claims `first` and `second` (not made yet).
+async fn pod_of_two() -> (Cluster, Running, Agent, JoinHandle<()>) {
+    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
+    cluster.class("local", "Delete", false, &[]).await;
+    let running = start_controller(&cluster.client, Duration::from_secs(300));
+    let (agent, task) = Agent::start(&cluster.client);
+    Api::<Pod>::namespaced(cluster.client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &pod(NS, "db").claims(["first", "second"]).build(),
+        )
+        .await
+        .unwrap();
+    (cluster, running, agent, task)
+}
+
+/// A claim of class `local` with no selected node.
+async fn unselected_claim(cluster: &Cluster, name: &str, size: &str) -> PersistentVolumeClaim {
+    cluster
+        .claims()
+        .create(
+            &PostParams::default(),
+            &pvc(NS, name).size(size).class("local").build(),
+        )
+        .await
+        .unwrap()
+}
+
 // === tests ===
 
 #[tokio::test]
@@ -557,27 +586,10 @@ async fn the_ga_and_the_beta_provisioner_annotation_are_each_enough() {
 /// lane once).
 #[tokio::test]
 async fn a_claim_is_not_made_alone_where_its_pods_other_claims_cannot_follow() {
-    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
-    cluster.class("local", "Delete", false, &[]).await;
-    let running = start_controller(&cluster.client, Duration::from_secs(300));
-    let (_agent, _task) = Agent::start(&cluster.client);
-    Api::<Pod>::namespaced(cluster.client.clone(), NS)
-        .create(
-            &PostParams::default(),
-            &pod(NS, "db").claims(["first", "second"]).build(),
-        )
-        .await
-        .unwrap();
+    let (cluster, running, _agent, _task) = pod_of_two().await;
     let annotations = [names::ANNOTATION_STORAGE_PROVISIONER];
     let first = selected_claim(&cluster, "first", "60Gi", "n1", &annotations).await;
-    cluster
-        .claims()
-        .create(
-            &PostParams::default(),
-            &pvc(NS, "second").size("60Gi").class("local").build(),
-        )
-        .await
-        .unwrap();
+    unselected_claim(&cluster, "second", "60Gi").await;
     let claims = cluster.claims();
     wait_for(
         WAIT + stowage::controller::claim::SIBLING_WAIT,
@@ -613,25 +625,8 @@ async fn a_claim_is_not_made_alone_where_its_pods_other_claims_cannot_follow() {
 /// were the scheduler to bind it to an existing PV instead, that volume is collected.
 #[tokio::test]
 async fn a_sibling_made_before_its_selected_node_gets_no_pv_and_is_collected_if_bound_elsewhere() {
-    let cluster = Cluster::start(&[("n1", "n1", 100)]).await;
-    cluster.class("local", "Delete", false, &[]).await;
-    let running = start_controller(&cluster.client, Duration::from_secs(300));
-    let (agent, _task) = Agent::start(&cluster.client);
-    Api::<Pod>::namespaced(cluster.client.clone(), NS)
-        .create(
-            &PostParams::default(),
-            &pod(NS, "db").claims(["first", "second"]).build(),
-        )
-        .await
-        .unwrap();
-    let second = cluster
-        .claims()
-        .create(
-            &PostParams::default(),
-            &pvc(NS, "second").size("30Gi").class("local").build(),
-        )
-        .await
-        .unwrap();
+    let (cluster, running, agent, _task) = pod_of_two().await;
+    let second = unselected_claim(&cluster, "second", "30Gi").await;
     let first = selected_claim(&cluster, "first", "30Gi", "n1", &[]).await;
     let lvs = cluster.lvs();
     wait_for(WAIT, "both claims' volumes are Ready on n1", || async {

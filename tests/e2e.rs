@@ -699,24 +699,9 @@ async fn a_pods_other_claims_are_made_with_its_first_and_get_their_pvs_at_their_
         )
         .await
         .unwrap();
-    let select = |claim: &'static str| {
-        let claims = env.claims();
-        async move {
-            claims
-                .patch(
-                    claim,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({
-                        "metadata": {"annotations": {names::ANNOTATION_SELECTED_NODE: "n1"}}
-                    })),
-                )
-                .await
-                .unwrap();
-        }
-    };
     let pv_of = |claim: &str| format!("pvc-{}", uids[claim]);
 
-    select("trio-0").await;
+    env.select("trio-0", "n1").await;
     // All three volumes are made on n1 with the first claim, and get Ready ...
     let lvs = env.lvs();
     wait_until(
@@ -754,8 +739,8 @@ async fn a_pods_other_claims_are_made_with_its_first_and_get_their_pvs_at_their_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    select("trio-1").await;
-    select("trio-2").await;
+    env.select("trio-1", "n1").await;
+    env.select("trio-2", "n1").await;
     let bound = env.all_bound("trio-", 3).await;
     for claim in names {
         assert_eq!(
@@ -795,16 +780,7 @@ async fn a_pod_whose_claim_has_its_volume_made_already_is_placed_on_that_node() 
         )
         .await
         .unwrap();
-    env.claims()
-        .patch(
-            "anchor",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": {"annotations": {names::ANNOTATION_SELECTED_NODE: "n1"}}
-            })),
-        )
-        .await
-        .unwrap();
+    env.select("anchor", "n1").await;
     let lvs = env.lvs();
     wait_until(wait(), "the follower's volume is made on n1", || async {
         lvs.list(&ListParams::default())

@@ -363,6 +363,21 @@ impl Env {
         Api::all(self.client.clone())
     }
 
+    /// Sets claim `name`'s `selected-node` to `node`, as kube-scheduler's binding cycle does,
+    /// for tests that write it by hand to a pod no scheduler places.
+    pub async fn select(&self, name: &str, node: &str) {
+        self.claims()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({
+                    "metadata": {"annotations": {names::ANNOTATION_SELECTED_NODE: node}}
+                })),
+            )
+            .await
+            .unwrap();
+    }
+
     /// The latest reason pod `ns/name` could not be scheduled: the stand-in's record, or
     /// the real kube-scheduler's `FailedScheduling` Event.
     pub async fn last_failure(&self, ns: &str, name: &str) -> Option<String> {
