@@ -891,22 +891,49 @@ async fn progress(env: &Env, prefix: &str) -> (usize, usize) {
 /// creates PVs, so the PVs counted after the process is dead can only stay as many; fewer
 /// than `total` of them means some claims were still unprovisioned when it died. Returns
 /// the Bound and PV counts at the kill.
+///
+/// The PVs are counted from a watch and the kill follows the event that reaches
+/// `pvs_at_least` at once: a restarted controller facing a backlog makes dozens of PVs
+/// between two polls of a list.
 async fn kill_mid_burst(
     env: &mut Env,
     prefix: &str,
     (bound_at_least, pvs_at_least): (usize, usize),
     total: usize,
 ) -> (usize, usize) {
+    use futures::StreamExt;
     let bound = wait_until(
         Duration::from_secs(120),
-        &format!("{bound_at_least} of {total} claims Bound and {pvs_at_least} PVs"),
+        &format!("{bound_at_least} of {total} claims Bound"),
         || async {
-            let (bound, pvs) = progress(env, prefix).await;
-            (bound >= bound_at_least && pvs >= pvs_at_least).then_some(bound)
+            let (bound, _) = progress(env, prefix).await;
+            (bound >= bound_at_least).then_some(bound)
         },
     )
     .await
     .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut pvs = kube::runtime::watcher(env.pvs(), Default::default()).boxed();
+    let counted = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = pvs.next().await {
+            if let Ok(
+                kube::runtime::watcher::Event::Apply(pv)
+                | kube::runtime::watcher::Event::InitApply(pv),
+            ) = event
+            {
+                seen.insert(pv.name_any());
+            }
+            if seen.len() >= pvs_at_least {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "timed out waiting for {pvs_at_least} PVs (saw {})",
+        seen.len()
+    );
     env.controller.kill();
     let lvs = env.lvs().list(&ListParams::default()).await.unwrap().items;
     let (_, pvs) = progress(env, prefix).await;
