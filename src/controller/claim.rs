@@ -485,7 +485,7 @@ async fn execute(
 /// them. A sibling with no `selected-node` yet is not waited for: kube-scheduler writes the
 /// annotation to a pod's claims one after another in its binding cycle (over a second apart
 /// in a burst, its API client being throttled), always the same node, so the sibling's
-/// volume is made with the first claim's ([`place`]).
+/// volume is made with the first claim's.
 pub const SIBLING_WAIT: Duration = Duration::from_secs(5);
 /// How soon a claim waiting for its siblings' `selected-node` looks again.
 const SIBLING_RETRY: Duration = Duration::from_millis(200);
