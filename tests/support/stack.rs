@@ -263,6 +263,23 @@ impl Env {
         })
         .await
         .unwrap();
+        // ... and the controller's index holds those reports: a claim whose selected-node a
+        // test writes by hand would otherwise meet "no report" there and be sent back.
+        wait_for(wait(), "the controller sees every node's pool", || async {
+            let Some((200, text)) = get(controller_port, "/metrics").await else {
+                return false;
+            };
+            agents.iter().all(|a| {
+                let series = format!("stowage_node_pool_allocatable_bytes{{node=\"{}\",", a.name);
+                text.lines().any(|line| {
+                    line.starts_with(&series)
+                        && line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
+                            == Some(a.capacity as f64)
+                })
+            })
+        })
+        .await
+        .unwrap();
 
         let extender = if options.without_extender {
             "none".to_string()
