@@ -92,19 +92,17 @@ impl ApiWriteErrors {
         let Some(verb) = write_verb(method) else {
             return;
         };
-        let code = match answer {
+        let status = match answer {
             Ok(response)
                 if response.status().is_client_error() || response.status().is_server_error() =>
             {
-                response.status()
+                Some(response.status())
             }
             Ok(_) => return,
-            Err(_) => {
-                self.0.with_label_values(&[verb, "transport"]).inc();
-                return;
-            }
+            Err(_) => None,
         };
-        self.0.with_label_values(&[verb, code.as_str()]).inc();
+        let code = status.as_ref().map_or("transport", |s| s.as_str());
+        self.0.with_label_values(&[verb, code]).inc();
     }
 }
 

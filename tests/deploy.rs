@@ -104,6 +104,13 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("kubectl is installed (Debian/Ubuntu: the kubectl package)")
 }
 
+/// The value in `column` of the first row of `kubectl get`'s table output.
+fn cell(table: &str, column: &str) -> Option<String> {
+    let mut lines = table.lines();
+    let at = lines.next()?.split_whitespace().position(|h| h == column)?;
+    lines.next()?.split_whitespace().nth(at).map(str::to_string)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -667,39 +674,32 @@ async fn a_fresh_install_binds_a_claim_with_nothing_done_by_hand_but_the_schedul
     );
     // The printer columns people read it by: `kubectl get lv` shows node, pool, phase and
     // the size the agent made it with.
-    let listed = kubectl(&kubeconfig, &["get", "localvolumes", &volume]);
-    let row = text(&listed);
-    let columns: Vec<&str> = row
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    for want in [volume.as_str(), node.as_str(), "default", "Ready", "1Gi"] {
-        assert!(columns.contains(&want), "{want} in {row}");
+    let table = text(&kubectl(&kubeconfig, &["get", "localvolumes", &volume]));
+    for (column, want) in [
+        ("NAME", volume.as_str()),
+        ("NODE", node.as_str()),
+        ("POOL", "default"),
+        ("PHASE", "Ready"),
+        ("SIZE", "1Gi"),
+    ] {
+        assert_eq!(
+            cell(&table, column).as_deref(),
+            Some(want),
+            "{column} in {table}"
+        );
     }
     // And `kubectl get sn` the node's, with the volume's 1Gi allocated once the agent has
     // reported it.
-    let row = wait_until(wait, "kubectl get sn shows 1Gi allocated", || async {
-        let listed = kubectl(&kubeconfig, &["get", "storagenodes", &node]);
-        let table = text(&listed);
-        let header: Vec<&str> = table.lines().next()?.split_whitespace().collect();
-        let row: Vec<&str> = table.lines().nth(1)?.split_whitespace().collect();
-        let allocated = header.iter().position(|h| *h == "ALLOCATED")?;
-        (row.get(allocated) == Some(&"1Gi")).then(|| table.clone())
+    let table = wait_until(wait, "kubectl get sn shows 1Gi allocated", || async {
+        let table = text(&kubectl(&kubeconfig, &["get", "storagenodes", &node]));
+        (cell(&table, "ALLOCATED").as_deref() == Some("1Gi")).then_some(table)
     })
     .await
     .unwrap();
-    let cell = |name: &str| {
-        let header: Vec<&str> = row.lines().next().unwrap().split_whitespace().collect();
-        let at = header.iter().position(|h| *h == name);
-        at.and_then(|i| row.lines().nth(1).unwrap().split_whitespace().nth(i))
-            .map(str::to_string)
-    };
-    assert_eq!(cell("READY").as_deref(), Some("true"), "{row}");
-    assert_eq!(cell("VOLUMES").as_deref(), Some("1"), "{row}");
+    assert_eq!(cell(&table, "READY").as_deref(), Some("true"), "{table}");
+    assert_eq!(cell(&table, "VOLUMES").as_deref(), Some("1"), "{table}");
     for column in ["CAPACITY", "USED%", "FREE"] {
-        assert!(cell(column).is_some(), "{column} in {row}");
+        assert!(cell(&table, column).is_some(), "{column} in {table}");
     }
     let mut logs = controller.logs();
     for (agent, _) in &agents {

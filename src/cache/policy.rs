@@ -175,13 +175,14 @@ impl Policy for StowagePolicy {
         };
         let now = (self.clock)();
         let plan = index.fit_plan(&demand);
-        // A LocalVolume is never moved: once one of the pod's claims has one (made with a
-        // sibling's, or before a binding cycle failed), the pod can only run on its node.
-        let pinned: Vec<&OwnHold> = holds.iter().filter(|h| h.held == Held::Allocated).collect();
         let rejections: Vec<_> = nodes
             .iter()
             .filter_map(|&node| {
-                if let Some(hold) = pinned.iter().find(|h| h.node.as_str() != node) {
+                // A LocalVolume is never moved: once one of the pod's claims has one (made
+                // with a sibling's, or before a binding cycle failed), the pod can only run
+                // on its node.
+                let elsewhere = |h: &&OwnHold| h.held == Held::Allocated && h.node.as_str() != node;
+                if let Some(hold) = holds.iter().find(elsewhere) {
                     return Some(Rejection::unresolvable(
                         node,
                         VOLUME_ELSEWHERE,

@@ -231,16 +231,10 @@ fn the_model_hash_and_walk_are_the_documented_ones() {
         ("nfs-b".to_string(), 2000),
         ("nfs-c".to_string(), 1000),
     ];
-    let got: Vec<&str> = [
-        "default/data",
-        "shop/db-0",
-        "shop/db-1",
-        "kube-system/x",
-        "a/b",
-    ]
-    .iter()
-    .map(|k| servers[model_walk(&servers, k)[0]].0.as_str())
-    .collect();
+    let got: Vec<&str> = GOLDEN_KEYS
+        .iter()
+        .map(|k| servers[model_walk(&servers, k)[0]].0.as_str())
+        .collect();
     assert_eq!(got, GOLDEN_PLACEMENTS);
 }
 
@@ -261,21 +255,25 @@ fn the_same_servers_place_the_same_keys_in_any_order_and_any_run() {
         assert_eq!(a, b, "{key}");
     }
     // Golden placements: the same inputs give these servers in every process and release.
-    let got: Vec<&str> = [
-        "default/data",
-        "shop/db-0",
-        "shop/db-1",
-        "kube-system/x",
-        "a/b",
-    ]
-    .iter()
-    .map(|k| ring.servers()[ring.primary(k)].name.as_str())
-    .collect();
+    let got: Vec<&str> = GOLDEN_KEYS
+        .iter()
+        .map(|k| ring.servers()[ring.primary(k)].name.as_str())
+        .collect();
     assert_eq!(got, GOLDEN_PLACEMENTS);
 }
 
+/// The keys [`GOLDEN_PLACEMENTS`] places.
+const GOLDEN_KEYS: [&str; 5] = [
+    "default/data",
+    "shop/db-0",
+    "shop/db-1",
+    "kube-system/x",
+    "a/b",
+];
+
 /// Computed by an independent implementation of the documented scheme (FNV-1a + fmix64,
-/// `round(4096 × n × w / Σw)` points at `"<name>#<j>"`, first point at or after the key).
+/// `round(4096 × n × w / Σw)` points at `"<name>#<j>"`, first point at or after the key),
+/// for [`GOLDEN_KEYS`] on nfs-a (weight 1000), nfs-b (2000) and nfs-c (1000).
 const GOLDEN_PLACEMENTS: [&str; 5] = ["nfs-b", "nfs-c", "nfs-b", "nfs-b", "nfs-c"];
 
 #[test]
