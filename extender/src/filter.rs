@@ -3,13 +3,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 use tracing::{Span, debug};
 
 use crate::args::{Args, Candidates, ObjectOnly, PodKey};
 use crate::body::{ApiError, JsonBody};
+use crate::encode;
 use crate::observe::{Observer, Outcome};
 use crate::policy::{Failure, FilterVerdict, Policy, Rejection};
 use crate::routes::{Answer, FastState};
@@ -35,8 +33,7 @@ pub(crate) fn respond<P: Policy>(
         FilterVerdict::Reject(rejections) => rejections,
         FilterVerdict::Error(message) => {
             debug!(error = %message, "policy could not decide");
-            let reply = Reply::error(&message);
-            return Answer::json(&reply, Outcome::PolicyError, 0);
+            return Ok(Answer::new(error_reply(&message), Outcome::PolicyError));
         }
     };
     let decision = decide(&names, rejections);
@@ -55,8 +52,8 @@ pub(crate) fn respond<P: Policy>(
         observer.rejected(kind, failure, nodes);
     }
     // The answer repeats the candidates, so the request's size is a fair first guess.
-    let reply = Reply::new(&candidates, &names, &decision);
-    Answer::json(&reply, Outcome::Ok, body.0.len())
+    let reply = reply(&candidates, &names, &decision, body.0.len());
+    Ok(Answer::new(reply, Outcome::Ok))
 }
 
 /// What the verdict means for each candidate. Pure, so it is tested without HTTP.
@@ -123,108 +120,68 @@ fn count(counts: &mut Vec<(&'static str, Failure, u64)>, kind: &'static str, fai
     }
 }
 
-/// `ExtenderFilterResult` with borrowed contents; keys as in [`crate::ExtenderFilterResult`].
-#[derive(Serialize)]
-struct Reply<'a> {
-    #[serde(rename = "Nodes")]
-    nodes: Option<NodesOut<'a>>,
-    #[serde(rename = "NodeNames")]
-    node_names: Option<Vec<&'a str>>,
-    #[serde(rename = "FailedNodes")]
-    failed_nodes: FailedMap<'a>,
-    #[serde(
-        rename = "FailedAndUnresolvableNodes",
-        skip_serializing_if = "FailedMap::is_empty"
-    )]
-    failed_and_unresolvable_nodes: FailedMap<'a>,
-    #[serde(rename = "Error")]
-    error: &'a str,
-}
-
-#[derive(Serialize)]
-struct NodesOut<'a> {
-    metadata: ListMetaOut<'a>,
-    items: Vec<&'a RawValue>,
-}
-
-/// The input list's metadata echoed back, or `{}` when it had none.
-struct ListMetaOut<'a>(Option<&'a RawValue>);
-
-/// Rejected nodes with their reasons: the entries of the first list, then of the second.
-struct FailedMap<'a>(
-    &'a [(&'a str, Cow<'static, str>)],
-    &'a [(&'a str, Cow<'static, str>)],
-);
-
-// === impl Reply ===
-
-impl<'a> Reply<'a> {
-    fn new(candidates: &'a Candidates<'a>, names: &[&'a str], decision: &'a Decision<'a>) -> Self {
-        let (nodes, node_names) = match candidates {
-            Candidates::Names(_) => (
-                None,
-                Some(decision.passed.iter().map(|&i| names[i]).collect()),
-            ),
-            Candidates::Nodes {
-                metadata, items, ..
-            } => (
-                Some(NodesOut {
-                    metadata: ListMetaOut(*metadata),
-                    items: decision.passed.iter().map(|&i| items[i]).collect(),
-                }),
-                None,
-            ),
-        };
-        Reply {
-            nodes,
-            node_names,
-            // Unresolvable nodes go in both maps. kube-scheduler up to 1.20 knows only
-            // `FailedNodes`: a node only in the other map would be filtered out without a
-            // reason ("0/3 nodes are available: ."). Later versions take the unresolvable
-            // entry of a node that is in both and skip its `FailedNodes` one.
-            failed_nodes: FailedMap(&decision.failed, &decision.unresolvable),
-            failed_and_unresolvable_nodes: FailedMap(&decision.unresolvable, &[]),
-            error: "",
+/// Writes `ExtenderFilterResult` (keys as in [`crate::ExtenderFilterResult`]): the
+/// candidates that passed, in the mode they came in, and the rejected ones with their
+/// reasons.
+fn reply(
+    candidates: &Candidates<'_>,
+    names: &[&str],
+    decision: &Decision<'_>,
+    capacity: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    match candidates {
+        Candidates::Names(_) => {
+            out.extend_from_slice(br#"{"Nodes":null,"NodeNames":"#);
+            encode::array(
+                &mut out,
+                decision.passed.iter().map(|&i| names[i]),
+                encode::string,
+            );
+        }
+        Candidates::Nodes {
+            metadata, items, ..
+        } => {
+            // The input list's metadata echoed back, or `{}` when it had none; the items
+            // that pass byte for byte.
+            out.extend_from_slice(br#"{"Nodes":{"metadata":"#);
+            match metadata {
+                Some(raw) => encode::raw(&mut out, raw),
+                None => out.extend_from_slice(b"{}"),
+            }
+            out.extend_from_slice(br#","items":"#);
+            encode::array(
+                &mut out,
+                decision.passed.iter().map(|&i| items[i]),
+                encode::raw,
+            );
+            out.extend_from_slice(br#"},"NodeNames":null"#);
         }
     }
-
-    fn error(message: &'a str) -> Self {
-        Reply {
-            nodes: None,
-            node_names: None,
-            failed_nodes: FailedMap(&[], &[]),
-            failed_and_unresolvable_nodes: FailedMap(&[], &[]),
-            error: message,
-        }
+    // Unresolvable nodes go in both maps. kube-scheduler up to 1.20 knows only
+    // `FailedNodes`: a node only in the other map would be filtered out without a reason
+    // ("0/3 nodes are available: ."). Later versions take the unresolvable entry of a node
+    // that is in both and skip its `FailedNodes` one. The second map is left out when empty,
+    // as upstream (`omitempty`).
+    out.extend_from_slice(br#","FailedNodes":"#);
+    encode::string_map(
+        &mut out,
+        decision.failed.iter().chain(&decision.unresolvable),
+    );
+    if !decision.unresolvable.is_empty() {
+        out.extend_from_slice(br#","FailedAndUnresolvableNodes":"#);
+        encode::string_map(&mut out, &decision.unresolvable);
     }
+    out.extend_from_slice(br#","Error":""}"#);
+    out
 }
 
-impl Serialize for ListMetaOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(raw) => raw.serialize(serializer),
-            None => serializer.serialize_map(Some(0))?.end(),
-        }
-    }
-}
-
-// === impl FailedMap ===
-
-impl FailedMap<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty() && self.1.is_empty()
-    }
-}
-
-impl Serialize for FailedMap<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(
-            self.0
-                .iter()
-                .chain(self.1)
-                .map(|(node, reason)| (node, reason)),
-        )
-    }
+/// Writes an `ExtenderFilterResult` that fails the whole call with `message`.
+fn error_reply(message: &str) -> Vec<u8> {
+    let mut out = br#"{"Nodes":null,"NodeNames":null,"FailedNodes":{},"Error":"#.to_vec();
+    encode::string(&mut out, message);
+    out.push(b'}');
+    out
 }
 
 #[cfg(test)]

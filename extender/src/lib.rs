@@ -104,6 +104,7 @@
 
 mod args;
 mod body;
+mod encode;
 mod filter;
 mod observe;
 mod policy;

@@ -10,7 +10,6 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::Serialize;
 use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
 use tracing::{Span, warn};
@@ -327,21 +326,9 @@ impl RouterConfig {
 // === impl Answer ===
 
 impl Answer {
-    /// Encodes `value` into a buffer of `capacity` bytes to start with (a guess at the size,
-    /// so that a large answer is not copied on every doubling).
-    pub(crate) fn json<T: Serialize>(
-        value: &T,
-        outcome: Outcome,
-        capacity: usize,
-    ) -> Result<Self, ApiError> {
-        let mut json = Vec::with_capacity(capacity);
-        serde_json::to_writer(&mut json, value).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the response: {e}"),
-            )
-        })?;
-        Ok(Self { json, outcome })
+    /// An answer of the JSON the verb wrote ([`crate::encode`]).
+    pub(crate) fn new(json: Vec<u8>, outcome: Outcome) -> Self {
+        Self { json, outcome }
     }
 }
 

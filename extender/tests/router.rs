@@ -278,6 +278,49 @@ async fn public_wire_types_round_trip_through_the_router() {
     assert_eq!(body, serde_json::to_vec(&result).unwrap());
 }
 
+/// The answers are written by hand; names and reasons that need escaping must come out as
+/// the public types encode them, and the error answer too.
+#[tokio::test]
+async fn answers_with_names_that_need_escaping_are_byte_identical_to_the_public_types() {
+    const ODD: &str = "we\"ird\\node\u{1}ü";
+    let policy = Stub {
+        reject: vec![(
+            ODD,
+            Failure::UnschedulableAndUnresolvable,
+            "a \"quoted\" reason\n",
+        )],
+        scores: vec![("node-a", 3), (ODD, 10)],
+        ..Stub::default()
+    };
+    let app = router(Arc::new(policy), RouterConfig::new()).unwrap();
+    let request = json!({"Pod": pod(), "NodeNames": ["node-a", ODD]}).to_string();
+    let (status, body) = post(app.clone(), "/filter", request.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let result: ExtenderFilterResult = serde_json::from_slice(&body).unwrap();
+    assert_eq!(result.node_names, Some(vec!["node-a".to_owned()]));
+    assert_eq!(
+        result.failed_and_unresolvable_nodes[ODD],
+        "a \"quoted\" reason\n"
+    );
+    assert_eq!(body, serde_json::to_vec(&result).unwrap());
+
+    let (status, body) = post(app, "/prioritize", request).await;
+    assert_eq!(status, StatusCode::OK);
+    let list: HostPriorityList = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list[1].host, ODD);
+    assert_eq!(body, serde_json::to_vec(&list).unwrap());
+
+    let policy = Stub {
+        error: Some("not \"synced\""),
+        ..Stub::default()
+    };
+    let request = json!({"Pod": pod(), "NodeNames": ["a"]}).to_string();
+    let (_, body) = post(self::app(policy), "/filter", request).await;
+    let result: ExtenderFilterResult = serde_json::from_slice(&body).unwrap();
+    assert_eq!(result.error, "not \"synced\"");
+    assert_eq!(body, serde_json::to_vec(&result).unwrap());
+}
+
 #[tokio::test]
 async fn malformed_requests_are_refused_with_400_and_a_reason() {
     let cases: [(&str, &str, &str); 7] = [

@@ -54,6 +54,7 @@ pub mod class;
 pub mod inflight;
 pub mod kinds;
 pub mod metrics;
+mod node_names;
 pub mod policy;
 pub mod rows;
 pub mod slim;
@@ -65,6 +66,7 @@ mod tests;
 
 pub use class::{ClassError, ClassParams};
 pub use metrics::ExtenderMetrics;
+use node_names::NodeNames;
 pub use policy::{Clock, StowagePolicy};
 pub use rows::{ClaimRow, Id, Name, PvRow, Sym, Syms, VolumeRow};
 use tally::{ClaimId, Hold, Tally};
@@ -174,16 +176,11 @@ pub enum Trigger {
 /// Receives [`Trigger`]s; called with the index's write lock held, so it must not block.
 pub type TriggerFn = std::sync::Arc<dyn Fn(Trigger) + Send + Sync>;
 
-/// The hasher of the name-keyed map on the extender's per-node path: foldhash's fast
-/// variant, seeded per process, several times cheaper than SipHash on short keys. The keys
-/// are StorageNode names, which only the agents' service account writes.
-type FastState = foldhash::fast::RandomState;
-
 /// The derived, time-independent ledger.
 #[derive(Debug, Default)]
 struct Base {
     /// Node name → position in `nodes` and `summaries`.
-    by_name: HashMap<Box<str>, usize, FastState>,
+    by_name: NodeNames,
     /// The ledger entries.
     nodes: Vec<BaseNode>,
     /// What the fit check and the score read of each node, in `nodes` order.
@@ -440,7 +437,7 @@ impl ClusterIndex {
     /// `None` when no StorageNode has that name.
     pub fn node_view(&self, name: &str, now: Timestamp) -> Option<(&NodeState, Option<Duration>)> {
         let base = self.base();
-        let node = base.nodes.get(*base.by_name.get(name)?)?;
+        let node = base.nodes.get(base.by_name.get(name)?)?;
         Some((&node.state, age(node.heartbeat, now)))
     }
 
@@ -817,7 +814,7 @@ impl Base {
     /// Sets node `name`'s entry and summary: in place when it has one with as many pools,
     /// otherwise with its pools appended to the pool table.
     fn put(&mut self, name: &str, state: NodeState, heartbeat: Option<Timestamp>) {
-        let index = self.by_name.get(name).copied();
+        let index = self.by_name.get(name);
         let in_place = index.map(|i| self.summaries[i].pools.clone());
         let pools = match in_place {
             Some(range) if range.len() == state.pools.len() => {
@@ -848,27 +845,22 @@ impl Base {
                 self.nodes[i] = node;
             }
             None => {
-                self.by_name.insert(name.into(), self.nodes.len());
+                self.by_name.push(name);
                 self.summaries.push(summary);
                 self.nodes.push(node);
             }
         }
     }
 
-    /// Removes node `name`'s entry: the last node takes its place; its pools stay in the
-    /// pool table, counted in `stale_pools`.
+    /// Removes node `name`'s entry: the last node takes its place (in `by_name` too); its
+    /// pools stay in the pool table, counted in `stale_pools`.
     fn remove(&mut self, name: &str) {
-        let Some(i) = self.by_name.remove(name) else {
+        let Some(i) = self.by_name.swap_remove(name) else {
             return;
         };
         self.nodes.swap_remove(i);
         let gone = self.summaries.swap_remove(i);
         self.stale_pools += gone.pools.len();
-        if let Some(moved) = self.nodes.get(i)
-            && let Some(slot) = self.by_name.get_mut(moved.state.name.as_str())
-        {
-            *slot = i;
-        }
     }
 
     fn plan(&self, demand: &Demand) -> FitPlan<'_> {
@@ -902,7 +894,7 @@ fn summarize(pool_names: &mut Vec<PoolName>, pool: &crate::ledger::PoolState) ->
 impl<'a> FitPlan<'a> {
     /// The node called `name`; `None` when no StorageNode has that name.
     pub fn node(&'a self, name: &str) -> Option<PlannedNode<'a>> {
-        let index = *self.base.by_name.get(name)?;
+        let index = self.base.by_name.get(name)?;
         Some(PlannedNode { plan: self, index })
     }
 }

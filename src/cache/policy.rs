@@ -226,29 +226,23 @@ impl Policy for StowagePolicy {
         let guessed = inflight.load(&index, &key, started);
         let plan = index.fit_plan(&demand);
         let holds = &exclude_own_reservations;
-        let rooms: Vec<Option<(u128, u128)>> = nodes
-            .iter()
-            .map(|&node| {
-                let extra = guessed.get(node);
-                if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
-                    let mut n = Self::node_copy(&index, node, now, holds)?;
-                    for (pool, bytes) in extra.into_iter().flatten() {
-                        if let Some(p) = n.pool_mut(pool.as_str()) {
-                            p.reserved = p.reserved.saturating_add(*bytes);
-                        }
+        let rooms = nodes.iter().map(|&node| {
+            let extra = guessed.get(node);
+            if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
+                let mut n = Self::node_copy(&index, node, now, holds)?;
+                for (pool, bytes) in extra.into_iter().flatten() {
+                    if let Some(p) = n.pool_mut(pool.as_str()) {
+                        p.reserved = p.reserved.saturating_add(*bytes);
                     }
-                    room_after(&n, &demand)
-                } else {
-                    plan.node(node).and_then(|n| n.room())
                 }
-            })
-            .collect();
+                room_after(&n, &demand)
+            } else {
+                plan.node(node).and_then(|n| n.room())
+            }
+        });
         let ties = FixedState::with_seed(0);
-        let ties: Vec<u64> = nodes
-            .iter()
-            .map(|node| ties.hash_one((key.as_str(), *node)))
-            .collect();
-        let (scores, top) = normalize(&rooms, placement, &ties);
+        let tie = |i: usize| ties.hash_one((key.as_str(), nodes[i]));
+        let (scores, top) = normalize(rooms, placement, tie);
         if let Some(top) = top {
             inflight.record(&key, nodes[top], index.pod_unplaced(pod), started);
         }

@@ -1940,7 +1940,7 @@ mod incremental {
         prop_assert_eq!(base.by_name.len(), base.nodes.len());
         prop_assert_eq!(base.summaries.len(), base.nodes.len());
         for (i, node) in base.nodes.iter().enumerate() {
-            prop_assert_eq!(base.by_name.get(node.state.name.as_str()), Some(&i));
+            prop_assert_eq!(base.by_name.get(node.state.name.as_str()), Some(i));
             let summary = &base.summaries[i];
             prop_assert_eq!(summary.ready, node.state.ready);
             prop_assert_eq!(summary.heartbeat, node.heartbeat);

@@ -270,16 +270,13 @@ fn normalized(
     if verdict.passed.is_empty() {
         return Err(most_common(verdict.failed.into_iter().map(|(_, r)| r)));
     }
-    let rooms: Vec<Option<(u128, u128)>> = verdict
+    let rooms = verdict
         .passed
         .iter()
-        .map(|n| view.guessed.node(n).and_then(|n| room_after(n, demand)))
-        .collect();
+        .map(|n| view.guessed.node(n).and_then(|n| room_after(n, demand)));
     let salt = rng.next_u64();
-    let ties: Vec<u64> = (0..rooms.len() as u64)
-        .map(|i| mix(salt ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-        .collect();
-    let (_, top) = normalize(&rooms, placement, &ties);
+    let tie = |i: usize| mix(salt ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (_, top) = normalize(rooms, placement, tie);
     // Every candidate's guessed room may be gone (guesses fill it): then the scores are all
     // 0 and the scheduler picks at random among them.
     let name = match top {

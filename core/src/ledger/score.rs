@@ -119,50 +119,55 @@ pub fn score_share(left: u128, whole: u128, placement: Placement) -> u8 {
 /// proportion (`0..=9`), so that a difference between the candidates shows however small
 /// it is in absolute terms.
 ///
-/// `rooms[i]` is candidate `i`'s [`room_after`] (`None`: the demand does not fit there; it
-/// scores 0). Returns the scores and the index of the one candidate that got
+/// `rooms` yields each candidate's [`room_after`] in order (`None`: the demand does not fit
+/// there; it scores 0). Returns the scores and the index of the one candidate that got
 /// [`MAX_SCORE`]: exactly one does, so the extender knows where the scheduler will most
 /// likely put the pod.
 ///
 /// Candidates that are equally good (the same share, e.g. identical empty nodes) are ordered
-/// by `tiebreak[i]`, lowest first. The caller passes a hash of the pod and the node: ties go
-/// to a different node for each pod, like kube-scheduler's own random pick among equal
-/// scores, yet the extender knows which one it put first.
+/// by `tiebreak(i)`, lowest first, asked only for candidates that tie. The caller passes a
+/// hash of the pod and the node: ties go to a different node for each pod, like
+/// kube-scheduler's own random pick among equal scores, yet the extender knows which one it
+/// put first.
+///
+/// Nothing is kept per candidate but its preference (16 bytes): the extender scores
+/// thousands of candidates per request, and what a request holds is what pushes the index
+/// it reads out of the CPU's caches.
 #[inline]
 pub fn normalize(
-    rooms: &[Option<(u128, u128)>],
+    rooms: impl IntoIterator<Item = Option<(u128, u128)>>,
     placement: Placement,
-    tiebreak: &[u64],
+    tiebreak: impl Fn(usize) -> u64,
 ) -> (Vec<u8>, Option<usize>) {
     // Each fitting candidate's preference as a fixed-point fraction in 0..=2^32: the share
     // left for spread, the share used for binpack. left <= whole <= 2^70 for any real pool
-    // set, so the shift cannot overflow.
-    let value = |room: &Option<(u128, u128)>| -> Option<u128> {
-        let &(left, whole) = room.as_ref()?;
+    // set, so the shift cannot overflow, and the fraction fits in 64 bits.
+    let value = |room: Option<(u128, u128)>| -> Option<u64> {
+        let (left, whole) = room?;
         if whole == 0 {
             return None;
         }
-        let share = (left.min(whole) << 32) / whole;
+        let share = u64::try_from((left.min(whole) << 32) / whole).unwrap_or(1 << 32);
         Some(match placement {
             Placement::Spread => share,
-            Placement::Binpack => (1u128 << 32) - share,
+            Placement::Binpack => (1u64 << 32) - share,
         })
     };
-    let values: Vec<Option<u128>> = rooms.iter().map(value).collect();
-    let top = values
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| v.map(|v| (i, v)))
-        .max_by(|(a, va), (b, vb)| {
-            va.cmp(vb).then_with(|| {
-                let ta = tiebreak.get(*a).copied().unwrap_or(u64::MAX);
-                let tb = tiebreak.get(*b).copied().unwrap_or(u64::MAX);
-                tb.cmp(&ta).then(b.cmp(a))
-            })
-        })
-        .map(|(i, _)| i);
-    let best = values.iter().flatten().max().copied();
-    let worst = values.iter().flatten().min().copied();
+    let values: Vec<Option<u64>> = rooms.into_iter().map(value).collect();
+    let mut top: Option<(usize, u64)> = None;
+    let mut worst: Option<u64> = None;
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = *v else { continue };
+        worst = Some(worst.map_or(v, |w| w.min(v)));
+        top = match top {
+            Some((t, tv)) if tv > v => Some((t, tv)),
+            // The lower tiebreak wins; on equal tiebreaks the earlier candidate.
+            Some((t, tv)) if tv == v && tiebreak(t) <= tiebreak(i) => Some((t, tv)),
+            _ => Some((i, v)),
+        };
+    }
+    let best = top.map(|(_, v)| v);
+    let top = top.map(|(i, _)| i);
     let below = u128::from(MAX_SCORE - 1);
     let scores = values
         .iter()
@@ -170,6 +175,7 @@ pub fn normalize(
         .map(|(i, v)| match (v, best, worst) {
             _ if Some(i) == top => MAX_SCORE,
             (Some(v), Some(best), Some(worst)) if best > worst => {
+                let (v, best, worst) = (u128::from(*v), u128::from(best), u128::from(worst));
                 u8::try_from(below * (v - worst) / (best - worst)).unwrap_or(MAX_SCORE - 1)
             }
             (Some(_), _, _) => MAX_SCORE - 1,
@@ -232,10 +238,10 @@ mod tests {
     fn normalized_scores_span_the_whole_range_with_one_best() {
         // Shares 50 %, 55 %, 60 % left: absolute scores would be 5, 6, 6 (a tie).
         let r = rooms(&[Some(50), Some(55), Some(60)]);
-        let (spread, top) = normalize(&r, Placement::Spread, &[0, 0, 0]);
+        let (spread, top) = normalize(r.iter().copied(), Placement::Spread, |i| [0, 0, 0][i]);
         assert_eq!(spread, [0, 4, 10]);
         assert_eq!(top, Some(2));
-        let (binpack, top) = normalize(&r, Placement::Binpack, &[0, 0, 0]);
+        let (binpack, top) = normalize(r.iter().copied(), Placement::Binpack, |i| [0, 0, 0][i]);
         assert_eq!(binpack, [10, 4, 0]);
         assert_eq!(top, Some(0));
     }
@@ -243,12 +249,12 @@ mod tests {
     #[test]
     fn equal_candidates_go_to_the_lowest_tiebreak_and_the_rest_stay_just_below() {
         let r = rooms(&[Some(70), Some(70), Some(70)]);
-        let (scores, top) = normalize(&r, Placement::Spread, &[9, 3, 5]);
+        let (scores, top) = normalize(r.iter().copied(), Placement::Spread, |i| [9, 3, 5][i]);
         assert_eq!(scores, [9, 10, 9]);
         assert_eq!(top, Some(1));
         // Two share the best value; the third is worse and scores 0.
         let r = rooms(&[Some(70), Some(40), Some(70)]);
-        let (scores, top) = normalize(&r, Placement::Spread, &[8, 0, 2]);
+        let (scores, top) = normalize(r.iter().copied(), Placement::Spread, |i| [8, 0, 2][i]);
         assert_eq!(scores, [9, 0, 10]);
         assert_eq!(top, Some(2));
     }
@@ -256,13 +262,13 @@ mod tests {
     #[test]
     fn candidates_that_do_not_fit_score_zero_and_are_never_best() {
         let r = rooms(&[None, Some(10), None]);
-        let (scores, top) = normalize(&r, Placement::Spread, &[0, 1, 2]);
+        let (scores, top) = normalize(r.iter().copied(), Placement::Spread, |i| [0, 1, 2][i]);
         assert_eq!(scores, [0, 10, 0]);
         assert_eq!(top, Some(1));
-        let (scores, top) = normalize(&rooms(&[None, None]), Placement::Binpack, &[0, 1]);
+        let (scores, top) = normalize(rooms(&[None, None]), Placement::Binpack, |i| [0, 1][i]);
         assert_eq!(scores, [0, 0]);
         assert_eq!(top, None);
-        assert_eq!(normalize(&[], Placement::Spread, &[]), (vec![], None));
+        assert_eq!(normalize([], Placement::Spread, |_| 0), (vec![], None));
     }
 
     #[test]
@@ -284,7 +290,7 @@ mod tests {
                 .collect();
             let ties: Vec<u64> = (0..n).map(|_| next()).collect();
             for placement in [Placement::Spread, Placement::Binpack] {
-                let (scores, top) = normalize(&r, placement, &ties);
+                let (scores, top) = normalize(r.iter().copied(), placement, |i| ties[i]);
                 assert!(scores.iter().all(|&s| s <= MAX_SCORE));
                 assert_eq!(
                     scores.iter().filter(|&&s| s == MAX_SCORE).count(),

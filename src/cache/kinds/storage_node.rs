@@ -32,7 +32,7 @@ impl ClusterIndex {
         let beat = heartbeat(status.as_ref());
         self.nodes.insert(name.as_str().into(), status);
         match self.base.by_name.get(name.as_str()) {
-            Some(&i) if heartbeat_only => {
+            Some(i) if heartbeat_only => {
                 self.base.nodes[i].heartbeat = beat;
                 self.base.summaries[i].heartbeat = beat;
             }
