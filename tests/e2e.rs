@@ -31,6 +31,7 @@ use stowage::api::storage_node::StorageNode;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use stowage_testkit::net::{free_port, get};
 use stowage_testkit::{wait_for, wait_until};
+use support::cluster::report_storage_node;
 use support::stack::{Env, GI, MI, NS, Options, mix, mix_claims, wait};
 
 // === tests ===
@@ -165,33 +166,50 @@ async fn binpack_fills_the_fullest_node_that_fits_first() {
     }
 }
 
+/// kube-scheduler counts the nodes per distinct reason in the pod's `FailedScheduling`
+/// Event, and the API server refuses an Event whose message is over 1,024 characters
+/// (kube-scheduler 1.19 loses it; later ones cut it short). So every node that fails the
+/// same way must get the same reason: twenty nodes of different free space make one line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_claim_bigger_than_any_node_stays_pending_with_the_reason() {
+async fn a_claim_bigger_than_any_node_stays_pending_with_one_reason_counting_every_node() {
     let env = Env::start(
         &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
         Options::default(),
     )
     .await;
+    // Seventeen more nodes, each reported with its own free space (3-7.xGi), as agents
+    // would report them.
+    for i in 0..17_u64 {
+        let name = format!("m{i:02}");
+        env.cluster
+            .add_node(&stowage_testkit::fixtures::node(&name).build())
+            .await
+            .unwrap();
+        report_storage_node(&env.client, &name, 3 * GI + i * 256 * MI)
+            .await
+            .unwrap();
+    }
     env.pod("huge", "local", &[9 * 1024]).await;
     // The first attempts may fail for a claim the extender's cache has not seen yet
     // ("persistentvolumeclaim not found"), as with a real kube-scheduler; the retries must
     // settle on the capacity reason.
-    let expected = "storage pool \"default\" has 8Gi free, the pod's claims need 9Gi";
+    let expected = "0/20 nodes are available: 20 node(s) had too little free space in storage \
+                    pool \"default\" (the pod's claims need 9Gi; the most free on any of them is \
+                    8Gi).";
     let failure = wait_until(
         wait(),
-        "the pod's scheduling fails for capacity",
+        "the pod's scheduling fails for capacity on all 20 nodes",
         || async {
             env.last_failure(NS, "huge")
                 .await
-                .filter(|f| f.contains("free, the pod's claims need"))
+                .filter(|f| f.contains("too little free space") || f.len() > 900)
         },
     )
     .await
     .unwrap();
-    assert!(failure.starts_with("0/3 nodes are available"), "{failure}");
-    assert!(
-        failure.contains(expected),
-        "the reason names the largest free space: {failure}"
+    assert_eq!(
+        failure, expected,
+        "one reason for the twenty nodes, naming the largest free space"
     );
     // It stays that way: retried, still unscheduled, the claim Pending without a PV.
     env.retried(NS, "huge", 2).await;

@@ -217,7 +217,8 @@ async fn the_extender_binary_filters_nodes_by_free_capacity() {
     .await
     .unwrap();
     assert!(
-        reason.contains("has") && reason.contains("free"),
+        reason.contains("too little free space in storage pool")
+            && reason.contains("the most free"),
         "unexpected reason: {reason}"
     );
     let hog = pods.get("hog").await.unwrap();

@@ -23,7 +23,10 @@ use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
 use super::inflight::Inflight;
 use super::{ClusterIndex, FitPlan, Held, OwnHold, PodDemand, credit};
-use crate::ledger::{Demand, FitOptions, NodeState, Unfit, check_aged, normalize, room_after};
+use crate::ledger::{
+    Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, check_aged, normalize,
+    room_after,
+};
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -140,6 +143,25 @@ pub const VOLUME_ELSEWHERE: &str = "volume_elsewhere";
 /// The filter's own reasons, beside the ledger's ([`Unfit::KINDS`]).
 pub const POLICY_KINDS: [&str; 2] = [NOT_SEEN_YET, VOLUME_ELSEWHERE];
 
+/// Per pool, the most free space among the nodes turned down for that pool's size: the one
+/// figure of theirs the reason kube-scheduler gets keeps ([`Unfit::scheduler_reason`]).
+fn most_free(unfit: &[(&str, Unfit)]) -> Vec<(PoolName, Bytes)> {
+    let mut most: Vec<(PoolName, Bytes)> = Vec::new();
+    let short = unfit.iter().flat_map(|(_, u)| match u {
+        Unfit::Pools(shortfalls) => shortfalls.as_slice(),
+        _ => &[],
+    });
+    for shortfall in short {
+        if let Shortfall::Insufficient { pool, free, .. } = shortfall {
+            match most.iter_mut().find(|(p, _)| p == pool) {
+                Some((_, most)) => *most = (*most).max(*free),
+                None => most.push((pool.clone(), *free)),
+            }
+        }
+    }
+    most
+}
+
 /// The key a pod's guess is kept under: its uid, or `namespace/name` for a pod without one.
 fn pod_key(pod: &Pod) -> String {
     match &pod.metadata.uid {
@@ -175,29 +197,33 @@ impl Policy for StowagePolicy {
         };
         let now = (self.clock)();
         let plan = index.fit_plan(&demand);
-        let rejections: Vec<_> = nodes
-            .iter()
-            .filter_map(|&node| {
-                // A LocalVolume is never moved: once one of the pod's claims has one (made
-                // with a sibling's, or before a binding cycle failed), the pod can only run
-                // on its node.
-                let elsewhere = |h: &&OwnHold| h.held == Held::Allocated && h.node.as_str() != node;
-                if let Some(hold) = holds.iter().find(elsewhere) {
-                    return Some(Rejection::unresolvable(
-                        node,
-                        VOLUME_ELSEWHERE,
-                        format!(
-                            "a volume of the pod's claims is made on node {} already, so the \
-                             pod can only run there",
-                            hold.node
-                        ),
-                    ));
-                }
-                self.check_node(&index, &plan, node, now, &demand, &holds)
-                    .err()
-                    .map(|unfit| Rejection::unresolvable(node, unfit.kind(), unfit.to_string()))
-            })
-            .collect();
+        let mut rejections = Vec::new();
+        let mut unfit = Vec::new();
+        for &node in nodes {
+            // A LocalVolume is never moved: once one of the pod's claims has one (made with
+            // a sibling's, or before a binding cycle failed), the pod can only run on its
+            // node.
+            let elsewhere = |h: &&OwnHold| h.held == Held::Allocated && h.node.as_str() != node;
+            if let Some(hold) = holds.iter().find(elsewhere) {
+                let reason = format!(
+                    "node(s) were not {}, where a volume of the pod's claims is made already",
+                    hold.node
+                );
+                rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason));
+            } else if let Err(e) = self.check_node(&index, &plan, node, now, &demand, &holds) {
+                unfit.push((node, e));
+            }
+        }
+        let most_free = most_free(&unfit);
+        rejections.extend(unfit.into_iter().map(|(node, unfit)| {
+            let reason = unfit.scheduler_reason(|pool| {
+                most_free
+                    .iter()
+                    .find(|(p, _)| p == pool)
+                    .map(|&(_, free)| free)
+            });
+            Rejection::unresolvable(node, unfit.kind(), reason)
+        }));
         if rejections.is_empty() {
             FilterVerdict::PassAll
         } else {

@@ -454,7 +454,7 @@ fn a_pod_with_a_volume_made_on_a_node_is_sent_nowhere_else() {
         unreachable!()
     };
     assert!(
-        r[0].reason.contains("made on node n1 already"),
+        r[0].reason == "node(s) were not n1, where a volume of the pod's claims is made already",
         "{}",
         r[0].reason
     );
@@ -463,6 +463,60 @@ fn a_pod_with_a_volume_made_on_a_node_is_sent_nowhere_else() {
     idx.apply_claim(pvc("chosen", "local", "10Gi", Some("n1"), None));
     let verdict = policy(idx).filter(&pod(&["chosen"]), &["n1", "n2"]);
     assert_eq!(verdict, FilterVerdict::PassAll);
+}
+
+/// kube-scheduler counts the nodes per distinct reason in the pod's FailedScheduling Event,
+/// whose message the API server refuses over 1,024 characters: nodes that fail the same way
+/// must get the same reason, whatever their own free space, heartbeat or messages.
+#[test]
+fn nodes_that_fail_the_same_way_get_one_reason_whatever_their_own_figures() {
+    let mut idx = cluster();
+    let mut nodes: Vec<StorageNode> = (0..40_u64)
+        .map(|i| {
+            let cap = Bytes((10 << 30) + (100 << 20) * i);
+            sn(
+                &format!("m{i:02}"),
+                Some(NOW),
+                &[("default", cap, Bytes::ZERO)],
+            )
+        })
+        .collect();
+    nodes.push(sn(
+        "nopool",
+        Some(NOW),
+        &[("other", Bytes::gib(500), Bytes::ZERO)],
+    ));
+    nodes.push(sn(
+        "old",
+        Some(STALE),
+        &[("default", Bytes::gib(500), Bytes::ZERO)],
+    ));
+    idx.reset_storage_nodes(nodes);
+    idx.apply_claim(pvc("c", "local", "20Gi", None, None));
+    let names: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+    let mut candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+    candidates.extend(["nopool", "old"]);
+    let FilterVerdict::Reject(r) = policy(idx).filter(&pod(&["c"]), &candidates) else {
+        panic!("every node must be turned down");
+    };
+    // kube-scheduler's FitError: "0/N nodes are available: <count> <reason>, …." by reason.
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for rejection in &r {
+        *counts.entry(rejection.reason.as_ref()).or_default() += 1;
+    }
+    let lines: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let message = format!("0/42 nodes are available: {}.", lines.join(", "));
+    assert_eq!(
+        lines,
+        [
+            "1 node(s) had a stowage agent report older than 45s (their capacity is unknown)",
+            "1 node(s) had no storage pool \"default\"",
+            "40 node(s) had too little free space in storage pool \"default\" (the pod's claims \
+             need 20Gi; the most free on any of them is 13.8Gi)",
+        ],
+        "{message}"
+    );
+    assert!(message.len() <= 1024, "{} characters", message.len());
 }
 
 #[test]
@@ -474,7 +528,7 @@ fn a_stale_node_is_rejected_with_the_stale_reason() {
     };
     assert_eq!(r[0].kind, "stale");
     assert!(
-        r[0].reason.contains("last reported 3600s ago"),
+        r[0].reason.contains("report older than 45s"),
         "{}",
         r[0].reason
     );
@@ -728,7 +782,10 @@ async fn the_router_rejects_a_full_node_in_a_scheduler_shaped_request() {
     let out: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(out["NodeNames"], serde_json::json!(["n2"]));
     let reason = out["FailedAndUnresolvableNodes"]["n1"].as_str().unwrap();
-    assert!(reason.contains("has 5Gi free"), "{reason}");
+    assert!(
+        reason.contains("need 10Gi; the most free on any of them is 5Gi"),
+        "{reason}"
+    );
     // In FailedNodes too, for kube-scheduler 1.19 and 1.20, which read no other map.
     assert_eq!(out["FailedNodes"], serde_json::json!({"n1": reason}));
 }

@@ -1,8 +1,13 @@
 //! Does a pod's demand fit a node, and if not, why not.
 //!
-//! The reason is shown to users verbatim (kube-scheduler puts it into the pod's
-//! FailedScheduling event), so it names the pool, what is needed and what is free. Its
-//! [`Unfit::kind`] is a closed set of labels for metrics.
+//! An [`Unfit`] is shown to users two ways. Its `Display` is one node's whole story (the pool,
+//! what is needed, what is free), for the controller's Events on a claim. The extender sends
+//! kube-scheduler [`Unfit::scheduler_reason`] instead: the same for every node that fails the
+//! same way, because kube-scheduler counts the nodes per distinct reason in the pod's
+//! `FailedScheduling` Event (`0/20 nodes are available: 20 <reason>.`), and the API server
+//! refuses that Event when its message is over 1,024 characters: twenty per-node reasons
+//! with their own free space made kube-scheduler 1.19 lose it. Its [`Unfit::kind`] is a
+//! closed set of labels for metrics.
 
 use std::fmt;
 use std::time::Duration;
@@ -102,6 +107,52 @@ impl Unfit {
             Unfit::Stale { .. } => "stale",
             Unfit::NodeNotReady { .. } => "node_not_ready",
             Unfit::Pools(s) => s.first().map_or("insufficient_capacity", Shortfall::kind),
+        }
+    }
+}
+
+impl Unfit {
+    /// The reason kube-scheduler is given for this node: the same text for every node that
+    /// fails the same way, so that its Event counts them as one line (see the module
+    /// documentation). Nothing of the node's own is in it but the pools; `most_free(pool)` is
+    /// the most free space any node turned down for that pool's size has there, the one
+    /// figure that tells how far off the pod is.
+    pub fn scheduler_reason(&self, most_free: impl Fn(&PoolName) -> Option<Bytes>) -> String {
+        match self {
+            Unfit::NoReport => "node(s) had no report from a stowage agent (is the agent \
+                                DaemonSet running there?)"
+                .to_owned(),
+            Unfit::Stale { limit, .. } => format!(
+                "node(s) had a stowage agent report older than {}s (their capacity is unknown)",
+                limit.as_secs()
+            ),
+            Unfit::NodeNotReady { .. } => "node(s) had a stowage agent that is not ready (see \
+                                           `kubectl get storagenode`)"
+                .to_owned(),
+            Unfit::Pools(shortfalls) => {
+                let mut reason = String::new();
+                for (i, s) in shortfalls.iter().enumerate() {
+                    if i > 0 {
+                        reason.push_str("; ");
+                    }
+                    let part = match s {
+                        Shortfall::Missing { pool } => {
+                            format!("node(s) had no storage pool \"{pool}\"")
+                        }
+                        Shortfall::NotReady { pool, .. } => format!(
+                            "node(s) had storage pool \"{pool}\" not ready (see \
+                             `kubectl get storagenode`)"
+                        ),
+                        Shortfall::Insufficient { pool, needed, free } => format!(
+                            "node(s) had too little free space in storage pool \"{pool}\" (the \
+                             pod's claims need {needed}; the most free on any of them is {})",
+                            most_free(pool).unwrap_or(*free)
+                        ),
+                    };
+                    reason.push_str(&part);
+                }
+                reason
+            }
         }
     }
 }

@@ -43,6 +43,20 @@ pub(crate) fn to_core(served: &Value) -> Value {
     rename(served, false, "v1")
 }
 
+/// What `legacyValidateEvent` asks of every `core/v1` Event that carries an `eventTime`
+/// (the form kube-scheduler's and other new-style recorders write): a message of at most
+/// 1,024 characters. A longer `FailedScheduling` message is refused, and the Event lost.
+pub(crate) fn validate_core(target: &Target, ev: &Value) -> ApiResult<()> {
+    let new_style = ev.get("eventTime").is_some_and(|t| !t.is_null());
+    if new_style && ev["message"].as_str().is_some_and(|m| m.len() > 1024) {
+        return Err(ApiError::invalid(
+            target,
+            vec![Cause::too_long("message", 1024)],
+        ));
+    }
+    Ok(())
+}
+
 /// `ValidateEventCreate` for requests made through `events.k8s.io/v1`.
 pub(crate) fn validate_v1(target: &Target, ev: &Value) -> ApiResult<()> {
     let mut causes = Vec::new();
@@ -91,5 +105,18 @@ mod tests {
         assert_eq!(core["message"], "hi");
         assert_eq!(core["apiVersion"], "v1");
         assert_eq!(to_v1(&core), v1);
+    }
+
+    #[test]
+    fn new_style_core_events_over_1024_characters_are_refused() {
+        let target = Target::default();
+        let long = "x".repeat(1025);
+        let new_style = json!({"eventTime": "2026-12-06T18:00:00.000000Z", "message": long});
+        assert!(validate_core(&target, &new_style).is_err());
+        let fits = json!({"eventTime": "2026-12-06T18:00:00.000000Z", "message": "x".repeat(1024)});
+        assert!(validate_core(&target, &fits).is_ok());
+        // Old-style Events (no eventTime) have no such limit in 1.19.
+        let old_style = json!({"message": "x".repeat(1025)});
+        assert!(validate_core(&target, &old_style).is_ok());
     }
 }

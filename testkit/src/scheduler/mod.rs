@@ -256,8 +256,9 @@ impl Scheduler {
         }
     }
 
-    /// The reason the last attempt to place pod `ns/name` failed (the FailedScheduling
-    /// message), or `None` if it has not failed, or succeeded since.
+    /// The reason the last attempt to place pod `ns/name` failed, as its FailedScheduling
+    /// Event carries it (cut to 1,024 characters), or `None` if it has not failed, or
+    /// succeeded since.
     pub fn last_failure(&self, ns: &str, name: &str) -> Option<String> {
         self.with_record(ns, name, |r| r.last_failure.clone())
             .flatten()
@@ -1054,7 +1055,8 @@ impl Core {
         let emit = {
             let mut records = self.lock();
             let record = records.entry((ns.clone(), name.clone())).or_default();
-            record.last_failure = Some(message.to_string());
+            // What a user reads in the Event, as the real one's is cut.
+            record.last_failure = Some(event_note(message));
             let emit = record.last_event.as_deref() != Some(message);
             record.last_event = Some(message.to_string());
             emit
@@ -1132,15 +1134,7 @@ impl Core {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = name_of(&pod.metadata);
         let now = Time(Timestamp::now());
-        let mut note = message.to_string();
-        if note.len() > 1024 {
-            let mut cut = 1021;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-            note.push_str("...");
-        }
+        let note = event_note(message);
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{name}.")),
@@ -1199,6 +1193,22 @@ fn tolerated(spec: &k8s_openapi::api::core::v1::PodSpec, taint: &Taint) -> bool 
                 }
             }
         })
+}
+
+/// An Event's message as the API server takes it: at most 1,024 characters. A longer
+/// `FailedScheduling` message is refused outright by the API server of 1.19 (the Event is
+/// lost); later kube-schedulers cut it to fit, ending in `...`, as this does.
+fn event_note(message: &str) -> String {
+    let mut note = message.to_string();
+    if note.len() > 1024 {
+        let mut cut = 1021;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
 }
 
 /// `0/N nodes are available: 2 <reason>, 1 <reason>.` with identical reasons counted, sorted

@@ -30,6 +30,8 @@ impl State {
         let target = ep.target(meta_str(&body, "name").unwrap_or_default());
         if ep.codec == Codec::EventsV1 {
             events::validate_v1(&target, &body)?;
+        } else if ep.kind == "Event" {
+            events::validate_core(&target, &body)?;
         }
         let mut obj = to_stored(ep, &body);
         let meta = meta_mut(&mut obj)?;
@@ -358,6 +360,8 @@ impl State {
         }
         if ep.codec == Codec::EventsV1 {
             events::validate_v1(&target, &body)?;
+        } else if ep.kind == "Event" {
+            events::validate_core(&target, &body)?;
         }
         let mut new = to_stored(ep, &body);
         meta_mut(&mut new)?;
