@@ -328,6 +328,58 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
     env.assert_clean_logs();
 }
 
+/// Node names are DNS subdomains of up to 253 characters (a fully qualified host name, say),
+/// label values at most 63: the node's LocalVolumes and PVs carry a shortened
+/// `stowage.io/node` label, its agent watches by that value, and the PV says the whole name
+/// in its `stowage.io/node` annotation, from which its release finds the node. Before, the
+/// LocalVolume was refused (an invalid label) and the agent's watch with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_named_longer_than_a_label_value_provisions_and_cleans_up() {
+    const LONG: &str = "worker-001.rack-17.datacenter-east.production.example-corporation.internal";
+    let env = Env::start(&[(LONG, 4 * GI)], Options::default()).await;
+    env.pod("long", "local", &[64]).await;
+    env.scheduled(&["long".into()]).await;
+    let bound = env.all_bound("long", 1).await;
+    let pv_name = bound.values().next().unwrap();
+    let pv = env.pvs().get(pv_name).await.unwrap();
+    let annotations = pv.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations[names::ANNOTATION_NODE], LONG);
+    let label = names::node_label_value(LONG);
+    assert!(label.len() <= 63 && label != LONG, "{label}");
+    assert_eq!(
+        pv.metadata.labels.clone().unwrap_or_default()[names::LABEL_NODE],
+        label
+    );
+    let (_, path) = Env::pv_node_and_path(&pv);
+    assert!(Path::new(&path).is_dir(), "{path} exists");
+    let lv = env.lvs().get(pv_name).await.unwrap();
+    assert_eq!(lv.spec.node_name, LONG);
+    assert_eq!(
+        lv.metadata.labels.clone().unwrap_or_default()[names::LABEL_NODE],
+        label
+    );
+
+    env.delete_all("long").await;
+    let (pvs, lvs) = (env.pvs(), env.lvs());
+    wait_for(wait(), "the PV and the LocalVolume are gone", || async {
+        pvs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+            && lvs
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+    })
+    .await
+    .unwrap();
+    assert!(!Path::new(&path).exists(), "{path} was deleted");
+    env.assert_clean_logs();
+}
+
 /// `kubectl delete pv` on a volume still in use deletes nothing: the PV stays Terminating
 /// (kube-controller-manager's pv-protection on the real lane, testkit's model of it in
 /// memory), the LocalVolume and the data stay, and stowage says why with a

@@ -5,6 +5,8 @@
 //! error instead of a claim that never provisions. Keys owned by Kubernetes carry a note on
 //! who sets them and why stowage cares.
 
+use std::borrow::Cow;
+
 /// The API group of stowage's custom resources (StorageNode, LocalVolume).
 pub const GROUP: &str = "stowage.io";
 
@@ -77,10 +79,58 @@ pub const FIELD_MANAGER_CONTROLLER: &str = "stowage-controller";
 /// on it, because the scheduler's volume binding matches PVs to nodes by labels, not names.
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
 
-/// Label the controller puts on every LocalVolume: the value of `spec.nodeName`. Agents
-/// list and watch LocalVolumes with the selector `stowage.io/node=<their node>`, which every
-/// Kubernetes version serves (field selectors on custom resources do not exist before 1.30).
+/// Label the controller puts on every LocalVolume and local PV: its node,
+/// [`node_label_value`] of `spec.nodeName`. Agents list and watch LocalVolumes with the
+/// selector `stowage.io/node=<that value for their node>`, which every Kubernetes version
+/// serves (field selectors on custom resources do not exist before 1.30).
 pub const LABEL_NODE: &str = "stowage.io/node";
+
+/// Annotation the controller puts on every local PV: its node's name, whole. The
+/// [`LABEL_NODE`] label is that name only when it fits a label value, so the node of a PV is
+/// read here first (PVs of versions before it have the label alone, and the whole name in
+/// it: a longer name never worked there).
+pub const ANNOTATION_NODE: &str = "stowage.io/node";
+
+/// The most characters a label value may have.
+const LABEL_VALUE_MAX: usize = 63;
+
+/// The [`LABEL_NODE`] value for node `name`: the name itself when it is a valid label value,
+/// as node names of up to 63 characters are. A node name may have up to 253 (a DNS
+/// subdomain, e.g. a fully qualified host name) and a label value only 63, so a longer name
+/// becomes its first 46 characters and 16 hexadecimal digits of a fixed 64-bit hash (FNV-1a)
+/// of the whole name: the same in every process and version, and distinct for names that
+/// share their first 46 characters.
+pub fn node_label_value(name: &str) -> Cow<'_, str> {
+    let valid = name.len() <= LABEL_VALUE_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .next()
+            .is_none_or(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_none_or(|b| b.is_ascii_alphanumeric());
+    if valid {
+        return Cow::Borrowed(name);
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let head: String = name
+        .chars()
+        .take(LABEL_VALUE_MAX - 17)
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    let head = head.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if head.is_empty() {
+        Cow::Owned(format!("node-{hash:016x}"))
+    } else {
+        Cow::Owned(format!("{head}-{hash:016x}"))
+    }
+}
 
 /// Label the controller puts on every LocalVolume: the value of `spec.pool`, so
 /// `kubectl get localvolumes -l stowage.io/pool=fast` lists one pool's volumes.
@@ -89,6 +139,47 @@ pub const LABEL_POOL: &str = "stowage.io/pool";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_label_value(v: &str) -> bool {
+        v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+    }
+
+    #[test]
+    fn node_names_that_fit_a_label_value_are_the_label_value() {
+        for name in [
+            "n1",
+            "ip-10-0-12-34.eu-west-1.compute.internal",
+            &"a".repeat(63),
+        ] {
+            assert_eq!(node_label_value(name), name);
+        }
+    }
+
+    #[test]
+    fn longer_node_names_are_shortened_to_a_valid_distinct_stable_value() {
+        let long = "worker-001.rack-17.datacenter-east.production.example-corporation.internal";
+        let other = "worker-001.rack-17.datacenter-east.production.example-corporation.intern4l";
+        let value = node_label_value(long);
+        assert!(is_label_value(&value), "{value}");
+        // Pinned: agents and controllers of any version must compute the same value.
+        assert_eq!(
+            value,
+            "worker-001.rack-17.datacenter-east.production-fbd224e38972a59f"
+        );
+        assert_ne!(node_label_value(other), value);
+        for odd in [
+            &"-".repeat(80),
+            &format!("{}.x", "y".repeat(45)),
+            &"z".repeat(253),
+        ] {
+            let v = node_label_value(odd);
+            assert!(is_label_value(&v), "{odd}: {v}");
+        }
+    }
 
     #[test]
     fn api_version_is_group_slash_version() {

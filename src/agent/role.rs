@@ -185,7 +185,10 @@ impl AgentArgs {
         });
 
         let api: Api<LocalVolume> = Api::all(client.clone());
-        let selector = format!("{LABEL_NODE}={node}");
+        let selector = format!(
+            "{LABEL_NODE}={}",
+            crate::api::names::node_label_value(&node)
+        );
         // Controller::new's watch and store, with managedFields stripped before caching; its
         // lists and errors (a 410 after a compaction, say) counted as the controller's are.
         let (store, writer) = reflector::store();

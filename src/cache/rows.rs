@@ -793,6 +793,7 @@ impl PvRow {
         "metadata.annotations[pv.kubernetes.io/provisioned-by]",
         "metadata.annotations[stowage.io/nfs-on-delete]",
         "metadata.annotations[stowage.io/nfs-server]",
+        "metadata.annotations[stowage.io/node]",
         "metadata.labels[stowage.io/node]",
         "spec.claimRef.{namespace,name,uid}",
         "spec.capacity.storage",
@@ -814,7 +815,9 @@ impl PvRow {
             provisioned_by: syms.intern_opt(annotation(meta, names::ANNOTATION_PROVISIONED_BY)),
             nfs_on_delete: syms.intern_opt(annotation(meta, names::ANNOTATION_NFS_ON_DELETE)),
             nfs_server: syms.intern_opt(annotation(meta, names::ANNOTATION_NFS_SERVER)),
-            node: syms.intern_opt(label(meta, names::LABEL_NODE)),
+            node: syms.intern_opt(
+                annotation(meta, names::ANNOTATION_NODE).or_else(|| label(meta, names::LABEL_NODE)),
+            ),
             claim: spec.and_then(|s| s.claim_ref.as_ref()).map(|r| PvClaim {
                 namespace: syms.intern_opt(r.namespace.as_deref()),
                 name: r.name.as_deref().map(Into::into),
@@ -837,9 +840,10 @@ impl PvRow {
 
     /// The PersistentVolume `name` with the row's fields ([`PvRow::FIELDS`]).
     pub fn to_object(&self, name: &str, syms: &Syms) -> PersistentVolume {
-        let node = self
-            .node
-            .map(|n| (names::LABEL_NODE.to_string(), syms.string(n)));
+        let node = self.node.map(|n| {
+            let value = names::node_label_value(syms.string(n).as_str()).into_owned();
+            (names::LABEL_NODE.to_string(), value)
+        });
         PersistentVolume {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
@@ -853,6 +857,7 @@ impl PvRow {
                         (names::ANNOTATION_PROVISIONED_BY, self.provisioned_by),
                         (names::ANNOTATION_NFS_ON_DELETE, self.nfs_on_delete),
                         (names::ANNOTATION_NFS_SERVER, self.nfs_server),
+                        (names::ANNOTATION_NODE, self.node),
                     ],
                 ),
                 labels: node.map(|n| BTreeMap::from([n])),

@@ -211,7 +211,10 @@ pub fn local_volume(
         },
     );
     lv.metadata.labels = Some(BTreeMap::from([
-        (names::LABEL_NODE.to_string(), node.to_string()),
+        (
+            names::LABEL_NODE.to_string(),
+            names::node_label_value(node).into_owned(),
+        ),
         (
             names::LABEL_POOL.to_string(),
             params.pool.as_str().to_string(),
@@ -297,9 +300,19 @@ pub fn persistent_volume(
     PersistentVolume {
         metadata: ObjectMeta {
             name: lv.metadata.name.clone(),
-            annotations: Some(pv_annotations(provisioner)),
+            annotations: Some({
+                let mut annotations = pv_annotations(provisioner);
+                annotations.insert(
+                    names::ANNOTATION_NODE.to_string(),
+                    lv.spec.node_name.clone(),
+                );
+                annotations
+            }),
             labels: Some(BTreeMap::from([
-                (names::LABEL_NODE.to_string(), lv.spec.node_name.clone()),
+                (
+                    names::LABEL_NODE.to_string(),
+                    names::node_label_value(&lv.spec.node_name).into_owned(),
+                ),
                 (names::LABEL_POOL.to_string(), lv.spec.pool.clone()),
             ])),
             finalizers,
@@ -338,12 +351,14 @@ pub fn persistent_volume(
     }
 }
 
-/// The node a PV of ours lives on: its `stowage.io/node` label.
+/// The node a PV of ours lives on: its `stowage.io/node` annotation, or for a PV made
+/// before that annotation, its `stowage.io/node` label (then always the whole name).
 pub fn pv_node(pv: &PersistentVolume) -> Option<&str> {
-    pv.metadata
-        .labels
-        .as_ref()?
-        .get(names::LABEL_NODE)
+    let meta = &pv.metadata;
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(names::ANNOTATION_NODE))
+        .or_else(|| meta.labels.as_ref()?.get(names::LABEL_NODE))
         .map(String::as_str)
 }
 

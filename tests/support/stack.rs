@@ -155,10 +155,17 @@ impl Env {
         let mut agents = Vec::new();
         for (name, capacity) in nodes {
             let mut n = node(name).build();
+            // A node named by a fully qualified name longer than a label value has its
+            // short host name there, as a kubelet registers it.
+            let hostname = if name.len() > 63 {
+                name.split('.').next().unwrap_or(name)
+            } else {
+                name
+            };
             n.metadata
                 .labels
                 .get_or_insert_with(BTreeMap::new)
-                .insert(names::LABEL_HOSTNAME.into(), name.to_string());
+                .insert(names::LABEL_HOSTNAME.into(), hostname.to_string());
             cluster.add_node(&n).await.unwrap();
             let (pool_dir, driver) = if options.btrfs_nodes.contains(name) {
                 let root = options
