@@ -283,23 +283,7 @@ async fn deleting_pods_and_claims_removes_archives_or_keeps_the_directories() {
     for (prefix, _) in cases {
         env.delete_all(prefix).await;
     }
-    let pvs = env.pvs();
-    let lvs = env.lvs();
-    wait_for(wait(), "every PV and LocalVolume is gone", || async {
-        pvs.list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-            && lvs
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-    })
-    .await
-    .unwrap();
+    env.no_volumes_left().await;
     for (pv, _, path) in &dirs["del"] {
         assert!(!path.exists(), "{pv}: {} was deleted", path.display());
     }
@@ -360,22 +344,7 @@ async fn a_node_named_longer_than_a_label_value_provisions_and_cleans_up() {
     );
 
     env.delete_all("long").await;
-    let (pvs, lvs) = (env.pvs(), env.lvs());
-    wait_for(wait(), "the PV and the LocalVolume are gone", || async {
-        pvs.list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-            && lvs
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-    })
-    .await
-    .unwrap();
+    env.no_volumes_left().await;
     assert!(!Path::new(&path).exists(), "{path} was deleted");
     env.assert_clean_logs();
 }

@@ -604,6 +604,18 @@ impl Env {
         (node, path)
     }
 
+    /// Waits until no PV and no LocalVolume is left.
+    pub async fn no_volumes_left(&self) {
+        let (pvs, lvs) = (self.pvs(), self.lvs());
+        wait_for(wait(), "every PV and LocalVolume is gone", || async {
+            let none = ListParams::default();
+            pvs.list(&none).await.unwrap().items.is_empty()
+                && lvs.list(&none).await.unwrap().items.is_empty()
+        })
+        .await
+        .unwrap();
+    }
+
     /// Deletes the pods then claims named `prefix*`.
     pub async fn delete_all(&self, prefix: &str) {
         for p in self
