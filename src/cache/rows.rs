@@ -341,6 +341,13 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
+/// The node a PV of ours lives on: its `stowage.io/node` annotation, or for a PV made
+/// before that annotation, its `stowage.io/node` label (then always the whole name: a name
+/// too long for a label never worked there).
+pub fn pv_node(meta: &ObjectMeta) -> Option<&str> {
+    annotation(meta, names::ANNOTATION_NODE).or_else(|| label(meta, names::LABEL_NODE))
+}
+
 fn string_map(syms: &Syms, entries: &[(&str, Option<Sym>)]) -> Option<BTreeMap<String, String>> {
     let map: BTreeMap<String, String> = entries
         .iter()
@@ -815,9 +822,7 @@ impl PvRow {
             provisioned_by: syms.intern_opt(annotation(meta, names::ANNOTATION_PROVISIONED_BY)),
             nfs_on_delete: syms.intern_opt(annotation(meta, names::ANNOTATION_NFS_ON_DELETE)),
             nfs_server: syms.intern_opt(annotation(meta, names::ANNOTATION_NFS_SERVER)),
-            node: syms.intern_opt(
-                annotation(meta, names::ANNOTATION_NODE).or_else(|| label(meta, names::LABEL_NODE)),
-            ),
+            node: syms.intern_opt(pv_node(meta)),
             claim: spec.and_then(|s| s.claim_ref.as_ref()).map(|r| PvClaim {
                 namespace: syms.intern_opt(r.namespace.as_deref()),
                 name: r.name.as_deref().map(Into::into),

@@ -210,18 +210,21 @@ pub fn local_volume(
             on_delete: params.on_delete,
         },
     );
-    lv.metadata.labels = Some(BTreeMap::from([
+    lv.metadata.labels = Some(volume_labels(node, params.pool.as_str()));
+    lv.metadata.finalizers = Some(vec![names::FINALIZER_AGENT_CLEANUP.to_string()]);
+    lv
+}
+
+/// The labels of a LocalVolume and of its PV: `stowage.io/node` (the node's name, or its
+/// shortened form when the name is too long for a label value) and `stowage.io/pool`.
+fn volume_labels(node: &str, pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (
             names::LABEL_NODE.to_string(),
             names::node_label_value(node).into_owned(),
         ),
-        (
-            names::LABEL_POOL.to_string(),
-            params.pool.as_str().to_string(),
-        ),
-    ]));
-    lv.metadata.finalizers = Some(vec![names::FINALIZER_AGENT_CLEANUP.to_string()]);
-    lv
+        (names::LABEL_POOL.to_string(), pool.to_string()),
+    ])
 }
 
 /// The value of the node's `kubernetes.io/hostname` label, which the PV's node affinity
@@ -308,13 +311,7 @@ pub fn persistent_volume(
                 );
                 annotations
             }),
-            labels: Some(BTreeMap::from([
-                (
-                    names::LABEL_NODE.to_string(),
-                    names::node_label_value(&lv.spec.node_name).into_owned(),
-                ),
-                (names::LABEL_POOL.to_string(), lv.spec.pool.clone()),
-            ])),
+            labels: Some(volume_labels(&lv.spec.node_name, &lv.spec.pool)),
             finalizers,
             ..ObjectMeta::default()
         },
@@ -351,15 +348,9 @@ pub fn persistent_volume(
     }
 }
 
-/// The node a PV of ours lives on: its `stowage.io/node` annotation, or for a PV made
-/// before that annotation, its `stowage.io/node` label (then always the whole name).
+/// The node a PV of ours lives on ([`crate::cache::rows::pv_node`]).
 pub fn pv_node(pv: &PersistentVolume) -> Option<&str> {
-    let meta = &pv.metadata;
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(names::ANNOTATION_NODE))
-        .or_else(|| meta.labels.as_ref()?.get(names::LABEL_NODE))
-        .map(String::as_str)
+    crate::cache::rows::pv_node(&pv.metadata)
 }
 
 /// `<namespace>/<name>` of the claim a PV is bound or pre-bound to, `unknown` when it names

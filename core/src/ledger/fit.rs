@@ -109,9 +109,7 @@ impl Unfit {
             Unfit::Pools(s) => s.first().map_or("insufficient_capacity", Shortfall::kind),
         }
     }
-}
 
-impl Unfit {
     /// The reason kube-scheduler is given for this node: the same text for every node that
     /// fails the same way, so that its Event counts them as one line (see the module
     /// documentation). Nothing of the node's own is in it but the pools; `most_free(pool)` is
