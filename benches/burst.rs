@@ -36,6 +36,12 @@
 //!   created ─▶ selected-node ─▶ LocalVolume ─▶ LocalVolume Ready ─▶ PV ─▶ Bound
 //!   (scheduler stand-in)  (controller)   (agent)          (controller)  (PV-controller stand-in)
 //! ```
+//!
+//! and where the machine's CPU went while that happened: each process's user and system
+//! time (`/proc/PID/stat`), sampled every 50 ms, from the first create to the last
+//! `selected-node` (the phase in which the scheduler is still placing the burst) and to the
+//! last PV, as shares of all cores: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler on the real lane, the stowage controller, the agents, and the bench itself.
 
 // The harness panics on failure like the tests it serves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -208,6 +214,93 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The processes whose CPU time a run reports, by group: the real control plane's (their
+/// pids from the control plane's directory), stowage's, and this bench (its watches and
+/// creates; on the in-memory lane also the API server and the stand-ins).
+fn processes(env: &Env) -> Vec<(&'static str, u32)> {
+    let mut out = Vec::new();
+    if let Some(plane) = env.cluster.plane() {
+        for (group, file) in [
+            ("etcd", "etcd"),
+            ("kube-apiserver", "apiserver"),
+            ("kube-controller-manager", "controller-manager"),
+            ("kube-scheduler", "scheduler"),
+        ] {
+            let pid = std::fs::read_to_string(plane.dir().join(format!("{file}.pid")));
+            if let Some(pid) = pid.ok().and_then(|p| p.trim().parse().ok()) {
+                out.push((group, pid));
+            }
+        }
+    }
+    out.extend(env.controller.pid().map(|pid| ("stowage controller", pid)));
+    for agent in &env.agents {
+        out.extend(agent.process.pid().map(|pid| ("stowage agents", pid)));
+    }
+    out.push(("bench", std::process::id()));
+    out
+}
+
+/// The CPU seconds (user and system) process `pid` has used, from `/proc/PID/stat`, whose
+/// fields 14 and 15 count clock ticks of `USER_HZ`, 100 a second on Linux.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// Every process's CPU seconds, sampled every 50 ms from the burst's start.
+type CpuSamples = Arc<Mutex<Vec<(Instant, Vec<f64>)>>>;
+
+fn sample_cpu(pids: Vec<u32>, samples: CpuSamples) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let used = pids.iter().map(|&p| cpu_seconds(p).unwrap_or(0.0)).collect();
+            samples.lock().push((now, used));
+        }
+    })
+}
+
+/// Each group's share of the machine's CPU between the first sample and the first taken at
+/// or after `end`, as "group NN %", busiest first, with the idle rest.
+fn cpu_shares(groups: &[&'static str], samples: &[(Instant, Vec<f64>)], end: Instant) -> String {
+    let (Some(first), Some(last)) = (
+        samples.first(),
+        samples.iter().find(|(at, _)| *at >= end).or(samples.last()),
+    ) else {
+        return "no samples".into();
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let capacity = last.0.duration_since(first.0).as_secs_f64() * cores;
+    let mut by_group: Vec<(&str, f64)> = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let used = last.1[i] - first.1[i];
+        match by_group.iter_mut().find(|(g, _)| g == group) {
+            Some((_, total)) => *total += used,
+            None => by_group.push((group, used)),
+        }
+    }
+    by_group.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let busy: f64 = by_group.iter().map(|(_, used)| used).sum();
+    let mut parts: Vec<String> = by_group
+        .iter()
+        .map(|(group, used)| format!("{group} {:.0} %", 100.0 * used / capacity.max(1e-9)))
+        .collect();
+    parts.push(format!(
+        "idle or other {:.0} %",
+        100.0 * (1.0 - busy / capacity.max(1e-9))
+    ));
+    format!(
+        "{:.0} ms x {cores} cores: {}",
+        1000.0 * capacity / cores,
+        parts.join(", ")
+    )
+}
+
 /// One burst on a fresh system; returns (claims/s, every claim's created → Bound, stages).
 async fn run(
     claims: usize,
@@ -262,6 +355,9 @@ async fn run(
     let timeline: Shared = Arc::default();
     let watches = watch(&env, timeline.clone()).await;
 
+    let cpu: Vec<(&'static str, u32)> = processes(&env);
+    let cpu_samples: CpuSamples = Arc::default();
+    let sampler = sample_cpu(cpu.iter().map(|p| p.1).collect(), cpu_samples.clone());
     let start = Instant::now();
     let start_wall = std::time::SystemTime::now();
     let creates = plan.iter().enumerate().map(|(i, sizes)| {
@@ -338,7 +434,21 @@ async fn run(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    sampler.abort();
     let mut outcome = outcome(&env, &plan).await;
+    {
+        let t = timeline.lock();
+        let samples = cpu_samples.lock();
+        let groups: Vec<&'static str> = cpu.iter().map(|p| p.0).collect();
+        let last = |at: fn(&Stages) -> Option<Instant>| t.claims.values().filter_map(at).max();
+        outcome.cpu = [
+            ("to the last selected-node", last(|s| s.selected)),
+            ("to the last PV", last(|s| s.pv_created)),
+        ]
+        .into_iter()
+        .filter_map(|(label, end)| Some((label, cpu_shares(&groups, &samples, end?))))
+        .collect();
+    }
     outcome.reschedules = reschedules(&env).await;
     let calls = stowage_testkit::net::extender_time(env.controller_port).await;
     outcome.extender = (
@@ -443,6 +553,9 @@ struct Outcome {
     /// The extender's calls and its own seconds handling them, from the controller's
     /// `stowage_extender_request_duration_seconds`.
     extender: (u64, f64),
+    /// Each process group's share of the CPU from the burst's start to the last
+    /// `selected-node` and to the last PV.
+    cpu: Vec<(&'static str, String)>,
 }
 
 /// The controller's reschedules so far, by reason (those above 0).
@@ -587,6 +700,9 @@ fn main() {
                 100.0 * outcome.extender.1 / span.as_secs_f64().max(1e-9),
                 ms(span),
             );
+        }
+        for (window, shares) in &outcome.cpu {
+            println!("  CPU from the first create {window}, {shares}");
         }
         for pod in &outcome.split {
             println!("  split: {pod}");
