@@ -54,7 +54,7 @@ use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelet
 use stowage::api::names;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::cache::ClusterIndex;
-use stowage::extender_role::{BodyLimit, extender_app};
+use stowage::extender_role::{BodyLimit, KeepBest, extender_app};
 use stowage::ledger::FitOptions;
 use stowage_testkit::fixtures::{pod, pvc, storage_class};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -664,6 +664,7 @@ async fn serve(
         FitOptions::default(),
         "",
         BodyLimit::default(),
+        KeepBest::default(),
         &registry,
     )
     .unwrap();

@@ -72,6 +72,37 @@ impl Default for BodyLimit {
     }
 }
 
+/// Default of `--extender-keep-best`: 0, every node that can host the pod passes, so that
+/// kube-scheduler's own score plugins weigh them all with the extender's scores.
+pub const DEFAULT_KEEP_BEST: usize = 0;
+
+/// How many of the nodes that can host a pod the extender's filter passes at most
+/// ([`StowagePolicy::keep_best`]), in both roles that serve it.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct KeepBest {
+    /// Pass at most this many of the nodes with room for a pod's claims: the best for its
+    /// storage by the class's placement (spread: most room left; binpack: least room that
+    /// still fits); the others are left out without a reason. With 1, kube-scheduler places
+    /// such pods without scoring (no prioritize call, none of its own score plugins): the
+    /// fastest scheduling and the most even fill, but its soft preferences (preferred pod
+    /// affinity and anti-affinity, ScheduleAnyway topology spread, image locality) choose
+    /// only among the nodes kept. 0 passes every node with room.
+    #[arg(
+        long = "extender-keep-best",
+        default_value_t = DEFAULT_KEEP_BEST,
+        env = "STOWAGE_EXTENDER_KEEP_BEST"
+    )]
+    pub nodes: usize,
+}
+
+impl Default for KeepBest {
+    fn default() -> Self {
+        Self {
+            nodes: DEFAULT_KEEP_BEST,
+        }
+    }
+}
+
 /// Flags of `stowage extender`.
 #[derive(Debug, Args)]
 pub struct ExtenderRoleArgs {
@@ -99,11 +130,15 @@ pub struct ExtenderRoleArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub body_limit: BodyLimit,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub keep_best: KeepBest,
 }
 
 /// The extender's routes over `index`: `POST {prefix}/filter` and `POST {prefix}/prioritize`
-/// answered by a [`StowagePolicy`] with `opts`, bodies up to `body_limit`, their metrics (see
-/// [`ExtenderMetrics`]) registered in `registry`.
+/// answered by a [`StowagePolicy`] with `opts` and `keep_best`, bodies up to `body_limit`,
+/// their metrics (see [`ExtenderMetrics`]) registered in `registry`.
 ///
 /// The router has no fallback and no state left to fill, so it merges with the caller's own
 /// routes (`/metrics` over the same `registry`, `/healthz`, ...). Fails when `prefix` is not
@@ -114,11 +149,12 @@ pub fn extender_app(
     opts: FitOptions,
     prefix: &str,
     body_limit: BodyLimit,
+    keep_best: KeepBest,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<axum::Router> {
     let metrics =
         ExtenderMetrics::register(registry).context("registering the extender metrics")?;
-    let policy = Arc::new(StowagePolicy::new(index, opts));
+    let policy = Arc::new(StowagePolicy::new(index, opts).with_keep_best(keep_best.nodes));
     let config = RouterConfig::new()
         .prefix(prefix)
         .filter_verb(FILTER_VERB)
@@ -139,6 +175,7 @@ impl ExtenderRoleArgs {
             kubeconfig,
             provisioner_name,
             body_limit,
+            keep_best,
         } = self;
         let registry = prometheus::Registry::new();
         let client = crate::serve::kube_client(kubeconfig.as_deref(), &registry).await?;
@@ -149,7 +186,14 @@ impl ExtenderRoleArgs {
         let ready = Readiness::new().with_metrics(
             WatchMetrics::register(&registry).context("registering the watch metrics")?,
         );
-        let app = extender_app(index.clone(), opts, &url_prefix, body_limit, &registry)?
+        let app = extender_app(
+            index.clone(),
+            opts,
+            &url_prefix,
+            body_limit,
+            keep_best,
+            &registry,
+        )?
             .merge(crate::serve::health_routes(ready.clone()))
             .merge(crate::serve::metrics_routes(registry));
 
@@ -434,6 +478,7 @@ mod tests {
             FitOptions::default(),
             &defaults.url_prefix,
             BodyLimit::default(),
+            KeepBest::default(),
             &prometheus::Registry::new(),
         )
         .unwrap();
@@ -457,11 +502,11 @@ mod tests {
     fn extender_app_registers_its_metrics_once_per_registry() {
         let registry = prometheus::Registry::new();
         let index = Arc::new(RwLock::new(ClusterIndex::new()));
-        let limit = BodyLimit::default();
-        let _app =
-            extender_app(index.clone(), FitOptions::default(), "", limit, &registry).unwrap();
+        let (limit, keep) = (BodyLimit::default(), KeepBest::default());
+        let opts = FitOptions::default();
+        let _app = extender_app(index.clone(), opts, "", limit, keep, &registry).unwrap();
         assert_eq!(registry.gather().len(), crate::cache::metrics::NAMES.len());
-        let err = extender_app(index, FitOptions::default(), "", limit, &registry).unwrap_err();
+        let err = extender_app(index, opts, "", limit, keep, &registry).unwrap_err();
         assert!(format!("{err:#}").contains("extender metrics"), "{err:#}");
     }
 }

@@ -33,7 +33,7 @@ use stowage::api::local_volume::{ClaimRef, LocalVolume, LocalVolumeSpec, OnDelet
 use stowage::api::names;
 use stowage::api::storage_node::{PoolStatus, StorageNode, StorageNodeSpec, StorageNodeStatus};
 use stowage::cache::ClusterIndex;
-use stowage::extender_role::{BodyLimit, extender_app};
+use stowage::extender_role::{BodyLimit, KeepBest, extender_app};
 use stowage::ledger::FitOptions;
 use stowage_extender::{ExtenderFilterResult, HostPriority};
 use stowage_testkit::fixtures::{pvc, storage_class};
@@ -171,6 +171,7 @@ fn app_with(body_limit: BodyLimit) -> Router {
         FitOptions::default(),
         "",
         body_limit,
+        KeepBest::default(),
         &prometheus::Registry::new(),
     )
     .unwrap()

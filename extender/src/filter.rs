@@ -24,19 +24,24 @@ pub(crate) fn respond<P: Policy>(
     span.record("pod", tracing::field::display(PodKey(&pod)));
     span.record("nodes", names.len());
 
-    let rejections = match policy.filter(&pod, &names) {
-        FilterVerdict::PassAll => Vec::new(),
+    let (rejections, keep) = match policy.filter(&pod, &names) {
+        FilterVerdict::PassAll => (Vec::new(), None),
         FilterVerdict::PassThrough => {
             observer.passed_through();
-            Vec::new()
+            (Vec::new(), None)
         }
-        FilterVerdict::Reject(rejections) => rejections,
+        FilterVerdict::Reject(rejections) => (rejections, None),
+        FilterVerdict::Narrow { keep, rejections } => (rejections, Some(keep)),
         FilterVerdict::Error(message) => {
             debug!(error = %message, "policy could not decide");
             return Ok(Answer::new(error_reply(&message), Outcome::PolicyError));
         }
     };
-    let decision = decide(&names, rejections);
+    let mut decision = decide(&names, rejections);
+    if let Some(keep) = keep {
+        decision.narrow(&keep);
+        span.record("left_out", decision.left_out);
+    }
     span.record("passed", decision.passed.len());
     span.record(
         "failed",
@@ -69,6 +74,24 @@ struct Decision<'n> {
     counts: Vec<(&'static str, Failure, u64)>,
     /// Rejections of nodes that were not candidates; dropped.
     ignored: usize,
+    /// Candidates that could host the pod but were left out by a narrowing verdict.
+    left_out: usize,
+}
+
+impl Decision<'_> {
+    /// Keeps only the passing candidates at the positions in `keep`
+    /// ([`FilterVerdict::Narrow`]); the others are left out without a reason.
+    fn narrow(&mut self, keep: &[usize]) {
+        let mut kept = vec![false; self.passed.last().map_or(0, |&i| i + 1)];
+        for &i in keep {
+            if let Some(slot) = kept.get_mut(i) {
+                *slot = true;
+            }
+        }
+        let before = self.passed.len();
+        self.passed.retain(|&i| kept[i]);
+        self.left_out = before - self.passed.len();
+    }
 }
 
 fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n> {
@@ -246,6 +269,22 @@ mod tests {
         assert_eq!(d.failed, [("a", Cow::from("first"))]);
         assert!(d.unresolvable.is_empty());
         assert_eq!(d.ignored, 1);
+    }
+
+    #[test]
+    fn narrowing_keeps_the_chosen_candidates_that_pass_and_reports_only_rejections() {
+        let names = ["a", "b", "c", "d", "e"];
+        let mut d = decide(&names, vec![Rejection::unresolvable("b", "K", "full")]);
+        // "b" is rejected: keeping it changes nothing; 9 is not a candidate.
+        d.narrow(&[3, 1, 0, 9]);
+        assert_eq!(names_of(&d, &names), ["a", "d"]);
+        assert_eq!(d.unresolvable, [("b", Cow::from("full"))]);
+        assert!(d.failed.is_empty());
+        assert_eq!(d.left_out, 2, "c and e fit but are left out without a reason");
+        let mut d = decide(&names, Vec::new());
+        d.narrow(&[]);
+        assert!(d.passed.is_empty());
+        assert_eq!(d.left_out, 5);
     }
 
     #[test]

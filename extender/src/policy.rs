@@ -48,6 +48,20 @@ pub enum FilterVerdict<'n> {
     /// The listed nodes are rejected, each with a reason; every other node passes. When a node
     /// is listed twice the first entry counts. Names that were not candidates are ignored.
     Reject(Vec<Rejection<'n>>),
+    /// Only the candidates at the positions in `keep` (indices into the `nodes` the policy
+    /// was given) pass; `rejections` are reported as in [`FilterVerdict::Reject`]; every
+    /// other candidate is left out of the answer without a reason: it could host the pod,
+    /// but the policy keeps the scheduler to better ones. A position out of range, or of a
+    /// rejected node, is ignored.
+    ///
+    /// kube-scheduler goes on with the nodes that pass only; when one passes it places the
+    /// pod there without scoring (no prioritize call, none of its own score plugins).
+    Narrow {
+        /// The positions of the candidates that pass.
+        keep: Vec<usize>,
+        /// The candidates that cannot host the pod, with their reasons.
+        rejections: Vec<Rejection<'n>>,
+    },
     /// The policy cannot decide (for example, its caches have not synced). The scheduler
     /// treats the whole call as failed, or skips the extender when it is `ignorable`.
     Error(Cow<'static, str>),

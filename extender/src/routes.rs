@@ -144,6 +144,7 @@ fn request_span(req: &Request) -> Span {
         nodes = Empty,
         passed = Empty,
         failed = Empty,
+        left_out = Empty,
         scored = Empty,
     )
 }

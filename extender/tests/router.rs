@@ -26,6 +26,8 @@ struct Stub {
     error: Option<&'static str>,
     /// Answers `PassThrough` instead of `PassAll` when nothing is rejected.
     pass_through: bool,
+    /// Narrows to these candidate positions (with the rejections) when set.
+    keep: Option<Vec<usize>>,
 }
 
 impl Policy for Stub {
@@ -33,24 +35,30 @@ impl Policy for Stub {
         if let Some(error) = self.error {
             return FilterVerdict::Error(error.into());
         }
-        if self.reject.is_empty() {
+        if self.reject.is_empty() && self.keep.is_none() {
             return if self.pass_through {
                 FilterVerdict::PassThrough
             } else {
                 FilterVerdict::PassAll
             };
         }
-        FilterVerdict::Reject(
-            self.reject
-                .iter()
-                .map(|&(node, failure, reason)| Rejection {
-                    node,
-                    failure,
-                    kind: "Stub",
-                    reason: reason.into(),
-                })
-                .collect(),
-        )
+        let rejections = self
+            .reject
+            .iter()
+            .map(|&(node, failure, reason)| Rejection {
+                node,
+                failure,
+                kind: "Stub",
+                reason: reason.into(),
+            })
+            .collect();
+        match &self.keep {
+            Some(keep) => FilterVerdict::Narrow {
+                keep: keep.clone(),
+                rejections,
+            },
+            None => FilterVerdict::Reject(rejections),
+        }
     }
 
     fn prioritize<'n>(&self, _pod: &Pod, _nodes: &[&'n str]) -> Vec<NodeScore<'n>> {
@@ -175,6 +183,47 @@ async fn full_node_request_is_answered_with_the_passing_input_objects_verbatim()
     );
     assert_eq!(
         body["FailedAndUnresolvableNodes"],
+        json!({"node-c": "node has no storage pool"})
+    );
+}
+
+#[tokio::test]
+async fn a_narrowing_verdict_passes_only_the_kept_nodes_and_gives_no_reason_for_the_rest() {
+    let narrowing = || Stub {
+        // node-c is rejected, node-a and node-d fit and are kept, node-b fits and is not.
+        keep: Some(vec![3, 2, 0]),
+        reject: vec![(
+            "node-c",
+            Failure::UnschedulableAndUnresolvable,
+            "node has no storage pool",
+        )],
+        ..Stub::default()
+    };
+    let names = json!({"Pod": pod(), "NodeNames": ["node-a", "node-b", "node-c", "node-d"]});
+    let (status, body) = post_json(app(narrowing()), "/filter", &names).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({
+            "Nodes": null,
+            "NodeNames": ["node-a", "node-d"],
+            "FailedNodes": {"node-c": "node has no storage pool"},
+            "FailedAndUnresolvableNodes": {"node-c": "node has no storage pool"},
+            "Error": ""
+        })
+    );
+    let objects = json!({
+        "Pod": pod(),
+        "Nodes": {"items": [node("node-a"), node("node-b"), node("node-c"), node("node-d")]}
+    });
+    let (status, body) = post_json(app(narrowing()), "/filter", &objects).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["Nodes"],
+        json!({"metadata": {}, "items": [node("node-a"), node("node-d")]})
+    );
+    assert_eq!(
+        body["FailedNodes"],
         json!({"node-c": "node has no storage pool"})
     );
 }

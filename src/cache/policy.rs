@@ -2,9 +2,13 @@
 //!
 //! Filter rejects nodes whose pools cannot take the pod's unbound local claims, as
 //! unresolvable (evicting pods frees no storage), and every node but the one where a
-//! volume of the pod's claims is made already. Prioritize scores by the class's
+//! volume of the pod's claims is made already. With [`StowagePolicy::keep_best`] it also
+//! narrows the nodes that can host the pod to the best few for its storage, ranked as
+//! prioritize ranks them. Prioritize scores by the class's
 //! placement, normalized over the candidates, and counts the pods it has just scored on the
-//! nodes it put first until their `selected-node` arrives ([`super::inflight`]). Pods
+//! nodes it put first until their `selected-node` arrives ([`super::inflight`]); so does a
+//! filter that narrows, or lets one node pass, as kube-scheduler then places the pod
+//! without scoring. Pods
 //! without local claims pass through; a pod whose claims (or their classes) the index has
 //! not seen yet is turned down on every node for now, so that the scheduler retries it
 //! rather than placing it capacity-blind.
@@ -24,8 +28,8 @@ use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 use super::inflight::Inflight;
 use super::{ClusterIndex, FitPlan, Held, OwnHold, PodDemand, credit};
 use crate::ledger::{
-    Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, check_aged, normalize,
-    room_after,
+    Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, best, check_aged,
+    normalize, room_after,
 };
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
@@ -42,12 +46,16 @@ pub struct StowagePolicy {
     pub clock: Clock,
     /// Where the pods just scored are expected to go (shared by clones of the policy).
     pub inflight: Arc<Mutex<Inflight>>,
+    /// How many of the nodes that can host a pod filter passes at most, the best for the
+    /// pod's storage first (`--extender-keep-best`); 0 passes every one of them.
+    pub keep_best: usize,
 }
 
 impl fmt::Debug for StowagePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StowagePolicy")
             .field("opts", &self.opts)
+            .field("keep_best", &self.keep_best)
             .finish_non_exhaustive()
     }
 }
@@ -60,7 +68,15 @@ impl StowagePolicy {
             opts,
             clock: Arc::new(Timestamp::now),
             inflight: Arc::default(),
+            keep_best: 0,
         }
+    }
+
+    /// Makes filter pass at most `n` nodes, those that suit the pod's storage best
+    /// ([`StowagePolicy::keep_best`]); 0 passes every node that can host it.
+    pub fn with_keep_best(mut self, n: usize) -> Self {
+        self.keep_best = n;
+        self
     }
 
     /// Replaces the clock (tests, simulations).
@@ -131,7 +147,55 @@ impl StowagePolicy {
             None => Err(Unfit::NoReport),
         }
     }
+
+    /// Ranks `nodes` for the pod: `rank` gets each node's room after the demand (the node
+    /// as this pod sees it, less what the pods just ranked are guessed to take there) and
+    /// the tie-break, and returns its result with the position of the node it put first.
+    /// The pod is then guessed onto that node ([`inflight`](super::inflight)), so the next
+    /// pods of a burst, ranked before the scheduler's `selected-node` for this one arrives,
+    /// see that node's space as taken.
+    fn rank<R>(
+        &self,
+        index: &ClusterIndex,
+        pod: &Pod,
+        demand: &Demand,
+        holds: &[OwnHold],
+        nodes: &[&str],
+        rank: impl FnOnce(Rooms<'_>, &dyn Fn(usize) -> u64) -> (R, Option<usize>),
+    ) -> R {
+        let now = (self.clock)();
+        let key = pod_key(pod);
+        let mut inflight = self.inflight.lock();
+        let started = Instant::now();
+        let guessed = inflight.load(index, &key, started);
+        let plan = index.fit_plan(demand);
+        let mut rooms = nodes.iter().map(|&node| {
+            let extra = guessed.get(node);
+            if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
+                let mut n = Self::node_copy(index, node, now, holds)?;
+                for (pool, bytes) in extra.into_iter().flatten() {
+                    if let Some(p) = n.pool_mut(pool.as_str()) {
+                        p.reserved = p.reserved.saturating_add(*bytes);
+                    }
+                }
+                room_after(&n, demand)
+            } else {
+                plan.node(node).and_then(|n| n.room())
+            }
+        });
+        let ties = FixedState::with_seed(0);
+        let tie = |i: usize| ties.hash_one((key.as_str(), nodes[i]));
+        let (ranked, top) = rank(&mut rooms, &tie);
+        if let Some(top) = top {
+            inflight.record(&key, nodes[top], index.pod_unplaced(pod), started);
+        }
+        ranked
+    }
 }
+
+/// Each candidate's room after the pod's demand, in order, as [`normalize`] and [`best`]
+/// take it.
+type Rooms<'a> = &'a mut dyn Iterator<Item = Option<(u128, u128)>>;
 
 /// The metrics label of nodes turned down because the pod's claims are not in the index yet.
 pub const NOT_SEEN_YET: &str = "not_seen_yet";
@@ -177,7 +241,7 @@ fn pod_key(pod: &Pod) -> String {
 impl Policy for StowagePolicy {
     fn filter<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> FilterVerdict<'n> {
         let index = self.index.read();
-        let (demand, holds) = match index.pod_demand(pod) {
+        let (demand, placement, holds) = match index.pod_demand(pod) {
             Err(e) => return FilterVerdict::Error(e.to_string().into()),
             Ok(PodDemand::NotOurs) => return FilterVerdict::PassThrough,
             Ok(PodDemand::Unseen(what)) => {
@@ -191,15 +255,16 @@ impl Policy for StowagePolicy {
             }
             Ok(PodDemand::Demand {
                 demand,
+                placement,
                 exclude_own_reservations,
-                ..
-            }) => (demand, exclude_own_reservations),
+            }) => (demand, placement, exclude_own_reservations),
         };
         let now = (self.clock)();
         let plan = index.fit_plan(&demand);
         let mut rejections = Vec::new();
         let mut unfit = Vec::new();
-        for &node in nodes {
+        let mut passing = Vec::with_capacity(nodes.len());
+        for (i, &node) in nodes.iter().enumerate() {
             // A LocalVolume is never moved: once one of the pod's claims has one (made with
             // a sibling's, or before a binding cycle failed), the pod can only run on its
             // node.
@@ -212,6 +277,8 @@ impl Policy for StowagePolicy {
                 rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason));
             } else if let Err(e) = self.check_node(&index, &plan, node, now, &demand, &holds) {
                 unfit.push((node, e));
+            } else {
+                passing.push(i);
             }
         }
         let most_free = most_free(&unfit);
@@ -224,6 +291,21 @@ impl Policy for StowagePolicy {
             });
             Rejection::unresolvable(node, unfit.kind(), reason)
         }));
+        // Where one node passes, kube-scheduler places the pod there without scoring: the
+        // guess is made here. Where more pass than the policy keeps, the best are kept.
+        let narrow = self.keep_best > 0 && passing.len() > self.keep_best;
+        if narrow || passing.len() == 1 {
+            let names: Vec<&str> = passing.iter().map(|&i| nodes[i]).collect();
+            let kept = self.rank(&index, pod, &demand, &holds, &names, |rooms, tie| {
+                let kept = best(rooms, placement, tie, self.keep_best.max(1));
+                let top = kept.first().copied();
+                (kept, top)
+            });
+            if narrow {
+                let keep = kept.into_iter().map(|i| passing[i]).collect();
+                return FilterVerdict::Narrow { keep, rejections };
+            }
+        }
         if rejections.is_empty() {
             FilterVerdict::PassAll
         } else {
@@ -231,10 +313,8 @@ impl Policy for StowagePolicy {
         }
     }
 
-    /// Scores normalized over the candidates ([`normalize`]): exactly one gets 10. The pod is
-    /// then guessed onto that node ([`inflight`](super::inflight)), so the next pods of a
-    /// burst, scored before the scheduler's `selected-node` for this one arrives, see that
-    /// node's space as taken.
+    /// Scores normalized over the candidates ([`normalize`]): exactly one gets 10, and the
+    /// pod is guessed onto it ([`Self::rank`]).
     fn prioritize<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> Vec<NodeScore<'n>> {
         let index = self.index.read();
         let Ok(PodDemand::Demand {
@@ -245,33 +325,14 @@ impl Policy for StowagePolicy {
         else {
             return Vec::new();
         };
-        let now = (self.clock)();
-        let key = pod_key(pod);
-        let mut inflight = self.inflight.lock();
-        let started = Instant::now();
-        let guessed = inflight.load(&index, &key, started);
-        let plan = index.fit_plan(&demand);
-        let holds = &exclude_own_reservations;
-        let rooms = nodes.iter().map(|&node| {
-            let extra = guessed.get(node);
-            if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
-                let mut n = Self::node_copy(&index, node, now, holds)?;
-                for (pool, bytes) in extra.into_iter().flatten() {
-                    if let Some(p) = n.pool_mut(pool.as_str()) {
-                        p.reserved = p.reserved.saturating_add(*bytes);
-                    }
-                }
-                room_after(&n, &demand)
-            } else {
-                plan.node(node).and_then(|n| n.room())
-            }
-        });
-        let ties = FixedState::with_seed(0);
-        let tie = |i: usize| ties.hash_one((key.as_str(), nodes[i]));
-        let (scores, top) = normalize(rooms, placement, tie);
-        if let Some(top) = top {
-            inflight.record(&key, nodes[top], index.pod_unplaced(pod), started);
-        }
+        let scores = self.rank(
+            &index,
+            pod,
+            &demand,
+            &exclude_own_reservations,
+            nodes,
+            |rooms, tie| normalize(rooms, placement, tie),
+        );
         nodes
             .iter()
             .zip(scores)

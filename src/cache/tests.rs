@@ -252,6 +252,7 @@ fn rejected<'n>(v: &FilterVerdict<'n>) -> Vec<(&'n str, &'static str)> {
             }
             r.iter().map(|r| (r.node, r.kind)).collect()
         }
+        FilterVerdict::Narrow { .. } => panic!("narrowed without keep_best: {v:?}"),
         FilterVerdict::Error(e) => panic!("unexpected error {e}"),
     }
 }
@@ -650,6 +651,112 @@ fn a_burst_of_identical_pods_scored_before_any_selected_node_spreads_evenly() {
     assert!(
         placed.values().all(|&n| n == 10),
         "a burst of identical pods must not herd: {placed:?}"
+    );
+}
+
+/// What a filter that narrows leaves kube-scheduler: the kept nodes' names, in candidate
+/// order, and the rejected ones.
+fn narrowed<'n>(v: FilterVerdict<'n>, nodes: &[&'n str]) -> (Vec<&'n str>, Vec<&'n str>) {
+    match v {
+        FilterVerdict::Narrow { mut keep, rejections } => {
+            keep.sort_unstable();
+            let kept = keep.into_iter().map(|i| nodes[i]).collect();
+            (kept, rejections.iter().map(|r| r.node).collect())
+        }
+        other => panic!("expected a narrowing verdict, got {other:?}"),
+    }
+}
+
+#[test]
+fn filter_keeps_the_nodes_best_for_the_pods_storage_when_told_to() {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([
+        class("local", names::PROVISIONER_LOCAL, &[]),
+        class(
+            "packed",
+            names::PROVISIONER_LOCAL,
+            &[("placement", "binpack")],
+        ),
+    ]);
+    // Free space: a 90, b 60, c 20, d 75, e 5 (too little for 10Gi), f none reported.
+    let used = [("a", 10), ("b", 40), ("c", 80), ("d", 25), ("e", 95)];
+    idx.reset_storage_nodes(
+        used.map(|(n, used)| sn(n, Some(NOW), &[("default", Bytes::gib(100), Bytes::gib(used))])),
+    );
+    idx.reset_claims([
+        pvc("s", "local", "10Gi", None, None),
+        pvc("b", "packed", "10Gi", None, None),
+    ]);
+    let nodes = ["f", "e", "d", "c", "b", "a"];
+    let p = policy(idx).with_keep_best(2);
+    let (kept, rejected) = narrowed(p.filter(&named_pod("s", &["s"]), &nodes), &nodes);
+    assert_eq!(kept, ["d", "a"], "spread keeps the two with the most room");
+    assert_eq!(rejected, ["f", "e"], "nodes without room keep their reasons");
+    let (kept, _) = narrowed(p.filter(&named_pod("b", &["b"]), &nodes), &nodes);
+    assert_eq!(kept, ["c", "b"], "binpack keeps the two fullest that fit");
+    // Where no more nodes have room than are kept, nothing is narrowed.
+    let few = ["a", "e", "c"];
+    assert_eq!(
+        rejected_nodes(&p.filter(&named_pod("s2", &["s"]), &few)),
+        ["e"]
+    );
+    // Pods stowage does not judge still pass untouched.
+    assert!(matches!(
+        p.filter(&named_pod("none", &[]), &nodes),
+        FilterVerdict::PassThrough
+    ));
+}
+
+fn rejected_nodes<'n>(v: &FilterVerdict<'n>) -> Vec<&'n str> {
+    rejected(v).into_iter().map(|(node, _)| node).collect()
+}
+
+#[test]
+fn a_burst_filtered_to_one_node_each_spreads_evenly_without_prioritize() {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
+    let nodes = ["a", "b", "c", "d"];
+    idx.reset_storage_nodes(
+        nodes.map(|n| sn(n, Some(NOW), &[("default", Bytes::gib(100), Bytes::ZERO)])),
+    );
+    let claims: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    idx.reset_claims(claims.iter().map(|c| pvc(c, "local", "1Gi", None, None)));
+    let p = policy(idx).with_keep_best(1);
+    let mut placed: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, c) in claims.iter().enumerate() {
+        // One node passes, so kube-scheduler binds the pod there without calling
+        // prioritize; no selected-node is written between the pods.
+        let pod = named_pod(&format!("p{i}"), &[c]);
+        let (kept, _) = narrowed(p.filter(&pod, &nodes), &nodes);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        *placed.entry(kept[0]).or_default() += 1;
+    }
+    assert!(
+        placed.values().all(|&n| n == 10) && placed.len() == 4,
+        "a burst of identical pods must not herd: {placed:?}"
+    );
+}
+
+#[test]
+fn a_pod_that_fits_one_node_only_is_guessed_there_by_the_filter() {
+    let mut idx = ClusterIndex::new();
+    idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
+    // a is bigger and emptier than b, but only a fits the big claim.
+    idx.reset_storage_nodes([
+        sn("a", Some(NOW), &[("default", Bytes::gib(200), Bytes::ZERO)]),
+        sn("b", Some(NOW), &[("default", Bytes::gib(100), Bytes::ZERO)]),
+    ]);
+    idx.reset_claims([
+        pvc("big", "local", "150Gi", None, None),
+        pvc("next", "local", "1Gi", None, None),
+    ]);
+    let p = policy(idx);
+    let big = named_pod("big", &["big"]);
+    assert_eq!(rejected_nodes(&p.filter(&big, &["a", "b"])), ["b"]);
+    // kube-scheduler places `big` on a without scoring; the next pod must see that.
+    assert_eq!(
+        scheduler_pick(&p, &named_pod("next", &["next"]), &["a", "b"]),
+        "b"
     );
 }
 

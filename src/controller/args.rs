@@ -44,6 +44,10 @@ pub struct ControllerArgs {
     #[allow(missing_docs)]
     pub extender_body_limit: crate::extender_role::BodyLimit,
 
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub extender_keep_best: crate::extender_role::KeepBest,
+
     /// Seconds a PersistentVolume's node may be without a Node object before the volume is
     /// reported (Warning Event, stowage_volumes_node_gone).
     #[arg(long, default_value_t = 300, env = "STOWAGE_NODE_GONE_GRACE")]
@@ -185,6 +189,7 @@ impl ControllerArgs {
             fit,
             "",
             self.extender_body_limit,
+            self.extender_keep_best,
             &registry,
         )
         .context("building the extender routes")?;
@@ -303,6 +308,7 @@ impl ControllerArgs {
             stale_after,
             provisioner_name,
             extender_body_limit: _,
+            extender_keep_best: _,
             node_gone_grace,
             workers,
             drain_timeout: _,

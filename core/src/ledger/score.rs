@@ -139,21 +139,10 @@ pub fn normalize(
     placement: Placement,
     tiebreak: impl Fn(usize) -> u64,
 ) -> (Vec<u8>, Option<usize>) {
-    // Each fitting candidate's preference as a fixed-point fraction in 0..=2^32: the share
-    // left for spread, the share used for binpack. left <= whole <= 2^70 for any real pool
-    // set, so the shift cannot overflow, and the fraction fits in 64 bits.
-    let value = |room: Option<(u128, u128)>| -> Option<u64> {
-        let (left, whole) = room?;
-        if whole == 0 {
-            return None;
-        }
-        let share = u64::try_from((left.min(whole) << 32) / whole).unwrap_or(1 << 32);
-        Some(match placement {
-            Placement::Spread => share,
-            Placement::Binpack => (1u64 << 32) - share,
-        })
-    };
-    let values: Vec<Option<u64>> = rooms.into_iter().map(value).collect();
+    let values: Vec<Option<u64>> = rooms
+        .into_iter()
+        .map(|room| preference(room, placement))
+        .collect();
     let mut top: Option<(usize, u64)> = None;
     let mut worst: Option<u64> = None;
     for (i, v) in values.iter().enumerate() {
@@ -183,6 +172,57 @@ pub fn normalize(
         })
         .collect();
     (scores, top)
+}
+
+/// A fitting candidate's preference as a fixed-point fraction in `0..=2^32`, higher is
+/// better: the share left for spread, the share used for binpack; `None` where the demand
+/// does not fit. `left <= whole <= 2^70` for any real pool set, so the shift cannot
+/// overflow, and the fraction fits in 64 bits.
+#[inline]
+fn preference(room: Option<(u128, u128)>, placement: Placement) -> Option<u64> {
+    let (left, whole) = room?;
+    if whole == 0 {
+        return None;
+    }
+    let share = u64::try_from((left.min(whole) << 32) / whole).unwrap_or(1 << 32);
+    Some(match placement {
+        Placement::Spread => share,
+        Placement::Binpack => (1u64 << 32) - share,
+    })
+}
+
+/// The positions of the `k` best candidates, best first: the order of [`normalize`], so
+/// `best(.., 1)` is its one [`MAX_SCORE`] (more room left for spread, less for binpack;
+/// equally good candidates by `tiebreak(i)`, lowest first, then by position). Candidates
+/// that do not fit (`None`) are never among them, so fewer than `k` may come back.
+///
+/// The extender's filter keeps the scheduler to these when it is asked to narrow the
+/// candidates (`--extender-keep-best`).
+pub fn best(
+    rooms: impl IntoIterator<Item = Option<(u128, u128)>>,
+    placement: Placement,
+    tiebreak: impl Fn(usize) -> u64,
+    k: usize,
+) -> Vec<usize> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut fitting: Vec<(u64, usize)> = rooms
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, room)| Some((preference(room, placement)?, i)))
+        .collect();
+    let order = |a: &(u64, usize), b: &(u64, usize)| {
+        b.0.cmp(&a.0)
+            .then_with(|| tiebreak(a.1).cmp(&tiebreak(b.1)))
+            .then(a.1.cmp(&b.1))
+    };
+    if fitting.len() > k {
+        fitting.select_nth_unstable_by(k - 1, order);
+        fitting.truncate(k);
+    }
+    fitting.sort_unstable_by(order);
+    fitting.into_iter().map(|(_, i)| i).collect()
 }
 
 #[cfg(test)]
@@ -317,6 +357,57 @@ mod tests {
                         assert_eq!(scores[i], 0);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_best_candidates_come_best_first_and_the_first_is_normalizes_top() {
+        let r = rooms(&[Some(50), None, Some(70), Some(60), Some(70)]);
+        let ties = |i: usize| [0, 0, 5, 0, 3][i];
+        assert_eq!(best(r.iter().copied(), Placement::Spread, ties, 3), [4, 2, 3]);
+        assert_eq!(best(r.iter().copied(), Placement::Binpack, ties, 2), [0, 3]);
+        // Never a candidate that does not fit, however many are asked for.
+        assert_eq!(
+            best(r.iter().copied(), Placement::Spread, ties, 9),
+            [4, 2, 3, 0]
+        );
+        assert_eq!(best(r.iter().copied(), Placement::Spread, ties, 0), [] as [usize; 0]);
+        assert_eq!(best(rooms(&[None]), Placement::Spread, ties, 1), [] as [usize; 0]);
+    }
+
+    #[test]
+    fn the_best_agree_with_normalize_and_with_a_full_sort() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let n = 1 + (next() % 40) as usize;
+            // Few distinct shares, so that ties are common; some equal tiebreaks too.
+            let r: Vec<Option<(u128, u128)>> = (0..n)
+                .map(|_| (next() % 5 != 0).then(|| (u128::from(next() % 4), 4)))
+                .collect();
+            let ties: Vec<u64> = (0..n).map(|_| next() % 8).collect();
+            for placement in [Placement::Spread, Placement::Binpack] {
+                let (_, top) = normalize(r.iter().copied(), placement, |i| ties[i]);
+                let k = usize::try_from(next() % (n as u64 + 2)).unwrap_or(0);
+                let got = best(r.iter().copied(), placement, |i| ties[i], k);
+                if k > 0 {
+                    assert_eq!(got.first().copied(), top, "{r:?} {ties:?}");
+                }
+                // What a full sort of the fitting candidates by the same order gives.
+                let mut all: Vec<usize> = (0..n).filter(|&i| r[i].is_some()).collect();
+                let key = |i: usize| {
+                    let v = preference(r[i], placement).unwrap_or_default();
+                    (std::cmp::Reverse(v), ties[i], i)
+                };
+                all.sort_by_key(|&i| key(i));
+                all.truncate(k);
+                assert_eq!(got, all, "{r:?} {ties:?} k={k}");
             }
         }
     }
