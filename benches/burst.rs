@@ -10,6 +10,7 @@
 //! cargo bench --bench burst -- --no-extender       # kube-scheduler without the extender
 //! cargo bench --bench burst -- --capacity          # controller --publish-capacity, CSIDriver
 //! cargo bench --bench burst -- --single            # the same claims, one per pod
+//! cargo bench --bench burst -- --keep-best 1       # controller --extender-keep-best 1
 //! ```
 //!
 //! `--capacity` (with `STOWAGE_E2E=real`: the testkit stand-in does not read the objects)
@@ -259,7 +260,10 @@ fn sample_cpu(pids: Vec<u32>, samples: CpuSamples) -> tokio::task::JoinHandle<()
         loop {
             tick.tick().await;
             let now = Instant::now();
-            let used = pids.iter().map(|&p| cpu_seconds(p).unwrap_or(0.0)).collect();
+            let used = pids
+                .iter()
+                .map(|&p| cpu_seconds(p).unwrap_or(0.0))
+                .collect();
             samples.lock().push((now, used));
         }
     })
@@ -305,7 +309,7 @@ fn cpu_shares(groups: &[&'static str], samples: &[(Instant, Vec<f64>)], end: Ins
 async fn run(
     claims: usize,
     seed: u64,
-    workers: Option<usize>,
+    controller_args: &[String],
     fill: usize,
     extender: bool,
     capacity: bool,
@@ -327,10 +331,9 @@ async fn run(
     let env = Env::start(
         &[("n1", sizes[0]), ("n2", sizes[1]), ("n3", sizes[2])],
         Options {
-            controller_args: workers
-                .map(|w| vec!["--workers".to_string(), w.to_string()])
-                .into_iter()
-                .flatten()
+            controller_args: controller_args
+                .iter()
+                .cloned()
                 .chain(
                     capacity
                         .then(|| ["--publish-capacity", "--capacity-interval=0"].map(String::from))
@@ -622,6 +625,16 @@ fn main() {
         .iter()
         .any(|a| a == "--workers")
         .then(|| arg(&args, "--workers", 8));
+    // The controller's --extender-keep-best; its own default when not given.
+    let keep_best = args
+        .iter()
+        .any(|a| a == "--keep-best")
+        .then(|| arg(&args, "--keep-best", 0));
+    let controller_args: Vec<String> = workers
+        .map(|w| format!("--workers={w}"))
+        .into_iter()
+        .chain(keep_best.map(|k| format!("--extender-keep-best={k}")))
+        .collect();
     // Size the nodes so that the claims fill this many percent (0: roomy fixed nodes).
     let fill = arg(&args, "--fill", 0);
     assert!(fill <= 100, "--fill is a percentage");
@@ -655,8 +668,9 @@ fn main() {
         (false, true) => "WITHOUT the extender, with capacity objects",
     };
     let pods = if single { "1" } else { "1-3" };
+    let keep = keep_best.map_or(String::new(), |k| format!(", --extender-keep-best={k}"));
     println!(
-        "burst: {claims} claims in pods of {pods}, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}, {profile} build, {lane}"
+        "burst: {claims} claims in pods of {pods}, 3 nodes ({fill_text}), {runs} runs, kube-scheduler {scheduler}{keep}, {profile} build, {lane}"
     );
     let mut split_pods = 0;
     let mut all = Vec::new();
@@ -665,7 +679,7 @@ fn main() {
         let (rate, latencies, stages, cov, outcome) = runtime.block_on(run(
             claims,
             7 + r as u64,
-            workers,
+            &controller_args,
             fill,
             extender,
             capacity,

@@ -6,6 +6,7 @@
 //! ```sh
 //! STOWAGE_E2E=real cargo bench --bench scheduling                        # 5,000 nodes, 500 pods
 //! STOWAGE_E2E=real cargo bench --bench scheduling -- --nodes 1000 --pods 200 --runs 2
+//! STOWAGE_E2E=real cargo bench --bench scheduling -- --keep-best 1   # controller --extender-keep-best
 //! ```
 //!
 //! Each run and mode gets a control plane of its own (TESTING.md) holding `--nodes` Nodes
@@ -60,6 +61,8 @@ struct Options {
     nodes: usize,
     pods: usize,
     runs: usize,
+    /// The controller's `--extender-keep-best` (0: its default, every node with room).
+    keep_best: usize,
 }
 
 fn options() -> Options {
@@ -67,6 +70,7 @@ fn options() -> Options {
         nodes: 5_000,
         pods: 500,
         runs: 1,
+        keep_best: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -80,6 +84,7 @@ fn options() -> Options {
             "--nodes" => opts.nodes = value(),
             "--pods" => opts.pods = value(),
             "--runs" => opts.runs = value(),
+            "--keep-best" => opts.keep_best = value(),
             // `cargo bench` passes `--bench`.
             _ => {}
         }
@@ -212,6 +217,7 @@ async fn run_mode(opts: &Options, with_extender: bool) -> anyhow::Result<Measure
         .arg(cluster.kubeconfig())
         .arg("--stale-after")
         .arg("3600")
+        .arg(format!("--extender-keep-best={}", opts.keep_best))
         .env("RUST_LOG", "warn")
         .spawn()?;
     populate(&cluster, opts).await?;
@@ -264,10 +270,11 @@ async fn run_mode(opts: &Options, with_extender: bool) -> anyhow::Result<Measure
 
 async fn run(opts: Options) -> anyhow::Result<()> {
     println!(
-        "kube-scheduler placement rate, {} nodes, {} pods of one WaitForFirstConsumer claim; controller: {}",
+        "kube-scheduler placement rate, {} nodes, {} pods of one WaitForFirstConsumer claim; controller: {} --extender-keep-best={}",
         opts.nodes,
         opts.pods,
-        binary().display()
+        binary().display(),
+        opts.keep_best
     );
     let mut rates: [Vec<f64>; 2] = Default::default();
     for run in 0..opts.runs {

@@ -43,7 +43,54 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
         Options::default(),
     )
     .await;
-    let plan = mix(60, 7);
+    let utilization = burst_placed(&env, 60, 7).await;
+    let max = utilization.iter().map(|u| u.1).fold(f64::MIN, f64::max);
+    let min = utilization.iter().map(|u| u.1).fold(f64::MAX, f64::min);
+    assert!(
+        max - min < 0.25,
+        "spread placement keeps utilization within a band: {utilization:?}"
+    );
+    assert!(min > 0.0, "every node got volumes: {utilization:?}");
+    env.assert_clean_logs();
+}
+
+/// With `--extender-keep-best 1` filter passes one node per pod: the scheduler binds every
+/// pod without calling prioritize (kube-scheduler 1.19 skips scoring when one node is
+/// feasible), and the filter's own guesses keep a burst from herding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_best_node_kept_a_burst_is_placed_without_scoring_and_spread() {
+    let env = Env::start(
+        &[("n1", 4 * GI), ("n2", 6 * GI), ("n3", 8 * GI)],
+        Options {
+            controller_args: vec!["--extender-keep-best=1".into()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let utilization = burst_placed(&env, 60, 7).await;
+    let max = utilization.iter().map(|u| u.1).fold(f64::MIN, f64::max);
+    let min = utilization.iter().map(|u| u.1).fold(f64::MAX, f64::min);
+    assert!(
+        max - min < 0.1,
+        "the one node kept is the emptiest, the burst's guesses counted: {utilization:?}"
+    );
+    let calls = stowage_testkit::net::extender_time(env.controller_port).await;
+    let count = |verb: &str| calls.iter().find(|c| c.0 == verb).map_or(0, |c| c.1);
+    assert!(count("filter") >= 60, "{calls:?}");
+    assert_eq!(
+        count("prioritize"),
+        0,
+        "one node passed each time: {calls:?}"
+    );
+    env.assert_clean_logs();
+}
+
+/// Creates `pods` pods of 1-3 claims (sizes from `seed`) at once, waits until every claim
+/// is Bound, checks that each pod's claims are on its node with their directories in that
+/// node's pool and that the LocalVolumes add up to the claims, and returns each node's
+/// utilization.
+async fn burst_placed(env: &Env, pods: usize, seed: u64) -> Vec<(String, f64)> {
+    let plan = mix(pods, seed);
     let total_claims: usize = plan.iter().map(Vec::len).sum();
     let names: Vec<String> = (0..plan.len()).map(|i| format!("burst{i:02}")).collect();
     // One burst: all claims and pods created before anything is scheduled.
@@ -101,14 +148,7 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
         );
         utilization.push((a.name.clone(), used as f64 / a.capacity as f64));
     }
-    let max = utilization.iter().map(|u| u.1).fold(f64::MIN, f64::max);
-    let min = utilization.iter().map(|u| u.1).fold(f64::MAX, f64::min);
-    assert!(
-        max - min < 0.25,
-        "spread placement keeps utilization within a band: {utilization:?}"
-    );
-    assert!(min > 0.0, "every node got volumes: {utilization:?}");
-    env.assert_clean_logs();
+    utilization
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(names_of(&d, &names), ["a", "d"]);
         assert_eq!(d.unresolvable, [("b", Cow::from("full"))]);
         assert!(d.failed.is_empty());
-        assert_eq!(d.left_out, 2, "c and e fit but are left out without a reason");
+        assert_eq!(
+            d.left_out, 2,
+            "c and e fit but are left out without a reason"
+        );
         let mut d = decide(&names, Vec::new());
         d.narrow(&[]);
         assert!(d.passed.is_empty());

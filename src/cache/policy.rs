@@ -4,14 +4,13 @@
 //! unresolvable (evicting pods frees no storage), and every node but the one where a
 //! volume of the pod's claims is made already. With [`StowagePolicy::keep_best`] it also
 //! narrows the nodes that can host the pod to the best few for its storage, ranked as
-//! prioritize ranks them. Prioritize scores by the class's
-//! placement, normalized over the candidates, and counts the pods it has just scored on the
-//! nodes it put first until their `selected-node` arrives ([`super::inflight`]); so does a
-//! filter that narrows, or lets one node pass, as kube-scheduler then places the pod
-//! without scoring. Pods
-//! without local claims pass through; a pod whose claims (or their classes) the index has
-//! not seen yet is turned down on every node for now, so that the scheduler retries it
-//! rather than placing it capacity-blind.
+//! prioritize ranks them. Prioritize scores by the class's placement, normalized over the
+//! candidates, and counts the pods it has just scored on the nodes it put first until their
+//! `selected-node` arrives ([`super::inflight`]); so does a filter that narrows or lets one
+//! node pass, since kube-scheduler then places the pod without scoring. Pods without local
+//! claims pass through; a pod whose claims (or their classes) the index has not seen yet is
+//! turned down on every node for now, so that the scheduler retries it rather than placing
+//! it capacity-blind.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -28,8 +27,8 @@ use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 use super::inflight::Inflight;
 use super::{ClusterIndex, FitPlan, Held, OwnHold, PodDemand, credit};
 use crate::ledger::{
-    Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, best, check_aged,
-    normalize, room_after,
+    Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, best, check_aged, normalize,
+    room_after,
 };
 
 /// Where the policy reads the time: heartbeat ages are measured against it.

@@ -658,7 +658,10 @@ fn a_burst_of_identical_pods_scored_before_any_selected_node_spreads_evenly() {
 /// order, and the rejected ones.
 fn narrowed<'n>(v: FilterVerdict<'n>, nodes: &[&'n str]) -> (Vec<&'n str>, Vec<&'n str>) {
     match v {
-        FilterVerdict::Narrow { mut keep, rejections } => {
+        FilterVerdict::Narrow {
+            mut keep,
+            rejections,
+        } => {
             keep.sort_unstable();
             let kept = keep.into_iter().map(|i| nodes[i]).collect();
             (kept, rejections.iter().map(|r| r.node).collect())
@@ -680,9 +683,13 @@ fn filter_keeps_the_nodes_best_for_the_pods_storage_when_told_to() {
     ]);
     // Free space: a 90, b 60, c 20, d 75, e 5 (too little for 10Gi), f none reported.
     let used = [("a", 10), ("b", 40), ("c", 80), ("d", 25), ("e", 95)];
-    idx.reset_storage_nodes(
-        used.map(|(n, used)| sn(n, Some(NOW), &[("default", Bytes::gib(100), Bytes::gib(used))])),
-    );
+    idx.reset_storage_nodes(used.map(|(n, used)| {
+        sn(
+            n,
+            Some(NOW),
+            &[("default", Bytes::gib(100), Bytes::gib(used))],
+        )
+    }));
     idx.reset_claims([
         pvc("s", "local", "10Gi", None, None),
         pvc("b", "packed", "10Gi", None, None),
@@ -691,7 +698,11 @@ fn filter_keeps_the_nodes_best_for_the_pods_storage_when_told_to() {
     let p = policy(idx).with_keep_best(2);
     let (kept, rejected) = narrowed(p.filter(&named_pod("s", &["s"]), &nodes), &nodes);
     assert_eq!(kept, ["d", "a"], "spread keeps the two with the most room");
-    assert_eq!(rejected, ["f", "e"], "nodes without room keep their reasons");
+    assert_eq!(
+        rejected,
+        ["f", "e"],
+        "nodes without room keep their reasons"
+    );
     let (kept, _) = narrowed(p.filter(&named_pod("b", &["b"]), &nodes), &nodes);
     assert_eq!(kept, ["c", "b"], "binpack keeps the two fullest that fit");
     // Where no more nodes have room than are kept, nothing is narrowed.

@@ -365,15 +365,24 @@ mod tests {
     fn the_best_candidates_come_best_first_and_the_first_is_normalizes_top() {
         let r = rooms(&[Some(50), None, Some(70), Some(60), Some(70)]);
         let ties = |i: usize| [0, 0, 5, 0, 3][i];
-        assert_eq!(best(r.iter().copied(), Placement::Spread, ties, 3), [4, 2, 3]);
+        assert_eq!(
+            best(r.iter().copied(), Placement::Spread, ties, 3),
+            [4, 2, 3]
+        );
         assert_eq!(best(r.iter().copied(), Placement::Binpack, ties, 2), [0, 3]);
         // Never a candidate that does not fit, however many are asked for.
         assert_eq!(
             best(r.iter().copied(), Placement::Spread, ties, 9),
             [4, 2, 3, 0]
         );
-        assert_eq!(best(r.iter().copied(), Placement::Spread, ties, 0), [] as [usize; 0]);
-        assert_eq!(best(rooms(&[None]), Placement::Spread, ties, 1), [] as [usize; 0]);
+        assert_eq!(
+            best(r.iter().copied(), Placement::Spread, ties, 0),
+            [] as [usize; 0]
+        );
+        assert_eq!(
+            best(rooms(&[None]), Placement::Spread, ties, 1),
+            [] as [usize; 0]
+        );
     }
 
     #[test]
