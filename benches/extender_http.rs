@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench extender_http`. Target: p99 under 2 ms at 5,000 nodes.
 //! Options (after `--`): `--nodes 100,1000,5000`, `--requests 3000`, `--seconds 5`
-//! (`--seconds 0` skips the requests-per-second run).
+//! (`--seconds 0` skips the requests-per-second run), `--keep-best N` (the extender's
+//! `--extender-keep-best`, 20 by default as shipped: filter then answers the 20 best).
 //!
 //! Load mode: `--clients 64 --duration 30` runs, per node count, that many clients for that
 //! many seconds instead of the latency run, each on its own keep-alive connection sending
@@ -77,6 +78,8 @@ struct Options {
     churn: u32,
     /// Hostile mode when above 0: clients sending bodies at the limit.
     hostile: usize,
+    /// The extender's `--extender-keep-best`.
+    keep_best: usize,
 }
 
 fn options() -> Options {
@@ -89,6 +92,7 @@ fn options() -> Options {
         volumes: 0,
         churn: 0,
         hostile: 0,
+        keep_best: KeepBest::default().nodes,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -111,6 +115,7 @@ fn options() -> Options {
             }
             "--volumes" => opts.volumes = args.next().expect("--volumes N").parse().unwrap(),
             "--churn" => opts.churn = args.next().expect("--churn RATE").parse().unwrap(),
+            "--keep-best" => opts.keep_best = args.next().expect("--keep-best N").parse().unwrap(),
             // `cargo bench` passes `--bench`; filters are not used here.
             _ => {}
         }
@@ -653,6 +658,7 @@ fn hostile_bodies(size: usize) -> Vec<(&'static str, Arc<Vec<u8>>)> {
 /// task.
 async fn serve(
     index: Arc<RwLock<ClusterIndex>>,
+    keep_best: usize,
 ) -> (
     std::net::SocketAddr,
     tokio::sync::watch::Sender<bool>,
@@ -664,7 +670,7 @@ async fn serve(
         FitOptions::default(),
         "",
         BodyLimit::default(),
-        KeepBest::default(),
+        KeepBest { nodes: keep_best },
         &registry,
     )
     .unwrap();
@@ -680,7 +686,7 @@ async fn hostile(opts: Options) {
     let n = opts.nodes.last().copied().unwrap_or(5_000);
     let now = Timestamp::now();
     let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
-    let (addr, stop, server) = serve(index).await;
+    let (addr, stop, server) = serve(index, opts.keep_best).await;
 
     let bodies = Arc::new(hostile_bodies(stowage_extender::DEFAULT_BODY_LIMIT - 4096));
     let small = request(
@@ -773,7 +779,7 @@ async fn run(opts: Options) {
     for &n in &opts.nodes {
         let now = Timestamp::now();
         let index = Arc::new(RwLock::new(cluster(n, opts.volumes, now)));
-        let (addr, stop, _server) = serve(index.clone()).await;
+        let (addr, stop, _server) = serve(index.clone(), opts.keep_best).await;
 
         let names: Vec<String> = (0..n).map(node_name).collect();
         let filter = request(

@@ -120,9 +120,11 @@ impl StowagePolicy {
         Some(node)
     }
 
-    /// Checks one node. Nodes holding some of the pod's own claims are copied and credited
-    /// ([`Self::with_node`]); every other node is decided by the plan's compact summary,
-    /// which goes to the ledger's [`check_aged`] only for nodes that may not fit.
+    /// Checks one node, and returns the room the demand leaves on a node that fits (what
+    /// [`Self::rank`] ranks it by, where no guess or hold changes it). Nodes holding some
+    /// of the pod's own claims are copied and credited ([`Self::with_node`]); every other
+    /// node is decided by the plan's compact summary, which goes to the ledger's
+    /// [`check_aged`] only for nodes that may not fit.
     fn check_node(
         &self,
         index: &ClusterIndex,
@@ -131,18 +133,18 @@ impl StowagePolicy {
         now: Timestamp,
         demand: &Demand,
         holds: &[OwnHold],
-    ) -> Result<(), Unfit> {
+    ) -> Result<Room, Unfit> {
         let fit = if holds.iter().any(|h| h.node.as_str() == name) {
             Self::with_node(index, name, now, holds, |node, age| {
-                check_aged(node, age, demand, &self.opts)
+                check_aged(node, age, demand, &self.opts).map(|()| room_after(node, demand))
             })
         } else {
             plan.node(name)
-                .map(|node| node.check(now, &self.opts, demand))
+                .map(|node| node.check(now, &self.opts, demand).map(|()| node.room()))
         };
         match fit {
             Some(fit) => fit,
-            None if demand.is_empty() => Ok(()),
+            None if demand.is_empty() => Ok(None),
             None => Err(Unfit::NoReport),
         }
     }
@@ -150,9 +152,15 @@ impl StowagePolicy {
     /// Ranks `nodes` for the pod: `rank` gets each node's room after the demand (the node
     /// as this pod sees it, less what the pods just ranked are guessed to take there) and
     /// the tie-break, and returns its result with the position of the node it put first.
-    /// The pod is then guessed onto that node ([`inflight`](super::inflight)), so the next
-    /// pods of a burst, ranked before the scheduler's `selected-node` for this one arrives,
-    /// see that node's space as taken.
+    /// `room(i)` is node `i`'s room as the index has it, asked only for nodes that no guess
+    /// and no hold of the pod's changes. The pod is then guessed onto the first node
+    /// ([`inflight`](super::inflight)), so the next pods of a burst, ranked before the
+    /// scheduler's `selected-node` for this one arrives, see that node's space as taken.
+    ///
+    /// The guesses are locked only to be read and written, not while the nodes are ranked:
+    /// kube-scheduler's calls come one after another, and concurrent calls (several
+    /// schedulers) must not queue behind each other.
+    #[allow(clippy::too_many_arguments)]
     fn rank<R>(
         &self,
         index: &ClusterIndex,
@@ -160,15 +168,14 @@ impl StowagePolicy {
         demand: &Demand,
         holds: &[OwnHold],
         nodes: &[&str],
+        room: impl Fn(usize) -> Room,
         rank: impl FnOnce(Rooms<'_>, &dyn Fn(usize) -> u64) -> (R, Option<usize>),
     ) -> R {
         let now = (self.clock)();
         let key = pod_key(pod);
-        let mut inflight = self.inflight.lock();
         let started = Instant::now();
-        let guessed = inflight.load(index, &key, started);
-        let plan = index.fit_plan(demand);
-        let mut rooms = nodes.iter().map(|&node| {
+        let guessed = self.inflight.lock().load(index, &key, started);
+        let mut rooms = nodes.iter().enumerate().map(|(i, &node)| {
             let extra = guessed.get(node);
             if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
                 let mut n = Self::node_copy(index, node, now, holds)?;
@@ -179,22 +186,28 @@ impl StowagePolicy {
                 }
                 room_after(&n, demand)
             } else {
-                plan.node(node).and_then(|n| n.room())
+                room(i)
             }
         });
         let ties = FixedState::with_seed(0);
         let tie = |i: usize| ties.hash_one((key.as_str(), nodes[i]));
         let (ranked, top) = rank(&mut rooms, &tie);
         if let Some(top) = top {
-            inflight.record(&key, nodes[top], index.pod_unplaced(pod), started);
+            let claims = index.pod_unplaced(pod);
+            self.inflight
+                .lock()
+                .record(&key, nodes[top], claims, started);
         }
         ranked
     }
 }
 
-/// Each candidate's room after the pod's demand, in order, as [`normalize`] and [`best`]
-/// take it.
-type Rooms<'a> = &'a mut dyn Iterator<Item = Option<(u128, u128)>>;
+/// A node's room after the pod's demand, `(left, whole)` ([`room_after`]); `None` where
+/// the demand does not fit.
+type Room = Option<(u128, u128)>;
+
+/// Each candidate's [`Room`], in order, as [`normalize`] and [`best`] take it.
+type Rooms<'a> = &'a mut dyn Iterator<Item = Room>;
 
 /// The metrics label of nodes turned down because the pod's claims are not in the index yet.
 pub const NOT_SEEN_YET: &str = "not_seen_yet";
@@ -274,10 +287,11 @@ impl Policy for StowagePolicy {
                     hold.node
                 );
                 rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason));
-            } else if let Err(e) = self.check_node(&index, &plan, node, now, &demand, &holds) {
-                unfit.push((node, e));
             } else {
-                passing.push(i);
+                match self.check_node(&index, &plan, node, now, &demand, &holds) {
+                    Ok(room) => passing.push((i, room)),
+                    Err(e) => unfit.push((node, e)),
+                }
             }
         }
         let most_free = most_free(&unfit);
@@ -294,14 +308,17 @@ impl Policy for StowagePolicy {
         // guess is made here. Where more pass than the policy keeps, the best are kept.
         let narrow = self.keep_best > 0 && passing.len() > self.keep_best;
         if narrow || passing.len() == 1 {
-            let names: Vec<&str> = passing.iter().map(|&i| nodes[i]).collect();
-            let kept = self.rank(&index, pod, &demand, &holds, &names, |rooms, tie| {
+            let names: Vec<&str> = passing.iter().map(|&(i, _)| nodes[i]).collect();
+            let room = |j: usize| passing[j].1;
+            let kept = self.rank(&index, pod, &demand, &holds, &names, room, |rooms, tie| {
                 let kept = best(rooms, placement, tie, self.keep_best.max(1));
                 let top = kept.first().copied();
                 (kept, top)
             });
-            if narrow {
-                let keep = kept.into_iter().map(|i| passing[i]).collect();
+            // Nodes the demand leaves no room to rank by (a pod asking for no bytes) are
+            // never left out for it: narrowing needs `keep_best` ranked nodes.
+            if narrow && kept.len() == self.keep_best {
+                let keep = kept.into_iter().map(|j| passing[j].0).collect();
                 return FilterVerdict::Narrow { keep, rejections };
             }
         }
@@ -324,12 +341,15 @@ impl Policy for StowagePolicy {
         else {
             return Vec::new();
         };
+        let plan = index.fit_plan(&demand);
+        let room = |i: usize| plan.node(nodes[i]).and_then(|n| n.room());
         let scores = self.rank(
             &index,
             pod,
             &demand,
             &exclude_own_reservations,
             nodes,
+            room,
             |rooms, tie| normalize(rooms, placement, tie),
         );
         nodes

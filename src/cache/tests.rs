@@ -711,6 +711,25 @@ fn filter_keeps_the_nodes_best_for_the_pods_storage_when_told_to() {
         rejected_nodes(&p.filter(&named_pod("s2", &["s"]), &few)),
         ["e"]
     );
+    // Nodes with nothing to rank them by (a pool of no size, where a claim of 0 bytes fits)
+    // are never left out for want of a rank: narrowing needs as many ranked nodes as it keeps.
+    let mut idx = p.index.write();
+    idx.apply_storage_node(sn(
+        "z1",
+        Some(NOW),
+        &[("default", Bytes::ZERO, Bytes::ZERO)],
+    ));
+    idx.apply_storage_node(sn(
+        "z2",
+        Some(NOW),
+        &[("default", Bytes::ZERO, Bytes::ZERO)],
+    ));
+    idx.apply_claim(pvc("empty", "local", "0", None, None));
+    drop(idx);
+    let with_unranked = ["z1", "a", "z2", "b"];
+    let keep_three = p.clone().with_keep_best(3);
+    let verdict = keep_three.filter(&named_pod("e", &["empty"]), &with_unranked);
+    assert_eq!(verdict, FilterVerdict::PassAll, "{verdict:?}");
     // Pods stowage does not judge still pass untouched.
     assert!(matches!(
         p.filter(&named_pod("none", &[]), &nodes),
