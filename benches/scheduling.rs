@@ -61,8 +61,8 @@ struct Options {
     nodes: usize,
     pods: usize,
     runs: usize,
-    /// The controller's `--extender-keep-best` (0: its default, every node with room).
-    keep_best: usize,
+    /// The controller's `--extender-keep-best`; its own default when not given.
+    keep_best: Option<usize>,
 }
 
 fn options() -> Options {
@@ -70,7 +70,7 @@ fn options() -> Options {
         nodes: 5_000,
         pods: 500,
         runs: 1,
-        keep_best: 0,
+        keep_best: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -84,7 +84,7 @@ fn options() -> Options {
             "--nodes" => opts.nodes = value(),
             "--pods" => opts.pods = value(),
             "--runs" => opts.runs = value(),
-            "--keep-best" => opts.keep_best = value(),
+            "--keep-best" => opts.keep_best = Some(value()),
             // `cargo bench` passes `--bench`.
             _ => {}
         }
@@ -217,7 +217,7 @@ async fn run_mode(opts: &Options, with_extender: bool) -> anyhow::Result<Measure
         .arg(cluster.kubeconfig())
         .arg("--stale-after")
         .arg("3600")
-        .arg(format!("--extender-keep-best={}", opts.keep_best))
+        .args(opts.keep_best.map(|k| format!("--extender-keep-best={k}")))
         .env("RUST_LOG", "warn")
         .spawn()?;
     populate(&cluster, opts).await?;
@@ -270,11 +270,12 @@ async fn run_mode(opts: &Options, with_extender: bool) -> anyhow::Result<Measure
 
 async fn run(opts: Options) -> anyhow::Result<()> {
     println!(
-        "kube-scheduler placement rate, {} nodes, {} pods of one WaitForFirstConsumer claim; controller: {} --extender-keep-best={}",
+        "kube-scheduler placement rate, {} nodes, {} pods of one WaitForFirstConsumer claim; controller: {}{}",
         opts.nodes,
         opts.pods,
         binary().display(),
         opts.keep_best
+            .map_or(String::new(), |k| format!(" --extender-keep-best={k}"))
     );
     let mut rates: [Vec<f64>; 2] = Default::default();
     for run in 0..opts.runs {
