@@ -330,7 +330,7 @@ impl Policy for StowagePolicy {
     }
 
     /// Scores normalized over the candidates ([`normalize`]): exactly one gets 10, and the
-    /// pod is guessed onto it ([`Self::rank`]).
+    /// pod is guessed onto it ([`inflight`](super::inflight)).
     fn prioritize<'n>(&self, pod: &Pod, nodes: &[&'n str]) -> Vec<NodeScore<'n>> {
         let index = self.index.read();
         let Ok(PodDemand::Demand {
