@@ -630,8 +630,8 @@ fn scheduler_pick(p: &StowagePolicy, pod: &Pod, nodes: &[&str]) -> String {
         .to_string()
 }
 
-#[test]
-fn a_burst_of_identical_pods_scored_before_any_selected_node_spreads_evenly() {
+/// Four equal empty nodes and forty unplaced 1Gi claims of class `local`: a burst.
+fn four_equal_nodes_and_forty_claims() -> (ClusterIndex, [&'static str; 4], Vec<String>) {
     let mut idx = ClusterIndex::new();
     idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
     let nodes = ["a", "b", "c", "d"];
@@ -640,6 +640,12 @@ fn a_burst_of_identical_pods_scored_before_any_selected_node_spreads_evenly() {
     );
     let claims: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
     idx.reset_claims(claims.iter().map(|c| pvc(c, "local", "1Gi", None, None)));
+    (idx, nodes, claims)
+}
+
+#[test]
+fn a_burst_of_identical_pods_scored_before_any_selected_node_spreads_evenly() {
+    let (idx, nodes, claims) = four_equal_nodes_and_forty_claims();
     let p = policy(idx);
     let mut placed: BTreeMap<String, usize> = BTreeMap::new();
     for (i, c) in claims.iter().enumerate() {
@@ -672,17 +678,9 @@ fn narrowed<'n>(v: FilterVerdict<'n>, nodes: &[&'n str]) -> (Vec<&'n str>, Vec<&
 
 #[test]
 fn filter_keeps_the_nodes_best_for_the_pods_storage_when_told_to() {
-    let mut idx = ClusterIndex::new();
-    idx.reset_storage_classes([
-        class("local", names::PROVISIONER_LOCAL, &[]),
-        class(
-            "packed",
-            names::PROVISIONER_LOCAL,
-            &[("placement", "binpack")],
-        ),
-    ]);
-    // Free space: a 90, b 60, c 20, d 75, e 5 (too little for 10Gi), f none reported.
+    // The classes of `cluster()`, other nodes. Free space: a 90, b 60, c 20, d 75, e 5 (too little for 10Gi), f none reported.
     let used = [("a", 10), ("b", 40), ("c", 80), ("d", 25), ("e", 95)];
+    let mut idx = cluster();
     idx.reset_storage_nodes(used.map(|(n, used)| {
         sn(
             n,
@@ -743,14 +741,7 @@ fn rejected_nodes<'n>(v: &FilterVerdict<'n>) -> Vec<&'n str> {
 
 #[test]
 fn a_burst_filtered_to_one_node_each_spreads_evenly_without_prioritize() {
-    let mut idx = ClusterIndex::new();
-    idx.reset_storage_classes([class("local", names::PROVISIONER_LOCAL, &[])]);
-    let nodes = ["a", "b", "c", "d"];
-    idx.reset_storage_nodes(
-        nodes.map(|n| sn(n, Some(NOW), &[("default", Bytes::gib(100), Bytes::ZERO)])),
-    );
-    let claims: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
-    idx.reset_claims(claims.iter().map(|c| pvc(c, "local", "1Gi", None, None)));
+    let (idx, nodes, claims) = four_equal_nodes_and_forty_claims();
     let p = policy(idx).with_keep_best(1);
     let mut placed: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, c) in claims.iter().enumerate() {

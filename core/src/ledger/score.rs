@@ -311,21 +311,25 @@ mod tests {
         assert_eq!(normalize([], Placement::Spread, |_| 0), (vec![], None));
     }
 
-    #[test]
-    fn normalized_scores_never_leave_0_to_10_and_keep_the_order_of_the_shares() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
+    /// A small deterministic generator for the property loops.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
+        }
+    }
+
+    #[test]
+    fn normalized_scores_never_leave_0_to_10_and_keep_the_order_of_the_shares() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
         for _ in 0..2000 {
             let n = 1 + (next() % 12) as usize;
             let r: Vec<Option<(u128, u128)>> = (0..n)
                 .map(|_| {
                     let whole = u128::from(next() % (1 << 40)) + 1;
-                    (next() % 5 != 0).then(|| (u128::from(next()) % (whole + 1), whole))
+                    (!next().is_multiple_of(5)).then(|| (u128::from(next()) % (whole + 1), whole))
                 })
                 .collect();
             let ties: Vec<u64> = (0..n).map(|_| next()).collect();
@@ -387,18 +391,12 @@ mod tests {
 
     #[test]
     fn the_best_agree_with_normalize_and_with_a_full_sort() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
         for _ in 0..2000 {
             let n = 1 + (next() % 40) as usize;
             // Few distinct shares, so that ties are common; some equal tiebreaks too.
             let r: Vec<Option<(u128, u128)>> = (0..n)
-                .map(|_| (next() % 5 != 0).then(|| (u128::from(next() % 4), 4)))
+                .map(|_| (!next().is_multiple_of(5)).then(|| (u128::from(next() % 4), 4)))
                 .collect();
             let ties: Vec<u64> = (0..n).map(|_| next() % 8).collect();
             for placement in [Placement::Spread, Placement::Binpack] {
