@@ -44,8 +44,7 @@ async fn a_burst_of_pods_is_placed_spread_within_every_pool_and_gets_its_directo
     )
     .await;
     let utilization = burst_placed(&env, 60, 7).await;
-    let max = utilization.iter().map(|u| u.1).fold(f64::MIN, f64::max);
-    let min = utilization.iter().map(|u| u.1).fold(f64::MAX, f64::min);
+    let (min, max) = lowest_and_highest(&utilization);
     assert!(
         max - min < 0.25,
         "spread placement keeps utilization within a band: {utilization:?}"
@@ -68,8 +67,7 @@ async fn with_the_best_node_kept_a_burst_is_placed_without_scoring_and_spread() 
     )
     .await;
     let utilization = burst_placed(&env, 60, 7).await;
-    let max = utilization.iter().map(|u| u.1).fold(f64::MIN, f64::max);
-    let min = utilization.iter().map(|u| u.1).fold(f64::MAX, f64::min);
+    let (min, max) = lowest_and_highest(&utilization);
     assert!(
         max - min < 0.1,
         "the one node kept is the emptiest, the burst's guesses counted: {utilization:?}"
@@ -83,6 +81,15 @@ async fn with_the_best_node_kept_a_burst_is_placed_without_scoring_and_spread() 
         "one node passed each time: {calls:?}"
     );
     env.assert_clean_logs();
+}
+
+/// The lowest and the highest of the nodes' utilizations.
+fn lowest_and_highest(utilization: &[(String, f64)]) -> (f64, f64) {
+    let values = || utilization.iter().map(|u| u.1);
+    (
+        values().fold(f64::MAX, f64::min),
+        values().fold(f64::MIN, f64::max),
+    )
 }
 
 /// Creates `pods` pods of 1-3 claims (sizes from `seed`) at once, waits until every claim

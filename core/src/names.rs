@@ -94,6 +94,16 @@ pub const ANNOTATION_NODE: &str = "stowage.io/node";
 /// The most characters a label value may have.
 const LABEL_VALUE_MAX: usize = 63;
 
+/// Whether `v` is a valid label value: at most 63 characters of `[A-Za-z0-9_.-]`, starting
+/// and ending with a letter or digit (or empty).
+fn is_label_value(v: &str) -> bool {
+    v.len() <= LABEL_VALUE_MAX
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
 /// The [`LABEL_NODE`] value for node `name`: the name itself when it is a valid label value,
 /// as node names of up to 63 characters are. A node name may have up to 253 (a DNS
 /// subdomain, e.g. a fully qualified host name) and a label value only 63, so a longer name
@@ -101,19 +111,7 @@ const LABEL_VALUE_MAX: usize = 63;
 /// of the whole name: the same in every process and version, and distinct for names that
 /// share their first 46 characters.
 pub fn node_label_value(name: &str) -> Cow<'_, str> {
-    let valid = name.len() <= LABEL_VALUE_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name
-            .bytes()
-            .next()
-            .is_none_or(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_none_or(|b| b.is_ascii_alphanumeric());
-    if valid {
+    if is_label_value(name) {
         return Cow::Borrowed(name);
     }
     let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -140,12 +138,14 @@ pub const LABEL_POOL: &str = "stowage.io/pool";
 mod tests {
     use super::*;
 
-    fn is_label_value(v: &str) -> bool {
-        v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-            && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+    #[test]
+    fn label_values_follow_the_api_servers_rule() {
+        for ok in ["", "n1", "a.b_c-d", &"a".repeat(63)] {
+            assert!(is_label_value(ok), "{ok:?}");
+        }
+        for bad in [&"a".repeat(64), "-a", "a-", ".a", "a/b", "a b", "ä"] {
+            assert!(!is_label_value(bad), "{bad:?}");
+        }
     }
 
     #[test]
