@@ -7,7 +7,8 @@
 //! serde_json, so the bytes are the same as serde_json's either way (a property test holds
 //! the two together).
 
-use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
@@ -55,22 +56,32 @@ pub(crate) fn array<T>(
     out.push(b']');
 }
 
-/// Appends `{"k":"v",…}` from `(key, value)` pairs, in the order given (a key given twice is
-/// written twice; Go's decoder keeps the last).
-pub(crate) fn string_map<'a>(
+/// Appends `"k":"v",…` (a map's entries without its braces) from `(key, value)` pairs, in
+/// the order given. A value equal to the one before it is copied from where that one was
+/// written rather than escaped again: a filter answer gives hundreds of nodes the same
+/// reason.
+pub(crate) fn entries<'a>(
     out: &mut Vec<u8>,
-    entries: impl IntoIterator<Item = &'a (&'a str, Cow<'static, str>)>,
+    pairs: impl IntoIterator<Item = &'a (&'a str, Arc<str>)>,
 ) {
-    out.push(b'{');
-    for (i, (key, value)) in entries.into_iter().enumerate() {
+    let mut last: Option<(&str, Range<usize>)> = None;
+    for (i, (key, value)) in pairs.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         string(out, key);
         out.push(b':');
-        string(out, value);
+        match &last {
+            Some((before, written)) if *before == &**value => {
+                out.extend_from_within(written.clone());
+            }
+            _ => {
+                let start = out.len();
+                string(out, value);
+                last = Some((value, start..out.len()));
+            }
+        }
     }
-    out.push(b'}');
 }
 
 /// Appends raw JSON as it came.
@@ -119,20 +130,55 @@ mod tests {
     }
 
     #[test]
-    fn arrays_and_maps_are_valid_json_in_the_order_given() {
-        let entries = [("b", Cow::from("full")), ("a\"", Cow::from("no \"pool\""))];
-        let got = written(|out| string_map(out, &entries));
-        assert_eq!(got, r#"{"b":"full","a\"":"no \"pool\""}"#);
+    fn arrays_and_map_entries_are_valid_json_in_the_order_given() {
+        let pairs = [
+            ("b", Arc::from("full")),
+            ("a\"", Arc::from("no \"pool\"")),
+            ("c", Arc::from("no \"pool\"")),
+            ("d", Arc::from("full")),
+        ];
+        let got = written(|out| entries(out, &pairs));
+        assert_eq!(
+            got,
+            r#""b":"full","a\"":"no \"pool\"","c":"no \"pool\"","d":"full""#
+        );
+        assert_eq!(written(|out| entries(out, &[])), "");
         let got = written(|out| array(out, ["x", "y"], string));
         assert_eq!(got, r#"["x","y"]"#);
         assert_eq!(written(|out| array(out, Vec::<&str>::new(), string)), "[]");
-        assert_eq!(written(|out| string_map(out, &[])), "{}");
     }
 
     proptest! {
         #[test]
         fn any_string_is_written_byte_for_byte_as_serde_json_writes_it(s in any::<String>()) {
             prop_assert_eq!(written(|out| string(out, &s)), serde_json::to_string(&s).unwrap());
+        }
+
+        /// Repeated values are copied, not escaped again: the map is still serde_json's, with
+        /// values drawn from a few so that runs of equal ones are common.
+        #[test]
+        fn map_entries_are_written_as_serde_json_writes_the_map(
+            picks in proptest::collection::vec((any::<String>(), 0..3usize), 0..12),
+            values in proptest::collection::vec(any::<String>(), 3),
+        ) {
+            let mut keys: Vec<String> = picks.iter().map(|(k, _)| k.clone()).collect();
+            keys.sort();
+            keys.dedup();
+            let pairs: Vec<(&str, Arc<str>)> = keys
+                .iter()
+                .zip(&picks)
+                .map(|(k, &(_, v))| (k.as_str(), Arc::from(values[v].as_str())))
+                .collect();
+            let map: serde_json::Map<String, serde_json::Value> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(&**v)))
+                .collect();
+            let got = written(|out| {
+                out.push(b'{');
+                entries(out, &pairs);
+                out.push(b'}');
+            });
+            prop_assert_eq!(got, serde_json::to_string(&map).unwrap());
         }
     }
 }

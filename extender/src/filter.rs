@@ -1,7 +1,7 @@
 //! The filter verb: decode, ask the policy, turn its verdict into an `ExtenderFilterResult`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tracing::{Span, debug};
 
@@ -67,9 +67,9 @@ struct Decision<'n> {
     /// Indices of the candidates that pass, in request order.
     passed: Vec<usize>,
     /// `FailedNodes`, in request order.
-    failed: Vec<(&'n str, Cow<'static, str>)>,
+    failed: Vec<(&'n str, Arc<str>)>,
     /// `FailedAndUnresolvableNodes`, in request order.
-    unresolvable: Vec<(&'n str, Cow<'static, str>)>,
+    unresolvable: Vec<(&'n str, Arc<str>)>,
     /// Rejected candidates per `(kind, failure)`, for the observer.
     counts: Vec<(&'static str, Failure, u64)>,
     /// Rejections of nodes that were not candidates; dropped.
@@ -78,7 +78,17 @@ struct Decision<'n> {
     left_out: usize,
 }
 
-impl Decision<'_> {
+impl<'n> Decision<'n> {
+    /// Reports the candidate `name` as `rejection` says.
+    fn report(&mut self, name: &'n str, rejection: Rejection<'n>) {
+        count(&mut self.counts, rejection.kind, rejection.failure);
+        let entry = (name, rejection.reason);
+        match rejection.failure {
+            Failure::Unschedulable => self.failed.push(entry),
+            Failure::UnschedulableAndUnresolvable => self.unresolvable.push(entry),
+        }
+    }
+
     /// Keeps only the passing candidates at the positions in `keep`
     /// ([`FilterVerdict::Narrow`]); the others are left out without a reason.
     fn narrow(&mut self, keep: &[usize]) {
@@ -103,6 +113,17 @@ fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n>
         decision.passed.extend(0..names.len());
         return decision;
     }
+    if in_place(names, &rejections) {
+        let mut next = 0;
+        for rejection in rejections {
+            let at = rejection.position.unwrap_or_default();
+            decision.passed.extend(next..at);
+            next = at + 1;
+            decision.report(names[at], rejection);
+        }
+        decision.passed.extend(next..names.len());
+        return decision;
+    }
     // One lookup per candidate; a slot is emptied once its node is reported.
     let mut by_node: HashMap<&str, Option<Rejection<'n>>, FastState> =
         HashMap::with_capacity_and_hasher(rejections.len(), FastState::default());
@@ -119,18 +140,25 @@ fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n>
                     continue;
                 };
                 unreported -= 1;
-                count(&mut decision.counts, rejection.kind, rejection.failure);
-                let entry = (name, rejection.reason);
-                match rejection.failure {
-                    Failure::Unschedulable => decision.failed.push(entry),
-                    Failure::UnschedulableAndUnresolvable => decision.unresolvable.push(entry),
-                }
+                decision.report(name, rejection);
             }
             None => decision.passed.push(index),
         }
     }
     decision.ignored = unreported;
     decision
+}
+
+/// Whether every rejection gives its candidate's position, in increasing order, and names
+/// the candidate there ([`Rejection::at`]).
+fn in_place(names: &[&str], rejections: &[Rejection<'_>]) -> bool {
+    let mut after = None;
+    rejections.iter().all(|r| {
+        let Some(at) = r.position else { return false };
+        let ordered = after.is_none_or(|before| at > before);
+        after = Some(at);
+        ordered && names.get(at).is_some_and(|&name| name == r.node)
+    })
 }
 
 fn count(counts: &mut Vec<(&'static str, Failure, u64)>, kind: &'static str, failure: Failure) {
@@ -186,14 +214,20 @@ fn reply(
     // ("0/3 nodes are available: ."). Later versions take the unresolvable entry of a node
     // that is in both and skip its `FailedNodes` one. The second map is left out when empty,
     // as upstream (`omitempty`).
-    out.extend_from_slice(br#","FailedNodes":"#);
-    encode::string_map(
-        &mut out,
-        decision.failed.iter().chain(&decision.unresolvable),
-    );
+    // The second map's entries are the first's last ones, so they are copied.
+    out.extend_from_slice(br#","FailedNodes":{"#);
+    encode::entries(&mut out, &decision.failed);
+    if !decision.failed.is_empty() && !decision.unresolvable.is_empty() {
+        out.push(b',');
+    }
+    let start = out.len();
+    encode::entries(&mut out, &decision.unresolvable);
+    let unresolvable = start..out.len();
+    out.push(b'}');
     if !decision.unresolvable.is_empty() {
-        out.extend_from_slice(br#","FailedAndUnresolvableNodes":"#);
-        encode::string_map(&mut out, &decision.unresolvable);
+        out.extend_from_slice(br#","FailedAndUnresolvableNodes":{"#);
+        out.extend_from_within(unresolvable);
+        out.push(b'}');
     }
     out.extend_from_slice(br#","Error":""}"#);
     out
@@ -235,10 +269,10 @@ mod tests {
             ],
         );
         assert_eq!(names_of(&d, &names), ["a"]);
-        assert_eq!(d.failed, [("b", Cow::from("full"))]);
+        assert_eq!(d.failed, [("b", Arc::from("full"))]);
         assert_eq!(
             d.unresolvable,
-            [("c", Cow::from("no pool")), ("d", Cow::from("full"))]
+            [("c", Arc::from("no pool")), ("d", Arc::from("full"))]
         );
         assert_eq!(
             d.counts,
@@ -266,7 +300,7 @@ mod tests {
             ],
         );
         assert_eq!(names_of(&d, &names), ["b"]);
-        assert_eq!(d.failed, [("a", Cow::from("first"))]);
+        assert_eq!(d.failed, [("a", Arc::from("first"))]);
         assert!(d.unresolvable.is_empty());
         assert_eq!(d.ignored, 1);
     }
@@ -278,7 +312,7 @@ mod tests {
         // "b" is rejected: keeping it changes nothing; 9 is not a candidate.
         d.narrow(&[3, 1, 0, 9]);
         assert_eq!(names_of(&d, &names), ["a", "d"]);
-        assert_eq!(d.unresolvable, [("b", Cow::from("full"))]);
+        assert_eq!(d.unresolvable, [("b", Arc::from("full"))]);
         assert!(d.failed.is_empty());
         assert_eq!(
             d.left_out, 2,
@@ -288,6 +322,65 @@ mod tests {
         d.narrow(&[]);
         assert!(d.passed.is_empty());
         assert_eq!(d.left_out, 5);
+    }
+
+    /// Rejections that give their positions are matched there without a table: the same
+    /// answer as by name, and a name listed twice is judged at each mention as the policy
+    /// judged it there.
+    #[test]
+    fn rejections_at_their_positions_are_matched_in_one_pass() {
+        let owned: Vec<String> = ["a", "b", "c", "b", "d"].map(String::from).into();
+        let names: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let at = |i: usize, failure: Failure| Rejection {
+            node: names[i],
+            failure,
+            kind: "K",
+            reason: Arc::from(format!("r{i}")),
+            position: Some(i),
+        };
+        let by_name = decide(&names[..3], vec![Rejection::unschedulable("b", "K", "r1")]);
+        let in_place = decide(&names[..3], vec![at(1, Failure::Unschedulable)]);
+        assert_eq!(in_place, by_name);
+
+        let d = decide(
+            &names,
+            vec![
+                at(0, Failure::Unschedulable),
+                at(3, Failure::UnschedulableAndUnresolvable),
+            ],
+        );
+        assert_eq!(
+            names_of(&d, &names),
+            ["b", "c", "d"],
+            "b passes at 1, not at 3"
+        );
+        assert_eq!(d.failed, [("a", Arc::from("r0"))]);
+        assert_eq!(d.unresolvable, [("b", Arc::from("r3"))]);
+        assert_eq!(d.ignored, 0);
+    }
+
+    /// Positions out of order, out of range, naming another candidate, or given by only some
+    /// rejections are ignored: the rejections are matched by name.
+    #[test]
+    fn rejections_whose_positions_are_not_all_right_are_matched_by_name() {
+        let names = ["a", "b", "c"];
+        let by_name = |rejections: Vec<Rejection<'static>>| {
+            let mut without = rejections.clone();
+            for r in &mut without {
+                r.position = None;
+            }
+            assert_eq!(decide(&names, rejections), decide(&names, without));
+        };
+        let r = |node: &'static str| Rejection::unresolvable(node, "K", node);
+        by_name(vec![r("c").at(2), r("a").at(0)]);
+        by_name(vec![r("a").at(0), r("a").at(0)]);
+        by_name(vec![r("a").at(0), r("b").at(7)]);
+        by_name(vec![r("a").at(1)]);
+        by_name(vec![r("a").at(0), r("c")]);
+        by_name(vec![r("zz").at(2)]);
+        // The first of them, for instance, still rejects c and a.
+        let d = decide(&names, vec![r("c").at(2), r("a").at(0)]);
+        assert_eq!(names_of(&d, &names), ["b"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! thousands of nodes allocates only for the nodes it rejects.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -47,6 +48,9 @@ pub enum FilterVerdict<'n> {
     PassThrough,
     /// The listed nodes are rejected, each with a reason; every other node passes. When a node
     /// is listed twice the first entry counts. Names that were not candidates are ignored.
+    /// Rejections that all give their candidate's position ([`Rejection::at`]), in increasing
+    /// order, reject exactly those positions: a name the request lists twice is then judged
+    /// at each mention as the policy judged it there.
     Reject(Vec<Rejection<'n>>),
     /// Only the candidates at the positions in `keep` (indices into the `nodes` the policy
     /// was given) pass; `rejections` are reported as in [`FilterVerdict::Reject`]; every
@@ -76,8 +80,15 @@ pub struct Rejection<'n> {
     pub failure: Failure,
     /// A short label from a closed set (for example `"InsufficientCapacity"`), for metrics.
     pub kind: &'static str,
-    /// The human-readable reason, shown in the pod's `FailedScheduling` event.
-    pub reason: Cow<'static, str>,
+    /// The human-readable reason, shown in the pod's `FailedScheduling` event. Shared: a
+    /// policy turning many nodes down for the same reason builds it once, and the router
+    /// writes a reason repeated from one node to the next by copying its encoding.
+    pub reason: Arc<str>,
+    /// The node's position among the candidates the policy was given, when it says so
+    /// ([`Rejection::at`]). When every rejection has one, in increasing order, each naming
+    /// the candidate there, the router matches them to the candidates in one pass; otherwise
+    /// by name, and the positions are ignored.
+    pub position: Option<usize>,
 }
 
 /// How the scheduler should treat a rejected node.
@@ -105,30 +116,34 @@ pub struct NodeScore<'n> {
 
 impl<'n> Rejection<'n> {
     /// A rejection that preemption might resolve ([`Failure::Unschedulable`]).
-    pub fn unschedulable(
-        node: &'n str,
-        kind: &'static str,
-        reason: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn unschedulable(node: &'n str, kind: &'static str, reason: impl Into<Arc<str>>) -> Self {
         Self {
             node,
             failure: Failure::Unschedulable,
             kind,
             reason: reason.into(),
+            position: None,
         }
     }
 
     /// A rejection that preemption cannot resolve ([`Failure::UnschedulableAndUnresolvable`]).
-    pub fn unresolvable(
-        node: &'n str,
-        kind: &'static str,
-        reason: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn unresolvable(node: &'n str, kind: &'static str, reason: impl Into<Arc<str>>) -> Self {
         Self {
             node,
             failure: Failure::UnschedulableAndUnresolvable,
             kind,
             reason: reason.into(),
+            position: None,
+        }
+    }
+
+    /// The same rejection, saying the node is the candidate at `position` (an index into
+    /// the `nodes` the policy was given). A policy that rejects candidates as it walks them
+    /// can say where each is, which spares the router a table of names.
+    pub fn at(self, position: usize) -> Self {
+        Self {
+            position: Some(position),
+            ..self
         }
     }
 }

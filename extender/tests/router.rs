@@ -50,6 +50,7 @@ impl Policy for Stub {
                 failure,
                 kind: "Stub",
                 reason: reason.into(),
+                position: None,
             })
             .collect();
         match &self.keep {

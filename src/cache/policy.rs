@@ -221,9 +221,9 @@ pub const POLICY_KINDS: [&str; 2] = [NOT_SEEN_YET, VOLUME_ELSEWHERE];
 
 /// Per pool, the most free space among the nodes turned down for that pool's size: the one
 /// figure of theirs the reason kube-scheduler gets keeps ([`Unfit::scheduler_reason`]).
-fn most_free(unfit: &[(&str, Unfit)]) -> Vec<(PoolName, Bytes)> {
+fn most_free<'u>(unfit: impl Iterator<Item = &'u Unfit>) -> Vec<(PoolName, Bytes)> {
     let mut most: Vec<(PoolName, Bytes)> = Vec::new();
-    let short = unfit.iter().flat_map(|(_, u)| match u {
+    let short = unfit.flat_map(|u| match u {
         Unfit::Pools(shortfalls) => shortfalls.as_slice(),
         _ => &[],
     });
@@ -236,6 +236,30 @@ fn most_free(unfit: &[(&str, Unfit)]) -> Vec<(PoolName, Bytes)> {
         }
     }
     most
+}
+
+/// Gives each rejection in `rejections` at the positions in `unfit` the reason kube-scheduler
+/// is to get for it, built once for all the nodes that fail the same way.
+fn give_reasons(rejections: &mut [Rejection<'_>], unfit: &[(usize, Unfit)]) {
+    let most_free = most_free(unfit.iter().map(|(_, u)| u));
+    let most_free = |pool: &PoolName| {
+        most_free
+            .iter()
+            .find(|(p, _)| p == pool)
+            .map(|&(_, free)| free)
+    };
+    let mut reasons: Vec<(&Unfit, Arc<str>)> = Vec::new();
+    for (at, unfit) in unfit {
+        let reason = match reasons.iter().find(|(u, _)| u.same_reason(unfit)) {
+            Some((_, reason)) => reason.clone(),
+            None => {
+                let reason: Arc<str> = unfit.scheduler_reason(most_free).into();
+                reasons.push((unfit, reason.clone()));
+                reason
+            }
+        };
+        rejections[*at].reason = reason;
+    }
 }
 
 /// The key a pod's guess is kept under: its uid, or `namespace/name` for a pod without one.
@@ -257,11 +281,14 @@ impl Policy for StowagePolicy {
             Err(e) => return FilterVerdict::Error(e.to_string().into()),
             Ok(PodDemand::NotOurs) => return FilterVerdict::PassThrough,
             Ok(PodDemand::Unseen(what)) => {
-                let reason = format!("{what}; the scheduler will try again");
+                let reason: Arc<str> = format!("{what}; the scheduler will try again").into();
                 return FilterVerdict::Reject(
                     nodes
                         .iter()
-                        .map(|&node| Rejection::unschedulable(node, NOT_SEEN_YET, reason.clone()))
+                        .enumerate()
+                        .map(|(i, &node)| {
+                            Rejection::unschedulable(node, NOT_SEEN_YET, reason.clone()).at(i)
+                        })
                         .collect(),
                 );
             }
@@ -273,37 +300,45 @@ impl Policy for StowagePolicy {
         };
         let now = (self.clock)();
         let plan = index.fit_plan(&demand);
+        // Rejections in candidate order, each with its position; those of nodes without
+        // room get their reasons once every node is checked (`give_reasons`).
         let mut rejections = Vec::new();
         let mut unfit = Vec::new();
+        let mut elsewhere: Option<(&OwnHold, Arc<str>)> = None;
+        let pending: Arc<str> = Arc::from("");
         let mut passing = Vec::with_capacity(nodes.len());
         for (i, &node) in nodes.iter().enumerate() {
             // A LocalVolume is never moved: once one of the pod's claims has one (made with
             // a sibling's, or before a binding cycle failed), the pod can only run on its
             // node.
-            let elsewhere = |h: &&OwnHold| h.held == Held::Allocated && h.node.as_str() != node;
-            if let Some(hold) = holds.iter().find(elsewhere) {
-                let reason = format!(
-                    "node(s) were not {}, where a volume of the pod's claims is made already",
-                    hold.node
-                );
-                rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason));
+            let is_elsewhere = |h: &&OwnHold| h.held == Held::Allocated && h.node.as_str() != node;
+            if let Some(hold) = holds.iter().find(is_elsewhere) {
+                let reason = match &elsewhere {
+                    Some((before, reason)) if std::ptr::eq(*before, hold) => reason.clone(),
+                    _ => {
+                        let reason: Arc<str> = format!(
+                            "node(s) were not {}, where a volume of the pod's claims is made \
+                             already",
+                            hold.node
+                        )
+                        .into();
+                        elsewhere = Some((hold, reason.clone()));
+                        reason
+                    }
+                };
+                rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason).at(i));
             } else {
                 match self.check_node(&index, &plan, node, now, &demand, &holds) {
                     Ok(room) => passing.push((i, room)),
-                    Err(e) => unfit.push((node, e)),
+                    Err(e) => {
+                        let rejection = Rejection::unresolvable(node, e.kind(), pending.clone());
+                        unfit.push((rejections.len(), e));
+                        rejections.push(rejection.at(i));
+                    }
                 }
             }
         }
-        let most_free = most_free(&unfit);
-        rejections.extend(unfit.into_iter().map(|(node, unfit)| {
-            let reason = unfit.scheduler_reason(|pool| {
-                most_free
-                    .iter()
-                    .find(|(p, _)| p == pool)
-                    .map(|&(_, free)| free)
-            });
-            Rejection::unresolvable(node, unfit.kind(), reason)
-        }));
+        give_reasons(&mut rejections, &unfit);
         // Where one node passes, kube-scheduler places the pod there without scoring: the
         // guess is made here. Where more pass than the policy keeps, the best are kept.
         let narrow = self.keep_best > 0 && passing.len() > self.keep_best;

@@ -110,6 +110,39 @@ impl Unfit {
         }
     }
 
+    /// Whether [`Unfit::scheduler_reason`] gives `self` and `other` the same text, for a
+    /// `most_free` that knows every pool either is short of space in: they fail the same way,
+    /// whatever their own figures. A caller turning many nodes down builds each text once.
+    pub fn same_reason(&self, other: &Unfit) -> bool {
+        match (self, other) {
+            (Unfit::NoReport, Unfit::NoReport)
+            | (Unfit::NodeNotReady { .. }, Unfit::NodeNotReady { .. }) => true,
+            (Unfit::Stale { limit: a, .. }, Unfit::Stale { limit: b, .. }) => {
+                a.as_secs() == b.as_secs()
+            }
+            (Unfit::Pools(a), Unfit::Pools(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|pair| match pair {
+                        (Shortfall::Missing { pool: p }, Shortfall::Missing { pool: q })
+                        | (
+                            Shortfall::NotReady { pool: p, .. },
+                            Shortfall::NotReady { pool: q, .. },
+                        ) => p == q,
+                        (
+                            Shortfall::Insufficient {
+                                pool: p, needed: n, ..
+                            },
+                            Shortfall::Insufficient {
+                                pool: q, needed: m, ..
+                            },
+                        ) => p == q && n == m,
+                        _ => false,
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// The reason kube-scheduler is given for this node: the same text for every node that
     /// fails the same way, so that its Event counts them as one line (see the module
     /// documentation). Nothing of the node's own is in it but the pools; `most_free(pool)` is
@@ -369,6 +402,66 @@ mod tests {
         let mut n = node(&[]);
         n.heartbeat_age = None;
         assert!(check(&n, &Demand::new(), &FitOptions::default()).is_ok());
+    }
+
+    /// `same_reason` holds exactly where the texts kube-scheduler gets are the same, over
+    /// every pair of a table with each way to fail and the figures that differ per node.
+    #[test]
+    fn same_reason_holds_exactly_where_the_scheduler_reasons_are_the_same() {
+        let pool = |p: &str| PoolName(p.to_owned());
+        let short = |p: &str, needed: u64, free: u64| Shortfall::Insufficient {
+            pool: pool(p),
+            needed: Bytes::gib(needed),
+            free: Bytes::gib(free),
+        };
+        let stale = |age: u64, limit_ms: u64| Unfit::Stale {
+            age: Duration::from_secs(age),
+            limit: Duration::from_millis(limit_ms),
+        };
+        let unfits = [
+            Unfit::NoReport,
+            stale(50, 45_000),
+            stale(90, 45_400),
+            stale(90, 60_000),
+            Unfit::NodeNotReady {
+                message: "a".into(),
+            },
+            Unfit::NodeNotReady {
+                message: "b".into(),
+            },
+            Unfit::Pools(vec![short("default", 50, 12)]),
+            Unfit::Pools(vec![short("default", 50, 3)]),
+            Unfit::Pools(vec![short("default", 60, 3)]),
+            Unfit::Pools(vec![short("fast", 50, 3)]),
+            Unfit::Pools(vec![Shortfall::Missing { pool: pool("fast") }]),
+            Unfit::Pools(vec![Shortfall::Missing {
+                pool: pool("default"),
+            }]),
+            Unfit::Pools(vec![Shortfall::NotReady {
+                pool: pool("fast"),
+                message: "x".into(),
+            }]),
+            Unfit::Pools(vec![Shortfall::NotReady {
+                pool: pool("fast"),
+                message: "y".into(),
+            }]),
+            Unfit::Pools(vec![short("default", 50, 3), short("fast", 10, 1)]),
+            Unfit::Pools(vec![short("default", 50, 9), short("fast", 10, 2)]),
+            Unfit::Pools(vec![short("fast", 10, 1), short("default", 50, 3)]),
+        ];
+        let most_free = |p: &PoolName| Some(Bytes::gib(p.0.len() as u64));
+        let mut same = 0;
+        for a in &unfits {
+            for b in &unfits {
+                let texts = a.scheduler_reason(most_free) == b.scheduler_reason(most_free);
+                assert_eq!(a.same_reason(b), texts, "{a:?} and {b:?}");
+                same += usize::from(texts);
+            }
+        }
+        assert!(
+            same > unfits.len(),
+            "the table has pairs that share a reason"
+        );
     }
 
     #[test]
