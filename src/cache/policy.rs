@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
 use super::inflight::Inflight;
-use super::{ClusterIndex, FitPlan, Held, OwnHold, PodDemand, credit};
+use super::{ClusterIndex, Held, OwnHold, PlannedNode, PodDemand, credit};
 use crate::ledger::{
     Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, best, check_aged, normalize,
     room_after,
@@ -125,10 +125,11 @@ impl StowagePolicy {
     /// of the pod's own claims are copied and credited ([`Self::with_node`]); every other
     /// node is decided by the plan's compact summary, which goes to the ledger's
     /// [`check_aged`] only for nodes that may not fit.
+    #[allow(clippy::too_many_arguments)]
     fn check_node(
         &self,
         index: &ClusterIndex,
-        plan: &FitPlan<'_>,
+        planned: Option<PlannedNode<'_>>,
         name: &str,
         now: Timestamp,
         demand: &Demand,
@@ -139,8 +140,7 @@ impl StowagePolicy {
                 check_aged(node, age, demand, &self.opts).map(|()| room_after(node, demand))
             })
         } else {
-            plan.node(name)
-                .map(|node| node.check(now, &self.opts, demand).map(|()| node.room()))
+            planned.map(|node| node.check(now, &self.opts, demand).map(|()| node.room()))
         };
         match fit {
             Some(fit) => fit,
@@ -307,7 +307,10 @@ impl Policy for StowagePolicy {
         let mut elsewhere: Option<(&OwnHold, Arc<str>)> = None;
         let pending: Arc<str> = Arc::from("");
         let mut passing = Vec::with_capacity(nodes.len());
-        for (i, &node) in nodes.iter().enumerate() {
+        // The names are looked up first, in a loop of their own: the lookups do not depend
+        // on each other, so the processor overlaps their waits for memory.
+        let planned: Vec<_> = nodes.iter().map(|&node| plan.node(node)).collect();
+        for ((i, &node), planned) in nodes.iter().enumerate().zip(planned) {
             // A LocalVolume is never moved: once one of the pod's claims has one (made with
             // a sibling's, or before a binding cycle failed), the pod can only run on its
             // node.
@@ -328,7 +331,7 @@ impl Policy for StowagePolicy {
                 };
                 rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason).at(i));
             } else {
-                match self.check_node(&index, &plan, node, now, &demand, &holds) {
+                match self.check_node(&index, planned, node, now, &demand, &holds) {
                     Ok(room) => passing.push((i, room)),
                     Err(e) => {
                         let rejection = Rejection::unresolvable(node, e.kind(), pending.clone());
