@@ -922,7 +922,7 @@ impl<'a> PlannedNode<'a> {
         let Some(summary) = self.summary() else {
             return false;
         };
-        let fresh = age(summary.heartbeat, now).is_some_and(|a| a <= opts.stale_after);
+        let fresh = fresh(summary.heartbeat, now, opts.stale_after);
         if !fresh || !summary.ready {
             return false;
         }
@@ -1053,6 +1053,14 @@ fn heartbeat(status: Option<&StorageNodeStatus>) -> Option<Timestamp> {
 }
 
 /// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.
+/// Whether a node that last reported at `heartbeat` is fresh at `now`: its [`age`] is at most
+/// `limit`. Compared in nanoseconds, without making the age: filter asks this of every
+/// candidate.
+fn fresh(heartbeat: Option<Timestamp>, now: Timestamp, limit: Duration) -> bool {
+    let limit = i128::try_from(limit.as_nanos()).unwrap_or(i128::MAX);
+    heartbeat.is_some_and(|at| now.as_nanosecond() - at.as_nanosecond() <= limit)
+}
+
 fn age(heartbeat: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
     let at = heartbeat?;
     Some(Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO))

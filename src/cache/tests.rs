@@ -1000,6 +1000,35 @@ mod fit_plan {
         })
     }
 
+    /// `fresh` is `age <= limit`, to the nanosecond, for heartbeats on both sides of the
+    /// limit and in the future (a skewed clock: age 0).
+    #[test]
+    fn freshness_is_the_age_within_the_limit() {
+        use k8s_openapi::jiff::SignedDuration;
+        let now: k8s_openapi::jiff::Timestamp = super::NOW.parse().unwrap();
+        let limit = Duration::from_secs(45);
+        for nanos in [
+            -5_000_000_000_i64,
+            -1,
+            0,
+            1,
+            44_999_999_999,
+            45_000_000_000,
+            45_000_000_001,
+            90_000_000_000,
+        ] {
+            let at = now - SignedDuration::from_nanos(nanos);
+            let want = super::super::age(Some(at), now).is_some_and(|a| a <= limit);
+            assert_eq!(
+                super::super::fresh(Some(at), now, limit),
+                want,
+                "{nanos} ns"
+            );
+            assert_eq!(want, nanos <= 45_000_000_000, "{nanos} ns");
+        }
+        assert!(!super::super::fresh(None, now, limit));
+    }
+
     proptest! {
         #[test]
         fn plan_fits_and_scores_as_the_ledger(
