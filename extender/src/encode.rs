@@ -57,28 +57,36 @@ pub(crate) fn array<T>(
 }
 
 /// Appends `"k":"v",…` (a map's entries without its braces) from `(key, value)` pairs, in
-/// the order given. A value equal to the one before it is copied from where that one was
-/// written rather than escaped again: a filter answer gives hundreds of nodes the same
-/// reason.
+/// the order given. A value written before (the same `Arc`, or the same text among the
+/// first few distinct ones) is copied from where it was written rather than escaped again:
+/// a filter answer gives hundreds of nodes the same few reasons.
 pub(crate) fn entries<'a>(
     out: &mut Vec<u8>,
     pairs: impl IntoIterator<Item = &'a (&'a str, Arc<str>)>,
 ) {
-    let mut last: Option<(&str, Range<usize>)> = None;
+    const REMEMBERED: usize = 8;
+    let mut written: Vec<(&Arc<str>, Range<usize>)> = Vec::new();
     for (i, (key, value)) in pairs.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         string(out, key);
         out.push(b':');
-        match &last {
-            Some((before, written)) if *before == &**value => {
-                out.extend_from_within(written.clone());
+        let before = written
+            .iter()
+            .find(|(v, _)| Arc::ptr_eq(v, value))
+            .or_else(|| written.iter().find(|(v, _)| v == &value));
+        match before {
+            Some((_, range)) => {
+                let range = range.clone();
+                out.extend_from_within(range);
             }
-            _ => {
+            None => {
                 let start = out.len();
                 string(out, value);
-                last = Some((value, start..out.len()));
+                if written.len() < REMEMBERED {
+                    written.push((value, start..out.len()));
+                }
             }
         }
     }
@@ -155,19 +163,24 @@ mod tests {
         }
 
         /// Repeated values are copied, not escaped again: the map is still serde_json's, with
-        /// values drawn from a few so that runs of equal ones are common.
+        /// values drawn from more than are remembered, some of them shared `Arc`s.
         #[test]
         fn map_entries_are_written_as_serde_json_writes_the_map(
-            picks in proptest::collection::vec((any::<String>(), 0..3usize), 0..12),
-            values in proptest::collection::vec(any::<String>(), 3),
+            picks in proptest::collection::vec((any::<String>(), 0..12usize), 0..40),
+            values in proptest::collection::vec(any::<String>(), 12),
         ) {
+            let shared: Vec<Arc<str>> = values.iter().map(|v| Arc::from(v.as_str())).collect();
             let mut keys: Vec<String> = picks.iter().map(|(k, _)| k.clone()).collect();
             keys.sort();
             keys.dedup();
             let pairs: Vec<(&str, Arc<str>)> = keys
                 .iter()
                 .zip(&picks)
-                .map(|(k, &(_, v))| (k.as_str(), Arc::from(values[v].as_str())))
+                .map(|(k, &(_, v))| {
+                    // Even picks share one `Arc` per value, odd ones get a copy of the text.
+                    let value = if v % 2 == 0 { shared[v].clone() } else { Arc::from(values[v].as_str()) };
+                    (k.as_str(), value)
+                })
                 .collect();
             let map: serde_json::Map<String, serde_json::Value> = pairs
                 .iter()
