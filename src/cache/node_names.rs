@@ -36,7 +36,9 @@ impl NodeNames {
     #[inline]
     pub(super) fn get(&self, name: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(name);
-        self.table.find(hash, |&i| self.name(i) == name).copied()
+        self.table
+            .find(hash, |&i| same(self.name(i), name))
+            .copied()
     }
 
     /// How many names there are.
@@ -115,6 +117,29 @@ impl NodeNames {
 
 /// The name at position `i`, from the parts of a [`NodeNames`] (for the table's rehash
 /// callbacks, which cannot borrow the whole).
+/// `a == b`, with names of 8 to 32 bytes (most node names) compared a word at a time in
+/// place rather than through a call to `memcmp`: a lookup confirms one name per candidate.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let words_equal = |ats: &[usize]| ats.iter().all(|&at| word(a, at) == word(b, at));
+    match n {
+        // Overlapping words cover every byte.
+        8..=16 => words_equal(&[0, n - 8]),
+        17..=32 => words_equal(&[0, 8, n - 16, n - 8]),
+        _ => a == b,
+    }
+}
+
 fn name_in<'a>(text: &'a str, spans: &[Range<usize>], i: usize) -> &'a str {
     spans
         .get(i)
@@ -157,6 +182,23 @@ mod tests {
                     prop_assert_eq!(names.name(i), m.as_str());
                 }
                 prop_assert!(names.garbage <= names.text.len() / 2);
+            }
+        }
+    }
+
+    /// `same` is `==` for every length around its word sizes, and for a difference at any
+    /// position.
+    #[test]
+    fn same_is_equality_at_every_length_and_position() {
+        for n in 0..=40 {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same(&a, &a.clone()), "{n}");
+            assert!(!same(&a, &format!("{a}x")), "{n}");
+            for at in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'-';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same(&a, &b), "{n} bytes, differing at {at}");
             }
         }
     }
