@@ -33,12 +33,15 @@
 //!         if spec.volumes.as_ref().is_none_or(|v| v.is_empty()) {
 //!             return FilterVerdict::PassThrough; // not our kind of pod: the fast path
 //!         }
+//!         // One reason shared by every node turned down, and each node's position: the
+//!         // router then matches the rejections to the candidates without a table of names.
+//!         let full: std::sync::Arc<str> = "node is full".into();
 //!         FilterVerdict::Reject(
 //!             nodes
 //!                 .iter()
-//!                 .copied()
-//!                 .filter(|n| n.starts_with("full-"))
-//!                 .map(|n| Rejection::unresolvable(n, "Full", "node is full"))
+//!                 .enumerate()
+//!                 .filter(|(_, n)| n.starts_with("full-"))
+//!                 .map(|(i, &n)| Rejection::unresolvable(n, "Full", full.clone()).at(i))
 //!                 .collect(),
 //!         )
 //!     }
@@ -72,7 +75,8 @@
 //! * Nodes the policy does not reject pass. Every rejected node is reported with its reason in
 //!   `FailedNodes`, and an unresolvable one ([`Failure`]) in `FailedAndUnresolvableNodes` as
 //!   well, so the pod's `FailedScheduling` event explains it on every version: kube-scheduler
-//!   1.19 and 1.20 read `FailedNodes` only, later versions let the unresolvable entry win.
+//!   1.19 and 1.20 read `FailedNodes` only, later versions let the unresolvable entry win. A
+//!   reason given to many nodes is escaped once and copied after that.
 //! * Scores are clamped to [`MIN_EXTENDER_PRIORITY`]`..=`[`MAX_EXTENDER_PRIORITY`]: the scheduler
 //!   multiplies them by `weight × 10` and does not clamp.
 //! * Requests are refused with `{"Error": "<reason>"}` and 400 (malformed JSON, wrong types,
