@@ -178,7 +178,11 @@ mod tests {
                 .zip(&picks)
                 .map(|(k, &(_, v))| {
                     // Even picks share one `Arc` per value, odd ones get a copy of the text.
-                    let value = if v % 2 == 0 { shared[v].clone() } else { Arc::from(values[v].as_str()) };
+                    let value = if v % 2 == 0 {
+                        shared[v].clone()
+                    } else {
+                        Arc::from(values[v].as_str())
+                    };
                     (k.as_str(), value)
                 })
                 .collect();

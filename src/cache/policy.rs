@@ -125,7 +125,6 @@ impl StowagePolicy {
     /// of the pod's own claims are copied and credited ([`Self::with_node`]); every other
     /// node is decided by the plan's compact summary, which goes to the ledger's
     /// [`check_aged`] only for nodes that may not fit.
-    #[allow(clippy::too_many_arguments)]
     fn check_node(
         &self,
         index: &ClusterIndex,
