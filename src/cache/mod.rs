@@ -1052,7 +1052,6 @@ fn heartbeat(status: Option<&StorageNodeStatus>) -> Option<Timestamp> {
     status?.heartbeat_time.as_deref()?.parse().ok()
 }
 
-/// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.
 /// Whether a node that last reported at `heartbeat` is fresh at `now`: its [`age`] is at most
 /// `limit`. Compared in nanoseconds, without making the age: filter asks this of every
 /// candidate.
@@ -1061,6 +1060,7 @@ fn fresh(heartbeat: Option<Timestamp>, now: Timestamp, limit: Duration) -> bool 
     heartbeat.is_some_and(|at| now.as_nanosecond() - at.as_nanosecond() <= limit)
 }
 
+/// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.
 fn age(heartbeat: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
     let at = heartbeat?;
     Some(Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO))
