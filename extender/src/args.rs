@@ -28,7 +28,9 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::body::ApiError;
+use crate::body::{ApiError, JsonBody};
+
+mod quick;
 
 /// The most candidate nodes one request may name (`NodeNames`, or `Nodes.items`).
 ///
@@ -194,6 +196,17 @@ pub(crate) struct PodKey<'a>(pub(crate) &'a Pod);
 // === impl Args ===
 
 impl<'a> Args<'a> {
+    /// Decodes `body` as `ExtenderArgs`. The body a cache-capable scheduler sends is read by
+    /// [`quick`], which splits its names by hand; any other body, and any body that path
+    /// declines, is decoded by serde, which also explains what is wrong with it.
+    pub(crate) fn decode(body: &'a JsonBody) -> Result<Self, ApiError> {
+        if let Some(args) = std::str::from_utf8(&body.0).ok().and_then(quick::args) {
+            return Ok(args);
+        }
+        let ObjectOnly(args) = body.decode("ExtenderArgs")?;
+        Ok(args)
+    }
+
     /// Splits off the candidates. `NodeNames` wins when both are set, as the scheduler itself
     /// prefers it for a cache-capable extender; it never sends both.
     pub(crate) fn into_parts(self) -> Result<(Pod, Candidates<'a>), ApiError> {

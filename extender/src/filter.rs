@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{Span, debug};
 
-use crate::args::{Args, Candidates, ObjectOnly, PodKey};
+use crate::args::{Args, Candidates, PodKey};
 use crate::body::{ApiError, JsonBody};
 use crate::encode;
 use crate::observe::{Observer, Outcome};
@@ -17,8 +17,7 @@ pub(crate) fn respond<P: Policy>(
     observer: &dyn Observer,
     body: &JsonBody,
 ) -> Result<Answer, ApiError> {
-    let ObjectOnly(args): ObjectOnly<Args<'_>> = body.decode("ExtenderArgs")?;
-    let (pod, candidates) = args.into_parts()?;
+    let (pod, candidates) = Args::decode(body)?.into_parts()?;
     let names = candidates.names();
     let span = Span::current();
     span.record("pod", tracing::field::display(PodKey(&pod)));

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use tracing::{Span, debug};
 
-use crate::args::{Args, ObjectOnly, PodKey};
+use crate::args::{Args, PodKey};
 use crate::body::{ApiError, JsonBody};
 use crate::encode;
 use crate::observe::Outcome;
@@ -13,8 +13,7 @@ use crate::routes::{Answer, FastState};
 use crate::wire::{MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY};
 
 pub(crate) fn respond<P: Policy>(policy: &P, body: &JsonBody) -> Result<Answer, ApiError> {
-    let ObjectOnly(args): ObjectOnly<Args<'_>> = body.decode("ExtenderArgs")?;
-    let (pod, candidates) = args.into_parts()?;
+    let (pod, candidates) = Args::decode(body)?.into_parts()?;
     let names = candidates.names();
     let span = Span::current();
     span.record("pod", tracing::field::display(PodKey(&pod)));

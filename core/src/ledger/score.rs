@@ -197,7 +197,10 @@ fn preference(room: Option<(u128, u128)>, placement: Placement) -> Option<u64> {
 /// that do not fit (`None`) are never among them, so fewer than `k` may come back.
 ///
 /// The extender's filter keeps the scheduler to these when it is asked to narrow the
-/// candidates (`--extender-keep-best`).
+/// candidates (`--extender-keep-best`): 20 of thousands. So the candidates are not all
+/// ranked. The best so far are kept, cut back to `k` whenever they reach `2k`; after a cut,
+/// a candidate whose preference is below the `k`-th kept one's cannot make the `k` best and
+/// is passed over with one multiplication ([`below`]), neither divided nor kept.
 pub fn best(
     rooms: impl IntoIterator<Item = Option<(u128, u128)>>,
     placement: Placement,
@@ -207,22 +210,65 @@ pub fn best(
     if k == 0 {
         return Vec::new();
     }
-    let mut fitting: Vec<(u64, usize)> = rooms
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, room)| Some((preference(room, placement)?, i)))
-        .collect();
     let order = |a: &(u64, usize), b: &(u64, usize)| {
         b.0.cmp(&a.0)
             .then_with(|| tiebreak(a.1).cmp(&tiebreak(b.1)))
             .then(a.1.cmp(&b.1))
     };
-    if fitting.len() > k {
-        fitting.select_nth_unstable_by(k - 1, order);
-        fitting.truncate(k);
+    let cut_at = k.saturating_mul(2);
+    let mut kept: Vec<(u64, usize)> = Vec::with_capacity(cut_at.min(1024));
+    // The preference of the `k`-th best so far, once there are `k`.
+    let mut floor: Option<u64> = None;
+    for (i, room) in rooms.into_iter().enumerate() {
+        if let (Some(floor), Some((left, whole))) = (floor, room)
+            && below(left, whole, floor, placement)
+        {
+            continue;
+        }
+        let Some(preference) = preference(room, placement) else {
+            continue;
+        };
+        kept.push((preference, i));
+        if kept.len() == cut_at {
+            kept.select_nth_unstable_by(k - 1, order);
+            kept.truncate(k);
+            floor = kept.iter().map(|&(p, _)| p).min();
+        }
     }
-    fitting.sort_unstable_by(order);
-    fitting.into_iter().map(|(_, i)| i).collect()
+    if kept.len() > k {
+        kept.select_nth_unstable_by(k - 1, order);
+        kept.truncate(k);
+    }
+    kept.sort_unstable_by(order);
+    kept.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Whether `preference(Some((left, whole)), placement) < Some(floor)`, the share compared by
+/// multiplication rather than found by division: `floor(x / w) < f` exactly when
+/// `x < f * w`. `false` where the products would overflow (no real pool set comes near),
+/// so such a room is decided by [`preference`] itself.
+#[inline]
+fn below(left: u128, whole: u128, floor: u64, placement: Placement) -> bool {
+    if whole == 0 {
+        return false;
+    }
+    let Some(scaled) = left.min(whole).checked_mul(1 << 32) else {
+        return false;
+    };
+    match placement {
+        // share < floor
+        Placement::Spread => u128::from(floor)
+            .checked_mul(whole)
+            .is_some_and(|bar| scaled < bar),
+        // 2^32 - share < floor, i.e. share >= 2^32 - floor + 1
+        Placement::Binpack => match (1u128 << 32).checked_sub(u128::from(floor)) {
+            Some(rest) => (rest + 1)
+                .checked_mul(whole)
+                .is_some_and(|bar| scaled >= bar),
+            // A floor above every share: every preference is below it.
+            None => true,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +463,100 @@ mod tests {
                 assert_eq!(got, all, "{r:?} {ties:?} k={k}");
             }
         }
+    }
+
+    /// What [`best`] must return: the fitting candidates fully sorted by its order, cut to `k`.
+    fn best_by_full_sort(
+        r: &[Option<(u128, u128)>],
+        placement: Placement,
+        ties: &[u64],
+        k: usize,
+    ) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..r.len())
+            .filter(|&i| preference(r[i], placement).is_some())
+            .collect();
+        let key = |i: usize| {
+            let v = preference(r[i], placement).unwrap_or_default();
+            (std::cmp::Reverse(v), ties[i], i)
+        };
+        all.sort_by_key(|&i| key(i));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn the_best_few_of_many_agree_with_a_full_sort() {
+        // Many candidates and a small k, so the kept ones are cut back again and again and
+        // most candidates are passed over by `below`: pool-sized rooms, rooms with the same
+        // share at different sizes, full and empty pools, and ties.
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
+        for round in 0..400 {
+            let n = 1 + (next() % 600) as usize;
+            let r: Vec<Option<(u128, u128)>> = (0..n)
+                .map(|_| {
+                    let whole = u128::from(1 + next() % (1 << 45));
+                    match next() % 8 {
+                        0 => None,
+                        1 => Some((0, whole)),
+                        2 => Some((whole, whole)),
+                        3 => Some((0, 0)),
+                        4 => {
+                            let m = u128::from(1 + next() % 1000);
+                            Some((u128::from(next() % 4) * m, 4 * m))
+                        }
+                        _ => Some((u128::from(next()) % (whole + 1), whole)),
+                    }
+                })
+                .collect();
+            let ties: Vec<u64> = (0..n).map(|_| next() % 4).collect();
+            let k = 1 + (next() % 30) as usize;
+            for placement in [Placement::Spread, Placement::Binpack] {
+                let got = best(r.iter().copied(), placement, |i| ties[i], k);
+                let want = best_by_full_sort(&r, placement, &ties, k);
+                assert_eq!(got, want, "round {round}, n={n}, k={k}, {placement:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn below_compares_exactly_as_the_divided_share() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
+        let check = |left: u128, whole: u128, floor: u64| {
+            for placement in [Placement::Spread, Placement::Binpack] {
+                let divided = preference(Some((left, whole)), placement);
+                assert_eq!(
+                    below(left, whole, floor, placement),
+                    divided.is_some_and(|p| p < floor),
+                    "left={left} whole={whole} floor={floor} {placement:?}"
+                );
+            }
+        };
+        for whole in 0..=12 {
+            for left in 0..=14 {
+                for floor in (0..=16).map(|f| f << 28).chain([1, (1 << 32) - 1]) {
+                    check(left, whole, floor);
+                    check(left, whole, floor + 1);
+                }
+            }
+        }
+        for _ in 0..100_000 {
+            let whole = u128::from(next()) << (next() % 7);
+            let left = u128::from(next()) % (whole + 2);
+            // A floor at the candidate's own preference, or one away from it, half the time.
+            let floor = match (
+                next() % 4,
+                preference(Some((left, whole)), Placement::Spread),
+            ) {
+                (0, Some(p)) => p,
+                (1, Some(p)) => p + 1,
+                (2, Some(p)) => (1u64 << 32) - p,
+                _ => next() % ((1 << 32) + 1),
+            };
+            check(left, whole, floor);
+        }
+        // Products that would overflow: not below, so the share is divided.
+        assert!(!below(u128::MAX, u128::MAX, 1, Placement::Spread));
+        assert!(!below(u128::MAX / 2, u128::MAX, 0, Placement::Binpack));
     }
 
     #[test]
