@@ -29,6 +29,11 @@ use crate::ledger::{Bytes, PoolName};
 /// linger.
 pub const GUESS_TTL: Duration = Duration::from_secs(5);
 
+/// Bytes guessed onto each node and pool ([`Inflight::load`]). Hashed with foldhash, not
+/// SipHash: filter looks each of thousands of candidates up in it during a burst. The keys
+/// are node names the extender itself chose.
+pub type Guessed = HashMap<String, Vec<(PoolName, Bytes)>, foldhash::fast::RandomState>;
+
 /// One claim of a guessed pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuessedClaim {
@@ -76,13 +81,8 @@ impl Inflight {
     /// Bytes guessed onto each node and pool by pods other than `except`, counting only
     /// claims the index still sees unplaced. Drops expired guesses and those with nothing
     /// left to count.
-    pub fn load(
-        &mut self,
-        index: &ClusterIndex,
-        except: &str,
-        now: Instant,
-    ) -> HashMap<String, Vec<(PoolName, Bytes)>> {
-        let mut out: HashMap<String, Vec<(PoolName, Bytes)>> = HashMap::new();
+    pub fn load(&mut self, index: &ClusterIndex, except: &str, now: Instant) -> Guessed {
+        let mut out = Guessed::default();
         self.by_pod.retain(|pod, guess| {
             if now.saturating_duration_since(guess.at) >= GUESS_TTL {
                 return false;

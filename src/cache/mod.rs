@@ -236,6 +236,30 @@ pub struct PlannedNode<'a> {
     index: usize,
 }
 
+/// The time and options of one request's fit checks ([`PlannedNode::judge`]), with the
+/// oldest heartbeat still fresh worked out once rather than per node.
+#[derive(Clone, Copy, Debug)]
+pub struct FitClock {
+    now: Timestamp,
+    opts: FitOptions,
+    /// The oldest fresh heartbeat, `now - stale_after`; `None` when that is before any
+    /// time there is, so that every heartbeat is fresh.
+    fresh_since: Option<Timestamp>,
+}
+
+/// How a node fails a [`FitPlan`] ([`PlannedNode::judge`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failing {
+    /// Too little free space and nothing else: the node is fresh and ready, every demanded
+    /// pool is there and ready, and the plan's pools with these bits set (bit `k` for its
+    /// `k`-th) are too full. [`FitPlan::unfit`] makes it the [`Unfit`] the ledger gives.
+    /// Most nodes turned down fail this way; deciding it from the summary spares them the
+    /// ledger's check and its allocations.
+    Short(u64),
+    /// Any other way, as the ledger's [`check_aged`] says.
+    Unfit(Unfit),
+}
+
 /// What a pod asks of stowage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodDemand {
@@ -897,6 +921,65 @@ impl<'a> FitPlan<'a> {
         let index = self.base.by_name.get(name)?;
         Some(PlannedNode { plan: self, index })
     }
+
+    /// How many pools the demand names: the length of the `free` that [`PlannedNode::judge`]
+    /// and [`Self::unfit`] take.
+    pub fn pools(&self) -> usize {
+        self.wanted.len()
+    }
+
+    /// The [`Unfit`] of a node that is [`Failing::Short`] of the pools in `short`, with
+    /// `free[k]` as the free space of the plan's `k`-th pool: the ledger's
+    /// [`Unfit::Pools`] of [`Shortfall::Insufficient`](crate::ledger::Shortfall), in the
+    /// demand's order.
+    pub fn unfit(&self, short: u64, free: &[Bytes]) -> Unfit {
+        let shortfalls = self
+            .wanted
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k < 64 && short & (1 << k) != 0)
+            .filter_map(|(k, &(id, needed))| {
+                Some(crate::ledger::Shortfall::Insufficient {
+                    pool: self.base.pool_names.get(id?)?.clone(),
+                    needed,
+                    free: free.get(k).copied().unwrap_or_default(),
+                })
+            })
+            .collect();
+        Unfit::Pools(shortfalls)
+    }
+}
+
+// === impl FitClock ===
+
+impl FitClock {
+    /// Fit checks at `now` with `opts`.
+    pub fn new(now: Timestamp, opts: FitOptions) -> Self {
+        let fresh_since = k8s_openapi::jiff::SignedDuration::try_from(opts.stale_after)
+            .ok()
+            .and_then(|limit| now.checked_sub(limit).ok());
+        Self {
+            now,
+            opts,
+            fresh_since,
+        }
+    }
+
+    /// The time the checks are made at.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Whether a node that last reported at `heartbeat` is fresh: its [`age`] is at most
+    /// `stale_after`, decided by one comparison (filter asks this of every candidate).
+    #[inline]
+    fn fresh(&self, heartbeat: Option<Timestamp>) -> bool {
+        match (heartbeat, self.fresh_since) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(at), Some(since)) => at >= since,
+        }
+    }
 }
 
 // === impl PlannedNode ===
@@ -913,35 +996,65 @@ impl<'a> PlannedNode<'a> {
         self.summary().and_then(|s| age(s.heartbeat, now))
     }
 
-    /// Whether the demand certainly fits: `true` exactly when [`check_aged`] on the node's
-    /// entry would return `Ok`. Decided from the summary alone.
-    pub fn fits(&self, now: Timestamp, opts: &FitOptions) -> bool {
-        if self.plan.wanted.is_empty() {
-            return true;
+    /// The room the demand leaves on the node ([`Self::room`]) when it fits; otherwise how it
+    /// fails, decided from the summary where only free space is short, and by the ledger's
+    /// [`check_aged`] on the node's entry where anything else is wrong. One pass over the
+    /// demanded pools. A node short of space raises `free[k]` to its free space in the
+    /// plan's `k`-th pool where that is short (`free` has [`FitPlan::pools`] entries), so
+    /// the caller learns the most free among the nodes turned down.
+    pub fn judge(
+        &self,
+        clock: &FitClock,
+        demand: &Demand,
+        free: &mut [Bytes],
+    ) -> Result<Option<(u128, u128)>, Failing> {
+        let wanted = &self.plan.wanted;
+        if wanted.is_empty() {
+            return Ok(self.room());
         }
-        let Some(summary) = self.summary() else {
-            return false;
+        let ledger = || match self.state() {
+            Some(state) => check_aged(state, self.heartbeat_age(clock.now), demand, &clock.opts)
+                .map(|()| self.room())
+                .map_err(Failing::Unfit),
+            None => Err(Failing::Unfit(Unfit::NoReport)),
         };
-        let fresh = fresh(summary.heartbeat, now, opts.stale_after);
-        if !fresh || !summary.ready {
-            return false;
+        let Some(summary) = self.summary() else {
+            return ledger();
+        };
+        if !clock.fresh(summary.heartbeat) || !summary.ready || wanted.len() > 64 {
+            return ledger();
         }
         let pools = self.pools();
-        self.plan.wanted.iter().all(|&(id, needed)| {
-            id.and_then(|id| pools.iter().find(|p| p.pool == id))
-                .is_some_and(|p| p.ready && needed <= p.free)
-        })
-    }
-
-    /// Why the demand does not fit, as [`check_aged`] says; `Ok` when it fits.
-    pub fn check(&self, now: Timestamp, opts: &FitOptions, demand: &Demand) -> Result<(), Unfit> {
-        if self.fits(now, opts) {
-            return Ok(());
+        let mut short = 0u64;
+        let mut left: u128 = 0;
+        let mut whole: u128 = 0;
+        for (k, &(id, needed)) in wanted.iter().enumerate() {
+            let Some(pool) = id.and_then(|id| pools.iter().find(|p| p.pool == id)) else {
+                return ledger();
+            };
+            if !pool.ready {
+                return ledger();
+            }
+            match pool.free.checked_sub(needed) {
+                Some(after) => {
+                    left += u128::from(after.0);
+                    whole += u128::from(pool.allocatable.0);
+                }
+                None => short |= 1 << k,
+            }
         }
-        match self.state() {
-            Some(state) => check_aged(state, self.heartbeat_age(now), demand, opts),
-            None => Err(Unfit::NoReport),
+        if short == 0 {
+            return Ok((whole > 0).then_some((left, whole)));
         }
+        for (k, &(id, _)) in wanted.iter().enumerate() {
+            if short & (1 << k) != 0
+                && let Some(pool) = id.and_then(|id| pools.iter().find(|p| p.pool == id))
+                && let Some(most) = free.get_mut(k)
+            {
+                *most = (*most).max(pool.free);
+            }
+        }
+        Err(Failing::Short(short))
     }
 
     /// The node's score for the demand: the same as [`crate::ledger::score`] on its entry.
@@ -1050,14 +1163,6 @@ type Rows<K, V> = indexmap::IndexMap<K, V>;
 /// The agent's last report; `None` when there is none or it is not RFC 3339.
 fn heartbeat(status: Option<&StorageNodeStatus>) -> Option<Timestamp> {
     status?.heartbeat_time.as_deref()?.parse().ok()
-}
-
-/// Whether a node that last reported at `heartbeat` is fresh at `now`: its [`age`] is at most
-/// `limit`. Compared in nanoseconds, without making the age: filter asks this of every
-/// candidate.
-fn fresh(heartbeat: Option<Timestamp>, now: Timestamp, limit: Duration) -> bool {
-    let limit = i128::try_from(limit.as_nanos()).unwrap_or(i128::MAX);
-    heartbeat.is_some_and(|at| now.as_nanosecond() - at.as_nanosecond() <= limit)
 }
 
 /// Time since `heartbeat`. A heartbeat from the future (clock skew) counts as just now.

@@ -24,11 +24,13 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use stowage_extender::{FilterVerdict, NodeScore, Policy, Rejection};
 
-use super::inflight::Inflight;
-use super::{ClusterIndex, Held, OwnHold, PlannedNode, PodDemand, credit};
+use super::inflight::{Guessed, Inflight};
+use super::{
+    ClusterIndex, Failing, FitClock, FitPlan, Held, OwnHold, PlannedNode, PodDemand, credit,
+};
 use crate::ledger::{
-    Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, best, check_aged, normalize,
-    room_after,
+    Best, Bytes, Demand, FitOptions, NodeState, PoolName, Shortfall, Unfit, best, check_aged,
+    normalize, room_after,
 };
 
 /// Where the policy reads the time: heartbeat ages are measured against it.
@@ -121,30 +123,33 @@ impl StowagePolicy {
     }
 
     /// Checks one node, and returns the room the demand leaves on a node that fits (what
-    /// [`Self::rank`] ranks it by, where no guess or hold changes it). Nodes holding some
-    /// of the pod's own claims are copied and credited ([`Self::with_node`]); every other
-    /// node is decided by the plan's compact summary, which goes to the ledger's
-    /// [`check_aged`] only for nodes that may not fit.
+    /// [`best`] ranks it by, where no guess or hold changes it). Nodes holding some of the
+    /// pod's own claims are copied and credited ([`Self::with_node`]); every other node is
+    /// judged by the plan's compact summary ([`PlannedNode::judge`], which raises `free`).
+    #[allow(clippy::too_many_arguments)]
     fn check_node(
         &self,
         index: &ClusterIndex,
         planned: Option<PlannedNode<'_>>,
         name: &str,
-        now: Timestamp,
+        clock: &FitClock,
         demand: &Demand,
         holds: &[OwnHold],
-    ) -> Result<Room, Unfit> {
+        free: &mut [Bytes],
+    ) -> Result<Room, Failing> {
         let fit = if holds.iter().any(|h| h.node.as_str() == name) {
-            Self::with_node(index, name, now, holds, |node, age| {
-                check_aged(node, age, demand, &self.opts).map(|()| room_after(node, demand))
+            Self::with_node(index, name, clock.now(), holds, |node, age| {
+                check_aged(node, age, demand, &self.opts)
+                    .map(|()| room_after(node, demand))
+                    .map_err(Failing::Unfit)
             })
         } else {
-            planned.map(|node| node.check(now, &self.opts, demand).map(|()| node.room()))
+            planned.map(|node| node.judge(clock, demand, free))
         };
         match fit {
             Some(fit) => fit,
             None if demand.is_empty() => Ok(None),
-            None => Err(Unfit::NoReport),
+            None => Err(Failing::Unfit(Unfit::NoReport)),
         }
     }
 
@@ -175,30 +180,59 @@ impl StowagePolicy {
         let started = Instant::now();
         let guessed = self.inflight.lock().load(index, &key, started);
         let mut rooms = nodes.iter().enumerate().map(|(i, &node)| {
-            let extra = guessed.get(node);
-            if extra.is_some() || holds.iter().any(|h| h.node.as_str() == node) {
-                let mut n = Self::node_copy(index, node, now, holds)?;
-                for (pool, bytes) in extra.into_iter().flatten() {
-                    if let Some(p) = n.pool_mut(pool.as_str()) {
-                        p.reserved = p.reserved.saturating_add(*bytes);
-                    }
-                }
-                room_after(&n, demand)
-            } else {
-                room(i)
-            }
+            Self::guessed_room(index, node, now, demand, holds, &guessed, || room(i))
         });
-        let ties = FixedState::with_seed(0);
-        let tie = |i: usize| ties.hash_one((key.as_str(), nodes[i]));
+        let tie = tiebreak(&key, nodes);
         let (ranked, top) = rank(&mut rooms, &tie);
         if let Some(top) = top {
-            let claims = index.pod_unplaced(pod);
-            self.inflight
-                .lock()
-                .record(&key, nodes[top], claims, started);
+            self.guess(index, pod, &key, nodes[top], started);
         }
         ranked
     }
+
+    /// The room the demand leaves on `node` once what the pods just ranked are guessed to
+    /// take there is taken too, and what the cluster holds for this pod's own claims given
+    /// back; `room()` (the node as the index has it) where neither changes it.
+    fn guessed_room(
+        index: &ClusterIndex,
+        node: &str,
+        now: Timestamp,
+        demand: &Demand,
+        holds: &[OwnHold],
+        guessed: &Guessed,
+        room: impl FnOnce() -> Room,
+    ) -> Room {
+        let extra = if guessed.is_empty() {
+            None
+        } else {
+            guessed.get(node)
+        };
+        if extra.is_none() && !holds.iter().any(|h| h.node.as_str() == node) {
+            return room();
+        }
+        let mut n = Self::node_copy(index, node, now, holds)?;
+        for (pool, bytes) in extra.into_iter().flatten() {
+            if let Some(p) = n.pool_mut(pool.as_str()) {
+                p.reserved = p.reserved.saturating_add(*bytes);
+            }
+        }
+        room_after(&n, demand)
+    }
+
+    /// Guesses `pod` (its key `key`) onto `node` with its unplaced claims
+    /// ([`inflight`](super::inflight)).
+    fn guess(&self, index: &ClusterIndex, pod: &Pod, key: &str, node: &str, started: Instant) {
+        let claims = index.pod_unplaced(pod);
+        self.inflight.lock().record(key, node, claims, started);
+    }
+}
+
+/// Equally good nodes for the pod `key`, ordered by a hash of the pod and the node: a
+/// different order for each pod, as kube-scheduler's random pick among equal scores, but
+/// one the extender knows.
+fn tiebreak<'a>(key: &'a str, nodes: &'a [&str]) -> impl Fn(usize) -> u64 + 'a {
+    let ties = FixedState::with_seed(0);
+    move |i: usize| ties.hash_one((key, nodes[i]))
 }
 
 /// A node's room after the pod's demand, `(left, whole)` ([`room_after`]); `None` where
@@ -220,17 +254,34 @@ pub const POLICY_KINDS: [&str; 2] = [NOT_SEEN_YET, VOLUME_ELSEWHERE];
 
 /// Per pool, the most free space among the nodes turned down for that pool's size: the one
 /// figure of theirs the reason kube-scheduler gets keeps ([`Unfit::scheduler_reason`]).
-fn most_free<'u>(unfit: impl Iterator<Item = &'u Unfit>) -> Vec<(PoolName, Bytes)> {
+/// `short_free` holds it for the nodes judged [`Failing::Short`], per pool of `plan`.
+fn most_free(
+    unfit: &[(usize, Failing)],
+    plan: &FitPlan<'_>,
+    short_free: &[Bytes],
+) -> Vec<(PoolName, Bytes)> {
     let mut most: Vec<(PoolName, Bytes)> = Vec::new();
-    let short = unfit.flat_map(|u| match u {
-        Unfit::Pools(shortfalls) => shortfalls.as_slice(),
-        _ => &[],
+    let mut raise = |pool: &PoolName, free: Bytes| match most.iter_mut().find(|(p, _)| p == pool) {
+        Some((_, most)) => *most = (*most).max(free),
+        None => most.push((pool.clone(), free)),
+    };
+    let short = unfit.iter().fold(0, |all, (_, f)| match f {
+        Failing::Short(pools) => all | pools,
+        Failing::Unfit(_) => all,
     });
-    for shortfall in short {
-        if let Shortfall::Insufficient { pool, free, .. } = shortfall {
-            match most.iter_mut().find(|(p, _)| p == pool) {
-                Some((_, most)) => *most = (*most).max(*free),
-                None => most.push((pool.clone(), *free)),
+    if let Unfit::Pools(shortfalls) = plan.unfit(short, short_free) {
+        for shortfall in &shortfalls {
+            if let Shortfall::Insufficient { pool, free, .. } = shortfall {
+                raise(pool, *free);
+            }
+        }
+    }
+    for (_, failing) in unfit {
+        if let Failing::Unfit(Unfit::Pools(shortfalls)) = failing {
+            for shortfall in shortfalls {
+                if let Shortfall::Insufficient { pool, free, .. } = shortfall {
+                    raise(pool, *free);
+                }
             }
         }
     }
@@ -239,8 +290,13 @@ fn most_free<'u>(unfit: impl Iterator<Item = &'u Unfit>) -> Vec<(PoolName, Bytes
 
 /// Gives each rejection in `rejections` at the positions in `unfit` the reason kube-scheduler
 /// is to get for it, built once for all the nodes that fail the same way.
-fn give_reasons(rejections: &mut [Rejection<'_>], unfit: &[(usize, Unfit)]) {
-    let most_free = most_free(unfit.iter().map(|(_, u)| u));
+fn give_reasons(
+    rejections: &mut [Rejection<'_>],
+    unfit: &[(usize, Failing)],
+    plan: &FitPlan<'_>,
+    short_free: &[Bytes],
+) {
+    let most_free = most_free(unfit, plan, short_free);
     let most_free = |pool: &PoolName| {
         most_free
             .iter()
@@ -248,14 +304,28 @@ fn give_reasons(rejections: &mut [Rejection<'_>], unfit: &[(usize, Unfit)]) {
             .map(|&(_, free)| free)
     };
     let mut reasons: Vec<(&Unfit, Arc<str>)> = Vec::new();
-    for (at, unfit) in unfit {
-        let reason = match reasons.iter().find(|(u, _)| u.same_reason(unfit)) {
-            Some((_, reason)) => reason.clone(),
-            None => {
-                let reason: Arc<str> = unfit.scheduler_reason(most_free).into();
-                reasons.push((unfit, reason.clone()));
-                reason
-            }
+    let mut short_reasons: Vec<(u64, Arc<str>)> = Vec::new();
+    for (at, failing) in unfit {
+        let reason = match failing {
+            Failing::Short(pools) => match short_reasons.iter().find(|(p, _)| p == pools) {
+                Some((_, reason)) => reason.clone(),
+                None => {
+                    let reason: Arc<str> = plan
+                        .unfit(*pools, short_free)
+                        .scheduler_reason(most_free)
+                        .into();
+                    short_reasons.push((*pools, reason.clone()));
+                    reason
+                }
+            },
+            Failing::Unfit(unfit) => match reasons.iter().find(|(u, _)| u.same_reason(unfit)) {
+                Some((_, reason)) => reason.clone(),
+                None => {
+                    let reason: Arc<str> = unfit.scheduler_reason(most_free).into();
+                    reasons.push((unfit, reason.clone()));
+                    reason
+                }
+            },
         };
         rejections[*at].reason = reason;
     }
@@ -298,14 +368,28 @@ impl Policy for StowagePolicy {
             }) => (demand, placement, exclude_own_reservations),
         };
         let now = (self.clock)();
+        let clock = FitClock::new(now, self.opts);
         let plan = index.fit_plan(&demand);
         // Rejections in candidate order, each with its position; those of nodes without
         // room get their reasons once every node is checked (`give_reasons`).
         let mut rejections = Vec::new();
         let mut unfit = Vec::new();
+        let mut short_free = vec![Bytes::ZERO; plan.pools()];
         let mut elsewhere: Option<(&OwnHold, Arc<str>)> = None;
         let pending: Arc<str> = Arc::from("");
-        let mut passing = Vec::with_capacity(nodes.len());
+        // The nodes that can host the pod are counted, and, where the policy keeps only the
+        // best, ranked as they are found: the best so far are all that is kept of them.
+        let mut passing = 0;
+        let mut only = None;
+        let key = pod_key(pod);
+        let started = Instant::now();
+        let ranking = self.keep_best > 0;
+        let guessed = if ranking {
+            self.inflight.lock().load(&index, &key, started)
+        } else {
+            Guessed::default()
+        };
+        let mut ranked = Best::new(placement, tiebreak(&key, nodes), self.keep_best);
         // The names are looked up first, in a loop of their own: the lookups do not depend
         // on each other, so the processor overlaps their waits for memory.
         let planned: Vec<_> = nodes.iter().map(|&node| plan.node(node)).collect();
@@ -330,34 +414,75 @@ impl Policy for StowagePolicy {
                 };
                 rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason).at(i));
             } else {
-                match self.check_node(&index, planned, node, now, &demand, &holds) {
-                    Ok(room) => passing.push((i, room)),
-                    Err(e) => {
-                        let rejection = Rejection::unresolvable(node, e.kind(), pending.clone());
-                        unfit.push((rejections.len(), e));
+                let fit = self.check_node(
+                    &index,
+                    planned,
+                    node,
+                    &clock,
+                    &demand,
+                    &holds,
+                    &mut short_free,
+                );
+                match fit {
+                    Ok(room) => {
+                        passing += 1;
+                        only = Some((i, room));
+                        if ranking {
+                            let room = Self::guessed_room(
+                                &index,
+                                node,
+                                now,
+                                &demand,
+                                &holds,
+                                &guessed,
+                                || room,
+                            );
+                            ranked.offer(i, room);
+                        }
+                    }
+                    Err(failing) => {
+                        let kind = match &failing {
+                            Failing::Short(_) => Shortfall::INSUFFICIENT,
+                            Failing::Unfit(unfit) => unfit.kind(),
+                        };
+                        let rejection = Rejection::unresolvable(node, kind, pending.clone());
+                        unfit.push((rejections.len(), failing));
                         rejections.push(rejection.at(i));
                     }
                 }
             }
         }
-        give_reasons(&mut rejections, &unfit);
-        // Where one node passes, kube-scheduler places the pod there without scoring: the
-        // guess is made here. Where more pass than the policy keeps, the best are kept.
-        let narrow = self.keep_best > 0 && passing.len() > self.keep_best;
-        if narrow || passing.len() == 1 {
-            let names: Vec<&str> = passing.iter().map(|&(i, _)| nodes[i]).collect();
-            let room = |j: usize| passing[j].1;
-            let kept = self.rank(&index, pod, &demand, &holds, &names, room, |rooms, tie| {
-                let kept = best(rooms, placement, tie, self.keep_best.max(1));
-                let top = kept.first().copied();
-                (kept, top)
-            });
+        give_reasons(&mut rejections, &unfit, &plan, &short_free);
+        // Where more pass than the policy keeps, the best are kept. Where one node passes,
+        // kube-scheduler places the pod there without scoring. Either way the pod is guessed
+        // here onto the node the policy put first.
+        let narrow = ranking && passing > self.keep_best;
+        if ranking && (narrow || passing == 1) {
+            let kept = ranked.positions();
+            if let Some(&top) = kept.first() {
+                self.guess(&index, pod, &key, nodes[top], started);
+            }
             // Nodes the demand leaves no room to rank by (a pod asking for no bytes) are
             // never left out for it: narrowing needs `keep_best` ranked nodes.
             if narrow && kept.len() == self.keep_best {
-                let keep = kept.into_iter().map(|j| passing[j].0).collect();
-                return FilterVerdict::Narrow { keep, rejections };
+                return FilterVerdict::Narrow {
+                    keep: kept,
+                    rejections,
+                };
             }
+        } else if let (1, Some((i, room))) = (passing, only) {
+            self.rank(
+                &index,
+                pod,
+                &demand,
+                &holds,
+                &[nodes[i]],
+                |_| room,
+                |rooms, tie| {
+                    let top = best(rooms, placement, tie, 1).first().copied();
+                    ((), top)
+                },
+            );
         }
         if rejections.is_empty() {
             FilterVerdict::PassAll

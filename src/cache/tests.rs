@@ -532,6 +532,85 @@ fn nodes_that_fail_the_same_way_get_one_reason_whatever_their_own_figures() {
 }
 
 #[test]
+fn the_most_free_is_taken_over_nodes_short_of_space_however_they_were_judged() {
+    // A pod asking 10Gi of "default" and 1Gi of "fast". s5 and s8 have both pools and are
+    // only short of default space: judged from the plan's summary. m7 has no fast pool as
+    // well, and h9 holds the pod's own fast claim: both judged by the ledger. Every reason
+    // names the most free default space among all of them, whichever way that one was
+    // judged: h9's 9Gi, and without h9, s8's 8Gi.
+    let mut idx = cluster();
+    let g100 = Bytes::gib(100);
+    idx.reset_storage_nodes([
+        sn(
+            "s5",
+            Some(NOW),
+            &[
+                ("default", g100, Bytes::gib(95)),
+                ("fast", g100, Bytes::ZERO),
+            ],
+        ),
+        sn("m7", Some(NOW), &[("default", g100, Bytes::gib(93))]),
+        sn(
+            "s8",
+            Some(NOW),
+            &[
+                ("default", g100, Bytes::gib(92)),
+                ("fast", g100, Bytes::ZERO),
+            ],
+        ),
+        sn(
+            "h9",
+            Some(NOW),
+            &[
+                ("default", g100, Bytes::gib(91)),
+                ("fast", g100, Bytes::ZERO),
+            ],
+        ),
+        sn(
+            "ok",
+            Some(NOW),
+            &[("default", g100, Bytes::ZERO), ("fast", g100, Bytes::ZERO)],
+        ),
+    ]);
+    idx.reset_claims([
+        pvc("d", "local", "10Gi", None, None),
+        pvc("f", "fast", "1Gi", Some("h9"), None),
+    ]);
+    let p = policy(idx);
+    let short = |most: &str| {
+        format!(
+            "node(s) had too little free space in storage pool \"default\" (the pod's claims \
+             need 10Gi; the most free on any of them is {most})"
+        )
+    };
+    for (candidates, most) in [
+        (&["s5", "m7", "ok", "s8", "h9"][..], "9Gi"),
+        (&["s5", "m7", "ok", "s8"][..], "8Gi"),
+    ] {
+        let FilterVerdict::Reject(r) = p.filter(&pod(&["d", "f"]), candidates) else {
+            panic!("all but ok must be turned down");
+        };
+        assert_eq!(r.len(), candidates.len() - 1, "{r:?}");
+        let by_node = |node: &str| {
+            let found = r.iter().find(|x| x.node == node);
+            found.unwrap_or_else(|| panic!("{node} not turned down: {r:?}"))
+        };
+        for node in ["s5", "s8"] {
+            assert_eq!(*by_node(node).reason, *short(most), "{node}");
+            assert_eq!(by_node(node).kind, "insufficient_capacity");
+        }
+        assert!(Arc::ptr_eq(&by_node("s5").reason, &by_node("s8").reason));
+        assert_eq!(
+            *by_node("m7").reason,
+            *format!("{}; node(s) had no storage pool \"fast\"", short(most))
+        );
+        if candidates.contains(&"h9") {
+            assert_eq!(*by_node("h9").reason, *short(most));
+        }
+    }
+}
+
+#[test]
 fn a_stale_node_is_rejected_with_the_stale_reason() {
     let mut idx = cluster();
     idx.apply_claim(pvc("c", "local", "1Gi", None, None));
@@ -936,9 +1015,10 @@ mod fit_plan {
 
     use proptest::prelude::*;
 
-    use super::super::Base;
+    use super::super::{Base, Failing, FitClock};
     use crate::ledger::{
-        Bytes, Demand, Driver, FitOptions, NodeState, Placement, PoolState, check_aged, score,
+        Bytes, Demand, Driver, FitOptions, NodeState, Placement, PoolState, check_aged, room_after,
+        score,
     };
 
     const POOLS: [&str; 4] = ["a", "b", "c", "nowhere"];
@@ -1000,7 +1080,7 @@ mod fit_plan {
         })
     }
 
-    /// `fresh` is `age <= limit`, to the nanosecond, for heartbeats on both sides of the
+    /// A heartbeat is fresh when `age <= limit`, to the nanosecond, on both sides of the
     /// limit and in the future (a skewed clock: age 0).
     #[test]
     fn freshness_is_the_age_within_the_limit() {
@@ -1019,14 +1099,19 @@ mod fit_plan {
         ] {
             let at = now - SignedDuration::from_nanos(nanos);
             let want = super::super::age(Some(at), now).is_some_and(|a| a <= limit);
-            assert_eq!(
-                super::super::fresh(Some(at), now, limit),
-                want,
-                "{nanos} ns"
-            );
             assert_eq!(want, nanos <= 45_000_000_000, "{nanos} ns");
+            let clock = FitClock::new(now, FitOptions { stale_after: limit });
+            assert_eq!(clock.fresh(Some(at)), want, "{nanos} ns");
         }
-        assert!(!super::super::fresh(None, now, limit));
+        assert!(!FitClock::new(now, FitOptions { stale_after: limit }).fresh(None));
+        // A limit reaching back past the first representable time: every heartbeat is fresh.
+        let forever = FitClock::new(
+            now,
+            FitOptions {
+                stale_after: Duration::MAX,
+            },
+        );
+        assert!(forever.fresh(Some(k8s_openapi::jiff::Timestamp::MIN)));
     }
 
     proptest! {
@@ -1049,14 +1134,33 @@ mod fit_plan {
                 let age = age.map(Duration::from_secs);
                 prop_assert_eq!(planned.heartbeat_age(now), age);
                 let want = check_aged(node, age, &demand, &opts);
-                prop_assert_eq!(planned.fits(now, &opts), want.is_ok());
-                prop_assert_eq!(planned.check(now, &opts, &demand), want);
+                // Judged in one pass: the room where it fits, and the ledger's reason where
+                // not, made from the pools short of space where that is all that is wrong.
+                let mut free = vec![Bytes::ZERO; plan.pools()];
+                match planned.judge(&FitClock::new(now, opts), &demand, &mut free) {
+                    Ok(room) => {
+                        prop_assert!(want.is_ok());
+                        prop_assert_eq!(room, room_after(node, &demand));
+                    }
+                    Err(Failing::Short(short)) => {
+                        prop_assert_eq!(Err(plan.unfit(short, &free)), want);
+                    }
+                    Err(Failing::Unfit(unfit)) => prop_assert_eq!(Err(unfit), want),
+                }
                 for placement in [Placement::Spread, Placement::Binpack] {
                     prop_assert_eq!(planned.score(placement), score(node, &demand, placement));
                 }
             }
         }
     }
+}
+
+/// Whether `demand` fits on `node` by `plan`, now, with the default options.
+fn fits(plan: &FitPlan<'_>, node: &str, demand: &Demand) -> bool {
+    let clock = FitClock::new(now(), FitOptions::default());
+    let mut free = vec![Bytes::ZERO; plan.pools()];
+    plan.node(node)
+        .is_some_and(|n| n.judge(&clock, demand, &mut free).is_ok())
 }
 
 #[test]
@@ -1086,7 +1190,7 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
         .unwrap();
     let plan = index.fit_plan(&demand);
     assert!(
-        plan.node("n1").unwrap().fits(now(), &FitOptions::default()),
+        fits(&plan, "n1", &demand),
         "the fresh heartbeat counts in the fit check"
     );
 
@@ -1097,10 +1201,7 @@ fn a_heartbeat_only_update_keeps_the_derived_ledger_and_moves_the_heartbeat() {
         &[("default", Bytes::gib(100), Bytes::gib(100))],
     ));
     let plan = index.fit_plan(&demand);
-    assert!(
-        !plan.node("n1").unwrap().fits(now(), &FitOptions::default()),
-        "the full pool must be seen"
-    );
+    assert!(!fits(&plan, "n1", &demand), "the full pool must be seen");
 }
 
 #[test]
@@ -1112,11 +1213,7 @@ fn claims_volumes_and_storage_nodes_coming_and_going_never_rebuild_the_ledger_wh
         demand
             .add(PoolName("default".into()), Bytes::gib(gib))
             .unwrap();
-        index
-            .fit_plan(&demand)
-            .node(node)
-            .unwrap()
-            .fits(now(), &FitOptions::default())
+        fits(&index.fit_plan(&demand), node, &demand)
     };
     assert!(fits(&index, "n1", 100));
 

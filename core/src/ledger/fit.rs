@@ -78,11 +78,14 @@ pub enum Shortfall {
 }
 
 impl Shortfall {
+    /// The metrics label of a pool too full for its share ([`Unfit::kind`]).
+    pub const INSUFFICIENT: &'static str = "insufficient_capacity";
+
     fn kind(&self) -> &'static str {
         match self {
             Shortfall::Missing { .. } => "unknown_pool",
             Shortfall::NotReady { .. } => "pool_not_ready",
-            Shortfall::Insufficient { .. } => "insufficient_capacity",
+            Shortfall::Insufficient { .. } => Shortfall::INSUFFICIENT,
         }
     }
 }
@@ -106,7 +109,7 @@ impl Unfit {
             Unfit::NoReport => "no_report",
             Unfit::Stale { .. } => "stale",
             Unfit::NodeNotReady { .. } => "node_not_ready",
-            Unfit::Pools(s) => s.first().map_or("insufficient_capacity", Shortfall::kind),
+            Unfit::Pools(s) => s.first().map_or(Shortfall::INSUFFICIENT, Shortfall::kind),
         }
     }
 

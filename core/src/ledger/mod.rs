@@ -56,4 +56,4 @@ pub use capacity::{Driver, NodeState, PoolState, Reserve};
 pub use demand::{Demand, DemandOverflow};
 pub use fit::{FitOptions, Shortfall, Unfit, check, check_aged};
 pub use ids::{ClaimKey, NodeName, PoolName};
-pub use score::{MAX_SCORE, Placement, best, normalize, room_after, score, score_share};
+pub use score::{Best, MAX_SCORE, Placement, best, normalize, room_after, score, score_share};

@@ -16,6 +16,7 @@
 //! kube-scheduler multiplies the score by `weight × 10` and adds it to its own plugins'
 //! scores; a score outside 0..=10 would silently dominate them, so it can never leave it.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
@@ -197,74 +198,122 @@ fn preference(room: Option<(u128, u128)>, placement: Placement) -> Option<u64> {
 /// that do not fit (`None`) are never among them, so fewer than `k` may come back.
 ///
 /// The extender's filter keeps the scheduler to these when it is asked to narrow the
-/// candidates (`--extender-keep-best`): 20 of thousands. So the candidates are not all
-/// ranked. The best so far are kept, cut back to `k` whenever they reach `2k`; after a cut,
-/// a candidate whose preference is below the `k`-th kept one's cannot make the `k` best and
-/// is passed over with one multiplication ([`below`]), neither divided nor kept.
+/// candidates (`--extender-keep-best`), offering each candidate to a [`Best`] as it checks
+/// it; this is the same over a list.
 pub fn best(
     rooms: impl IntoIterator<Item = Option<(u128, u128)>>,
     placement: Placement,
     tiebreak: impl Fn(usize) -> u64,
     k: usize,
 ) -> Vec<usize> {
-    if k == 0 {
-        return Vec::new();
-    }
-    let order = |a: &(u64, usize), b: &(u64, usize)| {
-        b.0.cmp(&a.0)
-            .then_with(|| tiebreak(a.1).cmp(&tiebreak(b.1)))
-            .then(a.1.cmp(&b.1))
-    };
-    let cut_at = k.saturating_mul(2);
-    let mut kept: Vec<(u64, usize)> = Vec::with_capacity(cut_at.min(1024));
-    // The preference of the `k`-th best so far, once there are `k`.
-    let mut floor: Option<u64> = None;
+    let mut best = Best::new(placement, tiebreak, k);
     for (i, room) in rooms.into_iter().enumerate() {
-        if let (Some(floor), Some((left, whole))) = (floor, room)
-            && below(left, whole, floor, placement)
+        best.offer(i, room);
+    }
+    best.positions()
+}
+
+/// The `k` best of the candidates offered so far, as [`best`] ranks them; candidates are
+/// named by the position the caller gives them.
+///
+/// Filter keeps 20 of thousands, so the candidates are not all ranked. The best so far are
+/// kept, cut back to `k` whenever they reach `2k`; after a cut, a candidate whose preference
+/// is below the `k`-th kept one's cannot make the `k` best and is passed over with one
+/// multiplication ([`below`]), neither divided nor kept. `tiebreak` is asked only while
+/// cutting, of candidates that tie.
+pub struct Best<T> {
+    placement: Placement,
+    tiebreak: T,
+    k: usize,
+    /// `(preference, position)` of the best so far: at most `2k`.
+    kept: Vec<(u64, usize)>,
+    /// The preference of the `k`-th best, once `k` have been kept through a cut.
+    floor: Option<u64>,
+}
+
+impl<T: Fn(usize) -> u64> Best<T> {
+    /// Keeps the `k` best, by `placement`, equal ones by `tiebreak(position)`.
+    pub fn new(placement: Placement, tiebreak: T, k: usize) -> Self {
+        Self {
+            placement,
+            tiebreak,
+            k,
+            kept: Vec::with_capacity(k.saturating_mul(2).min(1024)),
+            floor: None,
+        }
+    }
+
+    /// Offers the candidate at `position` with its room after the demand, `(left, whole)`
+    /// ([`room_after`]); `None` where the demand does not fit, which is never kept.
+    #[inline]
+    pub fn offer(&mut self, position: usize, room: Option<(u128, u128)>) {
+        if self.k == 0 {
+            return;
+        }
+        if let (Some(floor), Some((left, whole))) = (self.floor, room)
+            && below(left, whole, floor, self.placement)
         {
-            continue;
+            return;
         }
-        let Some(preference) = preference(room, placement) else {
-            continue;
+        let Some(preference) = preference(room, self.placement) else {
+            return;
         };
-        kept.push((preference, i));
-        if kept.len() == cut_at {
-            kept.select_nth_unstable_by(k - 1, order);
-            kept.truncate(k);
-            floor = kept.iter().map(|&(p, _)| p).min();
+        self.kept.push((preference, position));
+        if self.kept.len() >= self.k.saturating_mul(2) {
+            self.cut();
+            self.floor = self.kept.iter().map(|&(p, _)| p).min();
         }
     }
-    if kept.len() > k {
-        kept.select_nth_unstable_by(k - 1, order);
-        kept.truncate(k);
+
+    /// The positions of the `k` best offered, best first.
+    pub fn positions(mut self) -> Vec<usize> {
+        if self.kept.len() > self.k {
+            self.cut();
+        }
+        let tiebreak = &self.tiebreak;
+        self.kept.sort_unstable_by(|a, b| order(tiebreak, a, b));
+        self.kept.into_iter().map(|(_, i)| i).collect()
     }
-    kept.sort_unstable_by(order);
-    kept.into_iter().map(|(_, i)| i).collect()
+
+    /// Keeps only the `k` best (`k > 0`, more than `k` kept).
+    fn cut(&mut self) {
+        let tiebreak = &self.tiebreak;
+        self.kept
+            .select_nth_unstable_by(self.k - 1, |a, b| order(tiebreak, a, b));
+        self.kept.truncate(self.k);
+    }
+}
+
+/// Best first: the higher preference, then the lower tiebreak, then the lower position.
+fn order(tiebreak: &impl Fn(usize) -> u64, a: &(u64, usize), b: &(u64, usize)) -> Ordering {
+    b.0.cmp(&a.0)
+        .then_with(|| tiebreak(a.1).cmp(&tiebreak(b.1)))
+        .then(a.1.cmp(&b.1))
 }
 
 /// Whether `preference(Some((left, whole)), placement) < Some(floor)`, the share compared by
 /// multiplication rather than found by division: `floor(x / w) < f` exactly when
-/// `x < f * w`. `false` where the products would overflow (no real pool set comes near),
-/// so such a room is decided by [`preference`] itself.
+/// `x < f * w`. A `whole` past 64 bits (16 EiB, which no pool set comes near) is not
+/// compared here (`false`), so such a room is decided by [`preference`] itself; below it
+/// every product fits in 128 bits.
 #[inline]
 fn below(left: u128, whole: u128, floor: u64, placement: Placement) -> bool {
+    let Ok(whole) = u64::try_from(whole) else {
+        return false;
+    };
     if whole == 0 {
         return false;
     }
-    let Some(scaled) = left.min(whole).checked_mul(1 << 32) else {
-        return false;
-    };
+    // `left.min(whole)` fits in 64 bits, as `whole` does.
+    let left = u64::try_from(left).map_or(whole, |left| left.min(whole));
+    let scaled = u128::from(left) << 32;
+    let whole = u128::from(whole);
     match placement {
         // share < floor
-        Placement::Spread => u128::from(floor)
-            .checked_mul(whole)
-            .is_some_and(|bar| scaled < bar),
+        Placement::Spread => scaled < u128::from(floor) * whole,
         // 2^32 - share < floor, i.e. share >= 2^32 - floor + 1
-        Placement::Binpack => match (1u128 << 32).checked_sub(u128::from(floor)) {
-            Some(rest) => (rest + 1)
-                .checked_mul(whole)
-                .is_some_and(|bar| scaled >= bar),
+        Placement::Binpack => match (1u64 << 32).checked_sub(floor) {
+            Some(rest) => scaled >= u128::from(rest + 1) * whole,
             // A floor above every share: every preference is below it.
             None => true,
         },
@@ -524,9 +573,11 @@ mod tests {
         let check = |left: u128, whole: u128, floor: u64| {
             for placement in [Placement::Spread, Placement::Binpack] {
                 let divided = preference(Some((left, whole)), placement);
+                // Past 64 bits the share is left to division.
+                let want = whole <= u128::from(u64::MAX) && divided.is_some_and(|p| p < floor);
                 assert_eq!(
                     below(left, whole, floor, placement),
-                    divided.is_some_and(|p| p < floor),
+                    want,
                     "left={left} whole={whole} floor={floor} {placement:?}"
                 );
             }
@@ -554,9 +605,13 @@ mod tests {
             };
             check(left, whole, floor);
         }
-        // Products that would overflow: not below, so the share is divided.
-        assert!(!below(u128::MAX, u128::MAX, 1, Placement::Spread));
-        assert!(!below(u128::MAX / 2, u128::MAX, 0, Placement::Binpack));
+        // The largest rooms compared, and rooms past 64 bits, which are not.
+        let max = u128::from(u64::MAX);
+        check(max, max, 1 << 32);
+        check(max - 1, max, (1 << 32) - 1);
+        check(u128::MAX, max, 1 << 32);
+        assert!(!below(0, max + 1, 1, Placement::Spread));
+        assert!(!below(max + 1, max + 1, 1 << 32, Placement::Binpack));
     }
 
     #[test]
