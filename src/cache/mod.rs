@@ -917,6 +917,7 @@ fn summarize(pool_names: &mut Vec<PoolName>, pool: &crate::ledger::PoolState) ->
 
 impl<'a> FitPlan<'a> {
     /// The node called `name`; `None` when no StorageNode has that name.
+    #[inline]
     pub fn node(&'a self, name: &str) -> Option<PlannedNode<'a>> {
         let index = self.base.by_name.get(name)?;
         Some(PlannedNode { plan: self, index })
@@ -1002,6 +1003,7 @@ impl<'a> PlannedNode<'a> {
     /// demanded pools. A node short of space raises `free[k]` to its free space in the
     /// plan's `k`-th pool where that is short (`free` has [`FitPlan::pools`] entries), so
     /// the caller learns the most free among the nodes turned down.
+    #[inline]
     pub fn judge(
         &self,
         clock: &FitClock,
@@ -1012,17 +1014,11 @@ impl<'a> PlannedNode<'a> {
         if wanted.is_empty() {
             return Ok(self.room());
         }
-        let ledger = || match self.state() {
-            Some(state) => check_aged(state, self.heartbeat_age(clock.now), demand, &clock.opts)
-                .map(|()| self.room())
-                .map_err(Failing::Unfit),
-            None => Err(Failing::Unfit(Unfit::NoReport)),
-        };
         let Some(summary) = self.summary() else {
-            return ledger();
+            return self.by_ledger(clock, demand);
         };
         if !clock.fresh(summary.heartbeat) || !summary.ready || wanted.len() > 64 {
-            return ledger();
+            return self.by_ledger(clock, demand);
         }
         let pools = self.pools();
         let mut short = 0u64;
@@ -1030,10 +1026,10 @@ impl<'a> PlannedNode<'a> {
         let mut whole: u128 = 0;
         for (k, &(id, needed)) in wanted.iter().enumerate() {
             let Some(pool) = id.and_then(|id| pools.iter().find(|p| p.pool == id)) else {
-                return ledger();
+                return self.by_ledger(clock, demand);
             };
             if !pool.ready {
-                return ledger();
+                return self.by_ledger(clock, demand);
             }
             match pool.free.checked_sub(needed) {
                 Some(after) => {
@@ -1055,6 +1051,22 @@ impl<'a> PlannedNode<'a> {
             }
         }
         Err(Failing::Short(short))
+    }
+
+    /// [`Self::judge`] by the ledger's [`check_aged`] on the node's entry.
+    #[cold]
+    #[inline(never)]
+    fn by_ledger(
+        &self,
+        clock: &FitClock,
+        demand: &Demand,
+    ) -> Result<Option<(u128, u128)>, Failing> {
+        match self.state() {
+            Some(state) => check_aged(state, self.heartbeat_age(clock.now), demand, &clock.opts)
+                .map(|()| self.room())
+                .map_err(Failing::Unfit),
+            None => Err(Failing::Unfit(Unfit::NoReport)),
+        }
     }
 
     /// The node's score for the demand: the same as [`crate::ledger::score`] on its entry.

@@ -110,10 +110,7 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     /// Skips JSON whitespace.
     fn skip_space(&mut self) {
-        let bytes = self.text.as_bytes();
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(self.at) {
-            self.at += 1;
-        }
+        self.at = skip_space(self.text.as_bytes(), self.at);
     }
 
     /// The next byte after whitespace, consumed.
@@ -160,24 +157,43 @@ impl<'a> Cursor<'a> {
     /// An array of plain strings, at most [`MAX_CANDIDATES`] of them.
     fn names(&mut self) -> Option<Vec<Name<'a>>> {
         self.eat(b'[')?;
+        let text = self.text;
+        let bytes = text.as_bytes();
+        let mut at = skip_space(bytes, self.at);
         let mut names = Vec::new();
-        self.skip_space();
-        if self.text.as_bytes().get(self.at) == Some(&b']') {
-            self.at += 1;
+        if bytes.get(at) == Some(&b']') {
+            self.at = at + 1;
             return Some(names);
         }
         loop {
-            if names.len() == MAX_CANDIDATES {
+            if bytes.get(at) != Some(&b'"') || names.len() == MAX_CANDIDATES {
                 return None;
             }
-            names.push(Name(Cow::Borrowed(self.plain_string()?)));
-            match self.next()? {
-                b',' => {}
-                b']' => return Some(names),
+            let start = at + 1;
+            let end = start + plain_len(bytes.get(start..)?)?;
+            // Both ends are at an ASCII quote, so on character boundaries.
+            names.push(Name(Cow::Borrowed(text.get(start..end)?)));
+            // Go writes `","` between names; whitespace is read too.
+            at = skip_space(bytes, end + 1);
+            match bytes.get(at)? {
+                b',' => at = skip_space(bytes, at + 1),
+                b']' => {
+                    self.at = at + 1;
+                    return Some(names);
+                }
                 _ => return None,
             }
         }
     }
+}
+
+/// The position of the first byte at or after `at` that is not JSON whitespace.
+#[inline]
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
 }
 
 #[cfg(test)]
