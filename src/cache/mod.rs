@@ -971,6 +971,11 @@ impl FitClock {
         self.now
     }
 
+    /// The options they are made with.
+    pub fn opts(&self) -> &FitOptions {
+        &self.opts
+    }
+
     /// Whether a node that last reported at `heartbeat` is fresh: its [`age`] is at most
     /// `stale_after`, decided by one comparison (filter asks this of every candidate).
     #[inline]

@@ -126,9 +126,7 @@ impl StowagePolicy {
     /// [`best`] ranks it by, where no guess or hold changes it). Nodes holding some of the
     /// pod's own claims are copied and credited ([`Self::with_node`]); every other node is
     /// judged by the plan's compact summary ([`PlannedNode::judge`], which raises `free`).
-    #[allow(clippy::too_many_arguments)]
     fn check_node(
-        &self,
         index: &ClusterIndex,
         planned: Option<PlannedNode<'_>>,
         name: &str,
@@ -139,7 +137,7 @@ impl StowagePolicy {
     ) -> Result<Room, Failing> {
         let fit = if holds.iter().any(|h| h.node.as_str() == name) {
             Self::with_node(index, name, clock.now(), holds, |node, age| {
-                check_aged(node, age, demand, &self.opts)
+                check_aged(node, age, demand, clock.opts())
                     .map(|()| room_after(node, demand))
                     .map_err(Failing::Unfit)
             })
@@ -414,7 +412,7 @@ impl Policy for StowagePolicy {
                 };
                 rejections.push(Rejection::unresolvable(node, VOLUME_ELSEWHERE, reason).at(i));
             } else {
-                let fit = self.check_node(
+                let fit = Self::check_node(
                     &index,
                     planned,
                     node,
