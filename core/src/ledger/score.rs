@@ -501,14 +501,7 @@ mod tests {
                 if k > 0 {
                     assert_eq!(got.first().copied(), top, "{r:?} {ties:?}");
                 }
-                // What a full sort of the fitting candidates by the same order gives.
-                let mut all: Vec<usize> = (0..n).filter(|&i| r[i].is_some()).collect();
-                let key = |i: usize| {
-                    let v = preference(r[i], placement).unwrap_or_default();
-                    (std::cmp::Reverse(v), ties[i], i)
-                };
-                all.sort_by_key(|&i| key(i));
-                all.truncate(k);
+                let all = best_by_full_sort(&r, placement, &ties, k);
                 assert_eq!(got, all, "{r:?} {ties:?} k={k}");
             }
         }
