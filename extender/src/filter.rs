@@ -112,10 +112,9 @@ fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n>
         decision.passed.extend(0..names.len());
         return decision;
     }
-    if in_place(names, &rejections) {
+    if let Some(positions) = in_place(names, &rejections) {
         let mut next = 0;
-        for rejection in rejections {
-            let at = rejection.position.unwrap_or_default();
+        for (at, rejection) in positions.into_iter().zip(rejections) {
             decision.passed.extend(next..at);
             next = at + 1;
             decision.report(names[at], rejection);
@@ -148,16 +147,19 @@ fn decide<'n>(names: &[&'n str], rejections: Vec<Rejection<'n>>) -> Decision<'n>
     decision
 }
 
-/// Whether every rejection gives its candidate's position, in increasing order, and names
-/// the candidate there ([`Rejection::at`]).
-fn in_place(names: &[&str], rejections: &[Rejection<'_>]) -> bool {
-    let mut after = None;
-    rejections.iter().all(|r| {
-        let Some(at) = r.position else { return false };
-        let ordered = after.is_none_or(|before| at > before);
-        after = Some(at);
-        ordered && names.get(at).is_some_and(|&name| name == r.node)
-    })
+/// The rejections' positions, when every rejection gives its candidate's position, in
+/// increasing order, and names the candidate there ([`Rejection::at`]); `None` otherwise.
+fn in_place(names: &[&str], rejections: &[Rejection<'_>]) -> Option<Vec<usize>> {
+    let mut positions: Vec<usize> = Vec::with_capacity(rejections.len());
+    for rejection in rejections {
+        let at = rejection.position?;
+        let ordered = positions.last().is_none_or(|&before| at > before);
+        if !ordered || names.get(at) != Some(&rejection.node) {
+            return None;
+        }
+        positions.push(at);
+    }
+    Some(positions)
 }
 
 fn count(counts: &mut Vec<(&'static str, Failure, u64)>, kind: &'static str, failure: Failure) {

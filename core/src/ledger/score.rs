@@ -219,7 +219,7 @@ pub fn best(
 /// Filter keeps 20 of thousands, so the candidates are not all ranked. The best so far are
 /// kept, cut back to `k` whenever they reach `2k`; after a cut, a candidate whose preference
 /// is below the `k`-th kept one's cannot make the `k` best and is passed over with one
-/// multiplication ([`below`]), neither divided nor kept. `tiebreak` is asked only while
+/// multiplication (`below`), neither divided nor kept. `tiebreak` is asked only while
 /// cutting, of candidates that tie.
 pub struct Best<T> {
     placement: Placement,
