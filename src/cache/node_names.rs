@@ -115,8 +115,6 @@ impl NodeNames {
     }
 }
 
-/// The name at position `i`, from the parts of a [`NodeNames`] (for the table's rehash
-/// callbacks, which cannot borrow the whole).
 /// `a == b`, with names of 8 to 32 bytes (most node names) compared a word at a time in
 /// place rather than through a call to `memcmp`: a lookup confirms one name per candidate.
 #[inline]
@@ -140,6 +138,8 @@ fn same(a: &str, b: &str) -> bool {
     }
 }
 
+/// The name at position `i`, from the parts of a [`NodeNames`] (for the table's rehash
+/// callbacks, which cannot borrow the whole).
 fn name_in<'a>(text: &'a str, spans: &[Range<usize>], i: usize) -> &'a str {
     spans
         .get(i)
