@@ -200,10 +200,11 @@ impl<'a> Args<'a> {
     /// [`quick`], which splits its names by hand; any other body, and any body that path
     /// declines, is decoded by serde, which also explains what is wrong with it.
     pub(crate) fn decode(body: &'a JsonBody) -> Result<Self, ApiError> {
-        if let Some(args) = std::str::from_utf8(&body.0).ok().and_then(quick::args) {
+        let text = std::str::from_utf8(&body.0).ok();
+        if let Some(args) = text.and_then(quick::args) {
             return Ok(args);
         }
-        let ObjectOnly(args) = body.decode("ExtenderArgs")?;
+        let ObjectOnly(args) = body.decode_text(text, "ExtenderArgs")?;
         Ok(args)
     }
 

@@ -207,11 +207,21 @@ impl JsonBody {
     /// Decodes the body as `T`, borrowing from it where `T` does. `what` names the expected
     /// document in the error, which also carries the JSON path of the offending value.
     pub fn decode<'a, T: Deserialize<'a>>(&'a self, what: &str) -> Result<T, ApiError> {
+        self.decode_text(std::str::from_utf8(&self.0).ok(), what)
+    }
+
+    /// [`Self::decode`], with the body already checked as text: `text` is the body, or
+    /// `None` where it is not UTF-8.
+    pub(crate) fn decode_text<'a, T: Deserialize<'a>>(
+        &'a self,
+        text: Option<&'a str>,
+        what: &str,
+    ) -> Result<T, ApiError> {
         // Tracking the path costs on every value (thousands of node names), so the body is
         // decoded plainly first and only a body that fails is decoded again for the path.
         // The plain pass reads the body as text checked once, which spares serde_json a
         // check of each string it borrows.
-        if let Ok(text) = std::str::from_utf8(&self.0) {
+        if let Some(text) = text {
             let mut de = serde_json::Deserializer::from_str(text);
             if let Ok(value) = T::deserialize(&mut de)
                 && de.end().is_ok()

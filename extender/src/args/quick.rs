@@ -136,13 +136,10 @@ impl<'a> Cursor<'a> {
 
     /// A string without escapes or control characters, borrowed, after whitespace.
     fn plain_string(&mut self) -> Option<&'a str> {
-        self.eat(b'"')?;
-        let start = self.at;
-        let len = plain_len(self.text.as_bytes().get(start..)?)?;
-        // Both ends are at an ASCII quote, so on character boundaries.
-        let text = self.text.get(start..start + len)?;
-        self.at = start + len + 1;
-        Some(text)
+        self.skip_space();
+        let (string, after) = plain_string_at(self.text, self.at)?;
+        self.at = after;
+        Some(string)
     }
 
     /// The pod, decoded by serde from where it starts to where it ends.
@@ -166,15 +163,13 @@ impl<'a> Cursor<'a> {
             return Some(names);
         }
         loop {
-            if bytes.get(at) != Some(&b'"') || names.len() == MAX_CANDIDATES {
+            if names.len() == MAX_CANDIDATES {
                 return None;
             }
-            let start = at + 1;
-            let end = start + plain_len(bytes.get(start..)?)?;
-            // Both ends are at an ASCII quote, so on character boundaries.
-            names.push(Name(Cow::Borrowed(text.get(start..end)?)));
+            let (name, after) = plain_string_at(text, at)?;
+            names.push(Name(Cow::Borrowed(name)));
             // Go writes `","` between names; whitespace is read too.
-            at = skip_space(bytes, end + 1);
+            at = skip_space(bytes, after);
             match bytes.get(at)? {
                 b',' => at = skip_space(bytes, at + 1),
                 b']' => {
@@ -185,6 +180,20 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+/// The string without escapes or control characters whose opening quote is at `at`,
+/// borrowed, and the position after its closing quote.
+#[inline]
+fn plain_string_at(text: &str, at: usize) -> Option<(&str, usize)> {
+    let bytes = text.as_bytes();
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let end = start + plain_len(bytes.get(start..)?)?;
+    // Both ends are at an ASCII quote, so on character boundaries.
+    Some((text.get(start..end)?, end + 1))
 }
 
 /// The position of the first byte at or after `at` that is not JSON whitespace.
